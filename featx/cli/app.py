@@ -1,0 +1,48 @@
+"""The Typer app and the error boundary every command runs inside."""
+from __future__ import annotations
+
+import errno
+import functools
+from typing import Callable
+
+import typer
+from rich.console import Console
+
+from featx.errors import FeatxError
+
+app = typer.Typer(
+    name="featx",
+    help="Deep features of cell images once (HDF5), then many classifier heads in seconds; "
+    "or fine-tune the whole network. Start with `featx synth demo/data` and `featx extract`.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(func: Callable) -> Callable:
+    """Run a command; print user errors as one red line and exit non-zero, without a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except FeatxError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted:[/] work finished so far is kept on disk; "
+                              "run the same command again to resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                where = f" while writing {exc.filename}" if exc.filename else ""
+                err_console.print(f"[bold red]error:[/] disk full{where}; free space and run the same "
+                                  "command again (finished work is kept)", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            raise
+
+    return wrapper

@@ -1,0 +1,43 @@
+"""Device selection and the CUDA-only speed-ups (autocast, pinned memory) in one place."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from featx.errors import FeatxError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda[:N]`` into a device; ``auto`` picks CUDA when present."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FeatxError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
+        return torch.device(spec)
+    raise FeatxError(f"unknown device {spec!r}; choose one of: auto, cpu, cuda, cuda:N")
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """Mixed precision on CUDA (float16 autocast); a no-op context on the CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def pin_memory(device: torch.device) -> bool:
+    """Pinned host memory only pays off when batches go to a CUDA device."""
+    return device.type == "cuda"
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """channels-last is faster for convolutions on the CPU (oneDNN) and with AMP on CUDA."""
+    return torch.channels_last
