@@ -1,0 +1,268 @@
+"""C-NMC-like demo data: the original (TCIA) C-NMC 2019 folder layout, filled with synthetic cells.
+
+The cells are drawn so that the known pitfall of the real data set shows up: every subject (patient)
+has its own stain tint, strong and consistent across its cells, so a classifier evaluated with an
+image-level split partly recognises the subject instead of the cell, and scores higher than with a
+split grouped by subject. The class signal itself is morphological: ALL (leukemic) cells are larger
+with irregular, lobed nuclei; HEM (normal) cells are smaller and rounder, with overlap between the two.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from featx.errors import FeatxError
+
+TRAIN_DIR = "C-NMC_training_data"
+PRELIM_DIR = "C-NMC_test_prelim_phase_data"
+FINAL_DIR = "C-NMC_test_final_phase_data"
+PRELIM_LABELS = "C-NMC_test_prelim_phase_data_labels.csv"
+FOLDS = ("fold_0", "fold_1", "fold_2")
+
+# Base stain colours (RGB, 0-255) of a May-Grunwald-Giemsa-like smear.
+_CYTO_RGB = np.array([178.0, 150.0, 205.0])
+_NUCLEUS_RGB = np.array([112.0, 62.0, 150.0])
+# Spread of a subject's stain: log-gain per channel, brightness offset (0-255 scale).
+_STAIN_GAIN_SD = 0.12
+_STAIN_BRIGHTNESS_SD = 12.0
+# Class morphology: mean cell radius (fraction of the image side), nucleus/cell radius range,
+# amplitude of the nucleus lobes and of its boundary roughness.
+_SHAPE = {
+    "all": {"radius": 0.36, "ratio": (0.70, 0.86), "lobes": 0.10, "rough": 0.018},
+    "hem": {"radius": 0.26, "ratio": (0.64, 0.80), "lobes": 0.035, "rough": 0.006},
+}
+_RADIUS_SD = 0.09          # cell to cell, within a subject
+_SUBJECT_RADIUS_SD = 0.05  # subject to subject (patients differ in morphology too)
+
+
+def synthesize(
+    out: str | Path,
+    *,
+    subjects_all: int = 6,
+    subjects_hem: int = 4,
+    cells_per_subject: int = 12,
+    prelim_subjects_all: int = 2,
+    prelim_subjects_hem: int = 1,
+    prelim_cells_per_subject: int = 10,
+    final_cells: int = 20,
+    image_size: int = 96,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict:
+    """Write a deterministic C-NMC-2019-like data set under ``out`` (the original TCIA layout).
+
+    Layout written (exactly as the real release)::
+
+        OUT/C-NMC_training_data/fold_{0,1,2}/{all,hem}/UID_<subject>_<image>_<cell>_<all|hem>.bmp
+        OUT/C-NMC_test_prelim_phase_data/C-NMC_test_prelim_phase_data/{1..N}.bmp
+        OUT/C-NMC_test_prelim_phase_data/C-NMC_test_prelim_phase_data_labels.csv
+            (header ``Patient_ID,new_names,labels``; 1 = ALL, 0 = HEM)
+        OUT/C-NMC_test_final_phase_data/C-NMC_test_final_phase_data/{1..M}.bmp   (unlabelled)
+
+    Options:
+        subjects_all, subjects_hem: training subjects per class (ALL ids are numbers like ``11``; HEM ids
+            look like ``H10``, one of them written lower-case, ``h<n>``, as in the real data). Each subject
+            lives in exactly one fold.
+        cells_per_subject: cells per training subject.
+        prelim_subjects_all, prelim_subjects_hem, prelim_cells_per_subject: the preliminary test phase;
+            its subjects are distinct from the training subjects.
+        final_cells: images in the unlabelled final phase (from one new ALL and one new HEM subject).
+        image_size: side of the square RGB images in pixels (the real ones are 450).
+        seed: same seed, same settings -> byte-identical files.
+        overwrite: replace C-NMC folders already present in ``out`` (refused otherwise).
+
+    Returns a summary: ``root``, ``image_size``, ``seed``, ``counts`` (per split and class), ``subjects``
+    (per split) and ``total``.
+    """
+    _check_int("subjects_all", subjects_all, 1)
+    _check_int("subjects_hem", subjects_hem, 1)
+    _check_int("cells_per_subject", cells_per_subject, 1)
+    _check_int("prelim_subjects_all", prelim_subjects_all, 0)
+    _check_int("prelim_subjects_hem", prelim_subjects_hem, 0)
+    _check_int("prelim_cells_per_subject", prelim_cells_per_subject, 1)
+    _check_int("final_cells", final_cells, 0)
+    _check_int("image_size", image_size, 16)
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise FeatxError(f"synth output {out} is a file; give a folder")
+    present = [name for name in (TRAIN_DIR, PRELIM_DIR, FINAL_DIR) if (out / name).exists()]
+    if present:
+        if not overwrite:
+            raise FeatxError(f"{out} already holds {', '.join(present)}; choose an empty folder "
+                             "or pass overwrite (--force) to replace them")
+        for name in present:
+            shutil.rmtree(out / name)
+
+    rng = np.random.default_rng(seed)
+    n_final_all = (final_cells + 1) // 2
+    n_final_hem = final_cells - n_final_all
+    all_ids = _draw_ids(rng, subjects_all + prelim_subjects_all + (1 if n_final_all else 0))
+    hem_ids = [f"H{n}" for n in _draw_ids(rng, subjects_hem + prelim_subjects_hem + (1 if n_final_hem else 0))]
+    hem_ids[0] = hem_ids[0].lower()  # the real release has one subject written `h3`
+    all_ids = [str(n) for n in all_ids]
+
+    summary: dict = {"root": str(out), "image_size": image_size, "seed": seed, "counts": {}, "subjects": {}}
+
+    # Training folds: shuffle each class's subjects, deal them round-robin onto the three folds.
+    train_all, train_hem = all_ids[:subjects_all], hem_ids[:subjects_hem]
+    fold_of: dict[str, str] = {}
+    for ids in (train_all, train_hem):
+        order = rng.permutation(len(ids))
+        start = int(rng.integers(3))
+        for k, j in enumerate(order):
+            fold_of[ids[j]] = FOLDS[(start + k) % 3]
+    for fold in FOLDS:
+        for cls in ("all", "hem"):
+            (out / TRAIN_DIR / fold / cls).mkdir(parents=True, exist_ok=True)
+        summary["counts"][fold] = {"all": 0, "hem": 0}
+        summary["subjects"][fold] = []
+    for cls, ids in (("all", train_all), ("hem", train_hem)):
+        for subject in ids:
+            fold = fold_of[subject]
+            stain = _subject_stain(rng)
+            for name in _cell_names(rng, subject, cls, cells_per_subject):
+                img = _draw_cell(rng, cls, stain, image_size)
+                _save_bmp(img, out / TRAIN_DIR / fold / cls / name)
+            summary["counts"][fold][cls] += cells_per_subject
+            summary["subjects"][fold].append(subject)
+
+    # Preliminary test phase: new subjects, numbered images in shuffled order, labels CSV.
+    prelim_cells = []  # (original name, class, image array)
+    prelim_subjects = ([(s, "all") for s in all_ids[subjects_all:subjects_all + prelim_subjects_all]]
+                       + [(s, "hem") for s in hem_ids[subjects_hem:subjects_hem + prelim_subjects_hem]])
+    for subject, cls in prelim_subjects:
+        stain = _subject_stain(rng)
+        for name in _cell_names(rng, subject, cls, prelim_cells_per_subject):
+            prelim_cells.append((name, cls, _draw_cell(rng, cls, stain, image_size)))
+    prelim_root = out / PRELIM_DIR
+    (prelim_root / PRELIM_DIR).mkdir(parents=True, exist_ok=True)
+    order = rng.permutation(len(prelim_cells))
+    rows = []
+    for number, j in enumerate(order, start=1):
+        name, cls, img = prelim_cells[j]
+        _save_bmp(img, prelim_root / PRELIM_DIR / f"{number}.bmp")
+        rows.append((name, f"{number}.bmp", 1 if cls == "all" else 0))
+    with open(prelim_root / PRELIM_LABELS, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["Patient_ID", "new_names", "labels"])
+        writer.writerows(rows)
+    summary["counts"]["prelim"] = {"all": sum(1 for r in rows if r[2] == 1),
+                                   "hem": sum(1 for r in rows if r[2] == 0)}
+    summary["subjects"]["prelim"] = [s for s, _ in prelim_subjects]
+
+    # Final test phase: unlabelled, from one new ALL and one new HEM subject.
+    final_dir = out / FINAL_DIR / FINAL_DIR
+    final_dir.mkdir(parents=True, exist_ok=True)
+    final_imgs = []
+    final_subjects = []
+    for cls, n, ids in (("all", n_final_all, all_ids), ("hem", n_final_hem, hem_ids)):
+        if n == 0:
+            continue
+        stain = _subject_stain(rng)
+        final_subjects.append(ids[-1])
+        final_imgs.extend(_draw_cell(rng, cls, stain, image_size) for _ in range(n))
+    for number, j in enumerate(rng.permutation(len(final_imgs)), start=1):
+        _save_bmp(final_imgs[j], final_dir / f"{number}.bmp")
+    summary["counts"]["final"] = {"unlabelled": len(final_imgs)}
+    summary["subjects"]["final"] = final_subjects
+    summary["total"] = sum(sum(c.values()) for c in summary["counts"].values())
+    return summary
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise FeatxError(f"synth setting {name}={value!r} must be an integer >= {minimum}")
+
+
+def _draw_ids(rng: np.random.Generator, n: int) -> list[int]:
+    """n distinct subject numbers, as small as the real ones (1..99 while that suffices)."""
+    high = max(100, 3 * n)
+    return [int(v) for v in rng.choice(np.arange(1, high), size=n, replace=False)]
+
+
+def _cell_names(rng: np.random.Generator, subject: str, cls: str, n: int) -> list[str]:
+    """n distinct `UID_<subject>_<image>_<cell>_<cls>.bmp` names: 1-3 cells per microscope image."""
+    n_images = max(1, math.ceil(n / 2))
+    images = np.sort(rng.choice(np.arange(1, max(60, 3 * n_images)), size=n_images, replace=False))
+    names = []
+    k = 0
+    while len(names) < n:
+        image = int(images[k % n_images])
+        cell = k // n_images + 1
+        names.append(f"UID_{subject}_{image}_{cell}_{cls}.bmp")
+        k += 1
+    return names
+
+
+def _subject_stain(rng: np.random.Generator) -> dict:
+    """A subject's stain: per-channel gains and a brightness, shared by all its cells."""
+    return {
+        "cyto_gain": np.exp(rng.normal(0.0, _STAIN_GAIN_SD, 3)),
+        "nucleus_gain": np.exp(rng.normal(0.0, _STAIN_GAIN_SD, 3)),
+        "brightness": float(rng.normal(0.0, _STAIN_BRIGHTNESS_SD)),
+        "texture": float(rng.uniform(4.0, 14.0)),
+        "scale": float(np.exp(rng.normal(0.0, _SUBJECT_RADIUS_SD))),
+    }
+
+
+def _radial(rng: np.random.Generator, theta: np.ndarray, low: tuple[int, int], amp: float,
+            high: tuple[int, int], noise: float) -> np.ndarray:
+    """A closed boundary 1 + sum of random cosines: low orders shape lobes, high orders roughen it."""
+    r = np.ones_like(theta)
+    for k in range(low[0], low[1] + 1):
+        r += rng.uniform(0.3, 1.0) * amp * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    for k in range(high[0], high[1] + 1):
+        r += rng.normal(0.0, noise) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    return r
+
+
+def _draw_cell(rng: np.random.Generator, cls: str, stain: dict, size: int) -> np.ndarray:
+    """One segmented cell (uint8 RGB, size x size) centred on a black background."""
+    s = float(size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    cx = s / 2 + rng.normal(0.0, 0.03 * s)
+    cy = s / 2 + rng.normal(0.0, 0.03 * s)
+    shape = _SHAPE[cls]
+    cell_r = shape["radius"] * stain["scale"] * s * float(np.clip(rng.normal(1.0, _RADIUS_SD), 0.7, 1.35))
+    ratio = float(rng.uniform(*shape["ratio"]))
+    lobe_amp, rough = shape["lobes"], shape["rough"]
+    theta = np.arctan2(yy - cy, xx - cx)
+    dist = np.hypot(yy - cy, xx - cx)
+    cell_edge = cell_r * _radial(rng, theta, (2, 3), 0.05, (4, 6), 0.008)
+    cell_edge = np.minimum(cell_edge, 0.47 * s)
+    # The nucleus sits a little off-centre; its boundary is lobed for ALL and smooth for HEM.
+    off = rng.normal(0.0, 0.04 * cell_r, 2)
+    ntheta = np.arctan2(yy - cy - off[1], xx - cx - off[0])
+    ndist = np.hypot(yy - cy - off[1], xx - cx - off[0])
+    nucleus_edge = ratio * cell_r * _radial(rng, ntheta, (2, 5), lobe_amp, (6, 14), rough)
+    nucleus_edge = np.minimum(nucleus_edge, cell_edge - 0.5)
+    soft = max(0.5, s / 160.0)
+    cell_mask = 1.0 / (1.0 + np.exp(-(cell_edge - dist) / soft))
+    nucleus_mask = 1.0 / (1.0 + np.exp(-(nucleus_edge - ndist) / soft))
+
+    # Colours: base stain x subject gains + subject brightness + small per-cell variation.
+    cell_jitter = rng.normal(0.0, 0.03, 3)
+    cyto = _CYTO_RGB * stain["cyto_gain"] * (1.0 + cell_jitter) + stain["brightness"]
+    nucleus = _NUCLEUS_RGB * stain["nucleus_gain"] * (1.0 + cell_jitter) + stain["brightness"]
+    # Chromatin texture: blotchy low-frequency noise, stronger in the nucleus.
+    grid = max(4, size // 8)
+    blotch = rng.normal(0.0, 1.0, (grid, grid)).astype(np.float32)
+    blotch = np.asarray(Image.fromarray(blotch).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64)
+    colour = (cyto[None, None, :] * (1.0 - nucleus_mask[..., None])
+              + nucleus[None, None, :] * nucleus_mask[..., None])
+    colour = colour + (stain["texture"] * (0.4 + nucleus_mask) * blotch)[..., None]
+    colour = colour + rng.normal(0.0, 4.0, colour.shape)
+    img = np.clip(colour, 0, 255) * cell_mask[..., None]
+    img = np.rint(np.clip(img, 0, 255)).astype(np.uint8)
+    # A last light blur imitates the optics; the background stays black.
+    pil = Image.fromarray(img).filter(ImageFilter.GaussianBlur(radius=max(0.4, s / 240.0)))
+    return np.asarray(pil)
+
+
+def _save_bmp(img: np.ndarray, path: Path) -> None:
+    Image.fromarray(img).save(path, format="BMP")

@@ -1,0 +1,165 @@
+"""featx.synth: the C-NMC-like generator writes the original layout, deterministically, and leaks by subject."""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from featx.errors import FeatxError
+from featx.synth import synthesize
+
+TRAIN_NAME = re.compile(r"^UID_(\d+|[Hh]\d+)_(\d+)_(\d+)_(all|hem)\.bmp$")
+PRELIM = "C-NMC_test_prelim_phase_data"
+FINAL = "C-NMC_test_final_phase_data"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
+    kw = dict(subjects_all=2, subjects_hem=2, cells_per_subject=3, prelim_cells_per_subject=2,
+              final_cells=3, image_size=32)
+    a = synthesize(tmp_path / "a", seed=7, **kw)
+    b = synthesize(tmp_path / "b", seed=7, **kw)
+    c = synthesize(tmp_path / "c", seed=8, **kw)
+    fa, fb, fc = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
+    assert len(fa) == 2 * 3 + 2 * 3 + 3 * 2 + 3 + 1  # train + prelim (3 subjects x 2) + final + CSV
+    assert fa == fb
+    assert fa != fc
+    assert a["counts"] == b["counts"] and a["subjects"] == b["subjects"]
+    assert a["total"] == 2 * 3 + 2 * 3 + 6 + 3
+
+
+def test_training_layout_names_and_folds(cnmc_tree):
+    train = cnmc_tree / "C-NMC_training_data"
+    assert sorted(p.name for p in train.iterdir()) == ["fold_0", "fold_1", "fold_2"]
+    fold_of: dict[str, set[str]] = {}
+    count = {"all": 0, "hem": 0}
+    for fold in ("fold_0", "fold_1", "fold_2"):
+        assert sorted(p.name for p in (train / fold).iterdir()) == ["all", "hem"]
+        for cls in ("all", "hem"):
+            names = sorted(p.name for p in (train / fold / cls).iterdir())
+            assert names, f"{fold}/{cls} is empty"
+            for name in names:
+                m = TRAIN_NAME.match(name)
+                assert m, name
+                assert m.group(4) == cls
+                subject = m.group(1)
+                assert subject[0].isdigit() == (cls == "all")
+                fold_of.setdefault(subject, set()).add(fold)
+                count[cls] += 1
+    assert all(len(folds) == 1 for folds in fold_of.values())  # each subject lives in one fold
+    assert count == {"all": 3 * 4, "hem": 3 * 4}
+    subjects = set(fold_of)
+    assert len(subjects) == 6
+    assert sum(1 for s in subjects if s.startswith("h")) == 1  # one lower-case `h` subject, as in the data
+    assert len({s.upper() for s in subjects}) == 6
+
+
+def test_prelim_csv_and_final_phase(cnmc_tree):
+    prelim = cnmc_tree / PRELIM
+    assert sorted(p.name for p in prelim.iterdir()) == [PRELIM, PRELIM + "_labels.csv"]
+    images = sorted(p.name for p in (prelim / PRELIM).iterdir())
+    assert images == sorted(f"{i}.bmp" for i in range(1, 7))
+    with open(prelim / (PRELIM + "_labels.csv"), newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["Patient_ID", "new_names", "labels"]
+    body = rows[1:]
+    assert [r[1] for r in body] == [f"{i}.bmp" for i in range(1, 7)]
+    train_subjects = {TRAIN_NAME.match(p.name).group(1).upper()
+                      for p in (cnmc_tree / "C-NMC_training_data").rglob("*.bmp")}
+    prelim_subjects = set()
+    for patient_id, _, label in body:
+        m = TRAIN_NAME.match(patient_id)
+        assert m, patient_id
+        assert label == ("1" if m.group(4) == "all" else "0")
+        prelim_subjects.add(m.group(1).upper())
+    assert len(prelim_subjects) == 2 and not prelim_subjects & train_subjects
+    assert sorted(r[2] for r in body) == ["0"] * 3 + ["1"] * 3
+    # The numbering is shuffled: not all ALL cells first.
+    assert [r[2] for r in body] != sorted((r[2] for r in body), reverse=True)
+    final = cnmc_tree / FINAL
+    assert [p.name for p in final.iterdir()] == [FINAL]
+    assert sorted(p.name for p in (final / FINAL).iterdir()) == sorted(f"{i}.bmp" for i in range(1, 5))
+
+
+def test_images_are_rgb_cells_on_black_and_all_cells_are_larger(cnmc_tree):
+    areas = {"all": [], "hem": []}
+    for p in (cnmc_tree / "C-NMC_training_data").rglob("*.bmp"):
+        with Image.open(p) as img:
+            assert img.format == "BMP" and img.mode == "RGB" and img.size == (40, 40)
+            a = np.asarray(img)
+        assert a[:2, :2].max() == 0 and a[-2:, -2:].max() == 0  # black background corners
+        assert a[18:22, 18:22].sum(-1).min() > 100  # the cell covers the centre
+        areas[p.name[-7:-4]].append((a.sum(-1) > 30).mean())
+    assert np.mean(areas["all"]) > 1.3 * np.mean(areas["hem"])
+
+
+def test_summary_counts_match_files(tmp_path, cnmc_tree_settings):
+    summary = synthesize(tmp_path / "d", **{**cnmc_tree_settings, "final_cells": 5})
+    root = tmp_path / "d"
+    assert summary["root"] == str(root.resolve())
+    for fold in ("fold_0", "fold_1", "fold_2"):
+        for cls in ("all", "hem"):
+            n = len(list((root / "C-NMC_training_data" / fold / cls).glob("*.bmp")))
+            assert summary["counts"][fold][cls] == n == 4
+    assert summary["counts"]["prelim"] == {"all": 3, "hem": 3}
+    assert summary["counts"]["final"] == {"unlabelled": 5}
+    assert summary["total"] == 24 + 6 + 5
+    assert len(summary["subjects"]["final"]) == 2
+
+
+def test_refuses_existing_tree_and_bad_settings(tmp_path, cnmc_tree, cnmc_tree_settings):
+    with pytest.raises(FeatxError, match="already holds C-NMC_training_data"):
+        synthesize(cnmc_tree, **cnmc_tree_settings)
+    with pytest.raises(FeatxError, match="image_size=8 must be an integer >= 16"):
+        synthesize(tmp_path / "x", image_size=8)
+    with pytest.raises(FeatxError, match="subjects_all=0"):
+        synthesize(tmp_path / "x", subjects_all=0)
+    tiny = dict(subjects_all=1, subjects_hem=1, cells_per_subject=1, prelim_subjects_all=0,
+                prelim_subjects_hem=0, final_cells=0, image_size=16)
+    synthesize(tmp_path / "y", **tiny, seed=1)
+    synthesize(tmp_path / "y", **tiny, seed=2, overwrite=True)
+    assert len(list((tmp_path / "y").rglob("*.bmp"))) == 2
+
+
+def _colour_features(root: Path):
+    X, y, groups = [], [], []
+    for p in sorted((root / "C-NMC_training_data").rglob("*.bmp")):
+        a = np.asarray(Image.open(p), dtype=np.float64)
+        mask = a.sum(-1) > 30
+        pixels = a[mask]
+        X.append(np.r_[pixels.mean(0), pixels.std(0), mask.mean()])
+        m = TRAIN_NAME.match(p.name)
+        y.append(int(m.group(4) == "all"))
+        groups.append(m.group(1).upper())
+    return np.array(X), np.array(y), np.array(groups)
+
+
+def test_image_level_split_leaks_subjects(tmp_path):
+    """Colour means/stds + cell area with logistic regression: image-level CV beats subject-level CV."""
+    image_acc, subject_acc, majority = [], [], []
+    for seed in (0, 1, 2):
+        root = tmp_path / f"leak{seed}"
+        synthesize(root, cells_per_subject=8, prelim_subjects_all=0, prelim_subjects_hem=0,
+                   final_cells=0, image_size=40, seed=seed)
+        X, y, groups = _colour_features(root)
+        assert len(set(groups)) == 10 and len(y) == 80
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+        image_acc.append(cross_val_score(clf, X, y, cv=StratifiedKFold(5, shuffle=True, random_state=0)).mean())
+        subject_acc.append(cross_val_score(clf, X, y, groups=groups,
+                                           cv=StratifiedGroupKFold(5, shuffle=True, random_state=0)).mean())
+        majority.append(max(y.mean(), 1 - y.mean()))
+    margin = np.mean(image_acc) - np.mean(subject_acc)
+    assert margin >= 0.08, (image_acc, subject_acc)
+    assert np.mean(subject_acc) > np.mean(majority) + 0.1  # subject-level still learns the class
+    assert np.mean(image_acc) >= 0.9
