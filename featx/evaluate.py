@@ -1,0 +1,577 @@
+"""Evaluation protocol: splits, metrics, summaries over folds, and the heads x stores grid.
+
+Protocols (``make_splits``):
+- ``subject``: stratified k-fold grouped by subject (``StratifiedGroupKFold``); the only honest estimate
+  for a cell classifier, and the default when every row has a subject.
+- ``image``: plain stratified k-fold; cells of one subject land on both sides, so every report marks it
+  IMAGE-LEVEL.
+- ``fold``: the data's own folds (C-NMC ``fold_0/1/2``), leave one fold out.
+- ``eval_set="prelim"``: train on the training rows, test on the rows of that split once.
+
+Rows of the held-out phases (``prelim``, ``final``, ``test``) never enter cross-validation.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from featx.errors import FeatxError
+
+HELD_OUT_SPLITS = ("prelim", "final", "test")
+CV_CHOICES = ("auto", "subject", "image", "fold")
+METRICS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
+
+__all__ = ["CV_CHOICES", "HELD_OUT_SPLITS", "METRICS", "Protocol", "bootstrap_ci", "compare", "compute_metrics",
+           "evaluate", "make_splits", "resolve_positive", "summarize_folds"]
+
+
+# --------------------------------------------------------------------------------------------------
+# splits
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Protocol:
+    """Train/test index pairs and how to name them in a report."""
+    name: str                                   # "subject", "image", "fold" or the held-out split ("prelim")
+    label: str                                  # e.g. "subject-level 5-fold", "IMAGE-LEVEL 5-fold (...)"
+    image_level: bool                           # True when one subject's cells sit on both sides
+    folds: list[tuple[np.ndarray, np.ndarray]]  # (train indices, test indices) into the rows given
+    seed: int = 0
+    note: str = ""                              # e.g. why "auto" chose image-level
+    groups: np.ndarray | None = field(default=None, repr=False)  # subject of each row (None when unknown)
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.folds)
+
+
+def _subjects_known(subjects) -> bool:
+    return subjects is not None and len(subjects) > 0 and bool(np.all(np.asarray(subjects) != ""))
+
+
+def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
+                eval_set: str | None = None) -> Protocol:
+    """Build the train/test folds of one protocol over labelled rows.
+
+    ``subjects``/``splits`` are per-row strings ("" when unknown/none) or None; ``y`` class indices.
+    ``eval_set`` (e.g. "prelim") trains on the training rows and tests on that split, ignoring ``cv``.
+    Impossible requests (one class, fewer subjects than folds, ...) raise :class:`FeatxError` saying what
+    to change.
+    """
+    y = np.asarray(y)
+    n = len(y)
+    if n == 0:
+        raise FeatxError("no labelled rows to evaluate; the feature store holds only unlabelled samples")
+    if np.any(y < 0):
+        raise FeatxError("make_splits got unlabelled rows (label -1); load the features with labelled=True")
+    splits = np.asarray(splits if splits is not None else [""] * n).astype(str)
+    groups = np.asarray(subjects).astype(str) if _subjects_known(subjects) else None
+
+    if eval_set:
+        return _held_out(y, splits, groups, eval_set, seed)
+
+    cv = (cv or "auto").lower()
+    if cv not in CV_CHOICES:
+        raise FeatxError(f"--cv {cv!r}: choose one of {', '.join(CV_CHOICES)}")
+    if not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise FeatxError(f"--folds {n_folds}: cross-validation needs at least 2 folds")
+    pool = np.flatnonzero(~np.isin(splits, HELD_OUT_SPLITS))
+    if pool.size == 0:
+        raise FeatxError(f"every labelled row belongs to a held-out split ({', '.join(sorted(set(splits)))}); "
+                         "use --eval SPLIT to test on one of them")
+    skipped = n - pool.size
+    note = f"{skipped} rows of held-out splits ({', '.join(sorted(set(splits[~np.isin(np.arange(n), pool)])))}) " \
+           "left out of cross-validation" if skipped else ""
+    y_pool = y[pool]
+    _require_two_classes(y_pool, "the cross-validation rows")
+
+    if cv == "auto":
+        if groups is None:
+            cv = "image"
+            note = "; ".join(filter(None, ["subjects unknown: fell back to image-level folds", note]))
+        else:
+            cv = "subject"
+
+    if cv == "subject":
+        if groups is None:
+            raise FeatxError("--cv subject needs a subject id for every row, and this data has none (or some "
+                             "missing); use --cv image (image-level, optimistic) or a manifest with a subject column")
+        g = groups[pool]
+        n_subj = len(np.unique(g))
+        if n_subj < n_folds:
+            raise FeatxError(f"only {n_subj} subjects for --folds {n_folds}: subject-grouped CV needs at least one "
+                             f"subject per fold; use --folds {max(2, n_subj)} (or --cv image, which leaks subjects)")
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        folds = [(pool[a], pool[b]) for a, b in splitter.split(np.zeros(len(pool)), y_pool, g)]
+        label = f"subject-level {n_folds}-fold"
+        prot = Protocol("subject", label, False, folds, seed, note, groups)
+    elif cv == "image":
+        counts = np.bincount(y_pool)
+        smallest = int(counts[counts > 0].min())
+        if smallest < n_folds:
+            raise FeatxError(f"the rarest class has {smallest} labelled rows, too few for --folds {n_folds}; "
+                             f"use --folds {max(2, smallest)} or fewer")
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        folds = [(pool[a], pool[b]) for a, b in splitter.split(np.zeros(len(pool)), y_pool)]
+        why = "cells of one subject on both sides" if groups is not None else "subjects unknown"
+        prot = Protocol("image", f"IMAGE-LEVEL {n_folds}-fold ({why})", True, folds, seed, note, groups)
+    else:  # given folds
+        values = splits[pool]
+        if np.any(values == ""):
+            raise FeatxError("--cv fold needs every training row to carry a split (fold_0, fold_1, ...); "
+                             "this data has rows without one; use --cv subject or --cv image")
+        names = sorted(set(values))
+        if len(names) < 2:
+            raise FeatxError(f"--cv fold needs at least 2 folds in the data; found only {names[0]!r}; "
+                             "use --cv subject or --cv image")
+        folds = [(pool[values != f], pool[values == f]) for f in names]
+        kind = "C-NMC folds" if all(f.startswith("fold") for f in names) else "given splits"
+        leak = groups is not None and _leaks(folds, groups)
+        label = f"{kind} ({', '.join(names)}; leave one out)"
+        if leak:
+            label = f"IMAGE-LEVEL {label}: subjects on both sides"
+        prot = Protocol("fold", label, leak or groups is None, folds, seed, note, groups)
+
+    for k, (train, test) in enumerate(prot.folds):
+        _require_two_classes(y[train], f"the training part of fold {k + 1} ({prot.label})",
+                             hint=f"use fewer --folds (now {prot.n_folds})")
+    if prot.name == "subject" and _leaks(prot.folds, groups):  # pragma: no cover - guaranteed by the splitter
+        raise RuntimeError("subject-grouped folds share a subject")
+    return prot
+
+
+def _held_out(y, splits, groups, eval_set: str, seed: int) -> Protocol:
+    test = np.flatnonzero(splits == eval_set)
+    if test.size == 0:
+        have = ", ".join(sorted(set(splits) - {""})) or "none"
+        raise FeatxError(f"--eval {eval_set}: no labelled rows of split {eval_set!r}; labelled splits here: {have}")
+    train_mask = ~np.isin(splits, [*HELD_OUT_SPLITS, eval_set])
+    train = np.flatnonzero(train_mask)
+    if train.size == 0:
+        raise FeatxError(f"--eval {eval_set}: no training rows left (all rows are in held-out splits)")
+    _require_two_classes(y[train], f"the training rows for --eval {eval_set}")
+    names = sorted(set(splits[train]) - {""})
+    folds = [(train, test)]
+    trained_on = ", ".join(names) if names else "all other rows"
+    leak = groups is not None and _leaks(folds, groups)
+    label = f"held-out {eval_set} (trained on {trained_on})"
+    if leak:
+        label = f"IMAGE-LEVEL {label}: subjects on both sides"
+    return Protocol(eval_set, label, leak, folds, seed, "", groups)
+
+
+def _leaks(folds, groups) -> bool:
+    return any(np.intersect1d(groups[a], groups[b]).size for a, b in folds)
+
+
+def _require_two_classes(y, what: str, hint: str = "check the labels of the data") -> None:
+    if len(np.unique(y)) < 2:
+        raise FeatxError(f"{what} hold only one class; a classifier needs at least two ({hint})")
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------------
+def resolve_positive(classes: Sequence[str], positive: str | None = None) -> int:
+    """Index of the positive class: ``positive`` if given, else "all" when present, else the last class."""
+    classes = list(classes)
+    if positive is not None:
+        if positive not in classes:
+            raise FeatxError(f"--positive {positive!r} is not a class of this data; classes: {', '.join(classes)}")
+        return classes.index(positive)
+    return classes.index("all") if "all" in classes else len(classes) - 1
+
+
+def compute_metrics(y_true, y_pred, y_score=None, *, classes, positive, subjects=None) -> dict:
+    """Every metric of one test set, computed with scikit-learn's own functions.
+
+    ``y_true``/``y_pred`` are class indices, ``y_score`` a score of the positive class per row (or None);
+    ``positive`` a class name or index. Precision, recall and F1 are those of the positive class;
+    ``roc_auc`` is the positive class against the rest (NaN when the test set holds one class only).
+    """
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    k = len(classes)
+    pos = classes.index(positive) if isinstance(positive, str) else int(positive)
+    prec, rec, f1, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=[pos], average=None,
+                                                           zero_division=0)
+    out = {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "precision": float(prec[0]),
+        "recall": float(rec[0]),
+        "f1": float(f1[0]),
+        "f1_weighted": float(skm.f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "f1_macro": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "balanced_accuracy": float(_balanced_accuracy(y_true, y_pred)),
+        "roc_auc": float("nan"),
+        "confusion": skm.confusion_matrix(y_true, y_pred, labels=list(range(k))).tolist(),
+        "n": int(len(y_true)),
+    }
+    is_pos = y_true == pos
+    if y_score is not None and 0 < is_pos.sum() < len(is_pos):
+        out["roc_auc"] = float(skm.roc_auc_score(is_pos, np.asarray(y_score, dtype=float)))
+    if subjects is not None and _subjects_known(subjects):
+        subjects = np.asarray(subjects).astype(str)
+        correct = y_true == y_pred
+        out["per_subject_accuracy"] = {s: float(correct[subjects == s].mean()) for s in sorted(set(subjects))}
+    return out
+
+
+def _balanced_accuracy(y_true, y_pred) -> float:
+    import warnings
+
+    with warnings.catch_warnings():  # y_pred may hold a class absent from y_true (one-class test fold)
+        warnings.simplefilter("ignore", UserWarning)
+        return skm.balanced_accuracy_score(y_true, y_pred)
+
+
+def _confusion_metrics(C: np.ndarray, pos: int) -> dict[str, np.ndarray]:
+    """The confusion-based metrics for a stack of confusion matrices ``C`` (B, K, K), vectorised.
+
+    Same definitions as :func:`compute_metrics` (zero when a ratio is 0/0); used by the bootstrap.
+    """
+    C = C.astype(float)
+    rows = C.sum(axis=2)   # true counts (support)
+    cols = C.sum(axis=1)   # predicted counts
+    diag = np.diagonal(C, axis1=1, axis2=2)
+    total = rows.sum(axis=1)
+
+    def div(a, b):
+        return np.divide(a, b, out=np.zeros_like(a, dtype=float), where=b > 0)
+
+    tp, fp, fn = diag[:, pos], cols[:, pos] - diag[:, pos], rows[:, pos] - diag[:, pos]
+    f1_k = div(2 * diag, rows + cols)
+    present = (rows + cols) > 0
+    in_true = rows > 0
+    return {
+        "accuracy": div(diag.sum(axis=1), total),
+        "precision": div(tp, tp + fp),
+        "recall": div(tp, tp + fn),
+        "f1": div(2 * tp, 2 * tp + fp + fn),
+        "f1_weighted": div((f1_k * rows).sum(axis=1), total),
+        "f1_macro": div((f1_k * present).sum(axis=1), present.sum(axis=1)),
+        "balanced_accuracy": div((div(diag, rows) * in_true).sum(axis=1), in_true.sum(axis=1)),
+    }
+
+
+def _weighted_auc(is_pos: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """ROC-AUC for each row of row-weights ``W`` (B, N) (Mann-Whitney with ties counted half)."""
+    order = np.argsort(score, kind="mergesort")
+    s = score[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    Wo = W[:, order]
+    pos_w = np.add.reduceat(Wo * is_pos[order], starts, axis=1)
+    neg_w = np.add.reduceat(Wo * ~is_pos[order], starts, axis=1)
+    below = np.cumsum(neg_w, axis=1) - neg_w
+    num = (pos_w * (below + 0.5 * neg_w)).sum(axis=1)
+    den = pos_w.sum(axis=1) * neg_w.sum(axis=1)
+    return np.divide(num, den, out=np.full(len(W), np.nan), where=den > 0)
+
+
+def bootstrap_ci(y_true, y_pred, y_score, groups, *, n_classes: int, positive: int, n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile interval of each metric, resampling ``groups`` (subjects) with replacement.
+
+    All rows of a drawn subject enter together, as often as the subject was drawn; with ``groups=None``
+    single rows are resampled. Returns ``{metric: (low, high)}``.
+    """
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if groups is None:
+        groups = np.arange(len(y_true))
+    names, gidx = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n_groups = len(names)
+    if n_boot <= 0 or len(y_true) == 0:
+        return {m: (float("nan"), float("nan")) for m in METRICS}
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(float)  # (B, G)
+    # per-group confusion matrices, then each draw's confusion = counts @ per-group
+    per_group = np.zeros((n_groups, n_classes * n_classes))
+    np.add.at(per_group, (gidx, y_true * n_classes + y_pred), 1.0)
+    C = (counts @ per_group).reshape(n_boot, n_classes, n_classes)
+    values = _confusion_metrics(C, positive)
+    if y_score is not None:
+        is_pos = y_true == positive
+        score = np.asarray(y_score, dtype=float)
+        aucs = [_weighted_auc(is_pos, score, counts[i:i + 100][:, gidx]) for i in range(0, n_boot, 100)]
+        values["roc_auc"] = np.concatenate(aucs)
+    else:
+        values["roc_auc"] = np.full(n_boot, np.nan)
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    out = {}
+    for m in METRICS:
+        v = values[m][np.isfinite(values[m])]
+        out[m] = (float(np.percentile(v, lo)), float(np.percentile(v, hi))) if v.size else (float("nan"),) * 2
+    return out
+
+
+def summarize_folds(fold_metrics: list[dict], *, pooled: dict | None = None, n_boot: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> dict:
+    """Mean and standard deviation (over folds, ddof=0) of each metric, the summed confusion matrix, and,
+    given the pooled out-of-fold predictions, a bootstrap interval over subjects and per-subject accuracy.
+
+    ``pooled``: ``{"y_true", "y_pred", "y_score" (or None), "subjects" (or None), "classes", "positive"}``,
+    ``positive`` a class name or index. Keys: ``<metric>``, ``<metric>_std``, ``<metric>_ci_low``,
+    ``<metric>_ci_high``, ``confusion``, ``per_subject_accuracy``, ``ci_unit``, ``n_folds``.
+    """
+    out: dict = {"n_folds": len(fold_metrics)}
+    for m in METRICS:
+        vals = np.array([f.get(m, np.nan) for f in fold_metrics], dtype=float)
+        finite = vals[np.isfinite(vals)]
+        out[m] = float(finite.mean()) if finite.size else float("nan")
+        out[f"{m}_std"] = float(finite.std()) if finite.size else float("nan")
+    out["confusion"] = np.sum([np.asarray(f["confusion"]) for f in fold_metrics], axis=0).tolist()
+    if pooled is not None:
+        classes = list(pooled["classes"])
+        positive = pooled["positive"]
+        pos = classes.index(positive) if isinstance(positive, str) else int(positive)
+        subjects = pooled.get("subjects")
+        known = subjects is not None and _subjects_known(subjects)
+        ci = bootstrap_ci(pooled["y_true"], pooled["y_pred"], pooled.get("y_score"),
+                          np.asarray(subjects) if known else None, n_classes=len(classes), positive=pos,
+                          n_boot=n_boot, seed=seed, level=level)
+        for m, (lo, hi) in ci.items():
+            out[f"{m}_ci_low"], out[f"{m}_ci_high"] = lo, hi
+        out["ci_unit"] = "subject" if known else "image"
+        if known:
+            s = np.asarray(subjects).astype(str)
+            correct = np.asarray(pooled["y_true"]) == np.asarray(pooled["y_pred"])
+            out["per_subject_accuracy"] = {g: float(correct[s == g].mean()) for g in sorted(set(s))}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# running heads over folds
+# --------------------------------------------------------------------------------------------------
+def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int):
+    """Fit one head on one fold; returns predictions, positive-class scores and timings."""
+    from featx.heads import make_head, positive_scores
+
+    model = make_head(head, **head_kwargs)
+    t0 = time.perf_counter()
+    model.fit(X[train], y[train])
+    t1 = time.perf_counter()
+    Xt = X[test]
+    pred = model.predict(Xt)
+    score = positive_scores(model, Xt, positive)
+    return pred, score, t1 - t0, time.perf_counter() - t1
+
+
+def _roc_points(is_pos, score, max_points: int = 200) -> dict | None:
+    if score is None or is_pos.all() or not is_pos.any():
+        return None
+    fpr, tpr, _ = skm.roc_curve(is_pos, score)
+    if len(fpr) > max_points:
+        keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, max_points).round().astype(int)])
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
+
+
+def _head_params(params: dict | None, head: str) -> dict:
+    """Pick the parameters for ``head`` from ``{"C": 1}`` (every head) or ``{"svm": {"C": 1}}`` (scoped)."""
+    from featx.heads import HEADS
+
+    if not params:
+        return {}
+    out = {k: v for k, v in params.items() if k not in HEADS}
+    scoped = params.get(head)
+    if isinstance(scoped, dict):
+        out.update(scoped)
+    return out
+
+
+def _settings_of(features) -> dict:
+    keep = ("backbone", "weights", "weights_kind", "weights_sha256", "input_size", "resize", "dtype")
+    return {"stores": list(getattr(features, "stores", []) or []), "fingerprint": features.fingerprint,
+            "extraction": [{k: s.get(k) for k in keep if k in s} for s in features.settings]}
+
+
+def _run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: int, jobs: int, seed: int,
+              preprocess, class_weight, device, params, n_boot: int) -> list[dict]:
+    from joblib import Parallel, delayed
+
+    from featx.heads import get_head
+
+    X, y = features.X, features.y
+    specs = [get_head(h) for h in heads]
+    kwargs = {s.name: dict(preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
+                           **_head_params(params, s.name)) for s in specs}
+    tasks = [(s.name, k) for s in specs for k in range(protocol.n_folds)]
+    t0 = time.perf_counter()
+    results = Parallel(n_jobs=jobs, prefer="processes")(
+        delayed(_fit_fold)(name, kwargs[name], X, y, *protocol.folds[k], positive) for name, k in tasks)
+    wall = time.perf_counter() - t0
+    by_task = dict(zip(tasks, results))
+
+    classes = list(features.classes)
+    subjects = features.subjects if _subjects_known(features.subjects) else None
+    rows = []
+    for spec in specs:
+        fold_metrics, trues, preds, scores, fit_s = [], [], [], [], 0.0
+        test_all = []
+        for k, (train, test) in enumerate(protocol.folds):
+            pred, score, fs, _ = by_task[(spec.name, k)]
+            fold_metrics.append(compute_metrics(y[test], pred, score, classes=classes, positive=positive,
+                                                subjects=None if subjects is None else subjects[test]))
+            trues.append(y[test]), preds.append(pred), scores.append(score), test_all.append(test)
+            fit_s += fs
+        test_all = np.concatenate(test_all)
+        pooled = {"y_true": np.concatenate(trues), "y_pred": np.concatenate(preds),
+                  "y_score": np.concatenate(scores), "classes": classes, "positive": positive,
+                  "subjects": None if subjects is None else subjects[test_all]}
+        summary = summarize_folds(fold_metrics, pooled=pooled, n_boot=n_boot, seed=seed)
+        row = {
+            "model": f"{features.name} + {spec.name}",
+            "backbone": features.backbone, "tap": features.tap, "head": spec.name,
+            "protocol": protocol.name, "protocol_label": protocol.label, "image_level": bool(protocol.image_level),
+            "n_folds": protocol.n_folds,
+            "n_train": int(round(np.mean([len(a) for a, _ in protocol.folds]))),
+            "n_test": int(len(test_all)),
+            "n_subjects": int(len(np.unique(subjects))) if subjects is not None else 0,
+            "classes": classes, "positive": classes[positive],
+        }
+        row.update(summary)
+        row["roc"] = _roc_points(pooled["y_true"] == positive, pooled["y_score"])
+        row["fit_seconds"] = round(fit_s, 3)
+        row["wall_seconds"] = round(wall, 3)
+        row["settings"] = {
+            "preprocess": preprocess, "class_weight": class_weight if spec.class_weight else None,
+            "params": _head_params(params, spec.name), "seed": seed, "device": device, "n_boot": n_boot,
+            "cv_note": protocol.note, **_settings_of(features),
+        }
+        rows.append(row)
+    return rows
+
+
+def _labelled(features):
+    keep = np.asarray(features.y) >= 0
+    return features if keep.all() else features.select(keep)
+
+
+def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1,
+             eval_set: str | None = None, positive: str | None = None, preprocess: str | None = "standard",
+             class_weight=None, device: str = "auto", params: dict | None = None, n_boot: int = 1000) -> dict:
+    """Cross-validate (or hold out) one head on a :class:`featx.store.FeatureSet`; returns one result row.
+
+    The row holds every metric's mean over folds (``accuracy``), spread (``accuracy_std``) and bootstrap
+    interval over subjects (``accuracy_ci_low``/``_high``), the summed confusion matrix, the protocol's
+    label, and the settings. Unlabelled rows are ignored.
+    """
+    return evaluate_many(features, [head], cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
+                         positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
+                         params=params, n_boot=n_boot)[0]
+
+
+def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
+                  jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
+                  preprocess: str | None = "standard", class_weight=None, device: str = "auto",
+                  params: dict | None = None, n_boot: int = 1000) -> list[dict]:
+    """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head."""
+    from featx.heads import get_head
+
+    for h in heads:
+        get_head(h)  # unknown names fail before any work
+    data = _labelled(features)
+    pos = resolve_positive(data.classes, positive)
+    protocol = make_splits(data.subjects, data.y, data.splits, cv=cv, n_folds=n_folds, seed=seed,
+                           eval_set=eval_set)
+    return _run_grid(data, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
+                     class_weight=class_weight, device=device, params=params, n_boot=n_boot)
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def compare(stores: Sequence[str], heads: Sequence[str] | str, taps: Sequence[str] | str | None = None, *,
+            cv: Sequence[str] | str | None = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1,
+            eval_set: str | None = None, positive: str | None = None, preprocess: str | None = "standard",
+            class_weight=None, device: str = "auto", params: dict | None = None, n_boot: int = 1000,
+            progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Evaluate every head on every store x tap under every protocol; one row each.
+
+    ``stores``: feature files, each possibly fused (``"a.h5+b.h5"``); ``taps``: e.g. ``["fc7", "fc7+pool5"]``
+    (None = each store's default tap); ``cv``: one protocol or several (``"subject,image"``); ``eval_set``
+    adds a held-out protocol (train on the training rows, test on that split).
+    """
+    from featx.store import load_features
+
+    heads = _as_list(heads)
+    if not heads:
+        raise FeatxError("no heads given; pass e.g. --heads softmax,svm,xgboost")
+    from featx.heads import get_head
+
+    heads = [get_head(h).name for h in heads]
+    stores = _as_list(stores) if isinstance(stores, str) else [str(s) for s in stores]
+    if not stores:
+        raise FeatxError("no feature store given; pass files written by `featx extract`")
+    tap_list = _as_list(taps) or [None]
+    protocols = _as_list(cv)
+    if not protocols and not eval_set:
+        protocols = ["auto"]
+    for p in protocols:
+        if p not in CV_CHOICES:
+            raise FeatxError(f"--cv {p!r}: choose from {', '.join(CV_CHOICES)} (several joined by commas)")
+    runs = [(p, None) for p in protocols] + ([("auto", eval_set)] if eval_set else [])
+    rows: list[dict] = []
+    for store in stores:
+        for tap in tap_list:
+            features = load_features(store, tap, labelled=True)
+            for p, ev in runs:
+                if progress:
+                    progress(f"{features.name}: {', '.join(heads)} under {ev or p}")
+                rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
+                                          eval_set=ev, positive=positive, preprocess=preprocess,
+                                          class_weight=class_weight, device=device, params=params, n_boot=n_boot))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# one-call workflows (what `featx classify` and `featx compare` run)
+# --------------------------------------------------------------------------------------------------
+def run_classify(store: str, head: str, *, tap: str | None = None, cv: str = "auto", n_folds: int = 5,
+                 seed: int = 0, jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
+                 preprocess: str | None = "standard", class_weight=None, device: str = "auto",
+                 params: dict | None = None, n_boot: int = 1000, out=None, save: bool = False,
+                 plots: bool = True) -> dict:
+    """Load a store, evaluate one head, write the reports to ``out`` and, with ``save``, the model fitted on
+    every training row to ``out/models``. Returns ``{"row", "paths", "model"}``."""
+    from pathlib import Path
+
+    from featx.store import load_features
+
+    features = load_features(store, tap)
+    row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
+                   positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
+                   params=params, n_boot=n_boot)
+    result = {"row": row, "paths": {}, "model": None}
+    if out is not None:
+        from featx.report import write_results
+
+        result["paths"] = write_results([row], out, plots=plots)
+    if save:
+        from featx.persist import train_and_save
+
+        features.positive = row["positive"]
+        result["model"] = train_and_save(features, head, Path(out or ".") / "models", preprocess=preprocess,
+                                         class_weight=class_weight, seed=seed, device=device, params=params, row=row)
+    return result
+
+
+def run_compare(stores: Sequence[str], heads, taps=None, *, out=None, plots: bool = True, **kwargs) -> dict:
+    """:func:`compare`, then the reports in ``out``. Returns ``{"rows", "paths"}``."""
+    rows = compare(stores, heads, taps, **kwargs)
+    paths = {}
+    if out is not None:
+        from featx.report import write_results
+
+        paths = write_results(rows, out, plots=plots)
+    return {"rows": rows, "paths": paths}
