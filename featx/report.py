@@ -1,0 +1,296 @@
+"""Reports of result rows: the terminal table (the study's Table 2 layout), CSV/JSON/Markdown, PNG plots.
+
+A result row is a flat dict (see :mod:`featx.evaluate`): ``model``, ``backbone``, ``tap``, ``head``,
+``protocol``, ``protocol_label``, ``image_level``, ``n_folds``, ``n_train``, ``n_test``, each metric as
+``<metric>`` (mean over folds), ``<metric>_std``, ``<metric>_ci_low``/``_high``, ``confusion``, ``settings``.
+Image-level rows are marked everywhere: their numbers leak subjects between train and test.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["TABLE_METRICS", "format_pct", "plot_bars", "plot_confusion", "plot_history", "plot_roc",
+           "results_table", "slug", "write_results"]
+
+# (key, header) of the columns of the study's Table 2, then the challenge's metric.
+TABLE_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+                 ("f1_weighted", "Weighted F1"), ("roc_auc", "ROC-AUC"))
+METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
+IMAGE_LEVEL_NOTE = ("IMAGE-LEVEL rows split cells of one subject across train and test: optimistic, "
+                    "not an estimate for new patients.")
+
+
+def format_pct(mean, std=None) -> str:
+    """``0.9744, 0.012`` -> ``"97.44 ± 1.20"`` (percent); missing values -> ``"-"``."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    text = f"{100 * mean:.2f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" ± {100 * std:.2f}"
+    return text
+
+
+def _protocol_text(row: dict) -> str:
+    return row.get("protocol_label") or row.get("protocol", "")
+
+
+def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
+    """A rich Table: model, protocol, then accuracy, precision, recall, F1 (mean ± std over folds, %),
+    weighted F1 and ROC-AUC; image-level rows in yellow with a ``*``."""
+    from rich.table import Table
+
+    table = Table(title=title, caption=IMAGE_LEVEL_NOTE if any(r.get("image_level") for r in rows) else None,
+                  caption_style="yellow", show_lines=False)
+    table.add_column("Model", style="bold")
+    table.add_column("Protocol")
+    for _, header in TABLE_METRICS:
+        table.add_column(f"{header} (%)", justify="right")
+    for r in rows:
+        image = bool(r.get("image_level"))
+        cells = [r.get("model", ""), ("* " if image else "") + _protocol_text(r)]
+        cells += [format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TABLE_METRICS]
+        table.add_row(*cells, style="yellow" if image else None)
+    return table
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The same table as Markdown (image-level rows in bold with a ``*``)."""
+    head = ["Model", "Protocol", *[f"{h} (%)" for _, h in TABLE_METRICS], "95% CI accuracy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        protocol = _protocol_text(r)
+        if r.get("image_level"):
+            protocol = f"**\\* {protocol}**"
+        ci = "-"
+        if r.get("accuracy_ci_low") is not None and not _isnan(r.get("accuracy_ci_low")):
+            ci = f"{100 * r['accuracy_ci_low']:.1f} - {100 * r['accuracy_ci_high']:.1f}"
+        cells = [str(r.get("model", "")), protocol, *[format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TABLE_METRICS],
+                 ci]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def slug(row_or_text) -> str:
+    """A file-name-safe name of a row: backbone-tap-head-protocol."""
+    if isinstance(row_or_text, dict):
+        r = row_or_text
+        text = "-".join(str(r.get(k, "")) for k in ("backbone", "tap", "head", "protocol") if r.get(k, "") != "")
+    else:
+        text = str(row_or_text)
+    return re.sub(r"[^A-Za-z0-9.+_-]+", "_", text).strip("_") or "row"
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _csv_columns(rows: Sequence[dict]) -> list[str]:
+    first = ["model", "backbone", "tap", "head", "protocol", "protocol_label", "image_level", "n_folds",
+             "n_train", "n_test", "n_subjects", "positive"]
+    metric_cols = [f"{m}{suffix}" for m in METRIC_KEYS for suffix in ("", "_std", "_ci_low", "_ci_high")]
+    seen = set(first) | set(metric_cols) | {"roc", "per_subject_accuracy", "settings"}
+    extra = []
+    for r in rows:
+        for k in r:
+            if k not in seen:
+                seen.add(k)
+                extra.append(k)
+    settings_keys = []
+    for r in rows:
+        for k in (r.get("settings") or {}):
+            if f"settings.{k}" not in settings_keys:
+                settings_keys.append(f"settings.{k}")
+    return first + metric_cols + extra + settings_keys
+
+
+def _csv_value(value) -> str:
+    if value is None or _isnan(value):
+        return ""
+    if isinstance(value, (dict, list, tuple, np.ndarray)):
+        return json.dumps(_jsonable(value), sort_keys=True)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_results(rows: Sequence[dict], out_dir, *, plots: bool = True, stem: str = "results") -> dict[str, Path]:
+    """Write ``results.csv``, ``results.json`` and ``results.md`` (one row per backbone x tap x head x
+    protocol, every metric and the settings) and, with ``plots``, a confusion-matrix and a ROC PNG per row
+    under ``plots/`` plus ``comparison.png``. Returns ``{kind: path}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    paths: dict[str, Path] = {}
+
+    cols = _csv_columns(rows)
+    paths["csv"] = out / f"{stem}.csv"
+    with paths["csv"].open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(cols)
+        for r in rows:
+            settings = r.get("settings") or {}
+            writer.writerow([_csv_value(settings.get(c[9:]) if c.startswith("settings.") else r.get(c)) for c in cols])
+
+    paths["json"] = out / f"{stem}.json"
+    paths["json"].write_text(json.dumps(_jsonable(rows), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+    paths["md"] = out / f"{stem}.md"
+    md = ["# featx results", "", markdown_table(rows)]
+    if any(r.get("image_level") for r in rows):
+        md += [f"\\* {IMAGE_LEVEL_NOTE}", ""]
+    md += ["Mean ± standard deviation over folds; 95% CI: bootstrap over subjects of the pooled out-of-fold "
+           "predictions. Precision, recall and F1 are those of the positive class.", ""]
+    paths["md"].write_text("\n".join(md), encoding="utf-8")
+
+    if plots and rows:
+        plot_dir = out / "plots"
+        plot_dir.mkdir(exist_ok=True)
+        for r in rows:
+            name = slug(r)
+            title = f"{r.get('model', '')}\n{_protocol_text(r)}"
+            if r.get("confusion") is not None:
+                plot_confusion(r["confusion"], r.get("classes") or [str(i) for i in range(len(r["confusion"]))],
+                               plot_dir / f"confusion-{name}.png", title=title)
+            if r.get("roc"):
+                plot_roc(r["roc"]["fpr"], r["roc"]["tpr"], r.get("roc_auc"), plot_dir / f"roc-{name}.png", title=title)
+        paths["plot"] = plot_bars(rows, out / "comparison.png")
+    return paths
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(cm, classes: Sequence[str], path, *, title: str | None = None) -> Path:
+    """Confusion matrix (rows true, columns predicted) as a PNG with counts and row percentages."""
+    plt = _plt()
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=100)
+    ax.imshow(cm, cmap="Blues")
+    totals = cm.sum(axis=1, keepdims=True)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            share = cm[i, j] / totals[i, 0] if totals[i, 0] else 0.0
+            ax.text(j, i, f"{cm[i, j]}\n{100 * share:.1f}%", ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=9)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(fpr, tpr, auc, path, *, title: str | None = None) -> Path:
+    """ROC curve of the positive class as a PNG."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    label = "ROC" if auc is None or _isnan(auc) else f"AUC {auc:.3f}"
+    ax.plot(fpr, tpr, lw=2, label=label)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(rows: Sequence[dict], path, metrics: Sequence[str] = ("accuracy", "f1", "f1_weighted")) -> Path:
+    """One bar chart comparing rows on ``metrics`` (mean with the std over folds as error bars).
+    Image-level rows are hatched."""
+    plt = _plt()
+    rows = list(rows)
+    n = len(rows)
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * n + 2), 4.2), dpi=100)
+    x = np.arange(n)
+    for i, m in enumerate(metrics):
+        means = [100 * (r.get(m) if r.get(m) is not None and not _isnan(r.get(m)) else 0.0) for r in rows]
+        stds = [100 * (r.get(f"{m}_std") or 0.0) if not _isnan(r.get(f"{m}_std") or 0.0) else 0.0 for r in rows]
+        bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=m)
+        for bar, r in zip(bars, rows):
+            if r.get("image_level"):
+                bar.set_hatch("//")
+    labels = [f"{r.get('model', '')}\n{'IMAGE-LEVEL ' if r.get('image_level') else ''}{r.get('protocol', '')}"
+              for r in rows]
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 115)
+    ax.set_yticks(range(0, 101, 20))
+    ax.legend(fontsize=8, loc="upper right", ncol=len(metrics))
+    ax.set_title("featx comparison (hatched: image-level split)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_history(history_rows: Sequence[dict], path, *, title: str | None = None) -> Path:
+    """Training curves: accuracy and loss per epoch, train and validation, side by side.
+
+    ``history_rows``: dicts with ``epoch`` and any of ``train_acc``, ``val_acc``, ``train_loss``, ``val_loss``
+    (``train_accuracy``/``val_accuracy`` are accepted too).
+    """
+    plt = _plt()
+    rows = list(history_rows)
+    epochs = [r.get("epoch", i + 1) for i, r in enumerate(rows)]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+    for ax, kind in ((ax_acc, "acc"), (ax_loss, "loss")):
+        for split in ("train", "val"):
+            keys = [f"{split}_{kind}"] + ([f"{split}_accuracy"] if kind == "acc" else [])
+            key = next((k for k in keys if any(r.get(k) is not None for r in rows)), None)
+            if key is None:
+                continue
+            pts = [(e, r[key]) for e, r in zip(epochs, rows) if r.get(key) is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy" if kind == "acc" else "loss")
+        if ax.lines:
+            ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

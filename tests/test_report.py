@@ -1,0 +1,84 @@
+"""Reports: the terminal table, CSV/JSON/Markdown files and the PNG plots."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from rich.console import Console
+
+from featx.report import format_pct, plot_confusion, plot_history, results_table, slug, write_results
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(model, protocol, label, image_level, acc, std, **extra):
+    row = {"model": model, "backbone": model.split("/")[0], "tap": "fc7", "head": model.split(" + ")[-1],
+           "protocol": protocol, "protocol_label": label, "image_level": image_level, "n_folds": 5,
+           "n_train": 80, "n_test": 100, "n_subjects": 10, "positive": "all", "classes": ["all", "hem"],
+           "confusion": [[60, 8], [4, 28]], "roc": {"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1]},
+           "settings": {"preprocess": "standard", "class_weight": None, "seed": 0, "params": {"C": 1}}}
+    for m in ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc"):
+        row[m], row[f"{m}_std"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = acc, std, acc - 0.05, acc + 0.03
+    row.update(extra)
+    return row
+
+
+ROWS = [_row("vgg16/fc7 + svm", "subject", "subject-level 5-fold", False, 0.8712, 0.031),
+        _row("vgg16/fc7 + svm", "image", "IMAGE-LEVEL 5-fold (cells of one subject on both sides)", True,
+             0.9744, 0.012, roc_auc=float("nan"), roc=None)]
+
+
+def test_format_pct():
+    assert format_pct(0.9744, 0.012) == "97.44 ± 1.20"
+    assert format_pct(0.5) == "50.00" and format_pct(float("nan"), 0.1) == "-" and format_pct(None) == "-"
+
+
+def test_table_has_the_study_columns_and_marks_image_level_rows():
+    console = Console(record=True, width=220)
+    console.print(results_table(ROWS))
+    text = console.export_text()
+    for header in ("Model", "Protocol", "Accuracy (%)", "Precision (%)", "Recall (%)", "F1 (%)", "Weighted F1 (%)"):
+        assert header in text
+    lines = [ln for ln in text.splitlines() if "vgg16/fc7 + svm" in ln]
+    assert "87.12 ± 3.10" in lines[0] and "subject-level 5-fold" in lines[0] and "*" not in lines[0]
+    assert "97.44 ± 1.20" in lines[1] and "* IMAGE-LEVEL 5-fold" in lines[1]
+    assert "optimistic" in text  # the caption explains the mark
+
+
+def test_write_results_files(tmp_path):
+    paths = write_results(ROWS, tmp_path / "res")
+    assert {k: p.name for k, p in paths.items()} == {"csv": "results.csv", "json": "results.json",
+                                                     "md": "results.md", "plot": "comparison.png"}
+    with paths["csv"].open() as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 2
+    assert table[0]["model"] == "vgg16/fc7 + svm" and table[1]["image_level"] == "True"
+    assert float(table[0]["accuracy"]) == pytest.approx(0.8712) and float(table[0]["accuracy_std"]) == 0.031
+    assert float(table[0]["f1_weighted_ci_low"]) == pytest.approx(0.8212)
+    assert table[1]["roc_auc"] == "" and json.loads(table[0]["confusion"]) == [[60, 8], [4, 28]]
+    assert json.loads(table[0]["settings.params"]) == {"C": 1} and table[0]["settings.preprocess"] == "standard"
+    data = json.loads(paths["json"].read_text())
+    assert data[0]["accuracy"] == 0.8712 and data[1]["roc_auc"] is None and data[1]["image_level"] is True
+    md = paths["md"].read_text()
+    assert "| vgg16/fc7 + svm | subject-level 5-fold | 87.12 ± 3.10 |" in md
+    assert "**\\* IMAGE-LEVEL 5-fold (cells of one subject on both sides)**" in md and "optimistic" in md
+    plots = sorted(p.name for p in (tmp_path / "res" / "plots").iterdir())
+    assert plots == ["confusion-vgg16-fc7-svm-image.png", "confusion-vgg16-fc7-svm-subject.png",
+                     "roc-vgg16-fc7-svm-subject.png"]  # no ROC where the AUC is undefined
+    for p in [paths["plot"], *(tmp_path / "res" / "plots").iterdir()]:
+        assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
+
+
+def test_plots_and_slugs(tmp_path):
+    path = plot_confusion([[5, 1], [2, 7]], ["all", "hem"], tmp_path / "cm.png", title="t")
+    assert path.read_bytes()[:8] == PNG
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 1 - 0.5 / e,
+                "val_acc": 1 - 0.6 / e} for e in range(1, 6)]
+    out = plot_history(history, tmp_path / "curves" / "history.png", title="finetune")
+    assert out.read_bytes()[:8] == PNG and out.stat().st_size > 10000
+    # partial histories (no validation) still plot
+    assert plot_history([{"epoch": 1, "train_loss": 0.7}], tmp_path / "h2.png").exists()
+    assert slug({"backbone": "vgg16+alexnet", "tap": "fc7+pool5", "head": "svm", "protocol": "subject"}) \
+        == "vgg16+alexnet-fc7+pool5-svm-subject"
+    assert slug("a/b c") == "a_b_c"
