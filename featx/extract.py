@@ -1,0 +1,212 @@
+"""Run a backbone over an image collection once and stream its features into an HDF5 store.
+
+Decoding runs in DataLoader worker processes, the forward pass in the main thread, and HDF5 writes in
+one writer thread, so the three overlap. Re-running the same call resumes: only missing rows are computed.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from featx.backbones import check_input_size, create_backbone, get_config
+from featx.data import Collection, ImageDataset, discover, make_transform
+from featx.device import autocast, memory_format, pin_memory, resolve_device
+from featx.errors import FeatxError
+from featx.store import FeatureStore
+
+DTYPES = ("float32", "float16")
+
+
+def default_workers() -> int:
+    """Decode workers: all cores but one (the forward pass needs one), at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def parse_taps(taps: str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """``"fc7,pool5"`` or a list -> tap names in the backbone's forward order; ``None`` -> all taps."""
+    if taps is None or taps == "" or taps == "all":
+        return list(available)
+    names = [t.strip() for t in (taps.split(",") if isinstance(taps, str) else taps) if t.strip()]
+    unknown = [t for t in names if t not in available]
+    if unknown:
+        raise FeatxError(f"unknown tap {', '.join(unknown)}; this backbone has: {', '.join(available)}")
+    return [t for t in available if t in names]
+
+
+def store_settings_for(collection: Collection, model, image_size: int, dtype: str) -> dict:
+    """The root attributes that identify a store made from ``collection`` with ``model``."""
+    info = model.weights_info
+    cfg = model.config
+    return {
+        "backbone": model.name,
+        "weights": info.source,
+        "weights_kind": info.kind,
+        "weights_sha256": info.sha256 or "",
+        "weights_seed": -1 if info.seed is None else int(info.seed),
+        "input_size": int(image_size),
+        "mean": [float(v) for v in cfg.mean],
+        "std": [float(v) for v in cfg.std],
+        "resize": f"resize to {image_size}x{image_size} (bilinear, antialias), ToTensor, normalise",
+        "dtype": dtype,
+        "dataset_fingerprint": collection.fingerprint(),
+        "data_root": str(collection.root),
+        "layout": collection.layout,
+    }
+
+
+class _Writer:
+    """One background thread that owns every HDF5 write (h5py is not safe for concurrent writers)."""
+
+    def __init__(self, store: FeatureStore, depth: int = 4):
+        self.store = store
+        self.jobs: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="featx-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                kind, a, b = job
+                if kind == "rows":
+                    self.store.write_rows(a, b)
+                else:
+                    self.store.mark_errors(a, b)
+            except BaseException as exc:  # re-raised in the main thread by put()/close()
+                self.error = exc
+
+    def put(self, kind: str, a, b) -> None:
+        if self.error is not None:
+            raise self.error
+        self.jobs.put((kind, a, b))
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "vgg16",
+            weights: str | Path = "imagenet", taps: str | Sequence[str] | None = None,
+            image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
+            batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
+            progress: bool = True, callback: Callable[[int, int], None] | None = None) -> Path:
+    """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
+
+    ``taps`` (``"fc7,pool5"``; default all) are computed in one forward pass. ``weights`` is ``imagenet``,
+    ``none`` (random, seeded by ``seed``) or a state-dict / featx checkpoint file. An existing store with the
+    same settings is resumed; one made with other settings is refused. ``callback(done, total)`` is called
+    after each batch. Unreadable images are recorded in the store and reported at the end (FeatxError),
+    after every readable image has been written.
+    """
+    if dtype not in DTYPES:
+        raise FeatxError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if batch_size < 1:
+        raise FeatxError(f"--batch-size {batch_size}: must be at least 1")
+    collection = data if isinstance(data, Collection) else discover(data, splits)
+    if not collection.samples:
+        raise FeatxError(f"{collection.root}: no images to extract")
+    cfg = get_config(backbone)
+    size = int(image_size or cfg.input_size)
+    check_input_size(backbone, size)
+    model = create_backbone(backbone, weights, seed=seed)
+    tap_names = parse_taps(taps, list(cfg.taps))
+    tap_dims = {t: cfg.taps[t] for t in tap_names}
+    settings = store_settings_for(collection, model, size, dtype)
+    out = Path(out)
+
+    with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims) as store:
+        pending = np.flatnonzero(~store.done)
+        total = store.n
+        if pending.size:
+            _run(model, collection, store, pending, tap_names, size=size, device=resolve_device(device),
+                 batch_size=batch_size, workers=default_workers() if workers is None else workers,
+                 progress=progress, callback=callback, total=total)
+        errors = store.h5["samples/error"].asstr()[:]
+    failed = np.flatnonzero(errors != "")
+    if failed.size:
+        raise FeatxError(f"{failed.size} image(s) could not be read, first: {errors[failed[0]]}; "
+                         f"the other {total - failed.size} rows are saved in {out}; fix or remove those files "
+                         "and run the same command again")
+    return out
+
+
+def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray, taps: list[str], *, size: int,
+         device: torch.device, batch_size: int, workers: int, progress: bool,
+         callback: Callable[[int, int], None] | None, total: int) -> None:
+    cfg = model.config
+    transform = make_transform(size, cfg.mean, cfg.std)
+    dataset = ImageDataset(collection, transform, indices=pending.tolist())
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=pin_memory(device), persistent_workers=False,
+                        prefetch_factor=4 if workers > 0 else None)
+    fmt = memory_format(device)
+    model = model.eval().to(device=device, memory_format=fmt)
+    writer = _Writer(store)
+    done = total - pending.size
+    bar = _progress(progress, f"{model.name} -> {store.path.name}", total, done)
+    try:
+        with bar, torch.inference_mode():
+            for images, index, error in loader:
+                ok = np.array([e == "" for e in error], dtype=bool)
+                index = index.numpy()
+                if not ok.all():
+                    writer.put("errors", index[~ok].tolist(), [e for e in error if e])
+                if ok.any():
+                    x = images[torch.from_numpy(ok)] if not ok.all() else images
+                    x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                    with autocast(device):
+                        feats = model.forward_taps(x, taps)
+                    writer.put("rows", index[ok], {t: v.float().cpu().numpy() for t, v in feats.items()})
+                done += len(index)
+                bar.advance(len(index))
+                if callback is not None:
+                    callback(done, total)
+    finally:
+        writer.close()
+
+
+class _progress:
+    """A rich progress bar with images/s, or nothing when ``enabled`` is false."""
+
+    def __init__(self, enabled: bool, label: str, total: int, done: int):
+        self.enabled = enabled
+        self.start = time.perf_counter()
+        self.count = 0  # images this run (the rate ignores rows finished by an earlier run)
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                transient=False)
+            self.task = self.bar.add_task(label, total=total, completed=done, rate="-")
+
+    def __enter__(self):
+        if self.enabled:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+    def advance(self, n: int) -> None:
+        if self.enabled:
+            self.count += n
+            rate = self.count / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.update(self.task, advance=n, rate=f"{rate:.1f}")

@@ -1,0 +1,327 @@
+"""featx.extract + featx.store: what lands in the HDF5 file, resuming, refusing, and the CLI around them."""
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import re
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featx.backbones import create_backbone
+from featx.cli import app
+from featx.data import discover, load_image, make_transform
+from featx.errors import FeatxError
+from featx.extract import extract
+from featx.store import FeatureStore, load_features, store_settings, summarize
+
+runner = CliRunner()
+NAME = re.compile(r"^UID_(H?\d+)_\d+_\d+_(all|hem)\.bmp$", re.IGNORECASE)
+
+
+def expected_rows(root: Path) -> dict[str, tuple[str, str, str]]:
+    """path -> (label, subject, split), read from the files themselves, not through featx.data."""
+    rows = {}
+    for f in sorted((root / "C-NMC_training_data").rglob("*.bmp")):
+        subject, label = NAME.match(f.name).groups()
+        assert f.parent.name == label.lower()
+        rows[f.relative_to(root).as_posix()] = (label.lower(), subject.upper(), f.parent.parent.name)
+    prelim = root / "C-NMC_test_prelim_phase_data"
+    with open(prelim / "C-NMC_test_prelim_phase_data_labels.csv") as fh:
+        for rec in csv.DictReader(fh):
+            subject, label = NAME.match(rec["Patient_ID"]).groups()
+            assert label.lower() == ("all" if rec["labels"] == "1" else "hem")
+            path = (prelim / "C-NMC_test_prelim_phase_data" / rec["new_names"]).relative_to(root).as_posix()
+            rows[path] = (label.lower(), subject.upper(), "prelim")
+    for f in sorted((root / "C-NMC_test_final_phase_data").rglob("*.bmp")):
+        rows[f.relative_to(root).as_posix()] = ("", "", "final")
+    return rows
+
+
+def read_rows(store: Path) -> dict[str, tuple[str, str, str]]:
+    with h5py.File(store) as h5:
+        s = h5["samples"]
+        classes = list(s.attrs["classes"])
+        classes = [c.decode() if isinstance(c, bytes) else c for c in classes]
+        assert s["done"][:].all()
+        return {p: (classes[lab] if lab >= 0 else "", subj, split)
+                for p, lab, subj, split in zip(s["path"].asstr()[:], s["label"][:], s["subject"].asstr()[:],
+                                               s["split"].asstr()[:])}
+
+
+@pytest.fixture(scope="module")
+def cnn_store(cnmc_tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cnn") / "cnn.h5"
+    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, batch_size=8, workers=0, progress=False)
+    return out
+
+
+def test_store_holds_every_image_once_with_label_subject_split(cnmc_tree, cnn_store):
+    want = expected_rows(cnmc_tree)
+    got = read_rows(cnn_store)
+    with h5py.File(cnn_store) as h5:
+        paths = list(h5["samples/path"].asstr()[:])
+    assert len(paths) == len(set(paths)) == len(want)
+    assert got == want
+    assert {v[2] for v in got.values()} == {"fold_0", "fold_1", "fold_2", "prelim", "final"}
+    assert any(v[2] == "prelim" and v[0] and v[1] for v in got.values())
+
+
+def test_store_schema_and_settings(cnn_store, cnmc_tree):
+    s = store_settings(cnn_store)
+    assert s["schema_version"] == 1 and s["backbone"] == "cnn" and s["input_size"] == 32
+    assert s["weights"] == "none" and s["weights_seed"] == 0
+    assert s["taps"] == ["pool5", "fc"] or set(s["taps"]) == {"pool5", "fc"}
+    assert s["data_root"] == str(cnmc_tree.resolve())
+    assert s["torch_version"] == torch.__version__ and len(s["dataset_fingerprint"]) == 64
+    with h5py.File(cnn_store) as h5:
+        for tap, ds in h5["features"].items():
+            assert ds.maxshape == (None, ds.shape[1]) and ds.chunks[1] == ds.shape[1]
+            assert ds.chunks[0] * ds.shape[1] * 4 <= (1 << 20)
+            assert ds.shape[0] == len(h5["samples/path"])
+
+
+@pytest.mark.parametrize("name,size,dims", [("vgg16", 32, {"pool5": 512, "fc7": 4096}),
+                                            ("alexnet", 64, {"pool5": 256, "fc7": 4096})])
+def test_taps_equal_a_direct_forward_pass(cnmc_tree, tmp_path, name, size, dims):
+    collection = discover(cnmc_tree, splits=["fold_0"])
+    collection = collection.subset(range(5))
+    out = tmp_path / f"{name}.h5"
+    extract(collection, out, backbone=name, weights="none", taps="fc7,pool5", image_size=size, batch_size=2,
+            workers=0, progress=False, seed=3)
+    model = create_backbone(name, "none", seed=3).eval()
+    transform = make_transform(size, model.config.mean, model.config.std)
+    x = torch.stack([transform(load_image(collection.abspath(i))) for i in range(5)])
+    with torch.no_grad():
+        direct = model.forward_taps(x, ["pool5", "fc7"])
+    with h5py.File(out) as h5:
+        assert set(h5["features"]) == set(dims)
+        for tap, dim in dims.items():
+            stored = h5["features"][tap][:]
+            assert stored.shape == (5, dim)
+            np.testing.assert_allclose(stored, direct[tap].numpy(), rtol=1e-4, atol=1e-5)
+            assert np.abs(stored).sum() > 0
+
+
+def test_interrupted_run_fills_in_only_missing_rows(cnmc_tree, tmp_path):
+    collection = discover(cnmc_tree, splits=["fold_0", "fold_1"])
+    whole = tmp_path / "whole.h5"
+    extract(collection, whole, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0, progress=False)
+
+    part = tmp_path / "part.h5"
+
+    def stop_after_two_batches(done, total):
+        if done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(collection, part, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0,
+                progress=False, callback=stop_after_two_batches)
+    with h5py.File(part) as h5:
+        done_before = h5["samples/done"][:].copy()
+        kept = h5["features/fc"][:8].copy()
+    assert done_before.sum() == 8 and done_before[:8].all()
+
+    seen = []
+    extract(collection, part, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0,
+            progress=False, callback=lambda done, total: seen.append(done))
+    n = len(collection.samples)
+    assert seen[-1] == n and seen[0] == 8 + 4  # the second run starts after the 8 finished rows
+    assert sum(1 for _ in seen) == -(-(n - 8) // 4)  # and only computes the missing ones
+    with h5py.File(part) as a, h5py.File(whole) as b:
+        assert a["samples/done"][:].all()
+        np.testing.assert_array_equal(a["features/fc"][:8], kept)
+        for tap in ("pool5", "fc"):
+            np.testing.assert_allclose(a["features"][tap][:], b["features"][tap][:], rtol=1e-5, atol=1e-6)
+
+
+def test_store_made_with_other_settings_is_refused(cnmc_tree, cnn_store, tmp_path):
+    copy = tmp_path / "copy.h5"
+    shutil.copy(cnn_store, copy)
+    with pytest.raises(FeatxError, match=r"input_size=32.*input_size=48"):
+        extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=48, workers=0, progress=False)
+    with pytest.raises(FeatxError, match=r"weights_seed"):
+        extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=32, seed=1, workers=0, progress=False)
+
+
+def test_weights_from_a_state_dict_file(cnmc_tree, tmp_path):
+    collection = discover(cnmc_tree, splits=["fold_2"])
+    model = create_backbone("cnn", "none", seed=123)
+    weights = tmp_path / "cnn-weights.pt"
+    torch.save(model.state_dict(), weights)
+    extract(collection, tmp_path / "a.h5", backbone="cnn", weights=str(weights), image_size=32, workers=0,
+            progress=False)
+    extract(collection, tmp_path / "b.h5", backbone="cnn", weights="none", seed=123, image_size=32, workers=0,
+            progress=False)
+    extract(collection, tmp_path / "c.h5", backbone="cnn", weights="none", seed=0, image_size=32, workers=0,
+            progress=False)
+    a, b, c = (load_features(tmp_path / f"{k}.h5", "fc").X for k in "abc")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a, c)
+    s = store_settings(tmp_path / "a.h5")
+    assert s["weights"] == str(weights.resolve()) and s["weights_kind"] == "file" and len(s["weights_sha256"]) == 64
+
+
+def test_unreadable_image_is_reported_and_the_rest_is_kept(cnmc_tree, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(cnmc_tree / "C-NMC_training_data", root / "C-NMC_training_data")
+    bad = sorted((root / "C-NMC_training_data" / "fold_1" / "hem").glob("*.bmp"))[0]
+    good_bytes = bad.read_bytes()
+    bad.write_bytes(b"not a bitmap")
+    out = tmp_path / "s.h5"
+    with pytest.raises(FeatxError, match=re.escape(bad.name)):
+        extract(root, out, backbone="cnn", weights="none", image_size=32, workers=0, progress=False)
+    s = summarize(out)
+    assert s["errors"] == 1 and s["done"] == s["samples"] - 1 and bad.name in s["failed"][0]["path"]
+    bad.write_bytes(good_bytes)  # the user fixes the file and runs the same command again
+    seen = []
+    extract(root, out, backbone="cnn", weights="none", image_size=32, workers=0, progress=False,
+            callback=lambda done, total: seen.append((done, total)))
+    assert seen == [(s["samples"], s["samples"])]
+    assert summarize(out)["errors"] == 0 and summarize(out)["done"] == s["samples"]
+
+
+def test_load_features_fuses_taps_and_stores(cnmc_tree, cnn_store, tmp_path):
+    one = load_features(cnn_store, "fc")
+    both = load_features(cnn_store, "fc+pool5")
+    assert both.X.shape == (len(one), one.X.shape[1] + 256) and both.tap == "fc+pool5"
+    np.testing.assert_array_equal(both.X[:, : one.X.shape[1]], one.X)
+    labelled = load_features(cnn_store, labelled=True)
+    assert (labelled.y >= 0).all() and "final" not in set(labelled.splits)
+    assert labelled.subjects_known and labelled.positive == "all"
+    # a second store of the same samples in another order fuses by path
+    other = tmp_path / "other.h5"
+    extract(cnmc_tree, other, backbone="cnn", weights="none", seed=5, image_size=32, workers=0, progress=False)
+    fused = load_features(f"{cnn_store}+{other}", "fc")
+    assert fused.X.shape[1] == 2 * one.X.shape[1] and fused.backbone == "cnn+cnn"
+    np.testing.assert_array_equal(fused.X[:, : one.X.shape[1]], one.X)
+    # a store of other samples is refused
+    subset = tmp_path / "subset.h5"
+    extract(cnmc_tree, subset, backbone="cnn", weights="none", image_size=32, splits=["fold_0"], workers=0,
+            progress=False)
+    with pytest.raises(FeatxError, match="do not hold the same samples"):
+        load_features([cnn_store, subset], "fc")
+    with pytest.raises(FeatxError, match="no tap 'fc9'"):
+        load_features(cnn_store, "fc9")
+
+
+def test_cli_extract_and_info(cnmc_tree, tmp_path):
+    out = tmp_path / "cli.h5"
+    res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--image-size",
+                              "32", "--split", "prelim", "--split", "final", "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["info", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    want = {k: v for k, v in expected_rows(cnmc_tree).items() if v[2] in ("prelim", "final")}
+    assert info["samples"] == info["done"] == len(want)
+    assert set(info["counts"]) == {"prelim", "final"}
+    assert info["counts"]["final"]["unlabelled"] == sum(v[2] == "final" for v in want.values())
+    assert info["taps"]["pool5"]["dim"] == 256
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["extract", "{missing}", "--out", "{tmp}/x.h5", "--backbone", "cnn", "--weights", "none"], "{missing}"),
+    (["extract", "{empty}", "--out", "{tmp}/x.h5", "--backbone", "cnn", "--weights", "none"], "{empty}"),
+    (["extract", "{data}", "--out", "{tmp}/x.h5", "--backbone", "resnet9"], "vgg16"),
+    (["info", "{tmp}/nothing.h5"], "nothing.h5"),
+    (["info", "{notstore}"], "not"),
+])
+def test_cli_user_errors_are_one_line_without_traceback(cnmc_tree, tmp_path, args, needle):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "plain.h5").write_bytes(b"hello")
+    fill = {"missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty"), "tmp": str(tmp_path),
+            "data": str(cnmc_tree), "notstore": str(tmp_path / "plain.h5")}
+    res = runner.invoke(app, [a.format(**fill) for a in args])
+    assert res.exit_code == 1
+    assert needle.format(**fill) in res.output
+    assert "Traceback" not in res.output and res.output.strip().startswith("error:")
+
+
+def test_cli_offline_imagenet_message(cnmc_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("FEATX_OFFLINE", "1")
+    res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "alexnet", "--weights", "imagenet",
+                              "--out", str(tmp_path / "x.h5")])
+    assert res.exit_code == 1
+    text = " ".join(res.output.split())
+    assert "alexnet-owt-7be5be79.pth" in text and str(tmp_path / "torch-home") in text
+    assert "Traceback" not in res.output and not (tmp_path / "x.h5").exists()
+
+
+def test_disk_full_keeps_finished_rows(cnmc_tree, tmp_path, monkeypatch):
+    out = tmp_path / "full.h5"
+    real = FeatureStore.write_rows
+    calls = []
+
+    def write_then_fill_disk(self, indices, features):
+        calls.append(len(indices))
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        real(self, indices, features)
+
+    monkeypatch.setattr(FeatureStore, "write_rows", write_then_fill_disk)
+    res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--image-size",
+                              "32", "--batch-size", "4", "--workers", "0", "-q", "--out", str(out)])
+    assert res.exit_code == 1 and "disk full" in res.output and "Traceback" not in res.output
+    monkeypatch.setattr(FeatureStore, "write_rows", real)
+    assert summarize(out)["done"] == 8
+    res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--image-size",
+                              "32", "--batch-size", "4", "--workers", "0", "-q", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = summarize(out)
+    assert s["done"] == s["samples"]
+
+
+def test_every_option_has_help():
+    import typer.main
+
+    group = typer.main.get_command(app)
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for name, command in group.commands.items():
+        assert command.help, name
+        assert name in res.output
+        for param in command.params:
+            if param.param_type_name == "option" and param.name != "help":
+                assert param.help, f"{name} --{param.name} has no help"
+        sub = runner.invoke(app, [name, "--help"])
+        assert sub.exit_code == 0
+        for param in command.params:
+            if param.param_type_name == "option":
+                assert param.opts[0] in sub.output, f"{name} --help does not show {param.opts[0]}"
+
+
+def test_library_never_imports_the_cli():
+    import subprocess
+    import sys
+
+    pkg = Path(__file__).resolve().parents[1] / "featx"
+    for f in pkg.glob("*.py"):
+        assert "featx.cli" not in f.read_text(), f"{f.name} imports the CLI"
+    code = ("import sys, featx.data, featx.backbones, featx.extract, featx.store, featx.synth; "
+            "import importlib.util as u; mods=[m for m in ('featx.heads','featx.evaluate','featx.report',"
+            "'featx.finetune','featx.persist') if u.find_spec(m)]; [__import__(m) for m in mods]; "
+            "print(any(m.startswith('featx.cli') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cli_synth_writes_the_tree_and_refuses_to_overwrite(tmp_path):
+    args = ["synth", str(tmp_path / "d"), "--subjects-all", "3", "--subjects-hem", "3", "--cells-per-subject", "2",
+            "--prelim-subjects-all", "1", "--prelim-subjects-hem", "1", "--prelim-cells-per-subject", "2",
+            "--final-cells", "3", "--image-size", "32"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = expected_rows(tmp_path / "d")
+    splits = [v[2] for v in rows.values()]
+    assert len(rows) == 12 + 4 + 3 and splits.count("prelim") == 4 and splits.count("final") == 3
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "--force" in res.output and "Traceback" not in res.output
+    assert runner.invoke(app, args + ["--force"]).exit_code == 0
