@@ -380,8 +380,9 @@ def summarize(path: str | Path) -> dict:
         splits = s["split"].asstr()[:]
         done = s["done"][:]
         errors = s["error"].asstr()[:]
+        order = [t for t in _plain(attrs.get("taps", [])) if t in h5["features"]] or list(h5["features"])
         taps = {tap: {"dim": int(ds.shape[1]), "rows": int(ds.shape[0]), "dtype": str(ds.dtype),
-                      "chunks": list(ds.chunks or ())} for tap, ds in h5["features"].items()}
+                      "chunks": list(ds.chunks or ())} for tap, ds in ((t, h5["features"][t]) for t in order)}
         counts: dict[str, dict[str, int]] = {}
         for split in sorted(set(splits)):
             sel = splits == split

@@ -155,8 +155,9 @@ def test_weights_from_a_state_dict_file(cnmc_tree, tmp_path):
     model = create_backbone("cnn", "none", seed=123)
     weights = tmp_path / "cnn-weights.pt"
     torch.save(model.state_dict(), weights)
-    extract(collection, tmp_path / "a.h5", backbone="cnn", weights=str(weights), image_size=32, workers=0,
-            progress=False)
+    res = runner.invoke(app, ["extract", str(cnmc_tree), "--split", "fold_2", "--backbone", "cnn", "--weights",
+                              str(weights), "--image-size", "32", "--workers", "0", "-q", "--out", str(tmp_path / "a.h5")])
+    assert res.exit_code == 0, res.output
     extract(collection, tmp_path / "b.h5", backbone="cnn", weights="none", seed=123, image_size=32, workers=0,
             progress=False)
     extract(collection, tmp_path / "c.h5", backbone="cnn", weights="none", seed=0, image_size=32, workers=0,
