@@ -53,7 +53,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
     random_state : int seed for the weights, the dropout masks and the batch order.
     """
 
-    def __init__(self, hidden=0, dropout=0.5, lr=0.01, epochs=40, batch_size=128, weight_decay=1e-4,
+    def __init__(self, hidden=0, dropout=0.5, lr=0.01, epochs=30, batch_size=256, weight_decay=1e-4,
                  min_steps=200, optimizer="adamw", class_weight=None, device="auto", random_state=0):
         self.hidden = hidden
         self.dropout = dropout
@@ -91,8 +91,6 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
                                 nn.Dropout(float(self.dropout)), nn.Linear(int(self.hidden), n_out))
         else:
             net = nn.Sequential(nn.Linear(n_in, n_out))
-        nn.init.zeros_(net[-1].weight)  # start from uniform probabilities, as logistic regression does
-        nn.init.zeros_(net[-1].bias)
         return net
 
     def fit(self, X, y):
@@ -119,6 +117,11 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         seed = 0 if self.random_state is None else int(self.random_state)
         rng = np.random.RandomState(seed)
         fork = [device.index or 0] if device.type == "cuda" else []
+        self._train(torch, net_args=(X, y_idx, n_classes, weights), device=device, seed=seed, rng=rng, fork=fork)
+        return self
+
+    def _train(self, torch, *, net_args, device, seed, rng, fork) -> None:
+        X, y_idx, n_classes, weights = net_args
         with torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)
             net = self._build(X.shape[1], n_classes).to(device)
@@ -146,7 +149,6 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             self.loss_ = float(loss.detach().cpu())
         self.n_iter_ = epochs
         self.module_ = net.to("cpu", torch.float64).eval()
-        return self
 
     def _logits(self, X) -> np.ndarray:
         import torch
