@@ -1,0 +1,247 @@
+"""featx.finetune: training works, resume is exact, best.pt feeds extract, the paper preset, errors, CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featx.backbones import create_backbone
+from featx.data import ImageDataset, discover, make_transform
+from featx.errors import FeatxError
+from featx.finetune import PRESETS, finetune, resolve_settings
+from featx.synth import synthesize
+
+# small and fast: 32 px for cnn, 64 px for AlexNet (it needs >= 63), no worker processes unless tested
+TINY = dict(workers=0, device="cpu", val="fold_2")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A tiny C-NMC tree: 4 ALL + 3 HEM training subjects x 6 cells, 64 px; prelim 3 subjects x 4 cells."""
+    root = tmp_path_factory.mktemp("cnmc") / "data"
+    synthesize(root, subjects_all=4, subjects_hem=3, cells_per_subject=6, prelim_subjects_all=2,
+               prelim_subjects_hem=1, prelim_cells_per_subject=4, final_cells=3, image_size=64, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train_accuracy(run: Path, data: Path, backbone: str, size: int, split_out: str = "fold_2") -> float:
+    """Accuracy of the final network (last.pt) on the training images (eval mode, no augmentation)."""
+    model = create_backbone(backbone, run / "last.pt")
+    col = discover(data)
+    idx = [i for i, s in enumerate(col.samples)
+           if s.label is not None and s.split not in ("prelim", "final", split_out)]
+    ds = ImageDataset(col, make_transform(size, model.config.mean, model.config.std), indices=idx)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([model.classes.index(col.samples[i].label) for i in idx])
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    return float((pred == y).float().mean())
+
+
+def _history(run: Path) -> list[dict]:
+    with open(run / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _chance(data: Path, split_out: str = "fold_2") -> float:
+    """Accuracy of always predicting the majority class of the training images."""
+    col = discover(data)
+    labels = [s.label for s in col.samples if s.label and s.split not in ("prelim", "final", split_out)]
+    return max(labels.count(c) for c in set(labels)) / len(labels)
+
+
+def test_cnn_learns_and_writes_the_run_folder(tree, tmp_path):
+    run = tmp_path / "cnn"
+    events = []
+    rng_before = torch.get_rng_state()
+    summary = finetune(tree, run, backbone="cnn", weights="none", image_size=32, epochs=6, lr=3e-3,
+                       batch_size=8, dropout=0.0, augment=False, schedule="none", seed=0,
+                       callback=lambda e, info: events.append(e), **TINY)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left as it was
+    assert not torch.are_deterministic_algorithms_enabled()
+    hist = _history(run)
+    assert [int(r["epoch"]) for r in hist] == [1, 2, 3, 4, 5, 6]
+    assert set(hist[0]) >= {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
+    assert float(hist[-1]["train_loss"]) < 0.7 * float(hist[0]["train_loss"])
+    assert _train_accuracy(run, tree, "cnn", 32) > _chance(tree) + 0.1
+    # every output of the run folder is there and well formed
+    for name in ("best.pt", "last.pt", "history.csv", "curves.png", "confusion.png", "results.json",
+                 "results.md", "settings.json", "card.json"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads((run / "results.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert len(rows) == 1 and rows[0]["head"] == "finetune" and rows[0]["backbone"] == "cnn"
+    assert rows[0]["n_test"] == summary["row"]["n_test"] == sum(np.sum(rows[0]["confusion"], axis=1))
+    assert 0.0 <= rows[0]["accuracy"] <= 1.0 and "f1_weighted" in rows[0]
+    # checkpoints: plain data only, the documented card
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert best["featx_checkpoint"] == 1 and best["backbone"] == "cnn" and best["classes"] == ["all", "hem"]
+    card = best["card"]
+    assert card["preprocessing"]["input_size"] == 32 and len(card["preprocessing"]["mean"]) == 3
+    assert card["positive"] == "all" and card["epoch"] == summary["best_epoch"]
+    assert card["settings"]["lr"] == 3e-3 and "accuracy" in card["metrics"]
+    assert last["epoch"] == 6 and {"optimizer", "scheduler", "scaler", "rng"} <= set(last)
+    assert not list(run.glob("*.tmp"))
+    assert events[0] == "start" and events[-1] == "end" and events.count("epoch") == 6
+
+
+def test_alexnet_learns_at_64px(tree, tmp_path):
+    run = tmp_path / "alexnet"
+    # plain SGD keeps the steps and last.pt of this 57M-parameter network cheap on the CPU
+    finetune(tree, run, backbone="alexnet", weights="none", image_size=64, epochs=4, optimizer="sgd", lr=0.1,
+             momentum=0.0, weight_decay=0.0, batch_size=8, dropout=0.0, augment=False, schedule="none", seed=0,
+             **TINY)
+    losses = [float(r["train_loss"]) for r in _history(run)]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert _train_accuracy(run, tree, "alexnet", 64) > _chance(tree) + 0.1
+
+
+def _final_state(run: Path) -> dict:
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tree, tmp_path):
+    opts = dict(backbone="cnn", weights="none", image_size=32, epochs=3, lr=1e-3, batch_size=8, dropout=0.3,
+                augment=True, schedule="cosine", optimizer="adamw", seed=3, workers=0, device="cpu", val="fold_2")
+    finetune(tree, tmp_path / "full", **opts)
+
+    def stop_after_first_epoch(event, info):
+        if event == "epoch" and info["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tree, tmp_path / "cut", callback=stop_after_first_epoch, **opts)
+    assert _final_state(tmp_path / "cut")["epoch"] == 1
+    torch.manual_seed(12345)  # the resumed run must not depend on the caller's RNG
+    finetune(tree, tmp_path / "cut", resume=True, **opts)
+
+    full, cut = _final_state(tmp_path / "full"), _final_state(tmp_path / "cut")
+    assert cut["epoch"] == full["epoch"] == 3
+    assert full["model"].keys() == cut["model"].keys()
+    for key in full["model"]:
+        assert torch.equal(full["model"][key], cut["model"][key]), key
+    assert _history(tmp_path / "full")[-1]["train_loss"] == _history(tmp_path / "cut")[-1]["train_loss"]
+
+    with pytest.raises(FeatxError, match="'lr'"):
+        finetune(tree, tmp_path / "cut", resume=True, **dict(opts, lr=1e-2))
+    with pytest.raises(FeatxError, match="--resume"):
+        finetune(tree, tmp_path / "full", **opts)
+    with pytest.raises(FeatxError, match="last.pt does not exist"):
+        finetune(tree, tmp_path / "nothing", resume=True, **opts)
+
+
+def test_best_checkpoint_feeds_extract_with_tuned_features(tree, tmp_path):
+    from featx.extract import extract
+
+    run = tmp_path / "run"
+    finetune(tree, run, backbone="cnn", weights="none", image_size=32, epochs=2, lr=3e-3, batch_size=8,
+             seed=0, **TINY)
+    common = dict(backbone="cnn", taps="fc", image_size=32, device="cpu", workers=0, progress=False)
+    tuned = extract(tree, tmp_path / "tuned.h5", weights=run / "best.pt", **common)
+    untuned = extract(tree, tmp_path / "untuned.h5", weights="none", seed=0, **common)  # fine-tuning's start
+    with h5py.File(tuned) as a, h5py.File(untuned) as b:
+        fa, fb = a["features/fc"][:], b["features/fc"][:]
+        assert fa.shape == fb.shape == (len(discover(tree).samples), 128)
+        assert Path(a.attrs["weights"]) == (run / "best.pt").resolve()
+        assert a.attrs["weights_sha256"] != ""
+    assert np.isfinite(fa).all()
+    assert np.abs(fa - fb).mean() > 1e-3
+
+
+def test_paper_preset_is_recorded_and_options_override_it(tree, tmp_path):
+    s = resolve_settings("vgg16", "paper")
+    assert (s["lr"], s["epochs"], s["optimizer"], s["image_size"], s["weights"]) == (1e-5, 15, "sgd", 224, "imagenet")
+    assert s["momentum"] == 0.0 and s["dropout"] == 0.5 and s["schedule"] == "none"
+    assert "Keras" in s["notes"]["momentum"]
+    assert resolve_settings("cnn", "paper")["weights"] == "none"  # cnn has no ImageNet weights
+    s = resolve_settings("alexnet", "paper", lr=1e-3, epochs=2, optimizer="adamw", image_size=96)
+    assert (s["lr"], s["epochs"], s["optimizer"], s["image_size"]) == (1e-3, 2, "adamw", 96)
+    assert s["sources"]["lr"] == "option" and s["sources"]["batch_size"] == "preset"
+    default = resolve_settings("vgg16", None)
+    assert default["optimizer"] == "adamw" and default["schedule"] == "cosine" and default["lr"] != 1e-5
+
+    run = tmp_path / "paper"
+    finetune(tree, run, backbone="cnn", preset="paper", image_size=32, epochs=1, batch_size=16, **TINY)
+    used = json.loads((run / "settings.json").read_text())
+    assert used["preset"] == "paper" and used["lr"] == PRESETS["paper"]["lr"] and used["optimizer"] == "sgd"
+    assert used["momentum"] == 0.0 and used["image_size"] == 32 and used["epochs"] == 1
+    assert used["sources"]["image_size"] == "option" and used["sources"]["lr"] == "preset"
+    card = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["card"]
+    assert card["settings"]["preset"] == "paper" and card["settings"]["lr"] == 1e-5
+    assert len(_history(run)) == 1
+
+
+def test_subject_holdout_keeps_subjects_apart(tree, tmp_path):
+    summary = finetune(tree, tmp_path / "r", backbone="cnn", weights="none", image_size=32, epochs=1,
+                       batch_size=16, workers=0, device="cpu")  # default --val subject
+    row = summary["row"]
+    assert row["protocol"] == "subject holdout" and row["image_level"] is False
+    assert row["n_train"] + row["n_test"] == 7 * 6  # every training-fold image, prelim/final left out
+    val_subjects = set(row["per_subject_accuracy"])
+    col = discover(tree)
+    pool = [s for s in col.samples if s.split not in ("prelim", "final")]
+    assert sum(1 for s in pool if s.subject in val_subjects) == row["n_test"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(optimizer="adam"), "--optimizer adam"),
+    (dict(schedule="linear"), "--schedule linear"),
+    (dict(val="fold_9"), "--val fold_9"),
+    (dict(freeze="conv9"), "--freeze conv9"),
+    (dict(early_stopping="speed"), "--early-stopping speed"),
+    (dict(preset="keras"), "--preset keras"),
+    (dict(backbone="alexnet", image_size=32), "at least 63"),
+    (dict(backbone="resnet"), "unknown backbone"),
+])
+def test_bad_settings_are_refused(tree, tmp_path, kwargs, message):
+    opts = dict(dict(backbone="cnn", weights="none", image_size=32, epochs=1), **TINY)
+    opts.update(kwargs)
+    with pytest.raises(FeatxError, match=re.escape(message)):
+        finetune(tree, tmp_path / "bad", **opts)
+
+
+def test_unreadable_image_names_the_file(tree, tmp_path):
+    import shutil
+
+    data = tmp_path / "copy"
+    shutil.copytree(tree, data)
+    victim = sorted((data / "C-NMC_training_data" / "fold_0" / "all").glob("*.bmp"))[0]
+    victim.write_bytes(b"not an image")
+    with pytest.raises(FeatxError, match=victim.name):
+        finetune(data, tmp_path / "r", backbone="cnn", weights="none", image_size=32, epochs=1, **TINY)
+
+
+def test_cli_finetune_prints_epochs_and_table(tree, tmp_path):
+    from featx.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    args = ["finetune", str(tree), "--backbone", "cnn", "--weights", "none", "--image-size", "32", "--epochs", "2",
+            "--batch-size", "16", "--val", "fold_2", "--workers", "0", "--device", "cpu", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "epoch   1" in result.output and "epoch   2" in result.output
+    assert "featx finetune" in result.output and "Accura" in result.output and (out / "best.pt").is_file()
+    again = runner.invoke(app, args)  # same folder without --resume: one-line refusal, exit 1
+    assert again.exit_code == 1 and "--resume" in again.output and "Traceback" not in again.output
+    helptext = runner.invoke(app, ["finetune", "--help"]).output
+    for option in ("--preset", "--lr", "--momentum", "--freeze", "--early-stopping", "--resume", "--val"):
+        assert option in helptext
