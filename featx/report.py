@@ -16,12 +16,14 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["TABLE_METRICS", "format_pct", "plot_bars", "plot_confusion", "plot_history", "plot_roc",
+__all__ = ["TABLE_METRICS", "format_pct", "short_protocol", "plot_bars", "plot_confusion", "plot_history", "plot_roc",
            "results_table", "slug", "write_results"]
 
 # (key, header) of the columns of the study's Table 2, then the challenge's metric.
 TABLE_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
                  ("f1_weighted", "Weighted F1"), ("roc_auc", "ROC-AUC"))
+TERMINAL_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+                    ("f1_weighted", "wF1"))
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
 IMAGE_LEVEL_NOTE = ("IMAGE-LEVEL rows split cells of one subject across train and test: optimistic, "
                     "not an estimate for new patients.")
@@ -41,21 +43,38 @@ def _protocol_text(row: dict) -> str:
     return row.get("protocol_label") or row.get("protocol", "")
 
 
+def short_protocol(row: dict) -> str:
+    """A compact protocol name for the terminal: ``subject 5-fold``, ``IMAGE-LEVEL 5-fold``, ``prelim``."""
+    name, k = row.get("protocol", ""), row.get("n_folds")
+    if name in ("subject", "image"):
+        text = f"{name} {k}-fold"
+    elif name == "fold":
+        text = f"given folds ({k})"
+    else:
+        text = f"held-out {name}" if name else _protocol_text(row)
+    if row.get("image_level"):
+        text = "IMAGE-LEVEL " + text.replace("image ", "")
+    return text
+
+
 def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
-    """A rich Table: model, protocol, then accuracy, precision, recall, F1 (mean ± std over folds, %),
-    weighted F1 and ROC-AUC; image-level rows in yellow with a ``*``."""
+    """A rich Table: model, protocol, then accuracy, precision, recall, F1 (mean ± std over folds, %) and
+    the weighted F1 (the challenge's metric); image-level rows in yellow with a ``*``."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, caption=IMAGE_LEVEL_NOTE if any(r.get("image_level") for r in rows) else None,
-                  caption_style="yellow", show_lines=False)
-    table.add_column("Model", style="bold")
-    table.add_column("Protocol")
-    for _, header in TABLE_METRICS:
-        table.add_column(f"{header} (%)", justify="right")
+    title = f"{title}  [dim](mean ± std over folds, %)[/]" if title else None
+    caption = "* IMAGE-LEVEL: one subject's cells on both sides of the split (optimistic)"
+    table = Table(title=title, caption=caption if any(r.get("image_level") for r in rows) else None,
+                  caption_style="yellow", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("Model", style="bold", overflow="fold", min_width=12)
+    table.add_column("Protocol", min_width=11)
+    for _, header in TERMINAL_METRICS:
+        table.add_column(header)  # justify="right" makes rich crop narrow tables
     for r in rows:
         image = bool(r.get("image_level"))
-        cells = [r.get("model", ""), ("* " if image else "") + _protocol_text(r)]
-        cells += [format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TABLE_METRICS]
+        cells = [r.get("model", ""), ("* " if image else "") + short_protocol(r)]
+        cells += [format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TERMINAL_METRICS]
         table.add_row(*cells, style="yellow" if image else None)
     return table
 

@@ -38,12 +38,12 @@ def test_table_has_the_study_columns_and_marks_image_level_rows():
     console = Console(record=True, width=220)
     console.print(results_table(ROWS))
     text = console.export_text()
-    for header in ("Model", "Protocol", "Accuracy (%)", "Precision (%)", "Recall (%)", "F1 (%)", "Weighted F1 (%)"):
+    for header in ("Model", "Protocol", "Accuracy", "Precision", "Recall", "F1", "wF1", "mean ± std over folds, %"):
         assert header in text
     lines = [ln for ln in text.splitlines() if "vgg16/fc7 + svm" in ln]
-    assert "87.12 ± 3.10" in lines[0] and "subject-level 5-fold" in lines[0] and "*" not in lines[0]
+    assert "87.12 ± 3.10" in lines[0] and "subject 5-fold" in lines[0] and "*" not in lines[0]
     assert "97.44 ± 1.20" in lines[1] and "* IMAGE-LEVEL 5-fold" in lines[1]
-    assert "optimistic" in text  # the caption explains the mark
+    assert "one subject's cells on both sides" in text  # the caption explains the mark
 
 
 def test_write_results_files(tmp_path):
