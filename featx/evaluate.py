@@ -420,6 +420,7 @@ def _run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: i
             trues.append(y[test]), preds.append(pred), scores.append(score), test_all.append(test)
             fit_s += fs
         test_all = np.concatenate(test_all)
+        used = np.unique(np.concatenate([test_all, *[a for a, _ in protocol.folds]]))
         pooled = {"y_true": np.concatenate(trues), "y_pred": np.concatenate(preds),
                   "y_score": np.concatenate(scores), "classes": classes, "positive": positive,
                   "subjects": None if subjects is None else subjects[test_all]}
@@ -431,7 +432,7 @@ def _run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: i
             "n_folds": protocol.n_folds,
             "n_train": int(round(np.mean([len(a) for a, _ in protocol.folds]))),
             "n_test": int(len(test_all)),
-            "n_subjects": int(len(np.unique(subjects))) if subjects is not None else 0,
+            "n_subjects": int(len(np.unique(subjects[used]))) if subjects is not None else 0,
             "classes": classes, "positive": classes[positive],
         }
         row.update(summary)

@@ -1,0 +1,140 @@
+"""`featx classify`, `featx compare`, `featx predict`: heads on cached features."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from featx.cli.app import app, console, user_errors
+
+_CV_HELP = ("Protocol: subject (k-fold grouped by subject; the default when subjects are known), image "
+            "(plain k-fold, IMAGE-LEVEL: leaks subjects), fold (the data's fold_0/1/2), or auto.")
+
+
+def _print_rows(rows, paths=None, title="featx") -> None:
+    from featx.report import results_table
+
+    console.print(results_table(rows, title=title))
+    for r in rows:
+        note = (r.get("settings") or {}).get("cv_note")
+        if note:
+            console.print(f"[dim]{r['model']} ({r['protocol']}): {note}[/]")
+            break
+    if paths:
+        console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command()
+@user_errors
+def classify(
+    store: Annotated[str, typer.Argument(help="Feature store (HDF5 from `featx extract`); fuse stores with "
+                                              "a.h5+b.h5 (aligned by image path).")],
+    head: Annotated[str, typer.Option(help="Head: softmax, logistic, linear-svm, svm, xgboost, random-forest, "
+                                           "knn.")] = "svm",
+    tap: Annotated[Optional[str], typer.Option(help="Tap(s) to use, e.g. fc7 or fc7+pool5 (concatenated); "
+                                                    "default: the backbone's (fc7; fc for cnn).")] = None,
+    cv: Annotated[str, typer.Option(help=_CV_HELP)] = "auto",
+    eval_set: Annotated[Optional[str], typer.Option("--eval", help="Instead of CV: train on the training rows, "
+                                                                   "test once on this split (e.g. prelim).")] = None,
+    folds: Annotated[int, typer.Option(help="Number of folds for --cv subject/image.")] = 5,
+    positive: Annotated[Optional[str], typer.Option(help="Positive class for precision/recall/F1/ROC "
+                                                         "(default: all when present).")] = None,
+    class_weight: Annotated[Optional[str], typer.Option(help="balanced: weight classes inversely to their "
+                                                             "frequency (the 2:1 ALL/HEM imbalance).")] = None,
+    preprocess: Annotated[str, typer.Option(help="standard, none, l2 or pca:N, joined with + "
+                                                 "(e.g. standard+pca:128).")] = "standard",
+    param: Annotated[Optional[list[str]], typer.Option(help="Head parameter key=value (repeat), e.g. C=10, "
+                                                            "hidden=256, epochs=15.")] = None,
+    save: Annotated[bool, typer.Option(help="Also fit on every training row and write OUT/models/"
+                                            "<backbone>-<tap>-<head>.joblib with its JSON card.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md, plots and "
+                                                         "models.")] = Path("results"),
+    jobs: Annotated[int, typer.Option(help="Folds fitted in parallel (joblib processes; -1 = all cores).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
+    boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+) -> None:
+    """Evaluate one head on one store (or fused stores/taps); print and write the metrics."""
+    from featx.evaluate import run_classify
+    from featx.heads import parse_params
+
+    result = run_classify(store, head, tap=tap, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
+                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
+                          params=parse_params(param), n_boot=boot, out=out, save=save, plots=not no_plots)
+    row = result["row"]
+    _print_rows([row], result["paths"], title="featx classify")
+    console.print(f"weighted F1 {100 * row['f1_weighted']:.2f}%, balanced accuracy "
+                  f"{100 * row['balanced_accuracy']:.2f}%, 95% CI of accuracy "
+                  f"{100 * row['accuracy_ci_low']:.1f}-{100 * row['accuracy_ci_high']:.1f}% "
+                  f"(bootstrap over {row.get('ci_unit', 'subject')}s)")
+    if result["model"]:
+        console.print(f"saved model {result['model']}")
+
+
+@app.command()
+@user_errors
+def compare(
+    stores: Annotated[list[str], typer.Argument(help="Feature stores to compare; each may fuse stores as "
+                                                     "a.h5+b.h5.")],
+    heads: Annotated[str, typer.Option(help="Comma-separated heads.")] = "softmax,logistic,svm,xgboost",
+    taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps, each possibly fused: "
+                                                     "fc7,pool5,fc7+pool5 (default: each store's default).")] = None,
+    cv: Annotated[Optional[str], typer.Option(help=_CV_HELP + " Several, comma-separated (subject,image), "
+                                                              "give one row each.")] = None,
+    eval_set: Annotated[Optional[str], typer.Option("--eval", help="Add a held-out protocol: train on the "
+                                                                   "training rows, test on this split.")] = None,
+    folds: Annotated[int, typer.Option(help="Number of folds for --cv subject/image.")] = 5,
+    positive: Annotated[Optional[str], typer.Option(help="Positive class (default: all when present).")] = None,
+    class_weight: Annotated[Optional[str], typer.Option(help="balanced: weight classes inversely to their "
+                                                             "frequency.")] = None,
+    preprocess: Annotated[str, typer.Option(help="standard, none, l2 or pca:N, joined with +.")] = "standard",
+    param: Annotated[Optional[list[str]], typer.Option(help="Head parameter head.key=value or key=value "
+                                                            "(repeat), e.g. svm.C=10.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md and plots.")]
+    = Path("results"),
+    jobs: Annotated[int, typer.Option(help="Heads x folds fitted in parallel (joblib processes; -1 = all "
+                                           "cores).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
+    boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+) -> None:
+    """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
+    from featx.evaluate import run_compare
+    from featx.heads import parse_params
+
+    result = run_compare(stores, heads, taps, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
+                         positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
+                         params=parse_params(param), n_boot=boot, out=out, plots=not no_plots,
+                         progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+    _print_rows(result["rows"], result["paths"], title="featx compare")
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="A model saved by `featx classify --save` (.joblib with its "
+                                               ".json card).")],
+    data: Annotated[Optional[Path], typer.Argument(help="Images to predict (any layout `featx extract` "
+                                                        "reads); not needed with --store.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Only this split, e.g. final.")] = None,
+    store: Annotated[Optional[str], typer.Option(help="Read features from this store (a.h5+b.h5 for fused) "
+                                                      "instead of extracting; must match the model's "
+                                                      "settings.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write: path,prediction,probability.")]
+    = Path("predictions.csv"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda for feature extraction.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass when extracting.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(help="Decode worker processes (default: cores - 1).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Keep the extracted features in this folder (reused "
+                                                       "on the next run); default: a temporary folder.")] = None,
+) -> None:
+    """Predict new images with a saved model; one CSV row per image."""
+    from featx.persist import predict as run_predict
+
+    summary = run_predict(model, data, split=split, store=store, out=out, device=device, batch_size=batch_size,
+                          workers=workers, cache=cache, progress=False)
+    counts = ", ".join(f"{c} {n}" for c, n in summary["counts"].items())
+    console.print(f"wrote {summary['rows']} predictions to [bold]{summary['out']}[/] ({counts})")
