@@ -297,10 +297,8 @@ def _pick_split(collection: Collection, val: str, seed: int):
                              "have no subject id; use --val image (image-level holdout, leaks subjects) or a "
                              "manifest with a subject column")
         protocol = make_splits(subjects, y, splits, cv=val, n_folds=HOLDOUT_FOLDS, seed=seed)
-        name = f"{val} holdout"
-        label = f"{protocol.label.split(' (')[0]} holdout (fold 1 of {HOLDOUT_FOLDS}; seed {seed})"
-        if protocol.image_level and "IMAGE-LEVEL" not in label:
-            label = "IMAGE-LEVEL " + label
+        name = f"1/{HOLDOUT_FOLDS} of {val}s"  # reports print "held-out 1/5 of subjects"
+        label = f"held out fold 1 of a {protocol.label} split (seed {seed})"
     else:
         known = sorted({str(v) for v in splits if v})
         if val not in known:

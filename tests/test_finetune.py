@@ -193,12 +193,29 @@ def test_subject_holdout_keeps_subjects_apart(tree, tmp_path):
     summary = finetune(tree, tmp_path / "r", backbone="cnn", weights="none", image_size=32, epochs=1,
                        batch_size=16, workers=0, device="cpu")  # default --val subject
     row = summary["row"]
-    assert row["protocol"] == "subject holdout" and row["image_level"] is False
+    assert row["protocol"] == "1/5 of subjects" and row["image_level"] is False
     assert row["n_train"] + row["n_test"] == 7 * 6  # every training-fold image, prelim/final left out
     val_subjects = set(row["per_subject_accuracy"])
     col = discover(tree)
     pool = [s for s in col.samples if s.split not in ("prelim", "final")]
     assert sum(1 for s in pool if s.subject in val_subjects) == row["n_test"]
+
+
+def test_early_stopping_and_freeze(tree, tmp_path):
+    # a learning rate too small to change any prediction: validation accuracy never improves after epoch 1
+    summary = finetune(tree, tmp_path / "stop", backbone="cnn", weights="none", image_size=32, epochs=10,
+                       optimizer="sgd", lr=1e-12, momentum=0.0, early_stopping="val_acc", patience=2,
+                       augment=False, **TINY)
+    assert summary["stopped_early"] and summary["epochs_run"] == 3 and summary["best_epoch"] == 1
+    assert len(_history(tmp_path / "stop")) == 3
+
+    finetune(tree, tmp_path / "head", backbone="cnn", weights="none", image_size=32, epochs=2, lr=1e-2,
+             freeze="head", seed=0, **TINY)
+    start = create_backbone("cnn", "none", seed=0)
+    start.reset_classifier(2, seed=0)
+    tuned = torch.load(tmp_path / "head" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    changed = sorted(k for k, v in start.state_dict().items() if not torch.equal(v, tuned[k]))
+    assert changed == ["classifier.4.bias", "classifier.4.weight"]  # only the final layer trained
 
 
 @pytest.mark.parametrize("kwargs, message", [
