@@ -542,12 +542,19 @@ def run_classify(store: str, head: str, *, tap: str | None = None, cv: str = "au
                  seed: int = 0, jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
                  preprocess: str | None = "standard", class_weight=None, device: str = "auto",
                  params: dict | None = None, n_boot: int = 1000, out=None, save: bool = False,
-                 plots: bool = True) -> dict:
+                 skops: bool = False, plots: bool = True) -> dict:
     """Load a store, evaluate one head, write the reports to ``out`` and, with ``save``, the model fitted on
-    every training row to ``out/models``. Returns ``{"row", "paths", "model"}``."""
+    every training row to ``out/models`` (``skops`` adds a .skops copy). Returns ``{"row", "paths", "model"}``."""
     from pathlib import Path
 
     from featx.store import load_features
+
+    if skops:
+        if not save:
+            raise FeatxError("--skops exports the saved model; add --save")
+        from featx.persist import require_skops
+
+        require_skops()
 
     features = load_features(store, tap)
     row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
@@ -564,6 +571,10 @@ def run_classify(store: str, head: str, *, tap: str | None = None, cv: str = "au
         features.positive = row["positive"]
         result["model"] = train_and_save(features, head, Path(out or ".") / "models", preprocess=preprocess,
                                          class_weight=class_weight, seed=seed, device=device, params=params, row=row)
+        if skops:
+            from featx.persist import export_skops
+
+            result["skops"] = export_skops(result["model"])
     return result
 
 

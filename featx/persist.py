@@ -31,7 +31,7 @@ MATCH_KEYS = ("backbone", "weights_kind", "weights", "weights_sha256", "weights_
 STORE_KEYS = MATCH_KEYS + ("dtype", "dataset_fingerprint", "data_root", "layout", "featx_version")
 
 __all__ = ["CARD_VERSION", "card_path", "check_store_matches", "export_skops", "fit_final", "load_model",
-           "model_name", "predict", "save_model", "train_and_save"]
+           "model_name", "predict", "require_skops", "save_model", "train_and_save"]
 
 
 def _sha256(path: Path) -> str:
@@ -299,12 +299,19 @@ def predict(model_path, data=None, *, split: str | None = None, store: str | Non
     return {"out": out, "rows": int(len(pred)), "counts": counts, "source": source, "model": card.get("file")}
 
 
-def export_skops(model_path, out=None) -> Path:
-    """Also write the model in the skops format (safe to load without running code), if skops is installed."""
+def require_skops():
+    """The ``skops.io`` module, or :class:`FeatxError` saying how to install it."""
     try:
         import skops.io as sio
     except ImportError:
-        raise FeatxError("skops is not installed; `pip install skops` (or featx[skops]) to export models") from None
+        raise FeatxError("--skops: skops is not installed; `pip install skops` (or featx[skops]) to export "
+                         "models in a format that loads without running code") from None
+    return sio
+
+
+def export_skops(model_path, out=None) -> Path:
+    """Also write the model in the skops format (safe to load without running code), if skops is installed."""
+    sio = require_skops()
     model, _ = load_model(model_path)
     out = Path(out) if out else Path(model_path).with_suffix(".skops")
     sio.dump(model, out)

@@ -90,8 +90,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
         ci = "-"
         if r.get("accuracy_ci_low") is not None and not _isnan(r.get("accuracy_ci_low")):
             ci = f"{100 * r['accuracy_ci_low']:.1f} - {100 * r['accuracy_ci_high']:.1f}"
-        cells = [str(r.get("model", "")), protocol, *[format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TABLE_METRICS],
-                 ci]
+        metrics = [format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TABLE_METRICS]
+        cells = [str(r.get("model", "")), protocol, *metrics, ci]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

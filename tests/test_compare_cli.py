@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +173,7 @@ def test_predict_refuses_a_store_made_with_other_settings(demo, tmp_path):
     (["compare", "{store}", "--cv", "subject,patient"], "--cv 'patient'"),
     (["classify", "{store}", "--preprocess", "pca:0"], "pca:N"),
     (["predict", "{missing}", "{store}"], "no such model file"),
+    (["classify", "{store}", "--skops"], "--skops exports the saved model; add --save"),
 ])
 def test_user_errors_exit_1_with_one_line(demo, tmp_path, args, words):
     args = [a.format(store=demo["store"], missing=tmp_path / "none.joblib") for a in args]
@@ -189,3 +190,10 @@ def test_help_documents_every_option():
         assert len(options) >= 6
     text = re.sub(r"\s+", " ", runner.invoke(app, ["compare", "--help"], env={"COLUMNS": "200"}).output)
     assert "IMAGE-LEVEL" in text and "subject,image" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skops") is not None, reason="skops is installed here")
+def test_skops_export_without_skops_says_how_to_install(demo, tmp_path):
+    result, text = _invoke("classify", demo["store"], "--save", "--skops", "--out", tmp_path)
+    assert result.exit_code == 1 and "pip install skops" in text
+    assert not (tmp_path / "models").exists()  # refused before any work

@@ -116,7 +116,8 @@ def test_bootstrap_interval_resamples_subjects_and_brackets_the_estimate():
     assert ci["accuracy"][0] < acc < ci["accuracy"][1]
     per_image = bootstrap_ci(y, p, None, None, n_classes=2, positive=0, n_boot=500, seed=0)
     # subjects as the resampling unit: a wider interval than pretending the 300 cells are independent
-    assert (ci["f1_weighted"][1] - ci["f1_weighted"][0]) >= 0.9 * (per_image["f1_weighted"][1] - per_image["f1_weighted"][0])
+    width = ci["f1_weighted"][1] - ci["f1_weighted"][0]
+    assert width > 1.3 * (per_image["f1_weighted"][1] - per_image["f1_weighted"][0]), width
     assert np.isnan(per_image["roc_auc"][0])
     # the same seed gives the same interval
     assert bootstrap_ci(y, p, None, subjects, n_classes=2, positive=0, n_boot=500, seed=0)["accuracy"] == ci["accuracy"]

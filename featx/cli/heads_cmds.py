@@ -48,6 +48,8 @@ def classify(
                                                             "hidden=256, epochs=15.")] = None,
     save: Annotated[bool, typer.Option(help="Also fit on every training row and write OUT/models/"
                                             "<backbone>-<tap>-<head>.joblib with its JSON card.")] = False,
+    skops: Annotated[bool, typer.Option(help="With --save, also export the model as .skops (loads without "
+                                             "running code; needs `pip install skops`).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md, plots and "
                                                          "models.")] = Path("results"),
     jobs: Annotated[int, typer.Option(help="Folds fitted in parallel (joblib processes; -1 = all cores).")] = 1,
@@ -62,7 +64,8 @@ def classify(
 
     result = run_classify(store, head, tap=tap, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
                           positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                          params=parse_params(param), n_boot=boot, out=out, save=save, plots=not no_plots)
+                          params=parse_params(param), n_boot=boot, out=out, save=save, skops=skops,
+                          plots=not no_plots)
     row = result["row"]
     _print_rows([row], result["paths"], title="featx classify")
     console.print(f"weighted F1 {100 * row['f1_weighted']:.2f}%, balanced accuracy "
@@ -70,7 +73,7 @@ def classify(
                   f"{100 * row['accuracy_ci_low']:.1f}-{100 * row['accuracy_ci_high']:.1f}% "
                   f"(bootstrap over {row.get('ci_unit', 'subject')}s)")
     if result["model"]:
-        console.print(f"saved model {result['model']}")
+        console.print(f"saved model {result['model']}" + (f" and {result['skops']}" if result.get("skops") else ""))
 
 
 @app.command()
