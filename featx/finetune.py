@@ -570,14 +570,13 @@ class _Run:
         self.history.append(row)
         monitor = self.settings["monitor"]
         value = float(metrics[monitor])
-        better = self.best["value"] is None or (
-            value < self.best["value"] if monitor in _MONITORS_MIN else value > self.best["value"])
-        if better and math.isfinite(value):
+        best = self.best["value"]
+        # a NaN metric (e.g. roc_auc on a one-class validation set) never beats a number, and is beaten by one
+        better = best is None or (math.isfinite(value) and (
+            not math.isfinite(best) or (value < best if monitor in _MONITORS_MIN else value > best)))
+        if better:
             self.best = {"value": value, "epoch": epoch}
             self.bad_epochs = 0
-            self._save_best(epoch, metrics, predictions)
-        elif self.best["value"] is None:  # first epoch with a NaN metric (e.g. roc_auc on one class)
-            self.best = {"value": value, "epoch": epoch}
             self._save_best(epoch, metrics, predictions)
         else:
             self.bad_epochs += 1

@@ -111,7 +111,8 @@ def main() -> None:
         print(f"  extrapolated, per 1,000 training images: {train_1k:.0f} s training compute "
               f"({train_1k / 60:.1f} min); {train_1k + 1000 * decode:.0f} s with decoding done serially")
         print(f"  extrapolated, validation of 1,000 images: {eval_1k:.0f} s")
-        print(f"  => the C-NMC training folds (10,661 cells) x 15 epochs (paper preset): about "
+        print(f"  => training on all C-NMC training folds (10,661 cells) x 15 epochs (paper preset), validation "
+              f"not counted: about "
               f"{15 * 10.661 * (train_1k + 1000 * decode) / 3600:.0f} h on this CPU")
         report["backbones"][name] = {"step_seconds": steps, "eval_batch_seconds": r["eval_batch_seconds"],
                                      "train_seconds_per_1000_images": train_1k,

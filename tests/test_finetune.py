@@ -246,6 +246,29 @@ def test_unreadable_image_names_the_file(tree, tmp_path):
         finetune(data, tmp_path / "r", backbone="cnn", weights="none", image_size=32, epochs=1, **TINY)
 
 
+def test_cli_interrupt_then_resume(tree, tmp_path, monkeypatch):
+    import featx.finetune as ft
+    from featx.cli import app
+
+    real = ft._Run._one_epoch
+
+    def ctrl_c_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    args = ["finetune", str(tree), "--backbone", "cnn", "--image-size", "32", "--epochs", "2", "--val", "fold_2",
+            "--workers", "0", "--out", str(tmp_path / "r"), "--quiet"]
+    monkeypatch.setattr(ft._Run, "_one_epoch", ctrl_c_in_epoch_2)
+    cut = CliRunner().invoke(app, args)
+    assert cut.exit_code == 130 and "epoch 1 is saved" in cut.output and "--resume" in cut.output
+    monkeypatch.setattr(ft._Run, "_one_epoch", real)
+    resumed = CliRunner().invoke(app, args + ["--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming after epoch 1" in resumed.output and "epoch   2" in resumed.output
+    assert [int(r["epoch"]) for r in _history(tmp_path / "r")] == [1, 2]
+
+
 def test_cli_finetune_prints_epochs_and_table(tree, tmp_path):
     from featx.cli import app
 

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featx.cli.app import app, console, user_errors
+from featx.cli.app import app, console, err_console, user_errors
 
 
 @app.command()
@@ -73,13 +73,21 @@ def finetune(
     from featx.report import results_table
 
     progress = _Progress(quiet)
-    with progress:
-        summary = run_finetune(
-            data, out, backbone=backbone, weights=weights, preset=preset, epochs=epochs, lr=lr,
-            batch_size=batch_size, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
-            schedule=schedule, dropout=dropout, class_weight=class_weight, freeze=freeze, image_size=image_size,
-            augment=augment, color_jitter=color_jitter, val=val, early_stopping=early_stopping, patience=patience,
-            positive=positive, device=device, workers=workers, seed=seed, resume=resume, callback=progress)
+    try:
+        with progress:
+            summary = run_finetune(
+                data, out, backbone=backbone, weights=weights, preset=preset, epochs=epochs, lr=lr,
+                batch_size=batch_size, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+                schedule=schedule, dropout=dropout, class_weight=class_weight, freeze=freeze,
+                image_size=image_size, augment=augment, color_jitter=color_jitter, val=val,
+                early_stopping=early_stopping, patience=patience, positive=positive, device=device,
+                workers=workers, seed=seed, resume=resume, callback=progress)
+    except KeyboardInterrupt:
+        if progress.last_epoch is None:
+            raise
+        err_console.print(f"[bold red]interrupted:[/] epoch {progress.last_epoch} is saved in {out / 'last.pt'}; "
+                          "run the same command with --resume to continue", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     console.print(results_table([summary["row"]], title="featx finetune"))
     console.print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}"
                   f"{' (stopped early)' if summary['stopped_early'] else ''}; run folder [bold]{summary['out']}[/]: "
@@ -95,6 +103,7 @@ class _Progress:
         self.bar = None
         self.task = None
         self.task_epoch = None
+        self.last_epoch: int | None = None  # the last epoch saved in last.pt
 
     def __enter__(self):
         if not self.quiet:
@@ -127,6 +136,7 @@ class _Progress:
                 self.task_epoch = info["epoch"]
             self.bar.update(self.task, completed=info["step"], loss=f"{info['loss']:.4f}")
         elif event == "epoch":
+            self.last_epoch = info["epoch"]
             best = " *" if info["best_epoch"] == info["epoch"] else ""
             console.print(f"epoch {info['epoch']:>3}  train loss {info['train_loss']:.4f} acc {info['train_acc']:.3f}"
                           f"  val loss {info['val_loss']:.4f} acc {info['val_acc']:.3f}"
