@@ -108,7 +108,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
 
     ``taps`` (``"fc7,pool5"``; default all) are computed in one forward pass. ``weights`` is ``imagenet``,
-    ``none`` (random, seeded by ``seed``) or a state-dict / featx checkpoint file. An existing store with the
+    ``none`` (random, seeded by ``seed``) or a state-dict / featx checkpoint file (whose input size is then
+    the default ``image_size``). An existing store with the
     same settings is resumed; one made with other settings is refused. ``callback(done, total)`` is called
     after each batch. Unreadable images are recorded in the store and reported at the end (FeatxError),
     after every readable image has been written.
@@ -121,9 +122,11 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     if not collection.samples:
         raise FeatxError(f"{collection.root}: no images to extract")
     cfg = get_config(backbone)
-    size = int(image_size or cfg.input_size)
-    check_input_size(backbone, size)
     model = create_backbone(backbone, weights, seed=seed)
+    card = model.weights_info.card or {}
+    # a fine-tuned checkpoint brings the input size it was trained at
+    size = int(image_size or card.get("preprocessing", {}).get("input_size") or cfg.input_size)
+    check_input_size(backbone, size)
     tap_names = parse_taps(taps, list(cfg.taps))
     tap_dims = {t: cfg.taps[t] for t in tap_names}
     settings = store_settings_for(collection, model, size, dtype)

@@ -164,6 +164,12 @@ def test_best_checkpoint_feeds_extract_with_tuned_features(tree, tmp_path):
         assert a.attrs["weights_sha256"] != ""
     assert np.isfinite(fa).all()
     assert np.abs(fa - fb).mean() > 1e-3
+    # without --image-size, the checkpoint's own input size is used (32 here, not the backbone's 224)
+    again = extract(tree, tmp_path / "again.h5", weights=run / "best.pt", backbone="cnn", taps="fc", device="cpu",
+                    workers=0, progress=False)
+    with h5py.File(again) as c:
+        assert c.attrs["input_size"] == 32
+        np.testing.assert_allclose(c["features/fc"][:], fa, rtol=1e-5, atol=1e-6)
 
 
 def test_paper_preset_is_recorded_and_options_override_it(tree, tmp_path):
