@@ -313,3 +313,25 @@ def plot_history(history_rows: Sequence[dict], path, *, title: str | None = None
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def read_results(sources: Sequence) -> list[dict]:
+    """Result rows from ``results.json`` files, or folders holding one (compare outputs, finetune runs)."""
+    from featx.errors import FeatxError
+
+    rows: list[dict] = []
+    for src in sources:
+        path = Path(src)
+        if path.is_dir():
+            path = path / "results.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FeatxError(f"{path}: no such results file; point to a results.json written by "
+                             "`featx compare`, `featx classify` or `featx finetune` (or its folder)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise FeatxError(f"{path}: not a featx results.json (not JSON)") from None
+        if not isinstance(data, list) or not all(isinstance(r, dict) and "model" in r for r in data):
+            raise FeatxError(f"{path}: not a featx results.json (expected a list of result rows)")
+        rows.extend(data)
+    return rows
