@@ -134,6 +134,8 @@ def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed
         label = f"{kind} ({', '.join(names)}; leave one out)"
         if leak:
             label = f"IMAGE-LEVEL {label}: subjects on both sides"
+        elif groups is None:
+            label = f"{label}, subjects unknown: may leak"
         prot = Protocol("fold", label, leak or groups is None, folds, seed, note, groups)
 
     for k, (train, test) in enumerate(prot.folds):

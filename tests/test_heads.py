@@ -7,18 +7,36 @@ import torch
 from sklearn.datasets import make_classification
 from sklearn.metrics import recall_score, roc_auc_score
 from sklearn.model_selection import cross_val_score
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from featx.errors import FeatxError
-from featx.heads import (HEADS, SoftmaxClassifier, XGBoostClassifier, list_heads, make_head, parse_params,
+from featx.heads import (HEADS, RBFSVMClassifier, SoftmaxClassifier, XGBoostClassifier, list_heads, make_head, parse_params,
                          parse_preprocess, positive_scores)
 
 torch.set_num_threads(1)
 
 
-@parametrize_with_checks([SoftmaxClassifier(device="cpu")])
-def test_softmax_passes_sklearn_checks(estimator, check):
+@parametrize_with_checks([SoftmaxClassifier(device="cpu"), RBFSVMClassifier()])
+def test_softmax_and_rbf_svm_pass_sklearn_checks(estimator, check):
     check(estimator)
+
+
+def test_rbf_svm_on_a_blas_kernel_equals_libsvm_rbf():
+    X, y = _data(n=300, d=50)
+    X = StandardScaler().fit_transform(X)
+    for gamma in ("scale", 0.01):
+        ours = RBFSVMClassifier(C=2.0, gamma=gamma).fit(X[:200], y[:200])
+        ref = SVC(kernel="rbf", C=2.0, gamma=gamma).fit(X[:200], y[:200])
+        np.testing.assert_allclose(ours.decision_function(X[200:]), ref.decision_function(X[200:]), atol=1e-5)
+        np.testing.assert_array_equal(ours.predict(X[200:]), ref.predict(X[200:]))
+        assert len(ours.support_vectors_) == len(ref.support_)
+    # multiclass (one-vs-one) as well
+    X3, y3 = make_classification(n_samples=240, n_features=20, n_informative=6, n_classes=3, random_state=0)
+    ours = RBFSVMClassifier().fit(X3[:180], y3[:180])
+    ref = SVC(kernel="rbf").fit(X3[:180], y3[:180])
+    np.testing.assert_array_equal(ours.predict(X3[180:]), ref.predict(X3[180:]))
 
 
 def _data(n=240, d=10, weights=None, seed=0):
