@@ -313,7 +313,7 @@ def bootstrap_ci(y_true, y_pred, y_score, groups, *, n_classes: int, positive: i
 
 def summarize_folds(fold_metrics: list[dict], *, pooled: dict | None = None, n_boot: int = 1000, seed: int = 0,
                     level: float = 0.95) -> dict:
-    """Mean and standard deviation (over folds, ddof=0) of each metric, the summed confusion matrix, and,
+    """Mean and standard deviation (over folds, ddof=0; NaN for a single fold) of each metric, the summed confusion matrix, and,
     given the pooled out-of-fold predictions, a bootstrap interval over subjects and per-subject accuracy.
 
     ``pooled``: ``{"y_true", "y_pred", "y_score" (or None), "subjects" (or None), "classes", "positive"}``,
@@ -325,7 +325,7 @@ def summarize_folds(fold_metrics: list[dict], *, pooled: dict | None = None, n_b
         vals = np.array([f.get(m, np.nan) for f in fold_metrics], dtype=float)
         finite = vals[np.isfinite(vals)]
         out[m] = float(finite.mean()) if finite.size else float("nan")
-        out[f"{m}_std"] = float(finite.std()) if finite.size else float("nan")
+        out[f"{m}_std"] = float(finite.std()) if finite.size > 1 else float("nan")  # no spread from one fold
     out["confusion"] = np.sum([np.asarray(f["confusion"]) for f in fold_metrics], axis=0).tolist()
     if pooled is not None:
         classes = list(pooled["classes"])

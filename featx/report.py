@@ -49,7 +49,8 @@ def short_protocol(row: dict) -> str:
     if name in ("subject", "image"):
         text = f"{name} {k}-fold"
     elif name == "fold":
-        text = f"given folds ({k})"
+        kind = "C-NMC folds" if "C-NMC" in _protocol_text(row) else "given folds"
+        text = f"{kind} ({k})"
     else:
         text = f"held-out {name}" if name else _protocol_text(row)
     if row.get("image_level"):
