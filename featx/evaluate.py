@@ -313,8 +313,9 @@ def bootstrap_ci(y_true, y_pred, y_score, groups, *, n_classes: int, positive: i
 
 def summarize_folds(fold_metrics: list[dict], *, pooled: dict | None = None, n_boot: int = 1000, seed: int = 0,
                     level: float = 0.95) -> dict:
-    """Mean and standard deviation (over folds, ddof=0; NaN for a single fold) of each metric, the summed confusion matrix, and,
-    given the pooled out-of-fold predictions, a bootstrap interval over subjects and per-subject accuracy.
+    """Mean and standard deviation (over folds, ddof=0; NaN for a single fold) of each metric, the summed
+    confusion matrix, and, given the pooled out-of-fold predictions, a bootstrap interval over subjects and
+    per-subject accuracy.
 
     ``pooled``: ``{"y_true", "y_pred", "y_score" (or None), "subjects" (or None), "classes", "positive"}``,
     ``positive`` a class name or index. Keys: ``<metric>``, ``<metric>_std``, ``<metric>_ci_low``,

@@ -19,7 +19,16 @@ from featx.persist import check_store_matches, fit_final, load_model, save_model
 from featx.store import load_features, store_settings
 from featx.synth import synthesize
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small fits run faster on one thread (and do not fight other jobs on a 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 runner = CliRunner()
 N_FINAL = 10
 N_PRELIM = 3 * 8

@@ -13,7 +13,14 @@ from featx.evaluate import (METRICS, _confusion_metrics, _weighted_auc, bootstra
 from featx.heads import make_head
 from featx.store import FeatureSet
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small fits run faster on one thread (and do not fight other jobs on a 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def subject_features(n_all=8, n_hem=6, cells=20, d=32, signal=0.45, tint=1.6, seed=0, prelim=0) -> FeatureSet:

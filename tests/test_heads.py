@@ -12,10 +12,17 @@ from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from featx.errors import FeatxError
-from featx.heads import (HEADS, RBFSVMClassifier, SoftmaxClassifier, XGBoostClassifier, list_heads, make_head, parse_params,
-                         parse_preprocess, positive_scores)
+from featx.heads import (HEADS, RBFSVMClassifier, SoftmaxClassifier, XGBoostClassifier, list_heads, make_head,
+                         parse_params, parse_preprocess, positive_scores)
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small fits run faster on one thread (and do not fight other jobs on a 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @parametrize_with_checks([SoftmaxClassifier(device="cpu"), RBFSVMClassifier()])
