@@ -4,7 +4,7 @@
 set -euo pipefail
 OUT=${1:-demo}
 mkdir -p "$OUT"
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+say() { printf '\n\033[1m== %s\033[0m  (%ss elapsed)\n' "$*" "$SECONDS"; }
 
 # ImageNet weights are used when torchvision's files are already in the cache; otherwise random weights.
 cache=$(python -c 'import torch, pathlib; print(pathlib.Path(torch.hub.get_dir()) / "checkpoints")')
@@ -30,6 +30,12 @@ say "3. compare heads on the cached features: subject-grouped vs IMAGE-LEVEL 5-f
 featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet.h5" "$OUT/feats/vgg16.h5" \
   --heads softmax,logistic,svm,xgboost --cv subject,image --out "$OUT/results"
 
+echo "save the VGG-16 + SVM model and predict the unlabelled final phase"
+featx classify "$OUT/feats/vgg16.h5" --head svm --save --out "$OUT/results-vgg16" --no-plots
+featx predict "$OUT/results-vgg16/models/vgg16-fc7-svm.joblib" "$OUT/data" --split final \
+  --store "$OUT/feats/vgg16.h5" --out "$OUT/predictions.csv"
+echo "$(($(wc -l < "$OUT/predictions.csv") - 1)) predictions in $OUT/predictions.csv:"; head -4 "$OUT/predictions.csv"
+
 say "4. fine-tune the cnn end to end (shrunk: 64 px, 5 epochs instead of 224 px, 15 epochs)"
 resume=""
 [ -f "$OUT/runs/cnn/last.pt" ] && resume="--resume"
@@ -43,3 +49,4 @@ say "5. one table: frozen backbones + heads, the hybrid (tuned cnn + SVM) and th
 featx table "$OUT/results" "$OUT/results-tuned" "$OUT/runs/cnn" --title "featx demo (synthetic C-NMC)" \
   --out "$OUT/summary"
 echo "run folder: $(ls "$OUT/runs/cnn" | tr '\n' ' ')"
+echo "demo finished in ${SECONDS}s; everything is under $OUT/"
