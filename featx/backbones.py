@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import socket
 from collections import OrderedDict
@@ -37,6 +36,7 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from featx.errors import FeatxError
+from featx.files import sha256_file
 
 CHECKPOINT_VERSION = 1          # the "featx_checkpoint" value this module reads
 DOWNLOAD_TIMEOUT_S = 15.0       # socket timeout of the ImageNet download attempt
@@ -402,7 +402,7 @@ def create_backbone(name: str, weights: str | Path | None = "none", *, num_class
     elif isinstance(spec, str) and spec.strip().lower() == "imagenet":
         path = _imagenet_path(cfg)
         net = _from_state_dict(cfg, _read_weights(path), path, dropout)
-        info = WeightsInfo(kind="imagenet", source="imagenet", sha256=_sha256(path), seed=None,
+        info = WeightsInfo(kind="imagenet", source="imagenet", sha256=sha256_file(path), seed=None,
                            file=str(path))
     else:
         path = Path(spec).expanduser().resolve()
@@ -419,7 +419,7 @@ def create_backbone(name: str, weights: str | Path | None = "none", *, num_class
         if classes is not None and len(classes) != net.num_classes:
             raise FeatxError(f"{path}: the checkpoint lists {len(classes)} classes but its final layer has "
                              f"{net.num_classes} outputs; the file is inconsistent, re-save it")
-        info = WeightsInfo(kind="file", source=str(path), sha256=_sha256(path), seed=None,
+        info = WeightsInfo(kind="file", source=str(path), sha256=sha256_file(path), seed=None,
                            card=card, file=str(path))
     net.classes = list(classes) if classes is not None else None
     if num_classes is not None and int(num_classes) != net.num_classes:
@@ -523,11 +523,3 @@ def _from_state_dict(cfg: BackboneConfig, state, path: Path, dropout: float) -> 
              for k, v in state.items()}
     net.load_state_dict(state, strict=True, assign=True)
     return net
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

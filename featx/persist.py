@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.files import sha256_file
 
 CARD_VERSION = 1
 # Extraction settings a store must share with the model's card (compared in this order).
@@ -32,14 +33,6 @@ STORE_KEYS = MATCH_KEYS + ("dtype", "dataset_fingerprint", "data_root", "layout"
 
 __all__ = ["CARD_VERSION", "card_path", "check_store_matches", "export_skops", "fit_final", "load_model",
            "model_name", "predict", "require_skops", "save_model", "train_and_save"]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -136,7 +129,7 @@ def save_model(model, features, out_dir, *, head: str, n_train: int, preprocess=
     card = {
         "featx_model": CARD_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "file": path.name, "sha256": _sha256(path),
+        "file": path.name, "sha256": sha256_file(path),
         "head": spec.name, "preprocess": preprocess,
         "class_weight": class_weight if spec.class_weight else None, "params": params or {}, "seed": seed,
         "probability": "predict_proba" if spec.probability else "sigmoid calibration (3-fold, ensemble=False)",
@@ -176,7 +169,7 @@ def load_model(path) -> tuple[object, dict]:
         raise FeatxError(f"{cpath}: not a valid model card ({exc.msg}); re-save the model") from None
     if card.get("featx_model") != CARD_VERSION:
         raise FeatxError(f"{cpath}: not a featx model card (version {card.get('featx_model')!r})")
-    if card.get("sha256") and card["sha256"] != _sha256(path):
+    if card.get("sha256") and card["sha256"] != sha256_file(path):
         raise FeatxError(f"{path}: the file changed after it was saved (sha256 differs from {cpath.name}); "
                          "refusing to load it; re-save the model")
     return joblib.load(path), card

@@ -207,6 +207,17 @@ def _plt():
     return plt
 
 
+def _save(fig, ax, path, title: str | None) -> Path:
+    """Title, tight layout, write the PNG and free the figure."""
+    if title:
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
 def plot_confusion(cm, classes: Sequence[str], path, *, title: str | None = None) -> Path:
     """Confusion matrix (rows true, columns predicted) as a PNG with counts and row percentages."""
     plt = _plt()
@@ -223,13 +234,7 @@ def plot_confusion(cm, classes: Sequence[str], path, *, title: str | None = None
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title)
 
 
 def plot_roc(fpr, tpr, auc, path, *, title: str | None = None) -> Path:
@@ -244,13 +249,7 @@ def plot_roc(fpr, tpr, auc, path, *, title: str | None = None) -> Path:
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.legend(loc="lower right")
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title)
 
 
 def plot_bars(rows: Sequence[dict], path, metrics: Sequence[str] = ("accuracy", "f1", "f1_weighted")) -> Path:

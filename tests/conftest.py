@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from featx.synth import synthesize
 
@@ -28,3 +29,12 @@ def cnmc_tree(tmp_path_factory) -> Path:
 def cnmc_tree_settings() -> dict:
     """The synthesize() keyword arguments `cnmc_tree` was made with."""
     return dict(CNMC_TREE_SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small fits run faster on one thread (and do not fight other jobs on a 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

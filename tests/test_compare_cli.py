@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from featx.cli import app
@@ -20,13 +19,7 @@ from featx.store import load_features, store_settings
 from featx.synth import synthesize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small fits run faster on one thread (and do not fight other jobs on a 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 runner = CliRunner()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn import metrics as skm
 
 from featx.errors import FeatxError
@@ -14,13 +13,7 @@ from featx.heads import make_head
 from featx.store import FeatureSet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small fits run faster on one thread (and do not fight other jobs on a 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def subject_features(n_all=8, n_hem=6, cells=20, d=32, signal=0.45, tint=1.6, seed=0, prelim=0) -> FeatureSet:

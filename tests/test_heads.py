@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.datasets import make_classification
 from sklearn.metrics import recall_score, roc_auc_score
 from sklearn.model_selection import cross_val_score
@@ -16,13 +15,7 @@ from featx.heads import (HEADS, RBFSVMClassifier, SoftmaxClassifier, XGBoostClas
                          parse_params, parse_preprocess, positive_scores)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small fits run faster on one thread (and do not fight other jobs on a 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @parametrize_with_checks([SoftmaxClassifier(device="cpu"), RBFSVMClassifier()])
