@@ -23,6 +23,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench_extract.py
 	$(PY) scripts/bench_heads.py
+	$(PY) scripts/bench_finetune.py
 
 clean-demo:
 	rm -rf $(DEMO)
