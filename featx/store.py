@@ -305,6 +305,15 @@ def _read_one(path: Path, taps: list[str] | None) -> dict:
         )
 
 
+def _weights_label(attrs: dict) -> str:
+    """``vgg16`` for torchvision or random weights; ``cnn[cnn/best.pt]`` for weights read from a file."""
+    backbone = str(attrs.get("backbone", ""))
+    if attrs.get("weights_kind") != "file":
+        return backbone
+    source = Path(str(attrs.get("weights", "")))
+    return f"{backbone}[{'/'.join(source.parts[-2:])}]"
+
+
 def load_features(stores, taps: str | Sequence[str] | None = None, *, splits: Sequence[str] | None = None,
                   labelled: bool | None = None) -> FeatureSet:
     """Load finished rows of one or more stores as one feature matrix.
@@ -337,7 +346,7 @@ def load_features(stores, taps: str | Sequence[str] | None = None, *, splits: Se
         part["X"] = part["X"][order]
     X = np.hstack([part["X"] for part in parts]) if len(parts) > 1 else first["X"]
     tapname = "+".join(first["taps"])
-    names = [f"{part['backbone']}/{'+'.join(part['taps'])}" for part in parts]
+    names = [f"{_weights_label(part['attrs'])}/{'+'.join(part['taps'])}" for part in parts]
     digest = hashlib.sha256()
     for part in parts:
         digest.update(str(part["attrs"].get("dataset_fingerprint", "")).encode())

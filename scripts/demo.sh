@@ -4,6 +4,7 @@
 set -euo pipefail
 OUT=${1:-demo}
 mkdir -p "$OUT"
+[ -t 1 ] || export COLUMNS=${COLUMNS:-132}  # wide tables in logs too
 say() { printf '\n\033[1m== %s\033[0m  (%ss elapsed)\n' "$*" "$SECONDS"; }
 
 # ImageNet weights are used when torchvision's files are already in the cache; otherwise random weights.
@@ -18,13 +19,14 @@ if [ "$W_ALEX" = none ] || [ "$W_VGG" = none ]; then
   echo "   Put alexnet-owt-7be5be79.pth / vgg16-397923af.pth there to run it with ImageNet weights."
 fi
 
-say "1. synthetic C-NMC data (10 training subjects x 12 cells at 96 px; the real cells are 450 px)"
-[ -d "$OUT/data/C-NMC_training_data" ] || featx synth "$OUT/data" --cells-per-subject 12 --image-size 96
+say "1. synthetic C-NMC data (shrunk: 16 training subjects x 12 cells at 128 px; the real set has 73 subjects, 450 px)"
+[ -d "$OUT/data/C-NMC_training_data" ] || featx synth "$OUT/data" --subjects-all 10 --subjects-hem 6 \
+  --cells-per-subject 12 --image-size 128
 
-say "2. extract features (shrunk: cnn and AlexNet at 96/112 px, VGG-16 at 64 px instead of 224 px)"
+say "2. extract features (AlexNet at its 224 px; shrunk: cnn at 96 px, VGG-16 at 112 px instead of 224 px)"
 featx extract "$OUT/data" --backbone cnn --weights none --image-size 96 --out "$OUT/feats/cnn.h5"
-featx extract "$OUT/data" --backbone alexnet --weights "$W_ALEX" --image-size 112 --out "$OUT/feats/alexnet.h5"
-featx extract "$OUT/data" --backbone vgg16 --weights "$W_VGG" --image-size 64 --out "$OUT/feats/vgg16.h5"
+featx extract "$OUT/data" --backbone alexnet --weights "$W_ALEX" --out "$OUT/feats/alexnet.h5"
+featx extract "$OUT/data" --backbone vgg16 --weights "$W_VGG" --image-size 112 --out "$OUT/feats/vgg16.h5"
 
 say "3. compare heads on the cached features: subject-grouped vs IMAGE-LEVEL 5-fold CV"
 featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet.h5" "$OUT/feats/vgg16.h5" \

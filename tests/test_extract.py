@@ -165,6 +165,8 @@ def test_weights_from_a_state_dict_file(cnmc_tree, tmp_path):
     a, b, c = (load_features(tmp_path / f"{k}.h5", "fc").X for k in "abc")
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not np.allclose(a, c)
+    assert load_features(tmp_path / "a.h5").name == f"cnn[{tmp_path.name}/cnn-weights.pt]/fc"
+    assert load_features(tmp_path / "b.h5").name == "cnn/fc"
     s = store_settings(tmp_path / "a.h5")
     assert s["weights"] == str(weights.resolve()) and s["weights_kind"] == "file" and len(s["weights_sha256"]) == 64
 
