@@ -62,6 +62,7 @@ def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
     """A rich Table: model, protocol, then accuracy, precision, recall, F1 (mean ± std over folds, %) and
     the weighted F1 (the challenge's metric); image-level rows in yellow with a ``*``."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     title = f"{title}  [dim](mean ± std over folds, %)[/]" if title else None
@@ -74,7 +75,7 @@ def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
         table.add_column(header)  # justify="right" makes rich crop narrow tables
     for r in rows:
         image = bool(r.get("image_level"))
-        cells = [r.get("model", ""), ("* " if image else "") + short_protocol(r)]
+        cells = [escape(str(r.get("model", ""))), ("* " if image else "") + escape(short_protocol(r))]
         cells += [format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TERMINAL_METRICS]
         table.add_row(*cells, style="yellow" if image else None)
     return table

@@ -82,3 +82,9 @@ def test_plots_and_slugs(tmp_path):
     assert slug({"backbone": "vgg16+alexnet", "tap": "fc7+pool5", "head": "svm", "protocol": "subject"}) \
         == "vgg16+alexnet-fc7+pool5-svm-subject"
     assert slug("a/b c") == "a_b_c"
+
+
+def test_table_shows_model_names_with_brackets_verbatim():
+    console = Console(record=True, width=220)
+    console.print(results_table([_row("cnn[cnn/best.pt]/fc + svm", "subject", "subject-level 5-fold", False, 0.9, 0.1)]))
+    assert "cnn[cnn/best.pt]/fc + svm" in console.export_text()
