@@ -234,6 +234,7 @@ def test_cli_extract_and_info(cnmc_tree, tmp_path):
     (["extract", "{empty}", "--out", "{tmp}/x.h5", "--backbone", "cnn", "--weights", "none"], "{empty}"),
     (["extract", "{data}", "--out", "{tmp}/x.h5", "--backbone", "resnet9"], "vgg16"),
     (["info", "{tmp}/nothing.h5"], "nothing.h5"),
+    (["info", "{tmp}/[bold]x.h5"], "[bold]x.h5"),  # user text is printed verbatim, not as rich markup
     (["info", "{notstore}"], "not"),
 ])
 def test_cli_user_errors_are_one_line_without_traceback(cnmc_tree, tmp_path, args, needle):

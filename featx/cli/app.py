@@ -7,6 +7,7 @@ from typing import Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from featx.errors import FeatxError
 
@@ -31,7 +32,7 @@ def user_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except FeatxError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted:[/] work finished so far is kept on disk; "
@@ -39,7 +40,7 @@ def user_errors(func: Callable) -> Callable:
             raise typer.Exit(130) from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                where = f" while writing {exc.filename}" if exc.filename else ""
+                where = f" while writing {escape(str(exc.filename))}" if exc.filename else ""
                 err_console.print(f"[bold red]error:[/] disk full{where}; free space and run the same "
                                   "command again (finished work is kept)", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
