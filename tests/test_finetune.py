@@ -291,3 +291,19 @@ def test_cli_finetune_prints_epochs_and_table(tree, tmp_path):
     helptext = runner.invoke(app, ["finetune", "--help"]).output
     for option in ("--preset", "--lr", "--momentum", "--freeze", "--early-stopping", "--resume", "--val"):
         assert option in helptext
+
+
+def test_cli_eval_prelim_validates_on_the_preliminary_phase(tree, tmp_path):
+    from featx.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "prelim"
+    base = ["finetune", str(tree), "--backbone", "cnn", "--weights", "none", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "16", "--workers", "0", "--device", "cpu", "-q"]
+    result = runner.invoke(app, base + ["--eval", "prelim", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "settings.json").read_text())
+    n_prelim = sum(s.split == "prelim" for s in discover(tree).samples)
+    assert settings["val"] == "prelim" and settings["n_val"] == n_prelim
+    clash = runner.invoke(app, base + ["--eval", "prelim", "--val", "fold_2", "--out", str(tmp_path / "x")])
+    assert clash.exit_code == 1 and "two validation sets" in clash.output

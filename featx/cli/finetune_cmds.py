@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from featx.cli.app import app, console, err_console, user_errors
+from featx.errors import FeatxError
 
 
 @app.command()
@@ -50,6 +51,9 @@ def finetune(
     val: Annotated[str, typer.Option(
         help="Validation set: subject (subject-grouped holdout, the protocol of classify), image (image-level "
              "holdout, leaks subjects), a split such as fold_2, or prelim (C-NMC's preliminary test).")] = "subject",
+    eval_set: Annotated[Optional[str], typer.Option(
+        "--eval", help="As in classify: train on the training folds, validate on this split (e.g. prelim); "
+                       "the same as --val SPLIT.")] = None,
     early_stopping: Annotated[Optional[str], typer.Option(
         help="Stop when this validation metric stops improving: loss, accuracy, f1, f1_weighted, "
              "balanced_accuracy, roc_auc (best.pt is the best epoch by it; by loss otherwise).")] = None,
@@ -72,6 +76,10 @@ def finetune(
     from featx.finetune import finetune as run_finetune
     from featx.report import results_table
 
+    if eval_set is not None:
+        if val not in ("subject", eval_set):
+            raise FeatxError(f"--val {val} and --eval {eval_set} name two validation sets; give one")
+        val = eval_set
     progress = _Progress(quiet)
     try:
         with progress:
