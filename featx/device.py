@@ -22,7 +22,14 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise FeatxError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
-        return torch.device(spec)
+        try:
+            device = torch.device(spec)
+        except RuntimeError:
+            raise FeatxError(f"--device {spec}: not a device; use cuda or cuda:N") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FeatxError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return device
     raise FeatxError(f"unknown device {spec!r}; choose one of: auto, cpu, cuda, cuda:N")
 
 

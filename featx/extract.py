@@ -118,6 +118,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         raise FeatxError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     if batch_size < 1:
         raise FeatxError(f"--batch-size {batch_size}: must be at least 1")
+    if workers is not None and workers < 0:
+        raise FeatxError(f"--workers {workers}: must be 0 (decode in the main process) or more")
     collection = data if isinstance(data, Collection) else discover(data, splits)
     if not collection.samples:
         raise FeatxError(f"{collection.root}: no images to extract")
@@ -129,21 +131,24 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     check_input_size(backbone, size)
     tap_names = parse_taps(taps, list(cfg.taps))
     tap_dims = {t: cfg.taps[t] for t in tap_names}
+    device = resolve_device(device)
     settings = store_settings_for(collection, model, size, dtype)
+    # fp16 autocast on CUDA changes the features slightly: a store never mixes the two precisions
+    settings["precision"] = "fp16-autocast" if device.type == "cuda" else "fp32"
     out = Path(out)
 
     with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims) as store:
         pending = np.flatnonzero(~store.done)
         total = store.n
         if pending.size:
-            _run(model, collection, store, pending, tap_names, size=size, device=resolve_device(device),
+            _run(model, collection, store, pending, tap_names, size=size, device=device,
                  batch_size=batch_size, workers=default_workers() if workers is None else workers,
                  progress=progress, callback=callback, total=total)
         errors = store.h5["samples/error"].asstr()[:]
     failed = np.flatnonzero(errors != "")
     if failed.size:
         raise FeatxError(f"{failed.size} image(s) could not be read, first: {errors[failed[0]]}; "
-                         f"the other {total - failed.size} rows are saved in {out}; fix or remove those files "
+                         f"the other {total - failed.size} rows are saved in {out}; fix or replace those files "
                          "and run the same command again")
     return out
 
@@ -158,7 +163,7 @@ def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray
                         pin_memory=pin_memory(device), persistent_workers=False,
                         prefetch_factor=4 if workers > 0 else None)
     fmt = memory_format(device)
-    model = model.eval().to(device=device, memory_format=fmt)
+    model = model.to(device=device, memory_format=fmt)  # create_backbone returns it in eval mode
     writer = _Writer(store)
     done = total - pending.size
     bar = _progress(progress, f"{model.name} -> {store.path.name}", total, done)
@@ -170,10 +175,16 @@ def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray
                 if not ok.all():
                     writer.put("errors", index[~ok].tolist(), [e for e in error if e])
                 if ok.any():
-                    x = images[torch.from_numpy(ok)] if not ok.all() else images
-                    x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
-                    with autocast(device):
-                        feats = model.forward_taps(x, taps)
+                    x = images.to(device, non_blocking=True)  # still pinned here, so the copy overlaps
+                    if not ok.all():
+                        x = x[torch.from_numpy(ok).to(device)]
+                    x = x.contiguous(memory_format=fmt)
+                    try:
+                        with autocast(device):
+                            feats = model.forward_taps(x, taps)
+                    except torch.cuda.OutOfMemoryError:
+                        raise FeatxError(f"out of GPU memory at --batch-size {len(x)}; lower it and run the same "
+                                         "command again (finished rows are kept)") from None
                     writer.put("rows", index[ok], {t: v.float().cpu().numpy() for t, v in feats.items()})
                 done += len(index)
                 bar.advance(len(index))

@@ -65,19 +65,12 @@ def card_path(model_path) -> Path:
 
 
 def _store_parts(features) -> list[dict]:
-    """Per store: its taps and its extraction settings (parsed from the feature set's name and settings)."""
-    groups: list[list[str]] = []
-    for token in features.name.split("+"):
-        if "/" in token:
-            groups.append(token.split("/", 1))
-        elif groups:
-            groups[-1].append(token)
+    """Per store: its taps and its extraction settings."""
     parts = []
-    stores = list(getattr(features, "stores", []) or [])
+    stores = list(features.stores)
     for i, settings in enumerate(features.settings):
-        taps = groups[i][1:] if i < len(groups) else []
         entry = {k: settings.get(k) for k in STORE_KEYS if k in settings}
-        entry["taps"] = taps
+        entry["taps"] = list(features.store_taps[i]) if i < len(features.store_taps) else []
         entry["store"] = str(Path(stores[i]).resolve()) if i < len(stores) else ""
         parts.append(entry)
     return parts

@@ -17,6 +17,7 @@ A store is reopened, never rebuilt: finished rows are kept and a store made with
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ DEFAULT_TAPS = {"vgg16": "fc7", "alexnet": "fc7", "cnn": "fc"}
 CHUNK_BYTES = 1 << 20
 # Settings that make two stores' features incomparable; a reopened store must match on each.
 IDENTITY_KEYS = ("backbone", "weights", "weights_sha256", "weights_seed", "input_size", "mean", "std",
-                 "resize", "dtype", "taps", "dataset_fingerprint")
+                 "resize", "dtype", "precision", "taps", "dataset_fingerprint")
 _STR = h5py.string_dtype()
 
 
@@ -72,10 +73,19 @@ def _open(path: Path, mode: str) -> h5py.File:
     except FileNotFoundError:
         raise FeatxError(f"{path}: no such feature store; create it with `featx extract DATA --out {path}`") from None
     except OSError as exc:
-        if "No space left" in str(exc):
-            raise
+        if is_disk_full(exc):
+            raise FeatxError(f"disk full while opening {path}; free space and run the same command again") from None
+        if "lock" in str(exc).lower():
+            raise FeatxError(f"{path} is in use by another process (HDF5 file lock); wait for that featx command "
+                             "to finish, or set HDF5_USE_FILE_LOCKING=FALSE on file systems without locks") from None
         raise FeatxError(f"{path}: not a readable HDF5 feature store ({exc.__class__.__name__}); "
                          "point to a file written by `featx extract`") from None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC however it surfaces (h5py reports write failures as RuntimeError text)."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or any(
+        needle in str(exc) for needle in ("No space left", "errno = 28", "errno 28"))
 
 
 class FeatureStore:
@@ -98,7 +108,7 @@ class FeatureStore:
             h5 = _open(path, "r+")
             store = cls(path, h5)
             try:
-                store._check_resumable(settings)
+                store._check_resumable(dict(settings, taps=list(tap_dims)))
             except Exception:
                 h5.close()
                 raise
@@ -176,6 +186,15 @@ class FeatureStore:
 
     def write_rows(self, indices: np.ndarray, features: dict[str, np.ndarray]) -> None:
         """Write features of sample rows ``indices`` (sorted or not), mark them done and flush."""
+        try:
+            self._write_rows(indices, features)
+        except (OSError, RuntimeError) as exc:
+            if is_disk_full(exc):
+                raise FeatxError(f"disk full while writing {self.path}; free space and run the same command "
+                                 f"again (the {int(self.done.sum())} finished rows are kept)") from None
+            raise
+
+    def _write_rows(self, indices: np.ndarray, features: dict[str, np.ndarray]) -> None:
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
             return
@@ -206,8 +225,12 @@ class FeatureStore:
     def __enter__(self) -> "FeatureStore":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self.close()
+        except (OSError, RuntimeError):
+            if exc_type is None:  # a failing close must not hide the error that is already on its way
+                raise
 
 
 def _contiguous(indices: np.ndarray) -> bool:
@@ -247,6 +270,7 @@ class FeatureSet:
     root: str = ""
     positive: str | None = None
     stores: list[str] = field(default_factory=list)
+    store_taps: list[list[str]] = field(default_factory=list)   # the taps read from each store, in order
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -290,8 +314,10 @@ def _read_one(path: Path, taps: list[str] | None) -> dict:
         blocks = []
         for tap in chosen:
             ds = h5["features"][tap]
-            data = ds[: ds.shape[0]]
-            blocks.append(data[rows[rows < ds.shape[0]]].astype(np.float32, copy=False))
+            if rows.size and rows[-1] >= ds.shape[0]:
+                raise FeatxError(f"{path}: tap {tap} holds {ds.shape[0]} rows but row {rows[-1]} is marked done; "
+                                 "the store is damaged: extract it again into a new --out")
+            blocks.append(ds[: ds.shape[0]][rows].astype(np.float32, copy=False))
         if not rows.size:
             raise FeatxError(f"{path}: no finished rows yet; run `featx extract` to fill the store")
         return dict(
@@ -361,7 +387,7 @@ def load_features(stores, taps: str | Sequence[str] | None = None, *, splits: Se
         tap=tapname if len(parts) == 1 else "+".join("+".join(part["taps"]) for part in parts),
         settings=[part["attrs"] for part in parts], fingerprint=digest.hexdigest(),
         root=str(first["attrs"].get("data_root", "")), positive="all" if "all" in classes else None,
-        stores=[str(p) for p in paths],
+        stores=[str(p) for p in paths], store_taps=[list(part["taps"]) for part in parts],
     )
     keep = np.ones(len(fs), dtype=bool)
     if splits:

@@ -20,22 +20,23 @@ if [ "$W_ALEX" = none ] || [ "$W_VGG" = none ]; then
 fi
 
 say "1. synthetic C-NMC data (shrunk: 16 training subjects x 12 cells at 128 px; the real set has 73 subjects, 450 px)"
-[ -d "$OUT/data/C-NMC_training_data" ] || featx synth "$OUT/data" --subjects-all 10 --subjects-hem 6 \
+# the final phase is written last: when it is there, the tree is complete
+[ -d "$OUT/data/C-NMC_test_final_phase_data" ] || featx synth "$OUT/data" --subjects-all 10 --subjects-hem 6 \
   --cells-per-subject 12 --image-size 128
 
 say "2. extract features (AlexNet at its 224 px; shrunk: cnn at 96 px, VGG-16 at 112 px instead of 224 px)"
 featx extract "$OUT/data" --backbone cnn --weights none --image-size 96 --out "$OUT/feats/cnn.h5"
-featx extract "$OUT/data" --backbone alexnet --weights "$W_ALEX" --out "$OUT/feats/alexnet.h5"
-featx extract "$OUT/data" --backbone vgg16 --weights "$W_VGG" --image-size 112 --out "$OUT/feats/vgg16.h5"
+featx extract "$OUT/data" --backbone alexnet --weights "$W_ALEX" --out "$OUT/feats/alexnet-$W_ALEX.h5"
+featx extract "$OUT/data" --backbone vgg16 --weights "$W_VGG" --image-size 112 --out "$OUT/feats/vgg16-$W_VGG.h5"
 
 say "3. compare heads on the cached features: subject-grouped vs IMAGE-LEVEL 5-fold CV"
-featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet.h5" "$OUT/feats/vgg16.h5" \
+featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet-$W_ALEX.h5" "$OUT/feats/vgg16-$W_VGG.h5" \
   --heads softmax,logistic,svm,xgboost --cv subject,image --out "$OUT/results"
 
 echo "save the VGG-16 + SVM model and predict the unlabelled final phase"
-featx classify "$OUT/feats/vgg16.h5" --head svm --save --out "$OUT/results-vgg16" --no-plots
+featx classify "$OUT/feats/vgg16-$W_VGG.h5" --head svm --save --out "$OUT/results-vgg16" --no-plots
 featx predict "$OUT/results-vgg16/models/vgg16-fc7-svm.joblib" "$OUT/data" --split final \
-  --store "$OUT/feats/vgg16.h5" --out "$OUT/predictions.csv"
+  --store "$OUT/feats/vgg16-$W_VGG.h5" --out "$OUT/predictions.csv"
 echo "$(($(wc -l < "$OUT/predictions.csv") - 1)) predictions in $OUT/predictions.csv:"; head -4 "$OUT/predictions.csv"
 
 say "4. fine-tune the cnn end to end (shrunk: 64 px, 5 epochs instead of 224 px, 15 epochs)"

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import torch
+
+from featx.backbones import create_backbone
 from featx.cli import app
 from featx.errors import FeatxError
 from featx.extract import extract
@@ -199,3 +202,25 @@ def test_skops_export_without_skops_says_how_to_install(demo, tmp_path):
     result, text = _invoke("classify", demo["store"], "--save", "--skops", "--out", tmp_path)
     assert result.exit_code == 1 and "pip install skops" in text
     assert not (tmp_path / "models").exists()  # refused before any work
+
+
+def test_predict_with_a_model_trained_on_features_of_a_weights_file(demo, tmp_path):
+    """The hybrid flow: features of a saved network (a path with '/' in the model name) -> model -> predict."""
+    weights = tmp_path / "run" / "best.pt"
+    weights.parent.mkdir()
+    torch.save(create_backbone("cnn", "none", seed=7).state_dict(), weights)
+    store = extract(demo["data"], tmp_path / "tuned.h5", backbone="cnn", weights=str(weights), image_size=64,
+                    workers=0, progress=False)
+    out = tmp_path / "res"
+    result, _ = _invoke("classify", store, "--head", "logistic", "--save", "--out", out, "--boot", "50", "--no-plots")
+    assert result.exit_code == 0, result.output
+    model = out / "models" / "cnn-fc-logistic.joblib"
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert card["feature_name"] == "cnn[run/best.pt]/fc" and card["stores"][0]["taps"] == ["fc"]
+    result, _ = _invoke("predict", model, "--store", store, "--split", "final", "--out", tmp_path / "a.csv")
+    assert result.exit_code == 0, result.output
+    result, _ = _invoke("predict", model, demo["data"], "--split", "final", "--workers", "0", "--out",
+                        tmp_path / "b.csv")
+    assert result.exit_code == 0, result.output
+    a, b = _read_csv(tmp_path / "a.csv"), _read_csv(tmp_path / "b.csv")
+    assert len(a) == N_FINAL and [r["prediction"] for r in a] == [r["prediction"] for r in b]

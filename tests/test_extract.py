@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import errno
 import json
 import re
 import shutil
@@ -144,6 +143,8 @@ def test_interrupted_run_fills_in_only_missing_rows(cnmc_tree, tmp_path):
 def test_store_made_with_other_settings_is_refused(cnmc_tree, cnn_store, tmp_path):
     copy = tmp_path / "copy.h5"
     shutil.copy(cnn_store, copy)
+    with pytest.raises(FeatxError, match=r"taps=\['pool5', 'fc'\].*taps=\['fc'\]"):
+        extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=32, taps="fc", workers=0, progress=False)
     with pytest.raises(FeatxError, match=r"input_size=32.*input_size=48"):
         extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=48, workers=0, progress=False)
     with pytest.raises(FeatxError, match=r"weights_seed"):
@@ -212,6 +213,13 @@ def test_load_features_fuses_taps_and_stores(cnmc_tree, cnn_store, tmp_path):
         load_features([cnn_store, subset], "fc")
     with pytest.raises(FeatxError, match="no tap 'fc9'"):
         load_features(cnn_store, "fc9")
+    # rows marked done without their features (a damaged store) are refused, not silently misaligned
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(cnn_store, damaged)
+    with h5py.File(damaged, "r+") as h5:
+        h5["features/pool5"].resize(5, axis=0)
+    with pytest.raises(FeatxError, match="damaged"):
+        load_features(damaged, "pool5")
 
 
 def test_cli_extract_and_info(cnmc_tree, tmp_path):
@@ -261,20 +269,22 @@ def test_cli_offline_imagenet_message(cnmc_tree, tmp_path, monkeypatch):
 
 def test_disk_full_keeps_finished_rows(cnmc_tree, tmp_path, monkeypatch):
     out = tmp_path / "full.h5"
-    real = FeatureStore.write_rows
+    real = FeatureStore._write_rows
     calls = []
 
     def write_then_fill_disk(self, indices, features):
         calls.append(len(indices))
-        if len(calls) > 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        if len(calls) > 2:  # how h5py reports it: a RuntimeError with the errno in its text
+            raise RuntimeError("Can't write data (file write failed: time = Sun Nov 29, filename = 'full.h5', "
+                               "errno = 28, error message = 'No space left on device')")
         real(self, indices, features)
 
-    monkeypatch.setattr(FeatureStore, "write_rows", write_then_fill_disk)
+    monkeypatch.setattr(FeatureStore, "_write_rows", write_then_fill_disk)
     res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--image-size",
                               "32", "--batch-size", "4", "--workers", "0", "-q", "--out", str(out)])
     assert res.exit_code == 1 and "disk full" in res.output and "Traceback" not in res.output
-    monkeypatch.setattr(FeatureStore, "write_rows", real)
+    assert "8 finished rows are kept" in " ".join(res.output.split())
+    monkeypatch.setattr(FeatureStore, "_write_rows", real)
     assert summarize(out)["done"] == 8
     res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--image-size",
                               "32", "--batch-size", "4", "--workers", "0", "-q", "--out", str(out)])
