@@ -355,12 +355,15 @@ def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int):
     from featx.heads import make_head, positive_scores
 
     model = make_head(head, **head_kwargs)
-    t0 = time.perf_counter()
-    model.fit(X[train], y[train])
-    t1 = time.perf_counter()
-    Xt = X[test]
-    pred = model.predict(Xt)
-    score = positive_scores(model, Xt, positive)
+    try:
+        t0 = time.perf_counter()
+        model.fit(X[train], y[train])
+        t1 = time.perf_counter()
+        Xt = X[test]
+        pred = model.predict(Xt)
+        score = positive_scores(model, Xt, positive)
+    except ValueError as exc:  # a parameter that does not fit the data (pca:N > features, n_neighbors > rows, ...)
+        raise FeatxError(f"head {head}: {' '.join(str(exc).split())}; change --param/--preprocess") from None
     return pred, score, t1 - t0, time.perf_counter() - t1
 
 
@@ -375,16 +378,34 @@ def _roc_points(is_pos, score, max_points: int = 200) -> dict | None:
 
 
 def _head_params(params: dict | None, head: str) -> dict:
-    """Pick the parameters for ``head`` from ``{"C": 1}`` (every head) or ``{"svm": {"C": 1}}`` (scoped)."""
+    """Pick the parameters for ``head`` from ``{"C": 1}`` (every head that has a ``C``) or
+    ``{"svm": {"C": 1}}`` (scoped to one head)."""
     from featx.heads import HEADS
 
     if not params:
         return {}
-    out = {k: v for k, v in params.items() if k not in HEADS}
+    out = {k: v for k, v in params.items() if k not in HEADS and k in _accepted_params(head)}
     scoped = params.get(head)
     if isinstance(scoped, dict):
         out.update(scoped)
     return out
+
+
+def _accepted_params(head: str) -> set[str]:
+    from featx.heads import get_head
+
+    spec = get_head(head)
+    return set(spec.factory(None, 0, "cpu").get_params(deep=False))
+
+
+def _check_params(params: dict | None, heads: Sequence[str]) -> None:
+    """Refuse an unscoped parameter that none of ``heads`` takes (a typo would otherwise vanish)."""
+    from featx.heads import HEADS
+
+    for key in (params or {}):
+        if key not in HEADS and not any(key in _accepted_params(h) for h in heads):
+            raise FeatxError(f"--param {key}: none of the heads {', '.join(heads)} takes it; scope it as "
+                             "head.key=value or check its name")
 
 
 def _settings_of(features) -> dict:
@@ -400,7 +421,10 @@ def _run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: i
     from featx.heads import get_head
 
     X, y = features.X, features.y
+    if jobs == 0:
+        raise FeatxError("--jobs 0: give 1 or more processes, or -1 for all cores")
     specs = [get_head(h) for h in heads]
+    _check_params(params, [s.name for s in specs])
     kwargs = {s.name: dict(preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
                            **_head_params(params, s.name)) for s in specs}
     tasks = [(s.name, k) for s in specs for k in range(protocol.n_folds)]

@@ -450,7 +450,9 @@ def make_head(name: str, *, preprocess: str | None = "standard", class_weight=No
         raise FeatxError(f"--class-weight {class_weight!r}: use 'balanced' or leave it out")
     try:
         clf = spec.factory(class_weight if spec.class_weight else None, seed, device, **params)
-    except TypeError as exc:
+        if hasattr(clf, "_parameter_constraints"):  # scikit-learn's own check of values (C="abc", ...)
+            clf._validate_params()
+    except (TypeError, ValueError) as exc:
         raise FeatxError(f"head {spec.name}: bad parameter ({exc}); see its scikit-learn/featx documentation") \
             from None
     if probability and not spec.probability:

@@ -187,8 +187,12 @@ def write_results(rows: Sequence[dict], out_dir, *, plots: bool = True, stem: st
     if plots and rows:
         plot_dir = out / "plots"
         plot_dir.mkdir(exist_ok=True)
+        used: dict[str, int] = {}
         for r in rows:
             name = slug(r)
+            used[name] = used.get(name, 0) + 1
+            if used[name] > 1:  # e.g. frozen and fine-tuned weights of one backbone: never overwrite a plot
+                name = f"{name}-{used[name]}"
             title = f"{r.get('model', '')}\n{_protocol_text(r)}"
             if r.get("confusion") is not None:
                 plot_confusion(r["confusion"], r.get("classes") or [str(i) for i in range(len(r["confusion"]))],

@@ -247,3 +247,17 @@ def test_prelim_evaluation_trains_on_folds_and_tests_once():
     unlabelled = subject_features()
     unlabelled.y[:20] = -1  # unlabelled rows are ignored, not treated as a class
     assert evaluate(unlabelled, "logistic", n_boot=10)["n_test"] == 260
+
+
+def test_unscoped_params_go_only_to_heads_that_take_them_and_bad_values_are_user_errors():
+    fs = subject_features(n_all=5, n_hem=5, cells=6, d=12)
+    rows = evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"C": 0.01}, n_boot=20)
+    assert rows[0]["settings"]["params"] == {"C": 0.01} and rows[1]["settings"]["params"] == {}
+    with pytest.raises(FeatxError, match="none of the heads logistic, knn takes it"):
+        evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"Cee": 1}, n_boot=20)
+    with pytest.raises(FeatxError, match="head logistic: bad parameter"):
+        evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, params={"C": "abc"}, n_boot=20)
+    with pytest.raises(FeatxError, match="head knn: .*n_neighbors"):
+        evaluate_many(fs, ["knn"], cv="subject", n_folds=5, params={"knn": {"n_neighbors": 500}}, n_boot=20)
+    with pytest.raises(FeatxError, match="--jobs 0"):
+        evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, jobs=0, n_boot=20)
