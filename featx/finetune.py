@@ -586,7 +586,7 @@ class _Run:
         if epoch >= int(self.settings["epochs"]):
             self.finished = True
         self._write_history()
-        self._save_last(epoch, metrics)
+        self._save_last(epoch, metrics, predictions)
         self._emit("epoch", dict(row, best_epoch=self.best["epoch"], monitor=monitor, monitor_value=value,
                                  stopping=self.finished and epoch < int(self.settings["epochs"])))
 
@@ -595,9 +595,10 @@ class _Run:
                       "model": _cpu_state(self.model), "card": self._card(epoch, metrics),
                       "val_predictions": predictions}, self.best_path)
 
-    def _save_last(self, epoch: int, metrics: dict) -> None:
+    def _save_last(self, epoch: int, metrics: dict, predictions: dict) -> None:
         _atomic_save({"featx_checkpoint": 1, "backbone": self.settings["backbone"], "classes": self.classes,
                       "model": _cpu_state(self.model), "card": self._card(epoch, metrics),
+                      "val_predictions": predictions,
                       "optimizer": self.optimizer.state_dict(),
                       "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                       "scaler": self.scaler.state_dict(), "epoch": epoch, "rng": _rng_state(self.loader_gen),
@@ -618,14 +619,19 @@ class _Run:
 
     def _finish(self) -> dict:
         best = torch.load(self.best_path, map_location="cpu", weights_only=True)
-        metrics = best["card"]["metrics"]
         _atomic_text(json.dumps(best["card"], indent=2) + "\n", self.out / "card.json")
-        row = self._row(metrics, best["val_predictions"], int(best["card"]["epoch"]))
+        # Without early stopping the run is a fixed number of epochs (the study's protocol): report the last
+        # epoch, since choosing the best epoch on the validation set and scoring it there is optimistic.
+        # best.pt (lowest validation loss) is still kept for `featx extract --weights`.
+        scored = best if self.settings["early_stopping"] else torch.load(self.last_path, map_location="cpu",
+                                                                          weights_only=True)
+        metrics = scored["card"]["metrics"]
+        row = self._row(metrics, scored["val_predictions"], int(best["card"]["epoch"]), int(scored["card"]["epoch"]))
         paths = {k: Path(v) for k, v in report.write_results([row], self.out, plots=False).items()}
         title = f"{row['model']}: {row['protocol_label']}"
         curves = report.plot_history(self.history, self.out / "curves.png", title=title)
         confusion = report.plot_confusion(metrics["confusion"], self.classes, self.out / "confusion.png",
-                                          title=f"{title}\nbest epoch {row['best_epoch']}")
+                                          title=f"{title}\nepoch {row['scored_epoch']}")
         if row.get("roc"):
             paths["roc"] = report.plot_roc(row["roc"]["fpr"], row["roc"]["tpr"], row.get("roc_auc"),
                                            self.out / "roc.png", title=title)
@@ -638,15 +644,16 @@ class _Run:
         self._emit("end", summary)
         return summary
 
-    def _row(self, metrics: dict, pred: dict, best_epoch: int) -> dict:
-        """The result row of the best epoch, in the format of ``featx compare`` (one fold; head "finetune")."""
+    def _row(self, metrics: dict, pred: dict, best_epoch: int, scored_epoch: int) -> dict:
+        """The result row of the scored epoch, in the format of ``featx compare`` (one fold; head "finetune")."""
         s = self.settings
         subjects = [self.collection.samples[i].subject or "" for i in self.val_idx]
         pooled = {"y_true": pred["y_true"].numpy(), "y_pred": pred["y_pred"].numpy(),
                   "y_score": pred["y_score"].numpy().astype(np.float64), "subjects": subjects, "classes": self.classes,
                   "positive": self.pos}
         summary = summarize_folds([metrics], pooled=pooled, seed=int(s["seed"]))
-        row = {"model": f"{s['backbone']} fine-tuned", "backbone": s["backbone"], "tap": "logits",
+        name = f"{s['backbone']} fine-tuned" + (" (early-stopped on val)" if s["early_stopping"] else "")
+        row = {"model": name, "backbone": s["backbone"], "tap": "logits",
                "head": "finetune", "protocol": self.protocol, "protocol_label": s["protocol_label"],
                "image_level": bool(self.image_level), "n_folds": 1, "n_train": len(self.train_idx),
                "n_test": len(self.val_idx), "n_subjects": len({x for x in subjects if x}),
@@ -657,9 +664,12 @@ class _Run:
         row["roc"] = _roc_points(pooled["y_true"] == self.pos, pooled["y_score"])
         row["fit_seconds"] = round(sum(float(h["seconds"]) for h in self.history), 3)
         row["best_epoch"] = best_epoch
+        row["scored_epoch"] = scored_epoch
         row["epochs_run"] = self.epoch
-        row["selection"] = (f"epoch {best_epoch} of {self.epoch}, chosen by validation {s['monitor']} on the "
-                            "set it is scored on")
+        row["selection"] = (f"epoch {scored_epoch} of {self.epoch}, chosen by validation {s['monitor']} on the "
+                            "set it is scored on (optimistic)" if s["early_stopping"] else
+                            f"last epoch ({scored_epoch}) of a fixed-length run; best.pt is epoch {best_epoch} "
+                            f"by validation {s['monitor']}")
         row["settings"] = _plain({k: v for k, v in s.items() if k not in ("notes", "classes")})
         return _plain(row)
 

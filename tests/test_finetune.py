@@ -98,6 +98,10 @@ def test_cnn_learns_and_writes_the_run_folder(tree, tmp_path):
     assert card["preprocessing"]["input_size"] == 32 and len(card["preprocessing"]["mean"]) == 3
     assert card["positive"] == "all" and card["epoch"] == summary["best_epoch"]
     assert card["settings"]["lr"] == 3e-3 and "accuracy" in card["metrics"]
+    # a fixed-length run reports its last epoch, not the epoch picked on the set it is scored on
+    assert rows[0]["scored_epoch"] == rows[0]["epochs_run"] == last["card"]["epoch"]
+    assert rows[0]["accuracy"] == pytest.approx(last["card"]["metrics"]["accuracy"])
+    assert rows[0]["model"] == "cnn fine-tuned" and rows[0]["selection"].startswith("last epoch")
     assert last["epoch"] == 6 and {"optimizer", "scheduler", "scaler", "rng"} <= set(last)
     assert not list(run.glob("*.tmp"))
     assert events[0] == "start" and events[-1] == "end" and events.count("epoch") == 6
@@ -213,6 +217,9 @@ def test_early_stopping_and_freeze(tree, tmp_path):
                        optimizer="sgd", lr=1e-12, momentum=0.0, early_stopping="val_acc", patience=2,
                        augment=False, **TINY)
     assert summary["stopped_early"] and summary["epochs_run"] == 3 and summary["best_epoch"] == 1
+    row = summary["row"]
+    assert row["scored_epoch"] == 1 and row["model"] == "cnn fine-tuned (early-stopped on val)"
+    assert "optimistic" in row["selection"]
     assert len(_history(tmp_path / "stop")) == 3
 
     finetune(tree, tmp_path / "head", backbone="cnn", weights="none", image_size=32, epochs=2, lr=1e-2,
