@@ -121,6 +121,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     if workers is not None and workers < 0:
         raise FeatxError(f"--workers {workers}: must be 0 (decode in the main process) or more")
     collection = data if isinstance(data, Collection) else discover(data, splits)
+    if isinstance(data, Collection) and splits:
+        collection = data.subset([i for i, s in enumerate(data.samples) if s.split in set(splits)])
     if not collection.samples:
         raise FeatxError(f"{collection.root}: no images to extract")
     cfg = get_config(backbone)

@@ -151,6 +151,12 @@ def test_store_made_with_other_settings_is_refused(cnmc_tree, cnn_store, tmp_pat
         extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=32, seed=1, workers=0, progress=False)
 
 
+def test_splits_filter_a_collection_too(cnmc_tree, tmp_path):
+    out = extract(discover(cnmc_tree), tmp_path / "p.h5", backbone="cnn", weights="none", image_size=32,
+                  splits=["prelim"], workers=0, progress=False)
+    assert set(summarize(out)["counts"]) == {"prelim"}
+
+
 def test_weights_from_a_state_dict_file(cnmc_tree, tmp_path):
     collection = discover(cnmc_tree, splits=["fold_2"])
     model = create_backbone("cnn", "none", seed=123)
