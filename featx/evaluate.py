@@ -367,7 +367,8 @@ def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int):
     return pred, score, t1 - t0, time.perf_counter() - t1
 
 
-def _roc_points(is_pos, score, max_points: int = 200) -> dict | None:
+def roc_points(is_pos, score, max_points: int = 200) -> dict | None:
+    """At most ``max_points`` (fpr, tpr) points of the ROC curve; None when a class is absent."""
     if score is None or is_pos.all() or not is_pos.any():
         return None
     fpr, tpr, _ = skm.roc_curve(is_pos, score)
@@ -463,7 +464,7 @@ def _run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: i
             "classes": classes, "positive": classes[positive],
         }
         row.update(summary)
-        row["roc"] = _roc_points(pooled["y_true"] == positive, pooled["y_score"])
+        row["roc"] = roc_points(pooled["y_true"] == positive, pooled["y_score"])
         row["fit_seconds"] = round(fit_s, 3)
         row["wall_seconds"] = round(wall, 3)
         row["settings"] = {

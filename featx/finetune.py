@@ -31,7 +31,7 @@ from featx.backbones import check_input_size, create_backbone, get_config
 from featx.data import Collection, ImageDataset, discover, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError
-from featx.evaluate import METRICS, compute_metrics, make_splits, resolve_positive, summarize_folds
+from featx.evaluate import METRICS, compute_metrics, make_splits, resolve_positive, roc_points, summarize_folds
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "none")
@@ -661,7 +661,7 @@ class _Run:
         row.update(summary)
         for m in METRICS:  # one validation set: there is no spread over folds (the CI is the uncertainty)
             row[f"{m}_std"] = None
-        row["roc"] = _roc_points(pooled["y_true"] == self.pos, pooled["y_score"])
+        row["roc"] = roc_points(pooled["y_true"] == self.pos, pooled["y_score"])
         row["fit_seconds"] = round(sum(float(h["seconds"]) for h in self.history), 3)
         row["best_epoch"] = best_epoch
         row["scored_epoch"] = scored_epoch
@@ -672,19 +672,6 @@ class _Run:
                             f"by validation {s['monitor']}")
         row["settings"] = _plain({k: v for k, v in s.items() if k not in ("notes", "classes")})
         return _plain(row)
-
-
-def _roc_points(is_pos: np.ndarray, score: np.ndarray, max_points: int = 200) -> dict | None:
-    """At most ``max_points`` (fpr, tpr) points of the ROC curve, as in the rows of ``compare``."""
-    from sklearn.metrics import roc_curve
-
-    if is_pos.all() or not is_pos.any():
-        return None
-    fpr, tpr, _ = roc_curve(is_pos, score)
-    if len(fpr) > max_points:
-        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
-        fpr, tpr = fpr[keep], tpr[keep]
-    return {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
 
 
 def _cpu_state(model: nn.Module) -> dict:
