@@ -104,15 +104,15 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
             weights: str | Path = "imagenet", taps: str | Sequence[str] | None = None,
             image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
-            progress: bool = True, callback: Callable[[int, int], None] | None = None) -> Path:
+            progress: bool = True, callback: Callable[[int, int], None] | None = None, strict: bool = False) -> Path:
     """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
 
     ``taps`` (``"fc7,pool5"``; default all) are computed in one forward pass. ``weights`` is ``imagenet``,
     ``none`` (random, seeded by ``seed``) or a state-dict / featx checkpoint file (whose input size is then
     the default ``image_size``). An existing store with the
     same settings is resumed; one made with other settings is refused. ``callback(done, total)`` is called
-    after each batch. Unreadable images are recorded in the store and reported at the end (FeatxError),
-    after every readable image has been written.
+    after each batch. Unreadable images are recorded in the store's ``/samples/error``; with ``strict`` they
+    are reported at the end (FeatxError), after every readable image has been written.
     """
     if dtype not in DTYPES:
         raise FeatxError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
@@ -148,7 +148,7 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
                  progress=progress, callback=callback, total=total)
         errors = store.h5["samples/error"].asstr()[:]
     failed = np.flatnonzero(errors != "")
-    if failed.size:
+    if failed.size and strict:
         raise FeatxError(f"{failed.size} image(s) could not be read, first: {errors[failed[0]]}; "
                          f"the other {total - failed.size} rows are saved in {out}; fix or replace those files "
                          "and run the same command again")

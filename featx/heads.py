@@ -160,6 +160,26 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         with torch.no_grad():
             return self.module_(torch.tensor(X, dtype=torch.float64)).numpy()
 
+    def __getstate__(self):
+        """The fitted network as numpy arrays, so pickle and skops store no torch objects."""
+        state = dict(super().__getstate__())
+        module = state.get("module_")
+        if module is not None:
+            state["module_"] = None
+            state["module_arrays_"] = {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+        return state
+
+    def __setstate__(self, state):
+        import torch
+
+        state = dict(state)
+        arrays = state.pop("module_arrays_", None)
+        super().__setstate__(state)
+        if arrays is not None:
+            net = self._build(int(self.n_features_in_), len(self.classes_)).to("cpu", torch.float64)
+            net.load_state_dict({k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in arrays.items()})
+            self.module_ = net.eval()
+
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
         logits = self._logits(X)

@@ -186,7 +186,7 @@ def test_unreadable_image_is_reported_and_the_rest_is_kept(cnmc_tree, tmp_path):
     bad.write_bytes(b"not a bitmap")
     out = tmp_path / "s.h5"
     with pytest.raises(FeatxError, match=re.escape(bad.name)):
-        extract(root, out, backbone="cnn", weights="none", image_size=32, workers=0, progress=False)
+        extract(root, out, backbone="cnn", weights="none", image_size=32, workers=0, progress=False, strict=True)
     s = summarize(out)
     assert s["errors"] == 1 and s["done"] == s["samples"] - 1 and bad.name in s["failed"][0]["path"]
     bad.write_bytes(good_bytes)  # the user fixes the file and runs the same command again

@@ -47,9 +47,11 @@ def classify(
     param: Annotated[Optional[list[str]], typer.Option(help="Head parameter key=value (repeat), e.g. C=10, "
                                                             "hidden=256, epochs=15.")] = None,
     save: Annotated[bool, typer.Option(help="Also fit on every training row and write OUT/models/"
-                                            "<backbone>-<tap>-<head>.joblib with its JSON card.")] = False,
-    skops: Annotated[bool, typer.Option(help="With --save, also export the model as .skops (loads without "
-                                             "running code; needs `pip install skops`).")] = False,
+                                            "<backbone>-<tap>-<head>.joblib with its JSON card (and a .skops "
+                                            "copy, see --skops).")] = False,
+    skops: Annotated[Optional[bool], typer.Option("--skops/--no-skops", help="With --save, also write the model "
+                                                  "as .skops with its own card: the format to share, it loads "
+                                                  "without running code (default: on with --save).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md, plots and "
                                                          "models.")] = Path("results"),
     jobs: Annotated[int, typer.Option(help="Folds fitted in parallel (joblib processes; -1 = all cores).")] = 1,
@@ -64,7 +66,8 @@ def classify(
 
     result = run_classify(store, head, tap=tap, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
                           positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                          params=parse_params(param), n_boot=boot, out=out, save=save, skops=skops,
+                          params=parse_params(param), n_boot=boot, out=out, save=save,
+                          skops=save if skops is None else skops,
                           plots=not no_plots)
     row = result["row"]
     _print_rows([row], result["paths"], title="featx classify")
@@ -118,26 +121,39 @@ def compare(
 @app.command()
 @user_errors
 def predict(
-    model: Annotated[Path, typer.Argument(help="A model saved by `featx classify --save` (.joblib with its "
-                                               ".json card).")],
+    model: Annotated[Path, typer.Argument(help="A model saved by `featx classify --save`: .skops (safe to load; "
+                                               "card NAME.skops.json) or .joblib (a pickle: only your own or "
+                                               "trusted ones; card NAME.json).")],
     data: Annotated[Optional[Path], typer.Argument(help="Images to predict (any layout `featx extract` "
                                                         "reads); not needed with --store.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Only this split, e.g. final.")] = None,
     store: Annotated[Optional[str], typer.Option(help="Read features from this store (a.h5+b.h5 for fused) "
                                                       "instead of extracting; must match the model's "
                                                       "settings.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write: path,prediction,probability.")]
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write, one row per requested image: path, "
+                                                         "prediction, probability (or score), error.")]
     = Path("predictions.csv"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda for feature extraction.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass when extracting.")] = 32,
     workers: Annotated[Optional[int], typer.Option(help="Decode worker processes (default: cores - 1).")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Keep the extracted features in this folder (reused "
                                                        "on the next run); default: a temporary folder.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any requested image could not be "
+                                                          "predicted (the CSV is still written).")] = False,
 ) -> None:
-    """Predict new images with a saved model; one CSV row per image."""
+    """Predict new images with a saved model; one CSV row per requested image (an error column for those
+    that could not be predicted)."""
+    from rich.markup import escape
+
     from featx.persist import predict as run_predict
 
     summary = run_predict(model, data, split=split, store=store, out=out, device=device, batch_size=batch_size,
-                          workers=workers, cache=cache, progress=False)
+                          workers=workers, cache=cache, progress=False, strict=strict)
     counts = ", ".join(f"{c} {n}" for c, n in summary["counts"].items())
-    console.print(f"wrote {summary['rows']} predictions to [bold]{summary['out']}[/] ({counts})")
+    console.print(f"wrote {summary['rows']} rows to [bold]{escape(str(summary['out']))}[/]: {summary['predicted']} "
+                  f"predicted ({escape(counts)}; column {summary['output']}), {summary['failed']} could not be "
+                  "predicted", soft_wrap=True)
+    if summary["failed"]:
+        path, error = summary["errors"][0]
+        console.print(f"[yellow]warning:[/] {summary['failed']} image(s) could not be predicted (see the error "
+                      f"column), first: {escape(path)}: {escape(error)}", highlight=False, soft_wrap=True)
