@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
+import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -17,6 +19,7 @@ from featx.backbones import create_backbone
 from featx.cli import app
 from featx.errors import FeatxError
 from featx.extract import extract
+from featx.heads import make_head
 from featx.persist import check_store_matches, fit_final, load_model, save_model
 from featx.store import load_features, store_settings
 from featx.synth import synthesize
@@ -126,6 +129,20 @@ def test_saved_model_reloads_and_predicts_the_same_labels(demo, tmp_path):
         load_model(path)
 
 
+def _assert_same_predictions(a: list[dict], b: list[dict]) -> None:
+    """Same paths and errors; the same class and value up to float rounding (features computed in other batches)."""
+    assert [(r["path"], r["error"]) for r in a] == [(r["path"], r["error"]) for r in b]
+    column = "probability" if a and a[0]["probability"] else "score"
+    for ra, rb in zip(a, b):
+        if ra[column] == "":
+            assert rb[column] == "" and ra["prediction"] == rb["prediction"] == ""
+            continue
+        va, vb = float(ra[column]), float(rb[column])
+        assert abs(va - vb) < 1e-4, (ra, rb)
+        if abs(va - (0.5 if column == "probability" else 0.0)) > 1e-3:  # not a tie that rounding could break
+            assert ra["prediction"] == rb["prediction"], (ra, rb)
+
+
 def test_classify_save_then_predict_final_phase(demo, tmp_path):
     out = tmp_path / "res"
     result, text = _invoke("classify", demo["store"], "--head", "svm", "--save", "--out", out, "--boot", "100")
@@ -133,21 +150,141 @@ def test_classify_save_then_predict_final_phase(demo, tmp_path):
     model = out / "models" / "cnn-fc-svm.joblib"
     card = json.loads(model.with_suffix(".json").read_text())
     assert card["metrics"]["protocol"] == "subject" and 0.5 < card["metrics"]["accuracy"] <= 1
-    assert card["probability"].startswith("sigmoid calibration")
+    # --save writes the shareable .skops copy too, with its own card
+    shared = model.with_suffix(".skops")
+    shared_card = json.loads((shared.parent / "cnn-fc-svm.skops.json").read_text())
+    assert f"saved model {model} and {shared}" in text
+    assert shared_card["file"] == shared.name and shared_card["classes"] == card["classes"]
+    assert shared_card["sha256"] == hashlib.sha256(shared.read_bytes()).hexdigest() != card["sha256"]
     # extraction of the new images with the card's settings
     result, text = _invoke("predict", model, demo["data"], "--split", "final", "--out", tmp_path / "p1.csv",
                            "--workers", "0")
     assert result.exit_code == 0, result.output
-    assert f"wrote {N_FINAL} predictions" in text
+    assert f"wrote {N_FINAL} rows" in text and f"{N_FINAL} predicted" in text and "0 could not be predicted" in text
     rows = _read_csv(tmp_path / "p1.csv")
     finals = sorted(p.relative_to(demo["data"]).as_posix() for p in demo["data"].glob("C-NMC_test_final*/*/*.bmp"))
     assert sorted(r["path"] for r in rows) == finals and len(rows) == N_FINAL
-    assert {r["prediction"] for r in rows} <= {"all", "hem"}
-    assert all(0.5 <= float(r["probability"]) <= 1 for r in rows)
-    # the same predictions from the store that holds those images
+    assert {r["prediction"] for r in rows} <= {"all", "hem"} and {r["error"] for r in rows} == {""}
+    if card["output"] == "probability":
+        assert all(0.5 <= float(r["probability"]) <= 1 for r in rows)
+    else:
+        assert all(r["probability"] == "" and float(r["score"]) >= 0 for r in rows)
+    # the same predictions from the store that holds those images (extracted in other batches: equal up to
+    # rounding), and exactly the same from the .skops copy
     result, _ = _invoke("predict", model, "--store", demo["store"], "--split", "final", "--out", tmp_path / "p2.csv")
     assert result.exit_code == 0, result.output
-    assert _read_csv(tmp_path / "p2.csv") == rows
+    from_store = _read_csv(tmp_path / "p2.csv")
+    _assert_same_predictions(from_store, rows)
+    result, _ = _invoke("predict", shared, "--store", demo["store"], "--split", "final", "--out", tmp_path / "p3.csv")
+    assert result.exit_code == 0, result.output
+    assert _read_csv(tmp_path / "p3.csv") == from_store
+    # --no-skops: the .joblib alone
+    result, _ = _invoke("classify", demo["store"], "--head", "knn", "--save", "--no-skops", "--out", out,
+                        "--boot", "10", "--no-plots")
+    assert result.exit_code == 0, result.output
+    assert (out / "models" / "cnn-fc-knn.joblib").is_file() and not (out / "models" / "cnn-fc-knn.skops").exists()
+
+
+@pytest.fixture(scope="module")
+def logistic_model(demo, tmp_path_factory) -> Path:
+    """`featx classify --head logistic --save` on the demo store (cnn, seed 0, 64 px)."""
+    out = tmp_path_factory.mktemp("logistic")
+    result, _ = _invoke("classify", demo["store"], "--head", "logistic", "--save", "--out", out, "--boot", "10",
+                        "--no-plots")
+    assert result.exit_code == 0, result.output
+    return out / "models" / "cnn-fc-logistic.skops"
+
+
+def _final_images(root: Path) -> list[Path]:
+    return sorted(root.glob("C-NMC_test_final*/*/*.bmp"))
+
+
+def test_predict_data_with_an_unreadable_image_writes_every_other_row(cnmc_tree, logistic_model, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(cnmc_tree, data)
+    bad = _final_images(data)[1]
+    bad.write_bytes(b"not a bitmap at all")
+    common = ["--split", "final", "--workers", "0", "--batch-size", "1"]
+    result, _ = _invoke("predict", logistic_model, cnmc_tree, *common, "--out", tmp_path / "clean.csv")
+    assert result.exit_code == 0, result.output
+    clean = _read_csv(tmp_path / "clean.csv")
+    result, text = _invoke("predict", logistic_model, data, *common, "--out", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 rows" in text and "3 predicted" in text and "1 could not be predicted" in text
+    assert "warning: 1 image(s) could not be predicted" in text and bad.name in text
+    rows = _read_csv(tmp_path / "p.csv")
+    assert [r["path"] for r in rows] == [r["path"] for r in clean] and len(rows) == 4
+    bad_key = bad.relative_to(data).as_posix()
+    for row, ref in zip(rows, clean):
+        if row["path"] == bad_key:
+            assert row["prediction"] == row["probability"] == "" and "cannot read image" in row["error"]
+            assert bad.name in row["error"]
+        else:
+            assert row == ref and row["error"] == "" and row["prediction"] in ("all", "hem")
+    # --strict: the same CSV, and exit 1 with one line
+    result, text = _invoke("predict", logistic_model, data, *common, "--strict", "--out", tmp_path / "s.csv")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "1 of 4 requested image(s) could not be predicted" in text and bad.name in text
+    assert len(result.output.strip().splitlines()) == 1
+    assert _read_csv(tmp_path / "s.csv") == rows
+
+
+def test_predict_store_includes_unfinished_and_failed_rows(cnmc_tree, logistic_model, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(cnmc_tree, data)
+    bad = sorted((data / "C-NMC_training_data" / "fold_0" / "all").glob("*.bmp"))[0]
+    bad.write_bytes(b"garbage")
+    settings = dict(backbone="cnn", weights="none", image_size=64, batch_size=1, workers=0, progress=False)
+    clean = extract(cnmc_tree, tmp_path / "clean.h5", **settings)
+    store = extract(data, tmp_path / "s.h5", **settings)  # records the bad image and returns
+    with h5py.File(store, "r+") as h5:  # two rows left unfinished, as after an interrupted extract
+        h5["samples/done"][3] = False
+        h5["samples/done"][20] = False
+        paths = list(h5["samples/path"].asstr()[:])
+        unfinished = {paths[3], paths[20]}
+    result, _ = _invoke("predict", logistic_model, "--store", clean, "--out", tmp_path / "clean.csv")
+    assert result.exit_code == 0, result.output
+    reference = {r["path"]: r for r in _read_csv(tmp_path / "clean.csv")}
+    result, text = _invoke("predict", logistic_model, "--store", store, "--out", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    assert f"wrote {len(paths)} rows" in text and "3 could not be predicted" in text
+    rows = _read_csv(tmp_path / "p.csv")
+    assert [r["path"] for r in rows] == paths and len(paths) == 34
+    bad_key = bad.relative_to(data).as_posix()
+    for row in rows:
+        if row["path"] == bad_key:
+            assert row["error"].startswith("not extracted: cannot read image") and row["prediction"] == ""
+        elif row["path"] in unfinished:
+            assert row["error"] == "not extracted: the store is unfinished; run `featx extract` again to fill it"
+            assert row["prediction"] == row["probability"] == ""
+        else:
+            assert row == reference[row["path"]] and row["error"] == ""
+    # one split only: the failed row is there too
+    result, text = _invoke("predict", logistic_model, "--store", store, "--split", "fold_0", "--strict", "--out",
+                           tmp_path / "f0.csv")
+    assert result.exit_code == 1 and "could not be predicted" in text and "Traceback" not in result.output
+    f0 = _read_csv(tmp_path / "f0.csv")
+    assert bad_key in {r["path"] for r in f0} and len(f0) == 8
+
+
+def test_predict_with_a_model_without_probabilities_writes_the_score(demo, tmp_path):
+    features = load_features(demo["store"])
+    train = np.isin(features.splits, ["fold_0", "fold_1", "fold_2"])
+    model = make_head("svm").fit(features.X[train], features.y[train])
+    path = save_model(model, features, tmp_path, head="svm", n_train=int(train.sum()), preprocess="standard")
+    assert json.loads(path.with_suffix(".json").read_text())["output"] == "score"
+    result, text = _invoke("predict", path, "--store", demo["store"], "--split", "final", "--out", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    assert "column score" in text
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "path,prediction,probability,score,error" and len(lines) == N_FINAL + 1
+    rows = _read_csv(tmp_path / "p.csv")
+    final = load_features(demo["store"], splits=["final"])
+    margin = np.abs(model.decision_function(final.X))
+    assert [r["path"] for r in rows] == list(final.paths)
+    assert [r["prediction"] for r in rows] == [features.classes[k] for k in model.predict(final.X)]
+    np.testing.assert_allclose([float(r["score"]) for r in rows], margin, rtol=1e-5)
+    assert all(r["probability"] == "" and r["error"] == "" for r in rows)
 
 
 def test_predict_refuses_a_store_made_with_other_settings(demo, tmp_path):
@@ -197,13 +334,6 @@ def test_help_documents_every_option():
     assert "IMAGE-LEVEL" in text and "subject,image" in text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("skops") is not None, reason="skops is installed here")
-def test_skops_export_without_skops_says_how_to_install(demo, tmp_path):
-    result, text = _invoke("classify", demo["store"], "--save", "--skops", "--out", tmp_path)
-    assert result.exit_code == 1 and "pip install skops" in text
-    assert not (tmp_path / "models").exists()  # refused before any work
-
-
 def test_predict_with_a_model_trained_on_features_of_a_weights_file(demo, tmp_path):
     """The hybrid flow: features of a saved network (a path with '/' in the model name) -> model -> predict."""
     weights = tmp_path / "run" / "best.pt"
@@ -223,4 +353,5 @@ def test_predict_with_a_model_trained_on_features_of_a_weights_file(demo, tmp_pa
                         tmp_path / "b.csv")
     assert result.exit_code == 0, result.output
     a, b = _read_csv(tmp_path / "a.csv"), _read_csv(tmp_path / "b.csv")
-    assert len(a) == N_FINAL and [r["prediction"] for r in a] == [r["prediction"] for r in b]
+    assert len(a) == N_FINAL
+    _assert_same_predictions(a, b)
