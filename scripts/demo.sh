@@ -35,7 +35,7 @@ featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet-$W_ALEX.h5" "$OUT/feats/vg
 
 echo "save the VGG-16 + SVM model and predict the unlabelled final phase"
 featx classify "$OUT/feats/vgg16-$W_VGG.h5" --head svm --save --out "$OUT/results-vgg16" --no-plots
-featx predict "$OUT/results-vgg16/models/vgg16-fc7-svm.joblib" "$OUT/data" --split final \
+featx predict "$OUT/results-vgg16/models/vgg16-fc7-svm.skops" "$OUT/data" --split final \
   --store "$OUT/feats/vgg16-$W_VGG.h5" --out "$OUT/predictions.csv"
 echo "$(($(wc -l < "$OUT/predictions.csv") - 1)) predictions in $OUT/predictions.csv:"; head -4 "$OUT/predictions.csv"
 
