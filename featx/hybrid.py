@@ -160,15 +160,17 @@ _INFO_KEYS = ("data_root", "featx_version")
 
 
 def _check_or_write_settings(out: Path, settings: dict) -> None:
-    """First run: write ``out/settings.json``. Later runs: refuse a setting that changes the fold work."""
+    """Write ``out/settings.json`` while no fold work exists; once it does, refuse a setting that changes it."""
     path = out / "settings.json"
-    if not path.exists():
-        if out.is_dir() and any(out.glob("fold_*")):
-            raise FeatxError(f"{out} holds fold folders but no settings.json; it is not a `featx hybrid` run "
-                             "folder (or it was damaged): choose another --out")
+    work = [p for pattern in ("fold_*/result.json", "fold_*/features.h5", "fold_*/finetune/last.pt")
+            for p in out.glob(pattern)]
+    if not work:  # nothing to resume: a first run, or one that failed before any epoch (e.g. a bad --lr)
         out.mkdir(parents=True, exist_ok=True)
         _atomic_json(settings, path)
         return
+    if not path.exists():
+        raise FeatxError(f"{out} holds fold work ({work[0].relative_to(out)}) but no settings.json; it is not a "
+                         "`featx hybrid` run folder (or it was damaged): choose another --out")
     try:
         before = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -205,14 +207,17 @@ def _inner_collection(collection, train: np.ndarray, seed: int, fold: int):
     y = np.array([sub.classes.index(s.label) for s in sub.samples], dtype=np.int64)
     subjects = np.array([s.subject for s in sub.samples], dtype=object)
     n_subjects = len(set(subjects))
-    if n_subjects < 3:
-        raise FeatxError(f"fold {fold} keeps only {n_subjects} training subject(s): too few to fine-tune and "
-                         "validate on separate subjects; use fewer --folds or more subjects")
-    try:
-        inner = make_splits(subjects, y, None, cv="subject", n_folds=min(INNER_FOLDS, n_subjects), seed=seed)
-    except FeatxError as exc:
-        raise FeatxError(f"fold {fold}: cannot hold out validation subjects from its {n_subjects} training "
-                         f"subjects ({exc}); use fewer --folds or more subjects") from None
+    inner = None
+    for k in range(min(INNER_FOLDS, n_subjects), 1, -1):  # fewer inner folds when few subjects allow no other
+        try:
+            inner = make_splits(subjects, y, None, cv="subject", n_folds=k, seed=seed)
+            break
+        except FeatxError:
+            continue
+    if inner is None:
+        raise FeatxError(f"fold {fold}: its {n_subjects} training subject(s) cannot be split into inner training "
+                         "and validation subjects with both classes in training; use fewer --folds (more training "
+                         "subjects per fold) or data with more subjects")
     val = set(inner.folds[0][1].tolist())
     sub.samples = [replace(s, split=INNER_VAL if i in val else INNER_TRAIN) for i, s in enumerate(sub.samples)]
     return sub

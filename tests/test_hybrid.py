@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ METRIC_KEYS = ("accuracy", "f1", "f1_weighted", "roc_auc", "accuracy_ci_low", "a
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny convolutions: one thread is as fast, and spins less on a busy machine
     yield
     torch.set_num_threads(before)
 
@@ -160,7 +161,7 @@ def test_interrupted_run_resumes_per_fold_and_equals_a_clean_run(clean, cnmc_tre
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in clean["rows"]]
 
 
-def test_other_settings_on_rerun_are_refused_in_one_line(clean, cnmc_tree):
+def test_other_settings_on_rerun_are_refused_in_one_line(clean, cnmc_tree, tmp_path):
     for change, name in ((dict(epochs=3), "epochs"), (dict(n_folds=2), "n_folds"), (dict(seed=1), "seed"),
                          (dict(taps="pool5"), "taps")):
         with pytest.raises(FeatxError) as exc:
@@ -168,13 +169,26 @@ def test_other_settings_on_rerun_are_refused_in_one_line(clean, cnmc_tree):
         msg = str(exc.value)
         assert f"'{name}'" in msg and "settings.json" in msg and "\n" not in msg
     # head options are refit from the stored features on every run, so they may change
-    rows = hybrid(cnmc_tree, clean["out"], **{**TINY, "heads": "knn"})["rows"]
+    shutil.copytree(clean["out"], tmp_path / "run")
+    rows = hybrid(cnmc_tree, tmp_path / "run", **{**TINY, "heads": "knn"})["rows"]
     assert [r["head"] for r in rows] == ["knn", "finetune"]
     assert rows[1]["accuracy"] == clean["rows"][2]["accuracy"]
 
 
-def test_cli_hybrid_resumes_and_prints_the_table(clean, cnmc_tree):
+def test_a_run_that_failed_before_any_work_can_be_corrected(cnmc_tree, tmp_path):
+    with pytest.raises(FeatxError, match="--lr"):
+        hybrid(cnmc_tree, tmp_path / "run", **{**TINY, "lr": -1.0})
+    assert not list((tmp_path / "run").glob("fold_*/result.json"))
+    result = hybrid(cnmc_tree, tmp_path / "run", **{**TINY, "heads": "logistic", "epochs": 1})
+    assert [r["n_folds"] for r in result["rows"]] == [3, 3]
+    assert json.loads((tmp_path / "run" / "settings.json").read_text())["finetune"]["epochs"] == 1
+
+
+def test_cli_hybrid_resumes_and_prints_the_table(clean, cnmc_tree, monkeypatch):
     from featx.cli import app
+    from featx.cli.app import console
+
+    monkeypatch.setattr(console, "_width", 200)  # one table line per row
 
     args = ["hybrid", str(cnmc_tree), "--backbone", "cnn", "--heads", "svm,logistic", "--folds", "3", "--weights",
             "none", "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--no-augment", "--device", "cpu",
@@ -192,7 +206,7 @@ def test_random_labels_on_real_images_give_chance(tmp_path):
     rows (heads on the tuned features, and the network itself) still report chance on held-out subjects."""
     manifest = make_random_label_digits(tmp_path / "digits", n_subjects=12, per_subject=10, size=32, seed=0)
     result = hybrid(manifest, tmp_path / "run", backbone="cnn", heads="svm,logistic", n_folds=3, weights="none",
-                    image_size=32, epochs=20, lr=3e-3, batch_size=16, dropout=0.0, augment=False, schedule="none",
+                    image_size=32, epochs=20, lr=3e-3, batch_size=16, dropout=0.0, augment=False, schedule="cosine",
                     weight_decay=0.0, device="cpu", workers=0, plots=False)
     col = discover(manifest)
     for f in result["folds"]:

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from featx.cli.app import app, console, user_errors
 
@@ -78,10 +79,13 @@ def hybrid(
         workers=workers, plots=not no_plots, callback=_progress)
     rows = result["rows"]
     console.print(results_table(rows, title="featx hybrid"))
-    console.print(f"[dim]{rows[0]['protocol_label']}; 95% CI of accuracy: "
-                  + ", ".join(f"{r['model']} {100 * r['accuracy_ci_low']:.1f}-{100 * r['accuracy_ci_high']:.1f}%"
-                              for r in rows) + "[/]")
-    console.print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
+    note = (rows[0].get("settings") or {}).get("cv_note")
+    lines = [rows[0]["protocol_label"] + (f"; {note}" if note else ""), "95% CI of accuracy (bootstrap over subjects): "
+             + ", ".join(f"{r['model']} {100 * r['accuracy_ci_low']:.1f}-{100 * r['accuracy_ci_high']:.1f}%"
+                         for r in rows)]
+    for line in lines:
+        console.print(escape(line), style="dim", highlight=False)
+    console.print("wrote " + ", ".join(escape(str(p)) for p in result["paths"].values()), highlight=False)
 
 
 def _progress(event: str, info: dict) -> None:
@@ -90,8 +94,8 @@ def _progress(event: str, info: dict) -> None:
     if event == "fold":
         if info["status"] == "start":
             console.print(f"[bold]{where}[/]: fine-tuning on {info['n_train']} images of "
-                          f"{len(info['train_subjects'])} subjects, testing on {info['n_test']} images of "
-                          f"{', '.join(info['test_subjects'])}")
+                          f"{len(info['train_subjects'])} subjects, testing on {info['n_test']} images of subjects "
+                          f"{escape(', '.join(info['test_subjects']))}", highlight=False)
         elif info["status"] == "skipped":
             console.print(f"[bold]{where}[/]: finished earlier, reused")
         else:
@@ -101,4 +105,4 @@ def _progress(event: str, info: dict) -> None:
                       f"{info['train_acc']:.3f}  inner val loss {info['val_loss']:.4f} acc {info['val_acc']:.3f}"
                       f"  {info['seconds']:.1f}s")
     elif event == "heads":
-        console.print(f"{where}: heads {', '.join(info['heads'])} on tap {info['tap']}")
+        console.print(f"{where}: heads {', '.join(info['heads'])} on tap {escape(info['tap'])}", highlight=False)
