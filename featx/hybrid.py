@@ -102,9 +102,9 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
     outer = make_splits(subjects, y, splits, cv="subject", n_folds=n_folds, seed=seed)
     folds = [(np.array([labelled[i] for i in a]), np.array([labelled[i] for i in b])) for a, b in outer.folds]
 
-    ft_options = dict(weights=None if weights is None else str(weights), preset=preset, epochs=epochs, lr=lr, batch_size=batch_size,
-                      optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
-                      dropout=dropout, finetune_class_weight=finetune_class_weight, freeze=freeze,
+    ft_options = dict(weights=None if weights is None else str(weights), preset=preset, epochs=epochs, lr=lr,
+                      batch_size=batch_size, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+                      schedule=schedule, dropout=dropout, finetune_class_weight=finetune_class_weight, freeze=freeze,
                       image_size=image_size, augment=augment, color_jitter=color_jitter,
                       early_stopping=early_stopping, patience=int(patience))
     settings = {"kind": "featx hybrid", "backbone": backbone, "taps": extract_taps, "n_folds": int(n_folds),

@@ -43,7 +43,8 @@ def hybrid(
     schedule: Annotated[Optional[str], typer.Option(help="cosine, step or none.")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout on the fully connected layers.")] = None,
     finetune_class_weight: Annotated[Optional[str], typer.Option(
-        help="Fine-tuning loss weights: none or balanced (default balanced).")] = None,
+        "--loss-weight", help="Fine-tuning loss weights per class: none or balanced (default balanced); "
+                              "--class-weight is the heads'.")] = None,
     freeze: Annotated[Optional[str], typer.Option(help="head, or a stage name: freeze every stage before it.")]
     = None,
     image_size: Annotated[Optional[int], typer.Option(help="Square input size (default: the backbone's).")] = None,
