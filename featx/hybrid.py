@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -227,6 +227,7 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
               backbone: str, taps: list[str], seed: int, positive: str, options: dict, runtime: dict,
               emit) -> dict:
     """Fine-tune, extract and score the network on one outer fold, or read the record of a finished fold."""
+    from featx.files import sha256_file
     from featx.extract import extract
     from featx.finetune import finetune
 
@@ -266,7 +267,7 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
                            batch_size=runtime["batch_size"], workers=runtime["workers"])
     last = summary["history_rows"][-1]
     record = dict(info, checkpoint=str(checkpoint.relative_to(fold_dir)), store=store.name,
-                  checkpoint_sha256=_sha256(checkpoint), epochs_run=int(summary["epochs_run"]),
+                  checkpoint_sha256=sha256_file(checkpoint), epochs_run=int(summary["epochs_run"]),
                   scored_epoch=int(summary["row"].get("scored_epoch", summary["epochs_run"])),
                   best_epoch=int(summary["best_epoch"]), finetune_seconds=float(summary["row"]["fit_seconds"]),
                   train_acc_last_epoch=float(last["train_acc"]),
@@ -277,14 +278,6 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
     _atomic_json(record, done_path)  # last: the fold is finished
     emit("fold", dict(info, status="done", train_acc=record["train_acc_last_epoch"]))
     return record
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _network_proba(collection, indices: np.ndarray, checkpoint: Path, backbone: str, *, device: str,
@@ -348,11 +341,9 @@ def _head_rows(out: Path, records: list[dict], folds, collection, tap: str, head
         offset += len(want)
     first = parts[0]
     digest = hashlib.sha256("".join(p.fingerprint for p in parts).encode()).hexdigest()
-    stacked = replace(first, X=np.concatenate([p.X for p in parts]), y=np.concatenate([p.y for p in parts]),
-                      paths=np.concatenate([p.paths for p in parts]),
-                      subjects=np.concatenate([p.subjects for p in parts]),
-                      splits=np.concatenate([p.splits for p in parts]),
-                      name=f"{backbone}[fine-tuned per fold]/{tap}",
+    per_row = {f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(first)
+               if all(isinstance(getattr(p, f.name), np.ndarray) and len(getattr(p, f.name)) == len(p) for p in parts)}
+    stacked = replace(first, **per_row, name=f"{backbone}[fine-tuned per fold]/{tap}",
                       settings=[s for p in parts for s in p.settings], fingerprint=digest,
                       stores=[s for p in parts for s in p.stores], store_taps=[t for p in parts for t in p.store_taps])
     protocol = Protocol("hybrid", protocol_label(len(folds)), False, protocol_folds, seed, note, stacked.subjects)

@@ -151,7 +151,8 @@ def test_interrupted_run_resumes_per_fold_and_equals_a_clean_run(clean, cnmc_tre
             assert a[key] == b[key], (a["model"], key)
     for a, b in zip(result["folds"], clean["folds"]):
         assert a["network"] == b["network"]
-    tuned = [torch.load(run / "fold_2" / "finetune" / "last.pt", weights_only=True)["model"] for run in (out, clean["out"])]
+    tuned = [torch.load(run / "fold_2" / "finetune" / "last.pt", weights_only=True)["model"]
+             for run in (out, clean["out"])]
     assert all(torch.equal(tuned[0][k], tuned[1][k]) for k in tuned[1])  # the resumed fine-tune is bit for bit
 
     # a finished fold whose record is lost is recomputed, and only that fold
