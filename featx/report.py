@@ -46,7 +46,7 @@ def _protocol_text(row: dict) -> str:
 def short_protocol(row: dict) -> str:
     """A compact protocol name for the terminal: ``subject 5-fold``, ``IMAGE-LEVEL 5-fold``, ``prelim``."""
     name, k = row.get("protocol", ""), row.get("n_folds")
-    if name in ("subject", "image"):
+    if name in ("subject", "image", "hybrid"):
         text = f"{name} {k}-fold"
     elif name == "fold":
         kind = "C-NMC folds" if "C-NMC" in _protocol_text(row) else "given folds"
