@@ -779,7 +779,7 @@ def _keep_batch(batch):
 def _scan_images(collection: Collection, indices: Sequence[int], workers: int, *, strict: bool) -> list[tuple[int, str]]:
     """(index, error) of the images among ``indices`` that cannot be read; ``strict`` raises at the first."""
     loader = DataLoader(_ScanSet(collection, indices), batch_size=64, shuffle=False, num_workers=workers,
-                        collate_fn=_keep_batch)
+                        collate_fn=_keep_batch, generator=torch.Generator())  # leaves the global RNG alone
     bad: list[tuple[int, str]] = []
     for batch in loader:
         for index, error in batch:

@@ -248,7 +248,7 @@ def test_bad_settings_are_refused(tree, tmp_path, kwargs, message):
         finetune(tree, tmp_path / "bad", **opts)
 
 
-def test_unreadable_images_are_skipped_and_recorded_or_stop_with_strict(tree, tmp_path):
+def test_unreadable_images_are_skipped_and_recorded_or_stop_with_strict(tree, tmp_path, monkeypatch):
     import shutil
 
     from featx.cli import app
@@ -268,12 +268,25 @@ def test_unreadable_images_are_skipped_and_recorded_or_stop_with_strict(tree, tm
     assert sorted(r["path"] for r in listed) == bad and all(r["error"] and r["subject"] for r in listed)
     settings = json.loads((tmp_path / "r" / "settings.json").read_text())
     assert settings["skipped"] == bad and settings["n_skipped"] == 2
-    clean = finetune(tree, tmp_path / "clean", **opts)
+    col = discover(tree)
     # left out of training (the validation split, drawn before, is unchanged), and never listed as trained on
-    assert summary["row"]["n_train"] == clean["row"]["n_train"] - 2 and summary["row"]["n_skipped"] == 2
-    assert summary["row"]["n_test"] == clean["row"]["n_test"]
+    assert summary["row"]["n_train"] == sum(s.split in ("fold_0", "fold_1") for s in col.samples) - 2
+    assert summary["row"]["n_test"] == sum(s.split == "fold_2" for s in col.samples)
+    assert summary["row"]["n_skipped"] == 2
     prov = torch.load(tmp_path / "r" / "last.pt", map_location="cpu", weights_only=True)["card"]["provenance"]
     assert not set(bad) & set(prov["train"]["paths"]) and sorted(prov["skipped"]["paths"]) == bad
+
+    # a file that breaks after the scan (changed on disk) is dropped from its batch and recorded too
+    import featx.finetune as ft
+
+    monkeypatch.setattr(ft, "_scan_images", lambda *a, **k: [])
+    late = finetune(data, tmp_path / "late", **opts)
+    assert sorted(s["path"] for s in late["skipped"]) == bad
+    with open(tmp_path / "late" / "skipped.csv", newline="") as fh:
+        assert sorted(r["path"] for r in csv.DictReader(fh)) == bad
+    with pytest.raises(FeatxError, match="--strict"):
+        finetune(data, tmp_path / "late-strict", strict=True, **opts)
+    monkeypatch.undo()
 
     with pytest.raises(FeatxError, match="--strict") as err:
         finetune(data, tmp_path / "strict", strict=True, **opts)
@@ -296,13 +309,20 @@ def test_damaged_checkpoints_are_one_line(tree, tmp_path):
 
     run = tmp_path / "r"
     opts = dict(backbone="cnn", weights="none", image_size=32, epochs=2, batch_size=8, **TINY)
-    finetune(tree, run, **opts)
+
+    def stop(event, info):
+        if event == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tree, run, callback=stop, **opts)
     last = run / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
     with pytest.raises(FeatxError, match=r"--resume: .*last.pt is damaged"):
         finetune(tree, run, resume=True, **opts)
     args = ["finetune", str(tree), "--backbone", "cnn", "--weights", "none", "--image-size", "32", "--epochs", "2",
             "--batch-size", "8", "--val", "fold_2", "--workers", "0", "--device", "cpu", "-q", "--out", str(run)]
+    assert (run / "best.pt").is_file()
     res = CliRunner().invoke(app, args + ["--resume"])
     assert res.exit_code == 1 and "damaged" in res.output and "Traceback" not in res.output
     assert (run / "best.pt").is_file()  # the failed resume removed nothing of the run

@@ -31,12 +31,7 @@ CPU = dict(workers=0, device="cpu")
 EXTRACT = dict(backbone="cnn", taps="fc", progress=False, **CPU)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small fits: one thread is faster on a busy CPU
 
 
 @pytest.fixture(autouse=True)
