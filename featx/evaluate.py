@@ -567,8 +567,8 @@ def tuned_protocol(features, *, cv: str = "auto", eval_set: str | None = None, n
         prot = Protocol("tuned-holdout", label, groups is None, [(train, test)], seed, "", groups)
         if np.any(roles[test] == "val"):
             note = "; ".join(filter(None, [note, f"{int(np.sum(roles[test] == 'val'))} test rows were the "
-                                                 "fine-tuning's validation images (best.pt's epoch was chosen "
-                                                 "on them)"]))
+                                                 "fine-tuning's validation images (used to pick best.pt's "
+                                                 "epoch)"]))
     if optimistic_label is not None:
         prot.label = optimistic_label
         prot.optimistic = True

@@ -445,6 +445,13 @@ def _fuse_roles(per_store: list) -> np.ndarray | None:
     return out.astype(str)
 
 
+def _role_counts(roles: np.ndarray) -> dict[str, int]:
+    from featx.provenance import ROLES
+
+    order = [r for r in ROLES if r in set(roles)] + sorted(set(roles) - set(ROLES))
+    return {r or "unseen": int(np.sum(roles == r)) for r in order}
+
+
 def _tuned_attr(attrs: dict, path: Path) -> dict:
     from featx.provenance import ATTR, parse_attr
 
@@ -481,7 +488,7 @@ def summarize(path: str | Path) -> dict:
         "file": str(path), "samples": int(len(done)), "done": int(done.sum()), "errors": len(failed),
         "failed": failed[:20], "classes": classes, "subjects": len(set(subjects) - {""}),
         "taps": taps, "counts": counts, "settings": attrs,
-        "network_roles": None if roles is None else {r or "unseen": int(np.sum(roles == r)) for r in sorted(set(roles))},
+        "network_roles": None if roles is None else _role_counts(roles),
     }
 
 

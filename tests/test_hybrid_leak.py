@@ -158,6 +158,8 @@ def test_checkpoint_records_provenance_and_extract_copies_it(cnmc_tree, tuned_ru
     assert attr["sha256"] == last_sha(tuned_run / "best.pt") and attr["n_train"] == len(folds01)
     assert attr["same_root"] is True and attr["roles"] == {"train": 16, "val": 8, "unseen": 10}
     assert summarize(store)["network_roles"] == {"train": 16, "val": 8, "unseen": 10}
+    result, out = _cli("info", store)
+    assert result.exit_code == 0 and "fine-tuned network's rows: train 16, val 8, unseen 10" in out
     fs = load_features(store)
     assert [fs.roles[list(fs.paths).index(p)] for p in folds01] == ["train"] * len(folds01)
 
@@ -304,3 +306,22 @@ def test_plots_and_tables_mark_optimistic_rows(tmp_path, monkeypatch):
     assert labels == [" tuned-holdout", "OPTIMISTIC subject"]
     assert report.short_protocol(rows[0]) == "tuned-holdout"
     assert report.short_protocol(rows[1]) == "OPTIMISTIC subject 4-fold"
+
+
+def test_compare_mixes_frozen_and_tuned_stores_honestly(cnmc_tree, tuned_run, tmp_path):
+    tuned = extract(cnmc_tree, tmp_path / "t.h5", weights=tuned_run / "last.pt", **EXTRACT)
+    frozen = extract(cnmc_tree, tmp_path / "f.h5", weights="none", seed=0, **EXTRACT)
+    rows = compare([str(frozen), str(tuned), f"{frozen}+{tuned}"], "logistic", n_folds=3, n_boot=20)
+    assert [r["protocol"] for r in rows] == ["subject", "tuned-holdout", "tuned-holdout"]
+    assert "optimistic" not in rows[0] and rows[1]["optimistic"] is False
+    assert rows[1]["n_test"] == rows[2]["n_test"] == 8 + 6  # a fused store keeps the tuned store's roles
+    with pytest.raises(FeatxError, match="--optimistic"):
+        compare([str(frozen), str(tuned)], "logistic", cv="subject", n_folds=3)
+    rows = compare([str(frozen), str(tuned)], "logistic", cv="subject", n_folds=3, n_boot=20, allow_optimistic=True)
+    assert [r.get("optimistic", False) for r in rows] == [False, True]
+    result, out = _cli("compare", frozen, tuned, "--heads", "logistic", "--cv", "subject", "--folds", "3",
+                       "--optimistic", "--boot", "20", "--no-plots", "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, out
+    assert "OPTIMISTIC subject 3-fold" in out and "features tuned on test subjects" in out
+    saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert [r.get("optimistic", False) for r in saved] == [False, True]
