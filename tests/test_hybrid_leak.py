@@ -325,3 +325,30 @@ def test_compare_mixes_frozen_and_tuned_stores_honestly(cnmc_tree, tuned_run, tm
     assert "OPTIMISTIC subject 3-fold" in out and "features tuned on test subjects" in out
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert [r.get("optimistic", False) for r in saved] == [False, True]
+
+
+def test_store_roles_match_by_path_subject_and_name():
+    from featx.data import Collection, Sample
+    from featx.provenance import record, store_roles
+
+    samples = [Sample(f"fold_0/all/UID_{s}_{i}_1_all.bmp", "all", s, "fold_0") for s in ("1", "2", "3")
+               for i in range(2)]
+    col = Collection(Path("/data/a"), "cnmc", samples, ["all", "hem"])
+    # --val image: image 0 of each subject trained on, image 1 validated, so every val row shares a subject
+    card = {"epoch": 1, "provenance": record(col, [0, 2, 4], [1, 3, 5])}
+    roles, attr = store_roles(card, col, checkpoint="best.pt", sha256="x")
+    assert roles == ["train", "train-subject"] * 3 and attr["same_root"] is True
+    # subject-grouped: subject 3 validated only
+    card = {"epoch": 1, "provenance": record(col, [0, 1, 2, 3], [4, 5])}
+    assert store_roles(card, col, checkpoint="b", sha256="x")[0] == ["train"] * 4 + ["val", "val"]
+    # another copy in another layout: the file name and subject still identify the trained images
+    moved = Collection(Path("/elsewhere"), "kaggle", [Sample("training_data/" + s.path.split("/", 1)[1], s.label,
+                                                             s.subject, s.split) for s in samples], ["all", "hem"])
+    roles, attr = store_roles(card, moved, checkpoint="b", sha256="x")
+    assert roles == ["train"] * 4 + ["val", "val"]
+    assert attr["same_root"] is False and "file name and subject (4)" in attr["match"]
+    # weights that are not a fine-tuned checkpoint: no roles at all
+    assert store_roles(None, col, checkpoint="w.pt", sha256="x") is None
+    # a checkpoint fine-tuned from one that recorded nothing: every row counts as seen
+    chained = {"epoch": 1, "provenance": record(col, [0], [5], start_card={"epoch": 3})}
+    assert set(store_roles(chained, col, checkpoint="b", sha256="x")[0]) == {"unknown"}
