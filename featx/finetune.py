@@ -29,11 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import featx
+from featx import provenance as prov_mod
 from featx import report
 from featx.backbones import check_input_size, create_backbone, get_config
 from featx.data import Collection, ImageDataset, discover, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
-from featx import provenance as prov_mod
 from featx.errors import FeatxError
 from featx.evaluate import METRICS, compute_metrics, make_splits, resolve_positive, roc_points, summarize_folds
 
@@ -535,6 +535,9 @@ class _Run:
                     if i not in {j for j, _ in self.skipped}:
                         self.skipped.append((int(i), e))
                         self._write_lists()
+                    # out of later epochs and of the validation metrics (the loader holds its own copy)
+                    self.train_idx = [j for j in self.train_idx if j != i]
+                    self.val_idx = [j for j in self.val_idx if j != i]
                 if not ok.any():
                     continue
                 images, index = images[ok], index[ok]
@@ -776,7 +779,8 @@ def _keep_batch(batch):
     return batch
 
 
-def _scan_images(collection: Collection, indices: Sequence[int], workers: int, *, strict: bool) -> list[tuple[int, str]]:
+def _scan_images(collection: Collection, indices: Sequence[int], workers: int, *,
+                 strict: bool) -> list[tuple[int, str]]:
     """(index, error) of the images among ``indices`` that cannot be read; ``strict`` raises at the first."""
     loader = DataLoader(_ScanSet(collection, indices), batch_size=64, shuffle=False, num_workers=workers,
                         collate_fn=_keep_batch, generator=torch.Generator())  # leaves the global RNG alone

@@ -276,18 +276,6 @@ def test_unreadable_images_are_skipped_and_recorded_or_stop_with_strict(tree, tm
     prov = torch.load(tmp_path / "r" / "last.pt", map_location="cpu", weights_only=True)["card"]["provenance"]
     assert not set(bad) & set(prov["train"]["paths"]) and sorted(prov["skipped"]["paths"]) == bad
 
-    # a file that breaks after the scan (changed on disk) is dropped from its batch and recorded too
-    import featx.finetune as ft
-
-    monkeypatch.setattr(ft, "_scan_images", lambda *a, **k: [])
-    late = finetune(data, tmp_path / "late", **opts)
-    assert sorted(s["path"] for s in late["skipped"]) == bad
-    with open(tmp_path / "late" / "skipped.csv", newline="") as fh:
-        assert sorted(r["path"] for r in csv.DictReader(fh)) == bad
-    with pytest.raises(FeatxError, match="--strict"):
-        finetune(data, tmp_path / "late-strict", strict=True, **opts)
-    monkeypatch.undo()
-
     with pytest.raises(FeatxError, match="--strict") as err:
         finetune(data, tmp_path / "strict", strict=True, **opts)
     assert victims[0].name in str(err.value) or victims[1].name in str(err.value)
@@ -301,6 +289,21 @@ def test_unreadable_images_are_skipped_and_recorded_or_stop_with_strict(tree, tm
     strict = CliRunner().invoke(app, args + ["--out", str(tmp_path / "cli2"), "--strict"])
     assert strict.exit_code == 1 and "--strict" in strict.output and "Traceback" not in strict.output
     assert len(strict.output.strip().splitlines()) == 1
+
+    # files that break after the scan (changed on disk) are dropped from their batch and recorded too
+    import featx.finetune as ft
+
+    val_victim = sorted((data / "C-NMC_training_data" / "fold_2" / "hem").glob("*.bmp"))[0]
+    val_victim.write_bytes(b"broken later")
+    bad = sorted(bad + [val_victim.relative_to(data).as_posix()])
+    monkeypatch.setattr(ft, "_scan_images", lambda *a, **k: [])
+    late = finetune(data, tmp_path / "late", **opts)
+    assert sorted(s["path"] for s in late["skipped"]) == bad
+    assert late["row"]["n_test"] == summary["row"]["n_test"] - 1 == sum(np.sum(late["row"]["confusion"], axis=1))
+    with open(tmp_path / "late" / "skipped.csv", newline="") as fh:
+        assert sorted(r["path"] for r in csv.DictReader(fh)) == bad
+    with pytest.raises(FeatxError, match="--strict"):
+        finetune(data, tmp_path / "late-strict", strict=True, **opts)
 
 
 def test_damaged_checkpoints_are_one_line(tree, tmp_path):

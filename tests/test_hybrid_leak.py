@@ -3,6 +3,7 @@ score only rows the network never saw (tuned-holdout) unless OPTIMISTIC CV is as
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from featx.backbones import create_backbone
 from featx.cli import app
 from featx.data import ImageDataset, discover, make_transform
 from featx.errors import FeatxError
@@ -181,8 +183,6 @@ def test_checkpoint_records_provenance_and_extract_copies_it(cnmc_tree, tuned_ru
 
 
 def last_sha(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -239,7 +239,7 @@ def test_random_labels_tuned_store_scores_chance_and_optimistic_cv_is_marked(tmp
                        "--device", "cpu", "--out", run, "-q")
     assert result.exit_code == 0, out
     # the network memorised its training images (eval mode, no augmentation): far above chance
-    model = __import__("featx.backbones", fromlist=["x"]).create_backbone("cnn", run / "last.pt")
+    model = create_backbone("cnn", run / "last.pt")
     prov = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["card"]["provenance"]
     col = discover(manifest)
     index = {s.path: i for i, s in enumerate(col.samples)}
