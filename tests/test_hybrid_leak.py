@@ -93,6 +93,10 @@ def test_tuned_holdout_trains_on_seen_rows_and_tests_only_unseen_ones():
     marked = tuned_protocol(_featureset(roles, subjects, seen_split), eval_set="prelim", allow_optimistic=True)
     assert marked.optimistic and marked.label.startswith("OPTIMISTIC held-out prelim")
 
+    # the store's subject ids say a "never seen" row shares a subject with a trained one: it counts as seen
+    odd = tuned_protocol(_featureset(["train"] * 8 + ["", "val", "", ""], subjects[:8] + ["A", "E", "F", "F"]))
+    assert list(odd.folds[0][1]) == [9, 10, 11] and "1 rows never trained on count as seen" in odd.note
+
     # nothing unseen: refused, saying what to do
     with pytest.raises(FeatxError, match=r"none is left to test on.*featx hybrid.*--val subject"):
         tuned_protocol(_featureset(["train"] * 10 + ["train-subject"] * 2, subjects))
