@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from featx.cli.app import app, console, user_errors
 
@@ -19,11 +20,13 @@ def _print_rows(rows, paths=None, title="featx") -> None:
     from featx.report import results_table
 
     console.print(results_table(rows, title=title))
-    for r in rows:
+    shown = set()
+    for r in rows:  # each protocol's note once (heads on the same folds share it)
         note = (r.get("settings") or {}).get("cv_note")
-        if note:
-            console.print(f"[dim]{r['model']} ({r['protocol']}): {note}[/]")
-            break
+        if note and note not in shown:
+            shown.add(note)
+            console.print(f"[dim]{escape(str(r['backbone']))}/{escape(str(r['tap']))} ({r['protocol']}): "
+                          f"{escape(note)}[/]")
     if paths:
         console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
