@@ -9,6 +9,11 @@ Protocols (``make_splits``):
 - ``eval_set="prelim"``: train on the training rows, test on the rows of that split once.
 
 Rows of the held-out phases (``prelim``, ``final``, ``test``) never enter cross-validation.
+
+Features of a fine-tuned network (a store whose rows carry ``roles``, see :mod:`featx.provenance`) get
+``tuned-holdout`` by default (``tuned_protocol``): heads train on the rows the network saw and are tested
+only on rows it never saw. Cross-validation over seen rows is refused unless ``allow_optimistic``, and
+then the row is marked OPTIMISTIC (``optimistic: True``) in every output.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ CV_CHOICES = ("auto", "subject", "image", "fold")
 METRICS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
 
 __all__ = ["CV_CHOICES", "HELD_OUT_SPLITS", "METRICS", "Protocol", "bootstrap_ci", "compare", "compute_metrics",
-           "evaluate", "make_splits", "resolve_positive", "summarize_folds"]
+           "evaluate", "make_splits", "resolve_positive", "summarize_folds", "tuned_protocol"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -43,6 +48,7 @@ class Protocol:
     seed: int = 0
     note: str = ""                              # e.g. why "auto" chose image-level
     groups: np.ndarray | None = field(default=None, repr=False)  # subject of each row (None when unknown)
+    optimistic: bool = False                    # CV over rows a fine-tuned network saw (asked for explicitly)
 
     @property
     def n_folds(self) -> int:
@@ -476,6 +482,103 @@ def _run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: i
     return rows
 
 
+OPTIMISTIC_NOTE = "features tuned on test subjects"
+
+
+def _no_unseen_message(features, what: str) -> str:
+    stores = ", ".join(t.get("store", "") for t in features.tuned) or "this store"
+    return (f"{stores}: {what}; its features come from a fine-tuned network, so no row it saw may be scored: "
+            "use `featx hybrid` (fine-tunes per outer fold), or fine-tune with a validation split (--val subject "
+            "or --eval prelim) and extract again, or pass --optimistic to cross-validate anyway (marked OPTIMISTIC)")
+
+
+def _match_note(features) -> str:
+    parts = []
+    for t in features.tuned:
+        if t.get("provenance") != "recorded":
+            parts.append(f"{t.get('store', '')}: {t.get('match', 'the checkpoint records no samples')}")
+        elif not t.get("same_root", True) or "differs" in str(t.get("match", "")):
+            parts.append(f"{t.get('store', '')}: {t.get('match', '')}")
+    return "; ".join(parts)
+
+
+def tuned_protocol(features, *, cv: str = "auto", eval_set: str | None = None, n_folds: int = 5, seed: int = 0,
+                   allow_optimistic: bool = False) -> Protocol:
+    """The protocol for features of a fine-tuned network (``features.roles`` set; labelled rows only).
+
+    ``cv="auto"`` without ``eval_set``: ``tuned-holdout``, heads train on the rows the network saw (trained
+    on, or of subjects it trained on) and are tested once on the labelled rows it never saw (its validation
+    images and any other unseen rows). ``eval_set``: that split, refused when the network saw any of its
+    rows. ``cv`` subject/image/fold: refused unless ``allow_optimistic``; then the usual folds, labelled
+    OPTIMISTIC. Rows of held-out phases the network never saw stay out of the heads' training rows.
+    """
+    from featx.provenance import UNSEEN_ROLES
+
+    roles = np.asarray(features.roles).astype(str)
+    y = np.asarray(features.y)
+    unseen = np.isin(roles, UNSEEN_ROLES)
+    subjects = features.subjects
+    groups = np.asarray(subjects).astype(str) if _subjects_known(subjects) else None
+    splits = np.asarray(features.splits).astype(str)
+    cv = (cv or "auto").lower()
+    if cv not in CV_CHOICES:
+        raise FeatxError(f"--cv {cv!r}: choose one of {', '.join(CV_CHOICES)}")
+    note = _match_note(features)
+    if groups is not None:  # a subject with any seen row is seen (the store's subject ids may differ from
+        shared = unseen & np.isin(groups, groups[~unseen])  # the checkpoint's, e.g. another manifest)
+        if shared.any():
+            unseen &= ~shared
+            note = "; ".join(filter(None, [note, f"{int(shared.sum())} rows never trained on count as seen: "
+                                                 "their subject has rows the network saw"]))
+    optimistic_label = None
+    if eval_set:
+        prot = make_splits(subjects, y, splits, eval_set=eval_set, seed=seed)
+        train, test = prot.folds[0]
+        seen = int((~unseen[test]).sum())
+        if seen:
+            if not allow_optimistic:
+                raise FeatxError(_no_unseen_message(
+                    features, f"--eval {eval_set}: the network trained on {seen} of its {len(test)} rows "
+                              "(or on their subjects)"))
+            optimistic_label = f"OPTIMISTIC {prot.label} ({OPTIMISTIC_NOTE}: {seen} of {len(test)} test rows seen)"
+        else:
+            prot.name = f"tuned-{eval_set}"
+            prot.label = f"tuned-holdout: {prot.label}, rows the network never saw"
+    elif cv != "auto":
+        if not allow_optimistic:
+            raise FeatxError(f"--cv {cv}: the fine-tuned network of these features saw {int((~unseen).sum())} of "
+                             f"the {len(y)} labelled rows, so its test folds would score images it trained on; "
+                             "leave --cv out for the tuned-holdout protocol (tests only rows it never saw), use "
+                             "`featx hybrid`, or add --optimistic to run it anyway (marked OPTIMISTIC)")
+        prot = make_splits(subjects, y, splits, cv=cv, n_folds=n_folds, seed=seed)
+        optimistic_label = f"OPTIMISTIC {prot.label} ({OPTIMISTIC_NOTE})"
+    else:
+        test = np.flatnonzero(unseen)
+        if test.size == 0:
+            raise FeatxError(_no_unseen_message(features, "the network trained on every labelled row (or on "
+                                                          "its subject), none is left to test on"))
+        train = np.flatnonzero(~unseen & ~np.isin(splits, HELD_OUT_SPLITS))
+        if train.size == 0:
+            raise FeatxError(_no_unseen_message(features, "no labelled row the network trained on is in this "
+                                                          "store to train the heads on"))
+        _require_two_classes(y[train], "the rows the fine-tuned network saw (the heads' training rows)")
+        n_subj = len(np.unique(groups[test])) if groups is not None else 0
+        label = (f"tuned-holdout: heads trained on {train.size} rows the network saw, tested on {test.size} "
+                 f"rows it never saw" + (f" ({n_subj} subjects)" if groups is not None else ""))
+        if groups is None:
+            label += ", subjects unknown: may leak"
+        prot = Protocol("tuned-holdout", label, groups is None, [(train, test)], seed, "", groups)
+        if np.any(roles[test] == "val"):
+            note = "; ".join(filter(None, [note, f"{int(np.sum(roles[test] == 'val'))} test rows were the "
+                                                 "fine-tuning's validation images (used to pick best.pt's "
+                                                 "epoch)"]))
+    if optimistic_label is not None:
+        prot.label = optimistic_label
+        prot.optimistic = True
+    prot.note = "; ".join(filter(None, [prot.note, note]))
+    return prot
+
+
 def _labelled(features):
     keep = np.asarray(features.y) >= 0
     return features if keep.all() else features.select(keep)
@@ -483,22 +586,24 @@ def _labelled(features):
 
 def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1,
              eval_set: str | None = None, positive: str | None = None, preprocess: str | None = "standard",
-             class_weight=None, device: str = "auto", params: dict | None = None, n_boot: int = 1000) -> dict:
+             class_weight=None, device: str = "auto", params: dict | None = None, n_boot: int = 1000,
+             allow_optimistic: bool = False) -> dict:
     """Cross-validate (or hold out) one head on a :class:`featx.store.FeatureSet`; returns one result row.
 
     The row holds every metric's mean over folds (``accuracy``), spread (``accuracy_std``) and bootstrap
     interval over subjects (``accuracy_ci_low``/``_high``), the summed confusion matrix, the protocol's
-    label, and the settings. Unlabelled rows are ignored.
+    label, and the settings. Unlabelled rows are ignored. Features of a fine-tuned network are scored only
+    on rows it never saw (see :func:`tuned_protocol`; ``allow_optimistic`` permits CV, marked OPTIMISTIC).
     """
     return evaluate_many(features, [head], cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                         params=params, n_boot=n_boot)[0]
+                         params=params, n_boot=n_boot, allow_optimistic=allow_optimistic)[0]
 
 
 def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
                   jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
                   preprocess: str | None = "standard", class_weight=None, device: str = "auto",
-                  params: dict | None = None, n_boot: int = 1000) -> list[dict]:
+                  params: dict | None = None, n_boot: int = 1000, allow_optimistic: bool = False) -> list[dict]:
     """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head."""
     from featx.heads import get_head
 
@@ -506,10 +611,30 @@ def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: 
         get_head(h)  # unknown names fail before any work
     data = _labelled(features)
     pos = resolve_positive(data.classes, positive)
-    protocol = make_splits(data.subjects, data.y, data.splits, cv=cv, n_folds=n_folds, seed=seed,
-                           eval_set=eval_set)
-    return _run_grid(data, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
+    if getattr(data, "roles", None) is not None:
+        protocol = tuned_protocol(data, cv=cv, eval_set=eval_set, n_folds=n_folds, seed=seed,
+                                  allow_optimistic=allow_optimistic)
+    else:
+        protocol = make_splits(data.subjects, data.y, data.splits, cv=cv, n_folds=n_folds, seed=seed,
+                               eval_set=eval_set)
+    rows = _run_grid(data, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
                      class_weight=class_weight, device=device, params=params, n_boot=n_boot)
+    if getattr(data, "roles", None) is not None:
+        _mark_tuned(rows, data, protocol)
+    return rows
+
+
+def _mark_tuned(rows: list[dict], data, protocol: Protocol) -> None:
+    """Every row of tuned features says so: the roles it used and, for CV over seen rows, OPTIMISTIC."""
+    from featx.provenance import UNSEEN_ROLES
+
+    roles = np.asarray(data.roles).astype(str)
+    for row in rows:
+        row["optimistic"] = bool(protocol.optimistic)
+        row["tuned"] = {"n_seen": int((~np.isin(roles, UNSEEN_ROLES)).sum()),
+                        "n_unseen": int(np.isin(roles, UNSEEN_ROLES).sum()),
+                        "checkpoints": [{k: t.get(k) for k in ("store", "checkpoint", "sha256", "provenance")}
+                                        for t in data.tuned]}
 
 
 def _as_list(value) -> list[str]:
@@ -524,12 +649,14 @@ def compare(stores: Sequence[str], heads: Sequence[str] | str, taps: Sequence[st
             cv: Sequence[str] | str | None = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1,
             eval_set: str | None = None, positive: str | None = None, preprocess: str | None = "standard",
             class_weight=None, device: str = "auto", params: dict | None = None, n_boot: int = 1000,
-            progress: Callable[[str], None] | None = None) -> list[dict]:
+            progress: Callable[[str], None] | None = None, allow_optimistic: bool = False) -> list[dict]:
     """Evaluate every head on every store x tap under every protocol; one row each.
 
     ``stores``: feature files, each possibly fused (``"a.h5+b.h5"``); ``taps``: e.g. ``["fc7", "fc7+pool5"]``
     (None = each store's default tap); ``cv``: one protocol or several (``"subject,image"``); ``eval_set``
-    adds a held-out protocol (train on the training rows, test on that split).
+    adds a held-out protocol (train on the training rows, test on that split). Stores of fine-tuned
+    weights get ``tuned-holdout`` under ``auto`` (see :func:`tuned_protocol`); explicit CV over rows their
+    network saw needs ``allow_optimistic`` and is marked OPTIMISTIC.
     """
     from featx.store import load_features
 
@@ -559,7 +686,8 @@ def compare(stores: Sequence[str], heads: Sequence[str] | str, taps: Sequence[st
                     progress(f"{features.name}: {', '.join(heads)} under {ev or p}")
                 rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
                                           eval_set=ev, positive=positive, preprocess=preprocess,
-                                          class_weight=class_weight, device=device, params=params, n_boot=n_boot))
+                                          class_weight=class_weight, device=device, params=params, n_boot=n_boot,
+                                          allow_optimistic=allow_optimistic))
     return rows
 
 
@@ -570,7 +698,7 @@ def run_classify(store: str, head: str, *, tap: str | None = None, cv: str = "au
                  seed: int = 0, jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
                  preprocess: str | None = "standard", class_weight=None, device: str = "auto",
                  params: dict | None = None, n_boot: int = 1000, out=None, save: bool = False,
-                 skops: bool = False, plots: bool = True) -> dict:
+                 skops: bool = False, plots: bool = True, allow_optimistic: bool = False) -> dict:
     """Load a store, evaluate one head, write the reports to ``out`` and, with ``save``, the model fitted on
     every training row to ``out/models`` (``skops`` adds a .skops copy). Returns ``{"row", "paths", "model"}``."""
     from pathlib import Path
@@ -587,7 +715,7 @@ def run_classify(store: str, head: str, *, tap: str | None = None, cv: str = "au
     features = load_features(store, tap)
     row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                    positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                   params=params, n_boot=n_boot)
+                   params=params, n_boot=n_boot, allow_optimistic=allow_optimistic)
     result = {"row": row, "paths": {}, "model": None}
     if out is not None:
         from featx.report import write_results

@@ -20,6 +20,7 @@ from featx.backbones import check_input_size, create_backbone, get_config
 from featx.data import Collection, ImageDataset, discover, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError
+from featx import provenance
 from featx.store import FeatureStore
 
 DTYPES = ("float32", "float16")
@@ -109,7 +110,9 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
 
     ``taps`` (``"fc7,pool5"``; default all) are computed in one forward pass. ``weights`` is ``imagenet``,
     ``none`` (random, seeded by ``seed``) or a state-dict / featx checkpoint file (whose input size is then
-    the default ``image_size``). An existing store with the
+    the default ``image_size``). A checkpoint of ``featx finetune`` also brings the images its network
+    trained and validated on: each row's role is stored (``/samples/network_role``, see
+    :mod:`featx.provenance`) and ``classify`` tests only on rows it never saw. An existing store with the
     same settings is resumed; one made with other settings is refused. ``callback(done, total)`` is called
     after each batch. Unreadable images are recorded in the store's ``/samples/error``; with ``strict`` they
     are reported at the end (FeatxError), after every readable image has been written.
@@ -137,9 +140,16 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     settings = store_settings_for(collection, model, size, dtype)
     # fp16 autocast on CUDA changes the features slightly: a store never mixes the two precisions
     settings["precision"] = "fp16-autocast" if device.type == "cuda" else "fp32"
+    # a fine-tuned featx checkpoint: which rows its network trained on, so that no score counts them as unseen
+    tuned = provenance.store_roles(model.weights_info.card, collection, checkpoint=model.weights_info.source,
+                                   sha256=model.weights_info.sha256 or "")
+    roles = None
+    if tuned is not None:
+        roles, settings[provenance.ATTR] = tuned[0], provenance.attr_json(tuned[1])
     out = Path(out)
 
-    with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims) as store:
+    with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims,
+                                          roles=roles) as store:
         pending = np.flatnonzero(~store.done)
         total = store.n
         if pending.size:

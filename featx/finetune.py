@@ -7,7 +7,10 @@ by default), and leaves in ``out``: ``settings.json``, ``history.csv``, ``curves
 
 ``best.pt`` is a featx checkpoint that ``featx extract --weights best.pt`` reads (hybrid mode); ``last.pt``
 also holds the optimizer, scheduler, scaler and RNG states so that ``resume=True`` continues an
-interrupted run exactly (on the CPU, bit for bit). Every file is written atomically.
+interrupted run exactly (on the CPU, bit for bit). Every file is written atomically. Both checkpoints'
+cards carry the run's provenance (:mod:`featx.provenance`: the images it trained and validated on), which
+``extract`` copies into the store so that ``classify`` never scores a row the network has seen as unseen.
+Unreadable images are left out and listed in ``skipped.csv`` (``strict=True`` stops at the first).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import featx
+from featx import provenance as prov_mod
 from featx import report
 from featx.backbones import check_input_size, create_backbone, get_config
 from featx.data import Collection, ImageDataset, discover, make_transform
@@ -74,7 +78,10 @@ PRESET_NOTES: dict[str, dict[str, str]] = {
 _RUNTIME_KEYS = ("device", "workers")
 #: Recorded for information; never compared on resume.
 _INFO_KEYS = ("sources", "notes", "featx_version", "torch_version", "torchvision_version", "data_root",
-              "weights_sha256", "weights_source", "n_train", "n_val", "protocol_label", "class_weights")
+              "weights_sha256", "weights_source", "n_train", "n_val", "protocol_label", "class_weights", "strict",
+              "n_skipped")
+#: Files a run writes before its first checkpoint: removed again when it fails before saving one.
+_EARLY_FILES = ("settings.json", "skipped.csv", "provenance.csv", "history.csv")
 
 
 def default_settings(backbone: str) -> dict[str, Any]:
@@ -137,7 +144,8 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
              image_size: int | None = None, augment: bool | None = None, color_jitter: bool | None = None,
              val: str = "subject", early_stopping: str | None = None, patience: int = 5,
              positive: str | None = None, device: str = "auto", workers: int | None = None, seed: int = 0,
-             resume: bool = False, callback: Callable[[str, dict], None] | None = None) -> dict:
+             resume: bool = False, callback: Callable[[str, dict], None] | None = None,
+             strict: bool = False) -> dict:
     """Fine-tune ``backbone`` on the labelled images of ``data``; write the run folder ``out``; return a summary.
 
     Settings left ``None`` come from ``preset`` (``"paper"``: the reference study) or from the backbone's
@@ -152,17 +160,43 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
     ``callback(event, info)`` is called with ``"start"``, ``"batch"``, ``"epoch"`` (after ``last.pt`` is
     written) and ``"end"``. ``resume=True`` continues from ``out/last.pt`` and refuses other settings.
 
+    Images that cannot be read are left out of training and validation, listed in ``out/skipped.csv``
+    (path, subject, error) and in the summary's ``skipped``; ``strict=True`` raises instead. A run that
+    fails before its first checkpoint leaves no run folder behind (when it created it).
+
     The summary holds the paths of every output, the result row, the best epoch and the settings.
     """
-    run = _Run.prepare(data, Path(out), backbone=backbone, preset=preset, resume=resume, val=val,
-                       early_stopping=early_stopping, patience=patience, positive=positive, freeze=freeze,
-                       device=device, workers=workers, seed=seed, callback=callback,
-                       options=dict(weights=None if weights is None else str(weights), epochs=epochs, lr=lr,
-                                    batch_size=batch_size, optimizer=optimizer, momentum=momentum,
-                                    weight_decay=weight_decay, schedule=schedule, dropout=dropout,
-                                    class_weight=class_weight, image_size=image_size, augment=augment,
-                                    color_jitter=color_jitter))
-    return run.fit()
+    out = Path(out)
+    existed = {name for name in _EARLY_FILES if (out / name).exists()} if out.exists() else None
+    try:
+        run = _Run.prepare(data, out, backbone=backbone, preset=preset, resume=resume, val=val,
+                           early_stopping=early_stopping, patience=patience, positive=positive, freeze=freeze,
+                           device=device, workers=workers, seed=seed, callback=callback, strict=strict,
+                           options=dict(weights=None if weights is None else str(weights), epochs=epochs, lr=lr,
+                                        batch_size=batch_size, optimizer=optimizer, momentum=momentum,
+                                        weight_decay=weight_decay, schedule=schedule, dropout=dropout,
+                                        class_weight=class_weight, image_size=image_size, augment=augment,
+                                        color_jitter=color_jitter))
+        return run.fit()
+    except BaseException:
+        _remove_unsaved_run(out, existed)
+        raise
+
+
+def _remove_unsaved_run(out: Path, existed: set[str] | None) -> None:
+    """After a failure before any checkpoint: remove what this call wrote, and ``out`` if it made it."""
+    if not out.is_dir() or (out / "last.pt").exists() or (out / "best.pt").exists():
+        return
+    for name in _EARLY_FILES:
+        if existed is None or name not in existed:
+            (out / name).unlink(missing_ok=True)
+    for tmp in out.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
+    if existed is None:
+        try:
+            out.rmdir()  # only when empty: a folder holding anything else stays
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -317,10 +351,11 @@ class _Run:
 
     @classmethod
     def prepare(cls, data, out: Path, *, backbone, preset, resume, val, early_stopping, patience, positive,
-                freeze, device, workers, seed, callback, options) -> "_Run":
+                freeze, device, workers, seed, callback, options, strict: bool = False) -> "_Run":
         self = cls()
         self.out = out
         self.callback = callback
+        self.strict = bool(strict)
         collection = data if isinstance(data, Collection) else discover(data)
         self.collection = collection
         classes = list(collection.classes)
@@ -346,23 +381,31 @@ class _Run:
         train, test, protocol, protocol_label, image_level = _pick_split(collection, val, seed)
         if not test:
             raise FeatxError(f"--val {val}: the validation set is empty; choose another --val")
+        # the split is drawn on every labelled image, then unreadable ones are left out of both sides
+        self.skipped = _scan_images(collection, sorted(set(train) | set(test)), self.workers, strict=self.strict)
+        bad = {i for i, _ in self.skipped}
+        train, test = [i for i in train if i not in bad], [i for i in test if i not in bad]
+        if not train or not test:
+            side = "training" if not train else "validation"
+            raise FeatxError(f"every {side} image of {collection.root} is unreadable ({len(bad)} skipped, first: "
+                             f"{self.skipped[0][1]}); fix the files or choose another --val")
         self.train_idx, self.val_idx = train, test
         self.protocol, self.image_level = protocol, image_level
         settings.update(protocol=protocol, protocol_label=protocol_label, image_level=image_level,
-                        n_train=len(train), n_val=len(test))
+                        n_train=len(train), n_val=len(test), strict=self.strict, n_skipped=len(self.skipped),
+                        skipped=sorted(collection.samples[i].path for i in bad))
         y_all = torch.full((len(collection.samples),), -1, dtype=torch.int64)
         for i, s in enumerate(collection.samples):
             if s.label is not None:
                 y_all[i] = classes.index(s.label)
         self.y_all = y_all
 
-        out.mkdir(parents=True, exist_ok=True)
         self.last_path, self.best_path = out / "last.pt", out / "best.pt"
         last = None
         if resume:
             if not self.last_path.exists():
                 raise FeatxError(f"--resume: {self.last_path} does not exist; run without --resume to start")
-            last = torch.load(self.last_path, map_location="cpu", weights_only=True)
+            last = _read_last(self.last_path)
             _compare_settings(last["card"]["settings"], settings, self.last_path)
             # what the first run recorded about its weights stays the truth for this run
             for key in ("weights_source", "weights_sha256"):
@@ -373,6 +416,12 @@ class _Run:
 
         model = create_backbone(backbone, "none" if last is not None else settings["weights"],
                                 dropout=float(settings["dropout"]), seed=int(seed))
+        if last is not None:  # what the first run recorded (including a starting checkpoint's samples) stays
+            self.provenance = last["card"].get("provenance") or prov_mod.record(collection, train, test,
+                                                                                sorted(bad))
+        else:
+            self.provenance = prov_mod.record(collection, train, test, sorted(bad),
+                                              start_card=model.weights_info.card)
         if last is not None or model.classes != classes:  # keep the head of a featx checkpoint of these classes
             model.reset_classifier(len(classes), seed=int(seed))
         if last is None:
@@ -422,6 +471,7 @@ class _Run:
         self.loader_gen = torch.Generator()
         self.loader_gen.manual_seed(int(seed))
 
+        out.mkdir(parents=True, exist_ok=True)
         self.history: list[dict] = []
         self.epoch = 0
         self.best = {"value": None, "epoch": 0}
@@ -443,7 +493,21 @@ class _Run:
         else:
             self.rng_to_restore = None
             _atomic_text(json.dumps(_plain(settings), indent=2) + "\n", out / "settings.json")
+        self._write_lists()
         return self
+
+    def _write_lists(self) -> None:
+        """``skipped.csv`` (unreadable images) and ``provenance.csv`` (the role of every image it used)."""
+        rows = [("path", "subject", "error")] + [(self.collection.samples[i].path,
+                                                  self.collection.samples[i].subject or "", e)
+                                                 for i, e in self.skipped]
+        _atomic_csv(rows, self.out / "skipped.csv")
+        prov = self.provenance
+        rows = [("path", "subject", "role")]
+        for role in ("train", "val", "skipped"):
+            part = prov.get(role) or {}
+            rows += [(p, s, role) for p, s in zip(part.get("paths", []), part.get("subjects", []))]
+        _atomic_csv(rows, self.out / "provenance.csv")
 
     # -- loop --------------------------------------------------------------------------------------
 
@@ -463,9 +527,20 @@ class _Run:
     def _batches(self, loader: DataLoader):
         for images, index, error in loader:
             bad = [e for e in error if e]
-            if bad:
-                raise FeatxError(f"{bad[0]}; fine-tuning needs every image: fix or remove the file "
-                                 "(or leave it out with a manifest)")
+            if bad:  # readable when scanned, unreadable now (changed on disk, or a transform failed)
+                if self.strict:
+                    raise FeatxError(f"{bad[0]}; --strict stops at an unreadable image: fix or remove the file")
+                ok = torch.tensor([not e for e in error], dtype=torch.bool)
+                for i, e in zip(index[~ok].tolist(), bad):
+                    if i not in {j for j, _ in self.skipped}:
+                        self.skipped.append((int(i), e))
+                        self._write_lists()
+                    # out of later epochs and of the validation metrics (the loader holds its own copy)
+                    self.train_idx = [j for j in self.train_idx if j != i]
+                    self.val_idx = [j for j in self.val_idx if j != i]
+                if not ok.any():
+                    continue
+                images, index = images[ok], index[ok]
             y = self.y_all[index]
             yield (images.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt),
                    y.to(self.device, non_blocking=True), index)
@@ -519,7 +594,8 @@ class _Run:
     def _card(self, epoch: int, metrics: dict) -> dict:
         return _plain({"backbone": self.settings["backbone"], "classes": self.classes, "positive": self.positive,
                        "preprocessing": self.preprocessing, "settings": self.settings, "metrics": metrics,
-                       "epoch": epoch, "featx_version": featx.__version__, "torch_version": torch.__version__})
+                       "epoch": epoch, "featx_version": featx.__version__, "torch_version": torch.__version__,
+                       "provenance": self.provenance})
 
     def fit(self) -> dict:
         """Train the remaining epochs and write the outputs; the caller's RNG states and torch flags are restored."""
@@ -619,7 +695,9 @@ class _Run:
 
     def _finish(self) -> dict:
         best = torch.load(self.best_path, map_location="cpu", weights_only=True)
-        _atomic_text(json.dumps(best["card"], indent=2) + "\n", self.out / "card.json")
+        card = dict(best["card"])  # the sample lists stay in the checkpoint (and provenance.csv)
+        card["provenance"] = prov_mod.summary(card.get("provenance") or {})
+        _atomic_text(json.dumps(card, indent=2) + "\n", self.out / "card.json")
         # Without early stopping the run is a fixed number of epochs (the study's protocol): report the last
         # epoch, since choosing the best epoch on the validation set and scoring it there is optimistic.
         # best.pt (lowest validation loss) is still kept for `featx extract --weights`.
@@ -640,7 +718,9 @@ class _Run:
                    "card": self.out / "card.json", "curves": curves, "confusion": confusion, "results": paths,
                    "row": row, "epochs_run": self.epoch, "best_epoch": int(best["card"]["epoch"]),
                    "stopped_early": self.epoch < int(self.settings["epochs"]), "settings_used": self.settings,
-                   "history_rows": list(self.history)}
+                   "history_rows": list(self.history), "provenance": self.out / "provenance.csv",
+                   "skipped": [{"path": self.collection.samples[i].path, "error": e} for i, e in self.skipped],
+                   "skipped_csv": self.out / "skipped.csv"}
         self._emit("end", summary)
         return summary
 
@@ -666,12 +746,76 @@ class _Run:
         row["best_epoch"] = best_epoch
         row["scored_epoch"] = scored_epoch
         row["epochs_run"] = self.epoch
+        row["n_skipped"] = len(self.skipped)
         row["selection"] = (f"epoch {scored_epoch} of {self.epoch}, chosen by validation {s['monitor']} on the "
                             "set it is scored on (optimistic)" if s["early_stopping"] else
                             f"last epoch ({scored_epoch}) of a fixed-length run; best.pt is epoch {best_epoch} "
                             f"by validation {s['monitor']}")
         row["settings"] = _plain({k: v for k, v in s.items() if k not in ("notes", "classes")})
         return _plain(row)
+
+
+class _ScanSet(torch.utils.data.Dataset):
+    """Decodes each image once (no transform): ``""`` or the one-line reason it cannot be read."""
+
+    def __init__(self, collection: Collection, indices: Sequence[int]):
+        self.collection, self.indices = collection, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, str]:
+        from featx.data import load_image
+
+        index = self.indices[i]
+        try:
+            load_image(self.collection.abspath(index))
+        except FeatxError as exc:
+            return index, str(exc)
+        return index, ""
+
+
+def _keep_batch(batch):
+    return batch
+
+
+def _scan_images(collection: Collection, indices: Sequence[int], workers: int, *,
+                 strict: bool) -> list[tuple[int, str]]:
+    """(index, error) of the images among ``indices`` that cannot be read; ``strict`` raises at the first."""
+    loader = DataLoader(_ScanSet(collection, indices), batch_size=64, shuffle=False, num_workers=workers,
+                        collate_fn=_keep_batch, generator=torch.Generator())  # leaves the global RNG alone
+    bad: list[tuple[int, str]] = []
+    for batch in loader:
+        for index, error in batch:
+            if error:
+                if strict:
+                    raise FeatxError(f"{error}; --strict stops at an unreadable image: fix or remove the file "
+                                     "(or run without --strict to skip and record unreadable images)")
+                bad.append((int(index), error))
+    return bad
+
+
+def _read_last(path: Path) -> dict:
+    """``last.pt`` for ``--resume``; a damaged or foreign file is one line, never a traceback."""
+    hint = (f"delete it to start the run again, or choose another --out (best.pt, if present, still holds "
+            f"the best epoch so far)")
+    try:
+        last = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FeatxError(f"--resume: {path} is damaged or not a featx checkpoint ({type(exc).__name__}); "
+                         f"{hint}") from None
+    need = ("model", "optimizer", "card", "epoch", "rng", "history", "best", "bad_epochs", "finished")
+    if not isinstance(last, dict) or any(k not in last for k in need) or not isinstance(last["card"], dict) \
+            or "settings" not in last["card"]:
+        raise FeatxError(f"--resume: {path} is not a complete featx last.pt (missing training state); {hint}")
+    return last
+
+
+def _atomic_csv(rows: list[tuple], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    os.replace(tmp, path)
 
 
 def _cpu_state(model: nn.Module) -> dict:
@@ -686,6 +830,8 @@ def _compare_settings(before: dict, now: dict, path: Path) -> None:
         if key in skip:
             continue
         a, b = _plain(before.get(key)), _plain(now.get(key))
+        if key == "skipped" and not a and not b:  # runs from before skipping was recorded
+            continue
         if a != b:
             name = "data" if key == "dataset_fingerprint" else key
             raise FeatxError(f"--resume: setting {name!r} differs from the run in {path.parent} "

@@ -3,7 +3,8 @@
 A result row is a flat dict (see :mod:`featx.evaluate`): ``model``, ``backbone``, ``tap``, ``head``,
 ``protocol``, ``protocol_label``, ``image_level``, ``n_folds``, ``n_train``, ``n_test``, each metric as
 ``<metric>`` (mean over folds), ``<metric>_std``, ``<metric>_ci_low``/``_high``, ``confusion``, ``settings``.
-Image-level rows are marked everywhere: their numbers leak subjects between train and test.
+Image-level rows are marked everywhere: their numbers leak subjects between train and test; so are
+OPTIMISTIC rows (``optimistic``: cross-validation over rows a fine-tuned network trained on).
 """
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ TERMINAL_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("reca
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
 IMAGE_LEVEL_NOTE = ("IMAGE-LEVEL rows split cells of one subject across train and test: optimistic, "
                     "not an estimate for new patients.")
+OPTIMISTIC_NOTE = ("OPTIMISTIC rows test on images (or subjects) the fine-tuned network trained on: features "
+                   "tuned on test subjects, not an estimate for new patients.")
+
+
+def _flag(row: dict) -> str:
+    """``OPTIMISTIC``, ``IMAGE-LEVEL`` or ``""``: why a row's number is not an estimate for new patients."""
+    if row.get("optimistic"):
+        return "OPTIMISTIC"
+    return "IMAGE-LEVEL" if row.get("image_level") else ""
 
 
 def format_pct(mean, std=None) -> str:
@@ -51,10 +61,14 @@ def short_protocol(row: dict) -> str:
     elif name == "fold":
         kind = "C-NMC folds" if "C-NMC" in _protocol_text(row) else "given folds"
         text = f"{kind} ({k})"
+    elif name.startswith("tuned-"):
+        text = name if name == "tuned-holdout" else f"tuned held-out {name[6:]}"
     else:
         text = f"held-out {name}" if name else _protocol_text(row)
     if row.get("image_level"):
         text = "IMAGE-LEVEL " + text.replace("image ", "")
+    if row.get("optimistic"):
+        text = "OPTIMISTIC " + text
     return text
 
 
@@ -66,15 +80,19 @@ def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
     from rich.table import Table
 
     title = f"{title}  [dim](mean ± std over folds, %)[/]" if title else None
-    caption = "* IMAGE-LEVEL: one subject's cells on both sides of the split (optimistic)"
-    table = Table(title=title, caption=caption if any(r.get("image_level") for r in rows) else None,
+    captions = []
+    if any(r.get("image_level") for r in rows):
+        captions.append("* IMAGE-LEVEL: one subject's cells on both sides of the split (optimistic)")
+    if any(r.get("optimistic") for r in rows):
+        captions.append("* OPTIMISTIC: features tuned on test subjects (the fine-tuned network saw them)")
+    table = Table(title=title, caption="\n".join(captions) or None,
                   caption_style="yellow", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("Model", style="bold", overflow="fold", min_width=12)
     table.add_column("Protocol", min_width=11)
     for _, header in TERMINAL_METRICS:
         table.add_column(header)  # justify="right" makes rich crop narrow tables
     for r in rows:
-        image = bool(r.get("image_level"))
+        image = bool(_flag(r))
         cells = [escape(str(r.get("model", ""))), ("* " if image else "") + escape(short_protocol(r))]
         cells += [format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TERMINAL_METRICS]
         table.add_row(*cells, style="yellow" if image else None)
@@ -87,7 +105,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         protocol = _protocol_text(r)
-        if r.get("image_level"):
+        if r.get("optimistic") and "OPTIMISTIC" not in protocol:
+            protocol = f"OPTIMISTIC {protocol}"
+        if _flag(r):
             protocol = f"**\\* {protocol}**"
         ci = "-"
         if r.get("accuracy_ci_low") is not None and not _isnan(r.get("accuracy_ci_low")):
@@ -180,6 +200,8 @@ def write_results(rows: Sequence[dict], out_dir, *, plots: bool = True, stem: st
     md = ["# featx results", "", markdown_table(rows)]
     if any(r.get("image_level") for r in rows):
         md += [f"\\* {IMAGE_LEVEL_NOTE}", ""]
+    if any(r.get("optimistic") for r in rows):
+        md += [f"\\* {OPTIMISTIC_NOTE}", ""]
     md += ["Mean ± standard deviation over folds; 95% CI: bootstrap over subjects of the pooled out-of-fold "
            "predictions. Precision, recall and F1 are those of the positive class.", ""]
     paths["md"].write_text("\n".join(md), encoding="utf-8")
@@ -271,16 +293,15 @@ def plot_bars(rows: Sequence[dict], path, metrics: Sequence[str] = ("accuracy", 
         stds = [100 * (r.get(f"{m}_std") or 0.0) if not _isnan(r.get(f"{m}_std") or 0.0) else 0.0 for r in rows]
         bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=m)
         for bar, r in zip(bars, rows):
-            if r.get("image_level"):
+            if _flag(r):
                 bar.set_hatch("//")
-    labels = [f"{r.get('model', '')}\n{'IMAGE-LEVEL ' if r.get('image_level') else ''}{r.get('protocol', '')}"
-              for r in rows]
+    labels = [f"{r.get('model', '')}\n{_flag(r) + ' ' if _flag(r) else ''}{r.get('protocol', '')}" for r in rows]
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel("%")
     ax.set_ylim(0, 115)
     ax.set_yticks(range(0, 101, 20))
     ax.legend(fontsize=8, loc="upper right", ncol=len(metrics))
-    ax.set_title("featx comparison (hatched: image-level split)", fontsize=9)
+    ax.set_title("featx comparison (hatched: image-level split or OPTIMISTIC)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

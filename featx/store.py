@@ -11,6 +11,8 @@ Layout (schema version 1)::
     /samples/split   vlen utf-8 (N)    "" when none
     /samples/done    bool (N)          rows whose features are written (resume)
     /samples/error   vlen utf-8 (N)    why a row could not be extracted ("" when fine)
+    /samples/network_role  vlen utf-8 (N)  only with fine-tuned weights: train, train-subject, val, "" (never
+                     seen) or unknown (see featx.provenance); attrs["tuned_provenance"] says what was matched
     /features/<tap>  float32|float16 (rows, D), chunked along rows, maxshape (None, D)
 
 A store is reopened, never rebuilt: finished rows are kept and a store made with other settings is refused.
@@ -97,11 +99,12 @@ class FeatureStore:
 
     @classmethod
     def open_for_extraction(cls, path: str | Path, settings: dict, samples: Sequence, classes: Sequence[str],
-                            tap_dims: dict[str, int]) -> "FeatureStore":
+                            tap_dims: dict[str, int], *, roles: Sequence[str] | None = None) -> "FeatureStore":
         """Create the store, or reopen it for resuming when it was made with the same settings.
 
         ``samples`` are ``featx.data.Sample`` rows; ``settings`` the root attributes (see module doc).
         A store whose settings differ is refused with a message naming the first differing setting.
+        ``roles``: the fine-tuned network's role of each sample (``/samples/network_role``).
         """
         path = Path(path)
         if path.exists():
@@ -109,6 +112,8 @@ class FeatureStore:
             store = cls(path, h5)
             try:
                 store._check_resumable(dict(settings, taps=list(tap_dims)))
+                if roles is not None and "network_role" not in h5["samples"]:  # made before roles were kept
+                    cls._write_roles(h5, roles, settings)
             except Exception:
                 h5.close()
                 raise
@@ -118,6 +123,8 @@ class FeatureStore:
         h5 = h5py.File(tmp, "w")
         try:
             cls._initialise(h5, settings, samples, classes, tap_dims)
+            if roles is not None:
+                cls._write_roles(h5, roles, settings)
             h5.close()
             tmp.replace(path)  # a store either exists with its sample table complete, or not at all
         except BaseException:
@@ -159,6 +166,14 @@ class FeatureStore:
             ds.attrs["dim"] = dim
             ds.attrs["tap"] = tap
             ds.attrs["backbone"] = settings.get("backbone", "")
+
+    @staticmethod
+    def _write_roles(h5: h5py.File, roles: Sequence[str], settings: dict) -> None:
+        if len(roles) != h5["samples/done"].shape[0]:
+            raise ValueError("one network role per sample row is needed")
+        h5["samples"].create_dataset("network_role", data=np.array(list(roles), dtype=object), dtype=_STR)
+        if "tuned_provenance" in settings:
+            h5.attrs["tuned_provenance"] = str(settings["tuned_provenance"])
 
     def _check_resumable(self, settings: dict) -> None:
         attrs = self.h5.attrs
@@ -271,6 +286,9 @@ class FeatureSet:
     positive: str | None = None
     stores: list[str] = field(default_factory=list)
     store_taps: list[list[str]] = field(default_factory=list)   # the taps read from each store, in order
+    # per row, what the fine-tuned network of the features did with it (featx.provenance); None: not tuned
+    roles: np.ndarray | None = None
+    tuned: list[dict] = field(default_factory=list)             # each tuned store's tuned_provenance attribute
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -283,7 +301,8 @@ class FeatureSet:
     def select(self, rows) -> "FeatureSet":
         """A new FeatureSet of the given boolean mask or indices."""
         return replace(self, X=self.X[rows], y=self.y[rows], paths=self.paths[rows],
-                       subjects=self.subjects[rows], splits=self.splits[rows])
+                       subjects=self.subjects[rows], splits=self.splits[rows],
+                       roles=None if self.roles is None else self.roles[rows])
 
 
 def _split_spec(spec) -> list[str]:
@@ -327,6 +346,7 @@ def _read_one(path: Path, taps: list[str] | None) -> dict:
             classes=[str(c) for c in _plain(s.attrs["classes"])],
             subjects=s["subject"].asstr()[:][rows],
             splits=s["split"].asstr()[:][rows],
+            roles=s["network_role"].asstr()[:][rows] if "network_role" in s else None,
             attrs=attrs, taps=chosen, backbone=backbone,
         )
 
@@ -370,6 +390,8 @@ def load_features(stores, taps: str | Sequence[str] | None = None, *, splits: Se
             raise FeatxError(f"{paths[0]} and {p} disagree on labels or subjects of the same paths; "
                              "they were extracted from different data")
         part["X"] = part["X"][order]
+        if part["roles"] is not None:
+            part["roles"] = part["roles"][order]
     X = np.hstack([part["X"] for part in parts]) if len(parts) > 1 else first["X"]
     tapname = "+".join(first["taps"])
     names = [f"{_weights_label(part['attrs'])}/{'+'.join(part['taps'])}" for part in parts]
@@ -388,6 +410,8 @@ def load_features(stores, taps: str | Sequence[str] | None = None, *, splits: Se
         settings=[part["attrs"] for part in parts], fingerprint=digest.hexdigest(),
         root=str(first["attrs"].get("data_root", "")), positive="all" if "all" in classes else None,
         stores=[str(p) for p in paths], store_taps=[list(part["taps"]) for part in parts],
+        roles=_fuse_roles([part["roles"] for part in parts]),
+        tuned=[_tuned_attr(part["attrs"], p) for p, part in zip(paths, parts) if part["roles"] is not None],
     )
     keep = np.ones(len(fs), dtype=bool)
     if splits:
@@ -401,6 +425,39 @@ def load_features(stores, taps: str | Sequence[str] | None = None, *, splits: Se
     elif labelled is False:
         keep &= fs.y < 0
     return fs if keep.all() else fs.select(keep)
+
+
+def _fuse_roles(per_store: list) -> np.ndarray | None:
+    """One role per row of fused stores: the most-seen role any of their networks gave the row."""
+    from featx.provenance import ROLES
+
+    have = [np.asarray(r).astype(str) for r in per_store if r is not None]
+    if not have:
+        return None
+    rank = {"train": 0, "train-subject": 1, "unknown": 2, "val": 3, "": 4}
+    out = have[0].astype(object)
+    for other in have[1:]:
+        pick = np.array([rank.get(b, 0) < rank.get(a, 0) for a, b in zip(out, other)], dtype=bool)
+        out[pick] = other[pick]
+    bad = set(out) - set(ROLES)
+    if bad:
+        raise FeatxError(f"unknown network role {sorted(bad)[0]!r} in the store; it was written by another featx")
+    return out.astype(str)
+
+
+def _role_counts(roles: np.ndarray) -> dict[str, int]:
+    from featx.provenance import ROLES
+
+    order = [r for r in ROLES if r in set(roles)] + sorted(set(roles) - set(ROLES))
+    return {r or "unseen": int(np.sum(roles == r)) for r in order}
+
+
+def _tuned_attr(attrs: dict, path: Path) -> dict:
+    from featx.provenance import ATTR, parse_attr
+
+    info = parse_attr(attrs.get(ATTR)) or {"provenance": "missing"}
+    info["store"] = str(path)
+    return info
 
 
 def summarize(path: str | Path) -> dict:
@@ -426,10 +483,12 @@ def summarize(path: str | Path) -> dict:
             counts[split or "(none)"] = row
         subjects = s["subject"].asstr()[:]
         failed = [{"path": p, "error": e} for p, e in zip(s["path"].asstr()[:], errors) if e]
+        roles = s["network_role"].asstr()[:] if "network_role" in s else None
     return {
         "file": str(path), "samples": int(len(done)), "done": int(done.sum()), "errors": len(failed),
         "failed": failed[:20], "classes": classes, "subjects": len(set(subjects) - {""}),
         "taps": taps, "counts": counts, "settings": attrs,
+        "network_roles": None if roles is None else _role_counts(roles),
     }
 
 

@@ -248,15 +248,115 @@ def test_bad_settings_are_refused(tree, tmp_path, kwargs, message):
         finetune(tree, tmp_path / "bad", **opts)
 
 
-def test_unreadable_image_names_the_file(tree, tmp_path):
+def test_unreadable_images_are_skipped_and_recorded_or_stop_with_strict(tree, tmp_path, monkeypatch):
     import shutil
+
+    from featx.cli import app
 
     data = tmp_path / "copy"
     shutil.copytree(tree, data)
-    victim = sorted((data / "C-NMC_training_data" / "fold_0" / "all").glob("*.bmp"))[0]
-    victim.write_bytes(b"not an image")
-    with pytest.raises(FeatxError, match=victim.name):
-        finetune(data, tmp_path / "r", backbone="cnn", weights="none", image_size=32, epochs=1, **TINY)
+    victims = sorted((data / "C-NMC_training_data" / "fold_0" / "all").glob("*.bmp"))[:2]
+    victims[0].write_bytes(b"not an image")
+    victims[1].write_bytes(victims[1].read_bytes()[:60])  # truncated
+    opts = dict(backbone="cnn", weights="none", image_size=32, epochs=1, batch_size=8, **TINY)
+    summary = finetune(data, tmp_path / "r", **opts)
+    bad = sorted(str(v.relative_to(data).as_posix()) for v in victims)
+    assert sorted(s["path"] for s in summary["skipped"]) == bad
+    assert all(v.name in s["error"] for v, s in zip(victims, sorted(summary["skipped"], key=lambda s: s["path"])))
+    with open(tmp_path / "r" / "skipped.csv", newline="") as fh:
+        listed = list(csv.DictReader(fh))
+    assert sorted(r["path"] for r in listed) == bad and all(r["error"] and r["subject"] for r in listed)
+    settings = json.loads((tmp_path / "r" / "settings.json").read_text())
+    assert settings["skipped"] == bad and settings["n_skipped"] == 2
+    col = discover(tree)
+    # left out of training (the validation split, drawn before, is unchanged), and never listed as trained on
+    assert summary["row"]["n_train"] == sum(s.split in ("fold_0", "fold_1") for s in col.samples) - 2
+    assert summary["row"]["n_test"] == sum(s.split == "fold_2" for s in col.samples)
+    assert summary["row"]["n_skipped"] == 2
+    prov = torch.load(tmp_path / "r" / "last.pt", map_location="cpu", weights_only=True)["card"]["provenance"]
+    assert not set(bad) & set(prov["train"]["paths"]) and sorted(prov["skipped"]["paths"]) == bad
+
+    with pytest.raises(FeatxError, match="--strict") as err:
+        finetune(data, tmp_path / "strict", strict=True, **opts)
+    assert victims[0].name in str(err.value) or victims[1].name in str(err.value)
+    assert not (tmp_path / "strict").exists()  # failed before saving anything: no empty run folder left
+
+    args = ["finetune", str(data), "--backbone", "cnn", "--weights", "none", "--image-size", "32", "--epochs", "1",
+            "--val", "fold_2", "--workers", "0", "--device", "cpu", "-q"]
+    ok = CliRunner().invoke(app, args + ["--out", str(tmp_path / "cli")])
+    assert ok.exit_code == 0, ok.output
+    assert "warning" in ok.output and "2 unreadable image(s)" in ok.output and "skipped.csv" in ok.output
+    strict = CliRunner().invoke(app, args + ["--out", str(tmp_path / "cli2"), "--strict"])
+    assert strict.exit_code == 1 and "--strict" in strict.output and "Traceback" not in strict.output
+    assert len(strict.output.strip().splitlines()) == 1
+
+    # files that break after the scan (changed on disk) are dropped from their batch and recorded too
+    import featx.finetune as ft
+
+    val_victim = sorted((data / "C-NMC_training_data" / "fold_2" / "hem").glob("*.bmp"))[0]
+    val_victim.write_bytes(b"broken later")
+    bad = sorted(bad + [val_victim.relative_to(data).as_posix()])
+    monkeypatch.setattr(ft, "_scan_images", lambda *a, **k: [])
+    late = finetune(data, tmp_path / "late", **opts)
+    assert sorted(s["path"] for s in late["skipped"]) == bad
+    assert late["row"]["n_test"] == summary["row"]["n_test"] - 1 == sum(np.sum(late["row"]["confusion"], axis=1))
+    with open(tmp_path / "late" / "skipped.csv", newline="") as fh:
+        assert sorted(r["path"] for r in csv.DictReader(fh)) == bad
+    with pytest.raises(FeatxError, match="--strict"):
+        finetune(data, tmp_path / "late-strict", strict=True, **opts)
+
+
+def test_damaged_checkpoints_are_one_line(tree, tmp_path):
+    from featx.cli import app
+    from featx.extract import extract
+
+    run = tmp_path / "r"
+    opts = dict(backbone="cnn", weights="none", image_size=32, epochs=2, batch_size=8, **TINY)
+
+    def stop(event, info):
+        if event == "epoch":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tree, run, callback=stop, **opts)
+    last = run / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
+    with pytest.raises(FeatxError, match=r"--resume: .*last.pt is damaged"):
+        finetune(tree, run, resume=True, **opts)
+    args = ["finetune", str(tree), "--backbone", "cnn", "--weights", "none", "--image-size", "32", "--epochs", "2",
+            "--batch-size", "8", "--val", "fold_2", "--workers", "0", "--device", "cpu", "-q", "--out", str(run)]
+    assert (run / "best.pt").is_file()
+    res = CliRunner().invoke(app, args + ["--resume"])
+    assert res.exit_code == 1 and "damaged" in res.output and "Traceback" not in res.output
+    assert (run / "best.pt").is_file()  # the failed resume removed nothing of the run
+    torch.save({"just": torch.zeros(1)}, last)  # readable, but not a last.pt
+    with pytest.raises(FeatxError, match="not a complete featx last.pt"):
+        finetune(tree, run, resume=True, **opts)
+
+    best = run / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    with pytest.raises(FeatxError, match="not a weights file featx can read"):
+        extract(tree, tmp_path / "x.h5", backbone="cnn", weights=best, workers=0, device="cpu", progress=False)
+    res = CliRunner().invoke(app, ["extract", str(tree), "--backbone", "cnn", "--weights", str(best), "--workers",
+                                   "0", "--device", "cpu", "-q", "--out", str(tmp_path / "y.h5")])
+    assert res.exit_code == 1 and "Traceback" not in res.output and not (tmp_path / "y.h5").exists()
+
+
+def test_failed_run_leaves_no_empty_folder(tree, tmp_path):
+    def boom(event, info):
+        if event == "batch":
+            raise RuntimeError("injected")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        finetune(tree, tmp_path / "new", backbone="cnn", weights="none", image_size=32, epochs=1, callback=boom,
+                 **TINY)
+    assert not (tmp_path / "new").exists()
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("user file")
+    with pytest.raises(FeatxError, match="--freeze"):
+        finetune(tree, keep, backbone="cnn", weights="none", image_size=32, epochs=1, freeze="conv9", **TINY)
+    assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]  # the user's folder and file stay
 
 
 def test_cli_interrupt_then_resume(tree, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from featx.cli.app import app, console, user_errors
@@ -99,3 +100,11 @@ def _print_summary(s: dict) -> None:
     for split, row in s["counts"].items():
         table.add_row(split, *[str(row[c]) for c in s["classes"]], str(row["unlabelled"]))
     console.print(table)
+    roles = s.get("network_roles")
+    if roles:  # features of a fine-tuned featx checkpoint: which rows its network saw
+        from featx.provenance import ATTR, parse_attr
+
+        counts = ", ".join(f"{k} {v}" for k, v in roles.items())
+        match = (parse_attr(st.get(ATTR)) or {}).get("match", "")
+        console.print(f"fine-tuned network's rows: {counts}; classify tests only rows it never saw "
+                      f"(unseen, val). {escape(match)}", highlight=False)

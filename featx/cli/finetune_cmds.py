@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from featx.cli.app import app, console, err_console, user_errors
 from featx.errors import FeatxError
@@ -67,11 +68,14 @@ def finetune(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from last.pt "
                                                           "(refused if a setting differs).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (per-epoch lines only).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image (default: leave "
+                                                          "it out, list it in OUT/skipped.csv and warn).")] = False,
 ) -> None:
     """Fine-tune a whole network end to end and report it in the format of `featx compare`.
 
     The run folder holds best.pt (use it with `featx extract --weights`), last.pt (for --resume),
-    history.csv, curves.png, confusion.png, results.json/.md/.csv and settings.json.
+    history.csv, curves.png, confusion.png, results.json/.md/.csv, settings.json, provenance.csv (the
+    images it trained and validated on; `extract` carries them into the store) and skipped.csv.
     """
     from featx.finetune import finetune as run_finetune
     from featx.report import results_table
@@ -89,7 +93,7 @@ def finetune(
                 schedule=schedule, dropout=dropout, class_weight=class_weight, freeze=freeze,
                 image_size=image_size, augment=augment, color_jitter=color_jitter, val=val,
                 early_stopping=early_stopping, patience=patience, positive=positive, device=device,
-                workers=workers, seed=seed, resume=resume, callback=progress)
+                workers=workers, seed=seed, resume=resume, callback=progress, strict=strict)
     except KeyboardInterrupt:
         if progress.last_epoch is None:
             raise
@@ -100,7 +104,12 @@ def finetune(
     console.print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}"
                   f"{' (stopped early)' if summary['stopped_early'] else ''}; run folder [bold]{summary['out']}[/]: "
                   f"best.pt, last.pt, history.csv, {Path(summary['curves']).name}, "
-                  f"{Path(summary['confusion']).name}, results.json")
+                  f"{Path(summary['confusion']).name}, results.json, provenance.csv")
+    skipped = summary.get("skipped") or []
+    if skipped:
+        err_console.print(f"[bold yellow]warning:[/] {len(skipped)} unreadable image(s) left out of training and "
+                          f"validation, first: {escape(skipped[0]['error'])}; all listed in {summary['skipped_csv']} "
+                          "(--strict stops instead)", highlight=False, soft_wrap=True)
 
 
 class _Progress:

@@ -5,22 +5,28 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from featx.cli.app import app, console, user_errors
 
 _CV_HELP = ("Protocol: subject (k-fold grouped by subject; the default when subjects are known), image "
-            "(plain k-fold, IMAGE-LEVEL: leaks subjects), fold (the data's fold_0/1/2), or auto.")
+            "(plain k-fold, IMAGE-LEVEL: leaks subjects), fold (the data's fold_0/1/2), or auto. On a store "
+            "of fine-tuned weights, auto is tuned-holdout (test only rows the network never saw).")
+_OPTIMISTIC_HELP = ("Allow --cv (or --eval) over rows a fine-tuned network trained on; the row is marked "
+                    "OPTIMISTIC (features tuned on test subjects) in every output.")
 
 
 def _print_rows(rows, paths=None, title="featx") -> None:
     from featx.report import results_table
 
     console.print(results_table(rows, title=title))
-    for r in rows:
+    shown = set()
+    for r in rows:  # each protocol's note once (heads on the same folds share it)
         note = (r.get("settings") or {}).get("cv_note")
-        if note:
-            console.print(f"[dim]{r['model']} ({r['protocol']}): {note}[/]")
-            break
+        if note and note not in shown:
+            shown.add(note)
+            console.print(f"[dim]{escape(str(r['backbone']))}/{escape(str(r['tap']))} ({r['protocol']}): "
+                          f"{escape(note)}[/]")
     if paths:
         console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -59,6 +65,7 @@ def classify(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    optimistic: Annotated[bool, typer.Option("--optimistic", help=_OPTIMISTIC_HELP)] = False,
 ) -> None:
     """Evaluate one head on one store (or fused stores/taps); print and write the metrics."""
     from featx.evaluate import run_classify
@@ -68,7 +75,7 @@ def classify(
                           positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                           params=parse_params(param), n_boot=boot, out=out, save=save,
                           skops=save if skops is None else skops,
-                          plots=not no_plots)
+                          plots=not no_plots, allow_optimistic=optimistic)
     row = result["row"]
     _print_rows([row], result["paths"], title="featx classify")
     console.print(f"weighted F1 {100 * row['f1_weighted']:.2f}%, balanced accuracy "
@@ -106,6 +113,7 @@ def compare(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    optimistic: Annotated[bool, typer.Option("--optimistic", help=_OPTIMISTIC_HELP)] = False,
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
     from featx.evaluate import run_compare
@@ -114,7 +122,7 @@ def compare(
     result = run_compare(stores, heads, taps, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                          params=parse_params(param), n_boot=boot, out=out, plots=not no_plots,
-                         progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+                         progress=lambda msg: console.print(f"[dim]{msg}[/]"), allow_optimistic=optimistic)
     _print_rows(result["rows"], result["paths"], title="featx compare")
 
 
