@@ -2,6 +2,8 @@
 
 Decoding runs in DataLoader worker processes, the forward pass in the main thread, and HDF5 writes in
 one writer thread, so the three overlap. Re-running the same call resumes: only missing rows are computed.
+The workers are started by a fork server (or spawned), never forked from this process, so they never hold
+the store or its lock open: after ``kill -9`` the next run can start at once.
 """
 from __future__ import annotations
 
@@ -104,15 +106,19 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
             weights: str | Path = "imagenet", taps: str | Sequence[str] | None = None,
             image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
-            progress: bool = True, callback: Callable[[int, int], None] | None = None) -> Path:
+            progress: bool = True, callback: Callable[[int, int], None] | None = None,
+            strict: bool = False) -> Path:
     """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
 
     ``taps`` (``"fc7,pool5"``; default all) are computed in one forward pass. ``weights`` is ``imagenet``,
     ``none`` (random, seeded by ``seed``) or a state-dict / featx checkpoint file (whose input size is then
     the default ``image_size``). An existing store with the
     same settings is resumed; one made with other settings is refused. ``callback(done, total)`` is called
-    after each batch. Unreadable images are recorded in the store and reported at the end (FeatxError),
-    after every readable image has been written.
+    after each batch. Unreadable images are recorded in the store (``/samples/error``, listed by
+    :func:`featx.store.summarize`, left out by ``load_features``) and retried by the next run; with ``strict``
+    they raise FeatxError once every readable image is written. Folders discovery could not read are recorded
+    too (``summarize``'s ``unreadable_folders``); with ``strict`` they are refused before anything is written.
+    Another process writing ``out`` is refused (its lock ``<out>.lock``).
     """
     if dtype not in DTYPES:
         raise FeatxError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
@@ -125,6 +131,11 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         collection = data.subset([i for i, s in enumerate(data.samples) if s.split in set(splits)])
     if not collection.samples:
         raise FeatxError(f"{collection.root}: no images to extract")
+    folders = list(getattr(collection, "unreadable_folders", []) or [])
+    if strict and folders:
+        more = f" and {len(folders) - 1} more" if len(folders) > 1 else ""
+        raise FeatxError(f"cannot read folder {folders[0]}{more} (--strict); make it readable, or drop --strict to "
+                         "extract the images featx can read")
     cfg = get_config(backbone)
     model = create_backbone(backbone, weights, seed=seed)
     card = model.weights_info.card or {}
@@ -139,7 +150,9 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     settings["precision"] = "fp16-autocast" if device.type == "cuda" else "fp32"
     out = Path(out)
 
-    with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims) as store:
+    extra = {"unreadable_folders": folders} if folders else None
+    with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims,
+                                          extra_attrs=extra) as store:
         pending = np.flatnonzero(~store.done)
         total = store.n
         if pending.size:
@@ -147,12 +160,24 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
                  batch_size=batch_size, workers=default_workers() if workers is None else workers,
                  progress=progress, callback=callback, total=total)
         errors = store.h5["samples/error"].asstr()[:]
+        errors[store.done] = ""
     failed = np.flatnonzero(errors != "")
-    if failed.size:
-        raise FeatxError(f"{failed.size} image(s) could not be read, first: {errors[failed[0]]}; "
+    if strict and failed.size:
+        raise FeatxError(f"{failed.size} image(s) could not be read (--strict), first: {errors[failed[0]]}; "
                          f"the other {total - failed.size} rows are saved in {out}; fix or replace those files "
                          "and run the same command again")
     return out
+
+
+def _worker_context():
+    """Start decode workers without forking this process (a fork would inherit the open store and its lock)."""
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["featx.data"])  # workers forked from a server that already imported torch
+        return ctx
+    return mp.get_context("spawn")
 
 
 def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray, taps: list[str], *, size: int,
@@ -163,7 +188,8 @@ def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray
     dataset = ImageDataset(collection, transform, indices=pending.tolist())
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=pin_memory(device), persistent_workers=False,
-                        prefetch_factor=4 if workers > 0 else None)
+                        prefetch_factor=4 if workers > 0 else None,
+                        multiprocessing_context=_worker_context() if workers > 0 else None)
     fmt = memory_format(device)
     model = model.to(device=device, memory_format=fmt)  # create_backbone returns it in eval mode
     writer = _Writer(store)

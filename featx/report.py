@@ -66,8 +66,10 @@ def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
     from rich.table import Table
 
     title = f"{title}  [dim](mean ± std over folds, %)[/]" if title else None
-    caption = "* IMAGE-LEVEL: one subject's cells on both sides of the split (optimistic)"
-    table = Table(title=title, caption=caption if any(r.get("image_level") for r in rows) else None,
+    captions = ["* IMAGE-LEVEL: one subject's cells on both sides of the split (optimistic)"] if any(
+        r.get("image_level") for r in rows) else []
+    captions += [f"PARTIAL: {escape(p)}" for p in _partial_notes(rows)]
+    table = Table(title=title, caption="\n".join(captions) or None,
                   caption_style="yellow", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("Model", style="bold", overflow="fold", min_width=12)
     table.add_column("Protocol", min_width=11)
@@ -75,10 +77,23 @@ def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
         table.add_column(header)  # justify="right" makes rich crop narrow tables
     for r in rows:
         image = bool(r.get("image_level"))
-        cells = [escape(str(r.get("model", ""))), ("* " if image else "") + escape(short_protocol(r))]
+        cells = [escape(str(r.get("model", ""))), ("* " if image else "") + escape(short_protocol(r))
+                 + (f" PARTIAL ({escape(str(r['partial']))})" if r.get("partial") else "")]
         cells += [format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TERMINAL_METRICS]
-        table.add_row(*cells, style="yellow" if image else None)
+        table.add_row(*cells, style="yellow" if image or r.get("partial") else None)
     return table
+
+
+def _partial_notes(rows: Sequence[dict]) -> list[str]:
+    """One line per distinct model computed on an unfinished store (``--allow-partial``)."""
+    notes = []
+    for r in rows:
+        if r.get("partial"):
+            note = (f"{r.get('model', '')} used {r['partial']} of an unfinished store; finish it with the same "
+                    "`featx extract`")
+            if note not in notes:
+                notes.append(note)
+    return notes
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -89,6 +104,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
         protocol = _protocol_text(r)
         if r.get("image_level"):
             protocol = f"**\\* {protocol}**"
+        if r.get("partial"):
+            protocol += f" **PARTIAL ({r['partial']})**"
         ci = "-"
         if r.get("accuracy_ci_low") is not None and not _isnan(r.get("accuracy_ci_low")):
             ci = f"{100 * r['accuracy_ci_low']:.1f} - {100 * r['accuracy_ci_high']:.1f}"
@@ -180,6 +197,9 @@ def write_results(rows: Sequence[dict], out_dir, *, plots: bool = True, stem: st
     md = ["# featx results", "", markdown_table(rows)]
     if any(r.get("image_level") for r in rows):
         md += [f"\\* {IMAGE_LEVEL_NOTE}", ""]
+    md += [f"PARTIAL: {note}.\n" for note in _partial_notes(rows)]
+    excluded = sorted({(r.get("model", ""), r["excluded_images"]) for r in rows if r.get("excluded_images")})
+    md += [f"{model}: {n} unreadable image(s) left out (see `featx info`).\n" for model, n in excluded]
     md += ["Mean ± standard deviation over folds; 95% CI: bootstrap over subjects of the pooled out-of-fold "
            "predictions. Precision, recall and F1 are those of the positive class.", ""]
     paths["md"].write_text("\n".join(md), encoding="utf-8")
