@@ -2,11 +2,12 @@
 
 Decoding runs in DataLoader worker processes, the forward pass in the main thread, and HDF5 writes in
 one writer thread, so the three overlap. Re-running the same call resumes: only missing rows are computed.
-The workers are started by a fork server (or spawned), never forked from this process, so they never hold
-the store or its lock open: after ``kill -9`` the next run can start at once.
+Forked workers close their copies of the store's and its lock's file descriptors first thing, so they never
+hold the store open: after ``kill -9`` of the main process the next run can start at once.
 """
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -22,7 +23,7 @@ from featx.backbones import check_input_size, create_backbone, get_config
 from featx.data import Collection, ImageDataset, discover, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError
-from featx.store import FeatureStore
+from featx.store import FeatureStore, lock_path
 
 DTYPES = ("float32", "float16")
 
@@ -169,15 +170,21 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     return out
 
 
-def _worker_context():
-    """Start decode workers without forking this process (a fork would inherit the open store and its lock)."""
-    import multiprocessing as mp
+def _close_inherited(paths: tuple[str, ...], worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: close the descriptors of ``paths`` a forked worker inherited.
 
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["featx.data"])  # workers forked from a server that already imported torch
-        return ctx
-    return mp.get_context("spawn")
+    Otherwise, after ``kill -9`` of the main process, orphaned workers keep the store's HDF5 lock and the
+    writer lock for seconds. Closing a copy in the child leaves the parent's locks in place.
+    """
+    fd_dir = "/proc/self/fd"
+    if not os.path.isdir(fd_dir):  # no /proc: not Linux, where workers are spawned and inherit nothing
+        return
+    for name in os.listdir(fd_dir):
+        try:
+            if os.readlink(f"{fd_dir}/{name}") in paths:
+                os.close(int(name))
+        except OSError:
+            pass
 
 
 def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray, taps: list[str], *, size: int,
@@ -186,10 +193,11 @@ def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray
     cfg = model.config
     transform = make_transform(size, cfg.mean, cfg.std)
     dataset = ImageDataset(collection, transform, indices=pending.tolist())
+    held = tuple(os.path.realpath(p) for p in (store.path, lock_path(store.path)))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=pin_memory(device), persistent_workers=False,
                         prefetch_factor=4 if workers > 0 else None,
-                        multiprocessing_context=_worker_context() if workers > 0 else None)
+                        worker_init_fn=functools.partial(_close_inherited, held) if workers > 0 else None)
     fmt = memory_format(device)
     model = model.to(device=device, memory_format=fmt)  # create_backbone returns it in eval mode
     writer = _Writer(store)
