@@ -479,7 +479,11 @@ def _read_manifest(path: Path) -> Collection:
             raise FeatxError(f"manifest {path} line {line}: empty path")
         file = Path(raw).expanduser()
         file = file if file.is_absolute() else root / file
-        if not file.is_file():
+        try:
+            found = file.is_file()
+        except OSError:  # in a folder that cannot be entered
+            found = False
+        if not found:
             missing.append(raw)
             continue
         try:

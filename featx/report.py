@@ -69,6 +69,7 @@ def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
     captions = ["* IMAGE-LEVEL: one subject's cells on both sides of the split (optimistic)"] if any(
         r.get("image_level") for r in rows) else []
     captions += [f"PARTIAL: {escape(p)}" for p in _partial_notes(rows)]
+    captions += [escape(note) for note in _excluded_notes(rows)]
     table = Table(title=title, caption="\n".join(captions) or None,
                   caption_style="yellow", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("Model", style="bold", overflow="fold", min_width=12)
@@ -82,6 +83,12 @@ def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
         cells += [format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TERMINAL_METRICS]
         table.add_row(*cells, style="yellow" if image or r.get("partial") else None)
     return table
+
+
+def _excluded_notes(rows: Sequence[dict]) -> list[str]:
+    """One line per distinct model whose store recorded unreadable images (left out of its rows)."""
+    seen = dict.fromkeys((r.get("model", ""), r["excluded_images"]) for r in rows if r.get("excluded_images"))
+    return [f"{model}: {n} unreadable image(s) left out (listed by `featx info`)" for model, n in seen]
 
 
 def _partial_notes(rows: Sequence[dict]) -> list[str]:
@@ -198,8 +205,7 @@ def write_results(rows: Sequence[dict], out_dir, *, plots: bool = True, stem: st
     if any(r.get("image_level") for r in rows):
         md += [f"\\* {IMAGE_LEVEL_NOTE}", ""]
     md += [f"PARTIAL: {note}.\n" for note in _partial_notes(rows)]
-    excluded = sorted({(r.get("model", ""), r["excluded_images"]) for r in rows if r.get("excluded_images")})
-    md += [f"{model}: {n} unreadable image(s) left out (see `featx info`).\n" for model, n in excluded]
+    md += [f"{note}.\n" for note in _excluded_notes(rows)]
     md += ["Mean ± standard deviation over folds; 95% CI: bootstrap over subjects of the pooled out-of-fold "
            "predictions. Precision, recall and F1 are those of the positive class.", ""]
     paths["md"].write_text("\n".join(md), encoding="utf-8")

@@ -345,6 +345,13 @@ def test_bad_images_are_skipped_recorded_and_left_out_by_default(data_copy, tmp_
     features = load_features(out)  # failed rows do not make the store partial, and are not returned
     assert len(features) == s["samples"] - 2 and features.partial is None and features.excluded == 2
     assert not any(p.endswith(tuple(b.name for b in bad)) for p in features.paths)
+    res = runner.invoke(app, ["classify", str(out), "--head", "knn", "--folds", "3", "--boot", "20", "--no-plots",
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "2 unreadable image(s) left out" in " ".join(res.output.split())
+    row, = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert row["excluded_images"] == 2 and "partial" not in row
+    assert "2 unreadable image(s) left out" in (tmp_path / "r" / "results.md").read_text()
     # --strict: the readable rows are written, then one line and a non-zero exit
     strict = tmp_path / "strict.h5"
     res = runner.invoke(app, ["extract", str(data_copy), *CLI_ARGS, "--workers", "0", "--strict", "--out",
