@@ -287,7 +287,8 @@ class FeatureStore:
         grp.create_dataset("split", data=np.array([s.split or "" for s in samples], dtype=object), dtype=_STR)
         grp.create_dataset("done", data=np.zeros(n, dtype=bool))
         # fixed size, so recording an error overwrites bytes already on disk (a vlen string would grow the file)
-        grp.create_dataset("error", shape=(n,), dtype=h5py.string_dtype("utf-8", ERROR_BYTES))
+        grp.create_dataset("error", shape=(n,), dtype=h5py.string_dtype("utf-8", ERROR_BYTES), dcpl=_early(),
+                           fill_time="alloc")
         checksum = grp.create_dataset("checksum", data=np.zeros((n, len(tap_dims)), dtype=np.uint64))
         checksum.attrs["taps"] = np.array(list(tap_dims), dtype=_STR)
         feats = h5.create_group("features")
@@ -295,10 +296,8 @@ class FeatureStore:
         for tap, dim in tap_dims.items():
             rows = max(1, min(max(n, 1), CHUNK_BYTES // (dim * dtype.itemsize)))
             # every chunk allocated and zero-filled now: writing rows later never grows the file
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
             ds = feats.create_dataset(tap, shape=(n, dim), maxshape=(None, dim), dtype=dtype, chunks=(rows, dim),
-                                      dcpl=dcpl, fillvalue=0, fill_time="alloc")
+                                      dcpl=_early(), fillvalue=0, fill_time="alloc")
             ds.attrs["dim"] = dim
             ds.attrs["tap"] = tap
             ds.attrs["backbone"] = settings.get("backbone", "")
@@ -388,6 +387,13 @@ class FeatureStore:
         except (OSError, RuntimeError):
             if exc_type is None:  # a failing close must not hide the error that is already on its way
                 raise
+
+
+def _early():
+    """Dataset creation properties that allocate (and fill) the dataset's space when it is created."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
 
 
 def _bytes_needed(samples: Sequence, tap_dims: dict[str, int], dtype: np.dtype) -> int:

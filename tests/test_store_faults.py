@@ -286,15 +286,26 @@ def test_a_second_writer_is_refused_even_with_hdf5_locking_disabled(cnmc_tree, r
     assert len(load_features(out)) == summarize(out)["samples"]  # readers work once no one writes
 
 
-def test_writer_lock_is_released_by_close_and_held_until_then(cnmc_tree, tmp_path):
+def test_writer_lock_is_held_until_close_and_writing_rows_never_grows_the_file(cnmc_tree, tmp_path):
     collection = discover(cnmc_tree, splits=["prelim"])
     out = tmp_path / "s.h5"
-    args = ({"dtype": "float32", "backbone": "cnn"}, collection.samples, collection.classes, {"fc": 4})
+    args = ({"dtype": "float32", "backbone": "cnn"}, collection.samples, collection.classes, {"fc": 4, "pool5": 3})
     store = FeatureStore.open_for_extraction(out, *args)
+    size = out.stat().st_size
     with pytest.raises(FeatxError, match="is being written by another featx command"):
         FeatureStore.open_for_extraction(out, *args)
+    store.mark_errors([0], ["cannot read image x.bmp: " + "é" * 600])  # longer than the field: cut, not grown
+    store.write_rows(np.array([3, 1, 2]), {"fc": np.ones((3, 4)), "pool5": np.full((3, 3), 2.0)})
+    store.write_rows(np.array([0]), {"fc": np.ones((1, 4)), "pool5": np.ones((1, 3))})
     store.close()
-    FeatureStore.open_for_extraction(out, *args).close()
+    assert out.stat().st_size == size  # every byte a row needs was allocated when the store was created
+    s = summarize(out)
+    assert s["done"] == 4 and s["errors"] == 0 and verify(out) == dict(verify(out), checked=4, bad=0)
+    reopened = FeatureStore.open_for_extraction(out, *args)
+    reopened.mark_errors([5], ["cannot read image y.bmp: " + "é" * 600])
+    reopened.close()
+    assert out.stat().st_size == size
+    assert summarize(out)["failed"][0]["error"].startswith("cannot read image y.bmp: éé")
 
 
 # -- damaged files ---------------------------------------------------------------------------------------------
