@@ -459,6 +459,18 @@ def partial_store(cnmc_tree, tmp_path) -> Path:
     return out
 
 
+def test_fusing_an_unfinished_store_uses_the_rows_both_have(partial_store, reference):
+    done = summarize(partial_store)["done"]
+    n = summarize(partial_store)["samples"]
+    with pytest.raises(FeatxError, match="--allow-partial"):
+        load_features([reference, partial_store], "fc")
+    fused = load_features([reference, partial_store], "fc", allow_partial=True)
+    alone = load_features(reference, "fc")
+    assert len(fused) == done and fused.partial == f"{done} of {n} rows" and fused.X.shape[1] == 2 * 128
+    np.testing.assert_array_equal(fused.paths, alone.paths[:done])
+    np.testing.assert_allclose(fused.X[:, 128:], alone.X[:done], rtol=1e-4, atol=1e-5)
+
+
 def test_an_unfinished_store_is_refused_unless_allow_partial(partial_store, tmp_path):
     n = summarize(partial_store)["samples"]
     done = summarize(partial_store)["done"]
