@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 ARGS = dict(backbone="cnn", weights="none", image_size=32, batch_size=4, progress=False)
 CLI_ARGS = ["--backbone", "cnn", "--weights", "none", "--image-size", "32", "--batch-size", "4", "-q"]
 
-# Runs one extraction in a child process and kills it (SIGKILL) at a chosen point.
+# Runs one extraction (in a child process, see _Child) and kills it (SIGKILL) at a chosen point.
 DRIVER = r'''
 import os, signal, sys, time
 from pathlib import Path
@@ -79,18 +79,68 @@ def _env(**extra) -> dict:
     return env
 
 
-def _driver(tmp_path: Path, mode: str, data: Path, out: Path, workers: int = 0, wait: bool = True, **env):
-    """Run DRIVER. Its output goes to files, not pipes: a pipe stays open while orphaned workers live, so
-    waiting for it would hide workers that outlive a killed main process."""
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    cmd = [sys.executable, str(script), mode, str(data), str(out), str(workers)]
-    log = open(tmp_path / f"driver-{mode}.log", "w+")
-    proc = subprocess.Popen(cmd, env=_env(**env), stdout=log, stderr=subprocess.STDOUT, text=True)
-    proc.log = log
+class _Child:
+    """DRIVER run in a forked child: a real process (``kill -9`` closes its files as the kernel does) that
+    starts in milliseconds, not seconds (torch is already imported). Its output goes to a file, not a pipe."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict):
+        self.log = open(log, "w+")
+        self.returncode = None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.dup2(self.log.fileno(), 1)
+                os.dup2(self.log.fileno(), 2)
+                os.environ.update(env)
+                import torch
+
+                torch.set_num_threads(1)  # OpenMP's thread pool does not survive fork
+                sys.argv = argv
+                exec(compile(DRIVER, "driver.py", "exec"), {"__name__": "__main__"})
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float = 300):
+        t0 = time.time()
+        while self.poll() is None:
+            if time.time() - t0 > timeout:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+                raise TimeoutError(_output(self))
+            time.sleep(0.02)
+        return self.returncode
+
+
+def _driver(tmp_path: Path, mode: str, data: Path, out: Path, workers: int = 0, wait: bool = True,
+            fresh: bool = False, **env):
+    """Run DRIVER in a forked child, or with ``fresh`` in a new interpreter (HDF5 reads its environment
+    variables once, when the library starts)."""
+    argv = ["driver.py", mode, str(data), str(out), str(workers)]
+    log = tmp_path / f"driver-{mode}.log"
+    if not fresh:
+        child = _Child(argv, log, env)
+    else:
+        script = tmp_path / "driver.py"
+        script.write_text(DRIVER)
+        child = subprocess.Popen([sys.executable, str(script), *argv[1:]], env=_env(**env),
+                                 stdout=open(log, "w+"), stderr=subprocess.STDOUT, text=True)
+        child.log = child.stdout
     if wait:
-        proc.wait(timeout=300)
-    return proc
+        child.wait(timeout=300)
+    return child
 
 
 def _output(proc) -> str:
@@ -259,20 +309,20 @@ def test_disk_filling_up_during_extraction_does_not_hurt_the_store(cnmc_tree, re
 
 
 # -- one writer ------------------------------------------------------------------------------------------------
-def test_a_second_writer_is_refused_even_with_hdf5_locking_disabled(cnmc_tree, reference, tmp_path, monkeypatch):
+def test_a_second_writer_is_refused_even_with_hdf5_locking_disabled(cnmc_tree, reference, tmp_path):
     out = tmp_path / "s.h5"
-    first = _driver(tmp_path, "pause", cnmc_tree, out, wait=False, HDF5_USE_FILE_LOCKING="FALSE")
+    # the first writer takes no HDF5 lock: without featx's own lock nothing would keep a second one out
+    first = _driver(tmp_path, "pause", cnmc_tree, out, wait=False, fresh=True, HDF5_USE_FILE_LOCKING="FALSE")
     try:
         running = Path(str(out) + ".running")
         t0 = time.time()
         while not running.exists() and first.poll() is None and time.time() - t0 < 120:
             time.sleep(0.05)
         assert running.exists(), _output(first)
-        monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "FALSE")
         res = runner.invoke(app, ["extract", str(cnmc_tree), *CLI_ARGS, "--workers", "0", "--out", str(out)])
         text = " ".join(res.output.split())
         assert res.exit_code == 1 and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
-        assert f"{out} is being written by another featx command" in text
+        assert f"{out} is being written by another featx command (it holds s.h5.lock)" in text  # featx's lock
         assert "HDF5_USE_FILE_LOCKING" not in text and "disable" not in text.lower()
         with pytest.raises(FeatxError, match="being written by another featx command"):
             FeatureStore.open_for_extraction(out, {}, [], [], {})
