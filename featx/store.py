@@ -208,7 +208,7 @@ class FeatureStore:
                     _require_store(path, h5)
                     store = cls._resume(path, h5, lock, dict(settings, taps=list(tap_dims)))
                 except BaseException:
-                    h5.close()
+                    _close_quietly(h5)
                     raise
                 return store
             cls._create(path, dict(settings, **(extra_attrs or {})), samples, classes, tap_dims)
@@ -246,12 +246,12 @@ class FeatureStore:
                 h5 = h5py.File(tmp, "w")
                 try:
                     cls._initialise(h5, settings, samples, classes, tap_dims)
-                except (OSError, RuntimeError, ValueError) as exc:
-                    full = is_disk_full(exc)
+                    h5.close()  # a failure here (the final flush) must not leave a half-written store behind
+                except BaseException as exc:
+                    full = isinstance(exc, (OSError, RuntimeError, ValueError)) and is_disk_full(exc)
                     _forget(exc)
-                    raise
-                finally:
                     _close_quietly(h5)
+                    raise
                 tmp.replace(path)
             except BaseException as exc:
                 tmp.unlink(missing_ok=True)
