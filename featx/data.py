@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -64,6 +65,7 @@ class Collection:
     layout: str
     samples: list[Sample]
     classes: list[str] = field(default_factory=list)
+    unreadable_folders: list[str] = field(default_factory=list)  # folders discovery could not list or enter
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -94,7 +96,8 @@ class Collection:
 
     def subset(self, indices: Sequence[int]) -> "Collection":
         """A collection of some samples (same root, layout and classes, so label indices still match)."""
-        return Collection(self.root, self.layout, [self.samples[int(i)] for i in indices], list(self.classes))
+        return Collection(self.root, self.layout, [self.samples[int(i)] for i in indices], list(self.classes),
+                          list(self.unreadable_folders))
 
 
 def parse_cnmc_name(name: str) -> tuple[str, str] | None:
@@ -131,16 +134,32 @@ def discover(source: str | Path, splits: Sequence[str] | str | None = None) -> C
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, fully decoded; FeatxError naming the file when it cannot be read."""
+    """Open an image as RGB, fully decoded; FeatxError naming the file when it cannot be read.
+
+    16-bit, 32-bit integer and float images are scaled to 8 bits by their own range (minimum -> 0,
+    maximum -> 255), not clipped at 255.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
     except Image.UnidentifiedImageError:
         raise FeatxError(f"cannot read image {path}: not an image file (or a format PIL does not know)") from None
     except Exception as exc:  # PIL raises several types for broken files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FeatxError(f"cannot read image {path}: {reason}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """A PIL image as 8-bit RGB; high-bit-depth and float modes (I;16*, I, F) are scaled by their range."""
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        finite = np.isfinite(a)
+        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+        a = np.where(finite, a, lo)
+        scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
 
 
 class RandomRotate90:
@@ -234,10 +253,11 @@ def _sample_key(sample: Sample) -> tuple:
     return _split_key(sample.split), natural_key(sample.path)
 
 
-def _make_collection(root: Path, layout: str, samples: list[Sample]) -> Collection:
+def _make_collection(root: Path, layout: str, samples: list[Sample], unreadable: Sequence[str] = ()) -> Collection:
     samples = sorted(samples, key=_sample_key)
     classes = sorted({s.label for s in samples if s.label is not None})
-    return Collection(root=root, layout=layout, samples=samples, classes=classes)
+    return Collection(root=root, layout=layout, samples=samples, classes=classes,
+                      unreadable_folders=sorted(set(unreadable), key=natural_key))
 
 
 def _filter_splits(collection: Collection, splits: Sequence[str] | str) -> Collection:
@@ -257,7 +277,8 @@ def _filter_splits(collection: Collection, splits: Sequence[str] | str) -> Colle
     if not keep:
         raise FeatxError(f"no split given; available splits: {', '.join(available) or 'none'}")
     samples = [s for s in collection.samples if s.split in keep]
-    return Collection(collection.root, collection.layout, samples, list(collection.classes))
+    return Collection(collection.root, collection.layout, samples, list(collection.classes),
+                      list(collection.unreadable_folders))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -268,16 +289,47 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files below a folder (recursively), skipping hidden files and folders."""
+def _images_under(folder: Path, unreadable: list[str] | None = None) -> list[Path]:
+    """Image files below a folder (recursively), skipping hidden files and folders. Folders that cannot be
+    listed or entered are appended to ``unreadable`` (and skipped)."""
+    unreadable = [] if unreadable is None else unreadable
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def cannot_list(exc: OSError) -> None:
+        unreadable.append(str(exc.filename or folder))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=cannot_list):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             p = Path(dirpath) / name
-            if _is_image(p) and p.is_file():
-                found.append(p)
+            if not _is_image(p):
+                continue
+            try:
+                if p.is_file():
+                    found.append(p)
+            except OSError:  # listed but not entered (read without execute permission)
+                unreadable.append(dirpath)
+                dirnames[:] = []
+                break
     return found
+
+
+def _is_dir(path: Path, unreadable: list[str]) -> bool:
+    """``path.is_dir()``, recording its parent when that cannot be entered."""
+    try:
+        return path.is_dir()
+    except OSError:
+        unreadable.append(str(path.parent))
+        return False
+
+
+def _subdirs(folder: Path, unreadable: list[str]) -> list[Path]:
+    """Visible subfolders of ``folder``, or [] (and ``folder`` recorded) when it cannot be listed or entered."""
+    try:
+        return [d for d in folder.iterdir() if not d.name.startswith(".") and d.is_dir()]
+    except OSError:
+        unreadable.append(str(folder))
+        return []
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -285,36 +337,51 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _discover_folder(root: Path) -> Collection:
-    cnmc = _cnmc_parts(root)
+    try:
+        os.scandir(root).close()
+        root.joinpath(".").stat()  # can it be entered, not only listed
+    except OSError as exc:
+        raise FeatxError(f"cannot read data folder {root} ({exc.strerror or type(exc).__name__}); make it "
+                         "readable (list and enter) or point to another folder") from None
+    unreadable: list[str] = []
+    cnmc = _cnmc_parts(root, unreadable)
     if cnmc is not None:
         layout, parts = cnmc
         samples: list[Sample] = []
         if "train" in parts:
-            samples += _cnmc_train(root, parts["train"])
+            samples += _cnmc_train(root, parts["train"], unreadable)
         if "prelim" in parts:
-            samples += _cnmc_prelim(root, parts["prelim"])
+            samples += _cnmc_prelim(root, parts["prelim"], unreadable)
         if "final" in parts:
-            samples += [Sample(_rel(p, root), None, None, "final") for p in _images_under(parts["final"])]
+            samples += [Sample(_rel(p, root), None, None, "final") for p in _images_under(parts["final"], unreadable)]
         if not samples:
-            raise FeatxError(f"no images found in {root} (a {layout} layout); featx reads {LAYOUTS_HELP}")
-        return _make_collection(root, layout, samples)
+            raise FeatxError(f"no images found in {root} (a {layout} layout){_unread_note(unreadable)}; "
+                             f"featx reads {LAYOUTS_HELP}")
+        return _make_collection(root, layout, samples, unreadable)
     samples = []
-    for p in _images_under(root):
+    for p in _images_under(root, unreadable):
         rel = p.relative_to(root)
         parsed = parse_cnmc_name(p.name)
         label = rel.parts[0].lower() if len(rel.parts) > 1 else None
         samples.append(Sample(rel.as_posix(), label, parsed[0] if parsed else None, None))
     if not samples:
-        raise FeatxError(f"no images found in {root}; featx reads {LAYOUTS_HELP}")
-    return _make_collection(root, "folders", samples)
+        raise FeatxError(f"no images found in {root}{_unread_note(unreadable)}; featx reads {LAYOUTS_HELP}")
+    return _make_collection(root, "folders", samples, unreadable)
 
 
-def _cnmc_parts(root: Path) -> tuple[str, dict[str, Path]] | None:
+def _unread_note(unreadable: list[str]) -> str:
+    if not unreadable:
+        return ""
+    more = f" and {len(set(unreadable)) - 1} more" if len(set(unreadable)) > 1 else ""
+    return f" (could not read folder {sorted(set(unreadable))[0]}{more})"
+
+
+def _cnmc_parts(root: Path, unreadable: list[str]) -> tuple[str, dict[str, Path]] | None:
     """Which C-NMC layout `root` holds, and the folder of each part (train / prelim / final)."""
     name = root.name
-    if name == KAGGLE_ROOT or (root / KAGGLE_ROOT).is_dir():
+    if name == KAGGLE_ROOT or _is_dir(root / KAGGLE_ROOT, unreadable):
         base = root if name == KAGGLE_ROOT else root / KAGGLE_ROOT
-        parts = {part: base / folder for folder, part in KAGGLE_PARTS.items() if (base / folder).is_dir()}
+        parts = {part: base / folder for folder, part in KAGGLE_PARTS.items() if _is_dir(base / folder, unreadable)}
         if parts:
             return "cnmc-kaggle", parts
     if name in KAGGLE_PARTS and root.parent.name == KAGGLE_ROOT:
@@ -323,31 +390,31 @@ def _cnmc_parts(root: Path) -> tuple[str, dict[str, Path]] | None:
     for part, folder in tcia.items():
         if name == folder:
             return "cnmc", {part: root}
-    parts = {part: root / folder for part, folder in tcia.items() if (root / folder).is_dir()}
+    parts = {part: root / folder for part, folder in tcia.items() if _is_dir(root / folder, unreadable)}
     if parts:
         return "cnmc", parts
-    subdirs = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    subdirs = [d.name for d in _subdirs(root, unreadable)]
     if subdirs and all(re.fullmatch(r"fold_\d+", d, re.IGNORECASE) for d in subdirs):
         return "cnmc", {"train": root}  # the training folder under another name
     return None
 
 
-def _cnmc_train(root: Path, train: Path) -> list[Sample]:
+def _cnmc_train(root: Path, train: Path, unreadable: list[str]) -> list[Sample]:
     """fold_*/<class>/ images; label from the class folder, subject from the file name."""
-    folds = sorted((d for d in train.iterdir() if d.is_dir() and d.name.lower().startswith("fold")),
+    folds = sorted((d for d in _subdirs(train, unreadable) if d.name.lower().startswith("fold")),
                    key=lambda d: natural_key(d.name))
     groups = [(d.name.lower(), d) for d in folds] if folds else [(None, train)]
     samples = []
     for split, fold in groups:
-        for class_dir in sorted(d for d in fold.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            for p in _images_under(class_dir):
+        for class_dir in sorted(_subdirs(fold, unreadable)):
+            for p in _images_under(class_dir, unreadable):
                 parsed = parse_cnmc_name(p.name)
                 samples.append(Sample(_rel(p, root), class_dir.name.lower(),
                                       parsed[0] if parsed else None, split))
     return samples
 
 
-def _cnmc_prelim(root: Path, prelim: Path) -> list[Sample]:
+def _cnmc_prelim(root: Path, prelim: Path, unreadable: list[str]) -> list[Sample]:
     """Numbered test images; the labels CSV gives each its subject (Patient_ID) and label."""
     table = {}
     csvs = sorted((p for p in prelim.rglob("*.csv") if not p.name.startswith(".")),
@@ -357,7 +424,7 @@ def _cnmc_prelim(root: Path, prelim: Path) -> list[Sample]:
     if csvs:
         table = _read_prelim_labels(csvs[0])
     samples = []
-    for p in _images_under(prelim):
+    for p in _images_under(prelim, unreadable):
         entry = table.get(p.name.lower())
         if entry is None:
             samples.append(Sample(_rel(p, root), None, None, "prelim"))
@@ -412,7 +479,11 @@ def _read_manifest(path: Path) -> Collection:
             raise FeatxError(f"manifest {path} line {line}: empty path")
         file = Path(raw).expanduser()
         file = file if file.is_absolute() else root / file
-        if not file.is_file():
+        try:
+            found = file.is_file()
+        except OSError:  # in a folder that cannot be entered
+            found = False
+        if not found:
             missing.append(raw)
             continue
         try:

@@ -621,7 +621,7 @@ def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: 
                      class_weight=class_weight, device=device, params=params, n_boot=n_boot)
     if getattr(data, "roles", None) is not None:
         _mark_tuned(rows, data, protocol)
-    return rows
+    return _note_store(features, rows)
 
 
 def _mark_tuned(rows: list[dict], data, protocol: Protocol) -> None:
@@ -637,6 +637,17 @@ def _mark_tuned(rows: list[dict], data, protocol: Protocol) -> None:
                                         for t in data.tuned]}
 
 
+def _note_store(features, rows: list[dict]) -> list[dict]:
+    """Mark rows computed on an unfinished store (``partial``: "156 of 330 rows") and say how many
+    unreadable images were left out (``excluded_images``)."""
+    for row in rows:
+        if getattr(features, "partial", None):
+            row["partial"] = features.partial
+        if getattr(features, "excluded", 0):
+            row["excluded_images"] = int(features.excluded)
+    return rows
+
+
 def _as_list(value) -> list[str]:
     if value is None:
         return []
@@ -649,14 +660,16 @@ def compare(stores: Sequence[str], heads: Sequence[str] | str, taps: Sequence[st
             cv: Sequence[str] | str | None = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1,
             eval_set: str | None = None, positive: str | None = None, preprocess: str | None = "standard",
             class_weight=None, device: str = "auto", params: dict | None = None, n_boot: int = 1000,
-            progress: Callable[[str], None] | None = None, allow_optimistic: bool = False) -> list[dict]:
+            progress: Callable[[str], None] | None = None, allow_optimistic: bool = False,
+            allow_partial: bool = False) -> list[dict]:
     """Evaluate every head on every store x tap under every protocol; one row each.
 
     ``stores``: feature files, each possibly fused (``"a.h5+b.h5"``); ``taps``: e.g. ``["fc7", "fc7+pool5"]``
     (None = each store's default tap); ``cv``: one protocol or several (``"subject,image"``); ``eval_set``
     adds a held-out protocol (train on the training rows, test on that split). Stores of fine-tuned
     weights get ``tuned-holdout`` under ``auto`` (see :func:`tuned_protocol`); explicit CV over rows their
-    network saw needs ``allow_optimistic`` and is marked OPTIMISTIC.
+    network saw needs ``allow_optimistic`` and is marked OPTIMISTIC. A store with rows not yet
+    extracted is refused unless ``allow_partial`` (then every row says so in ``partial``).
     """
     from featx.store import load_features
 
@@ -680,7 +693,7 @@ def compare(stores: Sequence[str], heads: Sequence[str] | str, taps: Sequence[st
     rows: list[dict] = []
     for store in stores:
         for tap in tap_list:
-            features = load_features(store, tap, labelled=True)
+            features = load_features(store, tap, labelled=True, allow_partial=allow_partial)
             for p, ev in runs:
                 if progress:
                     progress(f"{features.name}: {', '.join(heads)} under {ev or p}")
@@ -698,7 +711,8 @@ def run_classify(store: str, head: str, *, tap: str | None = None, cv: str = "au
                  seed: int = 0, jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
                  preprocess: str | None = "standard", class_weight=None, device: str = "auto",
                  params: dict | None = None, n_boot: int = 1000, out=None, save: bool = False,
-                 skops: bool = False, plots: bool = True, allow_optimistic: bool = False) -> dict:
+                 skops: bool = False, plots: bool = True, allow_optimistic: bool = False,
+                 allow_partial: bool = False) -> dict:
     """Load a store, evaluate one head, write the reports to ``out`` and, with ``save``, the model fitted on
     every training row to ``out/models`` (``skops`` adds a .skops copy). Returns ``{"row", "paths", "model"}``."""
     from pathlib import Path
@@ -712,7 +726,7 @@ def run_classify(store: str, head: str, *, tap: str | None = None, cv: str = "au
 
         require_skops()
 
-    features = load_features(store, tap)
+    features = load_features(store, tap, allow_partial=allow_partial)
     row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                    positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                    params=params, n_boot=n_boot, allow_optimistic=allow_optimistic)

@@ -2,9 +2,12 @@
 
 Decoding runs in DataLoader worker processes, the forward pass in the main thread, and HDF5 writes in
 one writer thread, so the three overlap. Re-running the same call resumes: only missing rows are computed.
+Forked workers close their copies of the store's and its lock's file descriptors first thing, so they never
+hold the store open: after ``kill -9`` of the main process the next run can start at once.
 """
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -19,9 +22,9 @@ from torch.utils.data import DataLoader
 from featx.backbones import check_input_size, create_backbone, get_config
 from featx.data import Collection, ImageDataset, discover, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
-from featx.errors import FeatxError
 from featx import provenance
-from featx.store import FeatureStore
+from featx.errors import FeatxError
+from featx.store import FeatureStore, lock_path
 
 DTYPES = ("float32", "float16")
 
@@ -105,7 +108,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
             weights: str | Path = "imagenet", taps: str | Sequence[str] | None = None,
             image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
-            progress: bool = True, callback: Callable[[int, int], None] | None = None, strict: bool = False) -> Path:
+            progress: bool = True, callback: Callable[[int, int], None] | None = None,
+            strict: bool = False) -> Path:
     """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
 
     ``taps`` (``"fc7,pool5"``; default all) are computed in one forward pass. ``weights`` is ``imagenet``,
@@ -114,8 +118,11 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     trained and validated on: each row's role is stored (``/samples/network_role``, see
     :mod:`featx.provenance`) and ``classify`` tests only on rows it never saw. An existing store with the
     same settings is resumed; one made with other settings is refused. ``callback(done, total)`` is called
-    after each batch. Unreadable images are recorded in the store's ``/samples/error``; with ``strict`` they
-    are reported at the end (FeatxError), after every readable image has been written.
+    after each batch. Unreadable images are recorded in the store (``/samples/error``, listed by
+    :func:`featx.store.summarize`, left out by ``load_features``) and retried by the next run; with ``strict``
+    they raise FeatxError once every readable image is written. Folders discovery could not read are recorded
+    too (``summarize``'s ``unreadable_folders``); with ``strict`` they are refused before anything is written.
+    Another process writing ``out`` is refused (its lock ``<out>.lock``).
     """
     if dtype not in DTYPES:
         raise FeatxError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
@@ -128,6 +135,11 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         collection = data.subset([i for i, s in enumerate(data.samples) if s.split in set(splits)])
     if not collection.samples:
         raise FeatxError(f"{collection.root}: no images to extract")
+    folders = list(getattr(collection, "unreadable_folders", []) or [])
+    if strict and folders:
+        more = f" and {len(folders) - 1} more" if len(folders) > 1 else ""
+        raise FeatxError(f"cannot read folder {folders[0]}{more} (--strict); make it readable, or drop --strict to "
+                         "extract the images featx can read")
     cfg = get_config(backbone)
     model = create_backbone(backbone, weights, seed=seed)
     card = model.weights_info.card or {}
@@ -148,8 +160,9 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         roles, settings[provenance.ATTR] = tuned[0], provenance.attr_json(tuned[1])
     out = Path(out)
 
+    extra = {"unreadable_folders": folders} if folders else None
     with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims,
-                                          roles=roles) as store:
+                                          extra_attrs=extra, roles=roles) as store:
         pending = np.flatnonzero(~store.done)
         total = store.n
         if pending.size:
@@ -157,12 +170,30 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
                  batch_size=batch_size, workers=default_workers() if workers is None else workers,
                  progress=progress, callback=callback, total=total)
         errors = store.h5["samples/error"].asstr()[:]
+        errors[store.done] = ""
     failed = np.flatnonzero(errors != "")
-    if failed.size and strict:
-        raise FeatxError(f"{failed.size} image(s) could not be read, first: {errors[failed[0]]}; "
+    if strict and failed.size:
+        raise FeatxError(f"{failed.size} image(s) could not be read (--strict), first: {errors[failed[0]]}; "
                          f"the other {total - failed.size} rows are saved in {out}; fix or replace those files "
                          "and run the same command again")
     return out
+
+
+def _close_inherited(paths: tuple[str, ...], worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: close the descriptors of ``paths`` a forked worker inherited.
+
+    Otherwise, after ``kill -9`` of the main process, orphaned workers keep the store's HDF5 lock and the
+    writer lock for seconds. Closing a copy in the child leaves the parent's locks in place.
+    """
+    fd_dir = "/proc/self/fd"
+    if not os.path.isdir(fd_dir):  # no /proc: not Linux, where workers are spawned and inherit nothing
+        return
+    for name in os.listdir(fd_dir):
+        try:
+            if os.readlink(f"{fd_dir}/{name}") in paths:
+                os.close(int(name))
+        except OSError:
+            pass
 
 
 def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray, taps: list[str], *, size: int,
@@ -171,9 +202,11 @@ def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray
     cfg = model.config
     transform = make_transform(size, cfg.mean, cfg.std)
     dataset = ImageDataset(collection, transform, indices=pending.tolist())
+    held = tuple(os.path.realpath(p) for p in (store.path, lock_path(store.path)))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=pin_memory(device), persistent_workers=False,
-                        prefetch_factor=4 if workers > 0 else None)
+                        prefetch_factor=4 if workers > 0 else None,
+                        worker_init_fn=functools.partial(_close_inherited, held) if workers > 0 else None)
     fmt = memory_format(device)
     model = model.to(device=device, memory_format=fmt)  # create_backbone returns it in eval mode
     writer = _Writer(store)

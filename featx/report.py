@@ -85,6 +85,8 @@ def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
         captions.append("* IMAGE-LEVEL: one subject's cells on both sides of the split (optimistic)")
     if any(r.get("optimistic") for r in rows):
         captions.append("* OPTIMISTIC: features tuned on test subjects (the fine-tuned network saw them)")
+    captions += [f"PARTIAL: {escape(p)}" for p in _partial_notes(rows)]
+    captions += [escape(note) for note in _excluded_notes(rows)]
     table = Table(title=title, caption="\n".join(captions) or None,
                   caption_style="yellow", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("Model", style="bold", overflow="fold", min_width=12)
@@ -93,10 +95,29 @@ def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
         table.add_column(header)  # justify="right" makes rich crop narrow tables
     for r in rows:
         image = bool(_flag(r))
-        cells = [escape(str(r.get("model", ""))), ("* " if image else "") + escape(short_protocol(r))]
+        cells = [escape(str(r.get("model", ""))), ("* " if image else "") + escape(short_protocol(r))
+                 + (f" PARTIAL ({escape(str(r['partial']))})" if r.get("partial") else "")]
         cells += [format_pct(r.get(k), r.get(f"{k}_std")) for k, _ in TERMINAL_METRICS]
-        table.add_row(*cells, style="yellow" if image else None)
+        table.add_row(*cells, style="yellow" if image or r.get("partial") else None)
     return table
+
+
+def _excluded_notes(rows: Sequence[dict]) -> list[str]:
+    """One line per distinct model whose store recorded unreadable images (left out of its rows)."""
+    seen = dict.fromkeys((r.get("model", ""), r["excluded_images"]) for r in rows if r.get("excluded_images"))
+    return [f"{model}: {n} unreadable image(s) left out (listed by `featx info`)" for model, n in seen]
+
+
+def _partial_notes(rows: Sequence[dict]) -> list[str]:
+    """One line per distinct model computed on an unfinished store (``--allow-partial``)."""
+    notes = []
+    for r in rows:
+        if r.get("partial"):
+            note = (f"{r.get('model', '')} used {r['partial']} of an unfinished store; finish it with the same "
+                    "`featx extract`")
+            if note not in notes:
+                notes.append(note)
+    return notes
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -109,6 +130,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
             protocol = f"OPTIMISTIC {protocol}"
         if _flag(r):
             protocol = f"**\\* {protocol}**"
+        if r.get("partial"):
+            protocol += f" **PARTIAL ({r['partial']})**"
         ci = "-"
         if r.get("accuracy_ci_low") is not None and not _isnan(r.get("accuracy_ci_low")):
             ci = f"{100 * r['accuracy_ci_low']:.1f} - {100 * r['accuracy_ci_high']:.1f}"
@@ -202,6 +225,8 @@ def write_results(rows: Sequence[dict], out_dir, *, plots: bool = True, stem: st
         md += [f"\\* {IMAGE_LEVEL_NOTE}", ""]
     if any(r.get("optimistic") for r in rows):
         md += [f"\\* {OPTIMISTIC_NOTE}", ""]
+    md += [f"PARTIAL: {note}.\n" for note in _partial_notes(rows)]
+    md += [f"{note}.\n" for note in _excluded_notes(rows)]
     md += ["Mean ± standard deviation over folds; 95% CI: bootstrap over subjects of the pooled out-of-fold "
            "predictions. Precision, recall and F1 are those of the positive class.", ""]
     paths["md"].write_text("\n".join(md), encoding="utf-8")

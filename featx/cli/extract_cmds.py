@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from featx.cli.app import app, console, user_errors
+from featx.cli.app import app, console, err_console, user_errors
 
 
 @app.command()
@@ -62,6 +62,9 @@ def extract(
     dtype: Annotated[str, typer.Option(help="Stored feature type: float32 or float16.")] = "float32",
     seed: Annotated[int, typer.Option(help="Seed of random initialisation with --weights none.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when an image or folder cannot be "
+                                                          "read (default: skip it, record it in the store "
+                                                          "and warn).")] = False,
 ) -> None:
     """Extract deep features of every image into one HDF5 store (resumable)."""
     from featx.extract import extract as run_extract
@@ -69,8 +72,10 @@ def extract(
 
     path = run_extract(data, out, backbone=backbone, weights=weights, taps=taps, image_size=image_size,
                        splits=split or None, device=device, batch_size=batch_size, workers=workers, dtype=dtype,
-                       seed=seed, progress=not quiet)
-    _print_summary(summarize(path))
+                       seed=seed, progress=not quiet, strict=strict)
+    summary = summarize(path)
+    _print_summary(summary)
+    _warn_skipped(summary)
 
 
 @app.command()
@@ -78,15 +83,28 @@ def extract(
 def info(
     store: Annotated[Path, typer.Argument(help="An HDF5 feature store written by `featx extract`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Also check every finished row against its "
+                                                          "checksums; exit 1 when some do not match.")] = False,
 ) -> None:
     """Summarise a feature store: settings, taps, rows done, counts per split and class."""
+    from featx.errors import FeatxError
     from featx.store import summarize
+    from featx.store import verify as verify_store
 
     summary = summarize(store)
+    checked = verify_store(store) if verify else None
     if as_json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(json.dumps(dict(summary, verify=checked) if checked else summary, indent=2, default=str))
     else:
         _print_summary(summary)
+        _warn_skipped(summary)
+    if checked is not None:
+        if checked["bad"]:
+            raise FeatxError(f"{store}: {checked['bad']} of {checked['checked']} finished rows do not match their "
+                             f"checksums (first: {checked['bad_paths'][0]}); the store is damaged: run the same "
+                             "`featx extract` again to recompute them")
+        if not as_json:
+            console.print(f"verified {checked['checked']} finished rows: every one matches its checksums")
 
 
 def _print_summary(s: dict) -> None:
@@ -108,3 +126,23 @@ def _print_summary(s: dict) -> None:
         match = (parse_attr(st.get(ATTR)) or {}).get("match", "")
         console.print(f"fine-tuned network's rows: {counts}; classify tests only rows it never saw "
                       f"(unseen, val). {escape(match)}", highlight=False)
+
+
+def _warn_skipped(s: dict) -> None:
+    """Warn (stderr) about images recorded as unreadable and folders discovery could not read."""
+    if s.get("unfinished"):
+        err_console.print(f"[yellow]warning:[/] {escape(s['file'])}: {s['unfinished']} of {s['samples']} rows not "
+                          "extracted yet; run the same `featx extract` again to finish", highlight=False,
+                          soft_wrap=True)
+    if s.get("errors"):
+        names = ", ".join(f["path"] for f in s["failed"][:3])
+        more = f" and {s['errors'] - 3} more" if s["errors"] > 3 else ""
+        err_console.print(f"[yellow]warning:[/] {s['errors']} image(s) could not be read and were skipped: "
+                          f"{escape(names)}{more} (first error: {escape(s['failed'][0]['error'])}); they are "
+                          "recorded in the store, left out of classify/compare, and retried by the next "
+                          "`featx extract`", highlight=False, soft_wrap=True)
+    folders = s.get("unreadable_folders") or []
+    if folders:
+        more = f" and {len(folders) - 3} more" if len(folders) > 3 else ""
+        err_console.print(f"[yellow]warning:[/] could not read folder(s) {escape(', '.join(folders[:3]))}{more}; "
+                          "their images are not in the store", highlight=False, soft_wrap=True)

@@ -66,6 +66,9 @@ def classify(
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     optimistic: Annotated[bool, typer.Option("--optimistic", help=_OPTIMISTIC_HELP)] = False,
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Use a store whose extraction is not "
+                                                                       "finished; every output row then says "
+                                                                       "how many rows it used.")] = False,
 ) -> None:
     """Evaluate one head on one store (or fused stores/taps); print and write the metrics."""
     from featx.evaluate import run_classify
@@ -75,7 +78,7 @@ def classify(
                           positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                           params=parse_params(param), n_boot=boot, out=out, save=save,
                           skops=save if skops is None else skops,
-                          plots=not no_plots, allow_optimistic=optimistic)
+                          plots=not no_plots, allow_optimistic=optimistic, allow_partial=allow_partial)
     row = result["row"]
     _print_rows([row], result["paths"], title="featx classify")
     console.print(f"weighted F1 {100 * row['f1_weighted']:.2f}%, balanced accuracy "
@@ -114,6 +117,9 @@ def compare(
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     optimistic: Annotated[bool, typer.Option("--optimistic", help=_OPTIMISTIC_HELP)] = False,
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Use a store whose extraction is not "
+                                                                       "finished; every output row then says "
+                                                                       "how many rows it used.")] = False,
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
     from featx.evaluate import run_compare
@@ -122,7 +128,8 @@ def compare(
     result = run_compare(stores, heads, taps, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                          params=parse_params(param), n_boot=boot, out=out, plots=not no_plots,
-                         progress=lambda msg: console.print(f"[dim]{msg}[/]"), allow_optimistic=optimistic)
+                         progress=lambda msg: console.print(f"[dim]{msg}[/]"), allow_optimistic=optimistic,
+                         allow_partial=allow_partial)
     _print_rows(result["rows"], result["paths"], title="featx compare")
 
 
