@@ -839,3 +839,13 @@ def verify(path: str | Path) -> dict:
 def settings_json(settings: dict) -> str:
     """Settings as compact JSON (for cards and reports)."""
     return json.dumps(settings, sort_keys=True, default=str)
+
+
+def sample_table(path: str | Path) -> dict:
+    """Every row of a store, finished or not, in store order: ``path``, ``split``, ``done``, ``error``."""
+    path = Path(path)
+    with _open(path, "r") as h5:
+        _require_store(path, h5)
+        s = h5["samples"]
+        return {"path": s["path"].asstr()[:], "split": s["split"].asstr()[:], "done": s["done"][:].astype(bool),
+                "error": s["error"].asstr()[:]}
