@@ -46,8 +46,9 @@ def classify(
                                                  "(e.g. standard+pca:128).")] = "standard",
     param: Annotated[Optional[list[str]], typer.Option(help="Head parameter key=value (repeat), e.g. C=10, "
                                                             "hidden=256, epochs=15.")] = None,
-    save: Annotated[bool, typer.Option(help="Also fit on every training row and write OUT/models/"
-                                            "<backbone>-<tap>-<head>.joblib with its JSON card.")] = False,
+    save: Annotated[bool, typer.Option(help="Also write the evaluated pipeline, fitted on the rows the "
+                                            "protocol trains on, to OUT/models/<backbone>-<tap>-<head>.joblib "
+                                            "with its JSON card.")] = False,
     skops: Annotated[bool, typer.Option(help="With --save, also export the model as .skops (loads without "
                                              "running code; needs `pip install skops`).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md, plots and "
@@ -56,6 +57,9 @@ def classify(
     seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
+    drop_unknown_subjects: Annotated[bool, typer.Option(help="Leave out rows whose file name gives no subject "
+                                                              "id (each output row says how many), instead of "
+                                                              "refusing subject-grouped CV.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
 ) -> None:
     """Evaluate one head on one store (or fused stores/taps); print and write the metrics."""
@@ -65,13 +69,14 @@ def classify(
     result = run_classify(store, head, tap=tap, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
                           positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                           params=parse_params(param), n_boot=boot, out=out, save=save, skops=skops,
-                          plots=not no_plots)
+                          plots=not no_plots, drop_unknown_subjects=drop_unknown_subjects)
     row = result["row"]
     _print_rows([row], result["paths"], title="featx classify")
     console.print(f"weighted F1 {100 * row['f1_weighted']:.2f}%, balanced accuracy "
                   f"{100 * row['balanced_accuracy']:.2f}%, 95% CI of accuracy "
                   f"{100 * row['accuracy_ci_low']:.1f}-{100 * row['accuracy_ci_high']:.1f}% "
-                  f"(bootstrap over {row.get('ci_unit', 'subject')}s)")
+                  f"(bootstrap of the mean over folds, {row.get('ci_unit', 'subject')}s resampled within each "
+                  "test fold)")
     if result["model"]:
         console.print(f"saved model {result['model']}" + (f" and {result['skops']}" if result.get("skops") else ""))
 
@@ -102,6 +107,9 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
+    drop_unknown_subjects: Annotated[bool, typer.Option(help="Leave out rows whose file name gives no subject "
+                                                              "id (each output row says how many), instead of "
+                                                              "refusing subject-grouped CV.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
@@ -111,7 +119,8 @@ def compare(
     result = run_compare(stores, heads, taps, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                          params=parse_params(param), n_boot=boot, out=out, plots=not no_plots,
-                         progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+                         progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+                         drop_unknown_subjects=drop_unknown_subjects)
     _print_rows(result["rows"], result["paths"], title="featx compare")
 
 
