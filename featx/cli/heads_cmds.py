@@ -46,10 +46,10 @@ def classify(
                                                  "(e.g. standard+pca:128).")] = "standard",
     param: Annotated[Optional[list[str]], typer.Option(help="Head parameter key=value (repeat), e.g. C=10, "
                                                             "hidden=256, epochs=15.")] = None,
-    save: Annotated[bool, typer.Option(help="Also write the evaluated pipeline, fitted on the rows the "
+    save: Annotated[bool, typer.Option("--save", help="Also write the evaluated pipeline, fitted on the rows the "
                                             "protocol trains on, to OUT/models/<backbone>-<tap>-<head>.joblib "
                                             "with its JSON card.")] = False,
-    skops: Annotated[bool, typer.Option(help="With --save, also export the model as .skops (loads without "
+    skops: Annotated[bool, typer.Option("--skops", help="With --save, also export the model as .skops (loads without "
                                              "running code; needs `pip install skops`).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md, plots and "
                                                          "models.")] = Path("results"),
@@ -57,7 +57,7 @@ def classify(
     seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
-    drop_unknown_subjects: Annotated[bool, typer.Option(help="Leave out rows whose file name gives no subject "
+    drop_unknown_subjects: Annotated[bool, typer.Option("--drop-unknown-subjects", help="Leave out rows whose file name gives no subject "
                                                               "id (each output row says how many), instead of "
                                                               "refusing subject-grouped CV.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
@@ -107,7 +107,7 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
-    drop_unknown_subjects: Annotated[bool, typer.Option(help="Leave out rows whose file name gives no subject "
+    drop_unknown_subjects: Annotated[bool, typer.Option("--drop-unknown-subjects", help="Leave out rows whose file name gives no subject "
                                                               "id (each output row says how many), instead of "
                                                               "refusing subject-grouped CV.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
