@@ -99,7 +99,8 @@ def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed
     if cv == "auto":
         if groups is None:
             cv = "image"
-            note = "; ".join(filter(None, ["subjects unknown (no row has a subject id): fell back to image-level folds", note]))
+            why = "subjects unknown (no row has a subject id): fell back to image-level folds"
+            note = "; ".join(filter(None, [why, note]))
         else:
             cv = "subject"
 

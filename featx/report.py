@@ -79,7 +79,8 @@ def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
     from rich.table import Table
 
     title = f"{title}  [dim](mean over folds ± sample std (ddof=1) over folds, %)[/]" if title else None
-    caption = "± = sample std (ddof=1) over folds; 95% CIs (bootstrap over subjects) in results.md/.csv"
+    caption = ("± = sample std (ddof=1) over folds; 95% CIs (bootstrap of the mean over folds, subjects resampled "
+               "within each test fold) in results.md/.csv")
     if any(r.get("image_level") for r in rows):
         caption += "\n* IMAGE-LEVEL: one subject's cells on both sides of the split, or subjects unknown (optimistic)"
     table = Table(title=title, caption=caption, caption_style="dim", box=box.SIMPLE_HEAD, pad_edge=False)

@@ -147,7 +147,12 @@ def test_classify_save_then_predict_final_phase(demo, tmp_path):
     # the same predictions from the store that holds those images
     result, _ = _invoke("predict", model, "--store", demo["store"], "--split", "final", "--out", tmp_path / "p2.csv")
     assert result.exit_code == 0, result.output
-    assert _read_csv(tmp_path / "p2.csv") == rows
+    # same decisions; scores may differ by float noise (the images were batched differently; BLAS kernels)
+    from_store = _read_csv(tmp_path / "p2.csv")
+    assert [(r["path"], r["prediction"]) for r in from_store] == [(r["path"], r["prediction"]) for r in rows]
+    for a, b in zip(from_store, rows):
+        assert (a["probability"] == b["probability"] == "") or float(a["probability"]) == pytest.approx(
+            float(b["probability"]), abs=1e-4)
 
 
 def test_predict_refuses_a_store_made_with_other_settings(demo, tmp_path):

@@ -57,9 +57,9 @@ def classify(
     seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
-    drop_unknown_subjects: Annotated[bool, typer.Option("--drop-unknown-subjects", help="Leave out rows whose file name gives no subject "
-                                                              "id (each output row says how many), instead of "
-                                                              "refusing subject-grouped CV.")] = False,
+    drop_unknown_subjects: Annotated[bool, typer.Option(
+        "--drop-unknown-subjects", help="Leave out rows whose file name gives no subject id (each output row says "
+                                        "how many), instead of refusing subject-grouped CV.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
 ) -> None:
     """Evaluate one head on one store (or fused stores/taps); print and write the metrics."""
@@ -107,9 +107,9 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
-    drop_unknown_subjects: Annotated[bool, typer.Option("--drop-unknown-subjects", help="Leave out rows whose file name gives no subject "
-                                                              "id (each output row says how many), instead of "
-                                                              "refusing subject-grouped CV.")] = False,
+    drop_unknown_subjects: Annotated[bool, typer.Option(
+        "--drop-unknown-subjects", help="Leave out rows whose file name gives no subject id (each output row says "
+                                        "how many), instead of refusing subject-grouped CV.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
