@@ -60,11 +60,13 @@ def _subjects_known(subjects) -> bool:
 
 
 def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
-                eval_set: str | None = None) -> Protocol:
+                eval_set: str | None = None, paths=None) -> Protocol:
     """Build the train/test folds of one protocol over labelled rows.
 
-    ``subjects``/``splits`` are per-row strings ("" when unknown/none) or None; ``y`` class indices.
-    ``eval_set`` (e.g. "prelim") trains on the training rows and tests on that split, ignoring ``cv``.
+    ``subjects``/``splits`` are per-row strings ("" when unknown/none) or None; ``y`` class indices;
+    ``paths`` (optional) name the rows in messages. ``eval_set`` (e.g. "prelim") trains on the training rows
+    and tests on that split, ignoring ``cv``. When some cross-validation rows have a subject and others do
+    not, ``cv`` "auto"/"subject" refuse (naming those files) rather than fall back to image-level folds.
     Impossible requests (one class, fewer subjects than folds, ...) raise :class:`FeatxError` saying what
     to change.
     """
@@ -75,10 +77,10 @@ def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed
     if np.any(y < 0):
         raise FeatxError("make_splits got unlabelled rows (label -1); load the features with labelled=True")
     splits = np.asarray(splits if splits is not None else [""] * n).astype(str)
-    groups = np.asarray(subjects).astype(str) if _subjects_known(subjects) else None
+    subj = np.asarray(subjects).astype(str) if subjects is not None and len(subjects) else np.full(n, "")
 
     if eval_set:
-        return _held_out(y, splits, groups, eval_set, seed)
+        return _held_out(y, splits, subj if _subjects_known(subj) else None, eval_set, seed)
 
     cv = (cv or "auto").lower()
     if cv not in CV_CHOICES:
@@ -95,17 +97,23 @@ def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed
     y_pool = y[pool]
     _require_two_classes(y_pool, "the cross-validation rows")
 
+    unknown = pool[subj[pool] == ""]
+    groups = subj if unknown.size == 0 else None  # held-out rows may lack a subject: they are never folded
+    if 0 < unknown.size < pool.size and cv in ("auto", "subject"):
+        raise FeatxError(_unknown_subjects_message(unknown, pool.size, paths))
+
     if cv == "auto":
         if groups is None:
             cv = "image"
-            note = "; ".join(filter(None, ["subjects unknown: fell back to image-level folds", note]))
+            why = "subjects unknown (no row has a subject id): fell back to image-level folds"
+            note = "; ".join(filter(None, [why, note]))
         else:
             cv = "subject"
 
     if cv == "subject":
         if groups is None:
-            raise FeatxError("--cv subject needs a subject id for every row, and this data has none (or some "
-                             "missing); use --cv image (image-level, optimistic) or a manifest with a subject column")
+            raise FeatxError("--cv subject needs a subject id for every row, and no row of this data has one; "
+                             "use --cv image (image-level, optimistic) or a manifest with a subject column")
         g = groups[pool]
         n_subj = len(np.unique(g))
         if n_subj < n_folds:
@@ -123,7 +131,8 @@ def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed
                              f"use --folds {max(2, smallest)} or fewer")
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         folds = [(pool[a], pool[b]) for a, b in splitter.split(np.zeros(len(pool)), y_pool)]
-        why = "cells of one subject on both sides" if groups is not None else "subjects unknown"
+        why = ("cells of one subject on both sides" if groups is not None else
+               "subjects unknown" if unknown.size == pool.size else "some subjects unknown")
         prot = Protocol("image", f"IMAGE-LEVEL {n_folds}-fold ({why})", True, folds, seed, note, groups)
     else:  # given folds
         values = splits[pool]
@@ -170,6 +179,15 @@ def _held_out(y, splits, groups, eval_set: str, seed: int) -> Protocol:
     if leak:
         label = f"IMAGE-LEVEL {label}: subjects on both sides"
     return Protocol(eval_set, label, leak, folds, seed, "", groups)
+
+
+def _unknown_subjects_message(unknown, n_rows: int, paths) -> str:
+    """One line naming the rows without a subject (first 3 and a count) and the three ways on."""
+    names = [str(paths[i]) for i in unknown[:3]] if paths is not None else [f"row {i}" for i in unknown[:3]]
+    more = f" and {unknown.size - 3} more" if unknown.size > 3 else ""
+    return (f"{unknown.size} of {n_rows} labelled rows have no subject id (their names do not parse): "
+            f"{', '.join(names)}{more}; subject-grouped CV cannot place them: fix those file names, drop the rows "
+            "(--drop-unknown-subjects), or use --cv image (image-level, optimistic)")
 
 
 def _leaks(folds, groups) -> bool:
@@ -281,69 +299,92 @@ def _weighted_auc(is_pos: np.ndarray, score: np.ndarray, W: np.ndarray) -> np.nd
 
 
 def bootstrap_ci(y_true, y_pred, y_score, groups, *, n_classes: int, positive: int, n_boot: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile interval of each metric, resampling ``groups`` (subjects) with replacement.
+                 seed: int = 0, level: float = 0.95, folds=None) -> dict[str, tuple[float, float]]:
+    """Percentile interval of each metric's mean over test folds, resampling ``groups`` (subjects).
 
-    All rows of a drawn subject enter together, as often as the subject was drawn; with ``groups=None``
-    single rows are resampled. Returns ``{metric: (low, high)}``.
+    Each draw resamples, within every test fold (``folds``: the fold of each row; None = one fold), as many
+    subjects as the fold holds, with replacement; all rows of a drawn subject enter together, as often as
+    it was drawn. The metric is computed per fold, as :func:`compute_metrics` does, and averaged over the
+    folds where it is defined (as :func:`summarize_folds` does: a draw whose fold lost a class has no AUC
+    there), so the interval is that of the reported estimate. With ``groups=None`` single rows are
+    resampled. Returns ``{metric: (low, high)}``.
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
-    if groups is None:
-        groups = np.arange(len(y_true))
-    names, gidx = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    n_groups = len(names)
     if n_boot <= 0 or len(y_true) == 0:
         return {m: (float("nan"), float("nan")) for m in METRICS}
+    groups = np.arange(len(y_true)).astype(str) if groups is None else np.asarray(groups).astype(str)
+    folds = np.zeros(len(y_true), dtype=int) if folds is None else np.asarray(folds)
+    score = None if y_score is None else np.asarray(y_score, dtype=float)
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(float)  # (B, G)
-    # per-group confusion matrices, then each draw's confusion = counts @ per-group
-    per_group = np.zeros((n_groups, n_classes * n_classes))
-    np.add.at(per_group, (gidx, y_true * n_classes + y_pred), 1.0)
-    C = (counts @ per_group).reshape(n_boot, n_classes, n_classes)
-    values = _confusion_metrics(C, positive)
-    if y_score is not None:
-        is_pos = y_true == positive
-        score = np.asarray(y_score, dtype=float)
-        aucs = [_weighted_auc(is_pos, score, counts[i:i + 100][:, gidx]) for i in range(0, n_boot, 100)]
-        values["roc_auc"] = np.concatenate(aucs)
-    else:
-        values["roc_auc"] = np.full(n_boot, np.nan)
+    per_fold = []  # one {metric: (n_boot,) values} per fold
+    for f in np.unique(folds):
+        rows = np.flatnonzero(folds == f)
+        t, p = y_true[rows], y_pred[rows]
+        _, gidx = np.unique(groups[rows], return_inverse=True)
+        n_groups = gidx.max() + 1
+        counts = rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_boot).astype(float)  # (B, G)
+        # per-group confusion matrices, then each draw's confusion = counts @ per-group
+        per_group = np.zeros((n_groups, n_classes * n_classes))
+        np.add.at(per_group, (gidx, t * n_classes + p), 1.0)
+        values = _confusion_metrics((counts @ per_group).reshape(n_boot, n_classes, n_classes), positive)
+        if score is not None:
+            is_pos = t == positive
+            values["roc_auc"] = np.concatenate([_weighted_auc(is_pos, score[rows], counts[i:i + 100][:, gidx])
+                                                for i in range(0, n_boot, 100)])
+        else:
+            values["roc_auc"] = np.full(n_boot, np.nan)
+        per_fold.append(values)
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     out = {}
     for m in METRICS:
-        v = values[m][np.isfinite(values[m])]
+        stack = np.stack([v[m] for v in per_fold])  # (folds, n_boot)
+        finite = np.isfinite(stack)
+        n_def = finite.sum(axis=0)
+        mean = np.divide(np.where(finite, stack, 0.0).sum(axis=0), n_def, out=np.full(n_boot, np.nan),
+                         where=n_def > 0)
+        v = mean[np.isfinite(mean)]
         out[m] = (float(np.percentile(v, lo)), float(np.percentile(v, hi))) if v.size else (float("nan"),) * 2
     return out
 
 
 def summarize_folds(fold_metrics: list[dict], *, pooled: dict | None = None, n_boot: int = 1000, seed: int = 0,
                     level: float = 0.95) -> dict:
-    """Mean and standard deviation (over folds, ddof=0; NaN for a single fold) of each metric, the summed
-    confusion matrix, and, given the pooled out-of-fold predictions, a bootstrap interval over subjects and
-    per-subject accuracy.
+    """What a result row reports about its folds.
 
-    ``pooled``: ``{"y_true", "y_pred", "y_score" (or None), "subjects" (or None), "classes", "positive"}``,
-    ``positive`` a class name or index. Keys: ``<metric>``, ``<metric>_std``, ``<metric>_ci_low``,
-    ``<metric>_ci_high``, ``confusion``, ``per_subject_accuracy``, ``ci_unit``, ``n_folds``.
+    Each metric: its mean over the folds where it is defined (``<metric>``), the sample standard deviation
+    of those fold values (``<metric>_std``, ddof=1; NaN for a single fold) and, given the out-of-fold
+    predictions ``pooled``, a 95% percentile bootstrap interval of that same mean over folds
+    (``<metric>_ci_low``/``_high``, see :func:`bootstrap_ci`; widened to the estimate in the rare small sample
+    where the percentile interval misses it). Also the
+    summed confusion matrix, ``per_subject_accuracy``, ``ci_unit`` and ``n_folds``.
+
+    ``pooled``: ``{"y_true", "y_pred", "y_score" (or None), "subjects" (or None), "classes", "positive",
+    "fold"}``; ``positive`` a class name or index; ``fold`` the test fold of each row (needed with several folds).
     """
     out: dict = {"n_folds": len(fold_metrics)}
     for m in METRICS:
         vals = np.array([f.get(m, np.nan) for f in fold_metrics], dtype=float)
         finite = vals[np.isfinite(vals)]
         out[m] = float(finite.mean()) if finite.size else float("nan")
-        out[f"{m}_std"] = float(finite.std()) if finite.size > 1 else float("nan")  # no spread from one fold
+        out[f"{m}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")  # no spread from one fold
     out["confusion"] = np.sum([np.asarray(f["confusion"]) for f in fold_metrics], axis=0).tolist()
     if pooled is not None:
         classes = list(pooled["classes"])
         positive = pooled["positive"]
         pos = classes.index(positive) if isinstance(positive, str) else int(positive)
+        folds = pooled.get("fold")
+        if folds is None and len(fold_metrics) > 1:
+            raise ValueError("summarize_folds: pooled predictions of several folds need 'fold' (the fold of each row)")
         subjects = pooled.get("subjects")
         known = subjects is not None and _subjects_known(subjects)
         ci = bootstrap_ci(pooled["y_true"], pooled["y_pred"], pooled.get("y_score"),
                           np.asarray(subjects) if known else None, n_classes=len(classes), positive=pos,
-                          n_boot=n_boot, seed=seed, level=level)
+                          n_boot=n_boot, seed=seed, level=level, folds=folds)
         for m, (lo, hi) in ci.items():
+            est = out[m]
+            if np.isfinite(est) and np.isfinite(lo):  # a percentile interval may miss a tiny sample's estimate
+                lo, hi = min(lo, est), max(hi, est)
             out[f"{m}_ci_low"], out[f"{m}_ci_high"] = lo, hi
         out["ci_unit"] = "subject" if known else "image"
         if known:
@@ -373,15 +414,57 @@ def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int):
     return pred, score, t1 - t0, time.perf_counter() - t1
 
 
-def roc_points(is_pos, score, max_points: int = 200) -> dict | None:
-    """At most ``max_points`` (fpr, tpr) points of the ROC curve; None when a class is absent."""
-    if score is None or is_pos.all() or not is_pos.any():
+def roc_points(is_pos, score, max_points: int = 200, folds=None) -> dict | None:
+    """At most ``max_points`` (fpr, tpr) points of the ROC curve; None when a class is absent.
+
+    With ``folds`` (the test fold of each row) the curve is the vertical average of the per-fold curves
+    (Fawcett 2006): scores of different folds come from different models and are not comparable, so they
+    are never pooled; its area is the mean of the per-fold AUCs (folds holding one class are left out).
+    """
+    if score is None:
         return None
-    fpr, tpr, _ = skm.roc_curve(is_pos, score)
+    is_pos = np.asarray(is_pos, dtype=bool)
+    score = np.asarray(score, dtype=float)
+    folds = np.zeros(len(score), dtype=int) if folds is None else np.asarray(folds)
+    curves = []
+    for f in np.unique(folds):
+        rows = folds == f
+        if is_pos[rows].all() or not is_pos[rows].any():
+            continue
+        fpr, tpr, _ = skm.roc_curve(is_pos[rows], score[rows], drop_intermediate=False)
+        curves.append((fpr, tpr))
+    if not curves:
+        return None
+    if len(curves) == 1:
+        fpr, tpr = curves[0]
+    else:
+        fpr, tpr = _vertical_average(curves)
     if len(fpr) > max_points:
         keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, max_points).round().astype(int)])
         fpr, tpr = fpr[keep], tpr[keep]
     return {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
+
+
+def _vertical_average(curves) -> tuple[np.ndarray, np.ndarray]:
+    """Mean TPR of piecewise-linear ROC curves at every FPR where any of them bends; at a vertical step
+    the lower and the upper TPR both enter, so the area under the mean is the mean of the areas."""
+    grid = np.unique(np.concatenate([f for f, _ in curves]))
+    low, high = np.zeros(len(grid)), np.zeros(len(grid))
+    for fpr, tpr in curves:
+        last = np.searchsorted(fpr, grid, side="right") - 1     # last point with fpr <= x (its highest tpr)
+        first = np.searchsorted(fpr, grid, side="left")         # first point with fpr >= x (its lowest tpr)
+        on = fpr[last] == grid
+        nxt = np.minimum(last + 1, len(fpr) - 1)
+        span = fpr[nxt] - fpr[last]
+        frac = np.divide(grid - fpr[last], span, out=np.zeros(len(grid)), where=span > 0)
+        between = tpr[last] + frac * (tpr[nxt] - tpr[last])
+        high += np.where(on, tpr[last], between)
+        low += np.where(on, tpr[np.minimum(first, len(fpr) - 1)], between)
+    n = len(curves)
+    fpr = np.repeat(grid, 2)
+    tpr = np.column_stack([low / n, high / n]).ravel()
+    keep = np.r_[True, (np.diff(fpr) != 0) | (np.diff(tpr) != 0)]
+    return fpr[keep], tpr[keep]
 
 
 def _head_params(params: dict | None, head: str) -> dict:
@@ -442,22 +525,24 @@ def _run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: i
     by_task = dict(zip(tasks, results))
 
     classes = list(features.classes)
-    subjects = features.subjects if _subjects_known(features.subjects) else None
+    test_rows = np.concatenate([test for _, test in protocol.folds])
+    subjects = np.asarray(features.subjects).astype(str) if len(features.subjects) else None
+    if subjects is not None and not _subjects_known(subjects[test_rows]):
+        subjects = None  # the bootstrap resamples images then (ci_unit "image")
+    fold_of = np.concatenate([np.full(len(test), k) for k, (_, test) in enumerate(protocol.folds)])
     rows = []
     for spec in specs:
-        fold_metrics, trues, preds, scores, fit_s = [], [], [], [], 0.0
-        test_all = []
+        fold_metrics, preds, scores, fit_s = [], [], [], 0.0
         for k, (train, test) in enumerate(protocol.folds):
             pred, score, fs, _ = by_task[(spec.name, k)]
             fold_metrics.append(compute_metrics(y[test], pred, score, classes=classes, positive=positive,
                                                 subjects=None if subjects is None else subjects[test]))
-            trues.append(y[test]), preds.append(pred), scores.append(score), test_all.append(test)
+            preds.append(pred), scores.append(score)
             fit_s += fs
-        test_all = np.concatenate(test_all)
-        used = np.unique(np.concatenate([test_all, *[a for a, _ in protocol.folds]]))
-        pooled = {"y_true": np.concatenate(trues), "y_pred": np.concatenate(preds),
-                  "y_score": np.concatenate(scores), "classes": classes, "positive": positive,
-                  "subjects": None if subjects is None else subjects[test_all]}
+        used = np.unique(np.concatenate([test_rows, *[a for a, _ in protocol.folds]]))
+        pooled = {"y_true": y[test_rows], "y_pred": np.concatenate(preds), "y_score": np.concatenate(scores),
+                  "classes": classes, "positive": positive, "fold": fold_of,
+                  "subjects": None if subjects is None else subjects[test_rows]}
         summary = summarize_folds(fold_metrics, pooled=pooled, n_boot=n_boot, seed=seed)
         row = {
             "model": f"{features.name} + {spec.name}",
@@ -465,12 +550,13 @@ def _run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: i
             "protocol": protocol.name, "protocol_label": protocol.label, "image_level": bool(protocol.image_level),
             "n_folds": protocol.n_folds,
             "n_train": int(round(np.mean([len(a) for a, _ in protocol.folds]))),
-            "n_test": int(len(test_all)),
+            "n_test": int(len(test_rows)),
             "n_subjects": int(len(np.unique(subjects[used]))) if subjects is not None else 0,
             "classes": classes, "positive": classes[positive],
         }
         row.update(summary)
-        row["roc"] = roc_points(pooled["y_true"] == positive, pooled["y_score"])
+        row["roc"] = roc_points(pooled["y_true"] == positive, pooled["y_score"], folds=fold_of)
+        row["predictions"] = _predictions(features, test_rows, fold_of, pooled, classes)
         row["fit_seconds"] = round(fit_s, 3)
         row["wall_seconds"] = round(wall, 3)
         row["settings"] = {
@@ -532,7 +618,7 @@ def tuned_protocol(features, *, cv: str = "auto", eval_set: str | None = None, n
                                                  "their subject has rows the network saw"]))
     optimistic_label = None
     if eval_set:
-        prot = make_splits(subjects, y, splits, eval_set=eval_set, seed=seed)
+        prot = make_splits(subjects, y, splits, eval_set=eval_set, seed=seed, paths=features.paths)
         train, test = prot.folds[0]
         seen = int((~unseen[test]).sum())
         if seen:
@@ -550,7 +636,7 @@ def tuned_protocol(features, *, cv: str = "auto", eval_set: str | None = None, n
                              f"the {len(y)} labelled rows, so its test folds would score images it trained on; "
                              "leave --cv out for the tuned-holdout protocol (tests only rows it never saw), use "
                              "`featx hybrid`, or add --optimistic to run it anyway (marked OPTIMISTIC)")
-        prot = make_splits(subjects, y, splits, cv=cv, n_folds=n_folds, seed=seed)
+        prot = make_splits(subjects, y, splits, cv=cv, n_folds=n_folds, seed=seed, paths=features.paths)
         optimistic_label = f"OPTIMISTIC {prot.label} ({OPTIMISTIC_NOTE})"
     else:
         test = np.flatnonzero(unseen)
@@ -579,6 +665,26 @@ def tuned_protocol(features, *, cv: str = "auto", eval_set: str | None = None, n
     return prot
 
 
+def _predictions(features, rows, fold_of, pooled, classes) -> dict:
+    """The out-of-fold prediction of every test row (written to ``predictions/<row>.csv``, not results.json)."""
+    names = np.asarray(classes, dtype=object)
+    subjects = np.asarray(features.subjects).astype(str) if len(features.subjects) else np.full(len(features.y), "")
+    return {"path": [str(p) for p in np.asarray(features.paths)[rows]], "subject": subjects[rows].tolist(),
+            "fold": (fold_of + 1).tolist(), "y_true": names[pooled["y_true"]].tolist(),
+            "y_pred": names[np.asarray(pooled["y_pred"], dtype=int)].tolist(),
+            "score": np.asarray(pooled["y_score"], dtype=float).tolist()}
+
+
+def _drop_unknown_subjects(features):
+    """``features`` without its rows that have no subject id, and how many were dropped."""
+    subj = np.asarray(features.subjects).astype(str) if len(features.subjects) else np.full(len(features), "")
+    unknown = subj == ""
+    if unknown.all():
+        raise FeatxError(f"--drop-unknown-subjects: no row of {features.name} has a subject id, so every row would "
+                         "be dropped; leave the option out (--cv auto then uses image-level folds, marked IMAGE-LEVEL)")
+    return (features.select(~unknown) if unknown.any() else features), int(unknown.sum())
+
+
 def _labelled(features):
     keep = np.asarray(features.y) >= 0
     return features if keep.all() else features.select(keep)
@@ -587,38 +693,52 @@ def _labelled(features):
 def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1,
              eval_set: str | None = None, positive: str | None = None, preprocess: str | None = "standard",
              class_weight=None, device: str = "auto", params: dict | None = None, n_boot: int = 1000,
-             allow_optimistic: bool = False) -> dict:
+             allow_optimistic: bool = False, drop_unknown_subjects: bool = False) -> dict:
     """Cross-validate (or hold out) one head on a :class:`featx.store.FeatureSet`; returns one result row.
 
-    The row holds every metric's mean over folds (``accuracy``), spread (``accuracy_std``) and bootstrap
-    interval over subjects (``accuracy_ci_low``/``_high``), the summed confusion matrix, the protocol's
-    label, and the settings. Unlabelled rows are ignored. Features of a fine-tuned network are scored only
-    on rows it never saw (see :func:`tuned_protocol`; ``allow_optimistic`` permits CV, marked OPTIMISTIC).
+    The row holds every metric's mean over folds (``accuracy``), its sample standard deviation over folds
+    (``accuracy_std``, ddof=1) and a 95% bootstrap interval of that mean resampling subjects within each
+    test fold (``accuracy_ci_low``/``_high``), the summed confusion matrix, the protocol's label, the
+    settings, and every test row's out-of-fold prediction (``predictions``). Unlabelled rows are ignored;
+    ``drop_unknown_subjects`` leaves out the rows without a subject id (the row says how many). Features of
+    a fine-tuned network are scored only on rows it never saw (see :func:`tuned_protocol`;
+    ``allow_optimistic`` permits CV, marked OPTIMISTIC).
     """
     return evaluate_many(features, [head], cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                         params=params, n_boot=n_boot, allow_optimistic=allow_optimistic)[0]
+                         params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
+                         drop_unknown_subjects=drop_unknown_subjects)[0]
 
 
 def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
                   jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
                   preprocess: str | None = "standard", class_weight=None, device: str = "auto",
-                  params: dict | None = None, n_boot: int = 1000, allow_optimistic: bool = False) -> list[dict]:
+                  params: dict | None = None, n_boot: int = 1000, allow_optimistic: bool = False,
+                  drop_unknown_subjects: bool = False) -> list[dict]:
     """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head."""
     from featx.heads import get_head
 
     for h in heads:
         get_head(h)  # unknown names fail before any work
     data = _labelled(features)
+    dropped = 0
+    if drop_unknown_subjects:
+        data, dropped = _drop_unknown_subjects(data)
     pos = resolve_positive(data.classes, positive)
     if getattr(data, "roles", None) is not None:
         protocol = tuned_protocol(data, cv=cv, eval_set=eval_set, n_folds=n_folds, seed=seed,
                                   allow_optimistic=allow_optimistic)
     else:
         protocol = make_splits(data.subjects, data.y, data.splits, cv=cv, n_folds=n_folds, seed=seed,
-                               eval_set=eval_set)
+                               eval_set=eval_set, paths=data.paths)
+    if dropped:
+        protocol.label += f"; {dropped} row{'s' if dropped != 1 else ''} without a subject id dropped"
+        protocol.note = "; ".join(filter(None, [protocol.note, f"{dropped} rows without a subject id dropped "
+                                                                "(--drop-unknown-subjects)"]))
     rows = _run_grid(data, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
                      class_weight=class_weight, device=device, params=params, n_boot=n_boot)
+    for row in rows:
+        row["dropped_unknown_subjects"] = dropped
     if getattr(data, "roles", None) is not None:
         _mark_tuned(rows, data, protocol)
     return _note_store(features, rows)
@@ -661,7 +781,7 @@ def compare(stores: Sequence[str], heads: Sequence[str] | str, taps: Sequence[st
             eval_set: str | None = None, positive: str | None = None, preprocess: str | None = "standard",
             class_weight=None, device: str = "auto", params: dict | None = None, n_boot: int = 1000,
             progress: Callable[[str], None] | None = None, allow_optimistic: bool = False,
-            allow_partial: bool = False) -> list[dict]:
+            allow_partial: bool = False, drop_unknown_subjects: bool = False) -> list[dict]:
     """Evaluate every head on every store x tap under every protocol; one row each.
 
     ``stores``: feature files, each possibly fused (``"a.h5+b.h5"``); ``taps``: e.g. ``["fc7", "fc7+pool5"]``
@@ -669,7 +789,8 @@ def compare(stores: Sequence[str], heads: Sequence[str] | str, taps: Sequence[st
     adds a held-out protocol (train on the training rows, test on that split). Stores of fine-tuned
     weights get ``tuned-holdout`` under ``auto`` (see :func:`tuned_protocol`); explicit CV over rows their
     network saw needs ``allow_optimistic`` and is marked OPTIMISTIC. A store with rows not yet
-    extracted is refused unless ``allow_partial`` (then every row says so in ``partial``).
+    extracted is refused unless ``allow_partial`` (then every row says so in ``partial``). ``drop_unknown_subjects``
+    leaves out rows without a subject id (every row says how many).
     """
     from featx.store import load_features
 
@@ -700,7 +821,8 @@ def compare(stores: Sequence[str], heads: Sequence[str] | str, taps: Sequence[st
                 rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
                                           eval_set=ev, positive=positive, preprocess=preprocess,
                                           class_weight=class_weight, device=device, params=params, n_boot=n_boot,
-                                          allow_optimistic=allow_optimistic))
+                                          allow_optimistic=allow_optimistic,
+                                          drop_unknown_subjects=drop_unknown_subjects))
     return rows
 
 
@@ -712,9 +834,13 @@ def run_classify(store: str, head: str, *, tap: str | None = None, cv: str = "au
                  preprocess: str | None = "standard", class_weight=None, device: str = "auto",
                  params: dict | None = None, n_boot: int = 1000, out=None, save: bool = False,
                  skops: bool = False, plots: bool = True, allow_optimistic: bool = False,
-                 allow_partial: bool = False) -> dict:
-    """Load a store, evaluate one head, write the reports to ``out`` and, with ``save``, the model fitted on
-    every training row to ``out/models`` (``skops`` adds a .skops copy). Returns ``{"row", "paths", "model"}``."""
+                 allow_partial: bool = False, drop_unknown_subjects: bool = False) -> dict:
+    """Load a store, evaluate one head, write the reports to ``out`` and, with ``save``, the model to
+    ``out/models`` (``skops`` adds a .skops copy). Returns ``{"row", "paths", "model"}``.
+
+    The saved model is the evaluated pipeline (head, parameters, preprocessing, seed) fitted on the rows the
+    protocol trains on: with ``eval_set`` exactly the model that was scored on that split; under
+    cross-validation the same pipeline fitted on every training row."""
     from pathlib import Path
 
     from featx.store import load_features
@@ -729,18 +855,26 @@ def run_classify(store: str, head: str, *, tap: str | None = None, cv: str = "au
     features = load_features(store, tap, allow_partial=allow_partial)
     row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                    positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                   params=params, n_boot=n_boot, allow_optimistic=allow_optimistic)
+                   params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
+                   drop_unknown_subjects=drop_unknown_subjects)
     result = {"row": row, "paths": {}, "model": None}
     if out is not None:
         from featx.report import write_results
 
         result["paths"] = write_results([row], out, plots=plots)
     if save:
-        from featx.persist import train_and_save
+        from featx.persist import fit_final, save_model
 
         features.positive = row["positive"]
-        result["model"] = train_and_save(features, head, Path(out or ".") / "models", preprocess=preprocess,
-                                         class_weight=class_weight, seed=seed, device=device, params=params, row=row)
+        fit_on = _drop_unknown_subjects(features)[0] if drop_unknown_subjects else features
+        if row.get("protocol") == "tuned-holdout":  # the scored model trained on the rows the network saw
+            fit_on = _labelled(fit_on)
+            fit_on = fit_on.select(tuned_protocol(fit_on, seed=seed).folds[0][0])
+        model, n_train = fit_final(fit_on, head, preprocess=preprocess, class_weight=class_weight, seed=seed,
+                                   device=device, params=params, eval_set=eval_set)
+        result["model"] = save_model(model, features, Path(out or ".") / "models", head=head, n_train=n_train,
+                                     preprocess=preprocess, class_weight=class_weight, seed=seed, params=params,
+                                     row=row)
         if skops:
             from featx.persist import export_skops
 

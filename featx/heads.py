@@ -12,7 +12,6 @@ from typing import Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -22,7 +21,7 @@ from sklearn.preprocessing import FunctionTransformer, LabelEncoder, Normalizer,
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from featx.errors import FeatxError
 
@@ -233,7 +232,9 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         y_idx = encoder.transform(y)
-        weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        weight = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
+        if not np.any(weight > 0):
+            raise ValueError("sample_weight: at least one weight must be non-zero (all sample weights are zero)")
         if self.class_weight is not None:
             weight = weight * compute_sample_weight(self.class_weight, y)
         if len(self.classes_) == 1:
@@ -270,9 +271,10 @@ class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
     """libsvm's RBF-kernel SVM (``SVC``), with the kernel matrix computed by matrix products.
 
     ``SVC(kernel="rbf")`` evaluates each kernel value with its own loop over the features, which dominates
-    on 4,096-dimensional deep features; here the Gram matrix comes from one float32 matrix product
-    (``|x|^2 + |y|^2 - 2 x.y``) and libsvm solves the same problem on it (``kernel="precomputed"``), so the
-    solution equals ``SVC(kernel="rbf", gamma=...)``'s up to rounding. Memory: n_train^2 float64 during fit.
+    on 4,096-dimensional deep features; here the Gram matrix comes from float64 matrix products in row
+    blocks (``|x|^2 + |y|^2 - 2 x.y``) and libsvm solves the same problem on it (``kernel="precomputed"``),
+    so the solution equals ``SVC(kernel="rbf", gamma=...)``'s up to rounding, and a row's score does not
+    depend on the rows predicted with it. Memory: n_train^2 float64 during fit.
     Only the support vectors are kept. ``decision_function`` is the score (no ``predict_proba``).
     """
 
@@ -296,22 +298,24 @@ class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
             return float(self.gamma)
         raise ValueError(f"gamma must be 'scale', 'auto' or a positive number; got {self.gamma!r}")
 
-    def _kernel(self, A, B, out=None, block: int = 2048):
-        """exp(-gamma |a - b|^2) for every row pair, float64, in row blocks."""
-        A32 = np.asarray(A, dtype=np.float32)
-        B32 = np.asarray(B, dtype=np.float32)
-        b_sq = np.einsum("ij,ij->i", B32, B32, dtype=np.float64)
-        out = np.empty((len(A32), len(B32)), dtype=np.float64) if out is None else out
-        for start in range(0, len(A32), block):
-            a = A32[start:start + block]
-            a_sq = np.einsum("ij,ij->i", a, a, dtype=np.float64)
-            d = (a @ B32.T).astype(np.float64)
+    def _kernel(self, A, B, block: int = 1024) -> np.ndarray:
+        """exp(-gamma |a - b|^2) for every row pair, in float64 and in row blocks of ``A``.
+
+        float64 keeps each value independent of how many rows are computed together (BLAS uses other
+        kernels for one row than for many; in float32 their rounding differs by ~1e-7).
+        """
+        B = np.asarray(B, dtype=np.float64)
+        b_sq = np.einsum("ij,ij->i", B, B)
+        out = np.empty((len(A), len(B)), dtype=np.float64)
+        for start in range(0, len(A), block):
+            a = np.asarray(A[start:start + block], dtype=np.float64)
+            d = a @ B.T
             d *= -2.0
-            d += a_sq[:, None]
+            d += np.einsum("ij,ij->i", a, a)[:, None]
             d += b_sq[None, :]
             np.maximum(d, 0.0, out=d)
             d *= -self.gamma_
-            out[start:start + len(a)] = np.exp(d)
+            np.exp(d, out=out[start:start + len(a)])
         return out
 
     def fit(self, X, y):
@@ -323,7 +327,7 @@ class RBFSVMClassifier(ClassifierMixin, BaseEstimator):
                         cache_size=self.cache_size, max_iter=self.max_iter, random_state=self.random_state)
         self.svc_.fit(self._kernel(X, X), y)
         self.classes_ = self.svc_.classes_
-        self.support_vectors_ = np.asarray(X[self.svc_.support_], dtype=np.float32)
+        self.support_vectors_ = np.asarray(X[self.svc_.support_], dtype=np.float64)
         self.n_train_ = X.shape[0]
         self.n_iter_ = self.svc_.n_iter_
         return self
@@ -458,12 +462,12 @@ def parse_preprocess(spec: str | None) -> list[tuple[str, BaseEstimator]]:
 
 
 def make_head(name: str, *, preprocess: str | None = "standard", class_weight=None, seed: int = 0,
-              device: str = "auto", probability: bool = False, **params) -> Pipeline:
+              device: str = "auto", **params) -> Pipeline:
     """Build an unfitted head: ``Pipeline([*preprocessing, ("clf", estimator)])``.
 
     ``class_weight`` is None, "balanced" or a dict; heads without class weighting (knn) ignore it.
-    ``probability=True`` wraps heads without ``predict_proba`` (svm, linear-svm) in sigmoid calibration
-    (3-fold), so that a saved model reports probabilities. ``params`` go to the estimator, e.g. ``C=10``.
+    ``params`` go to the estimator, e.g. ``C=10``. The same call builds the head that is evaluated and
+    the one that is saved; heads without ``predict_proba`` (svm, linear-svm) score by their decision function.
     """
     spec = get_head(name)
     if class_weight not in (None, "balanced") and not isinstance(class_weight, dict):
@@ -475,8 +479,6 @@ def make_head(name: str, *, preprocess: str | None = "standard", class_weight=No
     except (TypeError, ValueError) as exc:
         raise FeatxError(f"head {spec.name}: bad parameter ({exc}); see its scikit-learn/featx documentation") \
             from None
-    if probability and not spec.probability:
-        clf = CalibratedClassifierCV(clf, method="sigmoid", cv=3, ensemble=False)
     steps = parse_preprocess(preprocess) or [("identity", FunctionTransformer())]
     return Pipeline([*steps, ("clf", clf)])
 

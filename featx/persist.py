@@ -101,22 +101,24 @@ def _store_parts(features) -> list[dict]:
 
 
 def fit_final(features, head: str, *, preprocess: str | None = "standard", class_weight=None, seed: int = 0,
-              device: str = "auto", params: dict | None = None):
-    """Fit ``head`` on every labelled training row (held-out phases such as prelim/final left out).
-
-    Heads without ``predict_proba`` are wrapped in sigmoid calibration so the model reports probabilities.
-    Returns ``(pipeline, n_train)``.
+              device: str = "auto", params: dict | None = None, eval_set: str | None = None):
+    """Fit the evaluated pipeline (same head, parameters, preprocessing and seed as
+    :func:`featx.evaluate.evaluate`) on the rows its protocol trains on: every labelled row outside the
+    held-out phases (prelim/final/test) and outside ``eval_set``. With ``eval_set`` it is the very model
+    that was scored on that split. Heads without ``predict_proba`` stay so (their score is the decision
+    function). Returns ``(pipeline, n_train)``.
     """
     from featx.evaluate import HELD_OUT_SPLITS, _head_params
     from featx.heads import make_head
 
-    keep = (np.asarray(features.y) >= 0) & ~np.isin(np.asarray(features.splits).astype(str), HELD_OUT_SPLITS)
+    held_out = [*HELD_OUT_SPLITS, *([eval_set] if eval_set else [])]
+    keep = (np.asarray(features.y) >= 0) & ~np.isin(np.asarray(features.splits).astype(str), held_out)
     if keep.sum() == 0:
         raise FeatxError("no labelled training rows to fit the model on (all rows are unlabelled or held out)")
     if len(np.unique(features.y[keep])) < 2:
         raise FeatxError("the training rows hold only one class; a model needs at least two")
     model = make_head(head, preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
-                      probability=True, **_head_params(params, head))
+                      **_head_params(params, head))
     model.fit(features.X[keep], features.y[keep])
     return model, int(keep.sum())
 

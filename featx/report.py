@@ -2,7 +2,9 @@
 
 A result row is a flat dict (see :mod:`featx.evaluate`): ``model``, ``backbone``, ``tap``, ``head``,
 ``protocol``, ``protocol_label``, ``image_level``, ``n_folds``, ``n_train``, ``n_test``, each metric as
-``<metric>`` (mean over folds), ``<metric>_std``, ``<metric>_ci_low``/``_high``, ``confusion``, ``settings``.
+``<metric>`` (mean over folds), ``<metric>_std`` (sample std over folds, ddof=1), ``<metric>_ci_low``/``_high``
+(bootstrap of the mean over folds), ``confusion``, ``settings``, and optionally ``predictions`` (out-of-fold,
+written to ``predictions/<row>.csv``, never to results.json).
 Image-level rows are marked everywhere: their numbers leak subjects between train and test; so are
 OPTIMISTIC rows (``optimistic``: cross-validation over rows a fine-tuned network trained on).
 """
@@ -17,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["TABLE_METRICS", "format_pct", "short_protocol", "plot_bars", "plot_confusion", "plot_history", "plot_roc",
-           "results_table", "slug", "write_results"]
+__all__ = ["STATS_NOTE", "TABLE_METRICS", "format_pct", "short_protocol", "plot_bars", "plot_confusion", "plot_history",
+           "plot_roc", "results_table", "slug", "write_predictions", "write_results"]
 
 # (key, header) of the columns of the study's Table 2, then the challenge's metric.
 TABLE_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
@@ -26,8 +28,14 @@ TABLE_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall"
 TERMINAL_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
                     ("f1_weighted", "wF1"))
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
-IMAGE_LEVEL_NOTE = ("IMAGE-LEVEL rows split cells of one subject across train and test: optimistic, "
-                    "not an estimate for new patients.")
+IMAGE_LEVEL_NOTE = ("IMAGE-LEVEL rows split cells of one subject across train and test (or cannot tell, when "
+                    "subjects are unknown): optimistic, not an estimate for new patients.")
+# What ± and the interval are (the README's "Honest evaluation" says the same).
+STATS_NOTE = ("± is the sample standard deviation (ddof=1) of the per-fold values; the estimate is their mean over "
+              "folds; 95% CI: percentile bootstrap of that same mean over folds, resampling subjects (images when "
+              "subjects are unknown) within each test fold. ROC-AUC is computed within each fold and "
+              "averaged (scores of different folds are not comparable); the ROC plot is the vertical average of "
+              "the per-fold curves. Precision, recall and F1 are those of the positive class.")
 OPTIMISTIC_NOTE = ("OPTIMISTIC rows test on images (or subjects) the fine-tuned network trained on: features "
                    "tuned on test subjects, not an estimate for new patients.")
 
@@ -67,28 +75,35 @@ def short_protocol(row: dict) -> str:
         text = f"held-out {name}" if name else _protocol_text(row)
     if row.get("image_level"):
         text = "IMAGE-LEVEL " + text.replace("image ", "")
+        if "subjects unknown" in _protocol_text(row):
+            text += " (subjects unknown)"
+    if row.get("dropped_unknown_subjects"):
+        n = row["dropped_unknown_subjects"]
+        text += f", {n} row{'s' if n != 1 else ''} w/o subject dropped"
     if row.get("optimistic"):
         text = "OPTIMISTIC " + text
     return text
 
 
 def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
-    """A rich Table: model, protocol, then accuracy, precision, recall, F1 (mean ± std over folds, %) and
-    the weighted F1 (the challenge's metric); image-level rows in yellow with a ``*``."""
+    """A rich Table: model, protocol, then accuracy, precision, recall, F1 (mean over folds ± sample std over
+    folds, %) and the weighted F1 (the challenge's metric); image-level rows in yellow with a ``*``."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    title = f"{title}  [dim](mean ± std over folds, %)[/]" if title else None
-    captions = []
+    title = f"{title}  [dim](mean over folds ± sample std (ddof=1) over folds, %)[/]" if title else None
+    captions = ["± = sample std (ddof=1) over folds; 95% CIs (bootstrap of the mean over folds, subjects resampled "
+                "within each test fold) in results.md/.csv"]
     if any(r.get("image_level") for r in rows):
-        captions.append("* IMAGE-LEVEL: one subject's cells on both sides of the split (optimistic)")
+        captions.append("* IMAGE-LEVEL: one subject's cells on both sides of the split, or subjects unknown "
+                        "(optimistic)")
     if any(r.get("optimistic") for r in rows):
         captions.append("* OPTIMISTIC: features tuned on test subjects (the fine-tuned network saw them)")
     captions += [f"PARTIAL: {escape(p)}" for p in _partial_notes(rows)]
     captions += [escape(note) for note in _excluded_notes(rows)]
-    table = Table(title=title, caption="\n".join(captions) or None,
-                  caption_style="yellow", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, caption="\n".join(captions), caption_style="dim", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
     table.add_column("Model", style="bold", overflow="fold", min_width=12)
     table.add_column("Protocol", min_width=11)
     for _, header in TERMINAL_METRICS:
@@ -173,7 +188,7 @@ def _csv_columns(rows: Sequence[dict]) -> list[str]:
     first = ["model", "backbone", "tap", "head", "protocol", "protocol_label", "image_level", "n_folds",
              "n_train", "n_test", "n_subjects", "positive"]
     metric_cols = [f"{m}{suffix}" for m in METRIC_KEYS for suffix in ("", "_std", "_ci_low", "_ci_high")]
-    seen = set(first) | set(metric_cols) | {"roc", "per_subject_accuracy", "settings"}
+    seen = set(first) | set(metric_cols) | {"roc", "per_subject_accuracy", "settings", "predictions"}
     extra = []
     for r in rows:
         for k in r:
@@ -217,7 +232,8 @@ def write_results(rows: Sequence[dict], out_dir, *, plots: bool = True, stem: st
             writer.writerow([_csv_value(settings.get(c[9:]) if c.startswith("settings.") else r.get(c)) for c in cols])
 
     paths["json"] = out / f"{stem}.json"
-    paths["json"].write_text(json.dumps(_jsonable(rows), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    lean = [{k: v for k, v in r.items() if k != "predictions"} for r in rows]
+    paths["json"].write_text(json.dumps(_jsonable(lean), indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
     paths["md"] = out / f"{stem}.md"
     md = ["# featx results", "", markdown_table(rows)]
@@ -227,9 +243,11 @@ def write_results(rows: Sequence[dict], out_dir, *, plots: bool = True, stem: st
         md += [f"\\* {OPTIMISTIC_NOTE}", ""]
     md += [f"PARTIAL: {note}.\n" for note in _partial_notes(rows)]
     md += [f"{note}.\n" for note in _excluded_notes(rows)]
-    md += ["Mean ± standard deviation over folds; 95% CI: bootstrap over subjects of the pooled out-of-fold "
-           "predictions. Precision, recall and F1 are those of the positive class.", ""]
+    md += [STATS_NOTE, ""]
     paths["md"].write_text("\n".join(md), encoding="utf-8")
+
+    if any(r.get("predictions") for r in rows):
+        paths["predictions"] = write_predictions(rows, out / "predictions")
 
     if plots and rows:
         plot_dir = out / "plots"
@@ -245,9 +263,35 @@ def write_results(rows: Sequence[dict], out_dir, *, plots: bool = True, stem: st
                 plot_confusion(r["confusion"], r.get("classes") or [str(i) for i in range(len(r["confusion"]))],
                                plot_dir / f"confusion-{name}.png", title=title)
             if r.get("roc"):
-                plot_roc(r["roc"]["fpr"], r["roc"]["tpr"], r.get("roc_auc"), plot_dir / f"roc-{name}.png", title=title)
+                plot_roc(r["roc"]["fpr"], r["roc"]["tpr"], r.get("roc_auc"), plot_dir / f"roc-{name}.png", title=title,
+                         folds=r.get("n_folds") or 1)
         paths["plot"] = plot_bars(rows, out / "comparison.png")
     return paths
+
+
+PREDICTION_COLUMNS = ("path", "subject", "fold", "y_true", "y_pred", "score")
+
+
+def write_predictions(rows: Sequence[dict], out_dir) -> Path:
+    """``<out_dir>/<row slug>.csv`` per row that carries out-of-fold ``predictions``: one line per test image
+    (path, subject, fold, y_true, y_pred, score of the positive class). Returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    used: dict[str, int] = {}
+    for r in rows:
+        pred = r.get("predictions")
+        if not pred:
+            continue
+        name = slug(r)
+        used[name] = used.get(name, 0) + 1
+        if used[name] > 1:
+            name = f"{name}-{used[name]}"
+        with (out / f"{name}.csv").open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(PREDICTION_COLUMNS)
+            for values in zip(*(pred[c] for c in PREDICTION_COLUMNS)):
+                writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in values])
+    return out
 
 
 def _plt():
@@ -289,11 +333,14 @@ def plot_confusion(cm, classes: Sequence[str], path, *, title: str | None = None
     return _save(fig, ax, path, title)
 
 
-def plot_roc(fpr, tpr, auc, path, *, title: str | None = None) -> Path:
-    """ROC curve of the positive class as a PNG."""
+def plot_roc(fpr, tpr, auc, path, *, title: str | None = None, folds: int = 1) -> Path:
+    """ROC curve of the positive class as a PNG (with ``folds`` > 1: the vertical average of the per-fold
+    curves, labelled with the mean per-fold AUC)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     label = "ROC" if auc is None or _isnan(auc) else f"AUC {auc:.3f}"
+    if folds > 1:
+        label = f"mean of {folds} fold curves" + ("" if label == "ROC" else f", mean {label}")
     ax.plot(fpr, tpr, lw=2, label=label)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.set_xlim(0, 1)

@@ -8,7 +8,7 @@ from sklearn import metrics as skm
 
 from featx.errors import FeatxError
 from featx.evaluate import (METRICS, _confusion_metrics, _weighted_auc, bootstrap_ci, compute_metrics, evaluate,
-                            evaluate_many, make_splits, resolve_positive, summarize_folds)
+                            evaluate_many, make_splits, resolve_positive, roc_points, summarize_folds)
 from featx.heads import make_head
 from featx.store import FeatureSet
 
@@ -127,7 +127,8 @@ def test_summarize_folds_mean_std_and_summed_confusion():
     folds = [compute_metrics([0, 0, 1, 1], [0, 0, 1, 0], None, classes=["all", "hem"], positive="all"),
              compute_metrics([0, 1, 1, 1], [0, 1, 1, 1], None, classes=["all", "hem"], positive="all")]
     s = summarize_folds(folds)
-    assert s["accuracy"] == pytest.approx(0.875) and s["accuracy_std"] == pytest.approx(0.125)
+    # the sample standard deviation of the fold values (ddof=1), as the report says
+    assert s["accuracy"] == pytest.approx(0.875) and s["accuracy_std"] == pytest.approx(np.std([0.75, 1.0], ddof=1))
     assert s["confusion"] == [[3, 0], [1, 4]] and s["n_folds"] == 2
     assert np.isnan(s["roc_auc"])
 
@@ -261,3 +262,231 @@ def test_unscoped_params_go_only_to_heads_that_take_them_and_bad_values_are_user
         evaluate_many(fs, ["knn"], cv="subject", n_folds=5, params={"knn": {"n_neighbors": 500}}, n_boot=20)
     with pytest.raises(FeatxError, match="--jobs 0"):
         evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, jobs=0, n_boot=20)
+
+
+# ---- consistent statistics ------------------------------------------------------------------------
+def _check_row_statistics(row, classes):
+    """Every metric's estimate lies in its interval, and mean/std are those of per-fold metrics recomputed
+    from the row's own out-of-fold predictions."""
+    pred = row["predictions"]
+    names = list(classes)
+    fold = np.asarray(pred["fold"])
+    y_true = np.array([names.index(c) for c in pred["y_true"]])
+    y_pred = np.array([names.index(c) for c in pred["y_pred"]])
+    score = np.asarray(pred["score"])
+    per_fold = [compute_metrics(y_true[fold == k], y_pred[fold == k], score[fold == k], classes=names,
+                                positive=row["positive"]) for k in np.unique(fold)]
+    assert len(per_fold) == row["n_folds"] and len(y_true) == row["n_test"]
+    for m in METRICS:
+        vals = np.array([f[m] for f in per_fold])
+        vals = vals[np.isfinite(vals)]
+        if vals.size == 0:
+            assert np.isnan(row[m]), (row["model"], m)
+            continue
+        assert row[m] == pytest.approx(vals.mean()), (row["model"], m)
+        if vals.size > 1:
+            assert row[f"{m}_std"] == pytest.approx(np.std(vals, ddof=1)), (row["model"], m)
+        else:
+            assert np.isnan(row[f"{m}_std"])
+        lo, hi = row[f"{m}_ci_low"], row[f"{m}_ci_high"]
+        assert lo <= row[m] <= hi, (row["model"], row["protocol"], m, lo, row[m], hi)
+
+
+@pytest.mark.parametrize("cv, eval_set", [("subject", None), ("image", None), ("fold", None), ("auto", "prelim")])
+def test_every_estimate_lies_in_its_interval_and_std_is_the_sample_std(cv, eval_set):
+    fs = subject_features(n_all=6, n_hem=5, cells=8, d=12, prelim=4)
+    rows = evaluate_many(fs, ["logistic", "svm", "linear-svm", "knn"], cv=cv, n_folds=4, eval_set=eval_set,
+                         n_boot=300)
+    for row in rows:
+        _check_row_statistics(row, fs.classes)
+        assert row["accuracy_ci_high"] - row["accuracy_ci_low"] > 0.01  # a real interval, not a point
+
+
+def test_interval_is_that_of_the_mean_over_folds_not_of_the_pooled_predictions():
+    # two folds, one easy and one hard: the mean over folds is 0.7, pooled would be 0.82 (a bigger easy fold)
+    rng = np.random.default_rng(0)
+    y, p, subj, fold = [], [], [], []
+    for k, (n_subj, acc) in enumerate(((12, 0.95), (4, 0.45))):
+        for s in range(n_subj):
+            t = np.full(20, s % 2)
+            y += list(t)
+            p += list(np.where(rng.random(20) < acc, t, 1 - t))
+            subj += [f"F{k}S{s}"] * 20
+            fold += [k] * 20
+    y, p, subj, fold = map(np.asarray, (y, p, subj, fold))
+    folds = [compute_metrics(y[fold == k], p[fold == k], None, classes=["all", "hem"], positive=0) for k in (0, 1)]
+    s = summarize_folds(folds, pooled={"y_true": y, "y_pred": p, "y_score": None, "subjects": subj,
+                                       "classes": ["all", "hem"], "positive": 0, "fold": fold}, n_boot=500)
+    pooled_acc = float(np.mean(y == p))
+    assert abs(s["accuracy"] - pooled_acc) > 0.1
+    assert s["accuracy_ci_low"] <= s["accuracy"] <= s["accuracy_ci_high"]
+    assert not s["accuracy_ci_low"] <= pooled_acc <= s["accuracy_ci_high"]  # centred on what is reported
+    with pytest.raises(ValueError, match="'fold'"):
+        summarize_folds(folds, pooled={"y_true": y, "y_pred": p, "y_score": None, "subjects": subj,
+                                       "classes": ["all", "hem"], "positive": 0})
+
+
+def test_auc_is_computed_within_folds_when_fold_scores_are_not_comparable():
+    # each fold's model scores on its own scale: offsets of +-50 would wreck a pooled AUC
+    rng = np.random.default_rng(3)
+    y, score, subj, fold = [], [], [], []
+    for k, offset in enumerate((-50.0, 0.0, 50.0, 100.0)):
+        for s in range(8):
+            t = np.full(10, s % 2)
+            y += list(t)
+            score += list(offset + 1.5 * (t == 0) + rng.normal(0, 1, 10))  # positive class 0 scores higher
+            subj += [f"F{k}S{s}"] * 10
+            fold += [k] * 10
+    y, score, subj, fold = map(np.asarray, (y, score, subj, fold))
+    pred = np.where(score > np.array([-50.0, 0.0, 50.0, 100.0])[fold] + 0.75, 0, 1)
+    per_fold = [skm.roc_auc_score(y[fold == k] == 0, score[fold == k]) for k in range(4)]
+    pooled_auc = skm.roc_auc_score(y == 0, score)
+    assert np.mean(per_fold) > 0.8 and pooled_auc < np.mean(per_fold) - 0.2
+    folds = [compute_metrics(y[fold == k], pred[fold == k], score[fold == k], classes=["all", "hem"], positive=0)
+             for k in range(4)]
+    s = summarize_folds(folds, pooled={"y_true": y, "y_pred": pred, "y_score": score, "subjects": subj,
+                                       "classes": ["all", "hem"], "positive": 0, "fold": fold}, n_boot=400)
+    assert s["roc_auc"] == pytest.approx(np.mean(per_fold))
+    assert s["roc_auc_ci_low"] <= s["roc_auc"] <= s["roc_auc_ci_high"] and s["roc_auc_ci_low"] > pooled_auc
+    # the plotted curve averages the per-fold curves: its area is the mean per-fold AUC, not the pooled one
+    roc = roc_points(y == 0, score, max_points=10_000, folds=fold)
+    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(np.mean(per_fold), abs=1e-4)
+    assert roc["fpr"][0] == 0 and roc["tpr"][-1] == 1 and np.all(np.diff(roc["fpr"]) >= 0)
+    pooled_roc = roc_points(y == 0, score, max_points=10_000)
+    assert np.trapezoid(pooled_roc["tpr"], pooled_roc["fpr"]) == pytest.approx(pooled_auc, abs=1e-4)
+
+
+# ---- rows without a subject ---------------------------------------------------------------------------
+def test_some_rows_without_a_subject_refuse_subject_cv_and_name_the_files():
+    fs = subject_features(n_all=5, n_hem=5, cells=6, d=8)
+    fs.subjects[[3, 17, 40, 41]] = ""
+    for cv in ("auto", "subject"):
+        with pytest.raises(FeatxError) as err:
+            make_splits(fs.subjects, fs.y, fs.splits, cv=cv, paths=fs.paths)
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith("4 of 60 labelled rows have no subject id")
+        assert "img/3.bmp, img/17.bmp, img/40.bmp and 1 more" in msg and "img/41.bmp" not in msg
+        assert "fix those file names" in msg and "--drop-unknown-subjects" in msg and "--cv image" in msg
+    with pytest.raises(FeatxError, match="rows have no subject id"):
+        evaluate(fs, "logistic", n_boot=10)
+    image = make_splits(fs.subjects, fs.y, fs.splits, cv="image")  # asked for explicitly: allowed, and marked
+    assert image.image_level and image.label == "IMAGE-LEVEL 5-fold (some subjects unknown)"
+    row = evaluate(fs, "logistic", n_boot=50, drop_unknown_subjects=True)
+    assert row["protocol"] == "subject" and row["n_test"] == 56 and row["dropped_unknown_subjects"] == 4
+    assert row["protocol_label"] == "subject-level 5-fold; 4 rows without a subject id dropped"
+    assert not set(row["predictions"]["path"]) & {"img/3.bmp", "img/17.bmp", "img/40.bmp", "img/41.bmp"}
+    # a prelim row without a subject does not stop subject CV of the training rows
+    held = subject_features(n_all=5, n_hem=5, cells=6, d=8, prelim=2)
+    held.subjects[held.splits == "prelim"] = ""
+    assert make_splits(held.subjects, held.y, held.splits).name == "subject"
+
+
+def test_no_subject_at_all_falls_back_to_image_level_and_every_output_says_why(tmp_path):
+    from rich.console import Console
+
+    from featx.report import results_table, write_results
+
+    fs = subject_features(n_all=5, n_hem=5, cells=6, d=8)
+    fs.subjects[:] = ""
+    row = evaluate(fs, "logistic", n_boot=50)
+    assert row["image_level"] and row["protocol_label"] == "IMAGE-LEVEL 5-fold (subjects unknown)"
+    assert "no row has a subject id" in row["settings"]["cv_note"] and row["ci_unit"] == "image"
+    with pytest.raises(FeatxError, match="--drop-unknown-subjects: no row of demo/fc has a subject id"):
+        evaluate(fs, "logistic", n_boot=50, drop_unknown_subjects=True)
+    paths = write_results([row], tmp_path, plots=False)
+    assert "**\\* IMAGE-LEVEL 5-fold (subjects unknown)**" in paths["md"].read_text()
+    assert "IMAGE-LEVEL 5-fold (subjects unknown)" in paths["csv"].read_text()
+    console = Console(record=True, width=200)
+    console.print(results_table([row]))
+    assert "* IMAGE-LEVEL 5-fold (subjects unknown)" in console.export_text()
+
+
+# ---- on a real (tiny) C-NMC tree: statistics, saved = evaluated, a file name that does not parse --------
+@pytest.fixture(scope="module")
+def cnmc_store(cnmc_tree, tmp_path_factory) -> str:
+    from featx.extract import extract
+
+    out = tmp_path_factory.mktemp("cnmc_store") / "cnn.h5"
+    return str(extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, progress=False))
+
+
+@pytest.mark.parametrize("cv, eval_set", [("subject", None), ("image", None), ("fold", None), ("auto", "prelim")])
+def test_cnmc_tree_grid_estimates_lie_in_their_intervals(cnmc_store, cv, eval_set):
+    from featx.evaluate import compare
+    from featx.store import load_features
+
+    rows = compare([cnmc_store], ["logistic", "svm", "linear-svm", "xgboost", "knn"], cv=cv if not eval_set else [],
+                   eval_set=eval_set, n_folds=3, n_boot=200, params={"xgboost": {"n_estimators": 20},
+                                                                    "knn": {"n_neighbors": 3}})
+    assert len(rows) == 5
+    classes = load_features(cnmc_store).classes
+    for row in rows:
+        _check_row_statistics(row, classes)
+
+
+@pytest.mark.parametrize("head", ["svm", "linear-svm", "xgboost", "softmax"])
+def test_saved_model_makes_the_evaluated_predictions_row_for_row(cnmc_store, head, tmp_path):
+    import csv
+    import json
+
+    import joblib
+
+    from featx.evaluate import run_classify
+    from featx.persist import load_model
+    from featx.store import load_features
+
+    params = {"xgboost": {"n_estimators": 20}, "softmax": {"epochs": 5, "min_steps": 20}}
+    result = run_classify(cnmc_store, head, eval_set="prelim", save=True, out=tmp_path, n_boot=50, plots=False,
+                          params=params, device="cpu")
+    row, model_path = result["row"], result["model"]
+    model, card = load_model(model_path)
+    assert type(joblib.load(model_path)) is type(model)
+    features = load_features(cnmc_store)
+    prelim = np.flatnonzero(features.splits == "prelim")
+    assert len(prelim) == 6 and card["n_train"] == 24
+    by_path = dict(zip(features.paths[prelim], features.X[prelim]))
+    pred = row["predictions"]
+    assert sorted(pred["path"]) == sorted(by_path)
+    saved = np.asarray(features.classes)[model.predict(np.stack([by_path[p] for p in pred["path"]]))]
+    assert list(saved) == pred["y_pred"]  # row for row
+    with (tmp_path / "predictions" / f"cnn-fc-{head}-prelim.csv").open() as fh:
+        written = list(csv.DictReader(fh))
+    assert [r["y_pred"] for r in written] == list(saved) and [r["path"] for r in written] == pred["path"]
+    assert row["accuracy"] == pytest.approx(np.mean(saved == np.asarray(pred["y_true"])))
+    # heads without predict_proba are saved without one; the card says what the score is
+    if head in ("svm", "linear-svm"):
+        assert not hasattr(model, "predict_proba") and card["probability"].startswith("none: the score is the decision")
+    else:
+        assert card["probability"] == "predict_proba"
+    assert json.loads((tmp_path / "results.json").read_text())[0].get("predictions") is None
+
+
+def test_one_file_name_that_does_not_parse_refuses_subject_cv(cnmc_tree, tmp_path):
+    import shutil
+
+    from featx.evaluate import run_compare
+    from featx.extract import extract
+    from featx.store import load_features
+
+    tree = tmp_path / "cnmc"
+    shutil.copytree(cnmc_tree, tree)
+    victim = sorted((tree / "C-NMC_training_data" / "fold_0" / "all").glob("*.bmp"))[0]
+    renamed = victim.with_name(victim.stem + " (1).bmp")
+    victim.rename(renamed)
+    store = str(extract(tree, tmp_path / "cnn.h5", backbone="cnn", weights="none", image_size=32, progress=False))
+    rel = f"C-NMC_training_data/fold_0/all/{renamed.name}"
+    assert list(load_features(store).subjects[load_features(store).paths == rel]) == [""]
+    with pytest.raises(FeatxError) as err:
+        run_compare([store], "logistic", cv="subject", n_folds=3, n_boot=20)
+    assert str(err.value).startswith(f"1 of 24 labelled rows have no subject id (their names do not parse): {rel};")
+    with pytest.raises(FeatxError, match="rows have no subject id"):
+        run_compare([store], "logistic", n_folds=3, n_boot=20)  # auto: no silent image-level fallback
+    out = tmp_path / "res"
+    rows = run_compare([store], "logistic", cv="subject,image", n_folds=3, n_boot=20, out=out, plots=False,
+                       drop_unknown_subjects=True)["rows"]
+    assert [r["dropped_unknown_subjects"] for r in rows] == [1, 1] and [r["n_test"] for r in rows] == [23, 23]
+    assert all("1 row without a subject id dropped" in r["protocol_label"] for r in rows)
+    assert "1 row without a subject id dropped" in (out / "results.md").read_text()
+    assert (out / "results.csv").read_text().count("1 row without a subject id dropped") == 2
+    image = run_compare([store], "logistic", cv="image", n_folds=3, n_boot=20)["rows"][0]
+    assert image["image_level"] and image["protocol_label"].startswith("IMAGE-LEVEL 3-fold")

@@ -7,7 +7,8 @@ import json
 import pytest
 from rich.console import Console
 
-from featx.report import format_pct, plot_confusion, plot_history, results_table, slug, write_results
+from featx.report import (STATS_NOTE, format_pct, plot_confusion, plot_history, results_table, short_protocol, slug,
+                          write_results)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -38,8 +39,11 @@ def test_table_has_the_study_columns_and_marks_image_level_rows():
     console = Console(record=True, width=220)
     console.print(results_table(ROWS))
     text = console.export_text()
-    for header in ("Model", "Protocol", "Accuracy", "Precision", "Recall", "F1", "wF1", "mean ± std over folds, %"):
+    for header in ("Model", "Protocol", "Accuracy", "Precision", "Recall", "F1", "wF1",
+                   "mean over folds ± sample std (ddof=1) over folds, %"):
         assert header in text
+    flat = " ".join(text.split())
+    assert "± = sample std (ddof=1) over folds; 95% CIs (bootstrap of the mean over folds" in flat
     lines = [ln for ln in text.splitlines() if "vgg16/fc7 + svm" in ln]
     assert "87.12 ± 3.10" in lines[0] and "subject 5-fold" in lines[0] and "*" not in lines[0]
     assert "97.44 ± 1.20" in lines[1] and "* IMAGE-LEVEL 5-fold" in lines[1]
@@ -97,3 +101,41 @@ def test_rows_with_the_same_slug_get_their_own_plots(tmp_path):
     write_results(rows, tmp_path)
     assert sorted(p.name for p in (tmp_path / "plots").glob("confusion-*.png")) == [
         "confusion-vgg16-fc7-svm-subject-2.png", "confusion-vgg16-fc7-svm-subject.png"]
+
+
+def test_markdown_says_what_the_plus_minus_and_the_interval_are(tmp_path):
+    md = write_results(ROWS, tmp_path, plots=False)["md"].read_text()
+    assert STATS_NOTE in md
+    for words in ("sample standard deviation (ddof=1)", "mean over folds", "percentile bootstrap of that same mean",
+                  "within each test fold", "ROC-AUC is computed within each fold and averaged"):
+        assert words in md
+
+
+def test_out_of_fold_predictions_go_to_their_own_csv_not_to_results_json(tmp_path):
+    pred = {"path": ["a/1.bmp", "a/2.bmp", "b/3.bmp"], "subject": ["S1", "S1", "S2"], "fold": [1, 1, 2],
+            "y_true": ["all", "all", "hem"], "y_pred": ["all", "hem", "hem"], "score": [0.25, -1.5, -0.125]}
+    rows = [dict(ROWS[0], predictions=pred), dict(ROWS[1], predictions=pred)]
+    paths = write_results(rows, tmp_path, plots=False)
+    assert paths["predictions"] == tmp_path / "predictions"
+    assert sorted(p.name for p in paths["predictions"].iterdir()) == ["vgg16-fc7-svm-image.csv",
+                                                                      "vgg16-fc7-svm-subject.csv"]
+    with (tmp_path / "predictions" / "vgg16-fc7-svm-subject.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["path"] for r in table] == pred["path"] and [r["y_pred"] for r in table] == pred["y_pred"]
+    assert [float(r["score"]) for r in table] == pred["score"] and [r["fold"] for r in table] == ["1", "1", "2"]
+    assert "predictions" not in json.loads(paths["json"].read_text())[0]
+    with paths["csv"].open() as fh:
+        assert "predictions" not in next(csv.reader(fh))
+
+
+def test_terminal_protocol_names_unknown_subjects_and_dropped_rows():
+    unknown = _row("x/fc + svm", "image", "IMAGE-LEVEL 5-fold (subjects unknown)", True, 0.9, 0.1)
+    assert short_protocol(unknown) == "IMAGE-LEVEL 5-fold (subjects unknown)"
+    dropped = _row("x/fc + svm", "subject", "subject-level 5-fold; 2 rows without a subject id dropped", False, 0.9,
+                   0.1, dropped_unknown_subjects=2)
+    assert short_protocol(dropped) == "subject 5-fold, 2 rows w/o subject dropped"
+    console = Console(record=True, width=220)
+    console.print(results_table([unknown, dropped]))
+    text = console.export_text()
+    assert "* IMAGE-LEVEL 5-fold (subjects unknown)" in text and "2 rows w/o subject dropped" in text
+    assert "or subjects unknown (optimistic)" in text

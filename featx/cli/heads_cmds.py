@@ -52,18 +52,20 @@ def classify(
                                                  "(e.g. standard+pca:128).")] = "standard",
     param: Annotated[Optional[list[str]], typer.Option(help="Head parameter key=value (repeat), e.g. C=10, "
                                                             "hidden=256, epochs=15.")] = None,
-    save: Annotated[bool, typer.Option(help="Also fit on every training row and write OUT/models/"
-                                            "<backbone>-<tap>-<head>.joblib with its JSON card (and a .skops "
-                                            "copy, see --skops).")] = False,
-    skops: Annotated[Optional[bool], typer.Option("--skops/--no-skops", help="With --save, also write the model "
-                                                  "as .skops with its own card: the format to share, it loads "
-                                                  "without running code (default: on with --save).")] = None,
+    save: Annotated[bool, typer.Option("--save", help="Also write the evaluated pipeline, fitted on the rows the "
+                                            "protocol trains on, to OUT/models/<backbone>-<tap>-<head>.joblib "
+                                            "and .skops (the format to share), each with its JSON card.")] = False,
+    no_skops: Annotated[bool, typer.Option("--no-skops", help="With --save, skip the .skops copy (it loads "
+                                                              "without running code).")] = False,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md, plots and "
                                                          "models.")] = Path("results"),
     jobs: Annotated[int, typer.Option(help="Folds fitted in parallel (joblib processes; -1 = all cores).")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
+    drop_unknown_subjects: Annotated[bool, typer.Option(
+        "--drop-unknown-subjects", help="Leave out rows whose file name gives no subject id (each output row says "
+                                        "how many), instead of refusing subject-grouped CV.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     optimistic: Annotated[bool, typer.Option("--optimistic", help=_OPTIMISTIC_HELP)] = False,
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Use a store whose extraction is not "
@@ -77,14 +79,15 @@ def classify(
     result = run_classify(store, head, tap=tap, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
                           positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                           params=parse_params(param), n_boot=boot, out=out, save=save,
-                          skops=save if skops is None else skops,
-                          plots=not no_plots, allow_optimistic=optimistic, allow_partial=allow_partial)
+                          skops=save and not no_skops, plots=not no_plots, allow_optimistic=optimistic,
+                          allow_partial=allow_partial, drop_unknown_subjects=drop_unknown_subjects)
     row = result["row"]
     _print_rows([row], result["paths"], title="featx classify")
     console.print(f"weighted F1 {100 * row['f1_weighted']:.2f}%, balanced accuracy "
                   f"{100 * row['balanced_accuracy']:.2f}%, 95% CI of accuracy "
                   f"{100 * row['accuracy_ci_low']:.1f}-{100 * row['accuracy_ci_high']:.1f}% "
-                  f"(bootstrap over {row.get('ci_unit', 'subject')}s)")
+                  f"(bootstrap of the mean over folds, {row.get('ci_unit', 'subject')}s resampled within each "
+                  "test fold)")
     if result["model"]:
         console.print(f"saved model {result['model']}" + (f" and {result['skops']}" if result.get("skops") else ""))
 
@@ -115,6 +118,9 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
+    drop_unknown_subjects: Annotated[bool, typer.Option(
+        "--drop-unknown-subjects", help="Leave out rows whose file name gives no subject id (each output row says "
+                                        "how many), instead of refusing subject-grouped CV.")] = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     optimistic: Annotated[bool, typer.Option("--optimistic", help=_OPTIMISTIC_HELP)] = False,
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Use a store whose extraction is not "
@@ -129,7 +135,7 @@ def compare(
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                          params=parse_params(param), n_boot=boot, out=out, plots=not no_plots,
                          progress=lambda msg: console.print(f"[dim]{msg}[/]"), allow_optimistic=optimistic,
-                         allow_partial=allow_partial)
+                         allow_partial=allow_partial, drop_unknown_subjects=drop_unknown_subjects)
     _print_rows(result["rows"], result["paths"], title="featx compare")
 
 
