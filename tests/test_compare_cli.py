@@ -315,7 +315,6 @@ def test_predict_refuses_a_store_made_with_other_settings(demo, tmp_path):
     (["compare", "{store}", "--cv", "subject,patient"], "--cv 'patient'"),
     (["classify", "{store}", "--preprocess", "pca:0"], "pca:N"),
     (["predict", "{missing}", "{store}"], "no such model file"),
-    (["classify", "{store}", "--skops"], "--skops exports the saved model; add --save"),
 ])
 def test_user_errors_exit_1_with_one_line(demo, tmp_path, args, words):
     args = [a.format(store=demo["store"], missing=tmp_path / "none.joblib") for a in args]
