@@ -366,7 +366,8 @@ def _requested_rows(card: dict, store_spec: str, split: str | None, unfinished: 
         wanted = [j for j, e in enumerate(errors) if not e]
         if not wanted:
             break
-        features = load_features(store, "+".join(entry.get("taps") or []) or None)
+        # unfinished rows already carry their error above: predict the finished ones
+        features = load_features(store, "+".join(entry.get("taps") or []) or None, allow_partial=True)
         names.append(features.name)
         row_of = {q: i for i, q in enumerate(features.paths)}
         for j in wanted:
