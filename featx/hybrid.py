@@ -361,8 +361,8 @@ def _network_row(records: list[dict], collection, folds, *, backbone: str, pos: 
 
     classes = list(collection.classes)
     subjects_of = {s.path: s.subject for s in collection.samples}
-    fold_metrics, trues, preds, scores, subj = [], [], [], [], []
-    for record in records:
+    fold_metrics, trues, preds, scores, subj, fold_of = [], [], [], [], [], []
+    for k, record in enumerate(records):
         net = record["network"]
         y_true = np.asarray(net["y_true"], dtype=np.int64)
         proba = np.asarray(net["proba"], dtype=np.float64)
@@ -371,8 +371,10 @@ def _network_row(records: list[dict], collection, folds, *, backbone: str, pos: 
         fold_metrics.append(compute_metrics(y_true, y_pred, proba[:, pos], classes=classes, positive=pos,
                                             subjects=fold_subjects))
         trues.append(y_true), preds.append(y_pred), scores.append(proba[:, pos]), subj.append(fold_subjects)
+        fold_of.append(np.full(len(y_true), k))
     pooled = {"y_true": np.concatenate(trues), "y_pred": np.concatenate(preds), "y_score": np.concatenate(scores),
-              "classes": classes, "positive": pos, "subjects": np.concatenate(subj)}
+              "classes": classes, "positive": pos, "subjects": np.concatenate(subj),
+              "fold": np.concatenate(fold_of)}
     summary = summarize_folds(fold_metrics, pooled=pooled, n_boot=n_boot, seed=seed)
     name = f"{backbone} fine-tuned" + (" (early-stopped on inner val)" if early_stopping else "")
     row: dict[str, Any] = {
@@ -383,7 +385,7 @@ def _network_row(records: list[dict], collection, folds, *, backbone: str, pos: 
         "classes": classes, "positive": classes[pos],
     }
     row.update(summary)
-    row["roc"] = roc_points(pooled["y_true"] == pos, pooled["y_score"])
+    row["roc"] = roc_points(pooled["y_true"] == pos, pooled["y_score"], folds=pooled["fold"])
     row["fit_seconds"] = round(sum(r["finetune_seconds"] for r in records), 3)
     row["train_accuracy_last_epoch"] = [r["train_acc_last_epoch"] for r in records]
     row["scored_epochs"] = [r["scored_epoch"] for r in records]
