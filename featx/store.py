@@ -631,6 +631,12 @@ def _read_open(path: Path, h5: h5py.File, taps: list[str] | None, allow_partial:
                              f"(first: {paths[bad[0]]}); the store is damaged: run the same `featx extract` again "
                              "to recompute them")
     blocks = [raw[tap].astype(np.float32, copy=False) for tap in chosen]
+    for tap, block in zip(chosen, blocks):  # e.g. a diverged fine-tuned network, or float16 overflow
+        bad = rows[~np.isfinite(block).all(axis=1)]
+        if bad.size:
+            raise FeatxError(f"{path}: {bad.size} row(s) of tap {tap} hold NaN or infinite features (first: "
+                             f"{paths[bad[0]]}); extract again with other weights, or --dtype float32 if the "
+                             "store is float16")
     return dict(
         X=np.hstack(blocks) if len(blocks) > 1 else blocks[0],
         paths=paths[rows],

@@ -44,6 +44,11 @@ def user_errors(func: Callable) -> Callable:
                 err_console.print(f"[bold red]error:[/] disk full{where}; free space and run the same "
                                   "command again (finished work is kept)", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
+                why = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+                err_console.print(f"[bold red]error:[/] cannot access {escape(str(exc.filename))} ({why}); "
+                                  "choose another --out or fix its permissions", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
             raise
 
     return wrapper

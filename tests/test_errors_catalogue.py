@@ -1,0 +1,77 @@
+"""Bad inputs of docs/errors.md not covered elsewhere: NaN features and an output folder featx cannot write."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featx.backbones import create_backbone
+from featx.cli import app
+from featx.errors import FeatxError
+from featx.extract import extract
+from featx.store import load_features
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+runner = CliRunner()
+
+
+def _invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result, re.sub(r"\s+", " ", result.output)
+
+
+@pytest.fixture(scope="module")
+def store(cnmc_tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("catalogue") / "cnn.h5"
+    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0, progress=False)
+    return out
+
+
+def test_nan_features_are_refused_naming_the_store_and_the_first_row(cnmc_tree, tmp_path):
+    # a diverged network: weights holding NaN give NaN features (whose checksums are fine: the store is not damaged)
+    model = create_backbone("cnn", "none", seed=0)
+    state = {k: (torch.full_like(v, float("nan")) if k.endswith("weight") and v.dim() == 2 else v)
+             for k, v in model.state_dict().items()}
+    weights = tmp_path / "diverged.pt"
+    torch.save(state, weights)
+    out = tmp_path / "nan.h5"
+    extract(cnmc_tree, out, backbone="cnn", weights=weights, image_size=32, workers=0, progress=False)
+    with pytest.raises(FeatxError, match=r"hold NaN or infinite features \(first: C-NMC_training_data/"):
+        load_features(out, "fc")
+    result, text = _invoke("classify", out, "--tap", "fc", "--out", tmp_path / "r", "--boot", "10", "--no-plots")
+    assert result.exit_code == 1 and "NaN or infinite features" in text and "Traceback" not in result.output
+    assert not (tmp_path / "r" / "results.json").exists()
+    # pool5 comes before the NaN weights: that tap is still usable
+    assert load_features(out, "pool5").X.shape[0] > 0
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody may write into: a read-only tmpfs as root (root ignores permission bits), else chmod."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a read-only tmpfs: {done.stderr.decode().strip()}")
+        yield folder
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(store, read_only_dir):
+    target = read_only_dir / "results"
+    result, text = _invoke("classify", store, "--out", target, "--boot", "10", "--no-plots")
+    assert result.exit_code == 1, result.output
+    assert f"cannot access {target}" in text and "Traceback" not in result.output
+    result, text = _invoke("info", store, "--json")  # the store itself is untouched
+    assert result.exit_code == 0
