@@ -568,7 +568,7 @@ def _run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: i
     return rows
 
 
-OPTIMISTIC_NOTE = "features tuned on test subjects"
+_OPTIMISTIC_REASON = "features tuned on test subjects"  # in OPTIMISTIC labels
 
 
 def _no_unseen_message(features, what: str) -> str:
@@ -626,7 +626,7 @@ def tuned_protocol(features, *, cv: str = "auto", eval_set: str | None = None, n
                 raise FeatxError(_no_unseen_message(
                     features, f"--eval {eval_set}: the network trained on {seen} of its {len(test)} rows "
                               "(or on their subjects)"))
-            optimistic_label = f"OPTIMISTIC {prot.label} ({OPTIMISTIC_NOTE}: {seen} of {len(test)} test rows seen)"
+            optimistic_label = f"OPTIMISTIC {prot.label} ({_OPTIMISTIC_REASON}: {seen} of {len(test)} test rows seen)"
         else:
             prot.name = f"tuned-{eval_set}"
             prot.label = f"tuned-holdout: {prot.label}, rows the network never saw"
@@ -637,7 +637,7 @@ def tuned_protocol(features, *, cv: str = "auto", eval_set: str | None = None, n
                              "leave --cv out for the tuned-holdout protocol (tests only rows it never saw), use "
                              "`featx hybrid`, or add --optimistic to run it anyway (marked OPTIMISTIC)")
         prot = make_splits(subjects, y, splits, cv=cv, n_folds=n_folds, seed=seed, paths=features.paths)
-        optimistic_label = f"OPTIMISTIC {prot.label} ({OPTIMISTIC_NOTE})"
+        optimistic_label = f"OPTIMISTIC {prot.label} ({_OPTIMISTIC_REASON})"
     else:
         test = np.flatnonzero(unseen)
         if test.size == 0:

@@ -46,7 +46,6 @@ BUNDLE_KEYS = ("classes", "positive", "n_features", "head", "feature_name", "sto
 SKOPS_TRUSTED = frozenset({
     "featx.heads.SoftmaxClassifier", "featx.heads.XGBoostClassifier", "featx.heads.RBFSVMClassifier",
     "xgboost.sklearn.XGBClassifier", "xgboost.core.Booster",
-    "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
     "sklearn.tree._tree.Tree", "sklearn.neighbors._kd_tree.KDTree", "sklearn.neighbors._ball_tree.BallTree",
     *(f"sklearn.metrics._dist_metrics.{name}Distance{bits}" for bits in (32, 64) for name in (
         "Euclidean", "SEuclidean", "Manhattan", "Chebyshev", "Minkowski", "Mahalanobis", "Hamming", "Canberra",
