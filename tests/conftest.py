@@ -38,3 +38,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """Tables one line per row: the CLI's console is created at import, so CliRunner's env cannot widen it."""
+    from featx.cli.app import console
+
+    monkeypatch.setattr(console, "_width", 250)

@@ -24,8 +24,10 @@ from featx.persist import check_store_matches, fit_final, load_model, save_model
 from featx.store import load_features, store_settings
 from featx.synth import synthesize
 
+from cli_helpers import invoke as _invoke
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
 
 
 runner = CliRunner()
@@ -45,19 +47,6 @@ def demo(tmp_path_factory) -> dict:
         stores[seed] = extract(data, root / "feats" / f"cnn{seed}.h5", backbone="cnn", weights="none", image_size=64,
                                seed=seed, batch_size=32, workers=0, progress=False)
     return {"root": root, "data": data, "store": stores[0], "store_b": stores[1]}
-
-
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    """Tables one line per row (the CLI's console is created at import; CliRunner's env cannot widen it)."""
-    from featx.cli.app import console
-
-    monkeypatch.setattr(console, "_width", 200)
-
-
-def _invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result, re.sub(r"\s+", " ", result.output)
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -2,27 +2,20 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from featx.backbones import create_backbone
-from featx.cli import app
 from featx.errors import FeatxError
 from featx.extract import extract
 from featx.store import load_features
 
+from cli_helpers import invoke as _invoke
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-runner = CliRunner()
-
-
-def _invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result, re.sub(r"\s+", " ", result.output)
 
 
 @pytest.fixture(scope="module")

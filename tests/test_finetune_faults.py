@@ -3,7 +3,6 @@ refuses in one line, and no checkpoint is ever left half-written."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -187,11 +187,8 @@ def test_a_run_that_failed_before_any_work_can_be_corrected(cnmc_tree, tmp_path)
     assert json.loads((tmp_path / "run" / "settings.json").read_text())["finetune"]["epochs"] == 1
 
 
-def test_cli_hybrid_resumes_and_prints_the_table(clean, cnmc_tree, monkeypatch):
+def test_cli_hybrid_resumes_and_prints_the_table(clean, cnmc_tree, wide_console):
     from featx.cli import app
-    from featx.cli.app import console
-
-    monkeypatch.setattr(console, "_width", 200)  # one table line per row
 
     args = ["hybrid", str(cnmc_tree), "--backbone", "cnn", "--heads", "svm,logistic", "--folds", "3", "--weights",
             "none", "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--no-augment", "--device", "cpu",

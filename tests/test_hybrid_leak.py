@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -14,10 +13,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from featx.backbones import create_backbone
-from featx.cli import app
 from featx.data import ImageDataset, discover, make_transform
 from featx.errors import FeatxError
 from featx.evaluate import compare, evaluate, tuned_protocol
@@ -26,26 +23,16 @@ from featx.finetune import finetune
 from featx.store import FeatureSet, load_features, summarize
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cli_helpers import invoke as _cli  # noqa: E402
 from digits_data import make_random_label_digits  # noqa: E402
 
-runner = CliRunner()
 CPU = dict(workers=0, device="cpu")
 EXTRACT = dict(backbone="cnn", taps="fc", progress=False, **CPU)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small fits: one thread is faster on a busy CPU
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")  # small fits: one thread is faster on a busy CPU
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    from featx.cli.app import console
-
-    monkeypatch.setattr(console, "_width", 250)
-
-
-def _cli(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result, re.sub(r"\s+", " ", result.output)
 
 
 # --------------------------------------------------------------------------------------------------
