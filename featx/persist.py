@@ -54,7 +54,7 @@ SKOPS_TRUSTED = frozenset({
 UNFINISHED = "not extracted: the store is unfinished; run `featx extract` again to fill it"
 
 __all__ = ["CARD_VERSION", "SKOPS_TRUSTED", "card_path", "check_store_matches", "export_skops", "fit_final",
-           "load_model", "model_name", "predict", "require_skops", "save_model", "train_and_save"]
+           "load_model", "model_name", "predict", "require_skops", "save_model"]
 
 
 def _versions() -> dict:
@@ -129,13 +129,8 @@ def _plain(value):
 
 def _describe_output(model) -> tuple[str, str]:
     """(``probability`` or ``score``, how it is made) for the card and the CSV."""
-    from sklearn.calibration import CalibratedClassifierCV
-
-    clf = model.steps[-1][1] if hasattr(model, "steps") else model
     if not hasattr(model, "predict_proba"):
         return "score", "none: the CSV's score column is the decision function of the predicted class"
-    if isinstance(clf, CalibratedClassifierCV):
-        return "probability", f"sigmoid calibration ({clf.cv}-fold, ensemble={clf.ensemble})"
     return "probability", "predict_proba"
 
 
@@ -198,15 +193,6 @@ def save_model(model, features, out_dir, *, head: str, n_train: int, preprocess=
     }
     _write_card(path, card)
     return path
-
-
-def train_and_save(features, head: str, out_dir, *, preprocess: str | None = "standard", class_weight=None,
-                   seed: int = 0, device: str = "auto", params: dict | None = None, row: dict | None = None) -> Path:
-    """:func:`fit_final` then :func:`save_model`; ``row`` (the evaluation result) goes into the card."""
-    model, n_train = fit_final(features, head, preprocess=preprocess, class_weight=class_weight, seed=seed,
-                               device=device, params=params)
-    return save_model(model, features, out_dir, head=head, n_train=n_train, preprocess=preprocess,
-                      class_weight=class_weight, seed=seed, params=params, row=row)
 
 
 def _read_card(path: Path) -> dict:
