@@ -95,8 +95,10 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
         raise FeatxError(f"{collection.root}: no labelled images; the hybrid protocol needs class labels")
     subjects = np.array([collection.samples[i].subject or "" for i in labelled], dtype=object)
     if (subjects == "").any():
-        raise FeatxError(f"{int((subjects == '').sum())} labelled image(s) in {collection.root} have no subject id; "
-                         "the hybrid protocol holds out subjects: use a manifest with a subject column")
+        names = [collection.samples[labelled[i]].path for i in np.flatnonzero(subjects == "")[:3]]
+        raise FeatxError(f"{int((subjects == '').sum())} labelled image(s) in {collection.root} have no subject id "
+                         f"(first: {', '.join(names)}); the hybrid protocol holds out subjects: fix those file "
+                         "names or use a manifest with a subject column")
     y = np.array([classes.index(collection.samples[i].label) for i in labelled], dtype=np.int64)
     splits = np.array([collection.samples[i].split or "" for i in labelled], dtype=object)
     outer = make_splits(subjects, y, splits, cv="subject", n_folds=n_folds, seed=seed)

@@ -224,3 +224,14 @@ def test_random_labels_on_real_images_give_chance(tmp_path):
         assert r["n_test"] == 120
         assert r["accuracy_ci_low"] <= 0.5 <= r["accuracy_ci_high"], (r["model"], r["accuracy"])
         assert r["accuracy"] < 0.65  # leaky CV over rows the network saw reports 0.79-0.88 on such data
+
+
+def test_rows_without_a_subject_are_refused_by_name_before_any_work(tmp_path):
+    manifest = make_random_label_digits(tmp_path / "digits", n_subjects=6, per_subject=4, size=32, seed=0)
+    lines = manifest.read_text().splitlines()
+    path, label, _ = lines[3].split(",")
+    lines[3] = f"{path},{label},"  # one image lost its subject
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FeatxError, match=rf"1 labelled image\(s\) .* no subject id \(first: {path}\)"):
+        hybrid(manifest, tmp_path / "run", backbone="cnn", heads="svm", n_folds=3, weights="none", device="cpu")
+    assert not (tmp_path / "run").exists()
