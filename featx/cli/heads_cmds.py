@@ -12,8 +12,16 @@ from featx.cli.app import app, console, user_errors
 _CV_HELP = ("Protocol: subject (k-fold grouped by subject; the default when subjects are known), image "
             "(plain k-fold, IMAGE-LEVEL: leaks subjects), fold (the data's fold_0/1/2), or auto. On a store "
             "of fine-tuned weights, auto is tuned-holdout (test only rows the network never saw).")
-_OPTIMISTIC_HELP = ("Allow --cv (or --eval) over rows a fine-tuned network trained on; the row is marked "
-                    "OPTIMISTIC (features tuned on test subjects) in every output.")
+# options shared by classify and compare
+Optimistic = Annotated[bool, typer.Option(
+    "--optimistic", help="Allow --cv (or --eval) over rows a fine-tuned network trained on; the row is marked "
+                         "OPTIMISTIC (features tuned on test subjects) in every output.")]
+AllowPartial = Annotated[bool, typer.Option(
+    "--allow-partial", help="Use a store whose extraction is not finished; every output row then says how many "
+                            "rows it used.")]
+DropUnknownSubjects = Annotated[bool, typer.Option(
+    "--drop-unknown-subjects", help="Leave out rows whose file name gives no subject id (each output row says "
+                                    "how many), instead of refusing subject-grouped CV.")]
 
 
 def _print_rows(rows, paths=None, title="featx") -> None:
@@ -63,14 +71,10 @@ def classify(
     seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
-    drop_unknown_subjects: Annotated[bool, typer.Option(
-        "--drop-unknown-subjects", help="Leave out rows whose file name gives no subject id (each output row says "
-                                        "how many), instead of refusing subject-grouped CV.")] = False,
+    drop_unknown_subjects: DropUnknownSubjects = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
-    optimistic: Annotated[bool, typer.Option("--optimistic", help=_OPTIMISTIC_HELP)] = False,
-    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Use a store whose extraction is not "
-                                                                       "finished; every output row then says "
-                                                                       "how many rows it used.")] = False,
+    optimistic: Optimistic = False,
+    allow_partial: AllowPartial = False,
 ) -> None:
     """Evaluate one head on one store (or fused stores/taps); print and write the metrics."""
     from featx.evaluate import run_classify
@@ -118,14 +122,10 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
     boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
-    drop_unknown_subjects: Annotated[bool, typer.Option(
-        "--drop-unknown-subjects", help="Leave out rows whose file name gives no subject id (each output row says "
-                                        "how many), instead of refusing subject-grouped CV.")] = False,
+    drop_unknown_subjects: DropUnknownSubjects = False,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
-    optimistic: Annotated[bool, typer.Option("--optimistic", help=_OPTIMISTIC_HELP)] = False,
-    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Use a store whose extraction is not "
-                                                                       "finished; every output row then says "
-                                                                       "how many rows it used.")] = False,
+    optimistic: Optimistic = False,
+    allow_partial: AllowPartial = False,
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
     from featx.evaluate import run_compare
