@@ -1,4 +1,39 @@
-"""The one exception class for mistakes a user can fix."""
+"""The one exception class for mistakes a user can fix, and how its messages name arguments.
+
+Library messages name the argument at fault with :func:`arg`; ``str(error)`` spells it as Python
+(``n_folds=3``) and the CLI as its flag (``--folds 3``), so one message serves both.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+_ARG = re.compile(r"\u27e6([A-Za-z_][A-Za-z0-9_]*)(?:=(.*?))?\u27e7")
+
+
+def arg(name: str, value=None) -> str:
+    """A reference to argument ``name`` (and the value to give it) inside a :class:`FeatxError` message."""
+    if value is None:
+        return f"\u27e6{name}\u27e7"
+    if value is True:
+        value = "True"
+    return f"\u27e6{name}={value}\u27e7"
+
+
+def _python(name: str, value: str | None) -> str:
+    if value is None:
+        return name
+    if value == "True" or _number(value):
+        return f"{name}={value}"
+    return f"{name}={value!r}"
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class FeatxError(Exception):
@@ -6,3 +41,14 @@ class FeatxError(Exception):
 
     The message names the file or setting at fault and says how to fix it.
     """
+
+    @property
+    def template(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return _ARG.sub(lambda m: _python(m.group(1), m.group(2)), self.template)
+
+    def render(self, spell: Callable[[str, str | None], str]) -> str:
+        """The message with each argument written by ``spell(name, value)`` (the CLI passes its flags)."""
+        return _ARG.sub(lambda m: spell(m.group(1), m.group(2)), self.template)

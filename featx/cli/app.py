@@ -21,6 +21,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+
+# Library arguments whose flag is not ``--`` + the name with dashes.
+FLAGS = {"n_folds": "--folds", "eval_set": "--eval", "n_boot": "--boot", "params": "--param", "splits": "--split",
+         "allow_optimistic": "--optimistic"}
+
+
+def flag(name: str, value: str | None = None) -> str:
+    """How the CLI spells library argument ``name`` (given ``value``): ``n_folds, 3`` -> ``--folds 3``."""
+    spelled = FLAGS.get(name, "--" + name.replace("_", "-"))
+    return spelled if value in (None, "True") else f"{spelled} {value}"
+
 err_console = Console(stderr=True)
 
 
@@ -32,7 +43,7 @@ def user_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except FeatxError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(exc.render(flag))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted:[/] work finished so far is kept on disk; "

@@ -1,0 +1,246 @@
+"""Result rows: one typed record per evaluated backbone x tap x (head or fine-tuned network) x protocol.
+
+Evaluation and fine-tuning build :class:`ResultRow` objects; reports, ``featx table`` and saved models read
+them. ``results.json`` holds :meth:`ResultRow.to_dict` of each row (flat: each metric as ``<metric>``,
+``<metric>_std``, ``<metric>_ci_low``, ``<metric>_ci_high``); ``results.csv`` one line per row with the
+settings spread over ``settings.<key>`` columns. Both read back to equal rows (:meth:`from_dict`,
+:func:`rows_from_csv`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+# Every metric a row reports, in table order.
+METRICS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
+_SUFFIXES = {"std": "_std", "ci_low": "_ci_low", "ci_high": "_ci_high"}
+
+
+@dataclass(frozen=True)
+class Score:
+    """One metric of a row: the mean over folds, the sample std of the fold values (ddof=1; None with one
+    fold) and the 95% bootstrap interval of that mean (None when it was not computed)."""
+
+    mean: float
+    std: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+@dataclass
+class ResultRow:
+    """What one evaluated combination scored, how, and on which rows.
+
+    ``head`` is the classifier trained on stored features (``"svm"``, ...), or None for a fine-tuned
+    network scored with its own softmax (then ``tap`` is ``"logits"``). ``name`` is the display name.
+    """
+
+    name: str
+    backbone: str
+    tap: str
+    head: str | None
+    protocol: str
+    protocol_label: str
+    image_level: bool
+    n_folds: int
+    n_train: int
+    n_test: int
+    n_subjects: int
+    classes: list[str]
+    positive: str
+    scores: dict[str, Score] = field(default_factory=dict)
+    confusion: list[list[int]] | None = None
+    ci_unit: str | None = None
+    per_subject_accuracy: dict[str, float] | None = None
+    roc: dict | None = None
+    predictions: dict | None = None  # out-of-fold predictions: predictions/<row>.csv, never results.json
+    fit_seconds: float | None = None
+    wall_seconds: float | None = None
+    settings: dict = field(default_factory=dict)
+    # why a number may not be an estimate for new patients, and what the data lacked
+    optimistic: bool = False
+    tuned: dict | None = None
+    partial: str | None = None
+    excluded_images: int = 0
+    dropped_unknown_subjects: int = 0
+    # fine-tuned network rows
+    best_epoch: int | None = None
+    scored_epoch: int | None = None
+    epochs_run: int | None = None
+    n_skipped: int | None = None
+    selection: str | None = None
+    scored_epochs: list[int] | None = None
+    train_accuracy_last_epoch: list[float] | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"head"`` (a classifier on stored features) or ``"network"`` (a fine-tuned network's softmax)."""
+        return "network" if self.head is None else "head"
+
+    @property
+    def flag(self) -> str:
+        """``"OPTIMISTIC"``, ``"IMAGE-LEVEL"`` or ``""``: why the number is not an estimate for new patients."""
+        if self.optimistic:
+            return "OPTIMISTIC"
+        return "IMAGE-LEVEL" if self.image_level else ""
+
+    def mean(self, metric: str) -> float:
+        """The row's estimate of ``metric`` (NaN when it was not computed)."""
+        score = self.scores.get(metric)
+        return float("nan") if score is None or score.mean is None else score.mean
+
+    def set_scores(self, summary: dict) -> None:
+        """Take ``<metric>``, ``<metric>_std``, ``_ci_low``, ``_ci_high`` of a fold summary as scores."""
+        self.scores = _scores_from_flat(summary)
+
+    def to_dict(self, *, predictions: bool = False) -> dict[str, Any]:
+        """The flat, JSON-ready form written to results.json (``predictions`` left out unless asked)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "scores":
+                for m, s in self.scores.items():
+                    out[m] = s.mean
+                    for attr, suffix in _SUFFIXES.items():
+                        out[m + suffix] = getattr(s, attr)
+            elif f.name != "predictions" or predictions:
+                out[f.name] = getattr(self, f.name)
+        return jsonable(out)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ResultRow":
+        """A row from :meth:`to_dict` output (also reads results.json of featx before the typed rows)."""
+        data = dict(data)
+        if "name" not in data and "model" in data:  # results.json before ResultRow
+            data["name"] = data.pop("model")
+        if data.get("head") == "finetune":
+            data["head"] = None
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names - _metric_keys()
+        if unknown:
+            raise ValueError(f"not a result row: unknown keys {sorted(unknown)}")
+        kwargs = {k: v for k, v in data.items() if k in names and k != "scores"}
+        kwargs["scores"] = _scores_from_flat(data)
+        return cls(**kwargs)
+
+
+def _metric_keys() -> set[str]:
+    return {m + s for m in METRICS for s in ("", *_SUFFIXES.values())}
+
+
+def _scores_from_flat(flat: dict) -> dict[str, Score]:
+    def num(v):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    return {m: Score(num(flat.get(m)), *(num(flat.get(m + s)) for s in _SUFFIXES.values()))
+            for m in METRICS if m in flat}
+
+
+def jsonable(value):
+    """``value`` with numpy types made plain and non-finite floats as None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON and CSV files
+# --------------------------------------------------------------------------------------------------
+_FIRST = ("name", "backbone", "tap", "head", "protocol", "protocol_label", "image_level", "n_folds",
+          "n_train", "n_test", "n_subjects", "positive")
+
+
+def write_json(rows: Sequence[ResultRow], path: str | Path) -> Path:
+    """``results.json``: a list of :meth:`ResultRow.to_dict`."""
+    path = Path(path)
+    path.write_text(json.dumps([r.to_dict() for r in rows], indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_json(path: str | Path) -> list[ResultRow]:
+    """Rows of a results.json; ValueError when the file is not a list of result rows."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ValueError("expected a list of result rows")
+    return [ResultRow.from_dict(r) for r in data]
+
+
+def csv_columns(rows: Iterable[ResultRow]) -> list[str]:
+    """The columns of results.csv: identity, every metric with its spread, the rest, ``settings.<key>``."""
+    rows = list(rows)
+    metric_cols = [m + s for m in METRICS for s in ("", *_SUFFIXES.values())]
+    rest = [f.name for f in fields(ResultRow)
+            if f.name not in _FIRST and f.name not in ("scores", "settings", "predictions")]
+    settings: list[str] = []
+    for r in rows:
+        settings += [f"settings.{k}" for k in r.settings if f"settings.{k}" not in settings]
+    return [*_FIRST, *metric_cols, *rest, *settings]
+
+
+def _cell(value) -> str:
+    """A CSV cell that reads back to ``value``: plain text for strings (JSON-quoted only when the text
+    would read as JSON), JSON for everything else, empty for None."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+        return json.dumps(value)
+    return json.dumps(jsonable(value), sort_keys=True)
+
+
+def _settings_cell(settings: dict, key: str) -> str:
+    """A setting's cell: empty when the row has no such setting, ``null`` when it is None."""
+    if key not in settings:
+        return ""
+    return "null" if settings[key] is None else _cell(settings[key])
+
+
+def _uncell(text: str):
+    if text == "":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def write_csv(rows: Sequence[ResultRow], path: str | Path) -> Path:
+    """``results.csv``: one line per row (see :func:`csv_columns`)."""
+    path = Path(path)
+    cols = csv_columns(rows)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(cols)
+        for r in rows:
+            flat = r.to_dict()
+            writer.writerow([_settings_cell(r.settings, c[9:]) if c.startswith("settings.") else _cell(flat.get(c))
+                             for c in cols])
+    return path
+
+
+def rows_from_csv(path: str | Path) -> list[ResultRow]:
+    """Rows of a results.csv written by :func:`write_csv`."""
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        records = list(csv.DictReader(fh))
+    rows = []
+    for rec in records:
+        flat = {k: _uncell(v) for k, v in rec.items() if not k.startswith("settings.")}
+        flat["settings"] = {k[9:]: _uncell(v) for k, v in rec.items() if k.startswith("settings.") and v != ""}
+        rows.append(ResultRow.from_dict(flat))
+    return rows
