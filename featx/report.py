@@ -40,6 +40,21 @@ OPTIMISTIC_NOTE = ("OPTIMISTIC rows test on images (or subjects) the fine-tuned 
                    "tuned on test subjects, not an estimate for new patients.")
 
 
+def _legacy(rows) -> list[dict]:
+    """Transitional: ResultRow objects as the flat dicts this module reads (``model`` = the row's name)."""
+    from featx.results import ResultRow
+
+    out = []
+    for r in rows:
+        if isinstance(r, ResultRow):
+            d = r.to_dict(predictions=True)
+            d["model"] = d.pop("name")
+            d["head"] = d["head"] or "finetune"
+            r = d
+        out.append(r)
+    return out
+
+
 def _flag(row: dict) -> str:
     """``OPTIMISTIC``, ``IMAGE-LEVEL`` or ``""``: why a row's number is not an estimate for new patients."""
     if row.get("optimistic"):
@@ -88,6 +103,7 @@ def short_protocol(row: dict) -> str:
 def results_table(rows: Sequence[dict], title: str | None = "featx compare"):
     """A rich Table: model, protocol, then accuracy, precision, recall, F1 (mean over folds ± sample std over
     folds, %) and the weighted F1 (the challenge's metric); image-level rows in yellow with a ``*``."""
+    rows = _legacy(rows)
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -137,6 +153,7 @@ def _partial_notes(rows: Sequence[dict]) -> list[str]:
 
 def markdown_table(rows: Sequence[dict]) -> str:
     """The same table as Markdown (image-level rows in bold with a ``*``)."""
+    rows = _legacy(rows)
     head = ["Model", "Protocol", *[f"{h} (%)" for _, h in TABLE_METRICS], "95% CI accuracy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -217,6 +234,7 @@ def write_results(rows: Sequence[dict], out_dir, *, plots: bool = True, stem: st
     """Write ``results.csv``, ``results.json`` and ``results.md`` (one row per backbone x tap x head x
     protocol, every metric and the settings) and, with ``plots``, a confusion-matrix and a ROC PNG per row
     under ``plots/`` plus ``comparison.png``. Returns ``{kind: path}``."""
+    rows = _legacy(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = list(rows)
@@ -275,6 +293,7 @@ PREDICTION_COLUMNS = ("path", "subject", "fold", "y_true", "y_pred", "score")
 def write_predictions(rows: Sequence[dict], out_dir) -> Path:
     """``<out_dir>/<row slug>.csv`` per row that carries out-of-fold ``predictions``: one line per test image
     (path, subject, fold, y_true, y_pred, score of the positive class). Returns the folder."""
+    rows = _legacy(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     used: dict[str, int] = {}
@@ -354,6 +373,7 @@ def plot_roc(fpr, tpr, auc, path, *, title: str | None = None, folds: int = 1) -
 def plot_bars(rows: Sequence[dict], path, metrics: Sequence[str] = ("accuracy", "f1", "f1_weighted")) -> Path:
     """One bar chart comparing rows on ``metrics`` (mean with the std over folds as error bars).
     Image-level rows are hatched."""
+    rows = _legacy(rows)
     plt = _plt()
     rows = list(rows)
     n = len(rows)
