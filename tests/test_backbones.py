@@ -15,8 +15,7 @@ import torchvision
 from torch import nn
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
-from featx.backbones import (check_input_size, create_backbone, get_config, list_backbones, register_backbone,
-                             registry)
+from featx.backbones import check_input_size, create_backbone, get_config, list_backbones, register_backbone, registry
 from featx.backbones.cnn import build_cnn
 from featx.cli.app import flag
 from featx.errors import FeatxError
@@ -317,7 +316,8 @@ def test_imagenet_offline_message_names_file_and_folder(tmp_path, monkeypatch):
     assert "or pass --weights PATH to a saved vgg16" in err.value.render(flag)
     with pytest.raises(FeatxError, match="cnn has no ImageNet weights; use weights='none'") as err:
         create_backbone("cnn", "imagenet")
-    assert "use --weights none (random init" in err.value.render(flag) and "--weights PATH of a cnn" in err.value.render(flag)
+    cli = err.value.render(flag)
+    assert "use --weights none (random init" in cli and "--weights PATH of a cnn" in cli
 
 
 def test_imagenet_failed_download_is_one_line(tmp_path, monkeypatch):

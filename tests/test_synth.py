@@ -13,8 +13,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from featx.errors import FeatxError
 from featx.data.synth import synthesize
+from featx.errors import FeatxError
 
 TRAIN_NAME = re.compile(r"^UID_(\d+|[Hh]\d+)_(\d+)_(\d+)_(all|hem)\.bmp$")
 PRELIM = "C-NMC_test_prelim_phase_data"

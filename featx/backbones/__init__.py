@@ -11,8 +11,7 @@ of classes and the name of the classifier layer. Weight files and featx checkpoi
 from featx.backbones import cnn, torchvision_models  # noqa: F401
 from featx.backbones.factory import create_backbone
 from featx.backbones.network import FeatureNet, Step
-from featx.backbones.registry import (BackboneConfig, check_input_size, get_config, list_backbones,
-                                      register_backbone)
+from featx.backbones.registry import BackboneConfig, check_input_size, get_config, list_backbones, register_backbone
 from featx.backbones.weights import CHECKPOINT_VERSION, DOWNLOAD_TIMEOUT_S, OFFLINE_ENV, WeightsInfo
 
 __all__ = [

@@ -8,8 +8,7 @@ from torch import Tensor
 
 from featx.backbones.network import FeatureNet, seeded
 from featx.backbones.registry import BackboneConfig, get_config
-from featx.backbones.weights import (WeightsInfo, imagenet_path, is_checkpoint, read_weights,
-                                     unpack_checkpoint)
+from featx.backbones.weights import WeightsInfo, imagenet_path, is_checkpoint, read_weights, unpack_checkpoint
 from featx.errors import FeatxError, arg
 from featx.files import sha256_file
 

@@ -4,8 +4,15 @@
 :mod:`featx.data.images` (``load_image``, ``make_transform``, ``ImageDataset``); the synthetic C-NMC
 generator in :mod:`featx.data.synth`.
 """
-from featx.data.cnmc import (CNMC_FINAL, CNMC_PRELIM, CNMC_PRELIM_LABELS, CNMC_TRAIN, KAGGLE_PARTS, KAGGLE_ROOT,
-                             parse_cnmc_name)
+from featx.data.cnmc import (
+    CNMC_FINAL,
+    CNMC_PRELIM,
+    CNMC_PRELIM_LABELS,
+    CNMC_TRAIN,
+    KAGGLE_PARTS,
+    KAGGLE_ROOT,
+    parse_cnmc_name,
+)
 from featx.data.collection import SPLIT_ORDER, Collection, Sample, natural_key
 from featx.data.layouts import LAYOUTS_HELP, MANIFEST_HEADER, discover
 from featx.data.listing import IMAGE_EXTENSIONS
