@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from featx.backbones import check_input_size, create_backbone, get_config
-from featx.data import Collection, ImageDataset, discover, make_transform
+from featx.data import Collection, discover
+from featx.data.images import ImageDataset, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx import provenance
 from featx.errors import FeatxError

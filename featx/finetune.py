@@ -32,7 +32,8 @@ import featx
 from featx import provenance as prov_mod
 from featx import report
 from featx.backbones import check_input_size, create_backbone, get_config
-from featx.data import Collection, ImageDataset, discover, make_transform
+from featx.data import Collection, discover
+from featx.data.images import ImageDataset, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError
 from featx.evaluate import METRICS, compute_metrics, make_splits, resolve_positive, roc_points, summarize_folds
@@ -765,7 +766,7 @@ class _ScanSet(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[int, str]:
-        from featx.data import load_image
+        from featx.data.images import load_image
 
         index = self.indices[i]
         try:

@@ -289,7 +289,7 @@ def _network_proba(collection, indices: np.ndarray, checkpoint: Path, backbone: 
     from torch.utils.data import DataLoader
 
     from featx.backbones import create_backbone
-    from featx.data import ImageDataset, make_transform
+    from featx.data.images import ImageDataset, make_transform
     from featx.device import autocast, resolve_device
     from featx.extract import default_workers
 

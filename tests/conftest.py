@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featx.synth import synthesize
+from featx.data.synth import synthesize
 
 CNMC_TREE_SETTINGS = dict(subjects_all=3, subjects_hem=3, cells_per_subject=4, prelim_subjects_all=1,
                           prelim_subjects_hem=1, prelim_cells_per_subject=3, final_cells=4,

@@ -15,7 +15,9 @@ import torchvision
 from torch import nn
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
-from featx.backbones import check_input_size, create_backbone, get_config, list_backbones
+from featx.backbones import check_input_size, create_backbone, get_config, list_backbones, register_backbone, registry
+from featx.backbones.cnn import build_cnn
+from featx.cli.app import flag
 from featx.errors import FeatxError
 
 torch.set_num_threads(2)
@@ -75,8 +77,37 @@ def test_check_input_size():
     check_input_size("vgg16", 32)
     with pytest.raises(FeatxError, match="image size 62 is too small for alexnet: it needs at least 63 px"):
         check_input_size("alexnet", 62)
-    with pytest.raises(FeatxError, match="at least 32 px"):
+    with pytest.raises(FeatxError, match="at least 32 px") as err:
         check_input_size("vgg16", 31)
+    assert str(err.value).endswith("raise image_size") and err.value.render(flag).endswith("raise --image-size")
+
+
+def test_each_config_holds_its_default_tap_classifier_layer_and_classes():
+    expected = {"alexnet": ("fc7", "classifier.6", 1000), "cnn": ("fc", "classifier.4", 2),
+                "vgg16": ("fc7", "classifier.6", 1000)}
+    for name, (tap, layer, n) in expected.items():
+        cfg = get_config(name)
+        assert (cfg.default_tap, cfg.classifier_layer, cfg.default_num_classes) == (tap, layer, n)
+        assert list(cfg.taps)[-1] == cfg.default_tap        # the penultimate layer: the last tap before the logits
+        with torch.device("meta"):
+            net = cfg.builder(cfg, n, 0.5)
+        final = net.get_submodule(cfg.classifier_layer)
+        assert isinstance(final, nn.Linear) and final.out_features == n
+        assert list(net.state_dict())[-1] == f"{cfg.classifier_layer}.bias"
+
+
+def test_register_backbone_adds_a_network_to_the_one_registry(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register_backbone("tiny", preprocessed_as=AlexNet_Weights.IMAGENET1K_V1, imagenet=None,
+                      taps={"pool5": 256, "fc": 128}, default_tap="pool5", min_input_size=16,
+                      stages=("block1", "block2", "block3", "block4", "fc", "head"), default_num_classes=3,
+                      classifier_layer="classifier.4", description="the cnn under another name")(build_cnn)
+    assert list_backbones() == ["alexnet", "cnn", "tiny", "vgg16"]
+    net = create_backbone("tiny", seed=1)
+    assert net.name == "tiny" and net.num_classes == 3 and net.config.default_tap == "pool5"
+    assert net.config.mean == tuple(AlexNet_Weights.IMAGENET1K_V1.transforms().mean)
+    reference = create_backbone("cnn", num_classes=3, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), reference.state_dict().values()))
 
 
 # ------------------------------------------------------------------------------------------- taps
@@ -243,7 +274,8 @@ def test_wrong_or_broken_weights_files_are_refused(tmp_path):
     with pytest.raises(FeatxError) as err:
         create_backbone("alexnet", ckpt)
     msg = str(err.value)
-    assert str(ckpt) in msg and "backbone 'cnn', not alexnet" in msg and "--backbone cnn" in msg
+    assert str(ckpt) in msg and "backbone 'cnn', not alexnet" in msg and "use backbone='cnn' with" in msg
+    assert "use --backbone cnn with" in err.value.render(flag)
 
     plain = tmp_path / "cnn_state.pt"
     torch.save(cnn.state_dict(), plain)
@@ -263,8 +295,10 @@ def test_wrong_or_broken_weights_files_are_refused(tmp_path):
     with pytest.raises(FeatxError, match="notes.txt is not a weights file featx can read"):
         create_backbone("cnn", text)
 
-    with pytest.raises(FeatxError, match=r"weights file .*missing\.pt does not exist; give --weights none, imagenet"):
+    with pytest.raises(FeatxError, match=r"weights file .*missing\.pt does not exist; give weights='none', imagenet") \
+            as err:
         create_backbone("cnn", tmp_path / "missing.pt")
+    assert "does not exist; give --weights none, imagenet" in err.value.render(flag)
 
 
 def test_imagenet_offline_message_names_file_and_folder(tmp_path, monkeypatch):
@@ -278,9 +312,12 @@ def test_imagenet_offline_message_names_file_and_folder(tmp_path, monkeypatch):
     folder = tmp_path.resolve() / "hub" / "checkpoints"
     assert "\n" not in msg
     assert "vgg16-397923af.pth" in msg and f"into {folder} " in msg
-    assert "TORCH_HOME" in msg and "--weights PATH" in msg and "FEATX_OFFLINE=1" in msg
-    with pytest.raises(FeatxError, match="cnn has no ImageNet weights; use --weights none"):
+    assert "TORCH_HOME" in msg and "weights='PATH'" in msg and "FEATX_OFFLINE=1" in msg
+    assert "or pass --weights PATH to a saved vgg16" in err.value.render(flag)
+    with pytest.raises(FeatxError, match="cnn has no ImageNet weights; use weights='none'") as err:
         create_backbone("cnn", "imagenet")
+    cli = err.value.render(flag)
+    assert "use --weights none (random init" in cli and "--weights PATH of a cnn" in cli
 
 
 def test_imagenet_failed_download_is_one_line(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from featx.extract import extract
 from featx.heads import make_head
 from featx.persist import check_store_matches, fit_final, load_model, save_model
 from featx.store import load_features, store_settings
-from featx.synth import synthesize
+from featx.data.synth import synthesize
 
 from cli_helpers import invoke as _invoke
 

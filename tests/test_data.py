@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from featx.data import (Collection, ImageDataset, Sample, discover, load_image, make_transform,
-                        parse_cnmc_name)
+from featx.data import Collection, Sample, discover, parse_cnmc_name
+from featx.data.images import ImageDataset, load_image, make_transform
 from featx.errors import FeatxError
 
 PRELIM = "C-NMC_test_prelim_phase_data"
@@ -284,3 +286,11 @@ def test_image_dataset_in_a_dataloader(cnmc_tree):
     assert images.shape == (4, 3, 24, 24)
     assert indices.tolist() == [0, 1, 2, 3] and list(errors) == [""] * 4
     assert sum(len(b[1]) for b in batches) == 6
+
+
+def test_listing_a_data_set_never_imports_torch():
+    code = ("import sys, featx.data; from featx.data import Collection, discover; "
+            "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, 'featx.data imported torch'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from featx.backbones import create_backbone
 from featx.cli import app
-from featx.data import discover, load_image, make_transform
+from featx.data import discover
+from featx.data.images import load_image, make_transform
 from featx.errors import FeatxError
 from featx.extract import extract
 from featx.store import FeatureStore, load_features, store_settings, summarize
@@ -328,7 +329,7 @@ def test_library_never_imports_the_cli():
     pkg = Path(__file__).resolve().parents[1] / "featx"
     for f in (p for p in pkg.glob("*.py") if p.name != "__main__.py"):  # `python -m featx` runs the CLI
         assert "featx.cli" not in f.read_text(), f"{f.name} imports the CLI"
-    code = ("import sys, featx.data, featx.backbones, featx.extract, featx.store, featx.synth; "
+    code = ("import sys, featx.data, featx.backbones, featx.extract, featx.store, featx.data.synth; "
             "import importlib.util as u; mods=[m for m in ('featx.heads','featx.evaluate','featx.report',"
             "'featx.finetune','featx.persist') if u.find_spec(m)]; [__import__(m) for m in mods]; "
             "print(any(m.startswith('featx.cli') for m in sys.modules))")

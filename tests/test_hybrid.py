@@ -12,7 +12,8 @@ from digits_data import make_random_label_digits
 from typer.testing import CliRunner
 
 from featx.backbones import create_backbone
-from featx.data import Collection, ImageDataset, discover, make_transform
+from featx.data import Collection, discover
+from featx.data.images import ImageDataset, make_transform
 from featx.errors import FeatxError
 from featx.heads import make_head
 from featx.hybrid import INNER_TRAIN, INNER_VAL, hybrid

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from featx.backbones import create_backbone
-from featx.data import ImageDataset, discover, make_transform
+from featx.data import discover
+from featx.data.images import ImageDataset, make_transform
 from featx.errors import FeatxError
 from featx.evaluate import compare, evaluate, tuned_protocol
 from featx.extract import extract

@@ -18,7 +18,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featx.cli import app
-from featx.data import discover, load_image
+from featx.data import discover
+from featx.data.images import load_image
 from featx.errors import FeatxError
 from featx.extract import extract
 from featx.store import FeatureStore, load_features, lock_path, summarize, verify

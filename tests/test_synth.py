@@ -1,4 +1,4 @@
-"""featx.synth: the C-NMC-like generator writes the original layout, deterministically, and leaks by subject."""
+"""featx.data.synth: the C-NMC-like generator writes the original layout, deterministically, and leaks by subject."""
 from __future__ import annotations
 
 import csv
@@ -13,8 +13,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from featx.data.synth import synthesize
 from featx.errors import FeatxError
-from featx.synth import synthesize
 
 TRAIN_NAME = re.compile(r"^UID_(\d+|[Hh]\d+)_(\d+)_(\d+)_(all|hem)\.bmp$")
 PRELIM = "C-NMC_test_prelim_phase_data"

@@ -31,7 +31,7 @@ def synth(
 
     Each subject has its own stain tint, so image-level splits leak exactly as on the real data.
     """
-    from featx.synth import synthesize
+    from featx.data.synth import synthesize
 
     summary = synthesize(out, subjects_all=subjects_all, subjects_hem=subjects_hem,
                          cells_per_subject=cells_per_subject, prelim_subjects_all=prelim_subjects_all,

@@ -16,12 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from featx.errors import FeatxError
+from featx.data.cnmc import CNMC_FINAL, CNMC_PRELIM, CNMC_PRELIM_LABELS, CNMC_TRAIN
+from featx.errors import FeatxError, arg
 
-TRAIN_DIR = "C-NMC_training_data"
-PRELIM_DIR = "C-NMC_test_prelim_phase_data"
-FINAL_DIR = "C-NMC_test_final_phase_data"
-PRELIM_LABELS = "C-NMC_test_prelim_phase_data_labels.csv"
 FOLDS = ("fold_0", "fold_1", "fold_2")
 
 # Base stain colours (RGB, 0-255) of a May-Grunwald-Giemsa-like smear.
@@ -90,11 +87,11 @@ def synthesize(
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise FeatxError(f"synth output {out} is a file; give a folder")
-    present = [name for name in (TRAIN_DIR, PRELIM_DIR, FINAL_DIR) if (out / name).exists()]
+    present = [name for name in (CNMC_TRAIN, CNMC_PRELIM, CNMC_FINAL) if (out / name).exists()]
     if present:
         if not overwrite:
             raise FeatxError(f"{out} already holds {', '.join(present)}; choose an empty folder "
-                             "or pass overwrite (--force) to replace them")
+                             f"or pass {arg('overwrite', True)} to replace them")
         for name in present:
             shutil.rmtree(out / name)
 
@@ -118,7 +115,7 @@ def synthesize(
             fold_of[ids[j]] = FOLDS[(start + k) % 3]
     for fold in FOLDS:
         for cls in ("all", "hem"):
-            (out / TRAIN_DIR / fold / cls).mkdir(parents=True, exist_ok=True)
+            (out / CNMC_TRAIN / fold / cls).mkdir(parents=True, exist_ok=True)
         summary["counts"][fold] = {"all": 0, "hem": 0}
         summary["subjects"][fold] = []
     for cls, ids in (("all", train_all), ("hem", train_hem)):
@@ -127,7 +124,7 @@ def synthesize(
             stain = _subject_stain(rng)
             for name in _cell_names(rng, subject, cls, cells_per_subject):
                 img = _draw_cell(rng, cls, stain, image_size)
-                _save_bmp(img, out / TRAIN_DIR / fold / cls / name)
+                _save_bmp(img, out / CNMC_TRAIN / fold / cls / name)
             summary["counts"][fold][cls] += cells_per_subject
             summary["subjects"][fold].append(subject)
 
@@ -139,15 +136,15 @@ def synthesize(
         stain = _subject_stain(rng)
         for name in _cell_names(rng, subject, cls, prelim_cells_per_subject):
             prelim_cells.append((name, cls, _draw_cell(rng, cls, stain, image_size)))
-    prelim_root = out / PRELIM_DIR
-    (prelim_root / PRELIM_DIR).mkdir(parents=True, exist_ok=True)
+    prelim_root = out / CNMC_PRELIM
+    (prelim_root / CNMC_PRELIM).mkdir(parents=True, exist_ok=True)
     order = rng.permutation(len(prelim_cells))
     rows = []
     for number, j in enumerate(order, start=1):
         name, cls, img = prelim_cells[j]
-        _save_bmp(img, prelim_root / PRELIM_DIR / f"{number}.bmp")
+        _save_bmp(img, prelim_root / CNMC_PRELIM / f"{number}.bmp")
         rows.append((name, f"{number}.bmp", 1 if cls == "all" else 0))
-    with open(prelim_root / PRELIM_LABELS, "w", newline="", encoding="utf-8") as fh:
+    with open(prelim_root / CNMC_PRELIM_LABELS, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["Patient_ID", "new_names", "labels"])
         writer.writerows(rows)
@@ -156,7 +153,7 @@ def synthesize(
     summary["subjects"]["prelim"] = [s for s, _ in prelim_subjects]
 
     # Final test phase: unlabelled, from one new ALL and one new HEM subject.
-    final_dir = out / FINAL_DIR / FINAL_DIR
+    final_dir = out / CNMC_FINAL / CNMC_FINAL
     final_dir.mkdir(parents=True, exist_ok=True)
     final_imgs = []
     final_subjects = []
@@ -176,7 +173,7 @@ def synthesize(
 
 def _check_int(name: str, value, minimum: int) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise FeatxError(f"synth setting {name}={value!r} must be an integer >= {minimum}")
+        raise FeatxError(f"synth setting {arg(name, value)} must be an integer >= {minimum}")
 
 
 def _draw_ids(rng: np.random.Generator, n: int) -> list[int]:

@@ -1,0 +1,20 @@
+"""The backbones: ``vgg16``, ``alexnet`` and ``cnn``, their weights and their named taps.
+
+One registry knows every network (as timm's does): :func:`list_backbones`, :func:`get_config` and
+:func:`create_backbone`. Each builder registers its :class:`BackboneConfig` beside itself
+(:mod:`featx.backbones.torchvision_models`, :mod:`featx.backbones.cnn`): taps in forward order and the
+default tap, preprocessing taken from torchvision's weights enums, stages for freezing, the default number
+of classes and the name of the classifier layer. Weight files and featx checkpoints:
+:mod:`featx.backbones.weights`.
+"""
+# Importing the builders registers them.
+from featx.backbones import cnn, torchvision_models  # noqa: F401
+from featx.backbones.factory import create_backbone
+from featx.backbones.network import FeatureNet, Step
+from featx.backbones.registry import BackboneConfig, check_input_size, get_config, list_backbones, register_backbone
+from featx.backbones.weights import CHECKPOINT_VERSION, DOWNLOAD_TIMEOUT_S, OFFLINE_ENV, WeightsInfo
+
+__all__ = [
+    "CHECKPOINT_VERSION", "DOWNLOAD_TIMEOUT_S", "OFFLINE_ENV", "BackboneConfig", "FeatureNet", "Step", "WeightsInfo",
+    "check_input_size", "create_backbone", "get_config", "list_backbones", "register_backbone",
+]

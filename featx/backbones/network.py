@@ -1,0 +1,179 @@
+"""FeatureNet: a classification network whose intermediate layers (taps) can be read by name.
+
+A backbone's forward pass is a plan of :class:`Step`s over submodules ``features``, ``avgpool`` and
+``classifier`` (torchvision's names, so state dict keys are torchvision's); each step belongs to a stage
+(for freezing) and may record a tap.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from featx.backbones.registry import BackboneConfig, check_input_size
+from featx.backbones.weights import WeightsInfo
+from featx.errors import FeatxError
+
+
+class Step(NamedTuple):
+    """One step of a backbone's forward pass.
+
+    op "run" calls submodule ``target``; "flatten" flattens to (B, D); "gap" records the global average pool
+    of the current activation as tap ``tap`` without changing it. After "run"/"flatten", ``tap`` (if set)
+    records the activation itself.
+    """
+
+    op: str
+    target: str
+    stage: str
+    tap: str | None = None
+
+
+class FeatureNet(nn.Module):
+    """A classification network whose intermediate layers can be read by name (taps).
+
+    Attributes: ``name``, ``config`` (:class:`BackboneConfig`), ``weights_info`` (:class:`WeightsInfo`),
+    ``num_classes``, ``classes`` (class names from a featx checkpoint, else None), ``stages``.
+    Submodules ``features``, ``avgpool``, ``classifier`` follow torchvision's layout, so state dict keys are
+    torchvision's. Build one with :func:`featx.backbones.create_backbone`.
+    """
+
+    def __init__(self, config: BackboneConfig, features: nn.Module, avgpool: nn.Module, classifier: nn.Module,
+                 *, plan: Sequence[Step], num_classes: int):
+        super().__init__()
+        self.features = features
+        self.avgpool = avgpool
+        self.classifier = classifier
+        self.name = config.name
+        self.config = config
+        self.num_classes = int(num_classes)
+        self.classes: list[str] | None = None
+        self.weights_info = WeightsInfo(kind="none", source="none", sha256=None, seed=None)
+        self._plan = tuple(plan)
+        self._frozen: tuple[str, ...] = ()
+        if tuple(s.stage for s in _unique_stages(self._plan)) != config.stages:   # pragma: no cover
+            raise AssertionError(f"{config.name}: plan stages differ from the config")
+
+    # -- forward ------------------------------------------------------------------------------------------
+    @property
+    def stages(self) -> list[str]:
+        """Stage names for :meth:`freeze`, in forward order; the last one, ``head``, is the classifier layer."""
+        return list(self.config.stages)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise FeatxError(f"{self.name} expects a batch of images (B, 3, H, W), got shape {tuple(x.shape)}")
+        size = min(int(x.shape[-2]), int(x.shape[-1]))
+        if size < self.config.min_input_size:
+            check_input_size(self.name, size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, num_classes); softmax is left to the loss / predict_proba."""
+        self._check_input(x)
+        for step in self._plan:
+            if step.op == "run":
+                x = self.get_submodule(step.target)(x)
+            elif step.op == "flatten":
+                x = torch.flatten(x, 1)
+        return x
+
+    def forward_taps(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
+        """Features (B, D) of each requested tap from one forward pass, in the order asked.
+
+        The pass stops after the last requested tap, so the later layers (and the classifier layer) are not
+        computed when not needed. Unknown tap: FeatxError listing the backbone's taps.
+        """
+        wanted = [taps] if isinstance(taps, str) else list(taps)
+        if not wanted:
+            raise FeatxError(f"no taps requested; {self.name} has: {', '.join(self.config.taps)}")
+        for tap in wanted:
+            if tap not in self.config.taps:
+                raise FeatxError(f"unknown tap {tap!r} for {self.name}; its taps are: "
+                                 f"{', '.join(self.config.taps)}")
+        self._check_input(x)
+        pending = set(wanted)
+        out: dict[str, Tensor] = {}
+        for step in self._plan:
+            if step.op == "gap":
+                if step.tap in pending:
+                    out[step.tap] = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+            else:
+                x = self.get_submodule(step.target)(x) if step.op == "run" else torch.flatten(x, 1)
+                if step.tap in pending:
+                    out[step.tap] = x
+            pending.discard(step.tap)
+            if not pending:
+                break
+        return {tap: out[tap] for tap in wanted}
+
+    # -- training helpers ---------------------------------------------------------------------------------
+    def _stage_modules(self, stage: str) -> list[nn.Module]:
+        return [self.get_submodule(s.target) for s in self._plan if s.stage == stage and s.op == "run"]
+
+    def freeze(self, up_to: str) -> None:
+        """Freeze every stage before ``up_to``; ``up_to`` and the stages after it train.
+
+        ``freeze("head")`` trains only the classifier layer; ``freeze(stages[0])`` trains everything.
+        Batch-norm layers of frozen stages stay in eval mode (their running statistics do not move).
+        """
+        if up_to not in self.config.stages:
+            raise FeatxError(f"unknown stage {up_to!r} for {self.name}; its stages are: "
+                             f"{', '.join(self.config.stages)}")
+        k = self.config.stages.index(up_to)
+        for i, stage in enumerate(self.config.stages):
+            for module in self._stage_modules(stage):
+                for p in module.parameters():
+                    p.requires_grad_(i >= k)
+        self._frozen = self.config.stages[:k]
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "FeatureNet":
+        """Like ``nn.Module.train``, but batch-norm layers of frozen stages stay in eval mode."""
+        super().train(mode)
+        for stage in getattr(self, "_frozen", ()):
+            for module in self._stage_modules(stage):
+                for m in module.modules():
+                    if isinstance(m, _BatchNorm):
+                        m.eval()
+        return self
+
+    def reset_classifier(self, num_classes: int, seed: int = 0) -> None:
+        """Replace the classifier layer (the final Linear) by a new one with ``num_classes`` outputs (seeded)."""
+        num_classes = int(num_classes)
+        if num_classes < 1:
+            raise FeatxError(f"num_classes must be at least 1, got {num_classes}")
+        layer = self.config.classifier_layer
+        old = self.get_submodule(layer)
+        with seeded(seed):
+            new = nn.Linear(old.in_features, num_classes)
+        new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+        parent, _, attr = layer.rpartition(".")
+        setattr(self.get_submodule(parent), attr, new)
+        self.num_classes = num_classes
+        self.classes = None
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, num_classes={self.num_classes}, weights={self.weights_info.source!r}"
+
+
+def _unique_stages(plan: Sequence[Step]) -> list[Step]:
+    seen: dict[str, Step] = {}
+    for step in plan:
+        seen.setdefault(step.stage, step)
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed the CPU generator inside a ``fork_rng`` scope: the global RNG state is restored on exit.
+
+    Only the CPU generator is seeded (``torch.manual_seed`` would also queue a CUDA re-seed); networks are
+    always built on the CPU (or the meta device).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        yield

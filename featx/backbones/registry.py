@@ -1,0 +1,96 @@
+"""One registry of backbones (as timm's): each builder registers its :class:`BackboneConfig` beside itself.
+
+:func:`register_backbone` fills the registry; :func:`list_backbones` and :func:`get_config` read it. The
+preprocessing (input size, mean, std) is read from torchvision's weights enums, not copied by hand.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlparse
+
+from torchvision.models import WeightsEnum
+
+from featx.errors import FeatxError, arg
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything featx knows about one backbone: how to build it, its taps, preprocessing and weights."""
+
+    name: str
+    builder: Callable                       # builder(config, num_classes, dropout) -> FeatureNet
+    taps: dict[str, int]                    # tap name -> feature dimension, in forward order
+    default_tap: str                        # the tap used when none is chosen
+    input_size: int                         # default image side (224)
+    mean: tuple[float, float, float]        # normalisation that belongs to the weights
+    std: tuple[float, float, float]
+    imagenet: WeightsEnum | None            # torchvision's ImageNet weights, None when there are none
+    min_input_size: int                     # smallest image side the network accepts
+    stages: tuple[str, ...]                 # stages for freezing, in forward order; "head" is the classifier layer
+    default_num_classes: int                # outputs of the classifier layer when neither weights nor caller say
+    classifier_layer: str                   # qualified name of the network's final Linear (classifier) layer
+    description: str
+
+    def __post_init__(self):
+        if self.default_tap not in self.taps:   # pragma: no cover - a registration mistake
+            raise AssertionError(f"{self.name}: default tap {self.default_tap!r} is not one of its taps")
+
+    @property
+    def imagenet_file(self) -> str | None:
+        """File name of torchvision's ImageNet weights in the hub cache (e.g. ``vgg16-397923af.pth``)."""
+        if self.imagenet is None:
+            return None
+        return os.path.basename(urlparse(self.imagenet.url).path)
+
+
+_REGISTRY: dict[str, BackboneConfig] = {}
+
+
+def preprocessing(weights: WeightsEnum) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """Input size, mean and std of the transforms that belong to torchvision ``weights``."""
+    t = weights.transforms()
+    return int(t.crop_size[0]), tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
+
+
+def register_backbone(name: str, *, preprocessed_as: WeightsEnum, imagenet: WeightsEnum | None, taps: dict[str, int],
+                      default_tap: str, stages: tuple[str, ...], min_input_size: int, default_num_classes: int,
+                      classifier_layer: str, description: str) -> Callable:
+    """Decorator registering a builder ``(config, num_classes, dropout) -> FeatureNet`` as backbone ``name``.
+
+    ``preprocessed_as``: the torchvision weights whose transforms give the input size, mean and std (the
+    backbone's own ImageNet weights, or those of another network for one trained from scratch).
+    """
+    def register(builder: Callable) -> Callable:
+        if name in _REGISTRY:   # pragma: no cover - a registration mistake
+            raise AssertionError(f"backbone {name!r} is registered twice")
+        size, mean, std = preprocessing(preprocessed_as)
+        _REGISTRY[name] = BackboneConfig(
+            name=name, builder=builder, taps=dict(taps), default_tap=default_tap, input_size=size, mean=mean,
+            std=std, imagenet=imagenet, description=description, min_input_size=min_input_size,
+            stages=tuple(stages), default_num_classes=default_num_classes, classifier_layer=classifier_layer)
+        return builder
+
+    return register
+
+
+def list_backbones() -> list[str]:
+    """Names of the registered backbones, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str) -> BackboneConfig:
+    """The config of backbone ``name``; FeatxError listing the known names if there is none."""
+    key = str(name).strip().lower()
+    if key not in _REGISTRY:
+        raise FeatxError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
+    return _REGISTRY[key]
+
+
+def check_input_size(name: str, size: int) -> None:
+    """FeatxError when ``size`` px images are too small for backbone ``name``."""
+    cfg = get_config(name)
+    if int(size) < cfg.min_input_size:
+        raise FeatxError(f"image size {size} is too small for {cfg.name}: it needs at least "
+                         f"{cfg.min_input_size} px (default {cfg.input_size}); raise {arg('image_size')}")

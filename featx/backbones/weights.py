@@ -1,0 +1,105 @@
+"""Weight files: torchvision's ImageNet cache (and its download), state dicts and featx checkpoints.
+
+- ImageNet: torchvision's file in ``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``).
+  When it is missing, torchvision's own download is tried (15 s socket timeout); set ``FEATX_OFFLINE=1``
+  to skip that attempt. Without the file the error names the exact file and folder.
+- A path: a state dict or a featx checkpoint, read with ``torch.load(..., weights_only=True)``: a weights
+  file is data, never code.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.models import WeightsEnum
+
+from featx.backbones.registry import BackboneConfig
+from featx.errors import FeatxError, arg
+
+CHECKPOINT_VERSION = 1          # the "featx_checkpoint" value featx writes and reads
+DOWNLOAD_TIMEOUT_S = 15.0       # socket timeout of the ImageNet download attempt
+OFFLINE_ENV = "FEATX_OFFLINE"   # "1": never try to download ImageNet weights
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a network's weights came from (recorded in feature stores and run cards)."""
+
+    kind: str                   # "none" | "imagenet" | "file"
+    source: str                 # "none", "imagenet" or the absolute file path
+    sha256: str | None          # of the file loaded (the cache file for imagenet); None for random weights
+    seed: int | None            # the seed of random initialisation ("none")
+    card: dict | None = None    # the featx checkpoint card, when a fine-tuned checkpoint was loaded
+    file: str | None = None     # absolute path of the file read (the cache file for imagenet)
+
+
+def imagenet_path(cfg: BackboneConfig) -> Path:
+    """torchvision's cached ImageNet file for ``cfg``, downloaded by torchvision when possible."""
+    if cfg.imagenet is None:
+        raise FeatxError(f"{cfg.name} has no ImageNet weights; use {arg('weights', 'none')} (random init, trained "
+                         f"from scratch) or {arg('weights', 'PATH')} of a {cfg.name} checkpoint")
+    folder = Path(torch.hub.get_dir()).resolve() / "checkpoints"
+    path = folder / cfg.imagenet_file
+    if path.is_file():
+        return path
+    if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0"):
+        reason = f"{OFFLINE_ENV}={os.environ[OFFLINE_ENV]} forbids downloading"
+    else:
+        reason = _try_download(cfg.imagenet)
+        if reason is None and path.is_file():
+            return path
+        reason = reason or "the download left no file"
+    raise FeatxError(
+        f"ImageNet weights for {cfg.name} are not cached and could not be downloaded ({reason}): put "
+        f"torchvision's file {cfg.imagenet_file} (from {cfg.imagenet.url}) into {folder} "
+        f"(torch.hub.get_dir()/checkpoints; set TORCH_HOME to use another cache folder), "
+        f"or pass {arg('weights', 'PATH')} to a saved {cfg.name} state dict")
+
+
+def _try_download(weights: WeightsEnum) -> str | None:
+    """Let torchvision download ``weights`` into its cache; None on success, else a one-line reason."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        weights.get_state_dict(progress=True, check_hash=True, map_location="cpu", weights_only=True)
+    except Exception as exc:  # offline, DNS failure, timeout, hash mismatch, disk full...
+        return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    finally:
+        socket.setdefaulttimeout(previous)
+    return None
+
+
+def read_weights(path: Path):
+    """The object saved in ``path`` (a state dict or a featx checkpoint), loaded as data only."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FeatxError(f"{path} is not a weights file featx can read (torch.load with weights_only=True "
+                         f"failed: {type(exc).__name__}); expected a state dict saved with "
+                         f"torch.save(model.state_dict(), path) or a featx checkpoint") from None
+
+
+def is_checkpoint(obj) -> bool:
+    """Whether a loaded weights object is a featx checkpoint (not a bare state dict)."""
+    return isinstance(obj, dict) and "featx_checkpoint" in obj
+
+
+def unpack_checkpoint(cfg: BackboneConfig, obj: dict, path: Path) -> tuple[dict, list[str] | None, dict | None]:
+    """The state dict, class names and card of a featx checkpoint of backbone ``cfg``."""
+    version = obj.get("featx_checkpoint")
+    if version != CHECKPOINT_VERSION:
+        raise FeatxError(f"{path} is a featx checkpoint of version {version!r}; this featx reads version "
+                         f"{CHECKPOINT_VERSION}: upgrade featx or re-create the checkpoint")
+    backbone = str(obj.get("backbone", "")).lower()
+    if backbone != cfg.name:
+        raise FeatxError(f"{path} is a featx checkpoint of backbone {backbone or '?'!r}, not {cfg.name}; "
+                         f"use {arg('backbone', backbone or '<its backbone>')} with this file")
+    if "model" not in obj:
+        raise FeatxError(f"{path} is a featx checkpoint without a 'model' state dict; re-save it")
+    classes = obj.get("classes")
+    classes = [str(c) for c in classes] if classes else None
+    card = obj.get("card")
+    return obj["model"], classes, (dict(card) if isinstance(card, dict) else None)

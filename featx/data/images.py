@@ -1,0 +1,109 @@
+"""Images as tensors: reading any image as 8-bit RGB, the transforms, and the torch Dataset of a Collection."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from featx.data.collection import Collection
+from featx.errors import FeatxError, arg
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB, fully decoded; FeatxError naming the file when it cannot be read.
+
+    16-bit, 32-bit integer and float images are scaled to 8 bits by their own range (minimum -> 0,
+    maximum -> 255), not clipped at 255.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except Image.UnidentifiedImageError:
+        raise FeatxError(f"cannot read image {path}: not an image file (or a format PIL does not know)") from None
+    except Exception as exc:  # PIL raises several types for broken files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FeatxError(f"cannot read image {path}: {reason}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """A PIL image as 8-bit RGB; high-bit-depth and float modes (I;16*, I, F) are scaled by their range."""
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        finite = np.isfinite(a)
+        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+        a = np.where(finite, a, lo)
+        scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
+class RandomRotate90:
+    """Rotate a PIL image by a random multiple of 90 degrees."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        k = int(torch.randint(0, 4, ()).item())
+        if k == 0:
+            return img
+        return img.transpose((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                              Image.Transpose.ROTATE_270)[k - 1])
+
+    def __repr__(self) -> str:
+        return "RandomRotate90()"
+
+
+def make_transform(image_size: int, mean: Sequence[float], std: Sequence[float], *,
+                   augment: bool = False, color_jitter: bool = False) -> T.Compose:
+    """PIL image -> normalised float tensor (3, image_size, image_size).
+
+    Evaluation: Resize((s, s)) -> ToTensor -> Normalize(mean, std). ``augment`` adds horizontal and
+    vertical flips, random 90-degree rotations and a small affine jitter (and ColorJitter when
+    ``color_jitter``) before the tensor conversion.
+    """
+    if int(image_size) < 1:
+        raise FeatxError(f"{arg('image_size', image_size)} must be a positive number of pixels")
+    steps = [T.Resize((int(image_size), int(image_size)), antialias=True)]
+    if augment:
+        steps += [T.RandomHorizontalFlip(), T.RandomVerticalFlip(), RandomRotate90(),
+                  T.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.95, 1.05))]
+        if color_jitter:
+            steps.append(T.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02))
+    steps += [T.ToTensor(), T.Normalize(list(map(float, mean)), list(map(float, std)))]
+    return T.Compose(steps)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Items are (image tensor, index into collection.samples, error message or "").
+
+    An unreadable image gives a zero tensor of the usual shape and a one-line message naming the file,
+    so that a long extraction records it and goes on.
+    """
+
+    def __init__(self, collection: Collection, transform, indices: Sequence[int] | None = None):
+        self.collection = collection
+        self.transform = transform
+        self.indices = list(range(len(collection.samples))) if indices is None else [int(i) for i in indices]
+        self._blank_shape: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        index = self.indices[i]
+        path = self.collection.abspath(index)
+        try:
+            tensor = self.transform(load_image(path))
+        except FeatxError as exc:
+            return self._blank(), index, str(exc)
+        except Exception as exc:  # a transform failing on an odd image
+            return self._blank(), index, f"cannot transform image {path}: {exc}".splitlines()[0]
+        return tensor, index, ""
+
+    def _blank(self) -> torch.Tensor:
+        if self._blank_shape is None:
+            self._blank_shape = tuple(self.transform(Image.new("RGB", (8, 8))).shape)
+        return torch.zeros(self._blank_shape)
