@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 
 import pytest
 from rich.console import Console
@@ -143,3 +144,48 @@ def test_terminal_protocol_names_unknown_subjects_and_dropped_rows():
     text = console.export_text()
     assert "* IMAGE-LEVEL 5-fold (subjects unknown)" in text and "2 rows w/o subject dropped" in text
     assert "or subjects unknown (optimistic)" in text
+
+
+def test_featx_table_merges_results_json_files_and_folders_old_and_new(tmp_path, monkeypatch):
+    from featx.results import read_json
+    from tests.cli_helpers import invoke
+
+    monkeypatch.setenv("COLUMNS", "200")  # one table line per row
+
+    write_results(ROWS, tmp_path / "cmp", plots=False)
+    old = {"model": "cnn fine-tuned", "backbone": "cnn", "tap": "logits", "head": "finetune", "protocol": "val",
+           "protocol_label": "held-out val", "image_level": False, "n_folds": 1, "n_train": 40, "n_test": 10,
+           "n_subjects": 4, "classes": ["all", "hem"], "positive": "all", "accuracy": 0.7, "accuracy_std": None,
+           "accuracy_ci_low": 0.5, "accuracy_ci_high": 0.9, "roc_auc": None, "confusion": [[3, 2], [1, 4]],
+           "settings": {"lr": 0.001}}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text(json.dumps([old]))  # written by featx before ResultRow
+    result, text = invoke("table", tmp_path / "cmp", tmp_path / "run" / "results.json", "--title", "merged",
+                          "--out", tmp_path / "all")
+    assert result.exit_code == 0, text
+    assert "merged" in text and "vgg16/fc7 + svm subject 5-fold 87.12 ± 3.10" in text
+    assert "* IMAGE-LEVEL 5-fold 97.44 ± 1.20" in text and "cnn fine-tuned held-out val 70.00" in text
+    merged = read_json(tmp_path / "all" / "results.json")
+    assert merged[:2] == ROWS and merged[2].name == "cnn fine-tuned" and merged[2].head is None
+    assert (tmp_path / "all" / "comparison.png").is_file()
+    assert "confusion-cnn-logits-finetune-val.png" in {p.name for p in (tmp_path / "all" / "plots").iterdir()}
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such results file; point to a results.json written by `featx compare`"),
+    ("{not json", "not a featx results.json (not JSON)"),
+    ('{"model": "x"}', "not a featx results.json (expected a list of result rows)"),
+    ('[{"model": "x"}]', "not a featx results.json (expected a list of result rows; row 1 is not a result row: "
+                         "missing keys"),
+])
+def test_featx_table_names_the_file_that_is_not_a_results_json(tmp_path, content, message):
+    from featx.errors import FeatxError
+    from featx.report import read_results
+    from tests.cli_helpers import invoke
+
+    if content is not None:
+        (tmp_path / "results.json").write_text(content)
+    with pytest.raises(FeatxError, match=re.escape(f"{tmp_path / 'results.json'}: {message}")):
+        read_results([tmp_path])
+    result, text = invoke("table", tmp_path)
+    assert result.exit_code == 1 and message in text and "Traceback" not in text
