@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,9 @@ _SUFFIXES = {"std": "_std", "ci_low": "_ci_low", "ci_high": "_ci_high"}
 
 @dataclass(frozen=True)
 class Score:
-    """One metric of a row: the mean over folds, the sample std of the fold values (ddof=1; None with one
-    fold) and the 95% bootstrap interval of that mean (None when it was not computed)."""
+    """One metric of a row: the mean over folds (None where the metric is undefined: NaN is stored as None),
+    the sample std of the fold values (ddof=1; None with one fold) and the 95% bootstrap interval of that
+    mean (None when it was not computed)."""
 
     mean: float | None
     std: float | None = None
@@ -134,7 +136,7 @@ class ResultRow:
         return jsonable(out)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ResultRow":
+    def from_dict(cls, data: dict) -> ResultRow:
         """A row from :meth:`to_dict` output (also reads results.json of featx before the typed rows)."""
         data = dict(data)
         if "name" not in data and "model" in data:  # results.json before ResultRow

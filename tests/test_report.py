@@ -20,13 +20,12 @@ def _row(name, protocol, label, image_level, acc, std, roc_auc=None, **extra):
     scores = {m: Score(acc, std, acc - 0.05, acc + 0.03) for m in METRICS}
     if roc_auc is not None:
         scores["roc_auc"] = Score(roc_auc, std, acc - 0.05, acc + 0.03)
-    fields = dict(name=name, backbone=name.split("/")[0], tap="fc7", head=name.split(" + ")[-1], protocol=protocol,
-                  protocol_label=label, image_level=image_level, n_folds=5, n_train=80, n_test=100, n_subjects=10,
-                  positive="all", classes=["all", "hem"], scores=scores, confusion=[[60, 8], [4, 28]],
-                  roc={"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1]},
-                  settings={"preprocess": "standard", "class_weight": None, "seed": 0, "params": {"C": 1}})
-    fields.update(extra)
-    return ResultRow(**fields)
+    row = ResultRow(name=name, backbone=name.split("/")[0], tap="fc7", head=name.split(" + ")[-1], protocol=protocol,
+                    protocol_label=label, image_level=image_level, n_folds=5, n_train=80, n_test=100, n_subjects=10,
+                    positive="all", classes=["all", "hem"], scores=scores, confusion=[[60, 8], [4, 28]],
+                    roc={"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1]},
+                    settings={"preprocess": "standard", "class_weight": None, "seed": 0, "params": {"C": 1}})
+    return dataclasses.replace(row, **extra)
 
 
 ROWS = [_row("vgg16/fc7 + svm", "subject", "subject-level 5-fold", False, 0.8712, 0.031),
@@ -175,8 +174,8 @@ def test_featx_table_merges_results_json_files_and_folders_old_and_new(tmp_path,
     (None, "no such results file; point to a results.json written by `featx compare`"),
     ("{not json", "not a featx results.json (not JSON)"),
     ('{"model": "x"}', "not a featx results.json (expected a list of result rows)"),
-    ('[{"model": "x"}]', "not a featx results.json (expected a list of result rows; row 1 is not a result row: "
-                         "missing keys"),
+    ('[{"model": "x"}]', ("not a featx results.json (expected a list of result rows; row 1 is not a result row: "
+                          "missing keys")),
 ])
 def test_featx_table_names_the_file_that_is_not_a_results_json(tmp_path, content, message):
     from featx.errors import FeatxError

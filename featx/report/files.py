@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 from featx.errors import FeatxError
 from featx.files import atomic_text, atomic_write
-from featx.report import plots as _plots  # called through the module, so tests can replace a plot
+from featx.report.plots import plot_bars, plot_confusion, plot_roc
 from featx.report.table import protocol_text, results_markdown, slug
 from featx.results import ResultRow, read_json, write_csv, write_json
 
@@ -31,7 +31,7 @@ def write_results(rows: Sequence[ResultRow], out_dir, *, plots: bool = True, ste
         paths["predictions"] = write_predictions(rows, out / "predictions")
     if plots and rows:
         _plot_rows(rows, out / "plots")
-        paths["plot"] = _plots.plot_bars(rows, out / "comparison.png")
+        paths["plot"] = plot_bars(rows, out / "comparison.png")
     return paths
 
 
@@ -52,11 +52,11 @@ def _plot_rows(rows: Sequence[ResultRow], plot_dir: Path) -> None:
     for r, name in zip(rows, _unique_slugs(rows)):
         title = f"{r.name}\n{protocol_text(r)}"
         if r.confusion is not None:
-            _plots.plot_confusion(r.confusion, r.classes or [str(i) for i in range(len(r.confusion))],
-                                  plot_dir / f"confusion-{name}.png", title=title)
+            plot_confusion(r.confusion, r.classes or [str(i) for i in range(len(r.confusion))],
+                           plot_dir / f"confusion-{name}.png", title=title)
         if r.roc:
-            _plots.plot_roc(r.roc["fpr"], r.roc["tpr"], r.mean("roc_auc"), plot_dir / f"roc-{name}.png",
-                            title=title, folds=r.n_folds or 1)
+            plot_roc(r.roc["fpr"], r.roc["tpr"], r.mean("roc_auc"), plot_dir / f"roc-{name}.png",
+                     title=title, folds=r.n_folds or 1)
 
 
 def write_predictions(rows: Sequence[ResultRow], out_dir) -> Path:
@@ -64,9 +64,9 @@ def write_predictions(rows: Sequence[ResultRow], out_dir) -> Path:
     (path, subject, fold, y_true, y_pred, score of the positive class). Returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for r, name in zip(rows, _unique_slugs(rows)):
-        if r.predictions:
-            atomic_write(out / f"{name}.csv", lambda tmp, pred=r.predictions: _write_prediction_csv(pred, tmp))
+    carrying = [r for r in rows if r.predictions]
+    for r, name in zip(carrying, _unique_slugs(carrying)):
+        atomic_write(out / f"{name}.csv", lambda tmp, pred=r.predictions: _write_prediction_csv(pred, tmp))
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from rich import box
 from rich.markup import escape
@@ -80,8 +80,8 @@ def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare"
     """A rich Table: name, protocol, then accuracy, precision, recall, F1 (mean over folds ± sample std over
     folds, %) and the weighted F1 (the challenge's metric); marked rows in yellow with a ``*``."""
     title = f"{title}  [dim](mean over folds ± sample std (ddof=1) over folds, %)[/]" if title else None
-    captions = ["± = sample std (ddof=1) over folds; 95% CIs (bootstrap of the mean over folds, subjects resampled "
-                "within each test fold) in results.md/.csv"]
+    captions = [("± = sample std (ddof=1) over folds; 95% CIs (bootstrap of the mean over folds, subjects resampled "
+                 "within each test fold) in results.md/.csv")]
     if any(r.image_level for r in rows):
         captions.append("* IMAGE-LEVEL: one subject's cells on both sides of the split, or subjects unknown "
                         "(optimistic)")
