@@ -4,16 +4,17 @@ Evaluation and fine-tuning build :class:`ResultRow` objects; reports, ``featx ta
 them. ``results.json`` holds :meth:`ResultRow.to_dict` of each row (flat: each metric as ``<metric>``,
 ``<metric>_std``, ``<metric>_ci_low``, ``<metric>_ci_high``); ``results.csv`` one line per row with the
 settings spread over ``settings.<key>`` columns. Both read back to equal rows (:meth:`from_dict`,
-:func:`rows_from_csv`).
+:func:`rows_from_csv`): a row holds JSON-ready values (numpy made plain, NaN as None) from construction on.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,13 +25,25 @@ _SUFFIXES = {"std": "_std", "ci_low": "_ci_low", "ci_high": "_ci_high"}
 
 @dataclass(frozen=True)
 class Score:
-    """One metric of a row: the mean over folds, the sample std of the fold values (ddof=1; None with one
-    fold) and the 95% bootstrap interval of that mean (None when it was not computed)."""
+    """One metric of a row: the mean over folds (None where the metric is undefined: NaN is stored as None),
+    the sample std of the fold values (ddof=1; None with one fold) and the 95% bootstrap interval of that
+    mean (None when it was not computed)."""
 
-    mean: float
+    mean: float | None
     std: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
+
+    def __post_init__(self):
+        for f in fields(self):  # NaN (an undefined metric) is stored as None, as JSON writes it
+            object.__setattr__(self, f.name, _number(getattr(self, f.name)))
+
+
+def _number(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 @dataclass
@@ -78,6 +91,12 @@ class ResultRow:
     scored_epochs: list[int] | None = None
     train_accuracy_last_epoch: list[float] | None = None
 
+    def __post_init__(self):
+        for f in fields(self):
+            if f.name not in ("scores", "predictions"):
+                setattr(self, f.name, jsonable(getattr(self, f.name)))
+        self.scores = _all_metrics(self.scores)
+
     @property
     def kind(self) -> str:
         """``"head"`` (a classifier on stored features) or ``"network"`` (a fine-tuned network's softmax)."""
@@ -90,14 +109,18 @@ class ResultRow:
             return "OPTIMISTIC"
         return "IMAGE-LEVEL" if self.image_level else ""
 
+    def score(self, metric: str) -> Score:
+        """The row's :class:`Score` of ``metric`` (all None when it was not computed)."""
+        return self.scores.get(metric) or Score(None)
+
     def mean(self, metric: str) -> float:
-        """The row's estimate of ``metric`` (NaN when it was not computed)."""
-        score = self.scores.get(metric)
-        return float("nan") if score is None or score.mean is None else score.mean
+        """The row's estimate of ``metric`` (NaN when it was not computed or is undefined)."""
+        mean = self.score(metric).mean
+        return float("nan") if mean is None else mean
 
     def set_scores(self, summary: dict) -> None:
         """Take ``<metric>``, ``<metric>_std``, ``_ci_low``, ``_ci_high`` of a fold summary as scores."""
-        self.scores = _scores_from_flat(summary)
+        self.scores = _all_metrics(_scores_from_flat(summary))
 
     def to_dict(self, *, predictions: bool = False) -> dict[str, Any]:
         """The flat, JSON-ready form written to results.json (``predictions`` left out unless asked)."""
@@ -113,7 +136,7 @@ class ResultRow:
         return jsonable(out)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ResultRow":
+    def from_dict(cls, data: dict) -> ResultRow:
         """A row from :meth:`to_dict` output (also reads results.json of featx before the typed rows)."""
         data = dict(data)
         if "name" not in data and "model" in data:  # results.json before ResultRow
@@ -124,21 +147,34 @@ class ResultRow:
         unknown = set(data) - names - _metric_keys()
         if unknown:
             raise ValueError(f"not a result row: unknown keys {sorted(unknown)}")
+        missing = [f.name for f in fields(cls) if f.name not in data and _default(f) is _REQUIRED]
+        if missing:
+            raise ValueError(f"not a result row: missing keys {missing}")
         kwargs = {k: v for k, v in data.items() if k in names and k != "scores"}
         kwargs["scores"] = _scores_from_flat(data)
         return cls(**kwargs)
+
+
+_REQUIRED = object()
+
+
+def _default(f):
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else _REQUIRED
 
 
 def _metric_keys() -> set[str]:
     return {m + s for m in METRICS for s in ("", *_SUFFIXES.values())}
 
 
-def _scores_from_flat(flat: dict) -> dict[str, Score]:
-    def num(v):
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+def _all_metrics(scores: dict[str, Score]) -> dict[str, Score]:
+    """Every metric of :data:`METRICS`, in table order (an uncomputed one as ``Score(None)``), then others."""
+    return {**{m: scores.get(m) or Score(None) for m in METRICS}, **scores}
 
-    return {m: Score(num(flat.get(m)), *(num(flat.get(m + s)) for s in _SUFFIXES.values()))
-            for m in METRICS if m in flat}
+
+def _scores_from_flat(flat: dict) -> dict[str, Score]:
+    return {m: Score(flat.get(m), *(flat.get(m + s) for s in _SUFFIXES.values())) for m in METRICS if m in flat}
 
 
 def jsonable(value):
@@ -175,32 +211,42 @@ def read_json(path: str | Path) -> list[ResultRow]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise ValueError("expected a list of result rows")
-    return [ResultRow.from_dict(r) for r in data]
+    rows = []
+    for i, r in enumerate(data):
+        try:
+            rows.append(ResultRow.from_dict(r))
+        except ValueError as exc:
+            raise ValueError(f"expected a list of result rows; row {i + 1} is {exc}") from None
+    return rows
 
 
 def csv_columns(rows: Iterable[ResultRow]) -> list[str]:
-    """The columns of results.csv: identity, every metric with its spread, the rest, ``settings.<key>``."""
+    """The columns of results.csv: identity, every metric with its spread, the other fields (those at their
+    default in every row left out), then ``settings.<key>`` of every setting any row has."""
     rows = list(rows)
     metric_cols = [m + s for m in METRICS for s in ("", *_SUFFIXES.values())]
     rest = [f.name for f in fields(ResultRow)
-            if f.name not in _FIRST and f.name not in ("scores", "settings", "predictions")]
+            if f.name not in (*_FIRST, "scores", "settings", "predictions")
+            and (_default(f) is _REQUIRED or any(getattr(r, f.name) != _default(f) for r in rows))]
     settings: list[str] = []
     for r in rows:
         settings += [f"settings.{k}" for k in r.settings if f"settings.{k}" not in settings]
     return [*_FIRST, *metric_cols, *rest, *settings]
 
 
+# A cell is empty for None, True/False for booleans (as featx always wrote them), the text of a string
+# (JSON-quoted when it would read back as something else: "", "1", "null", "True"), JSON for the rest.
+_BOOLS = {"True": True, "False": False}
+
+
 def _cell(value) -> str:
-    """A CSV cell that reads back to ``value``: plain text for strings (JSON-quoted only when the text
-    would read as JSON), JSON for everything else, empty for None."""
+    """A CSV cell that reads back to ``value`` through :func:`_uncell`."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, str):
-        try:
-            json.loads(value)
-        except ValueError:
-            return value
-        return json.dumps(value)
+        return json.dumps(value) if value == "" or _uncell(value) != value else value
     return json.dumps(jsonable(value), sort_keys=True)
 
 
@@ -214,6 +260,8 @@ def _settings_cell(settings: dict, key: str) -> str:
 def _uncell(text: str):
     if text == "":
         return None
+    if text in _BOOLS:
+        return _BOOLS[text]
     try:
         return json.loads(text)
     except ValueError:

@@ -2,27 +2,30 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import re
 
 import pytest
 from rich.console import Console
 
 from featx.report import (STATS_NOTE, format_pct, plot_confusion, plot_history, results_table, short_protocol, slug,
                           write_results)
+from featx.results import METRICS, ResultRow, Score
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _row(model, protocol, label, image_level, acc, std, **extra):
-    row = {"model": model, "backbone": model.split("/")[0], "tap": "fc7", "head": model.split(" + ")[-1],
-           "protocol": protocol, "protocol_label": label, "image_level": image_level, "n_folds": 5,
-           "n_train": 80, "n_test": 100, "n_subjects": 10, "positive": "all", "classes": ["all", "hem"],
-           "confusion": [[60, 8], [4, 28]], "roc": {"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1]},
-           "settings": {"preprocess": "standard", "class_weight": None, "seed": 0, "params": {"C": 1}}}
-    for m in ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc"):
-        row[m], row[f"{m}_std"], row[f"{m}_ci_low"], row[f"{m}_ci_high"] = acc, std, acc - 0.05, acc + 0.03
-    row.update(extra)
-    return row
+def _row(name, protocol, label, image_level, acc, std, roc_auc=None, **extra):
+    scores = {m: Score(acc, std, acc - 0.05, acc + 0.03) for m in METRICS}
+    if roc_auc is not None:
+        scores["roc_auc"] = Score(roc_auc, std, acc - 0.05, acc + 0.03)
+    row = ResultRow(name=name, backbone=name.split("/")[0], tap="fc7", head=name.split(" + ")[-1], protocol=protocol,
+                    protocol_label=label, image_level=image_level, n_folds=5, n_train=80, n_test=100, n_subjects=10,
+                    positive="all", classes=["all", "hem"], scores=scores, confusion=[[60, 8], [4, 28]],
+                    roc={"fpr": [0, 0.1, 1], "tpr": [0, 0.8, 1]},
+                    settings={"preprocess": "standard", "class_weight": None, "seed": 0, "params": {"C": 1}})
+    return dataclasses.replace(row, **extra)
 
 
 ROWS = [_row("vgg16/fc7 + svm", "subject", "subject-level 5-fold", False, 0.8712, 0.031),
@@ -57,7 +60,7 @@ def test_write_results_files(tmp_path):
     with paths["csv"].open() as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 2
-    assert table[0]["model"] == "vgg16/fc7 + svm" and table[1]["image_level"] == "True"
+    assert table[0]["name"] == "vgg16/fc7 + svm" and table[1]["image_level"] == "True"
     assert float(table[0]["accuracy"]) == pytest.approx(0.8712) and float(table[0]["accuracy_std"]) == 0.031
     assert float(table[0]["f1_weighted_ci_low"]) == pytest.approx(0.8212)
     assert table[1]["roc_auc"] == "" and json.loads(table[0]["confusion"]) == [[60, 8], [4, 28]]
@@ -83,8 +86,9 @@ def test_plots_and_slugs(tmp_path):
     assert out.read_bytes()[:8] == PNG and out.stat().st_size > 10000
     # partial histories (no validation) still plot
     assert plot_history([{"epoch": 1, "train_loss": 0.7}], tmp_path / "h2.png").exists()
-    assert slug({"backbone": "vgg16+alexnet", "tap": "fc7+pool5", "head": "svm", "protocol": "subject"}) \
-        == "vgg16+alexnet-fc7+pool5-svm-subject"
+    row = _row("vgg16+alexnet/fc7+pool5 + svm", "subject", "subject-level 5-fold", False, 0.9, 0.1,
+               backbone="vgg16+alexnet", tap="fc7+pool5")
+    assert slug(row) == "vgg16+alexnet-fc7+pool5-svm-subject"
     assert slug("a/b c") == "a_b_c"
 
 
@@ -97,7 +101,7 @@ def test_table_shows_model_names_with_brackets_verbatim():
 def test_rows_with_the_same_slug_get_their_own_plots(tmp_path):
     rows = [_row("vgg16/fc7 + svm", "subject", "subject-level 5-fold", False, 0.9, 0.1),
             _row("vgg16[run/best.pt]/fc7 + svm", "subject", "subject-level 5-fold", False, 0.8, 0.1)]
-    rows[1]["backbone"] = "vgg16"
+    rows[1].backbone = "vgg16"
     write_results(rows, tmp_path)
     assert sorted(p.name for p in (tmp_path / "plots").glob("confusion-*.png")) == [
         "confusion-vgg16-fc7-svm-subject-2.png", "confusion-vgg16-fc7-svm-subject.png"]
@@ -114,7 +118,7 @@ def test_markdown_says_what_the_plus_minus_and_the_interval_are(tmp_path):
 def test_out_of_fold_predictions_go_to_their_own_csv_not_to_results_json(tmp_path):
     pred = {"path": ["a/1.bmp", "a/2.bmp", "b/3.bmp"], "subject": ["S1", "S1", "S2"], "fold": [1, 1, 2],
             "y_true": ["all", "all", "hem"], "y_pred": ["all", "hem", "hem"], "score": [0.25, -1.5, -0.125]}
-    rows = [dict(ROWS[0], predictions=pred), dict(ROWS[1], predictions=pred)]
+    rows = [dataclasses.replace(ROWS[0], predictions=pred), dataclasses.replace(ROWS[1], predictions=pred)]
     paths = write_results(rows, tmp_path, plots=False)
     assert paths["predictions"] == tmp_path / "predictions"
     assert sorted(p.name for p in paths["predictions"].iterdir()) == ["vgg16-fc7-svm-image.csv",
@@ -139,3 +143,48 @@ def test_terminal_protocol_names_unknown_subjects_and_dropped_rows():
     text = console.export_text()
     assert "* IMAGE-LEVEL 5-fold (subjects unknown)" in text and "2 rows w/o subject dropped" in text
     assert "or subjects unknown (optimistic)" in text
+
+
+def test_featx_table_merges_results_json_files_and_folders_old_and_new(tmp_path, monkeypatch):
+    from featx.results import read_json
+    from tests.cli_helpers import invoke
+
+    monkeypatch.setenv("COLUMNS", "200")  # one table line per row
+
+    write_results(ROWS, tmp_path / "cmp", plots=False)
+    old = {"model": "cnn fine-tuned", "backbone": "cnn", "tap": "logits", "head": "finetune", "protocol": "val",
+           "protocol_label": "held-out val", "image_level": False, "n_folds": 1, "n_train": 40, "n_test": 10,
+           "n_subjects": 4, "classes": ["all", "hem"], "positive": "all", "accuracy": 0.7, "accuracy_std": None,
+           "accuracy_ci_low": 0.5, "accuracy_ci_high": 0.9, "roc_auc": None, "confusion": [[3, 2], [1, 4]],
+           "settings": {"lr": 0.001}}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text(json.dumps([old]))  # written by featx before ResultRow
+    result, text = invoke("table", tmp_path / "cmp", tmp_path / "run" / "results.json", "--title", "merged",
+                          "--out", tmp_path / "all")
+    assert result.exit_code == 0, text
+    assert "merged" in text and "vgg16/fc7 + svm subject 5-fold 87.12 ± 3.10" in text
+    assert "* IMAGE-LEVEL 5-fold 97.44 ± 1.20" in text and "cnn fine-tuned held-out val 70.00" in text
+    merged = read_json(tmp_path / "all" / "results.json")
+    assert merged[:2] == ROWS and merged[2].name == "cnn fine-tuned" and merged[2].head is None
+    assert (tmp_path / "all" / "comparison.png").is_file()
+    assert "confusion-cnn-logits-finetune-val.png" in {p.name for p in (tmp_path / "all" / "plots").iterdir()}
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such results file; point to a results.json written by `featx compare`"),
+    ("{not json", "not a featx results.json (not JSON)"),
+    ('{"model": "x"}', "not a featx results.json (expected a list of result rows)"),
+    ('[{"model": "x"}]', ("not a featx results.json (expected a list of result rows; row 1 is not a result row: "
+                          "missing keys")),
+])
+def test_featx_table_names_the_file_that_is_not_a_results_json(tmp_path, content, message):
+    from featx.errors import FeatxError
+    from featx.report import read_results
+    from tests.cli_helpers import invoke
+
+    if content is not None:
+        (tmp_path / "results.json").write_text(content)
+    with pytest.raises(FeatxError, match=re.escape(f"{tmp_path / 'results.json'}: {message}")):
+        read_results([tmp_path])
+    result, text = invoke("table", tmp_path)
+    assert result.exit_code == 1 and message in text and "Traceback" not in text

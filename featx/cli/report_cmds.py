@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from featx.cli.app import app, console, user_errors
+from featx.report import read_results, results_table, write_results
 
 
 @app.command()
@@ -19,8 +20,6 @@ def table(
     title: Annotated[str, typer.Option(help="Title of the table.")] = "featx",
 ) -> None:
     """Print one table (the study's Table 2 layout) over the rows of several results files."""
-    from featx.report import read_results, results_table, write_results
-
     rows = read_results(results)
     console.print(results_table(rows, title=title))
     if out is not None:

@@ -1,0 +1,98 @@
+"""The files of a results folder: results.csv/.json/.md, out-of-fold predictions, plots; and reading
+results.json back (``featx table``)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from collections.abc import Sequence
+
+from featx.errors import FeatxError
+from featx.files import atomic_text, atomic_write
+from featx.report.plots import plot_bars, plot_confusion, plot_roc
+from featx.report.table import protocol_text, results_markdown, slug
+from featx.results import ResultRow, read_json, write_csv, write_json
+
+PREDICTION_COLUMNS = ("path", "subject", "fold", "y_true", "y_pred", "score")
+
+
+def write_results(rows: Sequence[ResultRow], out_dir, *, plots: bool = True, stem: str = "results") -> dict[str, Path]:
+    """Write ``results.csv``, ``results.json`` and ``results.md`` (one row per backbone x tap x head x
+    protocol, every metric and the settings), ``predictions/`` for rows that carry out-of-fold predictions
+    and, with ``plots``, a confusion-matrix and a ROC PNG per row under ``plots/`` plus ``comparison.png``.
+    Returns ``{kind: path}``."""
+    rows = list(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": atomic_write(out / f"{stem}.csv", lambda tmp: write_csv(rows, tmp)),
+             "json": atomic_write(out / f"{stem}.json", lambda tmp: write_json(rows, tmp)),
+             "md": atomic_text(out / f"{stem}.md", results_markdown(rows))}
+    if any(r.predictions for r in rows):
+        paths["predictions"] = write_predictions(rows, out / "predictions")
+    if plots and rows:
+        _plot_rows(rows, out / "plots")
+        paths["plot"] = plot_bars(rows, out / "comparison.png")
+    return paths
+
+
+def _unique_slugs(rows: Sequence[ResultRow]) -> list[str]:
+    """Each row's :func:`slug`, numbered from the second use on (e.g. frozen and fine-tuned weights of one
+    backbone): no row's file overwrites another's."""
+    used: dict[str, int] = {}
+    names = []
+    for r in rows:
+        name = slug(r)
+        used[name] = used.get(name, 0) + 1
+        names.append(name if used[name] == 1 else f"{name}-{used[name]}")
+    return names
+
+
+def _plot_rows(rows: Sequence[ResultRow], plot_dir: Path) -> None:
+    plot_dir.mkdir(exist_ok=True)
+    for r, name in zip(rows, _unique_slugs(rows)):
+        title = f"{r.name}\n{protocol_text(r)}"
+        if r.confusion is not None:
+            plot_confusion(r.confusion, r.classes or [str(i) for i in range(len(r.confusion))],
+                           plot_dir / f"confusion-{name}.png", title=title)
+        if r.roc:
+            plot_roc(r.roc["fpr"], r.roc["tpr"], r.mean("roc_auc"), plot_dir / f"roc-{name}.png",
+                     title=title, folds=r.n_folds or 1)
+
+
+def write_predictions(rows: Sequence[ResultRow], out_dir) -> Path:
+    """``<out_dir>/<row slug>.csv`` per row that carries out-of-fold ``predictions``: one line per test image
+    (path, subject, fold, y_true, y_pred, score of the positive class). Returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    carrying = [r for r in rows if r.predictions]
+    for r, name in zip(carrying, _unique_slugs(carrying)):
+        atomic_write(out / f"{name}.csv", lambda tmp, pred=r.predictions: _write_prediction_csv(pred, tmp))
+    return out
+
+
+def _write_prediction_csv(pred: dict, path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(PREDICTION_COLUMNS)
+        for values in zip(*(pred[c] for c in PREDICTION_COLUMNS)):
+            writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in values])
+
+
+def read_results(sources: Sequence) -> list[ResultRow]:
+    """Result rows from ``results.json`` files, or folders holding one (compare outputs, finetune runs);
+    results.json written before the typed rows (``model``, head ``finetune``) read too."""
+    rows: list[ResultRow] = []
+    for src in sources:
+        path = Path(src)
+        if path.is_dir():
+            path = path / "results.json"
+        try:
+            rows.extend(read_json(path))
+        except FileNotFoundError:
+            raise FeatxError(f"{path}: no such results file; point to a results.json written by "
+                             "`featx compare`, `featx classify` or `featx finetune` (or its folder)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise FeatxError(f"{path}: not a featx results.json (not JSON)") from None
+        except ValueError as exc:
+            raise FeatxError(f"{path}: not a featx results.json ({exc})") from None
+    return rows

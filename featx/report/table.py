@@ -1,0 +1,161 @@
+"""The results table (the study's Table 2 layout) for the terminal (rich) and for results.md (Markdown).
+
+Rows whose number is not an estimate for new patients are marked everywhere: IMAGE-LEVEL (one subject on
+both sides of the split, or subjects unknown) and OPTIMISTIC (scored on rows a fine-tuned network trained
+on); so are PARTIAL rows (an unfinished store) and stores that left unreadable images out.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from featx.results import ResultRow
+
+# (metric, header) of the columns of the study's Table 2, then the challenge's metric.
+TABLE_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+                 ("f1_weighted", "Weighted F1"), ("roc_auc", "ROC-AUC"))
+TERMINAL_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+                    ("f1_weighted", "wF1"))
+IMAGE_LEVEL_NOTE = ("IMAGE-LEVEL rows split cells of one subject across train and test (or cannot tell, when "
+                    "subjects are unknown): optimistic, not an estimate for new patients.")
+# What ± and the interval are (the README's "Honest evaluation" says the same).
+STATS_NOTE = ("± is the sample standard deviation (ddof=1) of the per-fold values; the estimate is their mean over "
+              "folds; 95% CI: percentile bootstrap of that same mean over folds, resampling subjects (images when "
+              "subjects are unknown) within each test fold. ROC-AUC is computed within each fold and "
+              "averaged (scores of different folds are not comparable); the ROC plot is the vertical average of "
+              "the per-fold curves. Precision, recall and F1 are those of the positive class.")
+OPTIMISTIC_NOTE = ("OPTIMISTIC rows test on images (or subjects) the fine-tuned network trained on: features "
+                   "tuned on test subjects, not an estimate for new patients.")
+
+
+def format_pct(mean, std=None) -> str:
+    """``0.9744, 0.012`` -> ``"97.44 ± 1.20"`` (percent); missing values -> ``"-"``."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    text = f"{100 * mean:.2f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" ± {100 * std:.2f}"
+    return text
+
+
+def _pct(row: ResultRow, metric: str) -> str:
+    score = row.score(metric)
+    return format_pct(score.mean, score.std)
+
+
+def protocol_text(row: ResultRow) -> str:
+    """The row's protocol as its label says it (``subject-level 5-fold``), else its short name."""
+    return row.protocol_label or row.protocol
+
+
+def short_protocol(row: ResultRow) -> str:
+    """A compact protocol name for the terminal: ``subject 5-fold``, ``IMAGE-LEVEL 5-fold``, ``prelim``."""
+    name, k = row.protocol, row.n_folds
+    if name in ("subject", "image", "hybrid"):
+        text = f"{name} {k}-fold"
+    elif name == "fold":
+        kind = "C-NMC folds" if "C-NMC" in protocol_text(row) else "given folds"
+        text = f"{kind} ({k})"
+    elif name.startswith("tuned-"):
+        text = name if name == "tuned-holdout" else f"tuned held-out {name[6:]}"
+    else:
+        text = f"held-out {name}" if name else protocol_text(row)
+    if row.image_level:
+        text = "IMAGE-LEVEL " + text.replace("image ", "")
+        if "subjects unknown" in protocol_text(row):
+            text += " (subjects unknown)"
+    if n := row.dropped_unknown_subjects:
+        text += f", {n} row{'s' if n != 1 else ''} w/o subject dropped"
+    if row.optimistic:
+        text = "OPTIMISTIC " + text
+    return text
+
+
+def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare") -> Table:
+    """A rich Table: name, protocol, then accuracy, precision, recall, F1 (mean over folds ± sample std over
+    folds, %) and the weighted F1 (the challenge's metric); marked rows in yellow with a ``*``."""
+    title = f"{title}  [dim](mean over folds ± sample std (ddof=1) over folds, %)[/]" if title else None
+    captions = [("± = sample std (ddof=1) over folds; 95% CIs (bootstrap of the mean over folds, subjects resampled "
+                 "within each test fold) in results.md/.csv")]
+    if any(r.image_level for r in rows):
+        captions.append("* IMAGE-LEVEL: one subject's cells on both sides of the split, or subjects unknown "
+                        "(optimistic)")
+    if any(r.optimistic for r in rows):
+        captions.append("* OPTIMISTIC: features tuned on test subjects (the fine-tuned network saw them)")
+    captions += [f"PARTIAL: {escape(p)}" for p in partial_notes(rows)]
+    captions += [escape(note) for note in excluded_notes(rows)]
+    table = Table(title=title, caption="\n".join(captions), caption_style="dim", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    table.add_column("Model", style="bold", overflow="fold", min_width=12)
+    table.add_column("Protocol", min_width=11)
+    for _, header in TERMINAL_METRICS:
+        table.add_column(header)  # justify="right" makes rich crop narrow tables
+    for r in rows:
+        marked = bool(r.flag)
+        protocol = ("* " if marked else "") + escape(short_protocol(r))
+        if r.partial:
+            protocol += f" PARTIAL ({escape(r.partial)})"
+        table.add_row(escape(r.name), protocol, *[_pct(r, m) for m, _ in TERMINAL_METRICS],
+                      style="yellow" if marked or r.partial else None)
+    return table
+
+
+def excluded_notes(rows: Sequence[ResultRow]) -> list[str]:
+    """One line per distinct name whose store recorded unreadable images (left out of its rows)."""
+    seen = dict.fromkeys((r.name, r.excluded_images) for r in rows if r.excluded_images)
+    return [f"{name}: {n} unreadable image(s) left out (listed by `featx info`)" for name, n in seen]
+
+
+def partial_notes(rows: Sequence[ResultRow]) -> list[str]:
+    """One line per distinct name computed on an unfinished store."""
+    notes = [f"{r.name} used {r.partial} of an unfinished store; finish it with the same `featx extract`"
+             for r in rows if r.partial]
+    return list(dict.fromkeys(notes))
+
+
+def markdown_table(rows: Sequence[ResultRow]) -> str:
+    """The same table as Markdown (marked rows in bold with a ``*``), with the accuracy's 95% CI."""
+    head = ["Model", "Protocol", *[f"{h} (%)" for _, h in TABLE_METRICS], "95% CI accuracy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        protocol = protocol_text(r)
+        if r.optimistic and "OPTIMISTIC" not in protocol:
+            protocol = f"OPTIMISTIC {protocol}"
+        if r.flag:
+            protocol = f"**\\* {protocol}**"
+        if r.partial:
+            protocol += f" **PARTIAL ({r.partial})**"
+        acc = r.score("accuracy")
+        ci = "-" if acc.ci_low is None or acc.ci_high is None else f"{100 * acc.ci_low:.1f} - {100 * acc.ci_high:.1f}"
+        cells = [r.name, protocol, *[_pct(r, m) for m, _ in TABLE_METRICS], ci]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(rows: Sequence[ResultRow]) -> str:
+    """The text of results.md: the Markdown table, what its marks mean, and :data:`STATS_NOTE`."""
+    md = ["# featx results", "", markdown_table(rows)]
+    if any(r.image_level for r in rows):
+        md += [f"\\* {IMAGE_LEVEL_NOTE}", ""]
+    if any(r.optimistic for r in rows):
+        md += [f"\\* {OPTIMISTIC_NOTE}", ""]
+    md += [f"PARTIAL: {note}.\n" for note in partial_notes(rows)]
+    md += [f"{note}.\n" for note in excluded_notes(rows)]
+    md += [STATS_NOTE, ""]
+    return "\n".join(md)
+
+
+def slug(row_or_text: ResultRow | str) -> str:
+    """A file-name-safe name of a row (backbone-tap-head-protocol; a fine-tuned network's own row keeps
+    ``finetune`` in the head's place, as its files were always named) or of a text."""
+    if isinstance(row_or_text, ResultRow):
+        r = row_or_text
+        text = "-".join(str(v) for v in (r.backbone, r.tap, r.head or "finetune", r.protocol) if v != "")
+    else:
+        text = str(row_or_text)
+    return re.sub(r"[^A-Za-z0-9.+_-]+", "_", text).strip("_") or "row"
