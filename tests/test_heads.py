@@ -139,7 +139,8 @@ def test_preprocess_steps_and_errors():
 def test_typed_preprocess_is_checked_and_shown_as_text():
     for text in ("standard", "none", "l2", "standard+pca:128", "pca:16+l2"):
         assert preprocess_text(parse_preprocess(text)) == text
-    assert preprocess_text(["standard", ("pca", 128)]) == "standard+pca:128" == preprocess_text(["standard", ["pca", 128]])
+    assert preprocess_text(["standard", ("pca", 128)]) == "standard+pca:128"
+    assert preprocess_text(["standard", ["pca", 128]]) == "standard+pca:128"  # a step read back from JSON
     assert preprocess_text("standard") == "standard" and preprocess_text(None) == preprocess_text(()) == "none"
     for bad, words in (([("pca", 0)], "preprocess='pca:0': pca needs a positive whole number"),
                        (["standard", "zscore"], "unknown step 'zscore'"), (["l2", "l2"], "once"),
