@@ -1,18 +1,24 @@
-"""Heads: the registry, preprocessing, the torch softmax estimator (scikit-learn's own checks), class weights."""
+"""Heads: the registry, preprocessing, parameters, the torch softmax estimator (scikit-learn's own checks),
+class weights."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import recall_score, roc_auc_score
 from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
+from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from featx.cli.app import flag
+from featx.cli.parsing import parse_params, parse_preprocess
 from featx.errors import FeatxError
-from featx.heads import (HEADS, RBFSVMClassifier, SoftmaxClassifier, XGBoostClassifier, list_heads, make_head,
-                         parse_params, parse_preprocess, positive_scores)
+from featx.heads import (HEADS, RBFSVMClassifier, SoftmaxClassifier, XGBoostClassifier, check_params, head_params,
+                         list_heads, make_head, positive_scores, preprocess_steps, preprocess_text)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -73,6 +79,26 @@ def test_registry_lists_every_head_and_refuses_unknown_names():
     assert "resnet-svm" in msg and all(name in msg for name in HEADS)
 
 
+def test_each_head_is_its_estimator_with_featx_settings():
+    # the settings of the seven factory functions this registry replaced, written out
+    expected = {
+        "softmax": SoftmaxClassifier(class_weight="balanced", device="cpu", random_state=3),
+        "logistic": LogisticRegression(class_weight="balanced", random_state=3, C=1.0, max_iter=1000),
+        "linear-svm": LinearSVC(class_weight="balanced", random_state=3, C=0.01, max_iter=5000),
+        "svm": RBFSVMClassifier(class_weight="balanced", random_state=3, C=1.0, gamma="scale"),
+        "xgboost": XGBoostClassifier(class_weight="balanced", device="cpu", random_state=3),
+        "random-forest": RandomForestClassifier(class_weight="balanced", random_state=3, n_estimators=300, n_jobs=1),
+        "knn": KNeighborsClassifier(n_neighbors=5),
+    }
+    assert list(expected) == list_heads()
+    for name, ref in expected.items():
+        clf = make_head(name, class_weight="balanced", seed=3, device="cpu").named_steps["clf"]
+        assert type(clf) is type(ref) and clf.get_params() == ref.get_params(), name
+        assert HEADS[name].class_weight == ("class_weight" in clf.get_params()), name
+        assert HEADS[name].probability == hasattr(clf, "predict_proba"), name
+        assert not {"random_state", "device", "class_weight"} & set(head_params(name))
+
+
 @pytest.mark.parametrize("name", list_heads())
 def test_every_head_learns_separable_features(name):
     X, y = _data()
@@ -97,27 +123,82 @@ def test_positive_scores_follow_the_positive_class_for_decision_functions():
 
 
 def test_preprocess_steps_and_errors():
-    steps = parse_preprocess("standard+pca:8")
+    steps = preprocess_steps(parse_preprocess("standard+pca:8"))
     assert [name for name, _ in steps] == ["standard", "pca"] and steps[1][1].n_components == 8
-    assert parse_preprocess("none") == [] and [n for n, _ in parse_preprocess("l2")] == ["l2"]
-    model = make_head("logistic", preprocess="standard+pca:5").fit(*_data())
+    assert parse_preprocess("standard+pca:8") == ("standard", ("pca", 8))
+    assert parse_preprocess("none") == () and [n for n, _ in preprocess_steps(parse_preprocess("l2"))] == ["l2"]
+    model = make_head("logistic", preprocess=["standard", ("pca", 5)]).fit(*_data())
     assert model.named_steps["pca"].components_.shape == (5, 10)
-    for bad, words in (("pca:x", "pca:N"), ("zscore", "unknown step 'zscore'"), ("l2+l2", "once")):
-        with pytest.raises(FeatxError, match=words):
+    assert [n for n, _ in make_head("logistic", preprocess=None).steps] == ["identity", "clf"]
+    for bad, words in (("pca:x", "pca:N"), ("pca:0", "pca:N"), ("zscore", "unknown step 'zscore'"), ("l2+l2", "once")):
+        with pytest.raises(FeatxError, match=words) as err:
             parse_preprocess(bad)
+        assert f"--preprocess {bad}" in err.value.render(flag)
+
+
+def test_typed_preprocess_is_checked_and_shown_as_text():
+    for text in ("standard", "none", "l2", "standard+pca:128", "pca:16+l2"):
+        assert preprocess_text(parse_preprocess(text)) == text
+    assert preprocess_text(["standard", ("pca", 128)]) == "standard+pca:128"
+    assert preprocess_text(["standard", ["pca", 128]]) == "standard+pca:128"  # a step read back from JSON
+    assert preprocess_text("standard") == "standard" and preprocess_text(None) == preprocess_text(()) == "none"
+    for bad, words in (([("pca", 0)], "preprocess='pca:0': pca needs a positive whole number"),
+                       (["standard", "zscore"], "unknown step 'zscore'"), (["l2", "l2"], "once"),
+                       ("standard+pca:5", "unknown step 'standard\\+pca:5'")):  # the CLI's text is not the typed form
+        with pytest.raises(FeatxError, match=words):
+            make_head("logistic", preprocess=bad)
 
 
 def test_params_reach_the_estimator_and_bad_ones_are_user_errors():
     model = make_head("svm", C=3.5)
     assert model.named_steps["clf"].C == 3.5
-    assert parse_params(["C=10", "svm.gamma=0.5", "solver=lbfgs"]) == {"C": 10, "svm": {"gamma": 0.5},
-                                                                        "solver": "lbfgs"}
+    heads = ["svm", "logistic", "softmax"]
+    assert parse_params(["C=10", "svm.gamma=0.5", "solver=lbfgs"], heads) == {
+        "svm": {"C": 10, "gamma": 0.5}, "logistic": {"C": 10, "solver": "lbfgs"}}
+    assert parse_params(["svm.C=2", "max_depth=null"], ["svm", "random-forest"]) == {
+        "svm": {"C": 2}, "random-forest": {"max_depth": None}}
     with pytest.raises(FeatxError, match="unknown head"):
-        parse_params(["vgg.C=1"])
+        parse_params(["vgg.C=1"], heads)
     with pytest.raises(FeatxError, match="key=value"):
-        parse_params(["C10"])
+        parse_params(["C10"], heads)
+    with pytest.raises(FeatxError, match="none of the heads logistic, knn takes 'Cee'") as err:
+        parse_params(["Cee=1"], ["logistic", "knn"])
+    assert err.value.render(flag).startswith("--param Cee=1: ")
+    with pytest.raises(FeatxError, match="random_state is set with seed"):
+        parse_params(["random_state=1"], ["logistic"])
     with pytest.raises(FeatxError, match="bad parameter"):
         make_head("knn", no_such_option=1)
+
+
+def test_check_params_names_the_head_and_what_it_takes():
+    assert check_params({"SVM": {"C": 2}, "random_forest": {"max_depth": 3}}) == {
+        "svm": {"C": 2}, "random-forest": {"max_depth": 3}}
+    assert check_params(None) == {} and check_params({"knn": {"n_neighbors": 500}}) == {"knn": {"n_neighbors": 500}}
+    for params, words in (({"vgg": {"C": 1}}, "unknown head 'vgg'; choose from: softmax"),
+                          ({"svm": {"probability": True}}, "svm takes C, cache_size, gamma, max_iter, tol$"),
+                          ({"logistic": {"random_state": 1}}, "set it with seed"),
+                          ({"logistic": 3}, "give a dict")):
+        with pytest.raises(FeatxError, match=words) as err:
+            check_params(params)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name, params, words", [
+    ("logistic", {"C": "abc"}, "'C' parameter of LogisticRegression must be a float"),
+    ("logistic", {"C": -1}, "'C' parameter of LogisticRegression must be a float"),
+    ("random-forest", {"n_estimators": 0}, "'n_estimators' parameter"),
+    ("knn", {"weights": "closest"}, "'weights' parameter"),
+    ("svm", {"C": -1}, "C must be a positive number"),
+    ("svm", {"gamma": "wide"}, "gamma must be 'scale', 'auto' or a positive number"),
+    ("softmax", {"optimizer": "adam"}, "optimizer must be one of 'adamw', 'sgd'"),
+])
+def test_bad_values_are_refused_before_any_fit(name, params, words):
+    # check_params is what evaluation calls before its first fold; make_head refuses them as well
+    with pytest.raises(FeatxError, match=f"head {name}: bad parameter .*{words}") as err:
+        check_params({name: params})
+    assert "\n" not in str(err.value)
+    with pytest.raises(FeatxError, match="bad parameter"):
+        make_head(name, **params)
 
 
 def test_softmax_is_deterministic_given_a_seed_and_differs_across_seeds():
@@ -155,8 +236,9 @@ def test_balanced_class_weight_raises_minority_recall(name):
 
 def test_knn_ignores_class_weight_and_xgboost_turns_it_into_sample_weights():
     assert make_head("knn", class_weight="balanced").named_steps["clf"].get_params()["n_neighbors"] == 5
-    with pytest.raises(FeatxError, match="class-weight"):
+    with pytest.raises(FeatxError, match="class_weight='inverse'") as err:
         make_head("svm", class_weight="inverse")
+    assert err.value.render(flag).startswith("--class-weight inverse: ")
     X, y = _data(n=200, weights=[0.8])
     model = XGBoostClassifier(n_estimators=5, class_weight="balanced", device="cpu").fit(X, np.array(["a", "b"])[y])
     assert list(model.classes_) == ["a", "b"] and model.predict_proba(X).shape == (200, 2)

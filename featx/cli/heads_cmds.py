@@ -78,11 +78,11 @@ def classify(
 ) -> None:
     """Evaluate one head on one store (or fused stores/taps); print and write the metrics."""
     from featx.evaluate import run_classify
-    from featx.heads import parse_params
+    from featx.cli.parsing import parse_params, parse_preprocess
 
     result = run_classify(store, head, tap=tap, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
-                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                          params=parse_params(param), n_boot=boot, out=out, save=save,
+                          positive=positive, preprocess=parse_preprocess(preprocess), class_weight=class_weight,
+                          device=device, params=parse_params(param, [head]), n_boot=boot, out=out, save=save,
                           skops=save and not no_skops, plots=not no_plots, allow_optimistic=optimistic,
                           allow_partial=allow_partial, drop_unknown_subjects=drop_unknown_subjects)
     row = result["row"]
@@ -129,11 +129,12 @@ def compare(
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
     from featx.evaluate import run_compare
-    from featx.heads import parse_params
+    from featx.cli.parsing import parse_params, parse_preprocess
 
     result = run_compare(stores, heads, taps, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
-                         positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                         params=parse_params(param), n_boot=boot, out=out, plots=not no_plots,
+                         positive=positive, preprocess=parse_preprocess(preprocess), class_weight=class_weight,
+                         device=device, params=parse_params(param, heads.split(",")), n_boot=boot, out=out,
+                         plots=not no_plots,
                          progress=lambda msg: console.print(f"[dim]{msg}[/]"), allow_optimistic=optimistic,
                          allow_partial=allow_partial, drop_unknown_subjects=drop_unknown_subjects)
     _print_rows(result["rows"], result["paths"], title="featx compare")

@@ -66,13 +66,14 @@ def hybrid(
     """The honest hybrid protocol: for each outer subject fold, fine-tune on the training subjects, extract
     with the tuned weights, fit the heads on the training rows and test them and the network on the held-out
     subjects. Resumable: run the same command again after an interruption."""
-    from featx.heads import parse_params
+    from featx.cli.parsing import parse_params, parse_preprocess
     from featx.hybrid import hybrid as run_hybrid
     from featx.report import results_table
 
     result = run_hybrid(
-        data, out, backbone=backbone, heads=heads, taps=taps, n_folds=folds, seed=seed, preprocess=preprocess,
-        params=parse_params(param), class_weight=class_weight, positive=positive, jobs=jobs, n_boot=boot,
+        data, out, backbone=backbone, heads=heads, taps=taps, n_folds=folds, seed=seed,
+        preprocess=parse_preprocess(preprocess), params=parse_params(param, heads.split(",")),
+        class_weight=class_weight, positive=positive, jobs=jobs, n_boot=boot,
         weights=weights, preset=preset, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
         momentum=momentum, weight_decay=weight_decay, schedule=schedule, dropout=dropout,
         finetune_class_weight=finetune_class_weight, freeze=freeze, image_size=image_size, augment=augment,

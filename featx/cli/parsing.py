@@ -1,0 +1,64 @@
+"""The CLI's mini-languages, parsed into the typed arguments of the library."""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from featx.errors import FeatxError, arg
+from featx.heads import MANAGED_PARAMS, check_params, check_preprocess, get_head, head_params
+
+
+# --- heads ---
+def parse_preprocess(text: str | None) -> tuple:
+    """``--preprocess``: ``standard``, ``none``, ``l2`` or ``pca:N``, joined with ``+`` in order, as the
+    library's steps: ``"standard+pca:128"`` -> ``("standard", ("pca", 128))``; ``"none"`` -> ``()``."""
+    steps: list = []
+    for token in (text or "none").lower().replace(" ", "").split("+"):
+        if token in ("", "none"):
+            continue
+        if token.startswith("pca:"):
+            n = token[4:]
+            if not n.isdigit() or int(n) < 1:
+                raise FeatxError(f"{arg('preprocess', text)}: 'pca:N' needs a positive whole number of "
+                                 "components, e.g. pca:128")
+            steps.append(("pca", int(n)))
+        elif token in ("standard", "l2"):
+            steps.append(token)
+        else:
+            raise FeatxError(f"{arg('preprocess', text)}: unknown step {token!r}; use standard, none, l2 or pca:N, "
+                             "joined with '+' (e.g. standard+pca:128)")
+    return check_preprocess(steps)
+
+
+def parse_params(items: Sequence[str] | None, heads: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--param`` items as the library's ``{head: {parameter: value}}`` for the selected ``heads``.
+
+    ``svm.C=10`` goes to that head only; ``C=10`` to every selected head that takes ``C`` (an error naming
+    the parameter when none does). Values are read as JSON when they parse (numbers, true/false, null), else
+    kept as text. The result has passed :func:`featx.heads.check_params`.
+    """
+    names = [get_head(h).name for h in heads if h.strip()]
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise FeatxError(f"{arg('params', item)}: write it as key=value (e.g. C=10) or head.key=value "
+                             "(svm.C=10)")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        head, dot, name = key.rpartition(".")
+        if dot:
+            out.setdefault(get_head(head).name, {})[name] = value
+            continue
+        takers = [h for h in names if key in head_params(h)]
+        if not takers and key in MANAGED_PARAMS:
+            raise FeatxError(f"{arg('params', item)}: {key} is set with {arg(MANAGED_PARAMS[key])}")
+        if not takers:
+            raise FeatxError(f"{arg('params', item)}: none of the heads {', '.join(names)} takes {key!r}; scope it "
+                             "as head.key=value or check its name")
+        for h in takers:
+            out.setdefault(h, {})[key] = value
+    return check_params(out)

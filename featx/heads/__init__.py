@@ -1,0 +1,23 @@
+"""Classifier heads on stored features: one registry, each head a scikit-learn ``Pipeline``.
+
+``make_head("svm", preprocess=["standard"])`` returns ``Pipeline([("standard", StandardScaler()),
+("clf", RBFSVMClassifier(...))])``. Every head accepts the class labels as integers or strings, so it drops
+into ``cross_validate`` or ``GridSearchCV`` like any scikit-learn classifier. The torch
+``SoftmaxClassifier`` is the study's fully connected softmax head (optionally one hidden layer with
+dropout); it trains on CUDA when present.
+
+Modules: ``registry`` (:class:`HeadSpec`, :func:`make_head`, :func:`check_params`), ``preprocess`` (the
+steps before a head, as a typed value), ``softmax``, ``svm``, ``xgboost`` (featx's own estimators),
+``scores`` (what a fitted head ranks rows by).
+"""
+from featx.heads.preprocess import Preprocess, Step, check_preprocess, preprocess_steps, preprocess_text
+from featx.heads.registry import (HEADS, MANAGED_PARAMS, HeadSpec, check_params, get_head, head_params, list_heads,
+                                  make_head)
+from featx.heads.scores import has_probability, positive_scores
+from featx.heads.softmax import SoftmaxClassifier
+from featx.heads.svm import RBFSVMClassifier
+from featx.heads.xgboost import XGBoostClassifier
+
+__all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "Preprocess", "RBFSVMClassifier", "SoftmaxClassifier", "Step",
+           "XGBoostClassifier", "check_params", "check_preprocess", "get_head", "has_probability", "head_params",
+           "list_heads", "make_head", "positive_scores", "preprocess_steps", "preprocess_text"]
