@@ -1,4 +1,5 @@
-"""featx.workflows.hybrid: per outer subject fold fine-tune -> extract -> heads; no leak, resumable, reports chance on noise."""
+"""featx.workflows.hybrid: per outer subject fold fine-tune -> extract -> heads; no leak, resumable, chance on
+noise."""
 from __future__ import annotations
 
 import json

@@ -71,8 +71,9 @@ def hybrid(
     from featx.workflows.hybrid import hybrid as run_hybrid
 
     result = run_hybrid(
-        data, out, backbone=backbone, heads=_names(heads), taps=_tap_lists(taps), n_folds=folds, seed=seed, preprocess=preprocess,
-        params=parse_params(param), class_weight=class_weight, positive=positive, jobs=jobs, n_boot=boot,
+        data, out, backbone=backbone, heads=_names(heads), taps=_tap_lists(taps), n_folds=folds, seed=seed,
+        preprocess=preprocess, params=parse_params(param), class_weight=class_weight, positive=positive, jobs=jobs,
+        n_boot=boot,
         weights=weights, preset=preset, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
         momentum=momentum, weight_decay=weight_decay, schedule=schedule, dropout=dropout,
         finetune_class_weight=finetune_class_weight, freeze=freeze, image_size=image_size, augment=augment,

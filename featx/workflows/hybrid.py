@@ -70,10 +70,11 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
            early_stopping: str | None = None, patience: int = 5, device: str = "auto",
            workers: int | None = None, plots: bool = True,
            callback: Callable[[str, dict], None] | None = None) -> dict:
-    """Run the hybrid protocol on the images of ``data``; write ``out``; return ``{"rows", "paths", "folds"}``.
+    """Run the hybrid protocol on the images of ``data`` and write its run folder ``out``.
 
     ``heads``: head names (``["svm", "logistic"]``); ``taps``: one row set each, a tap name or a list of taps
-    whose features are concatenated (``["fc7", ["fc7", "pool5"]]``; default the backbone's default tap); ``n_folds``/``seed``: the outer subject folds (as ``featx classify``);
+    whose features are concatenated (``["fc7", ["fc7", "pool5"]]``; default the backbone's default tap);
+    ``n_folds``/``seed``: the outer subject folds (as ``featx classify``);
     ``preprocess``/``params``/``class_weight``/``jobs``/``n_boot``: as in :func:`featx.evaluate.compare`.
     The fine-tuning options are those of :func:`featx.finetune.finetune` (``finetune_class_weight`` is its
     ``class_weight``); the network is scored at ``last.pt`` for a fixed-length run, at ``best.pt`` (chosen on
