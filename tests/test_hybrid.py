@@ -1,4 +1,5 @@
-"""featx.hybrid: per outer subject fold fine-tune -> extract -> heads; no leak, resumable, reports chance on noise."""
+"""featx.workflows.hybrid: per outer subject fold fine-tune -> extract -> heads; no leak, resumable, chance on
+noise."""
 from __future__ import annotations
 
 import json
@@ -16,12 +17,12 @@ from featx.data import Collection, discover
 from featx.data.images import ImageDataset, make_transform
 from featx.errors import FeatxError
 from featx.heads import make_head
-from featx.hybrid import INNER_TRAIN, INNER_VAL, hybrid
+from featx.workflows.hybrid import INNER_TRAIN, INNER_VAL, hybrid
 from featx.store import load_features
 
 LABEL = "hybrid subject-level 3-fold (network fine-tuned per fold on training subjects)"
 # tiny and fast: cnn from scratch at 32 px, 2 epochs, no worker processes, no plots
-TINY = dict(backbone="cnn", heads="svm,logistic", n_folds=3, weights="none", image_size=32, epochs=2, batch_size=8,
+TINY = dict(backbone="cnn", heads=["svm", "logistic"], n_folds=3, weights="none", image_size=32, epochs=2, batch_size=8,
             augment=False, device="cpu", workers=0, plots=False, n_boot=200)
 METRIC_KEYS = ("accuracy", "f1", "f1_weighted", "roc_auc", "accuracy_ci_low", "accuracy_ci_high", "confusion",
                "n_train", "n_test", "n_subjects", "roc", "per_subject_accuracy")
@@ -42,7 +43,7 @@ def clean(cnmc_tree, tmp_path_factory) -> dict:
 
 
 def _rows_by_model(rows) -> dict:
-    return {r["model"]: r for r in rows}
+    return {r.name: r.to_dict() for r in rows}
 
 
 def _file_times(folder: Path) -> dict:
@@ -58,6 +59,7 @@ def test_rows_for_each_head_and_the_network_on_subject_folds(clean, cnmc_tree):
         assert r["n_test"] == 24 and r["n_subjects"] == 6  # the 24 training images; prelim/final stay out
         assert sum(map(sum, r["confusion"])) == 24
         assert 0 <= r["accuracy_ci_low"] <= r["accuracy_ci_high"] <= 1
+    assert (rows["cnn fine-tuned"]["head"], rows["cnn fine-tuned"]["tap"]) == (None, "logits")
 
     col = discover(cnmc_tree)
     training = {s.subject for s in col.samples if s.label and s.split not in ("prelim", "final")}
@@ -147,9 +149,10 @@ def test_interrupted_run_resumes_per_fold_and_equals_a_clean_run(clean, cnmc_tre
     assert [e[2] for e in events if e[0] == "epoch" and e[1] == 3] == [1, 2]
     assert _file_times(out / "fold_1") == fold_1  # the finished fold was not touched
     for a, b in zip(result["rows"], clean["rows"]):
-        assert a["model"] == b["model"]
+        a, b = a.to_dict(), b.to_dict()
+        assert a["name"] == b["name"]
         for key in METRIC_KEYS:
-            assert a[key] == b[key], (a["model"], key)
+            assert a[key] == b[key], (a["name"], key)
     for a, b in zip(result["folds"], clean["folds"]):
         assert a["network"] == b["network"]
     tuned = [torch.load(run / "fold_2" / "finetune" / "last.pt", weights_only=True)["model"]
@@ -162,29 +165,29 @@ def test_interrupted_run_resumes_per_fold_and_equals_a_clean_run(clean, cnmc_tre
     again = hybrid(cnmc_tree, out, **TINY)
     assert {**_file_times(out / "fold_1"), **_file_times(out / "fold_2")} == others
     assert (out / "fold_3" / "result.json").exists()
-    assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"] for r in clean["rows"]]
+    assert [r.mean("accuracy") for r in again["rows"]] == [r.mean("accuracy") for r in clean["rows"]]
 
 
 def test_other_settings_on_rerun_are_refused_in_one_line(clean, cnmc_tree, tmp_path):
     for change, name in ((dict(epochs=3), "epochs"), (dict(n_folds=2), "n_folds"), (dict(seed=1), "seed"),
-                         (dict(taps="pool5"), "taps")):
+                         (dict(taps=["pool5"]), "taps")):
         with pytest.raises(FeatxError) as exc:
             hybrid(cnmc_tree, clean["out"], **{**TINY, **change})
         msg = str(exc.value)
         assert f"'{name}'" in msg and "settings.json" in msg and "\n" not in msg
     # head options are refit from the stored features on every run, so they may change
     shutil.copytree(clean["out"], tmp_path / "run")
-    rows = hybrid(cnmc_tree, tmp_path / "run", **{**TINY, "heads": "knn"})["rows"]
-    assert [r["head"] for r in rows] == ["knn", "finetune"]
-    assert rows[1]["accuracy"] == clean["rows"][2]["accuracy"]
+    rows = hybrid(cnmc_tree, tmp_path / "run", **{**TINY, "heads": ["knn"]})["rows"]
+    assert [r.head for r in rows] == ["knn", None]  # None: the fine-tuned network's own softmax
+    assert rows[1].mean("accuracy") == clean["rows"][2].mean("accuracy")
 
 
 def test_a_run_that_failed_before_any_work_can_be_corrected(cnmc_tree, tmp_path):
     with pytest.raises(FeatxError, match="--lr"):
         hybrid(cnmc_tree, tmp_path / "run", **{**TINY, "lr": -1.0})
     assert not list((tmp_path / "run").glob("fold_*/result.json"))
-    result = hybrid(cnmc_tree, tmp_path / "run", **{**TINY, "heads": "logistic", "epochs": 1})
-    assert [r["n_folds"] for r in result["rows"]] == [3, 3]
+    result = hybrid(cnmc_tree, tmp_path / "run", **{**TINY, "heads": ["logistic"], "epochs": 1})
+    assert [r.n_folds for r in result["rows"]] == [3, 3]
     assert json.loads((tmp_path / "run" / "settings.json").read_text())["finetune"]["epochs"] == 1
 
 
@@ -206,7 +209,7 @@ def test_random_labels_on_real_images_give_chance(tmp_path):
     """The acceptance test: each fold's cnn memorises its random-labelled training images, and the hybrid
     rows (heads on the tuned features, and the network itself) still report chance on held-out subjects."""
     manifest = make_random_label_digits(tmp_path / "digits", n_subjects=12, per_subject=10, size=32, seed=0)
-    result = hybrid(manifest, tmp_path / "run", backbone="cnn", heads="svm,logistic", n_folds=3, weights="none",
+    result = hybrid(manifest, tmp_path / "run", backbone="cnn", heads=["svm", "logistic"], n_folds=3, weights="none",
                     image_size=32, epochs=20, lr=3e-3, batch_size=16, dropout=0.0, augment=False, schedule="cosine",
                     weight_decay=0.0, device="cpu", workers=0, plots=False)
     col = discover(manifest)
@@ -220,11 +223,12 @@ def test_random_labels_on_real_images_give_chance(tmp_path):
             train_acc = float((model(torch.stack([ds[i][0] for i in range(len(ds))])).argmax(1) == y).float().mean())
         assert train_acc >= 0.9, f"fold {f['fold']}: the network did not memorise its training rows ({train_acc})"
     rows = result["rows"]
-    assert [r["head"] for r in rows] == ["svm", "logistic", "finetune"]
+    assert [r.head for r in rows] == ["svm", "logistic", None]
     for r in rows:
-        assert r["n_test"] == 120
-        assert r["accuracy_ci_low"] <= 0.5 <= r["accuracy_ci_high"], (r["model"], r["accuracy"])
-        assert r["accuracy"] < 0.65  # leaky CV over rows the network saw reports 0.79-0.88 on such data
+        acc = r.scores["accuracy"]
+        assert r.n_test == 120
+        assert acc.ci_low <= 0.5 <= acc.ci_high, (r.name, acc.mean)
+        assert acc.mean < 0.65  # leaky CV over rows the network saw reports 0.79-0.88 on such data
 
 
 def test_rows_without_a_subject_are_refused_by_name_before_any_work(tmp_path):
@@ -234,5 +238,5 @@ def test_rows_without_a_subject_are_refused_by_name_before_any_work(tmp_path):
     lines[3] = f"{path},{label},"  # one image lost its subject
     manifest.write_text("\n".join(lines) + "\n")
     with pytest.raises(FeatxError, match=rf"1 labelled image\(s\) .* no subject id \(first: {path}\)"):
-        hybrid(manifest, tmp_path / "run", backbone="cnn", heads="svm", n_folds=3, weights="none", device="cpu")
+        hybrid(manifest, tmp_path / "run", backbone="cnn", heads=["svm"], n_folds=3, weights="none", device="cpu")
     assert not (tmp_path / "run").exists()

@@ -237,3 +237,30 @@ def test_predict_loads_skops_and_joblib_alike(models, tmp_path):
     assert "wrote 34 rows" in text and "34 predicted" in text and "0 could not be predicted" in text
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
     assert (tmp_path / "a.csv").read_text().splitlines()[0] == "path,prediction,probability,error"
+
+
+def test_the_card_records_the_evaluated_row_and_predict_takes_a_list_of_stores(models, tmp_path):
+    from featx.results import ResultRow, Score
+    from featx.persist import fit_final, save_model
+    from featx.workflows.predict import predict
+
+    features = load_features(models["store"])
+    pipeline, n_train = fit_final(features, "logistic", device="cpu", eval_set="prelim")
+    row = ResultRow(name="cnn/fc + logistic", backbone="cnn", tap="fc", head="logistic", protocol="prelim",
+                    protocol_label="held-out prelim", image_level=False, n_folds=1, n_train=n_train, n_test=8,
+                    n_subjects=2, classes=["all", "hem"], positive="all",
+                    scores={"accuracy": Score(0.75, None, 0.5, 1.0)})
+    path = save_model(pipeline, features, tmp_path, head="logistic", n_train=n_train, row=row)
+    metrics = json.loads(card_path(path).read_text())["metrics"]
+    assert (metrics["protocol"], metrics["protocol_label"], metrics["image_level"], metrics["n_folds"]) == (
+        "prelim", "held-out prelim", False, 1)
+    assert (metrics["accuracy"], metrics["accuracy_std"], metrics["accuracy_ci_low"], metrics["accuracy_ci_high"]) == (
+        0.75, None, 0.5, 1.0)
+    assert metrics["f1"] is None and metrics["roc_auc_ci_high"] is None  # every metric is named, absent ones None
+    one = predict(path, store=models["store"], out=tmp_path / "one.csv")
+    listed = predict(path, store=[models["store"]], out=tmp_path / "list.csv")
+    assert one["predicted"] == listed["predicted"] == 34
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "list.csv").read_text()
+    with pytest.raises(FeatxError) as err:
+        predict(path, out=tmp_path / "none.csv")
+    assert str(err.value) == "give the images to predict (data) or a feature store (store)"

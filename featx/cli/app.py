@@ -24,7 +24,7 @@ console = Console()
 
 # Library arguments whose flag is not ``--`` + the name with dashes.
 FLAGS = {"n_folds": "--folds", "eval_set": "--eval", "n_boot": "--boot", "params": "--param", "splits": "--split",
-         "allow_optimistic": "--optimistic", "overwrite": "--force"}
+         "allow_optimistic": "--optimistic", "overwrite": "--force", "data": "DATA"}
 
 
 def flag(name: str, value: str | None = None) -> str:

@@ -167,9 +167,10 @@ def predict(
     that could not be predicted)."""
     from rich.markup import escape
 
-    from featx.persist import predict as run_predict
+    from featx.workflows.predict import predict as run_predict
 
-    summary = run_predict(model, data, split=split, store=store, out=out, device=device, batch_size=batch_size,
+    stores = [p for p in store.split("+") if p] if store else None  # a.h5+b.h5 (cli/parsing.py: parse_stores)
+    summary = run_predict(model, data, split=split, store=stores, out=out, device=device, batch_size=batch_size,
                           workers=workers, cache=cache, progress=False, strict=strict)
     counts = ", ".join(f"{c} {n}" for c, n in summary["counts"].items())
     console.print(f"wrote {summary['rows']} rows to [bold]{escape(str(summary['out']))}[/]: {summary['predicted']} "

@@ -67,12 +67,12 @@ def hybrid(
     with the tuned weights, fit the heads on the training rows and test them and the network on the held-out
     subjects. Resumable: run the same command again after an interruption."""
     from featx.cli.parsing import parse_params, parse_preprocess
-    from featx.hybrid import hybrid as run_hybrid
     from featx.report import results_table
+    from featx.workflows.hybrid import hybrid as run_hybrid
 
     result = run_hybrid(
-        data, out, backbone=backbone, heads=heads, taps=taps, n_folds=folds, seed=seed,
-        preprocess=parse_preprocess(preprocess), params=parse_params(param, heads.split(",")),
+        data, out, backbone=backbone, heads=_names(heads), taps=_tap_lists(taps), n_folds=folds, seed=seed,
+        preprocess=parse_preprocess(preprocess), params=parse_params(param, _names(heads)),
         class_weight=class_weight, positive=positive, jobs=jobs, n_boot=boot,
         weights=weights, preset=preset, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
         momentum=momentum, weight_decay=weight_decay, schedule=schedule, dropout=dropout,
@@ -81,13 +81,27 @@ def hybrid(
         workers=workers, plots=not no_plots, callback=_progress)
     rows = result["rows"]
     console.print(results_table(rows, title="featx hybrid"))
-    note = (rows[0].get("settings") or {}).get("cv_note")
-    lines = [rows[0]["protocol_label"] + (f"; {note}" if note else ""), "95% CI of accuracy (bootstrap over subjects): "
-             + ", ".join(f"{r['model']} {100 * r['accuracy_ci_low']:.1f}-{100 * r['accuracy_ci_high']:.1f}%"
+    note = rows[0].settings.get("cv_note")
+    lines = [rows[0].protocol_label + (f"; {note}" if note else ""), "95% CI of accuracy (bootstrap over subjects): "
+             + ", ".join(f"{r.name} {_pct(r.scores['accuracy'].ci_low)}-{_pct(r.scores['accuracy'].ci_high)}%"
                          for r in rows)]
     for line in lines:
         console.print(escape(line), style="dim", highlight=False)
     console.print("wrote " + ", ".join(escape(str(p)) for p in result["paths"].values()), highlight=False)
+
+
+def _names(text: str) -> list[str]:
+    """``svm,logistic`` -> ``["svm", "logistic"]`` (to move to cli/parsing.py)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _tap_lists(text: str | None) -> list[list[str]] | None:
+    """``fc7,fc7+pool5`` -> ``[["fc7"], ["fc7", "pool5"]]`` (to move to cli/parsing.py)."""
+    return None if text is None else [[t for t in spec.split("+") if t] for spec in _names(text)]
+
+
+def _pct(value) -> str:
+    return "nan" if value is None else f"{100 * value:.1f}"
 
 
 def _progress(event: str, info: dict) -> None:

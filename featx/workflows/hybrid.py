@@ -14,7 +14,7 @@ The run folder::
     out/fold_<k>/finetune/            the fold's `featx finetune` run folder (last.pt, best.pt, history, ...)
     out/fold_<k>/features.h5          the fold's rows (train + test) extracted with the tuned weights
     out/fold_<k>/result.json          written last (atomically): the fold is finished
-    out/results.json/.md/.csv         one row per tap x head, and the fine-tuned network's row
+    out/results.json/.md/.csv         one row per tap x head, and the fine-tuned network's row (hybrid_rows.py)
 
 Re-running the same call skips finished folds, resumes an interrupted fine-tune (``last.pt``) and an
 interrupted extraction (the store resumes by itself). Heads are refit from the stored features on every
@@ -22,17 +22,29 @@ run, so head options (``heads``, ``preprocess``, ``params``, ``class_weight``) m
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
 import featx
-from featx.errors import FeatxError
+from featx.backbones import create_backbone, get_config
+from featx.data import discover
+from featx.data.images import ImageDataset, make_transform
+from featx.device import autocast, resolve_device
+from featx.errors import FeatxError, arg
+from featx.evaluate import _check_params, make_splits, resolve_positive
+from featx.extract import default_workers, extract, parse_taps
+from featx.files import atomic_json, sha256_file
+from featx.finetune import finetune
+from featx.heads import get_head
+from featx.report import write_results
+from featx.results import ResultRow
+from featx.workflows.hybrid_rows import head_rows, network_row, protocol_label
 
 __all__ = ["INNER_TRAIN", "INNER_VAL", "hybrid", "protocol_label"]
 
@@ -47,12 +59,8 @@ FINETUNE_OPTIONS = ("weights", "preset", "epochs", "lr", "batch_size", "optimize
                     "color_jitter", "early_stopping", "patience")
 
 
-def protocol_label(n_folds: int) -> str:
-    return f"hybrid subject-level {n_folds}-fold (network fine-tuned per fold on training subjects)"
-
-
-def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[str] | str,
-           taps: Sequence[str] | str | None = None, n_folds: int = 5, seed: int = 0,
+def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[str],
+           taps: Sequence[str | Sequence[str]] | None = None, n_folds: int = 5, seed: int = 0,
            preprocess: str | None = "standard", params: dict | None = None, class_weight=None,
            positive: str | None = None, jobs: int = 1, n_boot: int = 1000,
            weights: str | None = None, preset: str | None = None, epochs: int | None = None,
@@ -63,26 +71,24 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
            early_stopping: str | None = None, patience: int = 5, device: str = "auto",
            workers: int | None = None, plots: bool = True,
            callback: Callable[[str, dict], None] | None = None) -> dict:
-    """Run the hybrid protocol on the images of ``data``; write ``out``; return ``{"rows", "paths", "folds"}``.
+    """Run the hybrid protocol on the images of ``data`` and write its run folder ``out``.
 
-    ``heads``: head names (``"svm,logistic"``); ``taps``: tap specs, one row set each (``["fc7", "fc7+pool5"]``,
-    default the backbone's tap); ``n_folds``/``seed``: the outer subject folds (as ``featx classify``);
+    ``heads``: head names (``["svm", "logistic"]``); ``taps``: one row set each, a tap name or a list of taps
+    whose features are concatenated (``["fc7", ["fc7", "pool5"]]``; default the backbone's default tap);
+    ``n_folds``/``seed``: the outer subject folds (as ``featx classify``);
     ``preprocess``/``params``/``class_weight``/``jobs``/``n_boot``: as in :func:`featx.evaluate.compare`.
     The fine-tuning options are those of :func:`featx.finetune.finetune` (``finetune_class_weight`` is its
     ``class_weight``); the network is scored at ``last.pt`` for a fixed-length run, at ``best.pt`` (chosen on
     the inner holdout) with ``early_stopping``. ``callback(event, info)`` gets ``"fold"`` (info ``status``:
     ``start``, ``skipped`` or ``done``), ``"epoch"`` (the fine-tune's epoch info) and ``"heads"``;
-    every ``info`` holds ``fold`` and ``n_folds``.
+    every ``info`` holds ``fold`` and ``n_folds``. Returns ``{"rows" (:class:`ResultRow`), "paths", "folds"
+    (each fold's record), "out"}``.
     """
-    from featx.data import discover
-    from featx.evaluate import _as_list, _check_params, make_splits, resolve_positive
-    from featx.heads import get_head
-
-    head_names = [get_head(h).name for h in _as_list(heads)]
+    head_names = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]
     if not head_names:
-        raise FeatxError("no heads given; pass e.g. --heads svm,logistic")
+        raise FeatxError(f"{arg('heads')}: no heads given; name at least one (e.g. svm)")
     _check_params(params, head_names)  # a typo fails now, not after hours of fine-tuning
-    tap_specs, extract_taps = _taps(backbone, taps)
+    tap_specs, extract_taps = _tap_specs(backbone, taps)
     out = Path(out)
     collection = discover(data)
     classes = list(collection.classes)
@@ -123,39 +129,29 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
                                  taps=extract_taps, seed=seed, positive=classes[pos], options=ft_options,
                                  runtime=runtime, emit=emit))
 
-    rows = []
+    rows: list[ResultRow] = []
     for spec in tap_specs:
-        emit("heads", {"fold": None, "n_folds": len(folds), "tap": spec, "heads": head_names})
-        rows.extend(_head_rows(out, records, folds, collection, spec, head_names, backbone=backbone, pos=pos,
-                               seed=seed, preprocess=preprocess, params=params, class_weight=class_weight,
-                               device=device, jobs=jobs, n_boot=n_boot, note=outer.note))
-    rows.append(_network_row(records, collection, folds, backbone=backbone, pos=pos, seed=seed, n_boot=n_boot,
-                             early_stopping=early_stopping, settings=settings))
-    from featx.report import write_results
-
+        emit("heads", {"fold": None, "n_folds": len(folds), "tap": "+".join(spec), "heads": head_names})
+        rows.extend(head_rows(out, records, folds, collection, spec, head_names, backbone=backbone, pos=pos,
+                              seed=seed, preprocess=preprocess, params=params, class_weight=class_weight,
+                              device=device, jobs=jobs, n_boot=n_boot, note=outer.note))
+    rows.append(network_row(records, collection, folds, backbone=backbone, pos=pos, seed=seed, n_boot=n_boot,
+                            early_stopping=early_stopping, finetune_options=ft_options))
     paths = write_results(rows, out, plots=plots)
     return {"rows": rows, "paths": paths, "folds": records, "out": out}
 
 
 # --------------------------------------------------------------------------------------------- settings
 
-def _taps(backbone: str, taps) -> tuple[list[str], list[str]]:
-    """Tap specs (one row set each) and the taps to extract, in the backbone's order."""
-    from featx.backbones import get_config
-    from featx.evaluate import _as_list
-    from featx.extract import parse_taps
-    from featx.store import DEFAULT_TAPS
-
-    available = list(get_config(backbone).taps)
-    specs = _as_list(taps) or [DEFAULT_TAPS.get(backbone, available[-1])]
-    needed = {t for spec in specs for t in spec.split("+") if t}
-    return specs, parse_taps(sorted(needed), available)
-
-
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _tap_specs(backbone: str, taps) -> tuple[list[list[str]], list[str]]:
+    """The taps of each row set (a list: several are concatenated) and the taps to extract, in the backbone's
+    order."""
+    config = get_config(backbone)
+    if isinstance(taps, str):
+        taps = [taps]
+    specs = [[t] if isinstance(t, str) else list(t) for t in (taps or [config.default_tap])]
+    needed = {t for spec in specs for t in spec}
+    return specs, parse_taps(sorted(needed), list(config.taps))
 
 
 _INFO_KEYS = ("data_root", "featx_version")
@@ -168,15 +164,15 @@ def _check_or_write_settings(out: Path, settings: dict) -> None:
             for p in out.glob(pattern)]
     if not work:  # nothing to resume: a first run, or one that failed before any epoch (e.g. a bad --lr)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_json(settings, path)
+        atomic_json(path, settings)
         return
     if not path.exists():
         raise FeatxError(f"{out} holds fold work ({work[0].relative_to(out)}) but no settings.json; it is not a "
-                         "`featx hybrid` run folder (or it was damaged): choose another --out")
+                         f"`featx hybrid` run folder (or it was damaged): choose another {arg('out')}")
     try:
         before = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise FeatxError(f"{path} is not readable JSON; restore it or choose another --out") from None
+        raise FeatxError(f"{path} is not readable JSON; restore it or choose another {arg('out')}") from None
     flat_before, flat_now = _flatten(before), _flatten(json.loads(json.dumps(settings)))
     for key in sorted(set(flat_before) | set(flat_now)):
         if key in _INFO_KEYS:
@@ -185,7 +181,7 @@ def _check_or_write_settings(out: Path, settings: dict) -> None:
         if a != b:
             name = "data" if key == "dataset_fingerprint" else key.replace("finetune.", "")
             raise FeatxError(f"{out}: setting {name!r} differs from the run there ({a!r} there, {b!r} now); "
-                             f"re-run with the settings in {path} to resume, or choose another --out")
+                             f"re-run with the settings in {path} to resume, or choose another {arg('out')}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -203,8 +199,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _inner_collection(collection, train: np.ndarray, seed: int, fold: int):
     """The fold's training rows, with splits INNER_TRAIN/INNER_VAL: fold 1 of a subject-grouped split of
     the fold's training subjects is the fine-tune's validation set (the same draw as ``--val subject``)."""
-    from featx.evaluate import make_splits
-
     sub = collection.subset(train)
     y = np.array([sub.classes.index(s.label) for s in sub.samples], dtype=np.int64)
     subjects = np.array([s.subject for s in sub.samples], dtype=object)
@@ -218,8 +212,8 @@ def _inner_collection(collection, train: np.ndarray, seed: int, fold: int):
             continue
     if inner is None:
         raise FeatxError(f"fold {fold}: its {n_subjects} training subject(s) cannot be split into inner training "
-                         "and validation subjects with both classes in training; use fewer --folds (more training "
-                         "subjects per fold) or data with more subjects")
+                         f"and validation subjects with both classes in training; use fewer {arg('n_folds')} (more "
+                         "training subjects per fold) or data with more subjects")
     val = set(inner.folds[0][1].tolist())
     sub.samples = [replace(s, split=INNER_VAL if i in val else INNER_TRAIN) for i, s in enumerate(sub.samples)]
     return sub
@@ -229,10 +223,6 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
               backbone: str, taps: list[str], seed: int, positive: str, options: dict, runtime: dict,
               emit) -> dict:
     """Fine-tune, extract and score the network on one outer fold, or read the record of a finished fold."""
-    from featx.files import sha256_file
-    from featx.extract import extract
-    from featx.finetune import finetune
-
     train_subjects = sorted({collection.samples[i].subject for i in train})
     test_subjects = sorted({collection.samples[i].subject for i in test})
     done_path = fold_dir / "result.json"
@@ -242,7 +232,7 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
         record = json.loads(done_path.read_text(encoding="utf-8"))
         if record.get("train_subjects") != train_subjects or record.get("test_subjects") != test_subjects:
             raise FeatxError(f"{done_path} was made with other folds (subjects differ); the data or the fold "
-                             f"draw changed: delete {fold_dir.parent} or choose another --out")
+                             f"draw changed: delete {fold_dir.parent} or choose another {arg('out')}")
         if not (fold_dir / record["store"]).exists():
             raise FeatxError(f"{fold_dir / record['store']} is missing although the fold is marked finished; "
                              f"delete {fold_dir} to recompute that fold")
@@ -277,7 +267,7 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
                   network={"paths": [collection.samples[i].path for i in test],
                            "y_true": [collection.classes.index(collection.samples[i].label) for i in test],
                            "proba": [[round(float(p), 8) for p in r] for r in proba]})
-    _atomic_json(record, done_path)  # last: the fold is finished
+    atomic_json(done_path, record)  # last: the fold is finished
     emit("fold", dict(info, status="done", train_acc=record["train_acc_last_epoch"]))
     return record
 
@@ -285,22 +275,14 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
 def _network_proba(collection, indices: np.ndarray, checkpoint: Path, backbone: str, *, device: str,
                    batch_size: int, workers: int | None) -> np.ndarray:
     """Softmax of the tuned network on ``indices`` (eval mode, the checkpoint's preprocessing), in that order."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from featx.backbones import create_backbone
-    from featx.data.images import ImageDataset, make_transform
-    from featx.device import autocast, resolve_device
-    from featx.extract import default_workers
-
-    model = create_backbone(backbone, checkpoint)
-    if model.classes is not None and list(model.classes) != list(collection.classes):
-        raise FeatxError(f"{checkpoint}: classes {model.classes} differ from the data's {collection.classes}")
-    card = model.weights_info.card or {}
-    size = int(card.get("preprocessing", {}).get("input_size") or model.config.input_size)
+    network = create_backbone(backbone, checkpoint)
+    if network.classes is not None and list(network.classes) != list(collection.classes):
+        raise FeatxError(f"{checkpoint}: classes {network.classes} differ from the data's {collection.classes}")
+    card = network.weights_info.card or {}
+    size = int(card.get("preprocessing", {}).get("input_size") or network.config.input_size)
     dev = resolve_device(device)
-    model = model.to(dev).eval()
-    ds = ImageDataset(collection, make_transform(size, model.config.mean, model.config.std),
+    network = network.to(dev).eval()
+    ds = ImageDataset(collection, make_transform(size, network.config.mean, network.config.std),
                       indices=[int(i) for i in indices])
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
                         num_workers=default_workers() if workers is None else int(workers))
@@ -311,86 +293,7 @@ def _network_proba(collection, indices: np.ndarray, checkpoint: Path, backbone: 
             if bad:
                 raise FeatxError(f"{bad[0]}; the hybrid protocol needs every image of the fold: fix or remove it")
             with autocast(dev):
-                logits = model(images.to(dev))
+                logits = network(images.to(dev))
             for i, p in zip(index.tolist(), torch.softmax(logits.float(), 1).cpu().numpy()):
                 out[int(i)] = p
     return np.stack([out[int(i)] for i in indices])
-
-
-# --------------------------------------------------------------------------------------------- rows
-
-def _head_rows(out: Path, records: list[dict], folds, collection, tap: str, heads: list[str], *, backbone: str,
-               pos: int, seed: int, preprocess, params, class_weight, device, jobs: int, n_boot: int,
-               note: str) -> list[dict]:
-    """Every head on every fold's own tuned features: one FeatureSet of the folds' blocks stacked, each
-    fold training and testing only inside its block, through the grid `featx compare` runs."""
-    from featx.evaluate import Protocol, _run_grid
-    from featx.store import load_features
-
-    parts, protocol_folds, offset = [], [], 0
-    for (train, test), record in zip(folds, records):
-        store = out / f"fold_{record['fold']}" / record["store"]
-        fs = load_features(store, tap, labelled=True)
-        where = {p: i for i, p in enumerate(fs.paths)}
-        want = [collection.samples[i].path for i in train] + [collection.samples[i].path for i in test]
-        missing = [p for p in want if p not in where]
-        if missing:
-            raise FeatxError(f"{store}: {len(missing)} row(s) of fold {record['fold']} have no features "
-                             f"(first {missing[0]}); delete {store.parent} to recompute that fold")
-        block = fs.select(np.array([where[p] for p in want]))
-        parts.append(block)
-        protocol_folds.append((offset + np.arange(len(train)), offset + len(train) + np.arange(len(test))))
-        offset += len(want)
-    first = parts[0]
-    digest = hashlib.sha256("".join(p.fingerprint for p in parts).encode()).hexdigest()
-    per_row = {f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(first)
-               if all(isinstance(getattr(p, f.name), np.ndarray) and len(getattr(p, f.name)) == len(p) for p in parts)}
-    stacked = replace(first, **per_row, name=f"{backbone}[fine-tuned per fold]/{tap}",
-                      settings=[s for p in parts for s in p.settings], fingerprint=digest,
-                      stores=[s for p in parts for s in p.stores], store_taps=[t for p in parts for t in p.store_taps])
-    protocol = Protocol("hybrid", protocol_label(len(folds)), False, protocol_folds, seed, note, stacked.subjects)
-    rows = _run_grid(stacked, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
-                     class_weight=class_weight, device=device, params=params, n_boot=n_boot)
-    for row in rows:
-        row["settings"]["checkpoints"] = [f"fold_{r['fold']}/{r['checkpoint']}" for r in records]
-    return rows
-
-
-def _network_row(records: list[dict], collection, folds, *, backbone: str, pos: int, seed: int, n_boot: int,
-                 early_stopping: str | None, settings: dict) -> dict:
-    """The tuned networks' own softmax on the same outer folds, summarised as the head rows are."""
-    from featx.evaluate import compute_metrics, roc_points, summarize_folds
-
-    classes = list(collection.classes)
-    subjects_of = {s.path: s.subject for s in collection.samples}
-    fold_metrics, trues, preds, scores, subj, fold_of = [], [], [], [], [], []
-    for k, record in enumerate(records):
-        net = record["network"]
-        y_true = np.asarray(net["y_true"], dtype=np.int64)
-        proba = np.asarray(net["proba"], dtype=np.float64)
-        y_pred = proba.argmax(1)
-        fold_subjects = np.array([subjects_of[p] for p in net["paths"]], dtype=object)
-        fold_metrics.append(compute_metrics(y_true, y_pred, proba[:, pos], classes=classes, positive=pos,
-                                            subjects=fold_subjects))
-        trues.append(y_true), preds.append(y_pred), scores.append(proba[:, pos]), subj.append(fold_subjects)
-        fold_of.append(np.full(len(y_true), k))
-    pooled = {"y_true": np.concatenate(trues), "y_pred": np.concatenate(preds), "y_score": np.concatenate(scores),
-              "classes": classes, "positive": pos, "subjects": np.concatenate(subj),
-              "fold": np.concatenate(fold_of)}
-    summary = summarize_folds(fold_metrics, pooled=pooled, n_boot=n_boot, seed=seed)
-    name = f"{backbone} fine-tuned" + (" (early-stopped on inner val)" if early_stopping else "")
-    row: dict[str, Any] = {
-        "model": name, "backbone": backbone, "tap": "logits", "head": "finetune", "protocol": "hybrid",
-        "protocol_label": protocol_label(len(folds)), "image_level": False, "n_folds": len(folds),
-        "n_train": int(round(np.mean([len(a) for a, _ in folds]))), "n_test": int(len(pooled["y_true"])),
-        "n_subjects": len({collection.samples[int(i)].subject for a, b in folds for i in np.concatenate([a, b])}),
-        "classes": classes, "positive": classes[pos],
-    }
-    row.update(summary)
-    row["roc"] = roc_points(pooled["y_true"] == pos, pooled["y_score"], folds=pooled["fold"])
-    row["fit_seconds"] = round(sum(r["finetune_seconds"] for r in records), 3)
-    row["train_accuracy_last_epoch"] = [r["train_acc_last_epoch"] for r in records]
-    row["scored_epochs"] = [r["scored_epoch"] for r in records]
-    row["settings"] = {"finetune": settings["finetune"], "seed": seed, "n_boot": n_boot,
-                       "checkpoints": [f"fold_{r['fold']}/{r['checkpoint']}" for r in records]}
-    return row

@@ -1,0 +1,184 @@
+"""Predict images with a saved model: from feature stores made with the model's settings, or by extracting
+the features of new images with the settings in the model's card. One CSV row per requested image."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from featx.errors import FeatxError, arg
+from featx.extract import extract
+from featx.persist import check_store_matches, load_model
+from featx.store import load_features, sample_table, store_settings
+
+UNFINISHED = "not extracted: the store is unfinished; run `featx extract` again to fill it"
+INTERRUPTED = "not extracted: extraction was interrupted; run the same command again"
+
+__all__ = ["predict"]
+
+
+def _store_list(store) -> list[Path]:
+    """One store path or several (fused, in the card's order)."""
+    stores = [store] if isinstance(store, (str, Path)) else list(store)
+    return [Path(s) for s in stores]
+
+
+def _requested_rows(card: dict, stores: list[Path], split: str | None, unfinished: str):
+    """Every requested row of the store(s): ``(paths, errors, X)``; ``X`` holds the rows whose error is ""."""
+    check_store_matches(card, [store_settings(p) for p in stores], [str(p) for p in stores])
+    tables = [sample_table(p) for p in stores]
+    first = tables[0]
+    keep = first["split"] == split if split else np.ones(len(first["path"]), dtype=bool)
+    if split and not keep.any():
+        raise FeatxError(f"{stores[0]}: no rows of split {split!r}; the store has "
+                         f"{', '.join(sorted(set(first['split']))) or 'none'}")
+    paths = [str(p) for p in first["path"][keep]]
+    errors = [""] * len(paths)
+    for store, table in zip(stores, tables):
+        row_of = {q: i for i, q in enumerate(table["path"])}
+        for j, q in enumerate(paths):
+            i = row_of.get(q)
+            if errors[j]:
+                continue
+            if i is None:
+                errors[j] = f"not in {store} (fused stores hold other samples)"
+            elif table["error"][i]:
+                errors[j] = f"not extracted: {table['error'][i]}"
+            elif not table["done"][i]:
+                errors[j] = unfinished
+    blocks, names = [], []
+    for store, entry in zip(stores, card["stores"]):
+        wanted = [j for j, e in enumerate(errors) if not e]
+        if not wanted:
+            break
+        # unfinished rows already carry their error above: predict the finished ones
+        features = load_features(store, entry.get("taps") or None, allow_partial=True)
+        names.append(features.name)
+        row_of = {q: i for i, q in enumerate(features.paths)}
+        for j in wanted:
+            if paths[j] not in row_of:
+                errors[j] = f"not extracted: not among the finished rows of {store}"
+        blocks.append((features.X, row_of))
+    ok = [j for j, e in enumerate(errors) if not e]
+    if not ok:
+        return paths, errors, None
+    X = np.hstack([Xs[[row_of[paths[j]] for j in ok]] for Xs, row_of in blocks])
+    name = "+".join(names)
+    if name != card.get("feature_name") or X.shape[1] != card.get("n_features"):
+        raise FeatxError(f"{', '.join(map(str, stores))}: gives features {name} ({X.shape[1]} columns) but the model "
+                         f"takes {card.get('feature_name')} ({card.get('n_features')} columns)")
+    return paths, errors, X
+
+
+def _extract_for_model(card: dict, data, split: str | None, cache_dir: Path, *, device: str, batch_size: int,
+                       workers: int | None, progress: bool) -> list[Path]:
+    """Extract ``data`` (one ``split``) once per store of the card, with that store's settings; the stores."""
+    paths = []
+    for i, entry in enumerate(card["stores"]):
+        weights = entry.get("weights") or "none"
+        if entry.get("weights_kind") == "file" and not Path(weights).is_file():
+            raise FeatxError(f"the model's features came from weights file {weights}, which is missing; "
+                             f"put it back or extract a store yourself and pass it as {arg('store')}")
+        seed = entry.get("weights_seed")
+        key = hashlib.sha256(json.dumps([str(Path(data).resolve()), split, entry], sort_keys=True,
+                                        default=str).encode()).hexdigest()[:12]
+        out = cache_dir / f"{i}-{entry.get('backbone')}-{key}.h5"
+        extract(data, out, backbone=entry["backbone"], weights=weights, taps=entry.get("taps") or None,
+                image_size=entry.get("input_size"), splits=[split] if split else None, device=device,
+                batch_size=batch_size, workers=workers, dtype=entry.get("dtype") or "float32",
+                seed=int(seed) if seed is not None and int(seed) >= 0 else 0, progress=progress, strict=False)
+        paths.append(out)
+    return paths
+
+
+def _decide(pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Predicted class indices, and per row the probability (or decision value) of the predicted class."""
+    pred = np.asarray(pipeline.predict(X))
+    col = np.searchsorted(np.asarray(pipeline.classes_), pred)
+    rows = np.arange(len(pred))
+    if hasattr(pipeline, "predict_proba"):
+        return pred, pipeline.predict_proba(X)[rows, col], "probability"
+    scores = np.asarray(pipeline.decision_function(X))
+    if scores.ndim == 1:  # binary: the decision value is that of classes_[1]
+        return pred, np.where(col == 1, scores, -scores), "score"
+    return pred, scores[rows, col], "score"
+
+
+def _write_csv(out: Path, paths: list[str], errors: list[str], predicted: dict, output: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "prediction", "probability"] + (["score"] if output == "score" else []) + ["error"])
+        for j, (p, e) in enumerate(zip(paths, errors)):
+            label, v = predicted.get(j, ("", None))
+            if output == "probability":
+                values = ["" if v is None else f"{v:.6f}"]
+            else:
+                values = ["", "" if v is None else f"{v:.6g}"]
+            writer.writerow([p, label, *values, e])
+
+
+def predict(model_path, data=None, *, split: str | None = None,
+            store: str | Path | Sequence[str | Path] | None = None, out="predictions.csv", device: str = "auto",
+            batch_size: int = 32, workers: int | None = None, cache=None, progress: bool = False,
+            strict: bool = False) -> dict:
+    """Predict every image of ``data`` (optionally one ``split``) with a saved model; write a CSV.
+
+    With ``store`` (one path, or a list for a model trained on fused stores) the features are read from the
+    store(s), which must have been extracted with the card's settings; otherwise they are extracted from
+    ``data`` with the card's backbone, weights, taps and input size into ``cache`` (a temporary folder when
+    None).
+
+    The CSV has one row per requested image: ``path,prediction,probability,error`` (the probability of the
+    predicted class) for models with ``predict_proba``; ``path,prediction,probability,score,error`` with an
+    empty probability and the decision value of the predicted class for the others. Images that could not
+    be predicted (unreadable, or rows of the store that are unfinished or failed) have an empty prediction
+    and the reason in ``error``. With ``strict`` any such row raises :class:`FeatxError` after the CSV is
+    written; a request where no image could be predicted always does.
+
+    Returns ``{"out", "rows", "predicted", "failed", "errors" (first (path, error) pairs), "counts", "output",
+    "source", "model"}``.
+    """
+    pipeline, card = load_model(model_path)
+    if store is None and data is None:
+        raise FeatxError(f"give the images to predict ({arg('data')}) or a feature store ({arg('store')})")
+    if store is not None:
+        stores = _store_list(store)
+        paths, errors, X = _requested_rows(card, stores, split, UNFINISHED)
+        source = ", ".join(map(str, stores))
+    else:
+        folder = tempfile.TemporaryDirectory(prefix="featx-predict-") if cache is None else nullcontext(cache)
+        with folder as cache_dir:
+            cache_dir = Path(cache_dir)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            stores = _extract_for_model(card, data, split, cache_dir, device=device, batch_size=batch_size,
+                                        workers=workers, progress=progress)
+            paths, errors, X = _requested_rows(card, stores, None, INTERRUPTED)
+        source = str(data)
+    if not paths:
+        raise FeatxError(f"{source}: no images to predict" + (f" in split {split!r}" if split else ""))
+    classes = list(card["classes"])
+    ok = [j for j, e in enumerate(errors) if not e]
+    output = card.get("output") or ("probability" if hasattr(pipeline, "predict_proba") else "score")
+    predicted: dict[int, tuple[str, float]] = {}
+    if ok:
+        pred, value, output = _decide(pipeline, X)
+        predicted = {j: (classes[int(k)], float(v)) for j, k, v in zip(ok, pred, value)}
+    out = Path(out)
+    _write_csv(out, paths, errors, predicted, output)
+    failed = [(p, e) for p, e in zip(paths, errors) if e]
+    counts = {c: sum(1 for label, _ in predicted.values() if label == c) for c in classes}
+    summary = {"out": out, "rows": len(paths), "predicted": len(predicted), "failed": len(failed),
+               "errors": failed[:5], "counts": counts, "output": output, "source": source, "model": card.get("file")}
+    if failed and (strict or not predicted):
+        p, e = failed[0]
+        raise FeatxError(f"{len(failed)} of {len(paths)} requested image(s) could not be predicted (first: {p}: {e}); "
+                         f"{out} holds every row with the reason in its error column"
+                         + ("" if predicted else "; nothing was predicted"))
+    return summary
