@@ -56,6 +56,7 @@ class BackboneConfig:
     description: str
     min_input_size: int = 32                # smallest image side the network accepts
     stages: tuple[str, ...] = ()            # names for --freeze, in forward order; "head" is the final layer
+    default_tap: str = ""                   # the tap heads read when none is named ("": the last tap)
 
     @property
     def imagenet_file(self) -> str | None:
@@ -98,18 +99,18 @@ def _configs() -> dict[str, BackboneConfig]:
         "alexnet": BackboneConfig(
             name="alexnet", taps={"pool5": 256, "fc6": 4096, "fc7": 4096}, input_size=asize,
             mean=amean, std=astd, imagenet=alex, min_input_size=63,
-            stages=("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "head"),
+            stages=("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "head"), default_tap="fc7",
             description="AlexNet (torchvision): 5 conv layers, 2 dropout FC layers of 4096, final FC"),
         "cnn": BackboneConfig(
             name="cnn", taps={"pool5": 256, "fc": 128}, input_size=vsize,
             mean=vmean, std=vstd, imagenet=None, min_input_size=16,
-            stages=("block1", "block2", "block3", "block4", "fc", "head"),
+            stages=("block1", "block2", "block3", "block4", "fc", "head"), default_tap="fc",
             description="small traditional CNN: 4 conv-BN-ReLU-maxpool blocks (32-256), GAP, "
                         "dropout FC 128, final FC; trained from scratch"),
         "vgg16": BackboneConfig(
             name="vgg16", taps={"pool5": 512, "fc6": 4096, "fc7": 4096}, input_size=vsize,
             mean=vmean, std=vstd, imagenet=vgg, min_input_size=32,
-            stages=("block1", "block2", "block3", "block4", "block5", "fc6", "fc7", "head"),
+            stages=("block1", "block2", "block3", "block4", "block5", "fc6", "fc7", "head"), default_tap="fc7",
             description="VGG-16 (torchvision): 13 conv layers in 5 blocks, 2 dropout FC layers of 4096, final FC"),
     }
 

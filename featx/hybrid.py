@@ -143,13 +143,12 @@ def _taps(backbone: str, taps) -> tuple[list[str], list[str]]:
     """Tap specs (one row set each) and the taps to extract, in the backbone's order."""
     from featx.backbones import get_config
     from featx.evaluate import _as_list
-    from featx.extract import parse_taps
-    from featx.store import DEFAULT_TAPS
+    from featx.extract import select_taps
 
     available = list(get_config(backbone).taps)
-    specs = _as_list(taps) or [DEFAULT_TAPS.get(backbone, available[-1])]
+    specs = _as_list(taps) or [get_config(backbone).default_tap or available[-1]]
     needed = {t for spec in specs for t in spec.split("+") if t}
-    return specs, parse_taps(sorted(needed), available)
+    return specs, select_taps(sorted(needed), available)
 
 
 def _atomic_json(obj, path: Path) -> None:
