@@ -2,6 +2,7 @@
 
 Decoding runs in DataLoader worker processes, the forward pass in the main thread, and HDF5 writes in
 one writer thread, so the three overlap. Re-running the same call resumes: only missing rows are computed.
+Progress leaves through a callback, ``on_progress(done, total)``; the CLI draws it as a bar.
 Forked workers close their copies of the store's and its lock's file descriptors first thing, so they never
 hold the store open: after ``kill -9`` of the main process the next run can start at once.
 """
@@ -11,20 +12,20 @@ import functools
 import os
 import queue
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torchvision
 from torch.utils.data import DataLoader
 
+from featx import provenance
 from featx.backbones import check_input_size, create_backbone, get_config
 from featx.data import Collection, discover
 from featx.data.images import ImageDataset, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
-from featx import provenance
-from featx.errors import FeatxError
+from featx.errors import FeatxError, arg
 from featx.store import FeatureStore, lock_path
 
 DTYPES = ("float32", "float16")
@@ -35,19 +36,21 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def parse_taps(taps: str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
-    """``"fc7,pool5"`` or a list -> tap names in the backbone's forward order; ``None`` -> all taps."""
-    if taps is None or taps == "" or taps == "all":
+def select_taps(taps: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """The named taps in the backbone's forward order (``available``); ``None``: all of them."""
+    if taps is None:
         return list(available)
-    names = [t.strip() for t in (taps.split(",") if isinstance(taps, str) else taps) if t.strip()]
+    names = [str(t).strip() for t in taps if str(t).strip()]
     unknown = [t for t in names if t not in available]
-    if unknown:
-        raise FeatxError(f"unknown tap {', '.join(unknown)}; this backbone has: {', '.join(available)}")
+    if unknown or not names:
+        raise FeatxError(f"{arg('taps', ','.join(names))}: unknown tap {', '.join(unknown) or '(none named)'}; "
+                         f"this backbone has: {', '.join(available)}")
     return [t for t in available if t in names]
 
 
 def store_settings_for(collection: Collection, model, image_size: int, dtype: str) -> dict:
-    """The root attributes that identify a store made from ``collection`` with ``model``."""
+    """The root attributes that identify a store made from ``collection`` with ``model`` (and the versions
+    of torch and torchvision that computed its features)."""
     info = model.weights_info
     cfg = model.config
     return {
@@ -64,6 +67,8 @@ def store_settings_for(collection: Collection, model, image_size: int, dtype: st
         "dataset_fingerprint": collection.fingerprint(),
         "data_root": str(collection.root),
         "layout": collection.layout,
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
     }
 
 
@@ -109,28 +114,31 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
             weights: str | Path = "imagenet", taps: str | Sequence[str] | None = None,
             image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
-            progress: bool = True, callback: Callable[[int, int], None] | None = None,
-            strict: bool = False) -> Path:
+            on_progress: Callable[[int, int], None] | None = None, strict: bool = False,
+            progress: bool = False) -> Path:
     """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
 
-    ``taps`` (``"fc7,pool5"``; default all) are computed in one forward pass. ``weights`` is ``imagenet``,
-    ``none`` (random, seeded by ``seed``) or a state-dict / featx checkpoint file (whose input size is then
-    the default ``image_size``). A checkpoint of ``featx finetune`` also brings the images its network
-    trained and validated on: each row's role is stored (``/samples/network_role``, see
+    ``taps`` (one name or a sequence, e.g. ``["fc7", "pool5"]``; default all) are computed in one forward
+    pass and stored in the backbone's order; the store's default tap is the backbone's. ``weights`` is
+    ``imagenet``, ``none`` (random, seeded by ``seed``) or a state-dict / featx checkpoint file (whose input
+    size is then the default ``image_size``). A checkpoint of ``featx finetune`` also brings the images its
+    network trained and validated on: each row's role is stored (``/samples/network_role``, see
     :mod:`featx.provenance`) and ``classify`` tests only on rows it never saw. An existing store with the
-    same settings is resumed; one made with other settings is refused. ``callback(done, total)`` is called
-    after each batch. Unreadable images are recorded in the store (``/samples/error``, listed by
-    :func:`featx.store.summarize`, left out by ``load_features``) and retried by the next run; with ``strict``
-    they raise FeatxError once every readable image is written. Folders discovery could not read are recorded
-    too (``summarize``'s ``unreadable_folders``); with ``strict`` they are refused before anything is written.
-    Another process writing ``out`` is refused (its lock ``<out>.lock``).
+    same settings is resumed; one made with other settings is refused. ``on_progress(done, total)`` is
+    called when computing starts (``done``: rows finished by earlier runs) and after each batch; not at all
+    when every row is already done. Unreadable images are recorded in the store (``/samples/error``, listed
+    by :func:`featx.store.summarize`, left out by ``load_features``) and retried by the next run; with
+    ``strict`` they raise FeatxError once every readable image is written. Folders discovery could not read
+    are recorded too (``summarize``'s ``unreadable_folders``); with ``strict`` they are refused before
+    anything is written. Another process writing ``out`` is refused (its lock ``<out>.lock``).
+    ``progress`` is transitional (issue 8) and ignored: the library draws no progress bar.
     """
     if dtype not in DTYPES:
-        raise FeatxError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+        raise FeatxError(f"{arg('dtype', dtype)}: choose one of {', '.join(DTYPES)}")
     if batch_size < 1:
-        raise FeatxError(f"--batch-size {batch_size}: must be at least 1")
+        raise FeatxError(f"{arg('batch_size', batch_size)}: must be at least 1")
     if workers is not None and workers < 0:
-        raise FeatxError(f"--workers {workers}: must be 0 (decode in the main process) or more")
+        raise FeatxError(f"{arg('workers', workers)}: must be 0 (decode in the main process) or more")
     collection = data if isinstance(data, Collection) else discover(data, splits)
     if isinstance(data, Collection) and splits:
         collection = data.subset([i for i, s in enumerate(data.samples) if s.split in set(splits)])
@@ -139,15 +147,15 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     folders = list(getattr(collection, "unreadable_folders", []) or [])
     if strict and folders:
         more = f" and {len(folders) - 1} more" if len(folders) > 1 else ""
-        raise FeatxError(f"cannot read folder {folders[0]}{more} (--strict); make it readable, or drop --strict to "
-                         "extract the images featx can read")
+        raise FeatxError(f"cannot read folder {folders[0]}{more} ({arg('strict', True)}); make it readable, or "
+                         f"drop {arg('strict')} to extract the images featx can read")
     cfg = get_config(backbone)
     model = create_backbone(backbone, weights, seed=seed)
     card = model.weights_info.card or {}
     # a fine-tuned checkpoint brings the input size it was trained at
     size = int(image_size or card.get("preprocessing", {}).get("input_size") or cfg.input_size)
     check_input_size(backbone, size)
-    tap_names = parse_taps(taps, list(cfg.taps))
+    tap_names = select_taps(None if taps is None else _legacy_commas(taps), list(cfg.taps))
     tap_dims = {t: cfg.taps[t] for t in tap_names}
     device = resolve_device(device)
     settings = store_settings_for(collection, model, size, dtype)
@@ -163,21 +171,28 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
 
     extra = {"unreadable_folders": folders} if folders else None
     with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims,
-                                          extra_attrs=extra, roles=roles) as store:
+                                          default_tap=cfg.default_tap or None, extra_attrs=extra,
+                                          roles=roles) as store:
         pending = np.flatnonzero(~store.done)
         total = store.n
         if pending.size:
             _run(model, collection, store, pending, tap_names, size=size, device=device,
                  batch_size=batch_size, workers=default_workers() if workers is None else workers,
-                 progress=progress, callback=callback, total=total)
+                 on_progress=on_progress, total=total)
         errors = store.h5["samples/error"].asstr()[:]
         errors[store.done] = ""
     failed = np.flatnonzero(errors != "")
     if strict and failed.size:
-        raise FeatxError(f"{failed.size} image(s) could not be read (--strict), first: {errors[failed[0]]}; "
-                         f"the other {total - failed.size} rows are saved in {out}; fix or replace those files "
-                         "and run the same command again")
+        raise FeatxError(f"{failed.size} image(s) could not be read ({arg('strict', True)}), first: "
+                         f"{errors[failed[0]]}; the other {total - failed.size} rows are saved in {out}; fix or "
+                         "replace those files and run the same command again")
     return out
+
+
+def _legacy_commas(taps: str | Sequence[str]) -> list[str]:
+    """Transitional (issue 8): ``"fc7,pool5"`` from a caller that does not pass a list yet
+    (persist._extract_for_model); remove with it. A plain string is one tap name."""
+    return [t for t in taps.split(",") if t.strip()] if isinstance(taps, str) else list(taps)
 
 
 def _close_inherited(paths: tuple[str, ...], worker_id: int) -> None:
@@ -198,8 +213,8 @@ def _close_inherited(paths: tuple[str, ...], worker_id: int) -> None:
 
 
 def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray, taps: list[str], *, size: int,
-         device: torch.device, batch_size: int, workers: int, progress: bool,
-         callback: Callable[[int, int], None] | None, total: int) -> None:
+         device: torch.device, batch_size: int, workers: int, on_progress: Callable[[int, int], None] | None,
+         total: int) -> None:
     cfg = model.config
     transform = make_transform(size, cfg.mean, cfg.std)
     dataset = ImageDataset(collection, transform, indices=pending.tolist())
@@ -212,9 +227,10 @@ def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray
     model = model.to(device=device, memory_format=fmt)  # create_backbone returns it in eval mode
     writer = _Writer(store)
     done = total - pending.size
-    bar = _progress(progress, f"{model.name} -> {store.path.name}", total, done)
+    report = on_progress or (lambda done, total: None)
     try:
-        with bar, torch.inference_mode():
+        report(done, total)
+        with torch.inference_mode():
             for images, index, error in loader:
                 ok = np.array([e == "" for e in error], dtype=bool)
                 index = index.numpy()
@@ -229,44 +245,10 @@ def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray
                         with autocast(device):
                             feats = model.forward_taps(x, taps)
                     except torch.cuda.OutOfMemoryError:
-                        raise FeatxError(f"out of GPU memory at --batch-size {len(x)}; lower it and run the same "
-                                         "command again (finished rows are kept)") from None
+                        raise FeatxError(f"out of GPU memory at {arg('batch_size', len(x))}; lower it and run the "
+                                         "same command again (finished rows are kept)") from None
                     writer.put("rows", index[ok], {t: v.float().cpu().numpy() for t, v in feats.items()})
                 done += len(index)
-                bar.advance(len(index))
-                if callback is not None:
-                    callback(done, total)
+                report(done, total)
     finally:
         writer.close()
-
-
-class _progress:
-    """A rich progress bar with images/s, or nothing when ``enabled`` is false."""
-
-    def __init__(self, enabled: bool, label: str, total: int, done: int):
-        self.enabled = enabled
-        self.start = time.perf_counter()
-        self.count = 0  # images this run (the rate ignores rows finished by an earlier run)
-        if enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                transient=False)
-            self.task = self.bar.add_task(label, total=total, completed=done, rate="-")
-
-    def __enter__(self):
-        if self.enabled:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
-
-    def advance(self, n: int) -> None:
-        if self.enabled:
-            self.count += n
-            rate = self.count / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.update(self.task, advance=n, rate=f"{rate:.1f}")

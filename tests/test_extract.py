@@ -58,7 +58,7 @@ def read_rows(store: Path) -> dict[str, tuple[str, str, str]]:
 @pytest.fixture(scope="module")
 def cnn_store(cnmc_tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cnn") / "cnn.h5"
-    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, batch_size=8, workers=0, progress=False)
+    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, batch_size=8, workers=0)
     return out
 
 
@@ -77,7 +77,7 @@ def test_store_schema_and_settings(cnn_store, cnmc_tree):
     s = store_settings(cnn_store)
     assert s["schema_version"] == 2 and s["backbone"] == "cnn" and s["input_size"] == 32
     assert s["weights"] == "none" and s["weights_seed"] == 0
-    assert s["taps"] == ["pool5", "fc"] or set(s["taps"]) == {"pool5", "fc"}
+    assert s["taps"] == ["pool5", "fc"] and s["default_tap"] == "fc"  # taps in extraction order
     assert s["data_root"] == str(cnmc_tree.resolve())
     assert s["torch_version"] == torch.__version__ and len(s["dataset_fingerprint"]) == 64
     with h5py.File(cnn_store) as h5:
@@ -96,8 +96,8 @@ def test_taps_equal_a_direct_forward_pass(cnmc_tree, tmp_path, name, size, dims)
     collection = discover(cnmc_tree, splits=["fold_0"])
     collection = collection.subset(range(5))
     out = tmp_path / f"{name}.h5"
-    extract(collection, out, backbone=name, weights="none", taps="fc7,pool5", image_size=size, batch_size=2,
-            workers=0, progress=False, seed=3)
+    extract(collection, out, backbone=name, weights="none", taps=["fc7", "pool5"], image_size=size, batch_size=2,
+            workers=0, seed=3)
     model = create_backbone(name, "none", seed=3).eval()
     transform = make_transform(size, model.config.mean, model.config.std)
     x = torch.stack([transform(load_image(collection.abspath(i))) for i in range(5)])
@@ -110,12 +110,35 @@ def test_taps_equal_a_direct_forward_pass(cnmc_tree, tmp_path, name, size, dims)
             assert stored.shape == (5, dim)
             np.testing.assert_allclose(stored, direct[tap].numpy(), rtol=1e-4, atol=1e-5)
             assert np.abs(stored).sum() > 0
+    s = store_settings(out)
+    assert s["taps"] == ["pool5", "fc7"] and s["default_tap"] == "fc7"  # the backbone's order, not the asked one
+    assert load_features(out).tap == "fc7"
 
+
+def _without_default_tap(store: Path, copy: Path) -> Path:
+    """A copy of ``store`` as featx wrote it before stores recorded their default tap."""
+    shutil.copy(store, copy)
+    with h5py.File(copy, "r+") as h5:
+        del h5.attrs["default_tap"]
+    return copy
+
+
+@pytest.mark.parametrize("name,size,default", [("vgg16", 32, "fc7"), ("alexnet", 64, "fc7"), ("cnn", 32, "fc")])
+def test_a_store_without_a_default_tap_reads_the_last_tap_it_extracted(cnmc_tree, tmp_path, name, size, default):
+    collection = discover(cnmc_tree, splits=["fold_0"]).subset(range(3))
+    out = extract(collection, tmp_path / "new.h5", backbone=name, weights="none", image_size=size, batch_size=3,
+                  workers=0)
+    old = _without_default_tap(out, tmp_path / "old.h5")
+    assert "default_tap" not in store_settings(old) and store_settings(old)["taps"][-1] == default
+    with h5py.File(old) as h5:
+        assert list(h5["features"])[-1] != default  # h5py lists taps alphabetically: never the order to trust
+    np.testing.assert_array_equal(load_features(old).X, load_features(out, default).X)
+    assert load_features(old).tap == load_features(out).tap == default
 
 def test_interrupted_run_fills_in_only_missing_rows(cnmc_tree, tmp_path):
     collection = discover(cnmc_tree, splits=["fold_0", "fold_1"])
     whole = tmp_path / "whole.h5"
-    extract(collection, whole, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0, progress=False)
+    extract(collection, whole, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0)
 
     part = tmp_path / "part.h5"
 
@@ -125,7 +148,7 @@ def test_interrupted_run_fills_in_only_missing_rows(cnmc_tree, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         extract(collection, part, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0,
-                progress=False, callback=stop_after_two_batches)
+                on_progress=stop_after_two_batches)
     with h5py.File(part) as h5:
         done_before = h5["samples/done"][:].copy()
         kept = h5["features/fc"][:8].copy()
@@ -133,10 +156,10 @@ def test_interrupted_run_fills_in_only_missing_rows(cnmc_tree, tmp_path):
 
     seen = []
     extract(collection, part, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0,
-            progress=False, callback=lambda done, total: seen.append(done))
+            on_progress=lambda done, total: seen.append(done))
     n = len(collection.samples)
-    assert seen[-1] == n and seen[0] == 8 + 4  # the second run starts after the 8 finished rows
-    assert sum(1 for _ in seen) == -(-(n - 8) // 4)  # and only computes the missing ones
+    assert seen[-1] == n and seen[:2] == [8, 8 + 4]  # the second run starts after the 8 finished rows
+    assert len(seen) - 1 == -(-(n - 8) // 4)  # and only computes the missing ones (a report per batch)
     with h5py.File(part) as a, h5py.File(whole) as b:
         assert a["samples/done"][:].all()
         np.testing.assert_array_equal(a["features/fc"][:8], kept)
@@ -148,16 +171,16 @@ def test_store_made_with_other_settings_is_refused(cnmc_tree, cnn_store, tmp_pat
     copy = tmp_path / "copy.h5"
     shutil.copy(cnn_store, copy)
     with pytest.raises(FeatxError, match=r"taps=\['pool5', 'fc'\].*taps=\['fc'\]"):
-        extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=32, taps="fc", workers=0, progress=False)
+        extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=32, taps="fc", workers=0)
     with pytest.raises(FeatxError, match=r"input_size=32.*input_size=48"):
-        extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=48, workers=0, progress=False)
+        extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=48, workers=0)
     with pytest.raises(FeatxError, match=r"weights_seed"):
-        extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=32, seed=1, workers=0, progress=False)
+        extract(cnmc_tree, copy, backbone="cnn", weights="none", image_size=32, seed=1, workers=0)
 
 
 def test_splits_filter_a_collection_too(cnmc_tree, tmp_path):
     out = extract(discover(cnmc_tree), tmp_path / "p.h5", backbone="cnn", weights="none", image_size=32,
-                  splits=["prelim"], workers=0, progress=False)
+                  splits=["prelim"], workers=0)
     assert set(summarize(out)["counts"]) == {"prelim"}
 
 
@@ -169,10 +192,9 @@ def test_weights_from_a_state_dict_file(cnmc_tree, tmp_path):
     res = runner.invoke(app, ["extract", str(cnmc_tree), "--split", "fold_2", "--backbone", "cnn", "--weights",
                               str(weights), "--image-size", "32", "--workers", "0", "-q", "--out", str(tmp_path / "a.h5")])
     assert res.exit_code == 0, res.output
-    extract(collection, tmp_path / "b.h5", backbone="cnn", weights="none", seed=123, image_size=32, workers=0,
-            progress=False)
-    extract(collection, tmp_path / "c.h5", backbone="cnn", weights="none", seed=0, image_size=32, workers=0,
-            progress=False)
+    assert "img/s" not in res.output  # -q: no progress bar
+    extract(collection, tmp_path / "b.h5", backbone="cnn", weights="none", seed=123, image_size=32, workers=0)
+    extract(collection, tmp_path / "c.h5", backbone="cnn", weights="none", seed=0, image_size=32, workers=0)
     a, b, c = (load_features(tmp_path / f"{k}.h5", "fc").X for k in "abc")
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert not np.allclose(a, c)
@@ -189,21 +211,21 @@ def test_unreadable_image_is_reported_and_the_rest_is_kept(cnmc_tree, tmp_path):
     good_bytes = bad.read_bytes()
     bad.write_bytes(b"not a bitmap")
     out = tmp_path / "s.h5"
-    with pytest.raises(FeatxError, match=re.escape(bad.name) + ".*--strict|--strict.*" + re.escape(bad.name)):
-        extract(root, out, backbone="cnn", weights="none", image_size=32, workers=0, progress=False, strict=True)
+    with pytest.raises(FeatxError, match=re.escape(bad.name) + ".*strict=True|strict=True.*" + re.escape(bad.name)):
+        extract(root, out, backbone="cnn", weights="none", image_size=32, workers=0, strict=True)
     s = summarize(out)
     assert s["errors"] == 1 and s["done"] == s["samples"] - 1 and bad.name in s["failed"][0]["path"]
     bad.write_bytes(good_bytes)  # the user fixes the file and runs the same command again
     seen = []
-    extract(root, out, backbone="cnn", weights="none", image_size=32, workers=0, progress=False,
-            callback=lambda done, total: seen.append((done, total)))
-    assert seen == [(s["samples"], s["samples"])]
+    extract(root, out, backbone="cnn", weights="none", image_size=32, workers=0,
+            on_progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(s["samples"] - 1, s["samples"]), (s["samples"], s["samples"])]  # start, then one batch
     assert summarize(out)["errors"] == 0 and summarize(out)["done"] == s["samples"]
 
 
 def test_load_features_fuses_taps_and_stores(cnmc_tree, cnn_store, tmp_path):
     one = load_features(cnn_store, "fc")
-    both = load_features(cnn_store, "fc+pool5")
+    both = load_features(cnn_store, ["fc", "pool5"])
     assert both.X.shape == (len(one), one.X.shape[1] + 256) and both.tap == "fc+pool5"
     np.testing.assert_array_equal(both.X[:, : one.X.shape[1]], one.X)
     labelled = load_features(cnn_store, labelled=True)
@@ -211,14 +233,13 @@ def test_load_features_fuses_taps_and_stores(cnmc_tree, cnn_store, tmp_path):
     assert labelled.subjects_known and labelled.positive == "all"
     # a second store of the same samples in another order fuses by path
     other = tmp_path / "other.h5"
-    extract(cnmc_tree, other, backbone="cnn", weights="none", seed=5, image_size=32, workers=0, progress=False)
-    fused = load_features(f"{cnn_store}+{other}", "fc")
+    extract(cnmc_tree, other, backbone="cnn", weights="none", seed=5, image_size=32, workers=0)
+    fused = load_features([cnn_store, other], "fc")
     assert fused.X.shape[1] == 2 * one.X.shape[1] and fused.backbone == "cnn+cnn"
     np.testing.assert_array_equal(fused.X[:, : one.X.shape[1]], one.X)
     # a store of other samples is refused
     subset = tmp_path / "subset.h5"
-    extract(cnmc_tree, subset, backbone="cnn", weights="none", image_size=32, splits=["fold_0"], workers=0,
-            progress=False)
+    extract(cnmc_tree, subset, backbone="cnn", weights="none", image_size=32, splits=["fold_0"], workers=0)
     with pytest.raises(FeatxError, match="do not hold the same samples"):
         load_features([cnn_store, subset], "fc")
     with pytest.raises(FeatxError, match="no tap 'fc9'"):
@@ -234,9 +255,10 @@ def test_load_features_fuses_taps_and_stores(cnmc_tree, cnn_store, tmp_path):
 
 def test_cli_extract_and_info(cnmc_tree, tmp_path):
     out = tmp_path / "cli.h5"
-    res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--image-size",
-                              "32", "--split", "prelim", "--split", "final", "--workers", "0", "--out", str(out)])
-    assert res.exit_code == 0, res.output
+    res_bar = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "CNN", "--weights", "none",
+                                  "--image-size", "32", "--split", "prelim", "--split", "final", "--workers", "0",
+                                  "--taps", "all", "--out", str(out)])
+    assert res_bar.exit_code == 0, res_bar.output
     res = runner.invoke(app, ["info", str(out), "--json"])
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
@@ -245,6 +267,7 @@ def test_cli_extract_and_info(cnmc_tree, tmp_path):
     assert set(info["counts"]) == {"prelim", "final"}
     assert info["counts"]["final"]["unlabelled"] == sum(v[2] == "final" for v in want.values())
     assert info["taps"]["pool5"]["dim"] == 256
+    assert "cnn -> cli.h5" in res_bar.output and "img/s" in res_bar.output  # the progress bar without -q
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -327,7 +350,8 @@ def test_library_never_imports_the_cli():
     import sys
 
     pkg = Path(__file__).resolve().parents[1] / "featx"
-    for f in (p for p in pkg.glob("*.py") if p.name != "__main__.py"):  # `python -m featx` runs the CLI
+    for f in (p for p in pkg.rglob("*.py") if p.name != "__main__.py" and "cli" not in p.relative_to(pkg).parts):
+        # `python -m featx` runs the CLI
         assert "featx.cli" not in f.read_text(), f"{f.name} imports the CLI"
     code = ("import sys, featx.data, featx.backbones, featx.extract, featx.store, featx.data.synth; "
             "import importlib.util as u; mods=[m for m in ('featx.heads','featx.evaluate','featx.report',"
@@ -349,3 +373,23 @@ def test_cli_synth_writes_the_tree_and_refuses_to_overwrite(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "--force" in res.output and "Traceback" not in res.output
     assert runner.invoke(app, args + ["--force"]).exit_code == 0
+
+
+def test_the_cli_mini_languages_become_typed_arguments():
+    from featx.cli.parsing import parse_extract_taps, parse_stores, parse_taps
+
+    assert parse_stores("a.h5+dir/b.h5") == [Path("a.h5"), Path("dir/b.h5")] and parse_stores("a.h5") == [Path("a.h5")]
+    assert parse_taps("fc7+pool5") == ["fc7", "pool5"] and parse_taps("fc") == ["fc"]
+    assert parse_taps(None) is None and parse_taps("") is None
+    assert parse_extract_taps("fc7, pool5") == ["fc7", "pool5"]
+    assert parse_extract_taps(None) is None and parse_extract_taps("all") is None and parse_extract_taps("") is None
+
+
+def test_extract_names_its_arguments_not_flags(cnmc_tree, tmp_path):
+    with pytest.raises(FeatxError, match=r"^dtype='float64': choose one of float32, float16$"):
+        extract(cnmc_tree, tmp_path / "x.h5", backbone="cnn", weights="none", dtype="float64")
+    with pytest.raises(FeatxError, match=r"^taps='fc9': unknown tap fc9; this backbone has: pool5, fc$"):
+        extract(cnmc_tree, tmp_path / "x.h5", backbone="cnn", weights="none", taps=["fc9"])
+    res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--taps", "fc9",
+                              "--out", str(tmp_path / "x.h5")])
+    assert res.exit_code == 1 and "error: --taps fc9: unknown tap fc9" in " ".join(res.output.split())

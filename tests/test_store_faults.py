@@ -26,7 +26,7 @@ from featx.store import FeatureStore, load_features, lock_path, summarize, verif
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
-ARGS = dict(backbone="cnn", weights="none", image_size=32, batch_size=4, progress=False)
+ARGS = dict(backbone="cnn", weights="none", image_size=32, batch_size=4)
 CLI_ARGS = ["--backbone", "cnn", "--weights", "none", "--image-size", "32", "--batch-size", "4", "-q"]
 
 # Runs one extraction (in a child process, see _Child) and kills it (SIGKILL) at a chosen point.
@@ -70,8 +70,8 @@ elif mode == "pause":  # hold the store open for writing until the test creates 
             t0 = time.time()
             while not go.exists() and time.time() - t0 < 120:
                 time.sleep(0.05)
-extract(data, out, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=workers, progress=False,
-        callback=callback)
+extract(data, out, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=workers,
+        on_progress=callback)
 '''
 
 
@@ -192,11 +192,11 @@ def test_kill_9_then_the_same_command_completes_an_equal_store(cnmc_tree, refere
             assert s["done"] == 4
             with h5py.File(out) as h5:
                 assert np.abs(h5["features/fc"][4:8]).sum() > 0 and not h5["samples/done"][4:8].any()
-        with pytest.raises(FeatxError, match=r"rows extracted; finish it .*--allow-partial"):
+        with pytest.raises(FeatxError, match=r"rows extracted; finish it .*allow_partial=True"):
             load_features(out)
     # right away (the killed run's decode workers must not hold the store): the identical command
     seen = []
-    extract(cnmc_tree, out, workers=workers, callback=lambda done, total: seen.append(done), **ARGS)
+    extract(cnmc_tree, out, workers=workers, on_progress=lambda done, total: seen.append(done), **ARGS)
     assert_same_store(out, reference)
     assert not out.with_name(out.name + ".tmp").exists()
 
@@ -215,9 +215,9 @@ def test_rows_that_do_not_match_their_checksums_are_found_refused_and_recomputed
     with pytest.raises(FeatxError, match="do not match their checksums.*damaged"):
         load_features(out, "fc")
     seen = []
-    extract(cnmc_tree, out, workers=0, callback=lambda done, total: seen.append((done, total)), **ARGS)
+    extract(cnmc_tree, out, workers=0, on_progress=lambda done, total: seen.append((done, total)), **ARGS)
     n = summarize(out)["samples"]
-    assert seen == [(n, n)]  # one batch: only the three bad rows were computed again
+    assert seen == [(n - 3, n), (n, n)]  # the start, then one batch: only the three bad rows were computed again
     assert_same_store(out, reference)
     res = runner.invoke(app, ["info", str(out), "--verify"])
     assert res.exit_code == 0 and f"verified {n} finished rows" in " ".join(res.output.split())
@@ -304,7 +304,7 @@ def test_disk_filling_up_during_extraction_does_not_hurt_the_store(cnmc_tree, re
             filled.append(_fill(tiny_tmpfs, 0))
             assert shutil.disk_usage(tiny_tmpfs).free < 8192
 
-    extract(cnmc_tree, out, workers=0, callback=fill_after_two_batches, **ARGS)
+    extract(cnmc_tree, out, workers=0, on_progress=fill_after_two_batches, **ARGS)
     assert filled  # the disk was full for the last batches: their rows overwrite space the store already owns
     assert_same_store(out, reference)
 
@@ -425,8 +425,8 @@ def test_bad_images_are_skipped_recorded_and_left_out_by_default(data_copy, tmp_
     for b, content in zip(bad, good):
         b.write_bytes(content)
     seen = []
-    extract(data_copy, out, workers=0, callback=lambda done, total: seen.append(done), **ARGS)
-    assert seen == [s["samples"]] and summarize(out)["errors"] == 0
+    extract(data_copy, out, workers=0, on_progress=lambda done, total: seen.append(done), **ARGS)
+    assert seen == [s["samples"] - 2, s["samples"]] and summarize(out)["errors"] == 0
     assert load_features(out).excluded == 0
 
 
@@ -506,14 +506,14 @@ def partial_store(cnmc_tree, tmp_path) -> Path:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        extract(cnmc_tree, out, workers=0, callback=stop, **ARGS)
+        extract(cnmc_tree, out, workers=0, on_progress=stop, **ARGS)
     return out
 
 
 def test_fusing_an_unfinished_store_uses_the_rows_both_have(partial_store, reference):
     done = summarize(partial_store)["done"]
     n = summarize(partial_store)["samples"]
-    with pytest.raises(FeatxError, match="--allow-partial"):
+    with pytest.raises(FeatxError, match="allow_partial=True"):
         load_features([reference, partial_store], "fc")
     fused = load_features([reference, partial_store], "fc", allow_partial=True)
     alone = load_features(reference, "fc")
@@ -527,7 +527,7 @@ def test_an_unfinished_store_is_refused_unless_allow_partial(partial_store, tmp_
     done = summarize(partial_store)["done"]
     assert 0 < done < n
     with pytest.raises(FeatxError, match=f"{done} of {n} rows extracted; finish it by running the same "
-                                         "`featx extract` again, or pass --allow-partial"):
+                                         "`featx extract` again, or pass allow_partial=True"):
         load_features(partial_store)
     fs = load_features(partial_store, allow_partial=True)
     assert len(fs) == done and fs.partial == f"{done} of {n} rows"

@@ -2,14 +2,22 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from featx.cli.app import app, console, err_console, user_errors
+from featx.cli.parsing import parse_extract_taps
+from featx.errors import FeatxError
+from featx.provenance import ATTR, parse_attr
+from featx.store import summarize
+from featx.store import verify as verify_store
+from featx.data.synth import synthesize
 
 
 @app.command()
@@ -31,8 +39,6 @@ def synth(
 
     Each subject has its own stain tint, so image-level splits leak exactly as on the real data.
     """
-    from featx.data.synth import synthesize
-
     summary = synthesize(out, subjects_all=subjects_all, subjects_hem=subjects_hem,
                          cells_per_subject=cells_per_subject, prelim_subjects_all=prelim_subjects_all,
                          prelim_subjects_hem=prelim_subjects_hem, prelim_cells_per_subject=prelim_cells_per_subject,
@@ -67,12 +73,14 @@ def extract(
                                                           "and warn).")] = False,
 ) -> None:
     """Extract deep features of every image into one HDF5 store (resumable)."""
+    # deferred: featx.extract and featx.backbones import torch, which would slow down every `featx --help`
+    from featx.backbones import get_config
     from featx.extract import extract as run_extract
-    from featx.store import summarize
 
-    path = run_extract(data, out, backbone=backbone, weights=weights, taps=taps, image_size=image_size,
-                       splits=split or None, device=device, batch_size=batch_size, workers=workers, dtype=dtype,
-                       seed=seed, progress=not quiet, strict=strict)
+    with _ExtractBar(lambda: f"{get_config(backbone).name} -> {out.name}", quiet) as bar:
+        path = run_extract(data, out, backbone=backbone, weights=weights, taps=parse_extract_taps(taps),
+                           image_size=image_size, splits=split or None, device=device, batch_size=batch_size,
+                           workers=workers, dtype=dtype, seed=seed, on_progress=bar, strict=strict)
     summary = summarize(path)
     _print_summary(summary)
     _warn_skipped(summary)
@@ -87,10 +95,6 @@ def info(
                                                           "checksums; exit 1 when some do not match.")] = False,
 ) -> None:
     """Summarise a feature store: settings, taps, rows done, counts per split and class."""
-    from featx.errors import FeatxError
-    from featx.store import summarize
-    from featx.store import verify as verify_store
-
     summary = summarize(store)
     checked = verify_store(store) if verify else None
     if as_json:
@@ -120,8 +124,6 @@ def _print_summary(s: dict) -> None:
     console.print(table)
     roles = s.get("network_roles")
     if roles:  # features of a fine-tuned featx checkpoint: which rows its network saw
-        from featx.provenance import ATTR, parse_attr
-
         counts = ", ".join(f"{k} {v}" for k, v in roles.items())
         match = (parse_attr(st.get(ATTR)) or {}).get("match", "")
         console.print(f"fine-tuned network's rows: {counts}; classify tests only rows it never saw "
@@ -146,3 +148,37 @@ def _warn_skipped(s: dict) -> None:
         more = f" and {len(folders) - 3} more" if len(folders) > 3 else ""
         err_console.print(f"[yellow]warning:[/] could not read folder(s) {escape(', '.join(folders[:3]))}{more}; "
                           "their images are not in the store", highlight=False, soft_wrap=True)
+
+
+class _ExtractBar:
+    """Draws the library's ``on_progress(done, total)`` reports as a rich bar with images/s; nothing when
+    ``quiet``. The first report (rows finished by earlier runs) starts the bar and its clock."""
+
+    def __init__(self, label: Callable[[], str], quiet: bool):
+        self.label = label  # called at the first report, once the backbone's name is known to be valid
+        self.quiet = quiet
+        self.bar: Progress | None = None
+        self.task = None
+        self.start = 0.0
+        self.first = 0  # rows finished before this run: the rate counts only the images of this run
+
+    def __enter__(self) -> "_ExtractBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.start, self.first = time.perf_counter(), done
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(),
+                                TimeRemainingColumn(), transient=False)
+            self.task = self.bar.add_task(self.label(), total=total, completed=done, rate="-")
+            self.bar.__enter__()
+            return
+        rate = (done - self.first) / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.update(self.task, completed=done, rate=f"{rate:.1f}")

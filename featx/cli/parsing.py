@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Sequence
 
 from featx.errors import FeatxError, arg
@@ -62,3 +63,24 @@ def parse_params(items: Sequence[str] | None, heads: Sequence[str]) -> dict[str,
         for h in takers:
             out.setdefault(h, {})[key] = value
     return check_params(out)
+
+
+# --- store and extract ---
+def parse_stores(text: str) -> list[Path]:
+    """``"a.h5+b.h5"`` -> ``[Path("a.h5"), Path("b.h5")]``: stores whose features go side by side."""
+    return [Path(part) for part in str(text).split("+") if part]
+
+
+def parse_taps(text: str | None) -> list[str] | None:
+    """``"fc7+pool5"`` -> ``["fc7", "pool5"]``: taps read and concatenated; ``None`` or ``""`` -> ``None``
+    (the store's default tap)."""
+    names = [part.strip() for part in str(text or "").split("+") if part.strip()]
+    return names or None
+
+
+def parse_extract_taps(text: str | None) -> list[str] | None:
+    """``--taps`` of ``featx extract``: ``"fc7,pool5"`` -> ``["fc7", "pool5"]``; ``None``, ``""`` or ``"all"``
+    -> ``None`` (every tap of the backbone)."""
+    if text is None or text.strip() in ("", "all"):
+        return None
+    return [part.strip() for part in text.split(",") if part.strip()]

@@ -38,7 +38,7 @@ from featx.data.images import ImageDataset, make_transform
 from featx.device import autocast, resolve_device
 from featx.errors import FeatxError, arg
 from featx.evaluate import _check_params, make_splits, resolve_positive
-from featx.extract import default_workers, extract, parse_taps
+from featx.extract import default_workers, extract, select_taps
 from featx.files import atomic_json, sha256_file
 from featx.finetune import finetune
 from featx.heads import get_head
@@ -151,7 +151,7 @@ def _tap_specs(backbone: str, taps) -> tuple[list[list[str]], list[str]]:
         taps = [taps]
     specs = [[t] if isinstance(t, str) else list(t) for t in (taps or [config.default_tap])]
     needed = {t for spec in specs for t in spec}
-    return specs, parse_taps(sorted(needed), list(config.taps))
+    return specs, select_taps(sorted(needed), list(config.taps))
 
 
 _INFO_KEYS = ("data_root", "featx_version")

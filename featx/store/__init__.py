@@ -1,0 +1,33 @@
+"""The HDF5 feature store: one file per (dataset, backbone, weights, preprocessing), one dataset per tap.
+
+Layout (schema version 2)::
+
+    /                attrs: schema_version, featx_version, backbone, weights, weights_kind, weights_sha256,
+                            weights_seed, input_size, mean, std, resize, dtype, taps (in extraction order),
+                            default_tap (the tap read when none is named; absent in older stores: the last
+                            of taps), torch/torchvision versions, created, dataset_fingerprint, data_root, layout
+    /samples/path    vlen utf-8 (N)    relative to data_root: the key that aligns stores
+    /samples/label   int64 (N)         index into attrs["classes"], -1 = unlabelled
+    /samples/subject vlen utf-8 (N)    "" when unknown
+    /samples/split   vlen utf-8 (N)    "" when none
+    /samples/done    bool (N)          rows whose features are written (resume)
+    /samples/error   utf-8, 512 bytes (N) why a row could not be extracted ("" when fine)
+    /samples/checksum uint64 (N, T)    per row and tap (column order: its attrs["taps"]): crc32 of the row's
+                                       stored bytes and its index, plus 2**32; 0 = never written
+    /samples/network_role  vlen utf-8 (N)  only with fine-tuned weights: train, train-subject, val, "" (never
+                     seen) or unknown (see featx.provenance); attrs["tuned_provenance"] says what was matched
+    /features/<tap>  float32|float16 (N, D), chunked along rows, every chunk allocated (and zero-filled)
+                     when the store is created
+
+A store is reopened, never rebuilt: finished rows are kept and a store made with other settings is refused.
+:mod:`~featx.store.writer` says how a store survives ``kill -9`` and a full disk.
+"""
+from featx.store.inspect import sample_table, settings_json, store_settings, summarize, verify
+from featx.store.lock import is_disk_full, lock_path, writer_active
+from featx.store.reader import FeatureSet, load_features
+from featx.store.schema import CHUNK_BYTES, ERROR_BYTES, IDENTITY_KEYS, SCHEMA_VERSION, row_checksums
+from featx.store.writer import FeatureStore
+
+__all__ = ["CHUNK_BYTES", "ERROR_BYTES", "IDENTITY_KEYS", "SCHEMA_VERSION", "FeatureSet", "FeatureStore",
+           "is_disk_full", "load_features", "lock_path", "row_checksums", "sample_table",
+           "settings_json", "store_settings", "summarize", "verify", "writer_active"]

@@ -1,0 +1,105 @@
+"""Looking into a store without loading features: its settings, a summary, every row, and a checksum audit."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from featx.errors import FeatxError, arg
+from featx.provenance import ROLES
+from featx.store.schema import damaged, decode_attr, open_store, read_attrs, require_store, rows_match, stored_taps
+
+
+def store_settings(path: str | Path) -> dict:
+    """The root attributes of a store as plain Python values."""
+    path = Path(path)
+    with open_store(path, "r") as h5:
+        require_store(path, h5)
+        return read_attrs(h5)
+
+
+def summarize(path: str | Path) -> dict:
+    """What ``featx info`` shows: settings, taps with dimensions, rows done, unfinished and failed (unreadable
+    images, the first 20 with their error), folders discovery could not read, counts by split and class."""
+    path = Path(path)
+    with open_store(path, "r") as h5:
+        require_store(path, h5)
+        try:
+            return _summarize(path, h5)
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise FeatxError(damaged(path, exc)) from None
+
+
+def _summarize(path: Path, h5: h5py.File) -> dict:
+    attrs = read_attrs(h5)
+    s = h5["samples"]
+    classes = [str(c) for c in decode_attr(s.attrs["classes"])]
+    labels = s["label"][:]
+    splits = s["split"].asstr()[:]
+    done = s["done"][:]
+    errors = s["error"].asstr()[:]
+    order = [t for t in stored_taps(attrs) if t in h5["features"]] or sorted(h5["features"])
+    taps = {tap: {"dim": int(ds.shape[1]), "rows": int(ds.shape[0]), "dtype": str(ds.dtype),
+                  "chunks": list(ds.chunks or ())} for tap, ds in ((t, h5["features"][t]) for t in order)}
+    counts: dict[str, dict[str, int]] = {}
+    for split in sorted(set(splits)):
+        sel = splits == split
+        row = {c: int(np.sum(labels[sel] == i)) for i, c in enumerate(classes)}
+        row["unlabelled"] = int(np.sum(labels[sel] < 0))
+        counts[split or "(none)"] = row
+    subjects = s["subject"].asstr()[:]
+    failed = [{"path": p, "error": e} for p, e, d in zip(s["path"].asstr()[:], errors, done) if e and not d]
+    folders = attrs.get("unreadable_folders") or []
+    roles = s["network_role"].asstr()[:] if "network_role" in s else None
+    return {
+        "file": str(path), "samples": int(len(done)), "done": int(done.sum()), "errors": len(failed),
+        "unfinished": int(np.sum(~done & (errors == ""))), "failed": failed[:20],
+        "unreadable_folders": [str(f) for f in np.atleast_1d(folders)] if len(folders) else [],
+        "classes": classes, "subjects": len(set(subjects) - {""}),
+        "taps": taps, "counts": counts, "settings": attrs,
+        "network_roles": None if roles is None else _role_counts(roles),
+    }
+
+
+def _role_counts(roles: np.ndarray) -> dict[str, int]:
+    order = [r for r in ROLES if r in set(roles)] + sorted(set(roles) - set(ROLES))
+    return {r or "unseen": int(np.sum(roles == r)) for r in order}
+
+
+def verify(path: str | Path) -> dict:
+    """Check every finished row of a store against its checksums (what ``featx info --verify`` runs).
+
+    Returns ``{"file", "checked", "bad", "bad_paths"}`` (``bad_paths``: the first 20). Running the same
+    ``featx extract`` again recomputes the bad rows. Schema-1 stores have no checksums and are refused.
+    """
+    path = Path(path)
+    with open_store(path, "r") as h5:
+        require_store(path, h5)
+        if "checksum" not in h5["samples"]:
+            raise FeatxError(f"{path}: store schema version {decode_attr(h5.attrs.get('schema_version', -1))} has no "
+                             f"row checksums to verify; extract it again with this featx into another {arg('out')}")
+        try:
+            rows = np.flatnonzero(h5["samples/done"][:])
+            bad = rows[~rows_match(h5, rows)]
+            paths = h5["samples/path"].asstr()[:]
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise FeatxError(damaged(path, exc)) from None
+    return {"file": str(path), "checked": int(rows.size), "bad": int(bad.size),
+            "bad_paths": [str(paths[i]) for i in bad[:20]]}
+
+
+def settings_json(settings: dict) -> str:
+    """Settings as compact JSON (for cards and reports)."""
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def sample_table(path: str | Path) -> dict:
+    """Every row of a store, finished or not, in store order: ``path``, ``split``, ``done``, ``error``."""
+    path = Path(path)
+    with open_store(path, "r") as h5:
+        require_store(path, h5)
+        s = h5["samples"]
+        return {"path": s["path"].asstr()[:], "split": s["split"].asstr()[:], "done": s["done"][:].astype(bool),
+                "error": s["error"].asstr()[:]}

@@ -1,0 +1,268 @@
+"""Reading feature stores: one or more taps of one or more stores as one aligned :class:`FeatureSet`."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from featx.errors import FeatxError, arg
+from featx.provenance import ATTR, ROLES, parse_attr
+from featx.store.schema import (
+    damaged,
+    decode_attr,
+    default_tap,
+    open_store,
+    read_attrs,
+    require_store,
+    rows_match,
+    stored_taps,
+)
+
+
+@dataclass
+class FeatureSet:
+    """Features of one or more taps/stores, aligned row by row, with labels, subjects and splits."""
+
+    X: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+    paths: np.ndarray
+    subjects: np.ndarray
+    splits: np.ndarray
+    name: str
+    backbone: str
+    tap: str
+    settings: list[dict] = field(default_factory=list)
+    fingerprint: str = ""
+    root: str = ""
+    positive: str | None = None
+    stores: list[str] = field(default_factory=list)
+    store_taps: list[list[str]] = field(default_factory=list)   # the taps read from each store, in order
+    partial: str | None = None   # "156 of 330 rows" when loaded with allow_partial from an unfinished store
+    excluded: int = 0            # images recorded as unreadable, left out
+    # per row, what the fine-tuned network of the features did with it (featx.provenance); None: not tuned
+    roles: np.ndarray | None = None
+    tuned: list[dict] = field(default_factory=list)             # each tuned store's tuned_provenance attribute
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def subjects_known(self) -> bool:
+        """True when every row has a subject id (then subject-grouped splits are possible)."""
+        return len(self.subjects) > 0 and bool(np.all(self.subjects != ""))
+
+    def select(self, rows) -> "FeatureSet":
+        """A new FeatureSet of the given boolean mask or indices."""
+        return replace(self, X=self.X[rows], y=self.y[rows], paths=self.paths[rows],
+                       subjects=self.subjects[rows], splits=self.splits[rows],
+                       roles=None if self.roles is None else self.roles[rows])
+
+
+def _read_one(path: Path, taps: list[str] | None, allow_partial: bool = False) -> dict:
+    with open_store(path, "r") as h5:
+        require_store(path, h5)
+        try:
+            return _read_open(path, h5, taps, allow_partial)
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise FeatxError(damaged(path, exc)) from None
+
+
+def _read_open(path: Path, h5: h5py.File, taps: list[str] | None, allow_partial: bool) -> dict:
+    attrs = read_attrs(h5)
+    backbone = str(attrs.get("backbone", ""))
+    available = [t for t in stored_taps(attrs) if t in h5["features"]] or sorted(h5["features"])
+    chosen = taps or [default_tap(path, attrs)]
+    for tap in chosen:
+        if tap not in available:
+            raise FeatxError(f"{path}: no tap {tap!r} in this store; it holds {', '.join(available) or 'none'} "
+                             f"(extract it with `featx extract {arg('taps')}`)")
+    s = h5["samples"]
+    done = s["done"][:]
+    errors = s["error"].asstr()[:]
+    failed = ~done & (errors != "")
+    unfinished = int(np.sum(~done & (errors == "")))
+    rows = np.flatnonzero(done)
+    n = int(done.size)
+    if unfinished and not allow_partial:
+        more = f" ({int(failed.sum())} unreadable images excluded)" if failed.any() else ""
+        raise FeatxError(f"{path}: {rows.size} of {n} rows extracted{more}; finish it by running the same "
+                         f"`featx extract` again, or pass {arg('allow_partial', True)}")
+    if not rows.size:
+        raise FeatxError(f"{path}: no finished rows yet; run `featx extract` to fill the store")
+    raw = {}
+    for tap in chosen:
+        ds = h5["features"][tap]
+        if rows[-1] >= ds.shape[0]:
+            raise FeatxError(f"{path}: tap {tap} holds {ds.shape[0]} rows but row {rows[-1]} is marked done; "
+                             f"the store is damaged: extract it again into a new {arg('out')}")
+        raw[tap] = ds[: int(rows[-1]) + 1][rows]
+    paths = s["path"].asstr()[:]
+    if "checksum" in s:  # schema 1 stores have none
+        bad = rows[~rows_match(h5, rows, chosen, blocks=raw)]
+        if bad.size:
+            raise FeatxError(f"{path}: {bad.size} of the {rows.size} finished rows do not match their checksums "
+                             f"(first: {paths[bad[0]]}); the store is damaged: run the same `featx extract` again "
+                             "to recompute them")
+    blocks = [raw[tap].astype(np.float32, copy=False) for tap in chosen]
+    for tap, block in zip(chosen, blocks):  # e.g. a diverged fine-tuned network, or float16 overflow
+        bad = rows[~np.isfinite(block).all(axis=1)]
+        if bad.size:
+            raise FeatxError(f"{path}: {bad.size} row(s) of tap {tap} hold NaN or infinite features (first: "
+                             f"{paths[bad[0]]}); extract again with other weights, or {arg('dtype', 'float32')} if "
+                             "the store is float16")
+    return dict(
+        X=np.hstack(blocks) if len(blocks) > 1 else blocks[0],
+        paths=paths[rows],
+        labels=s["label"][:][rows],
+        classes=[str(c) for c in decode_attr(s.attrs["classes"])],
+        subjects=s["subject"].asstr()[:][rows],
+        splits=s["split"].asstr()[:][rows],
+        roles=s["network_role"].asstr()[:][rows] if "network_role" in s else None,
+        attrs=attrs, taps=chosen, backbone=backbone,
+        n_samples=n, unfinished=unfinished, failed_paths=set(paths[failed]),
+    )
+
+
+def _weights_label(attrs: dict) -> str:
+    """``vgg16`` for torchvision or random weights; ``cnn[cnn/best.pt]`` for weights read from a file."""
+    backbone = str(attrs.get("backbone", ""))
+    if attrs.get("weights_kind") != "file":
+        return backbone
+    source = Path(str(attrs.get("weights", "")))
+    return f"{backbone}[{'/'.join(source.parts[-2:])}]"
+
+
+def load_features(stores: str | Path | Sequence[str | Path], taps: str | Sequence[str] | None = None, *,
+                  splits: Sequence[str] | None = None, labelled: bool | None = None,
+                  allow_partial: bool = False) -> FeatureSet:
+    """Load finished rows of one or more stores as one feature matrix.
+
+    ``stores`` is one store's path or a sequence of paths: several stores give their features side by side,
+    joined on the sample path (they must hold the same samples). ``taps`` is one tap name, a sequence of
+    names (concatenated, in that order) or ``None`` (each store's default tap). ``splits`` keeps those
+    splits; ``labelled`` keeps labelled (True) or unlabelled (False) rows. Images recorded as unreadable are
+    left out (counted in ``excluded``). A store with rows not yet extracted is refused unless
+    ``allow_partial``; then ``partial`` says how many rows there are (``"156 of 330 rows"``). Rows whose
+    features do not match their checksums are refused (the store is damaged).
+    """
+    paths = [Path(p) for item in ([stores] if isinstance(stores, (str, Path)) else stores)
+             for p in _legacy_plus(item)]
+    if not paths:
+        raise FeatxError(f"{arg('stores')}: no feature store given; pass a file written by `featx extract`")
+    names = None if taps is None else [t for item in ([taps] if isinstance(taps, str) else taps)
+                                       for t in _legacy_plus(item)]
+    parts = [_read_one(p, names or None, allow_partial) for p in paths]
+    unfinished = any(part["unfinished"] for part in parts)
+    failed = set().union(*(part["failed_paths"] for part in parts))
+    if len(parts) > 1:
+        _align(paths, parts, failed, unfinished)
+    fs = _feature_set(paths, parts, unfinished, failed)
+    keep = np.ones(len(fs), dtype=bool)
+    if splits:
+        known = sorted(set(fs.splits))
+        missing = [s for s in splits if s not in known]
+        if missing:
+            raise FeatxError(f"{paths[0]}: no rows of split {', '.join(missing)} ({arg('splits')}); the store has "
+                             f"{', '.join(known)}")
+        keep &= np.isin(fs.splits, list(splits))
+    if labelled is True:
+        keep &= fs.y >= 0
+    elif labelled is False:
+        keep &= fs.y < 0
+    return fs if keep.all() else fs.select(keep)
+
+
+def _align(paths: list[Path], parts: list[dict], failed: set, unfinished: bool) -> None:
+    """Put the rows of every store in the order of the first; refuse stores of other samples or labels.
+
+    An image unreadable in one store is left out of all; unfinished stores of the same data keep the rows
+    every store has."""
+    same_data = len({str(part["attrs"].get("dataset_fingerprint")) for part in parts}) == 1
+    common = set.intersection(*(set(part["paths"]) for part in parts)) if unfinished and same_data else None
+    for part in parts:
+        keep = ~np.isin(part["paths"], list(failed))
+        if common is not None:
+            keep &= np.isin(part["paths"], list(common))
+        if not keep.all():
+            for key in ("X", "paths", "labels", "subjects", "splits", "roles"):
+                if part[key] is not None:
+                    part[key] = part[key][keep]
+    first = parts[0]
+    for p, part in zip(paths[1:], parts[1:]):
+        if part["classes"] != first["classes"]:
+            raise FeatxError(f"{p} has classes {part['classes']}, {paths[0]} has {first['classes']}; "
+                             "fuse stores extracted from the same data")
+        if set(part["paths"]) != set(first["paths"]):
+            only_a = len(set(first["paths"]) - set(part["paths"]))
+            only_b = len(set(part["paths"]) - set(first["paths"]))
+            raise FeatxError(f"{paths[0]} and {p} do not hold the same samples ({only_a} only in the first, "
+                             f"{only_b} only in the second); extract both from the same data and splits")
+        pos = {q: i for i, q in enumerate(part["paths"])}
+        order = np.array([pos[q] for q in first["paths"]])
+        if not (np.array_equal(part["labels"][order], first["labels"])
+                and np.array_equal(part["subjects"][order], first["subjects"])):
+            raise FeatxError(f"{paths[0]} and {p} disagree on labels or subjects of the same paths; "
+                             "they were extracted from different data")
+        part["X"] = part["X"][order]
+        if part["roles"] is not None:
+            part["roles"] = part["roles"][order]
+
+
+def _feature_set(paths: list[Path], parts: list[dict], unfinished: bool, failed: set) -> FeatureSet:
+    """One FeatureSet of the aligned parts: features side by side, names and fingerprint of them all."""
+    first = parts[0]
+    X = np.hstack([part["X"] for part in parts]) if len(parts) > 1 else first["X"]
+    names = [f"{_weights_label(part['attrs'])}/{'+'.join(part['taps'])}" for part in parts]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(str(part["attrs"].get("dataset_fingerprint", "")).encode())
+        digest.update(str(part["attrs"].get("weights_sha256", "")).encode())
+        digest.update(str(part["attrs"].get("weights", "")).encode())
+        digest.update("+".join(part["taps"]).encode())
+    classes = first["classes"]
+    return FeatureSet(
+        X=np.ascontiguousarray(X, dtype=np.float32), y=first["labels"].astype(np.int64), classes=classes,
+        paths=first["paths"], subjects=first["subjects"], splits=first["splits"],
+        name="+".join(names), backbone="+".join(part["backbone"] for part in parts),
+        tap="+".join("+".join(part["taps"]) for part in parts),
+        settings=[part["attrs"] for part in parts], fingerprint=digest.hexdigest(),
+        root=str(first["attrs"].get("data_root", "")), positive="all" if "all" in classes else None,
+        stores=[str(p) for p in paths], store_taps=[list(part["taps"]) for part in parts],
+        partial=f"{len(first['paths'])} of {first['n_samples']} rows" if unfinished else None,
+        excluded=len(failed),
+        roles=_fuse_roles([part["roles"] for part in parts]),
+        tuned=[_tuned_attr(part["attrs"], p) for p, part in zip(paths, parts) if part["roles"] is not None],
+    )
+
+
+def _fuse_roles(per_store: list) -> np.ndarray | None:
+    """One role per row of fused stores: the most-seen role any of their networks gave the row."""
+    have = [np.asarray(r).astype(str) for r in per_store if r is not None]
+    if not have:
+        return None
+    rank = {"train": 0, "train-subject": 1, "unknown": 2, "val": 3, "": 4}
+    out = have[0].astype(object)
+    for other in have[1:]:
+        pick = np.array([rank.get(b, 0) < rank.get(a, 0) for a, b in zip(out, other)], dtype=bool)
+        out[pick] = other[pick]
+    bad = set(out) - set(ROLES)
+    if bad:
+        raise FeatxError(f"unknown network role {sorted(bad)[0]!r} in the store; it was written by another featx")
+    return out.astype(str)
+
+
+def _tuned_attr(attrs: dict, path: Path) -> dict:
+    info = parse_attr(attrs.get(ATTR)) or {"provenance": "missing"}
+    info["store"] = str(path)
+    return info
+
+
+def _legacy_plus(item) -> list:
+    """Transitional (issue 8): a ``"a.h5+b.h5"`` or ``"fc7+pool5"`` string from a caller that does not pass
+    lists yet (evaluate.compare/run_classify, persist._requested_rows, hybrid._head_rows); remove with them."""
+    return [p for p in item.split("+") if p] if isinstance(item, str) else [item]

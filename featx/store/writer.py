@@ -1,0 +1,355 @@
+"""Writing a feature store: created whole in ``<out>.tmp`` at its full size, then filled row by row.
+
+Crash consistency: the file gets its full size when it is created (in ``<out>.tmp``, renamed when complete),
+so writing rows later only overwrites bytes already on disk: no HDF5 metadata changes while rows are written
+and a full disk shows up when the store is created, not in the middle. Each batch writes its features and
+checksums, flushes, and only then sets ``done`` and flushes again, so ``kill -9`` never leaves a row marked
+done without its features. Checksums catch everything else (a lost write, a disk that lied): rows whose
+features do not match are recomputed on resume, refused by ``load_features`` and listed by ``verify``.
+One writer at a time: ``<out>.lock`` (``filelock``) is held from opening the store for writing to closing it.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+from filelock import FileLock
+
+from featx import __version__
+from featx.errors import FeatxError, arg
+from featx.store.lock import acquire_writer_lock, is_disk_full
+from featx.store.schema import (
+    CHUNK_BYTES,
+    ERROR_BYTES,
+    IDENTITY_KEYS,
+    SCHEMA_VERSION,
+    STRING,
+    damaged,
+    decode_attr,
+    encode_attr,
+    open_store,
+    require_store,
+    row_checksums,
+    rows_match,
+)
+
+
+class FeatureStore:
+    """A feature file open for writing rows batch by batch (use ``open_for_extraction``).
+
+    It holds the store's writer lock until ``close``. After a failed write it makes no further HDF5 calls
+    but closing the file.
+    """
+
+    def __init__(self, path: Path, h5: h5py.File, lock: FileLock | None = None):
+        self.path = path
+        self.h5 = h5
+        self.lock = lock
+        self.taps = [str(t) for t in decode_attr(h5["samples/checksum"].attrs["taps"])]
+        self._done = h5["samples/done"][:]
+        self._errored = h5["samples/error"].asstr()[:] != ""
+        self.failed = False
+        self.repaired = 0  # rows marked done whose checksums did not match when the store was reopened
+
+    @classmethod
+    def open_for_extraction(cls, path: str | Path, settings: dict, samples: Sequence, classes: Sequence[str],
+                            tap_dims: dict[str, int], *, default_tap: str | None = None,
+                            extra_attrs: dict | None = None, roles: Sequence[str] | None = None) -> "FeatureStore":
+        """Take the writer lock, then create the store or reopen it for resuming when it was made with the
+        same settings; rows marked done whose checksums do not match are marked not done (recomputed).
+
+        ``samples`` are ``featx.data.Sample`` rows; ``settings`` the root attributes (see :mod:`featx.store`);
+        ``tap_dims`` each tap's feature dimension, in extraction order. ``default_tap`` (the tap readers load
+        when none is named; default: the last of ``tap_dims``) and ``extra_attrs`` (more root attributes) are
+        written only when the store is created.
+        A store whose settings differ is refused with a message naming the first differing setting.
+        ``roles``: the fine-tuned network's role of each sample (``/samples/network_role``), written at creation.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = acquire_writer_lock(path)
+        try:
+            if path.exists():
+                h5 = open_store(path, "r+")
+                try:
+                    require_store(path, h5)
+                    store = cls._resume(path, h5, lock, dict(settings, taps=list(tap_dims)))
+                except BaseException:
+                    _close_quietly(h5)
+                    raise
+                return store
+            attrs = dict(settings, default_tap=default_tap or next(reversed(tap_dims), ""))
+            cls._create(path, dict(attrs, **(extra_attrs or {})), samples, classes, tap_dims, roles)
+            return cls(path, open_store(path, "r+"), lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _resume(cls, path: Path, h5: h5py.File, lock, settings: dict) -> "FeatureStore":
+        try:
+            _check_resumable(path, h5, settings)
+            store = cls(path, h5, lock)
+            bad = np.flatnonzero(store._done)[~rows_match(h5, np.flatnonzero(store._done))]
+        except FeatxError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise FeatxError(damaged(path, exc)) from None
+        if bad.size:
+            store._done[bad] = False
+            store.repaired = int(bad.size)
+            store.h5["samples/done"][:] = store._done
+            store.h5.flush()
+        return store
+
+    @classmethod
+    def _create(cls, path: Path, settings: dict, samples: Sequence, classes: Sequence[str],
+                tap_dims: dict[str, int], roles: Sequence[str] | None = None) -> None:
+        """Write the complete store (full size) to ``<path>.tmp`` and rename it: it exists whole or not at all."""
+        tmp = path.with_name(path.name + ".tmp")
+        need = _bytes_needed(samples, tap_dims, np.dtype(settings.get("dtype", "float32")))
+        full = _reserve(tmp, need)  # a full disk is found here, by the OS, before HDF5 writes a byte
+        if not full:
+            try:
+                h5 = h5py.File(tmp, "w")
+                try:
+                    cls._initialise(h5, settings, samples, classes, tap_dims)
+                    if roles is not None:
+                        cls._write_roles(h5, roles, settings)
+                    h5.close()  # a failure here (the final flush) must not leave a half-written store behind
+                except BaseException as exc:
+                    full = isinstance(exc, (OSError, RuntimeError, ValueError)) and is_disk_full(exc)
+                    _forget(exc)
+                    _close_quietly(h5)
+                    raise
+                tmp.replace(path)
+            except BaseException as exc:
+                tmp.unlink(missing_ok=True)
+                if not full:
+                    raise
+                _forget(exc)
+        if full:  # raised outside the handler, so no traceback keeps h5py objects of the failed file alive
+            raise FeatxError(f"disk full while creating {path} (the store needs about {need / 1e6:.1f} MB); "
+                             "free space and run the same command again")
+
+    @staticmethod
+    def _initialise(h5: h5py.File, settings: dict, samples: Sequence, classes: Sequence[str],
+                    tap_dims: dict[str, int]) -> None:
+        attrs = dict(settings)
+        attrs.update(schema_version=SCHEMA_VERSION, featx_version=__version__, h5py_version=h5py.__version__,
+                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"), taps=list(tap_dims))
+        for key, value in attrs.items():
+            h5.attrs[key] = encode_attr(value)
+        n = len(samples)
+        grp = h5.create_group("samples")
+        grp.attrs["classes"] = np.array(list(classes), dtype=STRING)
+        index = {c: i for i, c in enumerate(classes)}
+        grp.create_dataset("path", data=np.array([s.path for s in samples], dtype=object), dtype=STRING)
+        grp.create_dataset("label", data=np.array([index[s.label] if s.label is not None else -1 for s in samples],
+                                                  dtype=np.int64))
+        grp.create_dataset("subject", data=np.array([s.subject or "" for s in samples], dtype=object), dtype=STRING)
+        grp.create_dataset("split", data=np.array([s.split or "" for s in samples], dtype=object), dtype=STRING)
+        grp.create_dataset("done", data=np.zeros(n, dtype=bool))
+        # fixed size, so recording an error overwrites bytes already on disk (a vlen string would grow the file)
+        grp.create_dataset("error", shape=(n,), dtype=h5py.string_dtype("utf-8", ERROR_BYTES), dcpl=_early(),
+                           fill_time="alloc")
+        checksum = grp.create_dataset("checksum", data=np.zeros((n, len(tap_dims)), dtype=np.uint64))
+        checksum.attrs["taps"] = np.array(list(tap_dims), dtype=STRING)
+        feats = h5.create_group("features")
+        dtype = np.dtype(settings.get("dtype", "float32"))
+        for tap, dim in tap_dims.items():
+            rows = max(1, min(max(n, 1), CHUNK_BYTES // (dim * dtype.itemsize)))
+            # every chunk allocated and zero-filled now: writing rows later never grows the file
+            ds = feats.create_dataset(tap, shape=(n, dim), maxshape=(None, dim), dtype=dtype, chunks=(rows, dim),
+                                      dcpl=_early(), fillvalue=0, fill_time="alloc")
+            ds.attrs["dim"] = dim
+            ds.attrs["tap"] = tap
+            ds.attrs["backbone"] = settings.get("backbone", "")
+
+    @staticmethod
+    def _write_roles(h5: h5py.File, roles: Sequence[str], settings: dict) -> None:
+        if len(roles) != h5["samples/done"].shape[0]:
+            raise ValueError("one network role per sample row is needed")
+        h5["samples"].create_dataset("network_role", data=np.array(list(roles), dtype=object), dtype=STRING)
+        if "tuned_provenance" in settings:
+            h5.attrs["tuned_provenance"] = str(settings["tuned_provenance"])
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return int(self._done.shape[0])
+
+    @property
+    def done(self) -> np.ndarray:
+        return self._done.copy()
+
+    def write_rows(self, indices: np.ndarray, features: dict[str, np.ndarray]) -> None:
+        """Write features of sample rows ``indices`` (sorted or not) with their checksums, flush, then mark
+        them done and flush again."""
+        self._checked(self._write_rows, indices, features)
+
+    def _write_rows(self, indices: np.ndarray, features: dict[str, np.ndarray]) -> None:
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size == 0:
+            return
+        order = np.argsort(indices)
+        indices = indices[order]
+        # a contiguous run writes as one slice (fast); otherwise h5py takes increasing indices
+        where = slice(int(indices[0]), int(indices[-1]) + 1) if _contiguous(indices) else indices
+        sums = np.zeros((indices.size, len(self.taps)), dtype=np.uint64)
+        for j, tap in enumerate(self.taps):
+            ds = self.h5["features"][tap]
+            values = np.ascontiguousarray(np.asarray(features[tap])[order], dtype=ds.dtype)
+            ds[where] = values
+            sums[:, j] = row_checksums(values, indices)
+        self.h5["samples/checksum"][where] = sums
+        stale = indices[self._errored[indices]]
+        if stale.size:  # a retried row that failed before; other rows keep "" (no string written per batch)
+            err = self.h5["samples/error"]
+            for i in stale:
+                err[int(i)] = b""
+        self.h5.flush()  # features and checksums reach the OS before any of these rows is marked done
+        self.h5["samples/done"][where] = True
+        self.h5.flush()
+        self._done[indices] = True
+        self._errored[indices] = False
+
+    def mark_errors(self, indices: Sequence[int], messages: Sequence[str]) -> None:
+        """Record why rows could not be extracted; they stay not-done so a re-run retries them."""
+        self._checked(self._mark_errors, indices, messages)
+
+    def _mark_errors(self, indices: Sequence[int], messages: Sequence[str]) -> None:
+        err = self.h5["samples/error"]
+        for i, msg in zip(indices, messages):
+            err[int(i)] = _fit(msg, err.dtype)
+            self._errored[int(i)] = True
+        self.h5.flush()
+
+    def _checked(self, write, *args) -> None:
+        """Run a write; after a failure make no further HDF5 writes, and report a full disk as one line."""
+        if self.failed:
+            raise FeatxError(f"{self.path}: an earlier write failed; run the same command again")
+        full = False
+        try:
+            write(*args)
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.failed = True
+            full = is_disk_full(exc)
+            _forget(exc)
+            if not full:
+                raise
+        if full:  # raised outside the handler: no traceback holds h5py objects of the failed write
+            raise FeatxError(f"disk full while writing {self.path}; free space and run the same command "
+                             f"again (the {int(self._done.sum())} finished rows are kept)")
+
+    def close(self) -> None:
+        try:
+            _close_quietly(self.h5) if self.failed else self.h5.close() if self.h5.id.valid else None
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self.close()
+        except (OSError, RuntimeError):
+            if exc_type is None:  # a failing close must not hide the error that is already on its way
+                raise
+
+
+def _early():
+    """Dataset creation properties that allocate (and fill) the dataset's space when it is created."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
+
+
+def _bytes_needed(samples: Sequence, tap_dims: dict[str, int], dtype: np.dtype) -> int:
+    """A generous bound of a new store's size (features in whole chunks, sample table, HDF5 overhead)."""
+    n = len(samples)
+    total = 0
+    for dim in tap_dims.values():
+        rows = max(1, min(max(n, 1), CHUNK_BYTES // (dim * dtype.itemsize)))
+        total += -(-max(n, 1) // rows) * rows * dim * dtype.itemsize
+    text = sum(len(s.path.encode()) + len((s.subject or "").encode()) + len((s.split or "").encode()) for s in samples)
+    total += text + n * (ERROR_BYTES + 8 * len(tap_dims) + 9 + 3 * 32)
+    return int(total * 1.05) + (256 << 10)
+
+
+def _reserve(tmp: Path, size: int) -> bool:
+    """Make ``tmp`` and allocate ``size`` bytes for it; True when the disk is full (``tmp`` is then removed).
+
+    HDF5 itself must never meet a full disk: after a failed write its state is broken and the process may
+    crash when the file is closed. Creating the store truncates ``tmp`` and reuses the space just freed.
+    """
+    try:
+        with open(tmp, "wb") as fh:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fh.fileno(), 0, size)
+        return False
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc) or exc.errno == errno.EDQUOT:
+            return True
+        raise FeatxError(f"cannot write {tmp} ({exc.strerror or exc}); choose an {arg('out')} in a folder you "
+                         "can write to") from None
+
+
+def _forget(exc: BaseException) -> None:
+    """Drop the local variables of the frames an exception went through (h5py objects of a failed write):
+    freed after their file is closed, HDF5 can crash the process."""
+    while exc is not None:
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__context__
+
+
+def _close_quietly(h5: h5py.File) -> None:
+    try:
+        if h5.id.valid:
+            h5.close()
+    except (OSError, RuntimeError, ValueError):
+        pass
+
+
+def _fit(text: str, dtype):
+    """``text`` as UTF-8 bytes cut to a fixed-length string dtype's size (whole characters)."""
+    if dtype.kind != "S":
+        return text  # a variable-length string dataset
+    return text.encode("utf-8")[:dtype.itemsize].decode("utf-8", errors="ignore").encode("utf-8")
+
+
+def _check_resumable(path: Path, h5: h5py.File, settings: dict) -> None:
+    attrs = h5.attrs
+    version = decode_attr(attrs.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        raise FeatxError(f"{path}: store schema version {version}, this featx writes {SCHEMA_VERSION} (rows with "
+                         f"checksums); delete the file to rebuild it, or choose another {arg('out')}")
+    wanted = dict(settings)
+    for key in IDENTITY_KEYS:
+        if key not in wanted:
+            continue
+        have = decode_attr(attrs.get(key, ""))
+        if not _same_setting(have, wanted[key]):
+            raise FeatxError(f"{path} was made with {key}={have!r}, this run asks for {key}={wanted[key]!r}; "
+                             f"use another {arg('out')} for different settings (or delete the file to rebuild it)")
+
+
+def _contiguous(indices: np.ndarray) -> bool:
+    return indices.size > 0 and int(indices[-1]) - int(indices[0]) + 1 == indices.size
+
+
+def _same_setting(have, wanted) -> bool:
+    """Whether a stored setting equals the one asked for (lists element by element, compared as text)."""
+    if isinstance(have, (list, tuple)) or isinstance(wanted, (list, tuple)):
+        return [str(x) for x in np.atleast_1d(have)] == [str(x) for x in np.atleast_1d(wanted)]
+    return str(have) == str(wanted)
