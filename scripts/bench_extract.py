@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from featx.backbones import create_backbone
-from featx.data import discover, load_image, make_transform
+from featx.data import discover
+from featx.data.images import load_image, make_transform
 from featx.device import resolve_device
 from featx.extract import default_workers, extract
-from featx.synth import synthesize
+from featx.data.synth import synthesize
 
 
 def naive_loop(collection, backbone: str, size: int, taps: list[str], out: Path, device) -> float:

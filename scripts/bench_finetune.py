@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from featx.backbones import create_backbone
-from featx.data import load_image, make_transform
+from featx.data.images import load_image, make_transform
 from featx.finetune import PRESETS
 
 
