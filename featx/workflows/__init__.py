@@ -1,0 +1,1 @@
+"""Workflows: the only place that combines evaluation, saved models and reports (classify, compare, predict, hybrid)."""
