@@ -500,3 +500,17 @@ def test_one_file_name_that_does_not_parse_refuses_subject_cv(cnmc_tree, tmp_pat
     assert (out / "results.csv").read_text().count("1 row without a subject id dropped") == 2
     image = run_compare([store], ["logistic"], cv="image", n_folds=3, n_boot=20)["rows"][0]
     assert image.image_level and image.protocol_label.startswith("IMAGE-LEVEL 3-fold")
+
+
+def test_grid_rows_are_result_rows_that_round_trip_through_results_json(tmp_path):
+    from featx.results import ResultRow, read_json, write_json
+
+    fs = subject_features(n_all=5, n_hem=5, cells=6, d=8, prelim=2)
+    rows = evaluate_many(fs, ["logistic", "knn"], cv="subject", n_boot=20) + [
+        evaluate(fs, "logistic", eval_set="prelim", n_boot=20)]
+    assert all(isinstance(r, ResultRow) for r in rows) and [r.head for r in rows] == ["logistic", "knn", "logistic"]
+    assert rows[2].scores["accuracy"].std is None and rows[0].scores["accuracy"].std is not None
+    for r in rows:
+        assert r.predictions is not None
+        r.predictions = None  # written to predictions/<row>.csv, never results.json
+    assert read_json(write_json(rows, tmp_path / "results.json")) == rows
