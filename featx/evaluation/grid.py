@@ -251,6 +251,7 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                     for s in ([stores] if isinstance(stores, (str, Path)) else stores)]
     if not store_groups:
         raise FeatxError("no feature store given; pass files written by `featx extract`")
+    taps = [taps] if isinstance(taps, str) else taps
     tap_groups = [[t] if isinstance(t, str) else list(t) for t in taps] if taps else [None]
     protocols = [check_cv(p) for p in ([cv] if isinstance(cv, str) else list(cv or []))]
     if not protocols and not eval_set:
