@@ -300,8 +300,8 @@ def test_predict_refuses_a_store_made_with_other_settings(demo, tmp_path):
     (["classify", "{store}", "--head", "resnet"], "unknown head 'resnet'; choose from: softmax, logistic"),
     (["classify", "{store}", "--cv", "subject", "--folds", "20"], "only 10 subjects for --folds 20"),
     (["classify", "{store}", "--tap", "fc9"], "no tap 'fc9'"),
-    (["classify", "{store}", "--positive", "blast"], "'blast' is not a class"),
-    (["compare", "{store}", "--cv", "subject,patient"], "--cv 'patient'"),
+    (["classify", "{store}", "--positive", "blast"], "--positive blast is not a class"),
+    (["compare", "{store}", "--cv", "subject,patient"], "--cv patient: choose one of"),
     (["classify", "{store}", "--preprocess", "pca:0"], "pca:N"),
     (["predict", "{missing}", "{store}"], "no such model file"),
 ])

@@ -7,10 +7,13 @@ import pytest
 from sklearn import metrics as skm
 
 from featx.errors import FeatxError
-from featx.evaluate import (METRICS, _confusion_metrics, _weighted_auc, bootstrap_ci, compute_metrics, evaluate,
-                            evaluate_many, make_splits, resolve_positive, roc_points, summarize_folds)
+from featx.cli.parsing import params_per_head
+from featx.evaluation import (METRICS, bootstrap_ci, compare, compute_metrics, evaluate, evaluate_many, make_splits,
+                              resolve_positive, roc_points, summarize_folds)
+from featx.evaluation.metrics import _confusion_metrics, _weighted_auc
 from featx.heads import make_head
 from featx.store import FeatureSet
+from featx.workflows.classify import run_classify, run_compare
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -184,9 +187,9 @@ def test_given_folds_and_held_out_prelim():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(cv="subject", n_folds=20), "only 14 subjects for --folds 20.*--folds 14"),
+    (dict(cv="subject", n_folds=20), "only 14 subjects for n_folds=20.*n_folds=14"),
     (dict(cv="image", n_folds=200), "rarest class has 120 labelled rows"),
-    (dict(cv="loo"), "--cv 'loo': choose one of auto, subject, image, fold"),
+    (dict(cv="loo"), "cv='loo': choose one of auto, subject, image, fold"),
     (dict(cv="subject", n_folds=1), "at least 2 folds"),
     (dict(eval_set="final"), "no labelled rows of split 'final'"),
 ])
@@ -200,11 +203,11 @@ def test_one_class_and_missing_subjects_are_refused():
     fs = subject_features()
     with pytest.raises(FeatxError, match="only one class"):
         make_splits(fs.subjects, np.zeros(len(fs.y), dtype=int), fs.splits)
-    with pytest.raises(FeatxError, match="--cv subject needs a subject id.*--cv image"):
+    with pytest.raises(FeatxError, match="cv='subject' needs a subject id.*cv='image'"):
         make_splits(np.array([""] * len(fs.y)), fs.y, fs.splits, cv="subject")
     # one HEM subject cannot be both trained on and tested: some training fold has one class
     few = subject_features(n_all=4, n_hem=1, cells=5)
-    with pytest.raises(FeatxError, match="training part of fold .* only one class.*fewer --folds"):
+    with pytest.raises(FeatxError, match="training part of fold .* only one class.*fewer folds than n_folds=5"):
         make_splits(few.subjects, few.y, few.splits, cv="subject", n_folds=5)
 
 
@@ -213,15 +216,16 @@ def test_image_level_cv_scores_higher_than_subject_level_cv():
     fs = subject_features()
     rows = {cv: evaluate(fs, "logistic", cv=cv, n_boot=200) for cv in ("subject", "image")}
     sub, img = rows["subject"], rows["image"]
-    assert img["accuracy"] > sub["accuracy"] + 0.15, (img["accuracy"], sub["accuracy"])
-    assert img["f1_weighted"] > sub["f1_weighted"] + 0.15
-    assert img["image_level"] and not sub["image_level"]
-    assert sub["protocol_label"] == "subject-level 5-fold"
+    assert img.mean("accuracy") > sub.mean("accuracy") + 0.15, (img.mean("accuracy"), sub.mean("accuracy"))
+    assert img.mean("f1_weighted") > sub.mean("f1_weighted") + 0.15
+    assert img.image_level and not sub.image_level
+    assert sub.protocol_label == "subject-level 5-fold"
     for r in (sub, img):
-        assert 0 <= r["accuracy_ci_low"] <= r["accuracy"] + 0.1 and r["accuracy_ci_high"] <= 1
-        assert r["n_test"] == 280 and r["n_subjects"] == 14 and r["positive"] == "all"
-        assert np.sum(r["confusion"]) == 280 and set(r["per_subject_accuracy"]) == {f"S{i}" for i in range(14)}
-        assert all(f"{m}_std" in r for m in METRICS)
+        acc = r.scores["accuracy"]
+        assert 0 <= acc.ci_low <= acc.mean + 0.1 and acc.ci_high <= 1
+        assert r.n_test == 280 and r.n_subjects == 14 and r.positive == "all"
+        assert np.sum(r.confusion) == 280 and set(r.per_subject_accuracy) == {f"S{i}" for i in range(14)}
+        assert set(r.scores) == set(METRICS) and all(r.scores[m].std is not None for m in METRICS)
 
 
 def test_evaluate_row_fields_and_parallel_folds_give_identical_results():
@@ -229,38 +233,46 @@ def test_evaluate_row_fields_and_parallel_folds_give_identical_results():
     one, = evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, seed=1, jobs=1, n_boot=100)
     two, = evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, seed=1, jobs=2, n_boot=100)
     for m in METRICS:
-        assert one[m] == pytest.approx(two[m], nan_ok=True) and one[f"{m}_std"] == pytest.approx(two[f"{m}_std"])
-    assert one["confusion"] == two["confusion"]
-    assert one["model"] == "demo/fc + logistic" and one["backbone"] == "demo" and one["tap"] == "fc"
-    assert one["head"] == "logistic" and one["protocol"] == "subject" and one["n_folds"] == 5
-    assert one["settings"]["preprocess"] == "standard" and one["settings"]["seed"] == 1
-    assert one["roc"]["fpr"][0] == 0 and one["roc"]["tpr"][-1] == 1
+        assert one.mean(m) == pytest.approx(two.mean(m), nan_ok=True)
+        assert one.scores[m].std == pytest.approx(two.scores[m].std)
+    assert one.confusion == two.confusion
+    assert one.name == "demo/fc + logistic" and one.backbone == "demo" and one.tap == "fc"
+    assert one.head == "logistic" and one.protocol == "subject" and one.n_folds == 5
+    assert one.settings["preprocess"] == "standard" and one.settings["seed"] == 1
+    assert one.roc["fpr"][0] == 0 and one.roc["tpr"][-1] == 1
 
 
 def test_prelim_evaluation_trains_on_folds_and_tests_once():
     fs = subject_features(prelim=4)
     row = evaluate(fs, "svm", eval_set="prelim", n_boot=100)
-    assert row["protocol"] == "prelim" and row["n_folds"] == 1 and row["n_test"] == 80
-    assert row["n_train"] == 280 and np.isnan(row["accuracy_std"])  # one test set: no spread over folds
+    assert row.protocol == "prelim" and row.n_folds == 1 and row.n_test == 80
+    assert row.n_train == 280 and row.scores["accuracy"].std is None  # one test set: no spread over folds
     train, test = fs.splits != "prelim", fs.splits == "prelim"
     manual = make_head("svm").fit(fs.X[train], fs.y[train]).predict(fs.X[test])
-    assert row["accuracy"] == pytest.approx(skm.accuracy_score(fs.y[test], manual))
+    assert row.mean("accuracy") == pytest.approx(skm.accuracy_score(fs.y[test], manual))
     unlabelled = subject_features()
     unlabelled.y[:20] = -1  # unlabelled rows are ignored, not treated as a class
-    assert evaluate(unlabelled, "logistic", n_boot=10)["n_test"] == 260
+    assert evaluate(unlabelled, "logistic", n_boot=10).n_test == 260
 
 
 def test_unscoped_params_go_only_to_heads_that_take_them_and_bad_values_are_user_errors():
     fs = subject_features(n_all=5, n_hem=5, cells=6, d=12)
-    rows = evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"C": 0.01}, n_boot=20)
-    assert rows[0]["settings"]["params"] == {"C": 0.01} and rows[1]["settings"]["params"] == {}
+    # the CLI's unscoped C=0.01 reaches only the heads that take it (the library takes parameters per head)
+    params = params_per_head({"C": 0.01}, ["logistic", "knn"])
+    assert params == {"logistic": {"C": 0.01}}
+    rows = evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params=params, n_boot=20)
+    assert rows[0].settings["params"] == {"C": 0.01} and rows[1].settings["params"] == {}
     with pytest.raises(FeatxError, match="none of the heads logistic, knn takes it"):
-        evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"Cee": 1}, n_boot=20)
+        params_per_head({"Cee": 1}, ["logistic", "knn"])
     with pytest.raises(FeatxError, match="head logistic: bad parameter"):
-        evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, params={"C": "abc"}, n_boot=20)
+        evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"logistic": {"Cee": 1}}, n_boot=20)
+    with pytest.raises(FeatxError, match="'C' is not a head; give parameters per head"):
+        evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"C": 0.01}, n_boot=20)
+    with pytest.raises(FeatxError, match="head logistic: bad parameter"):
+        evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, params={"logistic": {"C": "abc"}}, n_boot=20)
     with pytest.raises(FeatxError, match="head knn: .*n_neighbors"):
         evaluate_many(fs, ["knn"], cv="subject", n_folds=5, params={"knn": {"n_neighbors": 500}}, n_boot=20)
-    with pytest.raises(FeatxError, match="--jobs 0"):
+    with pytest.raises(FeatxError, match="jobs=0: give 1 or more"):
         evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, jobs=0, n_boot=20)
 
 
@@ -268,28 +280,29 @@ def test_unscoped_params_go_only_to_heads_that_take_them_and_bad_values_are_user
 def _check_row_statistics(row, classes):
     """Every metric's estimate lies in its interval, and mean/std are those of per-fold metrics recomputed
     from the row's own out-of-fold predictions."""
-    pred = row["predictions"]
+    pred = row.predictions
     names = list(classes)
     fold = np.asarray(pred["fold"])
     y_true = np.array([names.index(c) for c in pred["y_true"]])
     y_pred = np.array([names.index(c) for c in pred["y_pred"]])
     score = np.asarray(pred["score"])
     per_fold = [compute_metrics(y_true[fold == k], y_pred[fold == k], score[fold == k], classes=names,
-                                positive=row["positive"]) for k in np.unique(fold)]
-    assert len(per_fold) == row["n_folds"] and len(y_true) == row["n_test"]
+                                positive=row.positive) for k in np.unique(fold)]
+    assert len(per_fold) == row.n_folds and len(y_true) == row.n_test
     for m in METRICS:
         vals = np.array([f[m] for f in per_fold])
         vals = vals[np.isfinite(vals)]
         if vals.size == 0:
-            assert np.isnan(row[m]), (row["model"], m)
+            assert np.isnan(row.mean(m)), (row.name, m)
             continue
-        assert row[m] == pytest.approx(vals.mean()), (row["model"], m)
+        score = row.scores[m]
+        assert score.mean == pytest.approx(vals.mean()), (row.name, m)
         if vals.size > 1:
-            assert row[f"{m}_std"] == pytest.approx(np.std(vals, ddof=1)), (row["model"], m)
+            assert score.std == pytest.approx(np.std(vals, ddof=1)), (row.name, m)
         else:
-            assert np.isnan(row[f"{m}_std"])
-        lo, hi = row[f"{m}_ci_low"], row[f"{m}_ci_high"]
-        assert lo <= row[m] <= hi, (row["model"], row["protocol"], m, lo, row[m], hi)
+            assert score.std is None
+        lo, hi = score.ci_low, score.ci_high
+        assert lo <= score.mean <= hi, (row.name, row.protocol, m, lo, score.mean, hi)
 
 
 @pytest.mark.parametrize("cv, eval_set", [("subject", None), ("image", None), ("fold", None), ("auto", "prelim")])
@@ -299,7 +312,7 @@ def test_every_estimate_lies_in_its_interval_and_std_is_the_sample_std(cv, eval_
                          n_boot=300)
     for row in rows:
         _check_row_statistics(row, fs.classes)
-        assert row["accuracy_ci_high"] - row["accuracy_ci_low"] > 0.01  # a real interval, not a point
+        assert row.scores["accuracy"].ci_high - row.scores["accuracy"].ci_low > 0.01  # a real interval, not a point
 
 
 def test_interval_is_that_of_the_mean_over_folds_not_of_the_pooled_predictions():
@@ -366,15 +379,15 @@ def test_some_rows_without_a_subject_refuse_subject_cv_and_name_the_files():
         msg = str(err.value)
         assert "\n" not in msg and msg.startswith("4 of 60 labelled rows have no subject id")
         assert "img/3.bmp, img/17.bmp, img/40.bmp and 1 more" in msg and "img/41.bmp" not in msg
-        assert "fix those file names" in msg and "--drop-unknown-subjects" in msg and "--cv image" in msg
+        assert "fix those file names" in msg and "drop_unknown_subjects" in msg and "cv='image'" in msg
     with pytest.raises(FeatxError, match="rows have no subject id"):
         evaluate(fs, "logistic", n_boot=10)
     image = make_splits(fs.subjects, fs.y, fs.splits, cv="image")  # asked for explicitly: allowed, and marked
     assert image.image_level and image.label == "IMAGE-LEVEL 5-fold (some subjects unknown)"
     row = evaluate(fs, "logistic", n_boot=50, drop_unknown_subjects=True)
-    assert row["protocol"] == "subject" and row["n_test"] == 56 and row["dropped_unknown_subjects"] == 4
-    assert row["protocol_label"] == "subject-level 5-fold; 4 rows without a subject id dropped"
-    assert not set(row["predictions"]["path"]) & {"img/3.bmp", "img/17.bmp", "img/40.bmp", "img/41.bmp"}
+    assert row.protocol == "subject" and row.n_test == 56 and row.dropped_unknown_subjects == 4
+    assert row.protocol_label == "subject-level 5-fold; 4 rows without a subject id dropped"
+    assert not set(row.predictions["path"]) & {"img/3.bmp", "img/17.bmp", "img/40.bmp", "img/41.bmp"}
     # a prelim row without a subject does not stop subject CV of the training rows
     held = subject_features(n_all=5, n_hem=5, cells=6, d=8, prelim=2)
     held.subjects[held.splits == "prelim"] = ""
@@ -389,9 +402,9 @@ def test_no_subject_at_all_falls_back_to_image_level_and_every_output_says_why(t
     fs = subject_features(n_all=5, n_hem=5, cells=6, d=8)
     fs.subjects[:] = ""
     row = evaluate(fs, "logistic", n_boot=50)
-    assert row["image_level"] and row["protocol_label"] == "IMAGE-LEVEL 5-fold (subjects unknown)"
-    assert "no row has a subject id" in row["settings"]["cv_note"] and row["ci_unit"] == "image"
-    with pytest.raises(FeatxError, match="--drop-unknown-subjects: no row of demo/fc has a subject id"):
+    assert row.image_level and row.protocol_label == "IMAGE-LEVEL 5-fold (subjects unknown)"
+    assert "no row has a subject id" in row.settings["cv_note"] and row.ci_unit == "image"
+    with pytest.raises(FeatxError, match="drop_unknown_subjects=True: no row of demo/fc has a subject id"):
         evaluate(fs, "logistic", n_boot=50, drop_unknown_subjects=True)
     paths = write_results([row], tmp_path, plots=False)
     assert "**\\* IMAGE-LEVEL 5-fold (subjects unknown)**" in paths["md"].read_text()
@@ -412,7 +425,6 @@ def cnmc_store(cnmc_tree, tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("cv, eval_set", [("subject", None), ("image", None), ("fold", None), ("auto", "prelim")])
 def test_cnmc_tree_grid_estimates_lie_in_their_intervals(cnmc_store, cv, eval_set):
-    from featx.evaluate import compare
     from featx.store import load_features
 
     rows = compare([cnmc_store], ["logistic", "svm", "linear-svm", "xgboost", "knn"], cv=cv if not eval_set else [],
@@ -431,7 +443,6 @@ def test_saved_model_makes_the_evaluated_predictions_row_for_row(cnmc_store, hea
 
     import joblib
 
-    from featx.evaluate import run_classify
     from featx.persist import load_model
     from featx.store import load_features
 
@@ -445,14 +456,14 @@ def test_saved_model_makes_the_evaluated_predictions_row_for_row(cnmc_store, hea
     prelim = np.flatnonzero(features.splits == "prelim")
     assert len(prelim) == 6 and card["n_train"] == 24
     by_path = dict(zip(features.paths[prelim], features.X[prelim]))
-    pred = row["predictions"]
+    pred = row.predictions
     assert sorted(pred["path"]) == sorted(by_path)
     saved = np.asarray(features.classes)[model.predict(np.stack([by_path[p] for p in pred["path"]]))]
     assert list(saved) == pred["y_pred"]  # row for row
     with (tmp_path / "predictions" / f"cnn-fc-{head}-prelim.csv").open() as fh:
         written = list(csv.DictReader(fh))
     assert [r["y_pred"] for r in written] == list(saved) and [r["path"] for r in written] == pred["path"]
-    assert row["accuracy"] == pytest.approx(np.mean(saved == np.asarray(pred["y_true"])))
+    assert row.mean("accuracy") == pytest.approx(np.mean(saved == np.asarray(pred["y_true"])))
     # heads without predict_proba are saved without one; the card says what the score is
     if head in ("svm", "linear-svm"):
         assert not hasattr(model, "predict_proba") and card["probability"].startswith("none: ")
@@ -464,7 +475,6 @@ def test_saved_model_makes_the_evaluated_predictions_row_for_row(cnmc_store, hea
 def test_one_file_name_that_does_not_parse_refuses_subject_cv(cnmc_tree, tmp_path):
     import shutil
 
-    from featx.evaluate import run_compare
     from featx.extract import extract
     from featx.store import load_features
 
@@ -477,16 +487,30 @@ def test_one_file_name_that_does_not_parse_refuses_subject_cv(cnmc_tree, tmp_pat
     rel = f"C-NMC_training_data/fold_0/all/{renamed.name}"
     assert list(load_features(store).subjects[load_features(store).paths == rel]) == [""]
     with pytest.raises(FeatxError) as err:
-        run_compare([store], "logistic", cv="subject", n_folds=3, n_boot=20)
+        run_compare([store], ["logistic"], cv="subject", n_folds=3, n_boot=20)
     assert str(err.value).startswith(f"1 of 24 labelled rows have no subject id (their names do not parse): {rel};")
     with pytest.raises(FeatxError, match="rows have no subject id"):
-        run_compare([store], "logistic", n_folds=3, n_boot=20)  # auto: no silent image-level fallback
+        run_compare([store], ["logistic"], n_folds=3, n_boot=20)  # auto: no silent image-level fallback
     out = tmp_path / "res"
-    rows = run_compare([store], "logistic", cv="subject,image", n_folds=3, n_boot=20, out=out, plots=False,
+    rows = run_compare([store], ["logistic"], cv=["subject", "image"], n_folds=3, n_boot=20, out=out, plots=False,
                        drop_unknown_subjects=True)["rows"]
-    assert [r["dropped_unknown_subjects"] for r in rows] == [1, 1] and [r["n_test"] for r in rows] == [23, 23]
-    assert all("1 row without a subject id dropped" in r["protocol_label"] for r in rows)
+    assert [r.dropped_unknown_subjects for r in rows] == [1, 1] and [r.n_test for r in rows] == [23, 23]
+    assert all("1 row without a subject id dropped" in r.protocol_label for r in rows)
     assert "1 row without a subject id dropped" in (out / "results.md").read_text()
     assert (out / "results.csv").read_text().count("1 row without a subject id dropped") == 2
-    image = run_compare([store], "logistic", cv="image", n_folds=3, n_boot=20)["rows"][0]
-    assert image["image_level"] and image["protocol_label"].startswith("IMAGE-LEVEL 3-fold")
+    image = run_compare([store], ["logistic"], cv="image", n_folds=3, n_boot=20)["rows"][0]
+    assert image.image_level and image.protocol_label.startswith("IMAGE-LEVEL 3-fold")
+
+
+def test_grid_rows_are_result_rows_that_round_trip_through_results_json(tmp_path):
+    from featx.results import ResultRow, read_json, write_json
+
+    fs = subject_features(n_all=5, n_hem=5, cells=6, d=8, prelim=2)
+    rows = evaluate_many(fs, ["logistic", "knn"], cv="subject", n_boot=20) + [
+        evaluate(fs, "logistic", eval_set="prelim", n_boot=20)]
+    assert all(isinstance(r, ResultRow) for r in rows) and [r.head for r in rows] == ["logistic", "knn", "logistic"]
+    assert rows[2].scores["accuracy"].std is None and rows[0].scores["accuracy"].std is not None
+    for r in rows:
+        assert r.predictions is not None
+        r.predictions = None  # written to predictions/<row>.csv, never results.json
+    assert read_json(write_json(rows, tmp_path / "results.json")) == rows

@@ -18,7 +18,7 @@ from featx.backbones import create_backbone
 from featx.data import discover
 from featx.data.images import ImageDataset, make_transform
 from featx.errors import FeatxError
-from featx.evaluate import compare, evaluate, tuned_protocol
+from featx.evaluation import compare, evaluate, tuned_protocol
 from featx.extract import extract
 from featx.finetune import finetune
 from featx.store import FeatureSet, load_features, summarize
@@ -63,7 +63,7 @@ def test_tuned_holdout_trains_on_seen_rows_and_tests_only_unseen_ones():
 
     # CV over rows the network saw: refused with one line naming the way out
     for cv in ("subject", "image", "fold"):
-        with pytest.raises(FeatxError, match="--optimistic") as err:
+        with pytest.raises(FeatxError, match="allow_optimistic") as err:
             tuned_protocol(fs, cv=cv, n_folds=2)
         assert "\n" not in str(err.value) and "featx hybrid" in str(err.value)
     opt = tuned_protocol(fs, cv="subject", n_folds=3, allow_optimistic=True)
@@ -76,7 +76,7 @@ def test_tuned_holdout_trains_on_seen_rows_and_tests_only_unseen_ones():
     assert ok.name == "tuned-prelim" and ok.label.startswith("tuned-holdout: held-out prelim")
     assert list(ok.folds[0][1]) == [8, 9, 10, 11]
     seen_split = ["fold_0"] * 6 + ["prelim"] * 6  # rows 6, 7 of prelim were trained on / of a trained subject
-    with pytest.raises(FeatxError, match=r"--eval prelim: the network trained on 2 of its 6 rows"):
+    with pytest.raises(FeatxError, match=r"eval_set='prelim': the network trained on 2 of its 6 rows"):
         tuned_protocol(_featureset(roles, subjects, seen_split), eval_set="prelim")
     marked = tuned_protocol(_featureset(roles, subjects, seen_split), eval_set="prelim", allow_optimistic=True)
     assert marked.optimistic and marked.label.startswith("OPTIMISTIC held-out prelim")
@@ -86,7 +86,7 @@ def test_tuned_holdout_trains_on_seen_rows_and_tests_only_unseen_ones():
     assert list(odd.folds[0][1]) == [9, 10, 11] and "1 rows never trained on count as seen" in odd.note
 
     # nothing unseen: refused, saying what to do
-    with pytest.raises(FeatxError, match=r"none is left to test on.*featx hybrid.*--val subject"):
+    with pytest.raises(FeatxError, match=r"none is left to test on.*featx hybrid.*val='subject'"):
         tuned_protocol(_featureset(["train"] * 10 + ["train-subject"] * 2, subjects))
     # a checkpoint that recorded nothing: every row counts as seen
     with pytest.raises(FeatxError, match="none is left to test on"):
@@ -98,15 +98,15 @@ def test_evaluate_marks_rows_and_plain_stores_are_unchanged():
     roles = ["train"] * 10 + ["val"] * 2 + [""] * 4
     fs = _featureset(roles, subjects)
     row = evaluate(fs, "logistic", n_boot=50)
-    assert row["protocol"] == "tuned-holdout" and row["optimistic"] is False
-    assert row["n_test"] == 6 and row["n_train"] == 10
-    assert row["tuned"]["n_seen"] == 10 and row["tuned"]["n_unseen"] == 6
+    assert row.protocol == "tuned-holdout" and row.optimistic is False
+    assert row.n_test == 6 and row.n_train == 10
+    assert row.tuned["n_seen"] == 10 and row.tuned["n_unseen"] == 6
     opt = evaluate(fs, "logistic", cv="subject", n_folds=4, n_boot=50, allow_optimistic=True)
-    assert opt["optimistic"] is True and "OPTIMISTIC" in opt["protocol_label"] and opt["n_test"] == 16
+    assert opt.optimistic is True and "OPTIMISTIC" in opt.protocol_label and opt.n_test == 16
     plain = _featureset(roles, subjects)
     plain.roles, plain.tuned = None, []
     row = evaluate(plain, "logistic", n_folds=4, n_boot=50)
-    assert row["protocol"] == "subject" and "optimistic" not in row and "tuned" not in row
+    assert row.protocol == "subject" and row.optimistic is False and row.tuned is None
     # select() keeps the roles aligned
     sub = fs.select(np.array([0, 11, 15]))
     assert list(sub.roles) == ["train", "val", ""]
@@ -189,7 +189,7 @@ def test_other_root_subset_and_unrecorded_checkpoints(cnmc_tree, tuned_run, tmp_
     assert attr["same_root"] is False and "data root differs" in attr["match"]
     assert roles.count("train") == 16 and roles.count("val") == 8
     row = evaluate(load_features(store), "logistic", n_boot=20)
-    assert row["protocol"] == "tuned-holdout" and "data root differs" in row["settings"]["cv_note"]
+    assert row.protocol == "tuned-holdout" and "data root differs" in row.settings["cv_note"]
 
     # a store of only the rows the network trained on: nothing to test, refused with what to do
     seen = extract(cnmc_tree, tmp_path / "seen.h5", weights=tuned_run / "last.pt", splits=["fold_0", "fold_1"],
@@ -296,21 +296,21 @@ def test_plots_and_tables_mark_optimistic_rows(tmp_path, monkeypatch):
     report.write_results(rows, tmp_path)
     assert "OPTIMISTIC" not in titles[0] and "OPTIMISTIC" in titles[1]
     assert labels == [" tuned-holdout", "OPTIMISTIC subject"]
-    assert report.short_protocol(rows[0]) == "tuned-holdout"
-    assert report.short_protocol(rows[1]) == "OPTIMISTIC subject 4-fold"
+    assert report.short_protocol(rows[0].to_dict()) == "tuned-holdout"
+    assert report.short_protocol(rows[1].to_dict()) == "OPTIMISTIC subject 4-fold"
 
 
 def test_compare_mixes_frozen_and_tuned_stores_honestly(cnmc_tree, tuned_run, tmp_path):
     tuned = extract(cnmc_tree, tmp_path / "t.h5", weights=tuned_run / "last.pt", **EXTRACT)
     frozen = extract(cnmc_tree, tmp_path / "f.h5", weights="none", seed=0, **EXTRACT)
-    rows = compare([str(frozen), str(tuned), f"{frozen}+{tuned}"], "logistic", n_folds=3, n_boot=20)
-    assert [r["protocol"] for r in rows] == ["subject", "tuned-holdout", "tuned-holdout"]
-    assert "optimistic" not in rows[0] and rows[1]["optimistic"] is False
-    assert rows[1]["n_test"] == rows[2]["n_test"] == 8 + 6  # a fused store keeps the tuned store's roles
-    with pytest.raises(FeatxError, match="--optimistic"):
-        compare([str(frozen), str(tuned)], "logistic", cv="subject", n_folds=3)
-    rows = compare([str(frozen), str(tuned)], "logistic", cv="subject", n_folds=3, n_boot=20, allow_optimistic=True)
-    assert [r.get("optimistic", False) for r in rows] == [False, True]
+    rows = compare([frozen, tuned, [frozen, tuned]], ["logistic"], n_folds=3, n_boot=20)
+    assert [r.protocol for r in rows] == ["subject", "tuned-holdout", "tuned-holdout"]
+    assert rows[0].optimistic is False and rows[0].tuned is None and rows[1].optimistic is False
+    assert rows[1].n_test == rows[2].n_test == 8 + 6  # a fused store keeps the tuned store's roles
+    with pytest.raises(FeatxError, match="allow_optimistic"):
+        compare([frozen, tuned], ["logistic"], cv="subject", n_folds=3)
+    rows = compare([frozen, tuned], ["logistic"], cv="subject", n_folds=3, n_boot=20, allow_optimistic=True)
+    assert [r.optimistic for r in rows] == [False, True]
     result, out = _cli("compare", frozen, tuned, "--heads", "logistic", "--cv", "subject", "--folds", "3",
                        "--optimistic", "--boot", "20", "--no-plots", "--out", tmp_path / "cmp")
     assert result.exit_code == 0, out

@@ -8,33 +8,23 @@ import typer
 from rich.markup import escape
 
 from featx.cli.app import app, console, user_errors
-
-_CV_HELP = ("Protocol: subject (k-fold grouped by subject; the default when subjects are known), image "
-            "(plain k-fold, IMAGE-LEVEL: leaks subjects), fold (the data's fold_0/1/2), or auto. On a store "
-            "of fine-tuned weights, auto is tuned-holdout (test only rows the network never saw).")
-# options shared by classify and compare
-Optimistic = Annotated[bool, typer.Option(
-    "--optimistic", help="Allow --cv (or --eval) over rows a fine-tuned network trained on; the row is marked "
-                         "OPTIMISTIC (features tuned on test subjects) in every output.")]
-AllowPartial = Annotated[bool, typer.Option(
-    "--allow-partial", help="Use a store whose extraction is not finished; every output row then says how many "
-                            "rows it used.")]
-DropUnknownSubjects = Annotated[bool, typer.Option(
-    "--drop-unknown-subjects", help="Leave out rows whose file name gives no subject id (each output row says "
-                                    "how many), instead of refusing subject-grouped CV.")]
+from featx.cli.options import (CV_HELP, AllowPartial, Boot, ClassWeight, Device, DropUnknownSubjects, Folds, NoPlots,
+                               Optimistic, Out, Seed)
+from featx.cli.parsing import (parse_name_list, parse_params, parse_preprocess, parse_store_groups, parse_stores,
+                               parse_tap_groups, parse_taps)
+from featx.report import results_table
+from featx.workflows.classify import run_classify, run_compare
+from featx.workflows.predict import predict as run_predict
 
 
 def _print_rows(rows, paths=None, title="featx") -> None:
-    from featx.report import results_table
-
     console.print(results_table(rows, title=title))
     shown = set()
     for r in rows:  # each protocol's note once (heads on the same folds share it)
-        note = (r.get("settings") or {}).get("cv_note")
+        note = r.settings.get("cv_note")
         if note and note not in shown:
             shown.add(note)
-            console.print(f"[dim]{escape(str(r['backbone']))}/{escape(str(r['tap']))} ({r['protocol']}): "
-                          f"{escape(note)}[/]")
+            console.print(f"[dim]{escape(str(r.backbone))}/{escape(str(r.tap))} ({r.protocol}): {escape(note)}[/]")
     if paths:
         console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -48,14 +38,13 @@ def classify(
                                            "knn.")] = "svm",
     tap: Annotated[Optional[str], typer.Option(help="Tap(s) to use, e.g. fc7 or fc7+pool5 (concatenated); "
                                                     "default: the backbone's (fc7; fc for cnn).")] = None,
-    cv: Annotated[str, typer.Option(help=_CV_HELP)] = "auto",
+    cv: Annotated[str, typer.Option(help=CV_HELP)] = "auto",
     eval_set: Annotated[Optional[str], typer.Option("--eval", help="Instead of CV: train on the training rows, "
                                                                    "test once on this split (e.g. prelim).")] = None,
-    folds: Annotated[int, typer.Option(help="Number of folds for --cv subject/image.")] = 5,
+    folds: Folds = 5,
     positive: Annotated[Optional[str], typer.Option(help="Positive class for precision/recall/F1/ROC "
                                                          "(default: all when present).")] = None,
-    class_weight: Annotated[Optional[str], typer.Option(help="balanced: weight classes inversely to their "
-                                                             "frequency (the 2:1 ALL/HEM imbalance).")] = None,
+    class_weight: ClassWeight = None,
     preprocess: Annotated[str, typer.Option(help="standard, none, l2 or pca:N, joined with + "
                                                  "(e.g. standard+pca:128).")] = "standard",
     param: Annotated[Optional[list[str]], typer.Option(help="Head parameter key=value (repeat), e.g. C=10, "
@@ -65,35 +54,37 @@ def classify(
                                             "and .skops (the format to share), each with its JSON card.")] = False,
     no_skops: Annotated[bool, typer.Option("--no-skops", help="With --save, skip the .skops copy (it loads "
                                                               "without running code).")] = False,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md, plots and "
-                                                         "models.")] = Path("results"),
+    out: Out = Path("results"),
     jobs: Annotated[int, typer.Option(help="Folds fitted in parallel (joblib processes; -1 = all cores).")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
-    boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
+    seed: Seed = 0,
+    device: Device = "auto",
+    boot: Boot = 1000,
     drop_unknown_subjects: DropUnknownSubjects = False,
-    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    no_plots: NoPlots = False,
     optimistic: Optimistic = False,
     allow_partial: AllowPartial = False,
 ) -> None:
     """Evaluate one head on one store (or fused stores/taps); print and write the metrics."""
-    from featx.evaluate import run_classify
-    from featx.cli.parsing import parse_params, parse_preprocess
-
-    result = run_classify(store, head, tap=tap, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
-                          positive=positive, preprocess=parse_preprocess(preprocess), class_weight=class_weight,
-                          device=device, params=parse_params(param, [head]), n_boot=boot, out=out, save=save,
-                          skops=save and not no_skops, plots=not no_plots, allow_optimistic=optimistic,
-                          allow_partial=allow_partial, drop_unknown_subjects=drop_unknown_subjects)
+    result = run_classify(parse_stores(store), head, tap=parse_taps(tap), cv=cv, n_folds=folds, seed=seed,
+                          jobs=jobs, eval_set=eval_set, positive=positive, preprocess=parse_preprocess(preprocess),
+                          class_weight=class_weight, device=device, params=parse_params(param, [head]),
+                          n_boot=boot, out=out, save=save, skops=save and not no_skops, plots=not no_plots,
+                          allow_optimistic=optimistic, allow_partial=allow_partial,
+                          drop_unknown_subjects=drop_unknown_subjects)
     row = result["row"]
     _print_rows([row], result["paths"], title="featx classify")
-    console.print(f"weighted F1 {100 * row['f1_weighted']:.2f}%, balanced accuracy "
-                  f"{100 * row['balanced_accuracy']:.2f}%, 95% CI of accuracy "
-                  f"{100 * row['accuracy_ci_low']:.1f}-{100 * row['accuracy_ci_high']:.1f}% "
-                  f"(bootstrap of the mean over folds, {row.get('ci_unit', 'subject')}s resampled within each "
+    accuracy = row.scores["accuracy"]
+    console.print(f"weighted F1 {100 * row.mean('f1_weighted'):.2f}%, balanced accuracy "
+                  f"{100 * row.mean('balanced_accuracy'):.2f}%, 95% CI of accuracy "
+                  f"{100 * _num(accuracy.ci_low):.1f}-{100 * _num(accuracy.ci_high):.1f}% "
+                  f"(bootstrap of the mean over folds, {row.ci_unit or 'subject'}s resampled within each "
                   "test fold)")
     if result["model"]:
         console.print(f"saved model {result['model']}" + (f" and {result['skops']}" if result.get("skops") else ""))
+
+
+def _num(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 @app.command()
@@ -104,14 +95,13 @@ def compare(
     heads: Annotated[str, typer.Option(help="Comma-separated heads.")] = "softmax,logistic,svm,xgboost",
     taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps, each possibly fused: "
                                                      "fc7,pool5,fc7+pool5 (default: each store's default).")] = None,
-    cv: Annotated[Optional[str], typer.Option(help=_CV_HELP + " Several, comma-separated (subject,image), "
-                                                              "give one row each.")] = None,
+    cv: Annotated[Optional[str], typer.Option(help=CV_HELP + " Several, comma-separated (subject,image), "
+                                                             "give one row each.")] = None,
     eval_set: Annotated[Optional[str], typer.Option("--eval", help="Add a held-out protocol: train on the "
                                                                    "training rows, test on this split.")] = None,
-    folds: Annotated[int, typer.Option(help="Number of folds for --cv subject/image.")] = 5,
+    folds: Folds = 5,
     positive: Annotated[Optional[str], typer.Option(help="Positive class (default: all when present).")] = None,
-    class_weight: Annotated[Optional[str], typer.Option(help="balanced: weight classes inversely to their "
-                                                             "frequency.")] = None,
+    class_weight: ClassWeight = None,
     preprocess: Annotated[str, typer.Option(help="standard, none, l2 or pca:N, joined with +.")] = "standard",
     param: Annotated[Optional[list[str]], typer.Option(help="Head parameter head.key=value or key=value "
                                                             "(repeat), e.g. svm.C=10.")] = None,
@@ -119,24 +109,23 @@ def compare(
     = Path("results"),
     jobs: Annotated[int, typer.Option(help="Heads x folds fitted in parallel (joblib processes; -1 = all "
                                            "cores).")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed of the folds, the heads and the bootstrap.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (softmax and xgboost heads).")] = "auto",
-    boot: Annotated[int, typer.Option(help="Bootstrap resamples (over subjects) for the 95% intervals.")] = 1000,
+    seed: Seed = 0,
+    device: Device = "auto",
+    boot: Boot = 1000,
     drop_unknown_subjects: DropUnknownSubjects = False,
-    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    no_plots: NoPlots = False,
     optimistic: Optimistic = False,
     allow_partial: AllowPartial = False,
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
-    from featx.evaluate import run_compare
-    from featx.cli.parsing import parse_params, parse_preprocess
-
-    result = run_compare(stores, heads, taps, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
-                         positive=positive, preprocess=parse_preprocess(preprocess), class_weight=class_weight,
-                         device=device, params=parse_params(param, heads.split(",")), n_boot=boot, out=out,
-                         plots=not no_plots,
-                         progress=lambda msg: console.print(f"[dim]{msg}[/]"), allow_optimistic=optimistic,
-                         allow_partial=allow_partial, drop_unknown_subjects=drop_unknown_subjects)
+    head_names = parse_name_list(heads)
+    result = run_compare(parse_store_groups(stores), head_names, parse_tap_groups(taps), cv=parse_name_list(cv),
+                         n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set, positive=positive,
+                         preprocess=parse_preprocess(preprocess), class_weight=class_weight, device=device,
+                         params=parse_params(param, head_names), n_boot=boot, out=out,
+                         plots=not no_plots, progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+                         allow_optimistic=optimistic, allow_partial=allow_partial,
+                         drop_unknown_subjects=drop_unknown_subjects)
     _print_rows(result["rows"], result["paths"], title="featx compare")
 
 
@@ -165,11 +154,7 @@ def predict(
 ) -> None:
     """Predict new images with a saved model; one CSV row per requested image (an error column for those
     that could not be predicted)."""
-    from rich.markup import escape
-
-    from featx.workflows.predict import predict as run_predict
-
-    stores = [p for p in store.split("+") if p] if store else None  # a.h5+b.h5 (cli/parsing.py: parse_stores)
+    stores = parse_stores(store) if store else None
     summary = run_predict(model, data, split=split, store=stores, out=out, device=device, batch_size=batch_size,
                           workers=workers, cache=cache, progress=False, strict=strict)
     counts = ", ".join(f"{c} {n}" for c, n in summary["counts"].items())

@@ -84,3 +84,19 @@ def parse_extract_taps(text: str | None) -> list[str] | None:
     if text is None or text.strip() in ("", "all"):
         return None
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_name_list(spec: str | None) -> list[str]:
+    """``"softmax, svm"`` -> ``["softmax", "svm"]`` (comma-separated names; empty parts dropped)."""
+    return [part.strip() for part in (spec or "").split(",") if part.strip()]
+
+
+def parse_store_groups(specs: Sequence[str]) -> list[list[Path]]:
+    """``["a.h5", "a.h5+b.h5"]`` -> ``[[a.h5], [a.h5, b.h5]]``: one feature set per argument."""
+    return [parse_stores(spec) for spec in specs]
+
+
+def parse_tap_groups(spec: str | None) -> list[list[str]] | None:
+    """``"fc7,pool5,fc7+pool5"`` -> ``[["fc7"], ["pool5"], ["fc7", "pool5"]]``; None or empty -> None."""
+    groups = [parse_taps(part) for part in parse_name_list(spec)]
+    return [g for g in groups if g] or None

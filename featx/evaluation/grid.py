@@ -1,0 +1,272 @@
+"""The grid: every head fitted on every fold of a protocol (joblib), each scored into a result row.
+
+:func:`evaluate` / :func:`evaluate_many` score heads on one :class:`featx.store.FeatureSet`; :func:`compare`
+loads every store x tap and runs every protocol. These functions return :class:`featx.results.ResultRow`
+lists and write nothing (``featx.workflows`` writes the reports and saved models).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from featx.errors import FeatxError, arg
+from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
+from featx.evaluation.splits import (Protocol, check_cv, every_row_has_subject, labelled_rows, make_splits,
+                                     tuned_protocol, without_unknown_subjects)
+from featx.heads import HEADS, get_head, make_head, positive_scores
+from featx.provenance import UNSEEN_ROLES
+from featx.results import ResultRow
+from featx.store import load_features
+
+StorePath = str | Path
+Params = dict[str, dict]  # head name -> {parameter: value}
+
+
+# --------------------------------------------------------------------------------------------------
+# head parameters
+# --------------------------------------------------------------------------------------------------
+def head_params(params: Params | None, head: str) -> dict:
+    """The parameters of ``head`` in ``params`` (``{"svm": {"C": 10}}``); ``{}`` when it has none."""
+    return dict((params or {}).get(head) or {})
+
+
+def check_params(params: Params | None, heads: Sequence[str]) -> Params:
+    """``params`` keyed by registry head names, refused before any work when a key is not a head or a head
+    of ``heads`` does not take one of its parameters (a typo would otherwise vanish or fail late)."""
+    out: Params = {}
+    for key, values in (params or {}).items():
+        if key not in HEADS and not isinstance(values, dict):
+            raise FeatxError(f"{arg('params')}: {key!r} is not a head; give parameters per head, e.g. "
+                             "{'svm': {'C': 10}}")
+        if not isinstance(values, dict):
+            raise FeatxError(f"{arg('params')}: the parameters of {key} must be a dict, e.g. {{'C': 10}}")
+        out[get_head(key).name] = dict(values)
+    for head in heads:
+        make_head(head, preprocess=None, **head_params(out, head))  # unknown names and bad values fail here
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# heads x folds
+# --------------------------------------------------------------------------------------------------
+def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int):
+    """Fit one head on one fold; returns predictions, positive-class scores and timings."""
+    pipeline = make_head(head, **head_kwargs)
+    try:
+        t0 = time.perf_counter()
+        pipeline.fit(X[train], y[train])
+        t1 = time.perf_counter()
+        Xt = X[test]
+        pred = pipeline.predict(Xt)
+        score = positive_scores(pipeline, Xt, positive)
+    except ValueError as exc:  # a parameter that does not fit the data (pca:N > features, n_neighbors > rows, ...)
+        raise FeatxError(f"head {head}: {' '.join(str(exc).split())}; change {arg('params')} or "
+                         f"{arg('preprocess')}") from None
+    return pred, score, t1 - t0, time.perf_counter() - t1
+
+
+def _settings_of(features) -> dict:
+    keep = ("backbone", "weights", "weights_kind", "weights_sha256", "input_size", "resize", "dtype")
+    return {"stores": list(getattr(features, "stores", []) or []), "fingerprint": features.fingerprint,
+            "extraction": [{k: s.get(k) for k in keep if k in s} for s in features.settings]}
+
+
+def _predictions(features, rows, fold_of, pooled, classes) -> dict:
+    """The out-of-fold prediction of every test row (written to ``predictions/<row>.csv``, not results.json)."""
+    names = np.asarray(classes, dtype=object)
+    subjects = np.asarray(features.subjects).astype(str) if len(features.subjects) else np.full(len(features.y), "")
+    return {"path": [str(p) for p in np.asarray(features.paths)[rows]], "subject": subjects[rows].tolist(),
+            "fold": (fold_of + 1).tolist(), "y_true": names[pooled["y_true"]].tolist(),
+            "y_pred": names[np.asarray(pooled["y_pred"], dtype=int)].tolist(),
+            "score": np.asarray(pooled["y_score"], dtype=float).tolist()}
+
+
+def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: int, jobs: int = 1, seed: int = 0,
+             preprocess=None, class_weight=None, device: str = "auto", params: Params | None = None,
+             n_boot: int = 1000) -> list[ResultRow]:
+    """Fit every head on every fold of ``protocol`` over ``features`` (one joblib pool of heads x folds);
+    one result row per head. ``positive`` is the index of the positive class."""
+    X, y = features.X, features.y
+    if jobs == 0:
+        raise FeatxError(f"{arg('jobs', 0)}: give 1 or more processes, or -1 for all cores")
+    specs = [get_head(h) for h in heads]
+    params = check_params(params, [s.name for s in specs])
+    kwargs = {s.name: dict(preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
+                           **head_params(params, s.name)) for s in specs}
+    tasks = [(s.name, k) for s in specs for k in range(protocol.n_folds)]
+    t0 = time.perf_counter()
+    results = Parallel(n_jobs=jobs, prefer="processes")(
+        delayed(_fit_fold)(name, kwargs[name], X, y, *protocol.folds[k], positive) for name, k in tasks)
+    wall = time.perf_counter() - t0
+    by_task = dict(zip(tasks, results))
+
+    classes = list(features.classes)
+    test_rows = np.concatenate([test for _, test in protocol.folds])
+    subjects = np.asarray(features.subjects).astype(str) if len(features.subjects) else None
+    if subjects is not None and not every_row_has_subject(subjects[test_rows]):
+        subjects = None  # the bootstrap resamples images then (ci_unit "image")
+    fold_of = np.concatenate([np.full(len(test), k) for k, (_, test) in enumerate(protocol.folds)])
+    used = np.unique(np.concatenate([test_rows, *[a for a, _ in protocol.folds]]))
+    rows = []
+    for spec in specs:
+        fold_metrics, preds, scores, fit_s = [], [], [], 0.0
+        for k, (train, test) in enumerate(protocol.folds):
+            pred, score, fs, _ = by_task[(spec.name, k)]
+            fold_metrics.append(compute_metrics(y[test], pred, score, classes=classes, positive=positive,
+                                                subjects=None if subjects is None else subjects[test]))
+            preds.append(pred), scores.append(score)
+            fit_s += fs
+        pooled = {"y_true": y[test_rows], "y_pred": np.concatenate(preds), "y_score": np.concatenate(scores),
+                  "classes": classes, "positive": positive, "fold": fold_of,
+                  "subjects": None if subjects is None else subjects[test_rows]}
+        summary = summarize_folds(fold_metrics, pooled=pooled, n_boot=n_boot, seed=seed)
+        row = ResultRow(
+            name=f"{features.name} + {spec.name}", backbone=features.backbone, tap=features.tap, head=spec.name,
+            protocol=protocol.name, protocol_label=protocol.label, image_level=bool(protocol.image_level),
+            n_folds=protocol.n_folds, n_train=int(round(np.mean([len(a) for a, _ in protocol.folds]))),
+            n_test=int(len(test_rows)),
+            n_subjects=int(len(np.unique(subjects[used]))) if subjects is not None else 0,
+            classes=classes, positive=classes[positive],
+            confusion=summary["confusion"], ci_unit=summary.get("ci_unit"),
+            per_subject_accuracy=summary.get("per_subject_accuracy"),
+            roc=roc_points(pooled["y_true"] == positive, pooled["y_score"], folds=fold_of),
+            predictions=_predictions(features, test_rows, fold_of, pooled, classes),
+            fit_seconds=round(fit_s, 3), wall_seconds=round(wall, 3),
+            settings={"preprocess": preprocess, "class_weight": class_weight if spec.class_weight else None,
+                      "params": head_params(params, spec.name), "seed": seed, "device": device, "n_boot": n_boot,
+                      "cv_note": protocol.note, **_settings_of(features)},
+        )
+        row.set_scores(summary)
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# one feature set
+# --------------------------------------------------------------------------------------------------
+def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1,
+             eval_set: str | None = None, positive: str | None = None, preprocess: str | None = "standard",
+             class_weight=None, device: str = "auto", params: Params | None = None, n_boot: int = 1000,
+             allow_optimistic: bool = False, drop_unknown_subjects: bool = False) -> ResultRow:
+    """Cross-validate (or hold out) one head on a :class:`featx.store.FeatureSet`; returns one result row.
+
+    The row holds every metric's mean over folds, its sample standard deviation over folds (ddof=1) and a
+    95% bootstrap interval of that mean resampling subjects within each test fold, the summed confusion
+    matrix, the protocol's label, the settings, and every test row's out-of-fold prediction
+    (``predictions``). Unlabelled rows are ignored; ``drop_unknown_subjects`` leaves out the rows without a
+    subject id (the row says how many). Features of a fine-tuned network are scored only on rows it never
+    saw (see :func:`featx.evaluation.tuned_protocol`; ``allow_optimistic`` permits CV, marked OPTIMISTIC).
+    ``params``: ``{head: {parameter: value}}``.
+    """
+    return evaluate_many(features, [head], cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
+                         positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
+                         params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
+                         drop_unknown_subjects=drop_unknown_subjects)[0]
+
+
+def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
+                  jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
+                  preprocess: str | None = "standard", class_weight=None, device: str = "auto",
+                  params: Params | None = None, n_boot: int = 1000, allow_optimistic: bool = False,
+                  drop_unknown_subjects: bool = False) -> list[ResultRow]:
+    """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head."""
+    heads = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]  # unknown names fail now
+    data = labelled_rows(features)
+    dropped = 0
+    if drop_unknown_subjects:
+        data, dropped = without_unknown_subjects(data)
+    pos = resolve_positive(data.classes, positive)
+    tuned = data.roles is not None
+    if tuned:
+        protocol = tuned_protocol(data, cv=cv, eval_set=eval_set, n_folds=n_folds, seed=seed,
+                                  allow_optimistic=allow_optimistic)
+    else:
+        protocol = make_splits(data.subjects, data.y, data.splits, cv=cv, n_folds=n_folds, seed=seed,
+                               eval_set=eval_set, paths=data.paths)
+    if dropped:
+        protocol.label += f"; {dropped} row{'s' if dropped != 1 else ''} without a subject id dropped"
+        protocol.note = "; ".join(filter(None, [protocol.note, f"{dropped} rows without a subject id dropped "
+                                                                "(drop_unknown_subjects)"]))
+    rows = run_grid(data, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
+                    class_weight=class_weight, device=device, params=params, n_boot=n_boot)
+    for row in rows:
+        row.dropped_unknown_subjects = dropped
+    if tuned:
+        _mark_tuned(rows, data, protocol)
+    return _note_store(features, rows)
+
+
+def _mark_tuned(rows: list[ResultRow], data, protocol: Protocol) -> None:
+    """Every row of tuned features says so: the roles it used and, for CV over seen rows, OPTIMISTIC."""
+    roles = np.asarray(data.roles).astype(str)
+    unseen = np.isin(roles, UNSEEN_ROLES)
+    for row in rows:
+        row.optimistic = bool(protocol.optimistic)
+        row.tuned = {"n_seen": int((~unseen).sum()), "n_unseen": int(unseen.sum()),
+                     "checkpoints": [{k: t.get(k) for k in ("store", "checkpoint", "sha256", "provenance")}
+                                     for t in data.tuned]}
+
+
+def _note_store(features, rows: list[ResultRow]) -> list[ResultRow]:
+    """Mark rows computed on an unfinished store (``partial``: "156 of 330 rows") and say how many
+    unreadable images were left out (``excluded_images``)."""
+    for row in rows:
+        if features.partial:
+            row.partial = features.partial
+        if features.excluded:
+            row.excluded_images = int(features.excluded)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# stores x taps x protocols
+# --------------------------------------------------------------------------------------------------
+def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[str],
+            taps: Sequence[str | Sequence[str]] | None = None, *, cv: Sequence[str] | str | None = "auto",
+            n_folds: int = 5, seed: int = 0, jobs: int = 1, eval_set: str | None = None,
+            positive: str | None = None, preprocess: str | None = "standard", class_weight=None,
+            device: str = "auto", params: Params | None = None, n_boot: int = 1000,
+            progress: Callable[[str], None] | None = None, allow_optimistic: bool = False,
+            allow_partial: bool = False, drop_unknown_subjects: bool = False) -> list[ResultRow]:
+    """Evaluate every head on every store x tap under every protocol; one row each.
+
+    ``stores``: feature files; an item that is a sequence of files fuses them side by side. ``taps``: None
+    (each store's default tap) or tap names; an item that is a sequence of names concatenates those taps.
+    ``cv``: one protocol or several; ``eval_set`` adds a held-out protocol (train on the training rows, test
+    on that split). Stores of fine-tuned weights get ``tuned-holdout`` under ``auto`` (see
+    :func:`featx.evaluation.tuned_protocol`); explicit CV over rows their network saw needs
+    ``allow_optimistic`` and is marked OPTIMISTIC. A store with rows not yet extracted is refused unless
+    ``allow_partial`` (then every row says so in ``partial``). ``drop_unknown_subjects`` leaves out rows
+    without a subject id (every row says how many). ``progress`` gets one line per feature set x protocol.
+    """
+    heads = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]
+    if not heads:
+        raise FeatxError(f"{arg('heads')}: no head given; name at least one, e.g. svm")
+    params = check_params(params, heads)
+    store_groups = [[str(s)] if isinstance(s, (str, Path)) else [str(p) for p in s]
+                    for s in ([stores] if isinstance(stores, (str, Path)) else stores)]
+    if not store_groups:
+        raise FeatxError("no feature store given; pass files written by `featx extract`")
+    taps = [taps] if isinstance(taps, str) else taps
+    tap_groups = [[t] if isinstance(t, str) else list(t) for t in taps] if taps else [None]
+    protocols = [check_cv(p) for p in ([cv] if isinstance(cv, str) else list(cv or []))]
+    if not protocols and not eval_set:
+        protocols = ["auto"]
+    runs = [(p, None) for p in protocols] + ([("auto", eval_set)] if eval_set else [])
+    rows: list[ResultRow] = []
+    for group in store_groups:
+        for tap in tap_groups:
+            features = load_features(group, tap, labelled=True, allow_partial=allow_partial)
+            for p, ev in runs:
+                if progress:
+                    progress(f"{features.name}: {', '.join(heads)} under {ev or p}")
+                rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
+                                          eval_set=ev, positive=positive, preprocess=preprocess,
+                                          class_weight=class_weight, device=device, params=params, n_boot=n_boot,
+                                          allow_optimistic=allow_optimistic,
+                                          drop_unknown_subjects=drop_unknown_subjects))
+    return rows

@@ -1,0 +1,64 @@
+"""What `featx classify` and `featx compare` run: evaluate, then write the reports (and, asked, the model)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from featx import persist
+from featx.errors import FeatxError, arg
+from featx.evaluation import (compare, evaluate, head_params, labelled_rows, tuned_protocol,
+                              without_unknown_subjects)
+from featx.evaluation.grid import Params, StorePath
+from featx.report import write_results
+from featx.store import load_features
+
+
+def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str | Sequence[str] | None = None,
+                 cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1, eval_set: str | None = None,
+                 positive: str | None = None, preprocess: str | None = "standard", class_weight=None,
+                 device: str = "auto", params: Params | None = None, n_boot: int = 1000, out=None,
+                 save: bool = False, skops: bool = False, plots: bool = True, allow_optimistic: bool = False,
+                 allow_partial: bool = False, drop_unknown_subjects: bool = False) -> dict:
+    """Load a store (a sequence of stores is fused side by side; a sequence of taps concatenated), evaluate
+    one head, write the reports to ``out`` and, with ``save``, the model to ``out/models`` (``skops`` adds a
+    .skops copy). Returns ``{"row", "paths", "model"}`` (and ``"skops"``).
+
+    The saved model is the evaluated pipeline (head, parameters, preprocessing, seed) fitted on the rows the
+    protocol trains on: with ``eval_set`` exactly the model that was scored on that split; under
+    cross-validation the same pipeline fitted on every training row."""
+    if skops:
+        if not save:
+            raise FeatxError(f"{arg('skops')} exports the saved model; add {arg('save')}")
+        persist.require_skops()
+
+    features = load_features(store, tap, allow_partial=allow_partial)
+    row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
+                   positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
+                   params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
+                   drop_unknown_subjects=drop_unknown_subjects)
+    result = {"row": row, "paths": {}, "model": None}
+    if out is not None:
+        result["paths"] = write_results([row], out, plots=plots)
+    if save:
+        features.positive = row.positive
+        fit_on = without_unknown_subjects(features)[0] if drop_unknown_subjects else features
+        if row.protocol == "tuned-holdout":  # the scored model trained on the rows the network saw
+            fit_on = labelled_rows(fit_on)
+            fit_on = fit_on.select(tuned_protocol(fit_on, seed=seed).folds[0][0])
+        pipeline, n_train = persist.fit_final(fit_on, row.head, preprocess=preprocess, class_weight=class_weight,
+                                              seed=seed, device=device, params=params, eval_set=eval_set)
+        # the card and the model file keep today's shapes: this head's parameters, the row as a flat dict
+        result["model"] = persist.save_model(pipeline, features, Path(out or ".") / "models", head=row.head,
+                                             n_train=n_train, preprocess=preprocess, class_weight=class_weight,
+                                             seed=seed, params=head_params(params, row.head), row=row.to_dict())
+        if skops:
+            result["skops"] = persist.export_skops(result["model"])
+    return result
+
+
+def run_compare(stores, heads: Sequence[str], taps=None, *, out=None, plots: bool = True, **kwargs) -> dict:
+    """:func:`featx.evaluation.compare` (same arguments), then the reports in ``out``.
+    Returns ``{"rows", "paths"}``."""
+    rows = compare(stores, heads, taps, **kwargs)
+    paths = write_results(rows, out, plots=plots) if out is not None else {}
+    return {"rows": rows, "paths": paths}
