@@ -33,9 +33,9 @@ import sklearn
 
 import featx
 from featx.errors import FeatxError, arg
-from featx.evaluate import HELD_OUT_SPLITS, _head_params, resolve_positive
+from featx.evaluation import HELD_OUT_SPLITS, resolve_positive
 from featx.files import atomic_json, atomic_write, sha256_file
-from featx.heads import get_head, make_head
+from featx.heads import get_head, make_head, preprocess_text
 from featx.results import METRICS, ResultRow
 
 CARD_VERSION = 1
@@ -97,13 +97,13 @@ def _store_parts(features) -> list[dict]:
     return parts
 
 
-def fit_final(features, head: str, *, preprocess: str | None = "standard", class_weight=None, seed: int = 0,
+def fit_final(features, head: str, *, preprocess=("standard",), class_weight=None, seed: int = 0,
               device: str = "auto", params: dict | None = None, eval_set: str | None = None):
     """Fit the evaluated pipeline (same head, parameters, preprocessing and seed as
-    :func:`featx.evaluate.evaluate`) on the rows its protocol trains on: every labelled row outside the
+    :func:`featx.evaluation.evaluate`) on the rows its protocol trains on: every labelled row outside the
     held-out phases (prelim/final/test) and outside ``eval_set``. With ``eval_set`` it is the very model
     that was scored on that split. Heads without ``predict_proba`` stay so (their score is the decision
-    function). Returns ``(pipeline, n_train)``.
+    function). ``params``: this head's parameters (``{"C": 10}``). Returns ``(pipeline, n_train)``.
     """
     held_out = [*HELD_OUT_SPLITS, *([eval_set] if eval_set else [])]
     keep = (np.asarray(features.y) >= 0) & ~np.isin(np.asarray(features.splits).astype(str), held_out)
@@ -112,7 +112,7 @@ def fit_final(features, head: str, *, preprocess: str | None = "standard", class
     if len(np.unique(features.y[keep])) < 2:
         raise FeatxError("the training rows hold only one class; a model needs at least two")
     pipeline = make_head(head, preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
-                         **_head_params(params, head))
+                         **(params or {}))
     pipeline.fit(features.X[keep], features.y[keep])
     return pipeline, int(keep.sum())
 
@@ -148,8 +148,6 @@ def save_model(pipeline, features, out_dir, *, head: str, n_train: int, preproce
 
     ``row`` is the result row the pipeline was evaluated as: the card records its protocol and scores.
     """
-    if isinstance(row, dict):  # transitional: featx.evaluate.run_classify still builds dict rows
-        row = ResultRow.from_dict(row)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{model_name(features, head)}.joblib"
@@ -166,7 +164,7 @@ def save_model(pipeline, features, out_dir, *, head: str, n_train: int, preproce
         "featx_model": CARD_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "file": path.name, "format": "joblib", "sha256": sha256_file(path),
-        "head": spec.name, "preprocess": preprocess,
+        "head": spec.name, "preprocess": preprocess_text(preprocess),
         "class_weight": class_weight if spec.class_weight else None, "params": params or {}, "seed": seed,
         "output": output, "probability": how,
         **{k: protected[k] for k in ("classes", "positive", "n_features")}, "n_train": n_train,

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from featx.evaluate import evaluate_many
+    from featx.evaluation import evaluate_many
     from featx.store import FeatureSet
 
     t0 = time.perf_counter()

@@ -17,7 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from featx.cli.app import flag
 from featx.cli.parsing import parse_params, parse_preprocess
 from featx.errors import FeatxError
-from featx.heads import (HEADS, RBFSVMClassifier, SoftmaxClassifier, XGBoostClassifier, check_params, head_params,
+from featx.heads import (HEADS, RBFSVMClassifier, SoftmaxClassifier, XGBoostClassifier, check_params, settable_params,
                          list_heads, make_head, positive_scores, preprocess_steps, preprocess_text)
 
 
@@ -96,7 +96,7 @@ def test_each_head_is_its_estimator_with_featx_settings():
         assert type(clf) is type(ref) and clf.get_params() == ref.get_params(), name
         assert HEADS[name].class_weight == ("class_weight" in clf.get_params()), name
         assert HEADS[name].probability == hasattr(clf, "predict_proba"), name
-        assert not {"random_state", "device", "class_weight"} & set(head_params(name))
+        assert not {"random_state", "device", "class_weight"} & set(settable_params(name))
 
 
 @pytest.mark.parametrize("name", list_heads())

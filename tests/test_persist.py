@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from featx.cli import app
 from featx.errors import FeatxError
-from featx.evaluate import run_classify
+from featx.workflows.classify import run_classify
 from featx.extract import extract
 from featx.heads import list_heads
 from featx.persist import SKOPS_TRUSTED, card_path, export_skops, load_model
@@ -39,7 +39,7 @@ def models(cnmc_tree, tmp_path_factory) -> dict:
     saved = {}
     for head in list_heads():
         result = run_classify(str(store), head, eval_set="prelim", save=True, skops=True, out=root / "res",
-                              plots=False, n_boot=10, device="cpu", params=SMALL.get(head))
+                              plots=False, n_boot=10, device="cpu", params={head: SMALL[head]} if head in SMALL else None)
         saved[head] = (result["model"], result["skops"])
     return {"root": root, "store": store, "saved": saved, "data": cnmc_tree}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from featx.errors import FeatxError, arg
-from featx.heads import MANAGED_PARAMS, check_params, check_preprocess, get_head, head_params
+from featx.heads import MANAGED_PARAMS, check_params, check_preprocess, get_head, settable_params
 
 
 # --- heads ---
@@ -54,7 +54,7 @@ def parse_params(items: Sequence[str] | None, heads: Sequence[str]) -> dict[str,
         if dot:
             out.setdefault(get_head(head).name, {})[name] = value
             continue
-        takers = [h for h in names if key in head_params(h)]
+        takers = [h for h in names if key in settable_params(h)]
         if not takers and key in MANAGED_PARAMS:
             raise FeatxError(f"{arg('params', item)}: {key} is set with {arg(MANAGED_PARAMS[key])}")
         if not takers:

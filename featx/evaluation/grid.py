@@ -17,37 +17,13 @@ from featx.errors import FeatxError, arg
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
 from featx.evaluation.splits import (Protocol, check_cv, every_row_has_subject, labelled_rows, make_splits,
                                      tuned_protocol, without_unknown_subjects)
-from featx.heads import HEADS, get_head, make_head, positive_scores
+from featx.heads import Preprocess, check_params, get_head, make_head, positive_scores, preprocess_text
 from featx.provenance import UNSEEN_ROLES
 from featx.results import ResultRow
 from featx.store import load_features
 
 StorePath = str | Path
 Params = dict[str, dict]  # head name -> {parameter: value}
-
-
-# --------------------------------------------------------------------------------------------------
-# head parameters
-# --------------------------------------------------------------------------------------------------
-def head_params(params: Params | None, head: str) -> dict:
-    """The parameters of ``head`` in ``params`` (``{"svm": {"C": 10}}``); ``{}`` when it has none."""
-    return dict((params or {}).get(head) or {})
-
-
-def check_params(params: Params | None, heads: Sequence[str]) -> Params:
-    """``params`` keyed by registry head names, refused before any work when a key is not a head or a head
-    of ``heads`` does not take one of its parameters (a typo would otherwise vanish or fail late)."""
-    out: Params = {}
-    for key, values in (params or {}).items():
-        if key not in HEADS and not isinstance(values, dict):
-            raise FeatxError(f"{arg('params')}: {key!r} is not a head; give parameters per head, e.g. "
-                             "{'svm': {'C': 10}}")
-        if not isinstance(values, dict):
-            raise FeatxError(f"{arg('params')}: the parameters of {key} must be a dict, e.g. {{'C': 10}}")
-        out[get_head(key).name] = dict(values)
-    for head in heads:
-        make_head(head, preprocess=None, **head_params(out, head))  # unknown names and bad values fail here
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,9 +70,9 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     if jobs == 0:
         raise FeatxError(f"{arg('jobs', 0)}: give 1 or more processes, or -1 for all cores")
     specs = [get_head(h) for h in heads]
-    params = check_params(params, [s.name for s in specs])
+    params = check_params(params)
     kwargs = {s.name: dict(preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
-                           **head_params(params, s.name)) for s in specs}
+                           **params.get(s.name, {})) for s in specs}
     tasks = [(s.name, k) for s in specs for k in range(protocol.n_folds)]
     t0 = time.perf_counter()
     results = Parallel(n_jobs=jobs, prefer="processes")(
@@ -136,8 +112,8 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
             roc=roc_points(pooled["y_true"] == positive, pooled["y_score"], folds=fold_of),
             predictions=_predictions(features, test_rows, fold_of, pooled, classes),
             fit_seconds=round(fit_s, 3), wall_seconds=round(wall, 3),
-            settings={"preprocess": preprocess, "class_weight": class_weight if spec.class_weight else None,
-                      "params": head_params(params, spec.name), "seed": seed, "device": device, "n_boot": n_boot,
+            settings={"preprocess": preprocess_text(preprocess), "class_weight": class_weight if spec.class_weight else None,
+                      "params": params.get(spec.name, {}), "seed": seed, "device": device, "n_boot": n_boot,
                       "cv_note": protocol.note, **_settings_of(features)},
         )
         row.set_scores(summary)
@@ -149,7 +125,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
 # one feature set
 # --------------------------------------------------------------------------------------------------
 def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1,
-             eval_set: str | None = None, positive: str | None = None, preprocess: str | None = "standard",
+             eval_set: str | None = None, positive: str | None = None, preprocess: Preprocess = ("standard",),
              class_weight=None, device: str = "auto", params: Params | None = None, n_boot: int = 1000,
              allow_optimistic: bool = False, drop_unknown_subjects: bool = False) -> ResultRow:
     """Cross-validate (or hold out) one head on a :class:`featx.store.FeatureSet`; returns one result row.
@@ -170,7 +146,7 @@ def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: i
 
 def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
                   jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
-                  preprocess: str | None = "standard", class_weight=None, device: str = "auto",
+                  preprocess: Preprocess = ("standard",), class_weight=None, device: str = "auto",
                   params: Params | None = None, n_boot: int = 1000, allow_optimistic: bool = False,
                   drop_unknown_subjects: bool = False) -> list[ResultRow]:
     """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head."""
@@ -228,7 +204,7 @@ def _note_store(features, rows: list[ResultRow]) -> list[ResultRow]:
 def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[str],
             taps: Sequence[str | Sequence[str]] | None = None, *, cv: Sequence[str] | str | None = "auto",
             n_folds: int = 5, seed: int = 0, jobs: int = 1, eval_set: str | None = None,
-            positive: str | None = None, preprocess: str | None = "standard", class_weight=None,
+            positive: str | None = None, preprocess: Preprocess = ("standard",), class_weight=None,
             device: str = "auto", params: Params | None = None, n_boot: int = 1000,
             progress: Callable[[str], None] | None = None, allow_optimistic: bool = False,
             allow_partial: bool = False, drop_unknown_subjects: bool = False) -> list[ResultRow]:
@@ -246,7 +222,7 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     heads = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]
     if not heads:
         raise FeatxError(f"{arg('heads')}: no head given; name at least one, e.g. svm")
-    params = check_params(params, heads)
+    params = check_params(params)
     store_groups = [[str(s)] if isinstance(s, (str, Path)) else [str(p) for p in s]
                     for s in ([stores] if isinstance(stores, (str, Path)) else stores)]
     if not store_groups:

@@ -11,7 +11,7 @@ steps before a head, as a typed value), ``softmax``, ``svm``, ``xgboost`` (featx
 ``scores`` (what a fitted head ranks rows by).
 """
 from featx.heads.preprocess import Preprocess, Step, check_preprocess, preprocess_steps, preprocess_text
-from featx.heads.registry import (HEADS, MANAGED_PARAMS, HeadSpec, check_params, get_head, head_params, list_heads,
+from featx.heads.registry import (HEADS, MANAGED_PARAMS, HeadSpec, check_params, get_head, settable_params, list_heads,
                                   make_head)
 from featx.heads.scores import has_probability, positive_scores
 from featx.heads.softmax import SoftmaxClassifier
@@ -19,5 +19,5 @@ from featx.heads.svm import RBFSVMClassifier
 from featx.heads.xgboost import XGBoostClassifier
 
 __all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "Preprocess", "RBFSVMClassifier", "SoftmaxClassifier", "Step",
-           "XGBoostClassifier", "check_params", "check_preprocess", "get_head", "has_probability", "head_params",
+           "XGBoostClassifier", "check_params", "check_preprocess", "get_head", "has_probability", "settable_params",
            "list_heads", "make_head", "positive_scores", "preprocess_steps", "preprocess_text"]

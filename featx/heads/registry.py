@@ -26,7 +26,7 @@ from featx.heads.softmax import SoftmaxClassifier
 from featx.heads.svm import RBFSVMClassifier
 from featx.heads.xgboost import XGBoostClassifier
 
-__all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "check_params", "get_head", "head_params", "list_heads", "make_head"]
+__all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "check_params", "get_head", "settable_params", "list_heads", "make_head"]
 
 # Estimator parameters that make_head sets from its own arguments (on the estimators that have them).
 MANAGED_PARAMS = {"random_state": "seed", "device": "device", "class_weight": "class_weight"}
@@ -73,7 +73,7 @@ def get_head(name: str) -> HeadSpec:
     return HEADS[key]
 
 
-def head_params(name: str) -> list[str]:
+def settable_params(name: str) -> list[str]:
     """The parameters one may set on head ``name``: its estimator's, less those make_head sets itself."""
     return [p for p in get_head(name).estimator().get_params(deep=False) if p not in MANAGED_PARAMS]
 
@@ -125,7 +125,7 @@ def _check(spec: HeadSpec, params: Mapping[str, Any]) -> None:
         if key in MANAGED_PARAMS and key in own:
             raise FeatxError(f"{where}: set it with {arg(MANAGED_PARAMS[key])}")
         if key not in own:
-            raise FeatxError(f"{where}: {spec.name} takes {', '.join(head_params(spec.name))}")
+            raise FeatxError(f"{where}: {spec.name} takes {', '.join(settable_params(spec.name))}")
         refused = _refusal(spec.estimator(**{**spec.defaults, key: value}))
         if refused != _refusal(spec.estimator(**spec.defaults)):
             raise FeatxError(f"{where}: {refused}")

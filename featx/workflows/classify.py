@@ -6,8 +6,8 @@ from typing import Sequence
 
 from featx import persist
 from featx.errors import FeatxError, arg
-from featx.evaluation import (compare, evaluate, head_params, labelled_rows, tuned_protocol,
-                              without_unknown_subjects)
+from featx.heads import Preprocess, check_params
+from featx.evaluation import compare, evaluate, labelled_rows, tuned_protocol, without_unknown_subjects
 from featx.evaluation.grid import Params, StorePath
 from featx.report import write_results
 from featx.store import load_features
@@ -15,7 +15,7 @@ from featx.store import load_features
 
 def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str | Sequence[str] | None = None,
                  cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1, eval_set: str | None = None,
-                 positive: str | None = None, preprocess: str | None = "standard", class_weight=None,
+                 positive: str | None = None, preprocess: Preprocess = ("standard",), class_weight=None,
                  device: str = "auto", params: Params | None = None, n_boot: int = 1000, out=None,
                  save: bool = False, skops: bool = False, plots: bool = True, allow_optimistic: bool = False,
                  allow_partial: bool = False, drop_unknown_subjects: bool = False) -> dict:
@@ -45,12 +45,12 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
         if row.protocol == "tuned-holdout":  # the scored model trained on the rows the network saw
             fit_on = labelled_rows(fit_on)
             fit_on = fit_on.select(tuned_protocol(fit_on, seed=seed).folds[0][0])
+        own = check_params(params).get(row.head, {})
         pipeline, n_train = persist.fit_final(fit_on, row.head, preprocess=preprocess, class_weight=class_weight,
-                                              seed=seed, device=device, params=params, eval_set=eval_set)
-        # the card and the model file keep today's shapes: this head's parameters, the row as a flat dict
+                                              seed=seed, device=device, params=own, eval_set=eval_set)
         result["model"] = persist.save_model(pipeline, features, Path(out or ".") / "models", head=row.head,
                                              n_train=n_train, preprocess=preprocess, class_weight=class_weight,
-                                             seed=seed, params=head_params(params, row.head), row=row.to_dict())
+                                             seed=seed, params=own, row=row)
         if skops:
             result["skops"] = persist.export_skops(result["model"])
     return result

@@ -37,11 +37,11 @@ from featx.data import discover
 from featx.data.images import ImageDataset, make_transform
 from featx.device import autocast, resolve_device
 from featx.errors import FeatxError, arg
-from featx.evaluate import _check_params, make_splits, resolve_positive
+from featx.evaluation import make_splits, resolve_positive
 from featx.extract import default_workers, extract, select_taps
 from featx.files import atomic_json, sha256_file
 from featx.finetune import finetune
-from featx.heads import get_head
+from featx.heads import Preprocess, check_params, get_head
 from featx.report import write_results
 from featx.results import ResultRow
 from featx.workflows.hybrid_rows import head_rows, network_row, protocol_label
@@ -61,7 +61,7 @@ FINETUNE_OPTIONS = ("weights", "preset", "epochs", "lr", "batch_size", "optimize
 
 def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[str],
            taps: Sequence[str | Sequence[str]] | None = None, n_folds: int = 5, seed: int = 0,
-           preprocess: str | None = "standard", params: dict | None = None, class_weight=None,
+           preprocess: Preprocess = ("standard",), params: dict | None = None, class_weight=None,
            positive: str | None = None, jobs: int = 1, n_boot: int = 1000,
            weights: str | None = None, preset: str | None = None, epochs: int | None = None,
            lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
@@ -76,7 +76,7 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
     ``heads``: head names (``["svm", "logistic"]``); ``taps``: one row set each, a tap name or a list of taps
     whose features are concatenated (``["fc7", ["fc7", "pool5"]]``; default the backbone's default tap);
     ``n_folds``/``seed``: the outer subject folds (as ``featx classify``);
-    ``preprocess``/``params``/``class_weight``/``jobs``/``n_boot``: as in :func:`featx.evaluate.compare`.
+    ``preprocess``/``params``/``class_weight``/``jobs``/``n_boot``: as in :func:`featx.evaluation.compare`.
     The fine-tuning options are those of :func:`featx.finetune.finetune` (``finetune_class_weight`` is its
     ``class_weight``); the network is scored at ``last.pt`` for a fixed-length run, at ``best.pt`` (chosen on
     the inner holdout) with ``early_stopping``. ``callback(event, info)`` gets ``"fold"`` (info ``status``:
@@ -87,7 +87,7 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
     head_names = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]
     if not head_names:
         raise FeatxError(f"{arg('heads')}: no heads given; name at least one (e.g. svm)")
-    _check_params(params, head_names)  # a typo fails now, not after hours of fine-tuning
+    params = check_params(params)  # a typo fails now, not after hours of fine-tuning
     tap_specs, extract_taps = _tap_specs(backbone, taps)
     out = Path(out)
     collection = discover(data)

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.evaluate import Protocol, _run_grid, compute_metrics, roc_points, summarize_folds
+from featx.evaluation import Protocol, compute_metrics, roc_points, run_grid, summarize_folds
 from featx.results import ResultRow
 from featx.store import load_features
 
@@ -58,10 +58,8 @@ def head_rows(out: Path, records: list[dict], folds, collection, taps: Sequence[
     """Every head on every fold's own tuned features (``taps`` fused), through the grid `featx compare` runs."""
     stacked, protocol_folds = _stacked_features(out, records, folds, collection, taps, backbone)
     protocol = Protocol("hybrid", protocol_label(len(folds)), False, protocol_folds, seed, note, stacked.subjects)
-    rows = _run_grid(stacked, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
-                     class_weight=class_weight, device=device, params=params, n_boot=n_boot)
-    # transitional: the grid of featx.evaluate still returns dict rows
-    rows = [r if isinstance(r, ResultRow) else ResultRow.from_dict(r) for r in rows]
+    rows = run_grid(stacked, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
+                    class_weight=class_weight, device=device, params=params, n_boot=n_boot)
     for row in rows:
         row.settings["checkpoints"] = _checkpoints(records)
     return rows
