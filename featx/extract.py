@@ -114,8 +114,7 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
             weights: str | Path = "imagenet", taps: str | Sequence[str] | None = None,
             image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
-            on_progress: Callable[[int, int], None] | None = None, strict: bool = False,
-            progress: bool = False) -> Path:
+            on_progress: Callable[[int, int], None] | None = None, strict: bool = False) -> Path:
     """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
 
     ``taps`` (one name or a sequence, e.g. ``["fc7", "pool5"]``; default all) are computed in one forward
@@ -131,7 +130,6 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     ``strict`` they raise FeatxError once every readable image is written. Folders discovery could not read
     are recorded too (``summarize``'s ``unreadable_folders``); with ``strict`` they are refused before
     anything is written. Another process writing ``out`` is refused (its lock ``<out>.lock``).
-    ``progress`` is transitional (issue 8) and ignored: the library draws no progress bar.
     """
     if dtype not in DTYPES:
         raise FeatxError(f"{arg('dtype', dtype)}: choose one of {', '.join(DTYPES)}")
@@ -155,7 +153,7 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     # a fine-tuned checkpoint brings the input size it was trained at
     size = int(image_size or card.get("preprocessing", {}).get("input_size") or cfg.input_size)
     check_input_size(backbone, size)
-    tap_names = select_taps(None if taps is None else _legacy_commas(taps), list(cfg.taps))
+    tap_names = select_taps(None if taps is None else ([taps] if isinstance(taps, str) else list(taps)), list(cfg.taps))
     tap_dims = {t: cfg.taps[t] for t in tap_names}
     device = resolve_device(device)
     settings = store_settings_for(collection, model, size, dtype)
@@ -187,12 +185,6 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
                          f"{errors[failed[0]]}; the other {total - failed.size} rows are saved in {out}; fix or "
                          "replace those files and run the same command again")
     return out
-
-
-def _legacy_commas(taps: str | Sequence[str]) -> list[str]:
-    """Transitional (issue 8): ``"fc7,pool5"`` from a caller that does not pass a list yet
-    (persist._extract_for_model); remove with it. A plain string is one tap name."""
-    return [t for t in taps.split(",") if t.strip()] if isinstance(taps, str) else list(taps)
 
 
 def _close_inherited(paths: tuple[str, ...], worker_id: int) -> None:

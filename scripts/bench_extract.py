@@ -88,7 +88,7 @@ def main() -> None:
         t_pure = pure_forward(model, n, args.size, args.batch_size, taps, device)
         start = time.perf_counter()
         extract(collection, tmp / "featx.h5", backbone=args.backbone, weights="none", image_size=args.size,
-                device=str(device), batch_size=args.batch_size, workers=workers, progress=False)
+                device=str(device), batch_size=args.batch_size, workers=workers)
         t_featx = time.perf_counter() - start
         t_naive = naive_loop(collection, args.backbone, args.size, taps, tmp / "naive.h5", device)
 

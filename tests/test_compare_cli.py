@@ -45,7 +45,7 @@ def demo(tmp_path_factory) -> dict:
     stores = {}
     for seed in (0, 1):
         stores[seed] = extract(data, root / "feats" / f"cnn{seed}.h5", backbone="cnn", weights="none", image_size=64,
-                               seed=seed, batch_size=32, workers=0, progress=False)
+                               seed=seed, batch_size=32, workers=0)
     return {"root": root, "data": data, "store": stores[0], "store_b": stores[1]}
 
 
@@ -223,7 +223,7 @@ def test_predict_store_includes_unfinished_and_failed_rows(cnmc_tree, logistic_m
     shutil.copytree(cnmc_tree, data)
     bad = sorted((data / "C-NMC_training_data" / "fold_0" / "all").glob("*.bmp"))[0]
     bad.write_bytes(b"garbage")
-    settings = dict(backbone="cnn", weights="none", image_size=64, batch_size=1, workers=0, progress=False)
+    settings = dict(backbone="cnn", weights="none", image_size=64, batch_size=1, workers=0)
     clean = extract(cnmc_tree, tmp_path / "clean.h5", **settings)
     store = extract(data, tmp_path / "s.h5", **settings)  # records the bad image and returns
     with h5py.File(store, "r+") as h5:  # two rows left unfinished, as after an interrupted extract
@@ -328,7 +328,7 @@ def test_predict_with_a_model_trained_on_features_of_a_weights_file(demo, tmp_pa
     weights.parent.mkdir()
     torch.save(create_backbone("cnn", "none", seed=7).state_dict(), weights)
     store = extract(demo["data"], tmp_path / "tuned.h5", backbone="cnn", weights=str(weights), image_size=64,
-                    workers=0, progress=False)
+                    workers=0)
     out = tmp_path / "res"
     result, _ = _invoke("classify", store, "--head", "logistic", "--save", "--out", out, "--boot", "50", "--no-plots")
     assert result.exit_code == 0, result.output

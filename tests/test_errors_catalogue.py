@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def store(cnmc_tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("catalogue") / "cnn.h5"
-    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0, progress=False)
+    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0)
     return out
 
 
@@ -33,7 +33,7 @@ def test_nan_features_are_refused_naming_the_store_and_the_first_row(cnmc_tree, 
     weights = tmp_path / "diverged.pt"
     torch.save(state, weights)
     out = tmp_path / "nan.h5"
-    extract(cnmc_tree, out, backbone="cnn", weights=weights, image_size=32, workers=0, progress=False)
+    extract(cnmc_tree, out, backbone="cnn", weights=weights, image_size=32, workers=0)
     with pytest.raises(FeatxError, match=r"hold NaN or infinite features \(first: C-NMC_training_data/"):
         load_features(out, "fc")
     result, text = _invoke("classify", out, "--tap", "fc", "--out", tmp_path / "r", "--boot", "10", "--no-plots")

@@ -420,7 +420,7 @@ def cnmc_store(cnmc_tree, tmp_path_factory) -> str:
     from featx.extract import extract
 
     out = tmp_path_factory.mktemp("cnmc_store") / "cnn.h5"
-    return str(extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, progress=False))
+    return str(extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32))
 
 
 @pytest.mark.parametrize("cv, eval_set", [("subject", None), ("image", None), ("fold", None), ("auto", "prelim")])
@@ -483,7 +483,7 @@ def test_one_file_name_that_does_not_parse_refuses_subject_cv(cnmc_tree, tmp_pat
     victim = sorted((tree / "C-NMC_training_data" / "fold_0" / "all").glob("*.bmp"))[0]
     renamed = victim.with_name(victim.stem + " (1).bmp")
     victim.rename(renamed)
-    store = str(extract(tree, tmp_path / "cnn.h5", backbone="cnn", weights="none", image_size=32, progress=False))
+    store = str(extract(tree, tmp_path / "cnn.h5", backbone="cnn", weights="none", image_size=32))
     rel = f"C-NMC_training_data/fold_0/all/{renamed.name}"
     assert list(load_features(store).subjects[load_features(store).paths == rel]) == [""]
     with pytest.raises(FeatxError) as err:

@@ -159,7 +159,7 @@ def test_best_checkpoint_feeds_extract_with_tuned_features(tree, tmp_path):
     run = tmp_path / "run"
     finetune(tree, run, backbone="cnn", weights="none", image_size=32, epochs=2, lr=3e-3, batch_size=8,
              seed=0, **TINY)
-    common = dict(backbone="cnn", taps="fc", image_size=32, device="cpu", workers=0, progress=False)
+    common = dict(backbone="cnn", taps=["fc"], image_size=32, device="cpu", workers=0)
     tuned = extract(tree, tmp_path / "tuned.h5", weights=run / "best.pt", **common)
     untuned = extract(tree, tmp_path / "untuned.h5", weights="none", seed=0, **common)  # fine-tuning's start
     with h5py.File(tuned) as a, h5py.File(untuned) as b:
@@ -171,7 +171,7 @@ def test_best_checkpoint_feeds_extract_with_tuned_features(tree, tmp_path):
     assert np.abs(fa - fb).mean() > 1e-3
     # without --image-size, the checkpoint's own input size is used (32 here, not the backbone's 224)
     again = extract(tree, tmp_path / "again.h5", weights=run / "best.pt", backbone="cnn", taps="fc", device="cpu",
-                    workers=0, progress=False)
+                    workers=0)
     with h5py.File(again) as c:
         assert c.attrs["input_size"] == 32
         np.testing.assert_allclose(c["features/fc"][:], fa, rtol=1e-5, atol=1e-6)
@@ -337,7 +337,7 @@ def test_damaged_checkpoints_are_one_line(tree, tmp_path):
     best = run / "best.pt"
     best.write_bytes(best.read_bytes()[:1000])
     with pytest.raises(FeatxError, match="not a weights file featx can read"):
-        extract(tree, tmp_path / "x.h5", backbone="cnn", weights=best, workers=0, device="cpu", progress=False)
+        extract(tree, tmp_path / "x.h5", backbone="cnn", weights=best, workers=0, device="cpu")
     res = CliRunner().invoke(app, ["extract", str(tree), "--backbone", "cnn", "--weights", str(best), "--workers",
                                    "0", "--device", "cpu", "-q", "--out", str(tmp_path / "y.h5")])
     assert res.exit_code == 1 and "Traceback" not in res.output and not (tmp_path / "y.h5").exists()

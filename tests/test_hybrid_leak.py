@@ -28,7 +28,7 @@ from cli_helpers import invoke as _cli  # noqa: E402
 from digits_data import make_random_label_digits  # noqa: E402
 
 CPU = dict(workers=0, device="cpu")
-EXTRACT = dict(backbone="cnn", taps="fc", progress=False, **CPU)
+EXTRACT = dict(backbone="cnn", taps="fc", **CPU)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")  # small fits: one thread is faster on a busy CPU

@@ -34,8 +34,7 @@ SMALL = {"random-forest": {"n_estimators": 20}, "xgboost": {"n_estimators": 20},
 def models(cnmc_tree, tmp_path_factory) -> dict:
     """Every head fitted on the cnmc_tree's cnn features and saved as .joblib and .skops (with their cards)."""
     root = tmp_path_factory.mktemp("persist")
-    store = extract(cnmc_tree, root / "s.h5", backbone="cnn", weights="none", image_size=32, workers=0,
-                    progress=False)
+    store = extract(cnmc_tree, root / "s.h5", backbone="cnn", weights="none", image_size=32, workers=0)
     saved = {}
     for head in list_heads():
         result = run_classify(str(store), head, eval_set="prelim", save=True, skops=True, out=root / "res",

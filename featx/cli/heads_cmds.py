@@ -156,7 +156,7 @@ def predict(
     that could not be predicted)."""
     stores = parse_stores(store) if store else None
     summary = run_predict(model, data, split=split, store=stores, out=out, device=device, batch_size=batch_size,
-                          workers=workers, cache=cache, progress=False, strict=strict)
+                          workers=workers, cache=cache, strict=strict)
     counts = ", ".join(f"{c} {n}" for c, n in summary["counts"].items())
     console.print(f"wrote {summary['rows']} rows to [bold]{escape(str(summary['out']))}[/]: {summary['predicted']} "
                   f"predicted ({escape(counts)}; column {summary['output']}), {summary['failed']} could not be "

@@ -150,12 +150,10 @@ def load_features(stores: str | Path | Sequence[str | Path], taps: str | Sequenc
     ``allow_partial``; then ``partial`` says how many rows there are (``"156 of 330 rows"``). Rows whose
     features do not match their checksums are refused (the store is damaged).
     """
-    paths = [Path(p) for item in ([stores] if isinstance(stores, (str, Path)) else stores)
-             for p in _legacy_plus(item)]
+    paths = [Path(p) for p in ([stores] if isinstance(stores, (str, Path)) else stores)]
     if not paths:
         raise FeatxError(f"{arg('stores')}: no feature store given; pass a file written by `featx extract`")
-    names = None if taps is None else [t for item in ([taps] if isinstance(taps, str) else taps)
-                                       for t in _legacy_plus(item)]
+    names = None if taps is None else ([taps] if isinstance(taps, str) else list(taps))
     parts = [_read_one(p, names or None, allow_partial) for p in paths]
     unfinished = any(part["unfinished"] for part in parts)
     failed = set().union(*(part["failed_paths"] for part in parts))
@@ -260,9 +258,3 @@ def _tuned_attr(attrs: dict, path: Path) -> dict:
     info = parse_attr(attrs.get(ATTR)) or {"provenance": "missing"}
     info["store"] = str(path)
     return info
-
-
-def _legacy_plus(item) -> list:
-    """Transitional (issue 8): a ``"a.h5+b.h5"`` or ``"fc7+pool5"`` string from a caller that does not pass
-    lists yet (evaluate.compare/run_classify, persist._requested_rows, hybrid._head_rows); remove with them."""
-    return [p for p in item.split("+") if p] if isinstance(item, str) else [item]

@@ -253,8 +253,7 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
     rows = np.sort(np.concatenate([train, test]))
     store = fold_dir / "features.h5"
     extract(collection.subset(rows), store, backbone=backbone, weights=checkpoint, taps=taps,
-            device=runtime["device"], batch_size=runtime["batch_size"], workers=runtime["workers"], seed=seed,
-            progress=False)
+            device=runtime["device"], batch_size=runtime["batch_size"], workers=runtime["workers"], seed=seed)
     proba = _network_proba(collection, test, checkpoint, backbone, device=runtime["device"],
                            batch_size=runtime["batch_size"], workers=runtime["workers"])
     last = summary["history_rows"][-1]

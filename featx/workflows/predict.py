@@ -77,7 +77,7 @@ def _requested_rows(card: dict, stores: list[Path], split: str | None, unfinishe
 
 
 def _extract_for_model(card: dict, data, split: str | None, cache_dir: Path, *, device: str, batch_size: int,
-                       workers: int | None, progress: bool) -> list[Path]:
+                       workers: int | None, on_progress=None) -> list[Path]:
     """Extract ``data`` (one ``split``) once per store of the card, with that store's settings; the stores."""
     paths = []
     for i, entry in enumerate(card["stores"]):
@@ -92,7 +92,7 @@ def _extract_for_model(card: dict, data, split: str | None, cache_dir: Path, *, 
         extract(data, out, backbone=entry["backbone"], weights=weights, taps=entry.get("taps") or None,
                 image_size=entry.get("input_size"), splits=[split] if split else None, device=device,
                 batch_size=batch_size, workers=workers, dtype=entry.get("dtype") or "float32",
-                seed=int(seed) if seed is not None and int(seed) >= 0 else 0, progress=progress, strict=False)
+                seed=int(seed) if seed is not None and int(seed) >= 0 else 0, on_progress=on_progress, strict=False)
         paths.append(out)
     return paths
 
@@ -126,14 +126,14 @@ def _write_csv(out: Path, paths: list[str], errors: list[str], predicted: dict, 
 
 def predict(model_path, data=None, *, split: str | None = None,
             store: str | Path | Sequence[str | Path] | None = None, out="predictions.csv", device: str = "auto",
-            batch_size: int = 32, workers: int | None = None, cache=None, progress: bool = False,
+            batch_size: int = 32, workers: int | None = None, cache=None, on_progress=None,
             strict: bool = False) -> dict:
     """Predict every image of ``data`` (optionally one ``split``) with a saved model; write a CSV.
 
     With ``store`` (one path, or a list for a model trained on fused stores) the features are read from the
     store(s), which must have been extracted with the card's settings; otherwise they are extracted from
     ``data`` with the card's backbone, weights, taps and input size into ``cache`` (a temporary folder when
-    None).
+    None). ``on_progress(done, total)`` follows the extraction of ``data``.
 
     The CSV has one row per requested image: ``path,prediction,probability,error`` (the probability of the
     predicted class) for models with ``predict_proba``; ``path,prediction,probability,score,error`` with an
@@ -158,7 +158,7 @@ def predict(model_path, data=None, *, split: str | None = None,
             cache_dir = Path(cache_dir)
             cache_dir.mkdir(parents=True, exist_ok=True)
             stores = _extract_for_model(card, data, split, cache_dir, device=device, batch_size=batch_size,
-                                        workers=workers, progress=progress)
+                                        workers=workers, on_progress=on_progress)
             paths, errors, X = _requested_rows(card, stores, None, INTERRUPTED)
         source = str(data)
     if not paths:
