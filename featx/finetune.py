@@ -36,7 +36,7 @@ from featx.data import Collection, discover
 from featx.data.images import ImageDataset, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError
-from featx.evaluate import METRICS, compute_metrics, make_splits, resolve_positive, roc_points, summarize_folds
+from featx.evaluation import METRICS, compute_metrics, make_splits, resolve_positive, roc_points, summarize_folds
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "none")

@@ -87,7 +87,7 @@ def test_classify_with_fused_taps_and_stores_and_the_prelim_phase(demo, tmp_path
                            "--out", tmp_path, "--boot", "100", "--no-plots")
     assert result.exit_code == 0, result.output
     row, = json.loads((tmp_path / "results.json").read_text())
-    assert row["model"] == "cnn/fc+pool5 + logistic" and row["tap"] == "fc+pool5"
+    assert row["name"] == "cnn/fc+pool5 + logistic" and row["tap"] == "fc+pool5"
     assert row["protocol"] == "prelim" and row["n_test"] == N_PRELIM and row["n_train"] == 120
     assert "held-out prelim" in text and not (tmp_path / "plots").exists()
     fused = f"{demo['store']}+{demo['store_b']}"
@@ -95,7 +95,7 @@ def test_classify_with_fused_taps_and_stores_and_the_prelim_phase(demo, tmp_path
                            "--boot", "50", "--param", "n_neighbors=3")
     assert result.exit_code == 0, result.output
     row, = json.loads((tmp_path / "fused" / "results.json").read_text())
-    assert row["model"] == "cnn/fc+cnn/fc + knn" and row["n_folds"] == 3 and row["settings"]["params"] == {
+    assert row["name"] == "cnn/fc+cnn/fc + knn" and row["n_folds"] == 3 and row["settings"]["params"] == {
         "n_neighbors": 3}
 
 

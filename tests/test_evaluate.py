@@ -7,7 +7,7 @@ import pytest
 from sklearn import metrics as skm
 
 from featx.errors import FeatxError
-from featx.cli.parsing import params_per_head
+from featx.cli.parsing import parse_params
 from featx.evaluation import (METRICS, bootstrap_ci, compare, compute_metrics, evaluate, evaluate_many, make_splits,
                               resolve_positive, roc_points, summarize_folds)
 from featx.evaluation.metrics import _confusion_metrics, _weighted_auc
@@ -258,15 +258,15 @@ def test_prelim_evaluation_trains_on_folds_and_tests_once():
 def test_unscoped_params_go_only_to_heads_that_take_them_and_bad_values_are_user_errors():
     fs = subject_features(n_all=5, n_hem=5, cells=6, d=12)
     # the CLI's unscoped C=0.01 reaches only the heads that take it (the library takes parameters per head)
-    params = params_per_head({"C": 0.01}, ["logistic", "knn"])
+    params = parse_params(["C=0.01"], ["logistic", "knn"])
     assert params == {"logistic": {"C": 0.01}}
     rows = evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params=params, n_boot=20)
     assert rows[0].settings["params"] == {"C": 0.01} and rows[1].settings["params"] == {}
-    with pytest.raises(FeatxError, match="none of the heads logistic, knn takes it"):
-        params_per_head({"Cee": 1}, ["logistic", "knn"])
+    with pytest.raises(FeatxError, match="none of the heads logistic, knn takes 'Cee'"):
+        parse_params(["Cee=1"], ["logistic", "knn"])
     with pytest.raises(FeatxError, match="head logistic: bad parameter"):
         evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"logistic": {"Cee": 1}}, n_boot=20)
-    with pytest.raises(FeatxError, match="'C' is not a head; give parameters per head"):
+    with pytest.raises(FeatxError, match="unknown head 'C'"):
         evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"C": 0.01}, n_boot=20)
     with pytest.raises(FeatxError, match="head logistic: bad parameter"):
         evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, params={"logistic": {"C": "abc"}}, n_boot=20)
