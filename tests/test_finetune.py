@@ -44,15 +44,15 @@ def _threads():
 
 def _train_accuracy(run: Path, data: Path, backbone: str, size: int, split_out: str = "fold_2") -> float:
     """Accuracy of the final network (last.pt) on the training images (eval mode, no augmentation)."""
-    model = create_backbone(backbone, run / "last.pt")
+    network = create_backbone(backbone, run / "last.pt")
     col = discover(data)
     idx = [i for i, s in enumerate(col.samples)
            if s.label is not None and s.split not in ("prelim", "final", split_out)]
-    ds = ImageDataset(col, make_transform(size, model.config.mean, model.config.std), indices=idx)
+    ds = ImageDataset(col, make_transform(size, network.config.mean, network.config.std), indices=idx)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
-    y = torch.tensor([model.classes.index(col.samples[i].label) for i in idx])
+    y = torch.tensor([network.classes.index(col.samples[i].label) for i in idx])
     with torch.no_grad():
-        pred = model(x).argmax(1)
+        pred = network(x).argmax(1)
     return float((pred == y).float().mean())
 
 

@@ -23,6 +23,6 @@ from featx.finetune.presets import (CLASS_WEIGHTS, OPTIMIZERS, PRESET_NOTES, PRE
 from featx.finetune.run import finetune
 from featx.finetune.split import HOLDOUT_FOLDS
 
-__all__ = ["BatchInfo", "CLASS_WEIGHTS", "Callback", "EpochInfo", "EventKind", "HOLDOUT_FOLDS", "OPTIMIZERS",
-           "PRESETS", "PRESET_NOTES", "RunSummary", "SCHEDULES", "StartInfo", "default_settings", "finetune",
+__all__ = ["CLASS_WEIGHTS", "HOLDOUT_FOLDS", "OPTIMIZERS", "PRESETS", "PRESET_NOTES", "SCHEDULES", "BatchInfo",
+           "Callback", "EpochInfo", "EventKind", "RunSummary", "StartInfo", "default_settings", "finetune",
            "resolve_settings"]

@@ -12,8 +12,9 @@ run that ``resume=True`` continues).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal, TypedDict
+from typing import Literal, TypedDict
 
 from featx.results import ResultRow
 

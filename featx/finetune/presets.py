@@ -128,7 +128,7 @@ def monitor_name(early_stopping: str | None) -> str:
     if early_stopping is None:
         return "loss"
     name = early_stopping.lower().strip()
-    name = name[4:] if name.startswith("val_") else name
+    name = name.removeprefix("val_")
     name = {"acc": "accuracy", "auc": "roc_auc", "f1_score": "f1"}.get(name, name)
     if name not in MONITORS:
         raise FeatxError(f"{arg('early_stopping', early_stopping)}: unknown metric; "

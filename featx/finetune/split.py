@@ -1,8 +1,8 @@
 """Which images a run trains and validates on: the validation split, and the scan for unreadable images."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
