@@ -17,6 +17,9 @@ from featx.data import discover
 from featx.data.images import ImageDataset, make_transform
 from featx.errors import FeatxError
 from featx.finetune import PRESETS, finetune, resolve_settings
+from featx.finetune import split as ft_split
+from featx.finetune.loop import Trainer
+from featx.results import ResultRow
 from featx.data.synth import synthesize
 
 # small and fast: 32 px for cnn, 64 px for AlexNet (it needs >= 63), no worker processes unless tested
@@ -42,15 +45,15 @@ def _threads():
 
 def _train_accuracy(run: Path, data: Path, backbone: str, size: int, split_out: str = "fold_2") -> float:
     """Accuracy of the final network (last.pt) on the training images (eval mode, no augmentation)."""
-    model = create_backbone(backbone, run / "last.pt")
+    network = create_backbone(backbone, run / "last.pt")
     col = discover(data)
     idx = [i for i, s in enumerate(col.samples)
            if s.label is not None and s.split not in ("prelim", "final", split_out)]
-    ds = ImageDataset(col, make_transform(size, model.config.mean, model.config.std), indices=idx)
+    ds = ImageDataset(col, make_transform(size, network.config.mean, network.config.std), indices=idx)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
-    y = torch.tensor([model.classes.index(col.samples[i].label) for i in idx])
+    y = torch.tensor([network.classes.index(col.samples[i].label) for i in idx])
     with torch.no_grad():
-        pred = model(x).argmax(1)
+        pred = network(x).argmax(1)
     return float((pred == y).float().mean())
 
 
@@ -87,10 +90,13 @@ def test_cnn_learns_and_writes_the_run_folder(tree, tmp_path):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads((run / "results.json").read_text())
-    rows = rows["rows"] if isinstance(rows, dict) else rows
-    assert len(rows) == 1 and rows[0]["head"] == "finetune" and rows[0]["backbone"] == "cnn"
-    assert rows[0]["n_test"] == summary["row"]["n_test"] == sum(np.sum(rows[0]["confusion"], axis=1))
-    assert 0.0 <= rows[0]["accuracy"] <= 1.0 and "f1_weighted" in rows[0]
+    rows = [ResultRow.from_dict(r) for r in (rows["rows"] if isinstance(rows, dict) else rows)]
+    assert len(rows) == 1 and rows[0] == summary["row"]  # results.json round-trips the run's result row
+    row = rows[0]
+    assert row.head is None and row.tap == "logits" and row.backbone == "cnn"
+    assert row.n_test == summary["row"].n_test == sum(np.sum(row.confusion, axis=1))
+    assert 0.0 <= row.mean("accuracy") <= 1.0 and "f1_weighted" in row.scores
+    assert row.scores["accuracy"].std is None  # one validation set: no spread over folds
     # checkpoints: plain data only, the documented card
     best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
@@ -100,9 +106,9 @@ def test_cnn_learns_and_writes_the_run_folder(tree, tmp_path):
     assert card["positive"] == "all" and card["epoch"] == summary["best_epoch"]
     assert card["settings"]["lr"] == 3e-3 and "accuracy" in card["metrics"]
     # a fixed-length run reports its last epoch, not the epoch picked on the set it is scored on
-    assert rows[0]["scored_epoch"] == rows[0]["epochs_run"] == last["card"]["epoch"]
-    assert rows[0]["accuracy"] == pytest.approx(last["card"]["metrics"]["accuracy"])
-    assert rows[0]["model"] == "cnn fine-tuned" and rows[0]["selection"].startswith("last epoch")
+    assert row.scored_epoch == row.epochs_run == last["card"]["epoch"]
+    assert row.mean("accuracy") == pytest.approx(last["card"]["metrics"]["accuracy"])
+    assert row.name == "cnn fine-tuned" and row.selection.startswith("last epoch")
     assert last["epoch"] == 6 and {"optimizer", "scheduler", "scaler", "rng"} <= set(last)
     assert not list(run.glob("*.tmp"))
     assert events[0] == "start" and events[-1] == "end" and events.count("epoch") == 6
@@ -147,7 +153,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tree, tmp_path):
 
     with pytest.raises(FeatxError, match="'lr'"):
         finetune(tree, tmp_path / "cut", resume=True, **dict(opts, lr=1e-2))
-    with pytest.raises(FeatxError, match="--resume"):
+    with pytest.raises(FeatxError, match="resume=True"):
         finetune(tree, tmp_path / "full", **opts)
     with pytest.raises(FeatxError, match="last.pt does not exist"):
         finetune(tree, tmp_path / "nothing", resume=True, **opts)
@@ -204,12 +210,12 @@ def test_subject_holdout_keeps_subjects_apart(tree, tmp_path):
     summary = finetune(tree, tmp_path / "r", backbone="cnn", weights="none", image_size=32, epochs=1,
                        batch_size=16, workers=0, device="cpu")  # default --val subject
     row = summary["row"]
-    assert row["protocol"] == "1/5 of subjects" and row["image_level"] is False
-    assert row["n_train"] + row["n_test"] == 7 * 6  # every training-fold image, prelim/final left out
-    val_subjects = set(row["per_subject_accuracy"])
+    assert row.protocol == "1/5 of subjects" and row.image_level is False
+    assert row.n_train + row.n_test == 7 * 6  # every training-fold image, prelim/final left out
+    val_subjects = set(row.per_subject_accuracy)
     col = discover(tree)
     pool = [s for s in col.samples if s.split not in ("prelim", "final")]
-    assert sum(1 for s in pool if s.subject in val_subjects) == row["n_test"]
+    assert sum(1 for s in pool if s.subject in val_subjects) == row.n_test
 
 
 def test_early_stopping_and_freeze(tree, tmp_path):
@@ -219,8 +225,8 @@ def test_early_stopping_and_freeze(tree, tmp_path):
                        augment=False, **TINY)
     assert summary["stopped_early"] and summary["epochs_run"] == 3 and summary["best_epoch"] == 1
     row = summary["row"]
-    assert row["scored_epoch"] == 1 and row["model"] == "cnn fine-tuned (early-stopped on val)"
-    assert "optimistic" in row["selection"]
+    assert row.scored_epoch == 1 and row.name == "cnn fine-tuned (early-stopped on val)"
+    assert "optimistic" in row.selection
     assert len(_history(tmp_path / "stop")) == 3
 
     finetune(tree, tmp_path / "head", backbone="cnn", weights="none", image_size=32, epochs=2, lr=1e-2,
@@ -233,12 +239,12 @@ def test_early_stopping_and_freeze(tree, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(optimizer="adam"), "--optimizer adam"),
-    (dict(schedule="linear"), "--schedule linear"),
-    (dict(val="fold_9"), "--val fold_9"),
-    (dict(freeze="conv9"), "--freeze conv9"),
-    (dict(early_stopping="speed"), "--early-stopping speed"),
-    (dict(preset="keras"), "--preset keras"),
+    (dict(optimizer="adam"), "optimizer='adam'"),
+    (dict(schedule="linear"), "schedule='linear'"),
+    (dict(val="fold_9"), "val='fold_9'"),
+    (dict(freeze="conv9"), "freeze='conv9'"),
+    (dict(early_stopping="speed"), "early_stopping='speed'"),
+    (dict(preset="keras"), "preset='keras'"),
     (dict(backbone="alexnet", image_size=32), "at least 63"),
     (dict(backbone="resnet"), "unknown backbone"),
 ])
@@ -271,13 +277,13 @@ def test_unreadable_images_are_skipped_and_recorded_or_stop_with_strict(tree, tm
     assert settings["skipped"] == bad and settings["n_skipped"] == 2
     col = discover(tree)
     # left out of training (the validation split, drawn before, is unchanged), and never listed as trained on
-    assert summary["row"]["n_train"] == sum(s.split in ("fold_0", "fold_1") for s in col.samples) - 2
-    assert summary["row"]["n_test"] == sum(s.split == "fold_2" for s in col.samples)
-    assert summary["row"]["n_skipped"] == 2
+    assert summary["row"].n_train == sum(s.split in ("fold_0", "fold_1") for s in col.samples) - 2
+    assert summary["row"].n_test == sum(s.split == "fold_2" for s in col.samples)
+    assert summary["row"].n_skipped == 2
     prov = torch.load(tmp_path / "r" / "last.pt", map_location="cpu", weights_only=True)["card"]["provenance"]
     assert not set(bad) & set(prov["train"]["paths"]) and sorted(prov["skipped"]["paths"]) == bad
 
-    with pytest.raises(FeatxError, match="--strict") as err:
+    with pytest.raises(FeatxError, match="strict=True") as err:
         finetune(data, tmp_path / "strict", strict=True, **opts)
     assert victims[0].name in str(err.value) or victims[1].name in str(err.value)
     assert not (tmp_path / "strict").exists()  # failed before saving anything: no empty run folder left
@@ -292,18 +298,16 @@ def test_unreadable_images_are_skipped_and_recorded_or_stop_with_strict(tree, tm
     assert len(strict.output.strip().splitlines()) == 1
 
     # files that break after the scan (changed on disk) are dropped from their batch and recorded too
-    import featx.finetune as ft
-
     val_victim = sorted((data / "C-NMC_training_data" / "fold_2" / "hem").glob("*.bmp"))[0]
     val_victim.write_bytes(b"broken later")
     bad = sorted(bad + [val_victim.relative_to(data).as_posix()])
-    monkeypatch.setattr(ft, "_scan_images", lambda *a, **k: [])
+    monkeypatch.setattr(ft_split, "scan_images", lambda *a, **k: [])
     late = finetune(data, tmp_path / "late", **opts)
     assert sorted(s["path"] for s in late["skipped"]) == bad
-    assert late["row"]["n_test"] == summary["row"]["n_test"] - 1 == sum(np.sum(late["row"]["confusion"], axis=1))
+    assert late["row"].n_test == summary["row"].n_test - 1 == sum(np.sum(late["row"].confusion, axis=1))
     with open(tmp_path / "late" / "skipped.csv", newline="") as fh:
         assert sorted(r["path"] for r in csv.DictReader(fh)) == bad
-    with pytest.raises(FeatxError, match="--strict"):
+    with pytest.raises(FeatxError, match="strict=True"):
         finetune(data, tmp_path / "late-strict", strict=True, **opts)
 
 
@@ -322,7 +326,7 @@ def test_damaged_checkpoints_are_one_line(tree, tmp_path):
         finetune(tree, run, callback=stop, **opts)
     last = run / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
-    with pytest.raises(FeatxError, match=r"--resume: .*last.pt is damaged"):
+    with pytest.raises(FeatxError, match=r"resume=True: .*last.pt is damaged"):
         finetune(tree, run, resume=True, **opts)
     args = ["finetune", str(tree), "--backbone", "cnn", "--weights", "none", "--image-size", "32", "--epochs", "2",
             "--batch-size", "8", "--val", "fold_2", "--workers", "0", "--device", "cpu", "-q", "--out", str(run)]
@@ -355,16 +359,15 @@ def test_failed_run_leaves_no_empty_folder(tree, tmp_path):
     keep = tmp_path / "mine"
     keep.mkdir()
     (keep / "notes.txt").write_text("user file")
-    with pytest.raises(FeatxError, match="--freeze"):
+    with pytest.raises(FeatxError, match="freeze="):
         finetune(tree, keep, backbone="cnn", weights="none", image_size=32, epochs=1, freeze="conv9", **TINY)
     assert sorted(p.name for p in keep.iterdir()) == ["notes.txt"]  # the user's folder and file stay
 
 
 def test_cli_interrupt_then_resume(tree, tmp_path, monkeypatch):
-    import featx.finetune as ft
     from featx.cli import app
 
-    real = ft._Run._one_epoch
+    real = Trainer.run_epoch
 
     def ctrl_c_in_epoch_2(self, epoch):
         if epoch == 2:
@@ -373,10 +376,10 @@ def test_cli_interrupt_then_resume(tree, tmp_path, monkeypatch):
 
     args = ["finetune", str(tree), "--backbone", "cnn", "--image-size", "32", "--epochs", "2", "--val", "fold_2",
             "--workers", "0", "--out", str(tmp_path / "r"), "--quiet"]
-    monkeypatch.setattr(ft._Run, "_one_epoch", ctrl_c_in_epoch_2)
+    monkeypatch.setattr(Trainer, "run_epoch", ctrl_c_in_epoch_2)
     cut = CliRunner().invoke(app, args)
     assert cut.exit_code == 130 and "epoch 1 is saved" in cut.output and "--resume" in cut.output
-    monkeypatch.setattr(ft._Run, "_one_epoch", real)
+    monkeypatch.setattr(Trainer, "run_epoch", real)
     resumed = CliRunner().invoke(app, args + ["--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming after epoch 1" in resumed.output and "epoch   2" in resumed.output

@@ -25,7 +25,7 @@ DRIVER = """
 import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
-from featx import finetune as ft
+import featx.finetune as ft
 data, out, opts, kill, resume = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5] == "1"
 
 def die():
@@ -41,7 +41,7 @@ if kill and kill[0] == "save":
                 fh.truncate(os.path.getsize(path) // 2)
             die()
         return real(obj, path, *a, **k)
-    ft.torch.save = save
+    torch.save = save
 
 def callback(event, info):
     if not kill:
@@ -96,7 +96,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tree, reference, tmp_pat
     last = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert 1 <= last["epoch"] < OPTS["epochs"]
     # the same command without --resume refuses in one line, saying how to continue
-    with pytest.raises(FeatxError, match="--resume"):
+    with pytest.raises(FeatxError, match="resume=True"):
         finetune(tree, out, **OPTS)
     resumed = _run(tree, out, resume=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -108,7 +108,7 @@ def test_kill_9_before_the_first_checkpoint_then_the_same_command_starts_over(tr
     killed = _run(tree, out, ["batch", 1, 1])
     assert killed.returncode == -signal.SIGKILL
     assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
-    with pytest.raises(FeatxError, match="last.pt does not exist; run without --resume"):
+    with pytest.raises(FeatxError, match="last.pt does not exist; run without resume=True"):
         finetune(tree, out, resume=True, **OPTS)
     again = _run(tree, out)
     assert again.returncode == 0, again.stderr

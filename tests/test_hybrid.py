@@ -183,7 +183,7 @@ def test_other_settings_on_rerun_are_refused_in_one_line(clean, cnmc_tree, tmp_p
 
 
 def test_a_run_that_failed_before_any_work_can_be_corrected(cnmc_tree, tmp_path):
-    with pytest.raises(FeatxError, match="--lr"):
+    with pytest.raises(FeatxError, match=r"lr=-1\.0: must be a positive number"):
         hybrid(cnmc_tree, tmp_path / "run", **{**TINY, "lr": -1.0})
     assert not list((tmp_path / "run").glob("fold_*/result.json"))
     result = hybrid(cnmc_tree, tmp_path / "run", **{**TINY, "heads": ["logistic"], "epochs": 1})

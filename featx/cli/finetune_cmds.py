@@ -6,9 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from featx.cli.app import app, console, err_console, user_errors
 from featx.errors import FeatxError
+from featx.finetune import finetune as run_finetune
+from featx.report import results_table
 
 
 @app.command()
@@ -41,7 +44,7 @@ def finetune(
     class_weight: Annotated[Optional[str], typer.Option(
         help="none or balanced (loss weights inverse to class frequency; default balanced, paper none).")] = None,
     freeze: Annotated[Optional[str], typer.Option(
-        help="head: train only the final layer; a stage name (e.g. fc6): freeze every stage before it.")] = None,
+        help="head: train only the network's classifier layer; a stage name (e.g. fc6): freeze every stage before it.")] = None,
     image_size: Annotated[Optional[int], typer.Option(
         help="Square input size (default: the backbone's, 224; AlexNet needs at least 63).")] = None,
     augment: Annotated[Optional[bool], typer.Option(
@@ -77,9 +80,6 @@ def finetune(
     history.csv, curves.png, confusion.png, results.json/.md/.csv, settings.json, provenance.csv (the
     images it trained and validated on; `extract` carries them into the store) and skipped.csv.
     """
-    from featx.finetune import finetune as run_finetune
-    from featx.report import results_table
-
     if eval_set is not None:
         if val not in ("subject", eval_set):
             raise FeatxError(f"--val {val} and --eval {eval_set} name two validation sets; give one")
@@ -113,7 +113,8 @@ def finetune(
 
 
 class _Progress:
-    """Turns the library's callback events into a rich progress bar and one line per epoch."""
+    """Turns the library's progress events (featx.finetune.events) into a rich progress bar and one line
+    per epoch."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
@@ -124,8 +125,6 @@ class _Progress:
 
     def __enter__(self):
         if not self.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console,
                                 transient=True)
@@ -137,22 +136,22 @@ class _Progress:
             self.bar.__exit__(*exc)
         return False
 
-    def __call__(self, event: str, info: dict) -> None:
-        if event == "start":
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "start":
             s = info["settings"]
             head = "resuming after epoch %d; " % info["epoch"] if info["epoch"] else ""
             console.print(f"{head}fine-tuning [bold]{s['backbone']}[/] (weights {s['weights']}, "
                           f"preset {s['preset'] or 'none'}) on {info['n_train']} images, validating on "
                           f"{info['n_val']} ({s['protocol_label']}); {s['optimizer']} lr {s['lr']:g}, "
                           f"{s['epochs']} epochs, {s['image_size']}px, batch {s['batch_size']}")
-        elif event == "batch" and self.bar is not None:
+        elif kind == "batch" and self.bar is not None:
             if self.task_epoch != info["epoch"]:
                 if self.task is not None:
                     self.bar.remove_task(self.task)
                 self.task = self.bar.add_task(f"epoch {info['epoch']}", total=info["steps"], loss="-")
                 self.task_epoch = info["epoch"]
             self.bar.update(self.task, completed=info["step"], loss=f"{info['loss']:.4f}")
-        elif event == "epoch":
+        elif kind == "epoch":
             self.last_epoch = info["epoch"]
             best = " *" if info["best_epoch"] == info["epoch"] else ""
             console.print(f"epoch {info['epoch']:>3}  train loss {info['train_loss']:.4f} acc {info['train_acc']:.3f}"

@@ -259,8 +259,8 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
     last = summary["history_rows"][-1]
     record = dict(info, checkpoint=str(checkpoint.relative_to(fold_dir)), store=store.name,
                   checkpoint_sha256=sha256_file(checkpoint), epochs_run=int(summary["epochs_run"]),
-                  scored_epoch=int(summary["row"].get("scored_epoch", summary["epochs_run"])),
-                  best_epoch=int(summary["best_epoch"]), finetune_seconds=float(summary["row"]["fit_seconds"]),
+                  scored_epoch=int(summary["row"].scored_epoch or summary["epochs_run"]),
+                  best_epoch=int(summary["best_epoch"]), finetune_seconds=float(summary["row"].fit_seconds),
                   train_acc_last_epoch=float(last["train_acc"]),
                   inner_val_subjects=sorted({s.subject for s in inner.samples if s.split == INNER_VAL}),
                   network={"paths": [collection.samples[i].path for i in test],

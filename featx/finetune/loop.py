@@ -1,0 +1,260 @@
+"""The training loop: a :class:`Trainer` trains a :class:`~featx.finetune.plan.RunPlan`'s network epoch by
+epoch, validates, keeps ``best.pt`` and ``last.pt``, and stops early when asked."""
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import featx
+from featx.data.images import ImageDataset, make_transform
+from featx.device import autocast, memory_format, pin_memory
+from featx.errors import FeatxError, arg
+from featx.evaluation import compute_metrics
+from featx.finetune import checkpoint as ckpt
+from featx.finetune.events import Callback
+from featx.finetune.plan import RunPlan
+from featx.finetune.presets import improves
+from featx.finetune.split import balanced_weights, strict_stop
+from featx.results import jsonable
+
+
+@dataclass
+class TrainState:
+    """How far training is: saved in ``last.pt`` after every epoch."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # the lines of history.csv
+    best: dict = field(default_factory=lambda: {"value": None, "epoch": 0})  # by the monitored metric
+    bad_epochs: int = 0  # epochs since the best one
+    finished: bool = False
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader workers: seed numpy and random from the per-worker torch seed (itself from the generator)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class Trainer:
+    """Trains ``plan.network`` on ``plan.split``; reports through ``callback(kind, info)`` (see
+    :mod:`featx.finetune.events`). Images that turn unreadable during training are left out from then on
+    (``train_idx``, ``val_idx``, ``skipped`` follow)."""
+
+    def __init__(self, plan: RunPlan, callback: Callback | None = None):
+        self.plan, self.settings, self.callback = plan, plan.settings, callback
+        s, device = plan.settings, plan.device
+        self.fmt = memory_format(device)
+        self.network = plan.network.to(device=device, memory_format=self.fmt)
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        if s["optimizer"] == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=float(s["lr"]), momentum=float(s["momentum"]),
+                                             weight_decay=float(s["weight_decay"]))
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=float(s["lr"]), weight_decay=float(s["weight_decay"]))
+        epochs = int(s["epochs"])
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs)
+                          if s["schedule"] == "cosine" else
+                          torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+                          if s["schedule"] == "step" else None)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        weight = (balanced_weights(plan.y, plan.split.train, len(plan.classes)).to(device)
+                  if s["class_weight"] == "balanced" else None)
+        self.criterion = nn.CrossEntropyLoss(weight=weight)
+        cfg, size = self.network.config, int(s["image_size"])
+        self.train_tf = make_transform(size, cfg.mean, cfg.std, augment=bool(s["augment"]),
+                                       color_jitter=bool(s["color_jitter"]))
+        self.eval_tf = make_transform(size, cfg.mean, cfg.std)
+        self.loader_gen = torch.Generator()
+        self.loader_gen.manual_seed(int(s["seed"]))
+        self.train_idx, self.val_idx = list(plan.split.train), list(plan.split.val)
+        self.skipped = list(plan.split.skipped)
+        self.best_path, self.last_path = plan.out / "best.pt", plan.out / "last.pt"
+        self.state = TrainState()
+        self.rng_to_restore = None
+        if plan.last is not None:
+            self._restore(plan.last)
+
+    def _restore(self, last: dict) -> None:
+        self.network.load_state_dict(last["model"])
+        self.optimizer.load_state_dict(last["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(last["scheduler"])
+        if last.get("scaler"):
+            self.scaler.load_state_dict(last["scaler"])
+        self.state = TrainState(epoch=int(last["epoch"]), history=[dict(r) for r in last["history"]],
+                                best=dict(last["best"]), bad_epochs=int(last["bad_epochs"]),
+                                finished=bool(last["finished"]))
+        self.rng_to_restore = last["rng"]
+
+    def _emit(self, kind: str, info: dict) -> None:
+        if self.callback is not None:
+            self.callback(kind, info)
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def fit(self) -> TrainState:
+        """Train the remaining epochs; the caller's RNG states and torch flags are restored afterwards."""
+        prev_det = (torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled())
+        prev_bench = torch.backends.cudnn.benchmark
+        np_state, py_state = np.random.get_state(), random.getstate()
+        device = self.plan.device
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                if self.rng_to_restore is not None:
+                    ckpt.set_rng_state(self.rng_to_restore, self.loader_gen)
+                else:
+                    seed = int(self.settings["seed"])
+                    torch.manual_seed(seed)
+                    np.random.seed(seed)
+                    random.seed(seed)
+                self._emit("start", {"settings": self.settings, "n_train": len(self.train_idx),
+                                     "n_val": len(self.val_idx), "epoch": self.state.epoch})
+                while not self.state.finished and self.state.epoch < int(self.settings["epochs"]):
+                    self.run_epoch(self.state.epoch + 1)
+                return self.state
+        finally:
+            torch.use_deterministic_algorithms(prev_det[0], warn_only=prev_det[1])
+            torch.backends.cudnn.benchmark = prev_bench
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+    def run_epoch(self, epoch: int) -> None:
+        """Train and validate one epoch, then save ``best.pt`` (when it improved), history.csv and ``last.pt``."""
+        t0 = time.perf_counter()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        train_loss, train_acc = self._train_epoch(epoch)
+        val_loss, y_true, y_pred, proba = self._validate()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        subjects = [self.plan.collection.samples[i].subject or "" for i in self.val_idx]
+        raw = compute_metrics(y_true, y_pred, proba[:, self.plan.pos], classes=self.plan.classes,
+                              positive=self.plan.pos, subjects=subjects)
+        metrics = dict(jsonable(raw), loss=val_loss)
+        predictions = {"y_true": torch.from_numpy(y_true.astype(np.int64)),
+                       "y_pred": torch.from_numpy(y_pred.astype(np.int64)),
+                       "y_score": torch.from_numpy(proba[:, self.plan.pos].astype(np.float32))}
+        line = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                "val_acc": float(raw["accuracy"]), "val_f1_weighted": float(raw["f1_weighted"]),
+                "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
+        state, monitor, epochs = self.state, self.settings["monitor"], int(self.settings["epochs"])
+        state.history.append(line)
+        value = val_loss if monitor == "loss" else float(raw[monitor])
+        if improves(monitor, value, state.best["value"]):
+            state.best = {"value": value, "epoch": epoch}
+            state.bad_epochs = 0
+            self._save(self.best_path, epoch, metrics, predictions)
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch
+        if self.settings["early_stopping"] and state.bad_epochs >= int(self.settings["patience"]):
+            state.finished = True
+        if epoch >= epochs:
+            state.finished = True
+        ckpt.write_history(self.plan.out, state.history)
+        self._save(self.last_path, epoch, metrics, predictions, last=True)
+        self._emit("epoch", dict(line, best_epoch=state.best["epoch"], monitor=monitor, monitor_value=value,
+                                 stopping=state.finished and epoch < epochs))
+
+    def _save(self, path, epoch: int, metrics: dict, predictions: dict, *, last: bool = False) -> None:
+        card = jsonable({"backbone": self.settings["backbone"], "classes": self.plan.classes,
+                         "positive": self.plan.positive, "preprocessing": self.plan.preprocessing,
+                         "settings": self.settings, "metrics": metrics, "epoch": epoch,
+                         "featx_version": featx.__version__, "torch_version": str(torch.__version__),
+                         "provenance": self.plan.provenance})
+        extra = {}
+        if last:
+            s = self.state
+            extra = {"optimizer": self.optimizer.state_dict(),
+                     "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                     "scaler": self.scaler.state_dict(), "epoch": epoch, "rng": ckpt.rng_state(self.loader_gen),
+                     "history": jsonable(s.history), "best": dict(s.best), "bad_epochs": s.bad_epochs,
+                     "finished": s.finished}
+        ckpt.save_checkpoint(path, backbone=self.settings["backbone"], classes=self.plan.classes,
+                             network=self.network, card=card, val_predictions=predictions, **extra)
+
+    def _loader(self, indices: Sequence[int], *, train: bool) -> DataLoader:
+        ds = ImageDataset(self.plan.collection, self.train_tf if train else self.eval_tf, indices=list(indices))
+        bs = int(self.settings["batch_size"])
+        return DataLoader(ds, batch_size=bs, shuffle=train, num_workers=self.plan.workers,
+                          generator=self.loader_gen if train else None,
+                          worker_init_fn=_seed_worker, pin_memory=pin_memory(self.plan.device),
+                          drop_last=train and len(indices) > bs and len(indices) % bs == 1,
+                          persistent_workers=False)
+
+    def _batches(self, loader: DataLoader):
+        """(images, labels, indices) on the device; images unreadable now are dropped and recorded."""
+        device = self.plan.device
+        for images, index, error in loader:
+            bad = [e for e in error if e]
+            if bad:  # readable when scanned, unreadable now (changed on disk, or a transform failed)
+                if self.plan.strict:
+                    raise strict_stop(bad[0])
+                ok = torch.tensor([not e for e in error], dtype=torch.bool)
+                for i, e in zip(index[~ok].tolist(), bad):
+                    if i not in {j for j, _ in self.skipped}:
+                        self.skipped.append((int(i), e))
+                        ckpt.write_lists(self.plan.out, self.plan.collection, self.skipped, self.plan.provenance)
+                    # out of later epochs and of the validation metrics (the loader holds its own copy)
+                    self.train_idx = [j for j in self.train_idx if j != i]
+                    self.val_idx = [j for j in self.val_idx if j != i]
+                if not ok.any():
+                    continue
+                images, index = images[ok], index[ok]
+            y = self.plan.y[index]
+            yield (images.to(device, non_blocking=True).contiguous(memory_format=self.fmt),
+                   y.to(device, non_blocking=True), index)
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float]:
+        network, opt = self.network, self.optimizer
+        network.train()
+        loader = self._loader(self.train_idx, train=True)
+        total, correct, seen = 0.0, 0, 0
+        steps = len(loader)
+        for step, (x, y, _) in enumerate(self._batches(loader), start=1):
+            opt.zero_grad(set_to_none=True)
+            with autocast(self.plan.device):
+                logits = network(x)
+            loss = self.criterion(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise FeatxError(f"training diverged at epoch {epoch}, step {step} (loss {loss.item()}); "
+                                 f"lower {arg('lr')} (now {self.settings['lr']})")
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+            n = y.numel()
+            total += float(loss.detach()) * n
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += n
+            self._emit("batch", {"epoch": epoch, "step": step, "steps": steps, "loss": float(loss.detach())})
+        return total / max(seen, 1), correct / max(seen, 1)
+
+    @torch.inference_mode()
+    def _validate(self) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """(mean unweighted cross-entropy, y_true, predicted class, class probabilities) on the val set."""
+        network = self.network
+        network.eval()
+        loss_sum, ys, probs = 0.0, [], []
+        for x, y, _ in self._batches(self._loader(self.val_idx, train=False)):
+            with autocast(self.plan.device):
+                logits = network(x)
+            logits = logits.float()
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            ys.append(y.cpu())
+            probs.append(torch.softmax(logits, 1).cpu())
+        y_true = torch.cat(ys).numpy()
+        p = torch.cat(probs).numpy()
+        return loss_sum / max(len(y_true), 1), y_true, p.argmax(1), p

@@ -1,0 +1,119 @@
+"""What a fine-tuning run is, fixed before its first step: :func:`plan_run` builds one :class:`RunPlan`."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from featx import provenance
+from featx.backbones import FeatureNet, check_input_size, create_backbone
+from featx.data import Collection, discover
+from featx.device import resolve_device
+from featx.errors import FeatxError, arg
+from featx.evaluation import resolve_positive
+from featx.finetune.checkpoint import read_last, refuse_other_settings
+from featx.finetune.presets import check_settings, monitor_name, resolve_settings
+from featx.finetune.split import Split, balanced_weights, labels, select_images
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One fine-tuning run: its folder, data, split, settings and starting network.
+
+    ``settings`` is what ``settings.json`` and every card record; ``last`` is the ``last.pt`` a resumed
+    run continues from (None for a new run).
+    """
+
+    out: Path
+    collection: Collection
+    classes: list[str]
+    pos: int  # index of the positive class in ``classes``
+    y: torch.Tensor  # class index of every sample (-1: unlabelled)
+    split: Split
+    settings: dict
+    network: FeatureNet  # on the CPU, classifier layer sized to ``classes``, frozen stages set
+    provenance: dict
+    preprocessing: dict
+    device: torch.device
+    workers: int
+    strict: bool
+    last: dict | None
+
+    @property
+    def positive(self) -> str:
+        return self.classes[self.pos]
+
+
+def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset: str | None, options: dict,
+             val: str, early_stopping: str | None, patience: int, positive: str | None, freeze: str | None,
+             device: str, workers: int | None, seed: int, resume: bool, strict: bool) -> RunPlan:
+    """Resolve and check the settings, draw the split, scan the images, read ``last.pt`` (``resume``) and
+    build the starting network. Writes nothing."""
+    collection = data if isinstance(data, Collection) else discover(data)
+    classes = list(collection.classes)
+    if len(classes) < 2:
+        raise FeatxError(f"{collection.root}: fine-tuning needs at least two classes, found "
+                         f"{classes or 'no labelled images'}")
+    pos = resolve_positive(classes, positive)
+    settings = resolve_settings(backbone, preset, **options)
+    settings.update(backbone=backbone, val=val, monitor=monitor_name(early_stopping),
+                    early_stopping=early_stopping is not None, patience=int(patience), freeze=freeze,
+                    seed=int(seed), positive=classes[pos], classes=classes,
+                    dataset_fingerprint=collection.fingerprint(), data_root=str(collection.root))
+    settings["loss"] = "softmax cross-entropy" + (" (class-weighted)" if settings["class_weight"] == "balanced"
+                                                  else "")
+    check_settings(settings)
+    check_input_size(backbone, int(settings["image_size"]))
+    device_ = resolve_device(device)
+    workers = max(0, min(4, (os.cpu_count() or 1) - 1)) if workers is None else int(workers)
+    settings.update(device=str(device_), workers=workers)
+
+    split = select_images(collection, val, seed, workers=workers, strict=strict)
+    skipped_paths = sorted(collection.samples[i].path for i, _ in split.skipped)
+    settings.update(protocol=split.protocol, protocol_label=split.protocol_label, image_level=split.image_level,
+                    n_train=len(split.train), n_val=len(split.val), strict=bool(strict),
+                    n_skipped=len(split.skipped), skipped=skipped_paths)
+
+    last_path = out / "last.pt"
+    last = None
+    if resume:
+        last = read_last(last_path)
+        refuse_other_settings(last["card"]["settings"], settings, last_path)
+        # what the first run recorded about its weights stays the truth for this run
+        for key in ("weights_source", "weights_sha256"):
+            settings[key] = last["card"]["settings"].get(key)
+    elif last_path.exists():
+        raise FeatxError(f"{out} already holds a run ({last_path.name}); pass {arg('resume', True)} to continue "
+                         f"it or choose another run folder ({arg('out')})")
+
+    network = create_backbone(backbone, "none" if last is not None else settings["weights"],
+                              dropout=float(settings["dropout"]), seed=int(seed))
+    skipped_idx = sorted(i for i, _ in split.skipped)
+    if last is not None:  # what the first run recorded (including a starting checkpoint's samples) stays
+        prov = last["card"].get("provenance") or provenance.record(collection, split.train, split.val, skipped_idx)
+    else:
+        prov = provenance.record(collection, split.train, split.val, skipped_idx,
+                                 start_card=network.weights_info.card)
+    if last is not None or network.classes != classes:  # keep the classifier of a checkpoint of these classes
+        network.reset_classifier(len(classes), seed=int(seed))
+    if last is None:
+        settings["weights_source"] = network.weights_info.source
+        settings["weights_sha256"] = network.weights_info.sha256
+    if freeze is not None:
+        if freeze not in network.stages:
+            raise FeatxError(f"{arg('freeze', freeze)}: unknown stage of {backbone}; choose one of: "
+                             f"{', '.join(network.stages)}")
+        network.freeze(freeze)
+
+    y = labels(collection, classes)
+    settings["class_weights"] = (None if settings["class_weight"] != "balanced" else
+                                 [round(float(w), 6) for w in balanced_weights(y, split.train, len(classes))])
+    cfg = network.config
+    size = int(settings["image_size"])
+    preprocessing = {"input_size": size, "mean": [float(v) for v in cfg.mean], "std": [float(v) for v in cfg.std],
+                     "resize": f"resize to {size}x{size} (bilinear, antialias), ToTensor, normalise"}
+    return RunPlan(out=out, collection=collection, classes=classes, pos=pos, y=y, split=split, settings=settings,
+                   network=network, provenance=prov, preprocessing=preprocessing, device=device_, workers=workers,
+                   strict=bool(strict), last=last)

@@ -1,0 +1,133 @@
+"""``finetune``: plan a run, train it, and write its result row, card and plots."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from featx import provenance, report
+from featx.data import Collection
+from featx.evaluation import roc_points, summarize_folds
+from featx.files import atomic_json
+from featx.finetune import checkpoint as ckpt
+from featx.finetune.events import Callback, RunSummary
+from featx.finetune.loop import Trainer
+from featx.finetune.plan import plan_run
+from featx.results import ResultRow, jsonable
+
+
+def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = "vgg16",
+             weights: str | Path | None = None, preset: str | None = None, epochs: int | None = None,
+             lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
+             momentum: float | None = None, weight_decay: float | None = None, schedule: str | None = None,
+             dropout: float | None = None, class_weight: str | None = None, freeze: str | None = None,
+             image_size: int | None = None, augment: bool | None = None, color_jitter: bool | None = None,
+             val: str = "subject", early_stopping: str | None = None, patience: int = 5,
+             positive: str | None = None, device: str = "auto", workers: int | None = None, seed: int = 0,
+             resume: bool = False, callback: Callback | None = None, strict: bool = False) -> RunSummary:
+    """Fine-tune ``backbone`` on the labelled images of ``data``; write the run folder ``out``; return a summary.
+
+    Settings left ``None`` come from ``preset`` (``"paper"``: the reference study) or from the backbone's
+    defaults (``default_settings``); an explicit value always wins, and ``settings.json`` records the values
+    used and where each came from. ``val``: ``"subject"`` (a subject-grouped holdout, one fold of the
+    5-fold protocol of ``classify``), ``"image"`` (image-level holdout; leaks subjects, marked as such),
+    a split name such as ``"fold_2"`` (validate on it, train on the other training folds) or ``"prelim"``
+    (train on all training folds, validate on C-NMC's preliminary test phase). ``early_stopping`` names the
+    validation metric to watch (``loss``, ``accuracy``, ``f1``, ``f1_weighted``, ...; ``best.pt`` is the best
+    epoch by it, by validation loss otherwise) and stops after ``patience`` epochs without improvement.
+    ``freeze``: ``"head"`` trains only the network's classifier layer; a stage name freezes every stage
+    before it. ``callback(kind, info)`` reports progress (:mod:`featx.finetune.events`). ``resume=True``
+    continues from ``out/last.pt`` and refuses other settings.
+
+    Images that cannot be read are left out of training and validation, listed in ``out/skipped.csv``
+    (path, subject, error) and in the summary's ``skipped``; ``strict=True`` raises instead. A run that
+    fails before its first checkpoint leaves no run folder behind (when it created it).
+    """
+    out = Path(out)
+    existed = ckpt.early_files(out)
+    options = dict(weights=None if weights is None else str(weights), epochs=epochs, lr=lr, batch_size=batch_size,
+                   optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                   dropout=dropout, class_weight=class_weight, image_size=image_size, augment=augment,
+                   color_jitter=color_jitter)
+    try:
+        plan = plan_run(data, out, backbone=backbone, preset=preset, options=options, val=val,
+                        early_stopping=early_stopping, patience=patience, positive=positive, freeze=freeze,
+                        device=device, workers=workers, seed=seed, resume=resume, strict=strict)
+        trainer = Trainer(plan, callback)
+        out.mkdir(parents=True, exist_ok=True)
+        if plan.last is None:
+            ckpt.write_settings(out, plan.settings)
+        ckpt.write_lists(out, plan.collection, trainer.skipped, plan.provenance)
+        trainer.fit()
+        summary = _write_outputs(trainer)
+    except BaseException:
+        ckpt.remove_unsaved_run(out, existed)
+        raise
+    if callback is not None:
+        callback("end", summary)
+    return summary
+
+
+def _write_outputs(trainer: Trainer) -> RunSummary:
+    """card.json, results.json/.md/.csv, curves.png, confusion.png (and roc.png) of a finished run."""
+    plan, state, out = trainer.plan, trainer.state, trainer.plan.out
+    best = ckpt.load_checkpoint(trainer.best_path)
+    card = dict(best["card"])  # the sample lists stay in the checkpoint (and provenance.csv)
+    card["provenance"] = provenance.summary(card.get("provenance") or {})
+    atomic_json(out / "card.json", card)
+    # Without early stopping the run is a fixed number of epochs (the study's protocol): report the last
+    # epoch, since choosing the best epoch on the validation set and scoring it there is optimistic.
+    # best.pt (lowest validation loss) is still kept for `featx extract --weights`.
+    scored = best if plan.settings["early_stopping"] else ckpt.load_checkpoint(trainer.last_path)
+    metrics = scored["card"]["metrics"]
+    row = result_row(trainer, metrics, scored["val_predictions"], int(best["card"]["epoch"]),
+                     int(scored["card"]["epoch"]))
+    paths = {k: Path(v) for k, v in report.write_results([row], out, plots=False).items()}
+    title = f"{row.name}: {row.protocol_label}"
+    curves = report.plot_history(state.history, out / "curves.png", title=title)
+    confusion = report.plot_confusion(row.confusion, plan.classes, out / "confusion.png",
+                                      title=f"{title}\nepoch {row.scored_epoch}")
+    if row.roc:
+        paths["roc"] = report.plot_roc(row.roc["fpr"], row.roc["tpr"], row.scores["roc_auc"].mean,
+                                       out / "roc.png", title=title)
+    samples = plan.collection.samples
+    return {"out": out, "best": trainer.best_path, "last": trainer.last_path, "history": out / "history.csv",
+            "settings": out / "settings.json", "card": out / "card.json", "curves": curves,
+            "confusion": confusion, "results": paths, "row": row, "epochs_run": state.epoch,
+            "best_epoch": int(best["card"]["epoch"]), "stopped_early": state.epoch < int(plan.settings["epochs"]),
+            "settings_used": plan.settings, "history_rows": list(state.history),
+            "provenance": out / "provenance.csv",
+            "skipped": [{"path": samples[i].path, "error": e} for i, e in trainer.skipped],
+            "skipped_csv": out / "skipped.csv"}
+
+
+def result_row(trainer: Trainer, metrics: dict, pred: dict, best_epoch: int, scored_epoch: int) -> ResultRow:
+    """The result row of the scored epoch: one validation set, the network's own softmax (``head=None``)."""
+    plan, s = trainer.plan, trainer.plan.settings
+    subjects = [plan.collection.samples[i].subject or "" for i in trainer.val_idx]
+    pooled = {"y_true": pred["y_true"].numpy(), "y_pred": pred["y_pred"].numpy(),
+              "y_score": pred["y_score"].numpy().astype(np.float64), "subjects": subjects, "classes": plan.classes,
+              "positive": plan.pos}
+    summary = summarize_folds([metrics], pooled=pooled, seed=int(s["seed"]))
+    epochs_run = trainer.state.epoch
+    selection = (f"epoch {scored_epoch} of {epochs_run}, chosen by validation {s['monitor']} on the set it is "
+                 "scored on (optimistic)" if s["early_stopping"] else
+                 f"last epoch ({scored_epoch}) of a fixed-length run; best.pt is epoch {best_epoch} by validation "
+                 f"{s['monitor']}")
+    row = ResultRow(
+        name=f"{s['backbone']} fine-tuned" + (" (early-stopped on val)" if s["early_stopping"] else ""),
+        backbone=s["backbone"], tap="logits", head=None, protocol=plan.split.protocol,
+        protocol_label=s["protocol_label"], image_level=bool(plan.split.image_level), n_folds=1,
+        n_train=len(trainer.train_idx), n_test=len(trainer.val_idx), n_subjects=len({x for x in subjects if x}),
+        classes=list(plan.classes), positive=plan.positive, confusion=jsonable(summary["confusion"]),
+        ci_unit=summary.get("ci_unit"), per_subject_accuracy=jsonable(summary.get("per_subject_accuracy")),
+        roc=roc_points(pooled["y_true"] == plan.pos, pooled["y_score"]),
+        fit_seconds=round(sum(float(h["seconds"]) for h in trainer.state.history), 3),
+        settings=jsonable({k: v for k, v in s.items() if k not in ("notes", "classes")}),
+        best_epoch=best_epoch, scored_epoch=scored_epoch, epochs_run=epochs_run, n_skipped=len(trainer.skipped),
+        selection=selection)
+    row.set_scores(summary)
+    # one validation set: there is no spread over folds (the bootstrap interval is the uncertainty)
+    row.scores = {m: replace(score, std=None) for m, score in row.scores.items()}
+    return row
