@@ -279,25 +279,26 @@ def test_random_labels_tuned_store_scores_chance_and_optimistic_cv_is_marked(tmp
 
 def test_plots_and_tables_mark_optimistic_rows(tmp_path, monkeypatch):
     from featx import report
+    from featx.report import files as report_files
 
     titles, labels = [], []
-    real_conf, real_bars = report.plot_confusion, report.plot_bars
-    monkeypatch.setattr(report, "plot_confusion", lambda cm, classes, path, title=None: titles.append(title)
+    real_conf, real_bars = report_files.plot_confusion, report_files.plot_bars
+    monkeypatch.setattr(report_files, "plot_confusion", lambda cm, classes, path, title=None: titles.append(title)
                         or real_conf(cm, classes, path, title=title))
 
     def bars(rows, path, **kw):
-        labels.extend(f"{report._flag(r)} {r.get('protocol')}" for r in rows)
+        labels.extend(f"{r.flag} {r.protocol}" for r in rows)
         return real_bars(rows, path, **kw)
 
-    monkeypatch.setattr(report, "plot_bars", bars)
+    monkeypatch.setattr(report_files, "plot_bars", bars)
     fs = _featureset(["train"] * 10 + ["val"] * 2 + [""] * 4, [s for s in "AABBCCDDEEFFGGHH"])
     rows = [evaluate(fs, "logistic", n_boot=20), evaluate(fs, "logistic", cv="subject", n_folds=4, n_boot=20,
                                                           allow_optimistic=True)]
     report.write_results(rows, tmp_path)
     assert "OPTIMISTIC" not in titles[0] and "OPTIMISTIC" in titles[1]
     assert labels == [" tuned-holdout", "OPTIMISTIC subject"]
-    assert report.short_protocol(rows[0].to_dict()) == "tuned-holdout"
-    assert report.short_protocol(rows[1].to_dict()) == "OPTIMISTIC subject 4-fold"
+    assert report.short_protocol(rows[0]) == "tuned-holdout"
+    assert report.short_protocol(rows[1]) == "OPTIMISTIC subject 4-fold"
 
 
 def test_compare_mixes_frozen_and_tuned_stores_honestly(cnmc_tree, tuned_run, tmp_path):
