@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from featx.errors import FeatxError
+from featx.errors import FeatxError, arg
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -21,16 +21,17 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise FeatxError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
+            raise FeatxError(f"{arg('device', spec)}: CUDA is not available on this machine; use "
+                             f"{arg('device', 'cpu')} or {arg('device', 'auto')}")
         try:
             device = torch.device(spec)
         except RuntimeError:
-            raise FeatxError(f"--device {spec}: not a device; use cuda or cuda:N") from None
+            raise FeatxError(f"{arg('device', spec)}: not a device; use cuda or cuda:N") from None
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise FeatxError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            raise FeatxError(f"{arg('device', spec)}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         return device
-    raise FeatxError(f"unknown device {spec!r}; choose one of: auto, cpu, cuda, cuda:N")
+    raise FeatxError(f"{arg('device', spec)}: unknown device; choose one of: auto, cpu, cuda, cuda:N")
 
 
 def autocast(device: torch.device, enabled: bool = True):

@@ -6,7 +6,7 @@ Library messages name the argument at fault with :func:`arg`; ``str(error)`` spe
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 _ARG = re.compile(r"\u27e6([A-Za-z_][A-Za-z0-9_]*)(?:=(.*?))?\u27e7")
 

@@ -12,8 +12,8 @@ import functools
 import os
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

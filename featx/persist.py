@@ -22,10 +22,10 @@ import io
 import json
 import platform
 import re
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
 
 import joblib
 import numpy as np

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from typing import Sequence
+from collections.abc import Sequence
 
 PROVENANCE_VERSION = 1
 ROLES = ("train", "train-subject", "val", "", "unknown")

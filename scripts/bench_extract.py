@@ -2,7 +2,8 @@
 
 All three run in one process on the same images and the same weights, so the printed ratios compare like
 with like. featx and the naive loop are timed from building the model to the written file; the pure
-forward pass (random tensors, batched, no decoding, no writing) is the ceiling. Images are synthetic C-NMC cells at the real data's size (450x450 BMP), resized to --size.
+forward pass (random tensors, batched, no decoding, no writing) is the ceiling. Images are synthetic C-NMC
+cells at the real data's size (450x450 BMP), resized to --size.
 
     python scripts/bench_extract.py --backbone alexnet --images 192 --size 224
 """
@@ -20,9 +21,9 @@ import torch
 from featx.backbones import create_backbone
 from featx.data import discover
 from featx.data.images import load_image, make_transform
+from featx.data.synth import synthesize
 from featx.device import resolve_device
 from featx.extract import default_workers, extract
-from featx.data.synth import synthesize
 
 
 def naive_loop(collection, backbone: str, size: int, taps: list[str], out: Path, device) -> float:

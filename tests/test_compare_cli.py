@@ -11,21 +11,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 import torch
+from cli_helpers import invoke as _invoke
+from typer.testing import CliRunner
 
 from featx.backbones import create_backbone
 from featx.cli import app
+from featx.data.synth import synthesize
 from featx.errors import FeatxError
 from featx.extract import extract
 from featx.heads import make_head
 from featx.persist import check_store_matches, fit_final, load_model, save_model
 from featx.store import load_features, store_settings
-from featx.data.synth import synthesize
-
-from cli_helpers import invoke as _invoke
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
 

@@ -68,7 +68,7 @@ def test_discover_tcia_tree(cnmc_tree):
     assert not {s.subject for s in prelim} & {s.subject for s in train}
     final = [s for s in col.samples if s.split == "final"]
     assert len(final) == 4 and all(s.label is None and s.subject is None for s in final)
-    assert col.subjects_known
+    assert col.every_labelled_sample_has_subject
     # Order: by split, then path; deterministic.
     order = ["fold_0", "fold_1", "fold_2", "prelim", "final"]
     assert [order.index(s.split) for s in col.samples] == sorted(order.index(s.split) for s in col.samples)
@@ -131,7 +131,7 @@ def test_discover_generic_class_folders(tmp_path):
         ("normal/UID_h7_3_1_hem.tif", "normal", "H7", None),
     ]
     assert col.classes == ["blast", "normal"]
-    assert not col.subjects_known
+    assert not col.every_labelled_sample_has_subject
     with pytest.raises(FeatxError, match="split 'prelim' is not in .*none"):
         discover(root, splits=["prelim"])
 
@@ -155,7 +155,7 @@ def test_discover_manifest(tmp_path):
         ("sub/x2.png", "all", "P1", "train"),
     ]
     assert col.abspath(1).resolve() == absolute and col.abspath(0).is_file()
-    assert col.classes == ["all", "hem"] and col.subjects_known
+    assert col.classes == ["all", "hem"] and col.every_labelled_sample_has_subject
     assert [s.path for s in discover(manifest, splits="test").samples] == ["x1.png"]
     # Only path and label are required.
     short = data / "short.csv"
@@ -167,7 +167,8 @@ def test_manifest_errors_name_the_file(tmp_path):
     _png(tmp_path / "x1.png")
     bad = tmp_path / "bad.csv"
     bad.write_text("file,class\nx1.png,a\n")
-    with pytest.raises(FeatxError, match=r"manifest .*bad\.csv must start with the header path,label\[,subject\]\[,split\]"):
+    with pytest.raises(FeatxError,
+                       match=r"manifest .*bad\.csv must start with the header path,label\[,subject\]\[,split\]"):
         discover(bad)
     missing = tmp_path / "missing.csv"
     missing.write_text("path,label\nx1.png,a\nnope.png,b\nnope2.png,b\n")

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import invoke as _invoke
 
 from featx.backbones import create_backbone
 from featx.errors import FeatxError
 from featx.extract import extract
 from featx.store import load_features
-
-from cli_helpers import invoke as _invoke
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

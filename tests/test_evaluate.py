@@ -6,15 +6,24 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from featx.errors import FeatxError
 from featx.cli.parsing import parse_params
-from featx.evaluation import (METRICS, bootstrap_ci, compare, compute_metrics, evaluate, evaluate_many, make_splits,
-                              resolve_positive, roc_points, summarize_folds)
+from featx.errors import FeatxError
+from featx.evaluation import (
+    METRICS,
+    bootstrap_ci,
+    compare,
+    compute_metrics,
+    evaluate,
+    evaluate_many,
+    make_splits,
+    resolve_positive,
+    roc_points,
+    summarize_folds,
+)
 from featx.evaluation.metrics import _confusion_metrics, _weighted_auc
 from featx.heads import make_head
 from featx.store import FeatureSet
 from featx.workflows.classify import run_classify, run_compare
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

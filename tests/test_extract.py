@@ -81,7 +81,7 @@ def test_store_schema_and_settings(cnn_store, cnmc_tree):
     assert s["data_root"] == str(cnmc_tree.resolve())
     assert s["torch_version"] == torch.__version__ and len(s["dataset_fingerprint"]) == 64
     with h5py.File(cnn_store) as h5:
-        for tap, ds in h5["features"].items():
+        for _tap, ds in h5["features"].items():
             assert ds.maxshape == (None, ds.shape[1]) and ds.chunks[1] == ds.shape[1]
             assert ds.chunks[0] * ds.shape[1] * 4 <= (1 << 20)
             assert ds.shape[0] == len(h5["samples/path"])
@@ -190,7 +190,8 @@ def test_weights_from_a_state_dict_file(cnmc_tree, tmp_path):
     weights = tmp_path / "cnn-weights.pt"
     torch.save(model.state_dict(), weights)
     res = runner.invoke(app, ["extract", str(cnmc_tree), "--split", "fold_2", "--backbone", "cnn", "--weights",
-                              str(weights), "--image-size", "32", "--workers", "0", "-q", "--out", str(tmp_path / "a.h5")])
+                              str(weights), "--image-size", "32", "--workers", "0", "-q",
+                              "--out", str(tmp_path / "a.h5")])
     assert res.exit_code == 0, res.output
     assert "img/s" not in res.output  # -q: no progress bar
     extract(collection, tmp_path / "b.h5", backbone="cnn", weights="none", seed=123, image_size=32, workers=0)
@@ -230,7 +231,7 @@ def test_load_features_fuses_taps_and_stores(cnmc_tree, cnn_store, tmp_path):
     np.testing.assert_array_equal(both.X[:, : one.X.shape[1]], one.X)
     labelled = load_features(cnn_store, labelled=True)
     assert (labelled.y >= 0).all() and "final" not in set(labelled.splits)
-    assert labelled.subjects_known and labelled.positive == "all"
+    assert labelled.every_row_has_subject and labelled.positive == "all"
     # a second store of the same samples in another order fuses by path
     other = tmp_path / "other.h5"
     extract(cnmc_tree, other, backbone="cnn", weights="none", seed=5, image_size=32, workers=0)

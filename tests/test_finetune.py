@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 from featx.backbones import create_backbone
 from featx.data import discover
 from featx.data.images import ImageDataset, make_transform
+from featx.data.synth import synthesize
 from featx.errors import FeatxError
 from featx.finetune import PRESETS, finetune, resolve_settings
 from featx.finetune import split as ft_split
 from featx.finetune.loop import Trainer
 from featx.results import ResultRow
-from featx.data.synth import synthesize
 
 # small and fast: 32 px for cnn, 64 px for AlexNet (it needs >= 63), no worker processes unless tested
 TINY = dict(workers=0, device="cpu", val="fold_2")

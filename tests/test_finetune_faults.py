@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from featx.data.synth import synthesize
 from featx.errors import FeatxError
 from featx.finetune import finetune
-from featx.data.synth import synthesize
 
 OPTS = dict(backbone="cnn", weights="none", image_size=32, epochs=3, lr=1e-3, batch_size=8, dropout=0.3,
             augment=True, schedule="cosine", optimizer="adamw", seed=3, workers=0, device="cpu", val="fold_2")
@@ -26,7 +26,8 @@ import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
 import featx.finetune as ft
-data, out, opts, kill, resume = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5] == "1"
+data, out = sys.argv[1], sys.argv[2]
+opts, kill, resume = json.loads(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5] == "1"
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)

@@ -17,9 +17,19 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from featx.cli.app import flag
 from featx.cli.parsing import parse_params, parse_preprocess
 from featx.errors import FeatxError
-from featx.heads import (HEADS, RBFSVMClassifier, SoftmaxClassifier, XGBoostClassifier, check_params, settable_params,
-                         list_heads, make_head, positive_scores, preprocess_steps, preprocess_text)
-
+from featx.heads import (
+    HEADS,
+    RBFSVMClassifier,
+    SoftmaxClassifier,
+    XGBoostClassifier,
+    check_params,
+    list_heads,
+    make_head,
+    positive_scores,
+    preprocess_steps,
+    preprocess_text,
+    settable_params,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,8 +17,8 @@ from featx.data import Collection, discover
 from featx.data.images import ImageDataset, make_transform
 from featx.errors import FeatxError
 from featx.heads import make_head
-from featx.workflows.hybrid import INNER_TRAIN, INNER_VAL, hybrid
 from featx.store import load_features
+from featx.workflows.hybrid import INNER_TRAIN, INNER_VAL, hybrid
 
 LABEL = "hybrid subject-level 3-fold (network fine-tuned per fold on training subjects)"
 # tiny and fast: cnn from scratch at 32 px, 2 epochs, no worker processes, no plots

@@ -31,7 +31,8 @@ CPU = dict(workers=0, device="cpu")
 EXTRACT = dict(backbone="cnn", taps="fc", **CPU)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")  # small fits: one thread is faster on a busy CPU
+# small fits: one thread is faster on a busy CPU
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
 
 
 

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from featx.cli import app
 from featx.errors import FeatxError
-from featx.workflows.classify import run_classify
 from featx.extract import extract
 from featx.heads import list_heads
 from featx.persist import SKOPS_TRUSTED, card_path, export_skops, load_model
 from featx.store import load_features
+from featx.workflows.classify import run_classify
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,7 +38,8 @@ def models(cnmc_tree, tmp_path_factory) -> dict:
     saved = {}
     for head in list_heads():
         result = run_classify(str(store), head, eval_set="prelim", save=True, skops=True, out=root / "res",
-                              plots=False, n_boot=10, device="cpu", params={head: SMALL[head]} if head in SMALL else None)
+                              plots=False, n_boot=10, device="cpu",
+                              params={head: SMALL[head]} if head in SMALL else None)
         saved[head] = (result["model"], result["skops"])
     return {"root": root, "store": store, "saved": saved, "data": cnmc_tree}
 
@@ -239,8 +240,8 @@ def test_predict_loads_skops_and_joblib_alike(models, tmp_path):
 
 
 def test_the_card_records_the_evaluated_row_and_predict_takes_a_list_of_stores(models, tmp_path):
-    from featx.results import ResultRow, Score
     from featx.persist import fit_final, save_model
+    from featx.results import ResultRow, Score
     from featx.workflows.predict import predict
 
     features = load_features(models["store"])

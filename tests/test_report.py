@@ -9,8 +9,16 @@ import re
 import pytest
 from rich.console import Console
 
-from featx.report import (STATS_NOTE, format_pct, plot_confusion, plot_history, results_table, short_protocol, slug,
-                          write_results)
+from featx.report import (
+    STATS_NOTE,
+    format_pct,
+    plot_confusion,
+    plot_history,
+    results_table,
+    short_protocol,
+    slug,
+    write_results,
+)
 from featx.results import METRICS, ResultRow, Score
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -94,7 +102,8 @@ def test_plots_and_slugs(tmp_path):
 
 def test_table_shows_model_names_with_brackets_verbatim():
     console = Console(record=True, width=220)
-    console.print(results_table([_row("cnn[cnn/best.pt]/fc + svm", "subject", "subject-level 5-fold", False, 0.9, 0.1)]))
+    row = _row("cnn[cnn/best.pt]/fc + svm", "subject", "subject-level 5-fold", False, 0.9, 0.1)
+    console.print(results_table([row]))
     assert "cnn[cnn/best.pt]/fc + svm" in console.export_text()
 
 

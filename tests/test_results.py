@@ -9,8 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from featx.results import (METRICS, ResultRow, Score, csv_columns, read_json, rows_from_csv, write_csv,
-                           write_json)
+from featx.results import METRICS, ResultRow, Score, csv_columns, read_json, rows_from_csv, write_csv, write_json
 
 NAN = float("nan")
 

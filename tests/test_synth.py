@@ -30,7 +30,7 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
               final_cells=3, image_size=32)
     a = synthesize(tmp_path / "a", seed=7, **kw)
     b = synthesize(tmp_path / "b", seed=7, **kw)
-    c = synthesize(tmp_path / "c", seed=8, **kw)
+    synthesize(tmp_path / "c", seed=8, **kw)
     fa, fb, fc = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
     assert len(fa) == 2 * 3 + 2 * 3 + 3 * 2 + 3 + 1  # train + prelim (3 subjects x 2) + final + CSV
     assert fa == fb

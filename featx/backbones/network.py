@@ -7,7 +7,8 @@ A backbone's forward pass is a plan of :class:`Step`s over submodules ``features
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -131,7 +132,7 @@ class FeatureNet(nn.Module):
         self._frozen = self.config.stages[:k]
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "FeatureNet":
+    def train(self, mode: bool = True) -> FeatureNet:
         """Like ``nn.Module.train``, but batch-norm layers of frozen stages stay in eval mode."""
         super().train(mode)
         for stage in getattr(self, "_frozen", ()):

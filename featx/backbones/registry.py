@@ -6,8 +6,8 @@ preprocessing (input size, mean, std) is read from torchvision's weights enums, 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import urlparse
 
 from torchvision.models import WeightsEnum

@@ -6,7 +6,7 @@ has exactly torchvision's keys: torchvision's weight files load unchanged, and a
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torchvision
 from torch import nn

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import errno
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import typer
 from rich.console import Console

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -12,12 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from featx.cli.app import app, console, err_console, user_errors
+from featx.cli.options import Backbone, Device, Images, ImageSize, Quiet, Workers
 from featx.cli.parsing import parse_extract_taps
+from featx.data.synth import synthesize
 from featx.errors import FeatxError
 from featx.provenance import ATTR, parse_attr
 from featx.store import summarize
 from featx.store import verify as verify_store
-from featx.data.synth import synthesize
 
 
 @app.command()
@@ -50,24 +52,22 @@ def synth(
 @app.command()
 @user_errors
 def extract(
-    data: Annotated[Path, typer.Argument(help="Image root: C-NMC (TCIA or Kaggle layout), ROOT/<class>/..., "
-                                              "or a CSV manifest path,label[,subject][,split].")],
+    data: Images,
     out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 store to write (resumed if it exists).")],
-    backbone: Annotated[str, typer.Option(help="Backbone: vgg16, alexnet or cnn.")] = "vgg16",
+    backbone: Backbone = "vgg16",
     weights: Annotated[str, typer.Option(help="imagenet (torchvision cache, TORCH_HOME), none (seeded random), "
                                               "or a path to a state dict / featx checkpoint (best.pt).")] = "imagenet",
-    taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps, e.g. fc7,pool5 (default: all "
+    taps: Annotated[str | None, typer.Option(help="Comma-separated taps, e.g. fc7,pool5 (default: all "
                                                      "taps of the backbone).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size "
-                                                           "(default: the backbone's, 224).")] = None,
-    split: Annotated[Optional[list[str]], typer.Option(help="Only these splits (repeat): fold_0, fold_1, "
+    image_size: ImageSize = None,
+    split: Annotated[list[str] | None, typer.Option(help="Only these splits (repeat): fold_0, fold_1, "
                                                             "fold_2, prelim, final, or a manifest's.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(help="Decode worker processes (default: cores - 1).")] = None,
+    workers: Workers = None,
     dtype: Annotated[str, typer.Option(help="Stored feature type: float32 or float16.")] = "float32",
     seed: Annotated[int, typer.Option(help="Seed of random initialisation with --weights none.")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Quiet = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when an image or folder cannot be "
                                                           "read (default: skip it, record it in the store "
                                                           "and warn).")] = False,
@@ -162,7 +162,7 @@ class _ExtractBar:
         self.start = 0.0
         self.first = 0  # rows finished before this run: the rate counts only the images of this run
 
-    def __enter__(self) -> "_ExtractBar":
+    def __enter__(self) -> _ExtractBar:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -2,72 +2,75 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from featx.cli.app import app, console, err_console, user_errors
+from featx.cli.options import (
+    Augment,
+    Backbone,
+    ColorJitter,
+    Device,
+    Dropout,
+    EarlyStopping,
+    Epochs,
+    Freeze,
+    Images,
+    ImageSize,
+    LearningRate,
+    Momentum,
+    Optimizer,
+    Patience,
+    Positive,
+    Preset,
+    Schedule,
+    Seed,
+    StartWeights,
+    TrainBatch,
+    WeightDecay,
+    Workers,
+)
 from featx.errors import FeatxError
-from featx.finetune import finetune as run_finetune
 from featx.report import results_table
 
 
 @app.command()
 @user_errors
 def finetune(
-    data: Annotated[Path, typer.Argument(help="Image root: C-NMC (TCIA or Kaggle layout), ROOT/<class>/..., "
-                                              "or a CSV manifest path,label[,subject][,split].")],
+    data: Images,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, history, plots, results.")],
-    backbone: Annotated[str, typer.Option(help="Backbone: vgg16, alexnet or cnn.")] = "vgg16",
-    weights: Annotated[Optional[str], typer.Option(
-        help="Starting weights: imagenet, none (seeded random) or a state dict / featx checkpoint "
-             "(default: imagenet, none for cnn).")] = None,
-    preset: Annotated[Optional[str], typer.Option(
-        help="paper: the reference study (224x224, ImageNet, SGD lr 1e-5 momentum 0, 15 epochs, dropout 0.5, "
-             "softmax cross-entropy). Any option given explicitly overrides the preset.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default 10; paper 15).")] = None,
-    lr: Annotated[Optional[float], typer.Option(
-        help="Learning rate (default 1e-4 pretrained / 1e-3 from scratch; paper 1e-5).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per training step (default 32).")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="sgd or adamw (default adamw; paper sgd).")] = None,
-    momentum: Annotated[Optional[float], typer.Option(
-        help="SGD momentum (default 0.9; paper 0, Keras' SGD default).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(
-        help="Weight decay (default 0.01 for AdamW; paper 0).")] = None,
-    schedule: Annotated[Optional[str], typer.Option(
-        help="Learning-rate schedule per epoch: cosine, step (x0.1 every third of the run) or none "
-             "(default cosine; paper none).")] = None,
-    dropout: Annotated[Optional[float], typer.Option(
-        help="Dropout rate on the fully connected layers (default 0.5).")] = None,
-    class_weight: Annotated[Optional[str], typer.Option(
+    backbone: Backbone = "vgg16",
+    weights: StartWeights = None,
+    preset: Preset = None,
+    epochs: Epochs = None,
+    lr: LearningRate = None,
+    batch_size: TrainBatch = None,
+    optimizer: Optimizer = None,
+    momentum: Momentum = None,
+    weight_decay: WeightDecay = None,
+    schedule: Schedule = None,
+    dropout: Dropout = None,
+    class_weight: Annotated[str | None, typer.Option(
         help="none or balanced (loss weights inverse to class frequency; default balanced, paper none).")] = None,
-    freeze: Annotated[Optional[str], typer.Option(
-        help="head: train only the network's classifier layer; a stage name (e.g. fc6): freeze every stage before it.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(
-        help="Square input size (default: the backbone's, 224; AlexNet needs at least 63).")] = None,
-    augment: Annotated[Optional[bool], typer.Option(
-        "--augment/--no-augment",
-        help="Flips, 90-degree rotations and a small affine on training images (default on; paper off).")] = None,
-    color_jitter: Annotated[Optional[bool], typer.Option(
-        "--color-jitter/--no-color-jitter", help="Also jitter brightness/contrast/saturation/hue.")] = None,
+    freeze: Freeze = None,
+    image_size: ImageSize = None,
+    augment: Augment = None,
+    color_jitter: ColorJitter = None,
     val: Annotated[str, typer.Option(
         help="Validation set: subject (subject-grouped holdout, the protocol of classify), image (image-level "
              "holdout, leaks subjects), a split such as fold_2, or prelim (C-NMC's preliminary test).")] = "subject",
-    eval_set: Annotated[Optional[str], typer.Option(
+    eval_set: Annotated[str | None, typer.Option(
         "--eval", help="As in classify: train on the training folds, validate on this split (e.g. prelim); "
                        "the same as --val SPLIT.")] = None,
-    early_stopping: Annotated[Optional[str], typer.Option(
-        help="Stop when this validation metric stops improving: loss, accuracy, f1, f1_weighted, "
-             "balanced_accuracy, roc_auc (best.pt is the best epoch by it; by loss otherwise).")] = None,
-    patience: Annotated[int, typer.Option(help="Epochs without improvement before early stopping.")] = 5,
-    positive: Annotated[Optional[str], typer.Option(
-        help="Positive class for precision/recall/F1 (default: all when present).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    workers: Annotated[Optional[int], typer.Option(help="Decode worker processes (default: cores - 1, "
-                                                        "at most 4).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, augmentation and dropout.")] = 0,
+    early_stopping: EarlyStopping = None,
+    patience: Patience = 5,
+    positive: Positive = None,
+    device: Device = "auto",
+    workers: Workers = None,
+    seed: Seed = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from last.pt "
                                                           "(refused if a setting differs).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (per-epoch lines only).")] = False,
@@ -80,6 +83,8 @@ def finetune(
     history.csv, curves.png, confusion.png, results.json/.md/.csv, settings.json, provenance.csv (the
     images it trained and validated on; `extract` carries them into the store) and skipped.csv.
     """
+    from featx.finetune import finetune as run_finetune  # deferred: torch, which `featx --help` does not need
+
     if eval_set is not None:
         if val not in ("subject", eval_set):
             raise FeatxError(f"--val {val} and --eval {eval_set} name two validation sets; give one")
@@ -139,7 +144,7 @@ class _Progress:
     def __call__(self, kind: str, info: dict) -> None:
         if kind == "start":
             s = info["settings"]
-            head = "resuming after epoch %d; " % info["epoch"] if info["epoch"] else ""
+            head = f"resuming after epoch {info['epoch']}; " if info["epoch"] else ""
             console.print(f"{head}fine-tuning [bold]{s['backbone']}[/] (weights {s['weights']}, "
                           f"preset {s['preset'] or 'none'}) on {info['n_train']} images, validating on "
                           f"{info['n_val']} ({s['protocol_label']}); {s['optimizer']} lr {s['lr']:g}, "

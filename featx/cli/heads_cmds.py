@@ -2,19 +2,41 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from featx.cli.app import app, console, user_errors
-from featx.cli.options import (CV_HELP, AllowPartial, Boot, ClassWeight, Device, DropUnknownSubjects, Folds, NoPlots,
-                               Optimistic, Out, Seed)
-from featx.cli.parsing import (parse_name_list, parse_params, parse_preprocess, parse_store_groups, parse_stores,
-                               parse_tap_groups, parse_taps)
+from featx.cli.options import (
+    CV_HELP,
+    AllowPartial,
+    Boot,
+    ClassWeight,
+    Device,
+    DropUnknownSubjects,
+    Folds,
+    Jobs,
+    NoPlots,
+    Optimistic,
+    Out,
+    Param,
+    Positive,
+    Preprocess,
+    Seed,
+    Workers,
+)
+from featx.cli.parsing import (
+    parse_name_list,
+    parse_params,
+    parse_preprocess,
+    parse_store_groups,
+    parse_stores,
+    parse_tap_groups,
+    parse_taps,
+)
 from featx.report import results_table
 from featx.workflows.classify import run_classify, run_compare
-from featx.workflows.predict import predict as run_predict
 
 
 def _print_rows(rows, paths=None, title="featx") -> None:
@@ -36,26 +58,23 @@ def classify(
                                               "a.h5+b.h5 (aligned by image path).")],
     head: Annotated[str, typer.Option(help="Head: softmax, logistic, linear-svm, svm, xgboost, random-forest, "
                                            "knn.")] = "svm",
-    tap: Annotated[Optional[str], typer.Option(help="Tap(s) to use, e.g. fc7 or fc7+pool5 (concatenated); "
+    tap: Annotated[str | None, typer.Option(help="Tap(s) to use, e.g. fc7 or fc7+pool5 (concatenated); "
                                                     "default: the backbone's (fc7; fc for cnn).")] = None,
     cv: Annotated[str, typer.Option(help=CV_HELP)] = "auto",
-    eval_set: Annotated[Optional[str], typer.Option("--eval", help="Instead of CV: train on the training rows, "
+    eval_set: Annotated[str | None, typer.Option("--eval", help="Instead of CV: train on the training rows, "
                                                                    "test once on this split (e.g. prelim).")] = None,
     folds: Folds = 5,
-    positive: Annotated[Optional[str], typer.Option(help="Positive class for precision/recall/F1/ROC "
-                                                         "(default: all when present).")] = None,
+    positive: Positive = None,
     class_weight: ClassWeight = None,
-    preprocess: Annotated[str, typer.Option(help="standard, none, l2 or pca:N, joined with + "
-                                                 "(e.g. standard+pca:128).")] = "standard",
-    param: Annotated[Optional[list[str]], typer.Option(help="Head parameter key=value (repeat), e.g. C=10, "
-                                                            "hidden=256, epochs=15.")] = None,
+    preprocess: Preprocess = "standard",
+    param: Param = None,
     save: Annotated[bool, typer.Option("--save", help="Also write the evaluated pipeline, fitted on the rows the "
                                             "protocol trains on, to OUT/models/<backbone>-<tap>-<head>.joblib "
                                             "and .skops (the format to share), each with its JSON card.")] = False,
     no_skops: Annotated[bool, typer.Option("--no-skops", help="With --save, skip the .skops copy (it loads "
                                                               "without running code).")] = False,
     out: Out = Path("results"),
-    jobs: Annotated[int, typer.Option(help="Folds fitted in parallel (joblib processes; -1 = all cores).")] = 1,
+    jobs: Jobs = 1,
     seed: Seed = 0,
     device: Device = "auto",
     boot: Boot = 1000,
@@ -93,22 +112,20 @@ def compare(
     stores: Annotated[list[str], typer.Argument(help="Feature stores to compare; each may fuse stores as "
                                                      "a.h5+b.h5.")],
     heads: Annotated[str, typer.Option(help="Comma-separated heads.")] = "softmax,logistic,svm,xgboost",
-    taps: Annotated[Optional[str], typer.Option(help="Comma-separated taps, each possibly fused: "
+    taps: Annotated[str | None, typer.Option(help="Comma-separated taps, each possibly fused: "
                                                      "fc7,pool5,fc7+pool5 (default: each store's default).")] = None,
-    cv: Annotated[Optional[str], typer.Option(help=CV_HELP + " Several, comma-separated (subject,image), "
+    cv: Annotated[str | None, typer.Option(help=CV_HELP + " Several, comma-separated (subject,image), "
                                                              "give one row each.")] = None,
-    eval_set: Annotated[Optional[str], typer.Option("--eval", help="Add a held-out protocol: train on the "
+    eval_set: Annotated[str | None, typer.Option("--eval", help="Add a held-out protocol: train on the "
                                                                    "training rows, test on this split.")] = None,
     folds: Folds = 5,
-    positive: Annotated[Optional[str], typer.Option(help="Positive class (default: all when present).")] = None,
+    positive: Positive = None,
     class_weight: ClassWeight = None,
-    preprocess: Annotated[str, typer.Option(help="standard, none, l2 or pca:N, joined with +.")] = "standard",
-    param: Annotated[Optional[list[str]], typer.Option(help="Head parameter head.key=value or key=value "
-                                                            "(repeat), e.g. svm.C=10.")] = None,
+    preprocess: Preprocess = "standard",
+    param: Param = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md and plots.")]
     = Path("results"),
-    jobs: Annotated[int, typer.Option(help="Heads x folds fitted in parallel (joblib processes; -1 = all "
-                                           "cores).")] = 1,
+    jobs: Jobs = 1,
     seed: Seed = 0,
     device: Device = "auto",
     boot: Boot = 1000,
@@ -135,25 +152,27 @@ def predict(
     model: Annotated[Path, typer.Argument(help="A model saved by `featx classify --save`: .skops (safe to load; "
                                                "card NAME.skops.json) or .joblib (a pickle: only your own or "
                                                "trusted ones; card NAME.json).")],
-    data: Annotated[Optional[Path], typer.Argument(help="Images to predict (any layout `featx extract` "
+    data: Annotated[Path | None, typer.Argument(help="Images to predict (any layout `featx extract` "
                                                         "reads); not needed with --store.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Only this split, e.g. final.")] = None,
-    store: Annotated[Optional[str], typer.Option(help="Read features from this store (a.h5+b.h5 for fused) "
+    split: Annotated[str | None, typer.Option(help="Only this split, e.g. final.")] = None,
+    store: Annotated[str | None, typer.Option(help="Read features from this store (a.h5+b.h5 for fused) "
                                                       "instead of extracting; must match the model's "
                                                       "settings.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write, one row per requested image: path, "
                                                          "prediction, probability (or score), error.")]
     = Path("predictions.csv"),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda for feature extraction.")] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass when extracting.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(help="Decode worker processes (default: cores - 1).")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="Keep the extracted features in this folder (reused "
+    workers: Workers = None,
+    cache: Annotated[Path | None, typer.Option(help="Keep the extracted features in this folder (reused "
                                                        "on the next run); default: a temporary folder.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any requested image could not be "
                                                           "predicted (the CSV is still written).")] = False,
 ) -> None:
     """Predict new images with a saved model; one CSV row per requested image (an error column for those
     that could not be predicted)."""
+    from featx.workflows.predict import predict as run_predict  # deferred: torch, which `featx --help` does not need
+
     stores = parse_stores(store) if store else None
     summary = run_predict(model, data, split=split, store=stores, out=out, device=device, batch_size=batch_size,
                           workers=workers, cache=cache, strict=strict)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from featx.errors import FeatxError, arg
 from featx.heads import MANAGED_PARAMS, check_params, check_preprocess, get_head, settable_params

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,7 @@ from featx.report import read_results, results_table, write_results
 def table(
     results: Annotated[list[Path], typer.Argument(help="results.json files, or folders holding one "
                                                         "(a compare --out folder, a finetune run folder).")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the merged rows as "
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the merged rows as "
                                                                     "results.csv/.json/.md (+ plots) here.")] = None,
     title: Annotated[str, typer.Option(help="Title of the table.")] = "featx",
 ) -> None:

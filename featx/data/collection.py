@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 SPLIT_ORDER = ("fold_0", "fold_1", "fold_2", "prelim", "final")
 
@@ -47,7 +47,7 @@ class Collection:
         return digest.hexdigest()
 
     @property
-    def subjects_known(self) -> bool:
+    def every_labelled_sample_has_subject(self) -> bool:
         """True when there are labelled samples and every one of them has a subject."""
         labelled = [s for s in self.samples if s.label is not None]
         return bool(labelled) and all(s.subject for s in labelled)
@@ -57,7 +57,7 @@ class Collection:
         """The splits present, in the canonical order (None is left out)."""
         return sorted({s.split for s in self.samples if s.split is not None}, key=split_key)
 
-    def subset(self, indices: Sequence[int]) -> "Collection":
+    def subset(self, indices: Sequence[int]) -> Collection:
         """A collection of some samples (same root, layout and classes, so label indices still match)."""
         return Collection(self.root, self.layout, [self.samples[int(i)] for i in indices], list(self.classes),
                           list(self.unreadable_folders))

@@ -1,8 +1,8 @@
 """Images as tensors: reading any image as 8-bit RGB, the transforms, and the torch Dataset of a Collection."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

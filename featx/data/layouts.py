@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from featx.data.cnmc import cnmc_parts, parse_cnmc_name, read_cnmc
 from featx.data.collection import Collection, Sample, make_collection

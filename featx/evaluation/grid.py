@@ -7,16 +7,23 @@ lists and write nothing (``featx.workflows`` writes the reports and saved models
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from joblib import Parallel, delayed
 
 from featx.errors import FeatxError, arg
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
-from featx.evaluation.splits import (Protocol, check_cv, every_row_has_subject, labelled_rows, make_splits,
-                                     tuned_protocol, without_unknown_subjects)
+from featx.evaluation.splits import (
+    Protocol,
+    check_cv,
+    every_row_has_subject,
+    labelled_rows,
+    make_splits,
+    tuned_protocol,
+    without_unknown_subjects,
+)
 from featx.heads import Preprocess, check_params, get_head, make_head, positive_scores, preprocess_text
 from featx.provenance import UNSEEN_ROLES
 from featx.results import ResultRow
@@ -90,7 +97,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     rows = []
     for spec in specs:
         fold_metrics, preds, scores, fit_s = [], [], [], 0.0
-        for k, (train, test) in enumerate(protocol.folds):
+        for k, (_train, test) in enumerate(protocol.folds):
             pred, score, fs, _ = by_task[(spec.name, k)]
             fold_metrics.append(compute_metrics(y[test], pred, score, classes=classes, positive=positive,
                                                 subjects=None if subjects is None else subjects[test]))
@@ -112,7 +119,8 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
             roc=roc_points(pooled["y_true"] == positive, pooled["y_score"], folds=fold_of),
             predictions=_predictions(features, test_rows, fold_of, pooled, classes),
             fit_seconds=round(fit_s, 3), wall_seconds=round(wall, 3),
-            settings={"preprocess": preprocess_text(preprocess), "class_weight": class_weight if spec.class_weight else None,
+            settings={"preprocess": preprocess_text(preprocess),
+                      "class_weight": class_weight if spec.class_weight else None,
                       "params": params.get(spec.name, {}), "seed": seed, "device": device, "n_boot": n_boot,
                       "cv_note": protocol.note, **_settings_of(features)},
         )

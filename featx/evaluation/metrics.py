@@ -8,7 +8,7 @@ averaged vertically (:func:`roc_points`), never pooled.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn import metrics as skm

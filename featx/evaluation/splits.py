@@ -139,7 +139,7 @@ def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed
     else:
         prot = _given_folds(splits, pool, groups, seed, note)
 
-    for k, (train, test) in enumerate(prot.folds):
+    for k, (train, _test) in enumerate(prot.folds):
         _require_two_classes(y[train], f"the training part of fold {k + 1} ({prot.label})",
                              hint=f"use fewer folds than {arg('n_folds', prot.n_folds)}")
     if prot.name == "subject" and _leaks(prot.folds, groups):  # pragma: no cover - guaranteed by the splitter

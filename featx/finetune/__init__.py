@@ -18,8 +18,15 @@ Modules: :mod:`~featx.finetune.presets` (settings), :mod:`~featx.finetune.split`
 :mod:`~featx.finetune.run` (``finetune``).
 """
 from featx.finetune.events import BatchInfo, Callback, EpochInfo, EventKind, RunSummary, StartInfo
-from featx.finetune.presets import (CLASS_WEIGHTS, OPTIMIZERS, PRESET_NOTES, PRESETS, SCHEDULES, default_settings,
-                                    resolve_settings)
+from featx.finetune.presets import (
+                                    CLASS_WEIGHTS,
+                                    OPTIMIZERS,
+                                    PRESET_NOTES,
+                                    PRESETS,
+                                    SCHEDULES,
+                                    default_settings,
+                                    resolve_settings,
+)
 from featx.finetune.run import finetune
 from featx.finetune.split import HOLDOUT_FOLDS
 

@@ -11,8 +11,16 @@ steps before a head, as a typed value), ``softmax``, ``svm``, ``xgboost`` (featx
 ``scores`` (what a fitted head ranks rows by).
 """
 from featx.heads.preprocess import Preprocess, Step, check_preprocess, preprocess_steps, preprocess_text
-from featx.heads.registry import (HEADS, MANAGED_PARAMS, HeadSpec, check_params, get_head, settable_params, list_heads,
-                                  make_head)
+from featx.heads.registry import (
+                                  HEADS,
+                                  MANAGED_PARAMS,
+                                  HeadSpec,
+                                  check_params,
+                                  get_head,
+                                  list_heads,
+                                  make_head,
+                                  settable_params,
+)
 from featx.heads.scores import has_probability, positive_scores
 from featx.heads.softmax import SoftmaxClassifier
 from featx.heads.svm import RBFSVMClassifier

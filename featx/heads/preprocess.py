@@ -8,7 +8,7 @@ components); ``None`` or ``()`` is no step, and a lone step name is that one ste
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.base import TransformerMixin
@@ -17,8 +17,8 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 
 from featx.errors import FeatxError, arg
 
-Step = Union[str, tuple[str, int]]
-Preprocess = Union[Step, Sequence[Step], None]
+Step = str | tuple[str, int]
+Preprocess = Step | Sequence[Step] | None
 
 __all__ = ["Preprocess", "Step", "check_preprocess", "preprocess_steps", "preprocess_text"]
 

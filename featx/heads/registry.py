@@ -8,8 +8,9 @@ the estimator's own validation (see :func:`check_params`).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -26,7 +27,8 @@ from featx.heads.softmax import SoftmaxClassifier
 from featx.heads.svm import RBFSVMClassifier
 from featx.heads.xgboost import XGBoostClassifier
 
-__all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "check_params", "get_head", "settable_params", "list_heads", "make_head"]
+__all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "check_params", "get_head", "list_heads", "make_head",
+           "settable_params"]
 
 # Estimator parameters that make_head sets from its own arguments (on the estimators that have them).
 MANAGED_PARAMS = {"random_state": "seed", "device": "device", "class_weight": "class_weight"}

@@ -14,7 +14,7 @@ __all__ = ["SoftmaxClassifier"]
 def _torch():
     """torch, imported on first use: it takes seconds to import, and evaluation workers that fit no softmax head
     should not pay for it."""
-    import torch
+    import torch  # deferred: see above
 
     return torch
 
@@ -94,7 +94,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         weights = compute_class_weight(self.class_weight, classes=self.classes_, y=y) \
             if self.class_weight is not None else np.ones(n_classes)
 
-        from featx.device import resolve_device  # imports torch: deferred with it
+        from featx.device import resolve_device  # deferred: it imports torch
 
         device = resolve_device(self.device)
         seed = 0 if self.random_state is None else int(self.random_state)

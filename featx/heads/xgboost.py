@@ -49,7 +49,7 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
             return self
         from xgboost import XGBClassifier  # deferred: a heavy import (~1 s) that only xgboost heads need
 
-        from featx.device import resolve_device  # imports torch: deferred too
+        from featx.device import resolve_device  # deferred: it imports torch
 
         device = resolve_device(self.device).type
         self.booster_ = XGBClassifier(

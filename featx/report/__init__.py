@@ -2,9 +2,22 @@
 of a results folder and PNG plots. Image-level, OPTIMISTIC and PARTIAL rows are marked everywhere."""
 from featx.report.files import PREDICTION_COLUMNS, read_results, write_predictions, write_results
 from featx.report.plots import plot_bars, plot_confusion, plot_history, plot_roc
-from featx.report.table import (IMAGE_LEVEL_NOTE, OPTIMISTIC_NOTE, STATS_NOTE, TABLE_METRICS, TERMINAL_METRICS,
-                                excluded_notes, format_pct, markdown_table, partial_notes, protocol_text,
-                                results_markdown, results_table, short_protocol, slug)
+from featx.report.table import (
+                                IMAGE_LEVEL_NOTE,
+                                OPTIMISTIC_NOTE,
+                                STATS_NOTE,
+                                TABLE_METRICS,
+                                TERMINAL_METRICS,
+                                excluded_notes,
+                                format_pct,
+                                markdown_table,
+                                partial_notes,
+                                protocol_text,
+                                results_markdown,
+                                results_table,
+                                short_protocol,
+                                slug,
+)
 
 __all__ = ["IMAGE_LEVEL_NOTE", "OPTIMISTIC_NOTE", "PREDICTION_COLUMNS", "STATS_NOTE", "TABLE_METRICS",
            "TERMINAL_METRICS", "excluded_notes", "format_pct", "markdown_table", "partial_notes", "plot_bars",

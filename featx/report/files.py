@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from featx.errors import FeatxError
 from featx.files import atomic_text, atomic_write

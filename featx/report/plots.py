@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from featx.results import ResultRow
 
 
 def _plt():
-    # matplotlib takes about half a second to import: only commands that draw pay for it
+    # deferred: matplotlib takes about half a second to import; only commands that draw pay for it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -52,11 +52,11 @@ class FeatureSet:
         return int(self.X.shape[0])
 
     @property
-    def subjects_known(self) -> bool:
+    def every_row_has_subject(self) -> bool:
         """True when every row has a subject id (then subject-grouped splits are possible)."""
         return len(self.subjects) > 0 and bool(np.all(self.subjects != ""))
 
-    def select(self, rows) -> "FeatureSet":
+    def select(self, rows) -> FeatureSet:
         """A new FeatureSet of the given boolean mask or indices."""
         return replace(self, X=self.X[rows], y=self.y[rows], paths=self.paths[rows],
                        subjects=self.subjects[rows], splits=self.splits[rows],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import errno
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np

@@ -13,9 +13,9 @@ from __future__ import annotations
 import errno
 import os
 import traceback
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -60,7 +60,7 @@ class FeatureStore:
     @classmethod
     def open_for_extraction(cls, path: str | Path, settings: dict, samples: Sequence, classes: Sequence[str],
                             tap_dims: dict[str, int], *, default_tap: str | None = None,
-                            extra_attrs: dict | None = None, roles: Sequence[str] | None = None) -> "FeatureStore":
+                            extra_attrs: dict | None = None, roles: Sequence[str] | None = None) -> FeatureStore:
         """Take the writer lock, then create the store or reopen it for resuming when it was made with the
         same settings; rows marked done whose checksums do not match are marked not done (recomputed).
 
@@ -92,7 +92,7 @@ class FeatureStore:
             raise
 
     @classmethod
-    def _resume(cls, path: Path, h5: h5py.File, lock, settings: dict) -> "FeatureStore":
+    def _resume(cls, path: Path, h5: h5py.File, lock, settings: dict) -> FeatureStore:
         try:
             _check_resumable(path, h5, settings)
             store = cls(path, h5, lock)
@@ -256,7 +256,7 @@ class FeatureStore:
                 self.lock.release()
                 self.lock = None
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:

@@ -1,14 +1,14 @@
 """What `featx classify` and `featx compare` run: evaluate, then write the reports (and, asked, the model)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from featx import persist
 from featx.errors import FeatxError, arg
-from featx.heads import Preprocess, check_params
 from featx.evaluation import compare, evaluate, labelled_rows, tuned_protocol, without_unknown_subjects
 from featx.evaluation.grid import Params, StorePath
+from featx.heads import Preprocess, check_params
 from featx.report import write_results
 from featx.store import load_features
 

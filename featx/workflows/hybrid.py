@@ -23,9 +23,9 @@ run, so head options (``heads``, ``preprocess``, ``params``, ``class_weight``) m
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -3,9 +3,9 @@ own softmax, all scored on the same outer subject folds (see :mod:`featx.workflo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -6,9 +6,9 @@ import csv
 import hashlib
 import json
 import tempfile
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
