@@ -15,7 +15,7 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: as above
 
     return plt
 
