@@ -23,12 +23,12 @@ def arg(name: str, value=None) -> str:
 def _python(name: str, value: str | None) -> str:
     if value is None:
         return name
-    if value == "True" or _number(value):
+    if value == "True" or _is_number(value):
         return f"{name}={value}"
     return f"{name}={value!r}"
 
 
-def _number(text: str) -> bool:
+def _is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:

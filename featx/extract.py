@@ -79,10 +79,10 @@ class _Writer:
         self.store = store
         self.jobs: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="featx-writer", daemon=True)
+        self.thread = threading.Thread(target=self._write_jobs, name="featx-writer", daemon=True)
         self.thread.start()
 
-    def _run(self) -> None:
+    def _write_jobs(self) -> None:
         while True:
             job = self.jobs.get()
             if job is None:
@@ -174,7 +174,7 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         pending = np.flatnonzero(~store.done)
         total = store.n
         if pending.size:
-            _run(model, collection, store, pending, tap_names, size=size, device=device,
+            _extract_pending(model, collection, store, pending, tap_names, size=size, device=device,
                  batch_size=batch_size, workers=default_workers() if workers is None else workers,
                  on_progress=on_progress, total=total)
         errors = store.h5["samples/error"].asstr()[:]
@@ -204,9 +204,9 @@ def _close_inherited(paths: tuple[str, ...], worker_id: int) -> None:
             pass
 
 
-def _run(model, collection: Collection, store: FeatureStore, pending: np.ndarray, taps: list[str], *, size: int,
-         device: torch.device, batch_size: int, workers: int, on_progress: Callable[[int, int], None] | None,
-         total: int) -> None:
+def _extract_pending(model, collection: Collection, store: FeatureStore, pending: np.ndarray, taps: list[str], *,
+                     size: int, device: torch.device, batch_size: int, workers: int,
+                     on_progress: Callable[[int, int], None] | None, total: int) -> None:
     cfg = model.config
     transform = make_transform(size, cfg.mean, cfg.std)
     dataset = ImageDataset(collection, transform, indices=pending.tolist())

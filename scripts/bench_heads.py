@@ -69,9 +69,10 @@ def main() -> None:
         row, = evaluate_many(fs, [head], cv="subject", n_folds=args.folds, jobs=args.jobs, device=args.device)
         seconds = time.perf_counter() - t
         results.append((head, seconds, row))
-        print(f"{head:>10}: {seconds:7.1f} s  (fit {row['fit_seconds']:.1f} s)  accuracy "
-              f"{100 * row['accuracy']:.1f} ± {100 * row['accuracy_std']:.1f} %, weighted F1 "
-              f"{100 * row['f1_weighted']:.1f} %", flush=True)
+        accuracy = row.scores["accuracy"]
+        print(f"{head:>10}: {seconds:7.1f} s  (fit {row.fit_seconds:.1f} s)  accuracy "
+              f"{100 * accuracy.mean:.1f} ± {100 * accuracy.std:.1f} %, weighted F1 "
+              f"{100 * row.mean('f1_weighted'):.1f} %", flush=True)
     print(f"{'total':>10}: {time.perf_counter() - total:7.1f} s for {len(results)} heads x {args.folds} folds")
 
 
