@@ -372,10 +372,10 @@ def test_auc_is_computed_within_folds_when_fold_scores_are_not_comparable():
     assert s["roc_auc_ci_low"] <= s["roc_auc"] <= s["roc_auc_ci_high"] and s["roc_auc_ci_low"] > pooled_auc
     # the plotted curve averages the per-fold curves: its area is the mean per-fold AUC, not the pooled one
     roc = roc_points(y == 0, score, max_points=10_000, folds=fold)
-    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(np.mean(per_fold), abs=1e-4)
+    assert skm.auc(roc["fpr"], roc["tpr"]) == pytest.approx(np.mean(per_fold), abs=1e-4)
     assert roc["fpr"][0] == 0 and roc["tpr"][-1] == 1 and np.all(np.diff(roc["fpr"]) >= 0)
     pooled_roc = roc_points(y == 0, score, max_points=10_000)
-    assert np.trapezoid(pooled_roc["tpr"], pooled_roc["fpr"]) == pytest.approx(pooled_auc, abs=1e-4)
+    assert skm.auc(pooled_roc["fpr"], pooled_roc["tpr"]) == pytest.approx(pooled_auc, abs=1e-4)
 
 
 # ---- rows without a subject ---------------------------------------------------------------------------
