@@ -143,10 +143,13 @@ def _card_metrics(row: ResultRow | None) -> dict:
 
 
 def save_model(pipeline, features, out_dir, *, head: str, n_train: int, preprocess=None, class_weight=None,
-               seed: int = 0, params: dict | None = None, row: ResultRow | None = None) -> Path:
+               seed: int = 0, params: dict | None = None, row: ResultRow | None = None,
+               search: dict | None = None) -> Path:
     """Write ``out_dir/<backbone>-<tap>-<head>.joblib`` (the pipeline with its class names) and its JSON card.
 
     ``row`` is the result row the pipeline was evaluated as: the card records its protocol and scores.
+    ``search``: how ``params`` were chosen by a parameter search (settings, chosen parameters, inner best
+    score), recorded as the card's ``search``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,6 +174,7 @@ def save_model(pipeline, features, out_dir, *, head: str, n_train: int, preproce
         "backbone": features.backbone, "tap": features.tap, "feature_name": protected["feature_name"],
         "store_fingerprint": features.fingerprint, "stores": protected["stores"],
         "versions": _versions(), "metrics": _card_metrics(row),
+        **({"search": _json_shaped(search)} if search is not None else {}),
         "warning": "joblib files are pickles, which run code when loaded: load only models you made or trust; "
                    "share the .skops file instead",
     }

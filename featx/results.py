@@ -90,6 +90,11 @@ class ResultRow:
     selection: str | None = None
     scored_epochs: list[int] | None = None
     train_accuracy_last_epoch: list[float] | None = None
+    # nested parameter search (featx.evaluation.search): settings, the choice of each outer fold
+    nested: bool = False
+    chosen_params: list[dict] | None = None   # one dict per outer fold
+    search: dict | None = None                # method, metric, inner_folds, n_iter, space as text
+    inner_scores: list[dict] | None = None    # every inner candidate per outer fold: search/<row>.csv only
 
     def __post_init__(self):
         for f in fields(self):
@@ -123,7 +128,8 @@ class ResultRow:
         self.scores = _all_metrics(_scores_from_flat(summary))
 
     def to_dict(self, *, predictions: bool = False) -> dict[str, Any]:
-        """The flat, JSON-ready form written to results.json (``predictions`` left out unless asked)."""
+        """The flat, JSON-ready form written to results.json (``predictions`` and ``inner_scores``, written to
+        their own CSVs, left out unless asked)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             if f.name == "scores":
@@ -131,7 +137,7 @@ class ResultRow:
                     out[m] = s.mean
                     for attr, suffix in _SUFFIXES.items():
                         out[m + suffix] = getattr(s, attr)
-            elif f.name != "predictions" or predictions:
+            elif f.name not in _OWN_FILES or predictions:
                 out[f.name] = getattr(self, f.name)
         return jsonable(out)
 
@@ -156,6 +162,7 @@ class ResultRow:
 
 
 _REQUIRED = object()
+_OWN_FILES = ("predictions", "inner_scores")  # fields with files of their own, not in results.json/csv
 
 
 def _default(f):
@@ -226,7 +233,7 @@ def csv_columns(rows: Iterable[ResultRow]) -> list[str]:
     rows = list(rows)
     metric_cols = [m + s for m in METRICS for s in ("", *_SUFFIXES.values())]
     rest = [f.name for f in fields(ResultRow)
-            if f.name not in (*_FIRST, "scores", "settings", "predictions")
+            if f.name not in (*_FIRST, "scores", "settings", *_OWN_FILES)
             and (_default(f) is _REQUIRED or any(getattr(r, f.name) != _default(f) for r in rows))]
     settings: list[str] = []
     for r in rows:

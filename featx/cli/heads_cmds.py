@@ -16,20 +16,25 @@ from featx.cli.options import (
     Device,
     DropUnknownSubjects,
     Folds,
+    InnerFolds,
     Jobs,
+    NIter,
     NoPlots,
     Optimistic,
     Out,
     Param,
     Positive,
     Preprocess,
+    SearchMethod,
+    SearchMetric,
     Seed,
+    Tune,
     Workers,
 )
 from featx.cli.parsing import (
     parse_name_list,
-    parse_params,
     parse_preprocess,
+    parse_search,
     parse_store_groups,
     parse_stores,
     parse_tap_groups,
@@ -68,6 +73,11 @@ def classify(
     class_weight: ClassWeight = None,
     preprocess: Preprocess = "standard",
     param: Param = None,
+    search: SearchMethod = None,
+    n_iter: NIter = 20,
+    tune: Tune = False,
+    inner_folds: InnerFolds = 3,
+    search_metric: SearchMetric = "f1_weighted",
     save: Annotated[bool, typer.Option("--save", help="Also write the evaluated pipeline, fitted on the rows the "
                                             "protocol trains on, to OUT/models/<backbone>-<tap>-<head>.joblib "
                                             "and .skops (the format to share), each with its JSON card.")] = False,
@@ -83,10 +93,14 @@ def classify(
     optimistic: Optimistic = False,
     allow_partial: AllowPartial = False,
 ) -> None:
-    """Evaluate one head on one store (or fused stores/taps); print and write the metrics."""
+    """Evaluate one head on one store (or fused stores/taps); print and write the metrics. With a search
+    (--param lists, --tune), nested: the parameters are picked inside each outer fold on its training
+    subjects."""
+    params, nested = parse_search(param, [head], method=search, n_iter=n_iter, tune=tune, inner_folds=inner_folds,
+                                  metric=search_metric)
     result = run_classify(parse_stores(store), head, tap=parse_taps(tap), cv=cv, n_folds=folds, seed=seed,
                           jobs=jobs, eval_set=eval_set, positive=positive, preprocess=parse_preprocess(preprocess),
-                          class_weight=class_weight, device=device, params=parse_params(param, [head]),
+                          class_weight=class_weight, device=device, params=params, search=nested,
                           n_boot=boot, out=out, save=save, skops=save and not no_skops, plots=not no_plots,
                           allow_optimistic=optimistic, allow_partial=allow_partial,
                           drop_unknown_subjects=drop_unknown_subjects)
@@ -123,6 +137,11 @@ def compare(
     class_weight: ClassWeight = None,
     preprocess: Preprocess = "standard",
     param: Param = None,
+    search: SearchMethod = None,
+    n_iter: NIter = 20,
+    tune: Tune = False,
+    inner_folds: InnerFolds = 3,
+    search_metric: SearchMetric = "f1_weighted",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md and plots.")]
     = Path("results"),
     jobs: Jobs = 1,
@@ -136,10 +155,12 @@ def compare(
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
     head_names = parse_name_list(heads)
+    params, nested = parse_search(param, head_names, method=search, n_iter=n_iter, tune=tune,
+                                  inner_folds=inner_folds, metric=search_metric)
     result = run_compare(parse_store_groups(stores), head_names, parse_tap_groups(taps), cv=parse_name_list(cv),
                          n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set, positive=positive,
                          preprocess=parse_preprocess(preprocess), class_weight=class_weight, device=device,
-                         params=parse_params(param, head_names), n_boot=boot, out=out,
+                         params=params, search=nested, n_boot=boot, out=out,
                          plots=not no_plots, progress=lambda msg: console.print(f"[dim]{msg}[/]"),
                          allow_optimistic=optimistic, allow_partial=allow_partial,
                          drop_unknown_subjects=drop_unknown_subjects)

@@ -68,7 +68,18 @@ Preprocess = Annotated[str, typer.Option(help="Head preprocessing: standard, non
                                               "(e.g. standard+pca:128).")]
 Param = Annotated[list[str] | None, typer.Option(
     help="Head parameter (repeat): key=value for every head that takes it (C=10, hidden=256), or "
-         "head.key=value for one (svm.C=10).")]
+         "head.key=value for one (svm.C=10). A comma list searches it (C=0.1,1,10; svm.gamma=scale,0.01) and "
+         "low:high a log-uniform range (C=1e-3:1e3, with --search random), nested inside each outer fold.")]
+SearchMethod = Annotated[str | None, typer.Option(
+    "--search", help="Nested parameter search inside each outer fold: grid or random (default grid when a "
+                     "--param has a list or range, or with --tune). Inner folds are grouped by subject.")]
+NIter = Annotated[int, typer.Option(help="Random search: parameter draws per outer fold.")]
+Tune = Annotated[bool, typer.Option("--tune", help="Search the default space of each head (merged with the "
+                                                   "--param lists given).")]
+InnerFolds = Annotated[int, typer.Option(help="Inner folds of the nested search (subject-grouped).")]
+SearchMetric = Annotated[str, typer.Option(help="Metric the nested search maximises (f1_weighted is the "
+                                                "challenge's): accuracy, f1_weighted, f1_macro, "
+                                                "balanced_accuracy, roc_auc, precision, recall, f1.")]
 ClassWeight = Annotated[str | None, typer.Option(help="Heads: balanced weights classes inversely to their "
                                                          "frequency (the 2:1 ALL/HEM imbalance).")]
 NoPlots = Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")]

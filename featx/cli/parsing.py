@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from featx.errors import FeatxError, arg
+from featx.evaluation.search import DEFAULT_SPACES, LogUniform, Search, check_search
 from featx.heads import MANAGED_PARAMS, check_params, check_preprocess, get_head, settable_params
 
 
@@ -64,6 +65,75 @@ def parse_params(items: Sequence[str] | None, heads: Sequence[str]) -> dict[str,
         for h in takers:
             out.setdefault(h, {})[key] = value
     return check_params(out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _search_value(raw: str):
+    """A --param value as a list (``0.1,1,10``), a log-uniform range (``1e-3:1e3``) or None (a single value)."""
+    raw = raw.strip()
+    if raw.startswith(("[", "{", '"')):
+        return None
+    low, colon, high = raw.partition(":")
+    if colon and _is_number(low) and _is_number(high):
+        return LogUniform(float(low), float(high))
+    if "," in raw:
+        values = []
+        for part in raw.split(","):
+            try:
+                values.append(json.loads(part))
+            except json.JSONDecodeError:
+                values.append(part.strip())
+        return values
+    return None
+
+
+def parse_search(items: Sequence[str] | None, heads: Sequence[str], *, method: str | None = None, n_iter: int = 20,
+                 tune: bool = False, inner_folds: int = 3, metric: str = "f1_weighted",
+                 seed: int | None = None) -> tuple[dict[str, dict[str, Any]], Search | None]:
+    """``--param`` items with ``--search``/``--tune``/``--n-iter``/``--inner-folds``/``--search-metric``
+    as ``(fixed parameters, Search or None)``.
+
+    A value with commas is a list (``C=0.1,1,10``, ``svm.gamma=scale,0.01``: a grid), ``low:high`` a
+    log-uniform range (``C=1e-3:1e3``, only with ``--search random``); a single value stays a fixed
+    parameter (:func:`parse_params`). ``tune`` starts from :data:`featx.evaluation.DEFAULT_SPACES` of the
+    selected heads (given lists replace a default; a fixed value removes it). The method defaults to grid
+    when anything is searched; no search without lists, ranges or ``tune`` (None).
+    """
+    names = [get_head(h).name for h in heads if h.strip()]
+    fixed_items, space = [], {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        values = _search_value(raw) if sep else None
+        if values is None:
+            fixed_items.append(item)
+            continue
+        head, dot, name = key.strip().rpartition(".")
+        takers = [get_head(head).name] if dot else [h for h in names if name in settable_params(h)]
+        if not takers:
+            raise FeatxError(f"{arg('params', item)}: none of the heads {', '.join(names)} takes {name!r}; scope "
+                             "it as head.key=values or check its name")
+        for h in takers:
+            space.setdefault(h, {})[name] = values
+    fixed = parse_params(fixed_items, heads)
+    if tune:
+        for h in names:
+            default = {k: list(v) for k, v in DEFAULT_SPACES.get(h, {}).items() if k not in fixed.get(h, {})}
+            space[h] = {**default, **space.get(h, {})}
+    space = {h: v for h, v in space.items() if v}
+    if method is None and not tune and not space:
+        return fixed, None
+    if not space:
+        raise FeatxError(f"{arg('search', method or 'grid')}: nothing to search; give a list (--param C=0.1,1,10), a "
+                         f"range with --search random (--param C=1e-3:1e3) or {arg('tune')}")
+    return fixed, check_search(Search(space=space, method=method or "grid", n_iter=n_iter,
+                                      inner_folds=inner_folds, metric=metric, seed=seed))
 
 
 # --- store and extract ---

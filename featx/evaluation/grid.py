@@ -15,6 +15,7 @@ from joblib import Parallel, delayed
 
 from featx.errors import FeatxError, arg
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
+from featx.evaluation.search import Search, check_search, fit_search, search_record
 from featx.evaluation.splits import (
     Protocol,
     check_cv,
@@ -36,12 +37,21 @@ Params = dict[str, dict]  # head name -> {parameter: value}
 # --------------------------------------------------------------------------------------------------
 # heads x folds
 # --------------------------------------------------------------------------------------------------
-def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int):
-    """Fit one head on one fold; returns predictions, positive-class scores and timings."""
+def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int, search: Search | None = None,
+              groups=None, fold: int = 0, inner_jobs: int = 1):
+    """Fit one head on one fold; returns predictions, positive-class scores, timings and, with a ``search``
+    (nested), the inner search's record (chosen parameters, every inner score) else None. ``groups``: the
+    subject of every row (None when unknown)."""
     pipeline = make_head(head, **head_kwargs)
+    record = None
     try:
         t0 = time.perf_counter()
-        pipeline.fit(X[train], y[train])
+        if search is not None:
+            pipeline = fit_search(pipeline, X[train], y[train], None if groups is None else groups[train], search,
+                                  head, positive=positive, seed=head_kwargs.get("seed", 0), n_jobs=inner_jobs)
+            record = search_record(pipeline, fold + 1)
+        else:
+            pipeline.fit(X[train], y[train])
         t1 = time.perf_counter()
         Xt = X[test]
         pred = pipeline.predict(Xt)
@@ -49,7 +59,7 @@ def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int):
     except ValueError as exc:  # a parameter that does not fit the data (pca:N > features, n_neighbors > rows, ...)
         raise FeatxError(f"head {head}: {' '.join(str(exc).split())}; change {arg('params')} or "
                          f"{arg('preprocess')}") from None
-    return pred, score, t1 - t0, time.perf_counter() - t1
+    return pred, score, t1 - t0, time.perf_counter() - t1, record
 
 
 def _settings_of(features) -> dict:
@@ -70,9 +80,14 @@ def _predictions(features, rows, fold_of, pooled, classes) -> dict:
 
 def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: int, jobs: int = 1, seed: int = 0,
              preprocess=None, class_weight=None, device: str = "auto", params: Params | None = None,
-             n_boot: int = 1000) -> list[ResultRow]:
+             n_boot: int = 1000, search: Search | None = None) -> list[ResultRow]:
     """Fit every head on every fold of ``protocol`` over ``features`` (one joblib pool of heads x folds);
-    one result row per head. ``positive`` is the index of the positive class."""
+    one result row per head. ``positive`` is the index of the positive class.
+
+    With a ``search``, every head that has a space in it is nested: in each outer fold an inner search over
+    that fold's training subjects (:func:`featx.evaluation.search.fit_search`) picks its parameters and the
+    refit search is scored on the outer test fold. Inner searches run serially when the outer pool is
+    parallel (``jobs`` other than 1), else with ``search.n_jobs`` processes."""
     X, y = features.X, features.y
     if jobs == 0:
         raise FeatxError(f"{arg('jobs', 0)}: give 1 or more processes, or -1 for all cores")
@@ -81,9 +96,17 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     kwargs = {s.name: dict(preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
                            **params.get(s.name, {})) for s in specs}
     tasks = [(s.name, k) for s in specs for k in range(protocol.n_folds)]
+    searched = {s.name for s in specs if search is not None and search.head_space(s.name)}
+    if searched:
+        check_search(search)
+    groups = np.asarray(features.subjects).astype(str) if len(features.subjects) else None
+    if groups is not None and not every_row_has_subject(groups):
+        groups = None  # image-level inner folds (the row's note says so)
+    inner_jobs = search.n_jobs if search is not None and jobs == 1 else 1
     t0 = time.perf_counter()
     results = Parallel(n_jobs=jobs, prefer="processes")(
-        delayed(_fit_fold)(name, kwargs[name], X, y, *protocol.folds[k], positive) for name, k in tasks)
+        delayed(_fit_fold)(name, kwargs[name], X, y, *protocol.folds[k], positive,
+                           search if name in searched else None, groups, k, inner_jobs) for name, k in tasks)
     wall = time.perf_counter() - t0
     by_task = dict(zip(tasks, results))
 
@@ -98,7 +121,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     for spec in specs:
         fold_metrics, preds, scores, fit_s = [], [], [], 0.0
         for k, (_train, test) in enumerate(protocol.folds):
-            pred, score, fs, _ = by_task[(spec.name, k)]
+            pred, score, fs, _, _ = by_task[(spec.name, k)]
             fold_metrics.append(compute_metrics(y[test], pred, score, classes=classes, positive=positive,
                                                 subjects=None if subjects is None else subjects[test]))
             preds.append(pred), scores.append(score)
@@ -125,8 +148,24 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
                       "cv_note": protocol.note, **_settings_of(features)},
         )
         row.set_scores(summary)
+        if spec.name in searched:
+            _mark_nested(row, search, [by_task[(spec.name, k)][4] for k in range(protocol.n_folds)], groups is None)
         rows.append(row)
     return rows
+
+
+def _mark_nested(row: ResultRow, search: Search, records: list, image_inner: bool) -> None:
+    """A nested row: the search's settings, the parameters chosen per outer fold, every inner score."""
+    row.nested = True
+    row.search = search.describe()
+    row.chosen_params = [chosen for chosen, _ in records]
+    row.inner_scores = [s for _, scores in records for s in scores]
+    if image_inner:
+        note = (f"nested: inner {search.inner_folds}-fold search stratified over images (subjects unknown: "
+                "IMAGE-LEVEL inner folds)")
+    else:
+        note = f"nested: inner {search.inner_folds}-fold search grouped by subject (StratifiedGroupKFold)"
+    row.settings["cv_note"] = "; ".join(filter(None, [row.settings.get("cv_note"), note]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,7 +174,8 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
 def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1,
              eval_set: str | None = None, positive: str | None = None, preprocess: Preprocess = ("standard",),
              class_weight=None, device: str = "auto", params: Params | None = None, n_boot: int = 1000,
-             allow_optimistic: bool = False, drop_unknown_subjects: bool = False) -> ResultRow:
+             allow_optimistic: bool = False, drop_unknown_subjects: bool = False,
+             search: Search | None = None) -> ResultRow:
     """Cross-validate (or hold out) one head on a :class:`featx.store.FeatureSet`; returns one result row.
 
     The row holds every metric's mean over folds, its sample standard deviation over folds (ddof=1) and a
@@ -144,19 +184,19 @@ def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: i
     (``predictions``). Unlabelled rows are ignored; ``drop_unknown_subjects`` leaves out the rows without a
     subject id (the row says how many). Features of a fine-tuned network are scored only on rows it never
     saw (see :func:`featx.evaluation.tuned_protocol`; ``allow_optimistic`` permits CV, marked OPTIMISTIC).
-    ``params``: ``{head: {parameter: value}}``.
+    ``params``: ``{head: {parameter: value}}``. ``search``: a nested parameter search (see :func:`run_grid`).
     """
     return evaluate_many(features, [head], cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                          params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
-                         drop_unknown_subjects=drop_unknown_subjects)[0]
+                         drop_unknown_subjects=drop_unknown_subjects, search=search)[0]
 
 
 def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
                   jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
                   preprocess: Preprocess = ("standard",), class_weight=None, device: str = "auto",
                   params: Params | None = None, n_boot: int = 1000, allow_optimistic: bool = False,
-                  drop_unknown_subjects: bool = False) -> list[ResultRow]:
+                  drop_unknown_subjects: bool = False, search: Search | None = None) -> list[ResultRow]:
     """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head."""
     heads = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]  # unknown names fail now
     data = labelled_rows(features)
@@ -176,7 +216,7 @@ def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: 
         protocol.note = "; ".join(filter(None, [protocol.note, f"{dropped} rows without a subject id dropped "
                                                                 "(drop_unknown_subjects)"]))
     rows = run_grid(data, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
-                    class_weight=class_weight, device=device, params=params, n_boot=n_boot)
+                    class_weight=class_weight, device=device, params=params, n_boot=n_boot, search=search)
     for row in rows:
         row.dropped_unknown_subjects = dropped
     if tuned:
@@ -215,7 +255,8 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
             positive: str | None = None, preprocess: Preprocess = ("standard",), class_weight=None,
             device: str = "auto", params: Params | None = None, n_boot: int = 1000,
             progress: Callable[[str], None] | None = None, allow_optimistic: bool = False,
-            allow_partial: bool = False, drop_unknown_subjects: bool = False) -> list[ResultRow]:
+            allow_partial: bool = False, drop_unknown_subjects: bool = False,
+            search: Search | None = None) -> list[ResultRow]:
     """Evaluate every head on every store x tap under every protocol; one row each.
 
     ``stores``: feature files; an item that is a sequence of files fuses them side by side. ``taps``: None
@@ -226,11 +267,14 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     ``allow_optimistic`` and is marked OPTIMISTIC. A store with rows not yet extracted is refused unless
     ``allow_partial`` (then every row says so in ``partial``). ``drop_unknown_subjects`` leaves out rows
     without a subject id (every row says how many). ``progress`` gets one line per feature set x protocol.
+    ``search``: a nested parameter search for the heads it has a space for (see :func:`run_grid`).
     """
     heads = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]
     if not heads:
         raise FeatxError(f"{arg('heads')}: no head given; name at least one, e.g. svm")
     params = check_params(params)
+    if search is not None:
+        check_search(search)
     store_groups = [[str(s)] if isinstance(s, (str, Path)) else [str(p) for p in s]
                     for s in ([stores] if isinstance(stores, (str, Path)) else stores)]
     if not store_groups:
@@ -252,5 +296,5 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                                           eval_set=ev, positive=positive, preprocess=preprocess,
                                           class_weight=class_weight, device=device, params=params, n_boot=n_boot,
                                           allow_optimistic=allow_optimistic,
-                                          drop_unknown_subjects=drop_unknown_subjects))
+                                          drop_unknown_subjects=drop_unknown_subjects, search=search))
     return rows

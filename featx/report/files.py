@@ -14,6 +14,7 @@ from featx.report.table import protocol_text, results_markdown, slug
 from featx.results import ResultRow, read_json, write_csv, write_json
 
 PREDICTION_COLUMNS = ("path", "subject", "fold", "y_true", "y_pred", "score")
+SEARCH_COLUMNS = ("fold", "params", "mean_test_score", "std_test_score", "rank_test_score", "chosen")
 
 
 def write_results(rows: Sequence[ResultRow], out_dir, *, plots: bool = True, stem: str = "results") -> dict[str, Path]:
@@ -29,6 +30,8 @@ def write_results(rows: Sequence[ResultRow], out_dir, *, plots: bool = True, ste
              "md": atomic_text(out / f"{stem}.md", results_markdown(rows))}
     if any(r.predictions for r in rows):
         paths["predictions"] = write_predictions(rows, out / "predictions")
+    if any(r.inner_scores for r in rows):
+        paths["search"] = write_search_scores(rows, out / "search")
     if plots and rows:
         _plot_rows(rows, out / "plots")
         paths["plot"] = plot_bars(rows, out / "comparison.png")
@@ -68,6 +71,26 @@ def write_predictions(rows: Sequence[ResultRow], out_dir) -> Path:
     for r, name in zip(carrying, _unique_slugs(carrying)):
         atomic_write(out / f"{name}.csv", lambda tmp, pred=r.predictions: _write_prediction_csv(pred, tmp))
     return out
+
+
+def write_search_scores(rows: Sequence[ResultRow], out_dir) -> Path:
+    """``<out_dir>/<row slug>.csv`` per nested row: one line per outer fold x inner candidate (fold, the
+    candidate's parameters as JSON, mean and std of its inner score, its rank, whether it was chosen)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    carrying = [r for r in rows if r.inner_scores]
+    for r, name in zip(carrying, _unique_slugs(carrying)):
+        atomic_write(out / f"{name}.csv", lambda tmp, scores=r.inner_scores: _write_search_csv(scores, tmp))
+    return out
+
+
+def _write_search_csv(scores: list[dict], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(SEARCH_COLUMNS)
+        for s in scores:
+            writer.writerow([s["fold"], json.dumps(s["params"], sort_keys=True), f"{s['mean_test_score']:.9g}",
+                             f"{s['std_test_score']:.9g}", s["rank"], s["chosen"]])
 
 
 def _write_prediction_csv(pred: dict, path: Path) -> None:

@@ -49,8 +49,10 @@ def _pct(row: ResultRow, metric: str) -> str:
 
 
 def protocol_text(row: ResultRow) -> str:
-    """The row's protocol as its label says it (``subject-level 5-fold``), else its short name."""
-    return row.protocol_label or row.protocol
+    """The row's protocol as its label says it (``subject-level 5-fold``), else its short name; a nested row
+    (parameters searched inside each outer fold) adds ``, nested``."""
+    text = row.protocol_label or row.protocol
+    return f"{text}, nested" if row.nested else text
 
 
 def short_protocol(row: ResultRow) -> str:
@@ -71,6 +73,8 @@ def short_protocol(row: ResultRow) -> str:
             text += " (subjects unknown)"
     if n := row.dropped_unknown_subjects:
         text += f", {n} row{'s' if n != 1 else ''} w/o subject dropped"
+    if row.nested:
+        text += ", nested"
     if row.optimistic:
         text = "OPTIMISTIC " + text
     return text
@@ -147,7 +151,25 @@ def results_markdown(rows: Sequence[ResultRow]) -> str:
     md += [f"PARTIAL: {note}.\n" for note in partial_notes(rows)]
     md += [f"{note}.\n" for note in excluded_notes(rows)]
     md += [STATS_NOTE, ""]
+    md += chosen_params_markdown(rows)
     return "\n".join(md)
+
+
+def chosen_params_markdown(rows: Sequence[ResultRow]) -> list[str]:
+    """Lines of results.md listing, for each nested row, its search and the parameters chosen per outer fold
+    (every inner score is in ``search/<row>.csv``)."""
+    nested = [r for r in rows if r.nested and r.chosen_params]
+    if not nested:
+        return []
+    md = ["## Parameters chosen per outer fold (nested search)", ""]
+    for r in nested:
+        s = r.search or {}
+        space = "; ".join(f"{h}: {t}" for h, t in (s.get("space") or {}).items())
+        md.append(f"- {r.name} ({protocol_text(r)}; {s.get('method', '?')} search, {s.get('inner_folds', '?')} "
+                  f"inner folds, {s.get('metric', '?')}; space {space}):")
+        for k, chosen in enumerate(r.chosen_params, 1):
+            md.append(f"  - fold {k}: " + (", ".join(f"{p}={v}" for p, v in chosen.items()) or "defaults"))
+    return [*md, ""]
 
 
 def slug(row_or_text: ResultRow | str) -> str:
