@@ -12,13 +12,14 @@ from cli_helpers import invoke
 
 from featx.cli.parsing import parse_search
 from featx.errors import FeatxError
-from featx.evaluation import LogUniform, Search, evaluate, make_splits
+from featx.evaluation import LogUniform, Search, evaluate, evaluate_many, make_splits
 from featx.evaluation import grid as grid_module
 from featx.extract import extract
 from featx.persist import card_path, load_model
 from featx.report import results_markdown, short_protocol
 from featx.results import ResultRow, read_json, rows_from_csv
 from featx.store import FeatureSet
+from featx.workflows import classify as classify_workflow
 from featx.workflows.classify import run_classify
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
@@ -117,21 +118,12 @@ def test_image_level_inner_folds_when_subjects_are_unknown():
     assert row.nested and "stratified over images" in row.settings["cv_note"]
 
 
-def test_save_with_a_search_records_the_chosen_parameters_in_the_card(tmp_path):
+def test_save_with_a_search_records_the_chosen_parameters_in_the_card(tmp_path, monkeypatch):
     features = signal_features()
-    store_path = tmp_path / "dummy.h5"
-
-    def fake_load(store, tap, **kw):
-        return features
-
-    import featx.workflows.classify as wf  # the store loader replaced by in-memory features
-    mp = pytest.MonkeyPatch()
-    mp.setattr(wf, "load_features", fake_load)
-    try:
-        result = run_classify(store_path, "logistic", cv="subject", n_folds=3, n_boot=20, out=tmp_path, save=True,
-                              plots=False, search=Search(space={"logistic": {"C": [0.01, 1.0, 100.0]}}))
-    finally:
-        mp.undo()
+    # the store loader replaced by in-memory features
+    monkeypatch.setattr(classify_workflow, "load_features", lambda store, tap, **kw: features)
+    result = run_classify(tmp_path / "dummy.h5", "logistic", cv="subject", n_folds=3, n_boot=20, out=tmp_path,
+                          save=True, plots=False, search=Search(space={"logistic": {"C": [0.01, 1.0, 100.0]}}))
     card = json.loads(card_path(result["model"]).read_text())
     chosen = card["search"]["chosen_params"]
     assert set(chosen) == {"C"} and chosen["C"] in (0.01, 1.0, 100.0)
@@ -185,3 +177,13 @@ def test_cli_classify_with_a_param_list_is_nested_and_writes_search_csv(cnn_stor
     assert row.nested and len(row.chosen_params) == 3 and row.inner_scores is None
     assert rows_from_csv(out / "results.csv")[0] == row
     assert "Parameters chosen per outer fold" in (out / "results.md").read_text()
+
+
+def test_compare_nests_only_the_heads_with_a_space_and_runs_the_outer_folds_in_parallel():
+    features = signal_features()
+    rows = evaluate_many(features, ["logistic", "knn"], cv="subject", n_folds=3, seed=0, n_boot=20, jobs=2,
+                         search=Search(space={"logistic": {"C": LogUniform(1e-2, 1e2)}}, method="random", n_iter=3))
+    by_head = {r.head: r for r in rows}
+    assert by_head["logistic"].nested and len(by_head["logistic"].chosen_params) == 3
+    assert not by_head["knn"].nested and by_head["knn"].chosen_params is None
+    assert short_protocol(by_head["knn"]) == "subject 3-fold"
