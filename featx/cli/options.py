@@ -71,6 +71,10 @@ Param = Annotated[list[str] | None, typer.Option(
          "head.key=value for one (svm.C=10).")]
 ClassWeight = Annotated[str | None, typer.Option(help="Heads: balanced weights classes inversely to their "
                                                          "frequency (the 2:1 ALL/HEM imbalance).")]
+Select = Annotated[str | None, typer.Option(
+    help="Also report a 'selected' row per protocol: the best store x tap x head by this metric (e.g. "
+         "f1_weighted), chosen by an inner CV inside each outer fold; the other rows are marked as not "
+         "corrected for selection.")]
 NoPlots = Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")]
 Optimistic = Annotated[bool, typer.Option(
     "--optimistic", help="Allow --cv (or --eval) over rows a fine-tuned network trained on; the row is marked "
