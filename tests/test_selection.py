@@ -117,6 +117,14 @@ def test_inner_cv_sees_only_outer_training_rows_grouped_by_subject(monkeypatch):
             assert not (set(subjects[rows[a]]) | set(subjects[rows[b]])) & set(subjects[test])
 
 
+def test_unknown_subjects_use_stratified_inner_folds_and_say_so():
+    good, noise = _informative_and_noise()
+    good, noise = (replace(fs, subjects=np.array([""] * len(fs.y))) for fs in (good, noise))
+    row = selection_row([good, noise], ["logistic"], n_folds=3, n_boot=20)
+    assert row.image_level and "StratifiedKFold(3): subjects unknown" in row.settings["inner_cv"]
+    assert row.settings["selected"] == ["good/fc + logistic"] * 3
+
+
 def test_random_labels_selected_row_stays_at_chance_while_the_best_row_is_optimistic():
     # 16 pure-noise candidates; this seed's selected estimate sits mid-interval (0.505, CI 0.445-0.565): a
     # calibrated 95% interval covers chance for 7 of the 8 seeds tried, the best row beats it for all 8
