@@ -35,7 +35,7 @@ featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet-$W_ALEX.h5" "$OUT/feats/vg
 echo "honest selection: the best store x head chosen by an inner subject-grouped CV inside each outer fold,"
 echo "scored as its own 'selected' row; the per-row scores it chose among are marked as not corrected for it"
 featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet-$W_ALEX.h5" "$OUT/feats/vgg16-$W_VGG.h5" \
-  --heads logistic,knn --cv subject --select f1_weighted --out "$OUT/results-select" --no-plots
+  --heads knn,svm --cv subject --select f1_weighted --out "$OUT/results-select" --no-plots
 
 echo "save the VGG-16 + SVM model and predict the unlabelled final phase"
 featx classify "$OUT/feats/vgg16-$W_VGG.h5" --head svm --save --out "$OUT/results-vgg16" --no-plots
