@@ -82,6 +82,7 @@ class ResultRow:
     partial: str | None = None
     excluded_images: int = 0
     dropped_unknown_subjects: int = 0
+    selection_uncorrected: bool = False  # one of many rows compared with a selected row (compare --select)
     # fine-tuned network rows
     best_epoch: int | None = None
     scored_epoch: int | None = None

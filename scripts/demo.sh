@@ -32,6 +32,10 @@ featx extract "$OUT/data" --backbone vgg16 --weights "$W_VGG" --image-size 112 -
 say "3. compare heads on the cached features: subject-grouped vs IMAGE-LEVEL 5-fold CV"
 featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet-$W_ALEX.h5" "$OUT/feats/vgg16-$W_VGG.h5" \
   --heads softmax,logistic,svm,xgboost --cv subject,image --out "$OUT/results"
+echo "honest selection: the best store x head chosen by an inner subject-grouped CV inside each outer fold,"
+echo "scored as its own 'selected' row; the per-row scores it chose among are marked as not corrected for it"
+featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet-$W_ALEX.h5" "$OUT/feats/vgg16-$W_VGG.h5" \
+  --heads knn,svm --cv subject --select f1_weighted --out "$OUT/results-select" --no-plots
 
 echo "save the VGG-16 + SVM model and predict the unlabelled final phase"
 featx classify "$OUT/feats/vgg16-$W_VGG.h5" --head svm --save --out "$OUT/results-vgg16" --no-plots

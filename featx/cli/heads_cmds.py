@@ -28,6 +28,7 @@ from featx.cli.options import (
     SearchMethod,
     SearchMetric,
     Seed,
+    Select,
     Tune,
     Workers,
 )
@@ -152,6 +153,7 @@ def compare(
     no_plots: NoPlots = False,
     optimistic: Optimistic = False,
     allow_partial: AllowPartial = False,
+    select: Select = None,
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
     head_names = parse_name_list(heads)
@@ -163,7 +165,7 @@ def compare(
                          params=params, search=nested, n_boot=boot, out=out,
                          plots=not no_plots, progress=lambda msg: console.print(f"[dim]{msg}[/]"),
                          allow_optimistic=optimistic, allow_partial=allow_partial,
-                         drop_unknown_subjects=drop_unknown_subjects)
+                         drop_unknown_subjects=drop_unknown_subjects, select=select)
     _print_rows(result["rows"], result["paths"], title="featx compare")
 
 

@@ -82,6 +82,10 @@ SearchMetric = Annotated[str, typer.Option(help="Metric the nested search maximi
                                                 "balanced_accuracy, roc_auc, precision, recall, f1.")]
 ClassWeight = Annotated[str | None, typer.Option(help="Heads: balanced weights classes inversely to their "
                                                          "frequency (the 2:1 ALL/HEM imbalance).")]
+Select = Annotated[str | None, typer.Option(
+    help="Also report a 'selected' row per protocol: the best store x tap x head by this metric (e.g. "
+         "f1_weighted), chosen by an inner CV inside each outer fold; the other rows are marked as not "
+         "corrected for selection.")]
 NoPlots = Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")]
 Optimistic = Annotated[bool, typer.Option(
     "--optimistic", help="Allow --cv (or --eval) over rows a fine-tuned network trained on; the row is marked "

@@ -16,6 +16,7 @@ from joblib import Parallel, delayed
 from featx.errors import FeatxError, arg
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
 from featx.evaluation.search import Search, check_search, fit_search, search_record
+from featx.evaluation.selection import check_metric, selection_row
 from featx.evaluation.splits import (
     Protocol,
     check_cv,
@@ -256,7 +257,7 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
             device: str = "auto", params: Params | None = None, n_boot: int = 1000,
             progress: Callable[[str], None] | None = None, allow_optimistic: bool = False,
             allow_partial: bool = False, drop_unknown_subjects: bool = False,
-            search: Search | None = None) -> list[ResultRow]:
+            search: Search | None = None, select: str | None = None) -> list[ResultRow]:
     """Evaluate every head on every store x tap under every protocol; one row each.
 
     ``stores``: feature files; an item that is a sequence of files fuses them side by side. ``taps``: None
@@ -268,7 +269,15 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     ``allow_partial`` (then every row says so in ``partial``). ``drop_unknown_subjects`` leaves out rows
     without a subject id (every row says how many). ``progress`` gets one line per feature set x protocol.
     ``search``: a nested parameter search for the heads it has a space for (see :func:`run_grid`).
+    ``select`` (a metric): also one row per protocol of selecting the best store x tap x head by that metric
+    inside each outer fold (:mod:`featx.evaluation.selection`); the other rows are then marked
+    ``selection_uncorrected``.
     """
+    if select is not None:
+        check_metric(select)
+        if search is not None:
+            raise FeatxError(f"{arg('select', select)} compares rows at their fixed parameters and cannot be "
+                             f"combined with a parameter search ({arg('search')}) yet; run them separately")
     heads = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]
     if not heads:
         raise FeatxError(f"{arg('heads')}: no head given; name at least one, e.g. svm")
@@ -286,9 +295,12 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
         protocols = ["auto"]
     runs = [(p, None) for p in protocols] + ([("auto", eval_set)] if eval_set else [])
     rows: list[ResultRow] = []
+    loaded = []
     for group in store_groups:
         for tap in tap_groups:
             features = load_features(group, tap, labelled=True, allow_partial=allow_partial)
+            if select is not None:
+                loaded.append(features)
             for p, ev in runs:
                 if progress:
                     progress(f"{features.name}: {', '.join(heads)} under {ev or p}")
@@ -297,4 +309,15 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                                           class_weight=class_weight, device=device, params=params, n_boot=n_boot,
                                           allow_optimistic=allow_optimistic,
                                           drop_unknown_subjects=drop_unknown_subjects, search=search))
+    if select is not None:
+        for row in rows:
+            row.selection_uncorrected = True
+        for p, ev in runs:
+            if progress:
+                progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under {ev or p}")
+            rows.append(selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed, jobs=jobs,
+                                      positive=positive, preprocess=preprocess, class_weight=class_weight,
+                                      device=device, params=params, n_boot=n_boot, metric=select,
+                                      allow_optimistic=allow_optimistic,
+                                      drop_unknown_subjects=drop_unknown_subjects))
     return rows

@@ -33,6 +33,16 @@ OPTIMISTIC_NOTE = ("OPTIMISTIC rows test on images (or subjects) the fine-tuned 
                    "tuned on test subjects, not an estimate for new patients.")
 
 
+def selection_note(rows: Sequence[ResultRow]) -> str | None:
+    """The note under a table whose rows were compared with a selected row (``compare --select``)."""
+    if not any(r.selection_uncorrected for r in rows):
+        return None
+    n = max([int(r.settings.get("n_candidates") or 0) for r in rows] or [0]) or sum(
+        r.selection_uncorrected for r in rows)
+    return (f"\u2020 per-row scores are not corrected for selection among {n} rows; the 'selected' row is corrected "
+            "(inner CV per outer fold)")
+
+
 def format_pct(mean, std=None) -> str:
     """``0.9744, 0.012`` -> ``"97.44 ± 1.20"`` (percent); missing values -> ``"-"``."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -91,6 +101,8 @@ def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare"
                         "(optimistic)")
     if any(r.optimistic for r in rows):
         captions.append("* OPTIMISTIC: features tuned on test subjects (the fine-tuned network saw them)")
+    if note := selection_note(rows):
+        captions.append(escape(note))
     captions += [f"PARTIAL: {escape(p)}" for p in partial_notes(rows)]
     captions += [escape(note) for note in excluded_notes(rows)]
     table = Table(title=title, caption="\n".join(captions), caption_style="dim", box=box.SIMPLE_HEAD,
@@ -101,7 +113,7 @@ def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare"
         table.add_column(header)  # justify="right" makes rich crop narrow tables
     for r in rows:
         marked = bool(r.flag)
-        protocol = ("* " if marked else "") + escape(short_protocol(r))
+        protocol = ("* " if marked else "") + ("\u2020 " if r.selection_uncorrected else "") + escape(short_protocol(r))
         if r.partial:
             protocol += f" PARTIAL ({escape(r.partial)})"
         table.add_row(escape(r.name), protocol, *[_pct(r, m) for m, _ in TERMINAL_METRICS],
@@ -132,6 +144,8 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
             protocol = f"OPTIMISTIC {protocol}"
         if r.flag:
             protocol = f"**\\* {protocol}**"
+        if r.selection_uncorrected:
+            protocol = f"\u2020 {protocol}"
         if r.partial:
             protocol += f" **PARTIAL ({r.partial})**"
         acc = r.score("accuracy")
@@ -148,6 +162,8 @@ def results_markdown(rows: Sequence[ResultRow]) -> str:
         md += [f"\\* {IMAGE_LEVEL_NOTE}", ""]
     if any(r.optimistic for r in rows):
         md += [f"\\* {OPTIMISTIC_NOTE}", ""]
+    if note := selection_note(rows):
+        md += [note, ""]
     md += [f"PARTIAL: {note}.\n" for note in partial_notes(rows)]
     md += [f"{note}.\n" for note in excluded_notes(rows)]
     md += [STATS_NOTE, ""]
