@@ -10,7 +10,8 @@ from cli_helpers import invoke
 
 from featx.data.synth import synthesize
 from featx.errors import FeatxError
-from featx.evaluation import make_splits, selection
+from featx.evaluation import compare, make_splits, selection
+from featx.evaluation.search import Search
 from featx.evaluation.selection import check_same_rows, selection_row
 from featx.extract import extract
 from featx.report import results_table
@@ -169,3 +170,11 @@ def test_cli_bad_metric_is_one_line_exit_1(two_stores, tmp_path):
     assert result.exit_code == 1
     assert "--select nope is not a metric" in text
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_select_with_a_parameter_search_is_refused_before_any_work(tmp_path):
+    # selection compares rows at fixed parameters: combining it with a search would silently drop the search
+    search = Search(space={"logistic": {"C": [0.1, 1.0]}})
+    with pytest.raises(FeatxError, match=r"select='f1_weighted' compares rows at their fixed parameters") as err:
+        compare([tmp_path / "not-read.h5"], ["logistic"], select="f1_weighted", search=search)
+    assert "\n" not in str(err.value)
