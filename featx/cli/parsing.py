@@ -67,22 +67,17 @@ def parse_params(items: Sequence[str] | None, heads: Sequence[str]) -> dict[str,
     return check_params(out)
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _search_value(raw: str):
     """A --param value as a list (``0.1,1,10``), a log-uniform range (``1e-3:1e3``) or None (a single value)."""
     raw = raw.strip()
     if raw.startswith(("[", "{", '"')):
         return None
     low, colon, high = raw.partition(":")
-    if colon and _is_number(low) and _is_number(high):
-        return LogUniform(float(low), float(high))
+    if colon:
+        try:
+            return LogUniform(float(low), float(high))
+        except ValueError:  # not two numbers: a text value that holds a colon
+            pass
     if "," in raw:
         values = []
         for part in raw.split(","):

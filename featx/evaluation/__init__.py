@@ -3,7 +3,7 @@ heads x folds that turns feature sets into result rows (:mod:`.grid`), with nest
 (:mod:`.search`). Nothing here writes a file."""
 from featx.evaluation.grid import compare, evaluate, evaluate_many, run_grid
 from featx.evaluation.metrics import bootstrap_ci, compute_metrics, resolve_positive, roc_points, summarize_folds
-from featx.evaluation.search import DEFAULT_SPACES, SEARCH_METHODS, LogUniform, Search, Uniform
+from featx.evaluation.search import DEFAULT_SPACES, SEARCH_METHODS, LogUniform, Search
 from featx.evaluation.splits import (
                                      CV_CHOICES,
                                      HELD_OUT_SPLITS,
@@ -18,7 +18,7 @@ from featx.evaluation.splits import (
 )
 from featx.results import METRICS
 
-__all__ = ["CV_CHOICES", "DEFAULT_SPACES", "SEARCH_METHODS", "LogUniform", "Search", "Uniform",
+__all__ = ["CV_CHOICES", "DEFAULT_SPACES", "SEARCH_METHODS", "LogUniform", "Search",
            "HELD_OUT_SPLITS", "METRICS", "Protocol", "bootstrap_ci", "check_cv",
            "compare", "compute_metrics", "evaluate", "evaluate_many", "every_row_has_subject",
            "held_out_protocol", "labelled_rows", "make_splits", "resolve_positive", "roc_points", "run_grid",

@@ -42,21 +42,7 @@ class LogUniform:
         return stats.loguniform(self.low, self.high)
 
 
-@dataclass(frozen=True)
-class Uniform:
-    """A range sampled uniformly by random search."""
-    low: float
-    high: float
-
-    def __str__(self) -> str:
-        return f"uniform {self.low:g}:{self.high:g}"
-
-    def distribution(self):
-        return stats.uniform(self.low, self.high - self.low)
-
-
-Range = LogUniform | Uniform
-Space = dict[str, dict[str, list | Range]]   # head -> {parameter: values or range}
+Space = dict[str, dict[str, list | LogUniform]]   # head -> {parameter: values or range}
 
 # Sensible default grids per head (``--tune``): small enough for a grid search on a laptop.
 DEFAULT_SPACES: dict[str, dict[str, list]] = {
@@ -88,7 +74,7 @@ class Search:
     seed: int | None = None
     n_jobs: int = 1
 
-    def head_space(self, head: str) -> dict[str, list | Range]:
+    def head_space(self, head: str) -> dict[str, list | LogUniform]:
         """The space of ``head`` (by registry name); empty when it is not searched."""
         name = get_head(head).name
         return next((dict(v) for h, v in self.space.items() if get_head(h).name == name), {})
@@ -126,7 +112,7 @@ def check_search(search: Search) -> Search:
     for head, space in search.space.items():
         for key, values in space.items():
             where = f"{arg('params', f'{get_head(head).name}.{key}')}"
-            if isinstance(values, (LogUniform, Uniform)):
+            if isinstance(values, LogUniform):
                 if search.method != "random":
                     raise FeatxError(f"{where}: a range ({values}) is sampled by {arg('search', 'random')}")
                 if not (math.isfinite(values.low) and math.isfinite(values.high) and values.low < values.high):
@@ -170,7 +156,7 @@ def fit_search(pipeline, X, y, groups, search: Search, head: str, *, positive: i
     ``groups`` (None when unknown); returns the fitted ``GridSearchCV``/``RandomizedSearchCV`` (refit on all
     of ``X`` with the best parameters)."""
     seed = search.seed if search.seed is not None else seed
-    space = {f"clf__{k}": (v.distribution() if isinstance(v, (LogUniform, Uniform)) else list(v))
+    space = {f"clf__{k}": (v.distribution() if isinstance(v, LogUniform) else list(v))
              for k, v in search.head_space(head).items()}
     cv = inner_splits(y, groups, search.inner_folds, seed)
     common = dict(scoring=_scorer(search.metric, positive), cv=cv, refit=True, n_jobs=n_jobs, error_score="raise")

@@ -65,22 +65,23 @@ def _plot_rows(rows: Sequence[ResultRow], plot_dir: Path) -> None:
 def write_predictions(rows: Sequence[ResultRow], out_dir) -> Path:
     """``<out_dir>/<row slug>.csv`` per row that carries out-of-fold ``predictions``: one line per test image
     (path, subject, fold, y_true, y_pred, score of the positive class). Returns the folder."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    carrying = [r for r in rows if r.predictions]
-    for r, name in zip(carrying, _unique_slugs(carrying)):
-        atomic_write(out / f"{name}.csv", lambda tmp, pred=r.predictions: _write_prediction_csv(pred, tmp))
-    return out
+    return _write_per_row(rows, out_dir, "predictions", _write_prediction_csv)
 
 
 def write_search_scores(rows: Sequence[ResultRow], out_dir) -> Path:
     """``<out_dir>/<row slug>.csv`` per nested row: one line per outer fold x inner candidate (fold, the
     candidate's parameters as JSON, mean and std of its inner score, its rank, whether it was chosen)."""
+    return _write_per_row(rows, out_dir, "inner_scores", _write_search_csv)
+
+
+def _write_per_row(rows: Sequence[ResultRow], out_dir, field: str, write) -> Path:
+    """``write(value, tmp)`` of each row's ``field`` (rows without it are skipped) to ``<out_dir>/<slug>.csv``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    carrying = [r for r in rows if r.inner_scores]
+    carrying = [r for r in rows if getattr(r, field)]
     for r, name in zip(carrying, _unique_slugs(carrying)):
-        atomic_write(out / f"{name}.csv", lambda tmp, scores=r.inner_scores: _write_search_csv(scores, tmp))
+        value = getattr(r, field)
+        atomic_write(out / f"{name}.csv", lambda tmp, value=value: write(value, tmp))
     return out
 
 
