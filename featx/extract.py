@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from featx import provenance
 from featx.backbones import check_input_size, create_backbone, get_config
 from featx.data import Collection, discover
-from featx.data.images import ImageDataset, make_transform
+from featx.data.images import ImageDataset, describe_preprocessing, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError, arg
 from featx.store import FeatureStore, lock_path
@@ -69,6 +69,8 @@ def store_settings_for(collection: Collection, model, image_size: int, dtype: st
         "layout": collection.layout,
         "torch_version": torch.__version__,
         "torchvision_version": torchvision.__version__,
+        # not identity settings: the same transform in words and values, for whoever opens the file
+        **describe_preprocessing(make_transform(image_size, cfg.mean, cfg.std)),
     }
 
 
@@ -170,7 +172,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     extra = {"unreadable_folders": folders} if folders else None
     with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims,
                                           default_tap=cfg.default_tap or None, extra_attrs=extra,
-                                          roles=roles) as store:
+                                          roles=roles,
+                                          tap_descriptions={t: cfg.describe_tap(t) for t in tap_names}) as store:
         pending = np.flatnonzero(~store.done)
         total = store.n
         if pending.size:

@@ -21,7 +21,12 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
     stages=("block1", "block2", "block3", "block4", "fc", "head"),
     default_num_classes=2, classifier_layer="classifier.4",
     description="small traditional CNN: 4 conv-BN-ReLU-maxpool blocks (32-256), GAP, "
-                "dropout FC 128, final FC; trained from scratch")
+                "dropout FC 128, final FC; trained from scratch",
+    tap_descriptions={
+        "pool5": "global average over the spatial positions of the last max-pool output (block4: "
+                 "conv-BN-ReLU-maxpool), 256 channels, non-negative",
+        "fc": "penultimate fully connected layer (classifier.1, 256->128) after ReLU (post-ReLU, before "
+              "dropout), 128 values, non-negative"})
 def build_cnn(config: BackboneConfig, num_classes: int, dropout: float) -> FeatureNet:
     """The small "traditional" CNN (preprocessed as VGG-16's ImageNet weights).
 

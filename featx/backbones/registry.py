@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from torchvision.models import WeightsEnum
@@ -32,10 +32,19 @@ class BackboneConfig:
     default_num_classes: int                # outputs of the classifier layer when neither weights nor caller say
     classifier_layer: str                   # qualified name of the network's final Linear (classifier) layer
     description: str
+    # tap name -> what its values are (layer, before/after which activation, how many values); written
+    # beside each tap in the feature store
+    tap_descriptions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.default_tap not in self.taps:   # pragma: no cover - a registration mistake
             raise AssertionError(f"{self.name}: default tap {self.default_tap!r} is not one of its taps")
+        if set(self.tap_descriptions) - set(self.taps):   # pragma: no cover - a registration mistake
+            raise AssertionError(f"{self.name}: tap descriptions of unknown taps")
+
+    def describe_tap(self, tap: str) -> str:
+        """What tap ``tap`` holds, in words (its registered description, else its name and size)."""
+        return self.tap_descriptions.get(tap) or f"tap {tap} of {self.name}, {self.taps[tap]} values"
 
     @property
     def imagenet_file(self) -> str | None:
@@ -56,11 +65,14 @@ def preprocessing(weights: WeightsEnum) -> tuple[int, tuple[float, ...], tuple[f
 
 def register_backbone(name: str, *, preprocessed_as: WeightsEnum, imagenet: WeightsEnum | None, taps: dict[str, int],
                       default_tap: str, stages: tuple[str, ...], min_input_size: int, default_num_classes: int,
-                      classifier_layer: str, description: str) -> Callable:
+                      classifier_layer: str, description: str,
+                      tap_descriptions: dict[str, str] | None = None) -> Callable:
     """Decorator registering a builder ``(config, num_classes, dropout) -> FeatureNet`` as backbone ``name``.
 
     ``preprocessed_as``: the torchvision weights whose transforms give the input size, mean and std (the
     backbone's own ImageNet weights, or those of another network for one trained from scratch).
+    ``tap_descriptions``: per tap, what its values are (the layer, pre- or post-activation, how many values);
+    feature stores write it beside the tap.
     """
     def register(builder: Callable) -> Callable:
         if name in _REGISTRY:   # pragma: no cover - a registration mistake
@@ -69,7 +81,8 @@ def register_backbone(name: str, *, preprocessed_as: WeightsEnum, imagenet: Weig
         _REGISTRY[name] = BackboneConfig(
             name=name, builder=builder, taps=dict(taps), default_tap=default_tap, input_size=size, mean=mean,
             std=std, imagenet=imagenet, description=description, min_input_size=min_input_size,
-            stages=tuple(stages), default_num_classes=default_num_classes, classifier_layer=classifier_layer)
+            stages=tuple(stages), default_num_classes=default_num_classes, classifier_layer=classifier_layer,
+            tap_descriptions=dict(tap_descriptions or {}))
         return builder
 
     return register

@@ -29,7 +29,15 @@ def _fc_steps(stages: Sequence[str], taps: dict[int, str]) -> list[Step]:
     taps={"pool5": 512, "fc6": 4096, "fc7": 4096}, default_tap="fc7", min_input_size=32,
     stages=("block1", "block2", "block3", "block4", "block5", "fc6", "fc7", "head"),
     default_num_classes=1000, classifier_layer="classifier.6",
-    description="VGG-16 (torchvision): 13 conv layers in 5 blocks, 2 dropout FC layers of 4096, final FC")
+    description="VGG-16 (torchvision): 13 conv layers in 5 blocks, 2 dropout FC layers of 4096, final FC",
+    tap_descriptions={
+        "pool5": "global average over the spatial positions of the last max-pool output (features.30, after "
+                 "block5's conv+ReLU layers), 512 channels, non-negative; taken before torchvision's 7x7 "
+                 "adaptive average pool",
+        "fc6": "output of the fully connected layer fc6 (classifier.0, 25088->4096, on block5's max-pool output "
+               "pooled to 7x7) after ReLU (post-ReLU, before dropout), 4096 values, non-negative",
+        "fc7": "output of the fully connected layer fc7 (classifier.3, 4096->4096) after ReLU (post-ReLU, before "
+               "dropout), 4096 values, non-negative"})
 def build_vgg16(config: BackboneConfig, num_classes: int, dropout: float) -> FeatureNet:
     """torchvision's VGG-16 with taps pool5 (global average pool of the last conv block), fc6, fc7."""
     tv = torchvision.models.vgg16(weights=None, num_classes=num_classes, dropout=dropout)
@@ -49,7 +57,14 @@ def build_vgg16(config: BackboneConfig, num_classes: int, dropout: float) -> Fea
     taps={"pool5": 256, "fc6": 4096, "fc7": 4096}, default_tap="fc7", min_input_size=63,
     stages=("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "head"),
     default_num_classes=1000, classifier_layer="classifier.6",
-    description="AlexNet (torchvision): 5 conv layers, 2 dropout FC layers of 4096, final FC")
+    description="AlexNet (torchvision): 5 conv layers, 2 dropout FC layers of 4096, final FC",
+    tap_descriptions={
+        "pool5": "global average over the spatial positions of the last max-pool output (features.12, after "
+                 "conv5+ReLU), 256 channels, non-negative; taken before torchvision's 6x6 adaptive average pool",
+        "fc6": "output of the fully connected layer fc6 (classifier.1, 9216->4096, on conv5's max-pool output "
+               "pooled to 6x6) after ReLU (post-ReLU, before dropout), 4096 values, non-negative",
+        "fc7": "output of the fully connected layer fc7 (classifier.4, 4096->4096) after ReLU (post-ReLU, before "
+               "dropout), 4096 values, non-negative"})
 def build_alexnet(config: BackboneConfig, num_classes: int, dropout: float) -> FeatureNet:
     """torchvision's AlexNet with taps pool5 (global average pool of conv5), fc6, fc7."""
     tv = torchvision.models.alexnet(weights=None, num_classes=num_classes, dropout=dropout)

@@ -116,12 +116,16 @@ def _print_summary(s: dict) -> None:
     console.print(f"[bold]{s['file']}[/]  {st.get('backbone')}  weights={st.get('weights')}  "
                   f"input={st.get('input_size')}px  {s['done']}/{s['samples']} rows done, "
                   f"{s['subjects']} subjects, {s['errors']} errors")
-    taps = ", ".join(f"{t} ({v['dim']})" for t, v in s["taps"].items())
-    console.print(f"taps: {taps}")
+    console.print("taps:")
+    for tap, v in s["taps"].items():
+        text = v.get("description") or "(not described: a store made before featx described its taps)"
+        console.print(f"  {tap} ({v['dim']}): {escape(text)}", highlight=False)
     table = Table("split", *s["classes"], "unlabelled", title=None)
     for split, row in s["counts"].items():
         table.add_row(split, *[str(row[c]) for c in s["classes"]], str(row["unlabelled"]))
     console.print(table)
+    console.print(f"labels: {escape(s['labels']['meaning'])}; classify and compare use the labelled rows",
+                  highlight=False)
     roles = s.get("network_roles")
     if roles:  # features of a fine-tuned featx checkpoint: which rows its network saw
         counts = ", ".join(f"{k} {v}" for k, v in roles.items())

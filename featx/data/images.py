@@ -76,6 +76,27 @@ def make_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
     return T.Compose(steps)
 
 
+def describe_preprocessing(transform: T.Compose) -> dict:
+    """What an evaluation transform of :func:`make_transform` does, read from its steps, as attributes for a
+    feature store: ``preprocessing`` (in words), ``transform`` (its repr), ``resize_interpolation``,
+    ``resize_antialias``, ``channel_order``, ``colour_conversion`` and ``value_range``."""
+    steps = list(transform.transforms)
+    resize = next(t for t in steps if isinstance(t, T.Resize))
+    norm = next(t for t in steps if isinstance(t, T.Normalize))
+    height, width = (resize.size, resize.size) if isinstance(resize.size, int) else resize.size
+    mode = getattr(resize.interpolation, "value", str(resize.interpolation))
+    colour = ("decoded with PIL and converted to 8-bit RGB by Image.convert('RGB') (grey copied to the three "
+              "channels, palettes expanded, alpha dropped); 16-bit, 32-bit integer and float images are first "
+              "scaled to 8 bits by their own minimum and maximum")
+    value_range = (f"ToTensor scales 0-255 to 0-1 (float32, channels first: 3 x {height} x {width}), then each "
+                   f"channel becomes (x - mean) / std with mean {list(norm.mean)} and std {list(norm.std)}")
+    words = (f"{colour}; resized to {width}x{height} px ({mode}, antialias={bool(resize.antialias)}; the whole "
+             f"image, aspect ratio not kept, no crop); {value_range}")
+    return {"preprocessing": words, "transform": repr(transform), "resize_interpolation": mode,
+            "resize_antialias": bool(resize.antialias), "channel_order": "RGB", "colour_conversion": colour,
+            "value_range": value_range}
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Items are (image tensor, index into collection.samples, error message or "").
 

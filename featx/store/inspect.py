@@ -9,6 +9,7 @@ import numpy as np
 
 from featx.errors import FeatxError, arg
 from featx.provenance import ROLES
+from featx.store.describe import read_descriptions
 from featx.store.schema import damaged, decode_attr, open_store, read_attrs, require_store, rows_match, stored_taps
 
 
@@ -21,8 +22,10 @@ def store_settings(path: str | Path) -> dict:
 
 
 def summarize(path: str | Path) -> dict:
-    """What ``featx info`` shows: settings, taps with dimensions, rows done, unfinished and failed (unreadable
-    images, the first 20 with their error), folders discovery could not read, counts by split and class."""
+    """What ``featx info`` shows: settings, taps with dimensions and descriptions (what each holds; "" in
+    stores made before featx wrote them), what the label integers mean (``labels``), rows done, unfinished
+    and failed (unreadable images, the first 20 with their error), folders discovery could not read, counts
+    by split and class."""
     path = Path(path)
     with open_store(path, "r") as h5:
         require_store(path, h5)
@@ -41,8 +44,10 @@ def _summarize(path: Path, h5: h5py.File) -> dict:
     done = s["done"][:]
     errors = s["error"].asstr()[:]
     order = [t for t in stored_taps(attrs) if t in h5["features"]] or sorted(h5["features"])
+    described = read_descriptions(h5)
     taps = {tap: {"dim": int(ds.shape[1]), "rows": int(ds.shape[0]), "dtype": str(ds.dtype),
-                  "chunks": list(ds.chunks or ())} for tap, ds in ((t, h5["features"][t]) for t in order)}
+                  "chunks": list(ds.chunks or ()), "description": described["taps"].get(tap, "")}
+            for tap, ds in ((t, h5["features"][t]) for t in order)}
     counts: dict[str, dict[str, int]] = {}
     for split in sorted(set(splits)):
         sel = splits == split
@@ -57,7 +62,7 @@ def _summarize(path: Path, h5: h5py.File) -> dict:
         "file": str(path), "samples": int(len(done)), "done": int(done.sum()), "errors": len(failed),
         "unfinished": int(np.sum(~done & (errors == ""))), "failed": failed[:20],
         "unreadable_folders": [str(f) for f in np.atleast_1d(folders)] if len(folders) else [],
-        "classes": classes, "subjects": len(set(subjects) - {""}),
+        "classes": classes, "labels": described["labels"], "subjects": len(set(subjects) - {""}),
         "taps": taps, "counts": counts, "settings": attrs,
         "network_roles": None if roles is None else _role_counts(roles),
     }

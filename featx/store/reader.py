@@ -44,6 +44,7 @@ class FeatureSet:
     store_taps: list[list[str]] = field(default_factory=list)   # the taps read from each store, in order
     partial: str | None = None   # "156 of 330 rows" when loaded with allow_partial from an unfinished store
     excluded: int = 0            # images recorded as unreadable, left out
+    unlabelled_excluded: int = 0  # unlabelled rows (label -1) left out by load_features(labelled=True)
     # per row, what the fine-tuned network of the features did with it (featx.provenance); None: not tuned
     roles: np.ndarray | None = None
     tuned: list[dict] = field(default_factory=list)             # each tuned store's tuned_provenance attribute
@@ -138,15 +139,18 @@ def _weights_label(attrs: dict) -> str:
 
 
 def load_features(stores: str | Path | Sequence[str | Path], taps: str | Sequence[str] | None = None, *,
-                  splits: Sequence[str] | None = None, labelled: bool | None = None,
+                  splits: Sequence[str] | None = None, labelled: bool | None = True,
                   allow_partial: bool = False) -> FeatureSet:
     """Load finished rows of one or more stores as one feature matrix.
 
     ``stores`` is one store's path or a sequence of paths: several stores give their features side by side,
     joined on the sample path (they must hold the same samples). ``taps`` is one tap name, a sequence of
     names (concatenated, in that order) or ``None`` (each store's default tap). ``splits`` keeps those
-    splits; ``labelled`` keeps labelled (True) or unlabelled (False) rows. Images recorded as unreadable are
-    left out (counted in ``excluded``). A store with rows not yet extracted is refused unless
+    splits. ``labelled``: ``True`` (the default) keeps the labelled rows, what classifiers train and test on,
+    and counts the unlabelled ones left out (label -1, e.g. the C-NMC final phase) in
+    ``unlabelled_excluded``; ``False`` keeps only the unlabelled rows (to predict them); ``None`` keeps every
+    row. When the labelled rows asked for are none, FeatxError says so (rather than an empty set). Images
+    recorded as unreadable are left out (counted in ``excluded``). A store with rows not yet extracted is refused unless
     ``allow_partial``; then ``partial`` says how many rows there are (``"156 of 330 rows"``). Rows whose
     features do not match their checksums are refused (the store is damaged).
     """
@@ -168,11 +172,24 @@ def load_features(stores: str | Path | Sequence[str | Path], taps: str | Sequenc
             raise FeatxError(f"{paths[0]}: no rows of split {', '.join(missing)} ({arg('splits')}); the store has "
                              f"{', '.join(known)}")
         keep &= np.isin(fs.splits, list(splits))
-    if labelled is True:
-        keep &= fs.y >= 0
-    elif labelled is False:
-        keep &= fs.y < 0
+    if labelled is not None:
+        wanted = keep & ((fs.y >= 0) if labelled else (fs.y < 0))
+        if keep.any() and not wanted.any():
+            raise FeatxError(_none_left(paths[0], fs, keep, labelled, splits))
+        if labelled:
+            fs.unlabelled_excluded = int(np.sum(keep & (fs.y < 0)))
+        keep = wanted
     return fs if keep.all() else fs.select(keep)
+
+
+def _none_left(path: Path, fs: FeatureSet, keep: np.ndarray, labelled: bool, splits) -> str:
+    """The message for a labelled/unlabelled filter that leaves no row."""
+    where = f" of split {', '.join(splits)}" if splits else ""
+    n = int(keep.sum())
+    if labelled:
+        return (f"{path}: no labelled rows to load: the {n} rows{where} are unlabelled (label -1); predict them with "
+                f"a saved model (`featx predict`), or in Python load every row with load_features(..., labelled=None)")
+    return f"{path}: no unlabelled rows{where}: all {n} rows have a label; load them with the default labelled=True"
 
 
 def _align(paths: list[Path], parts: list[dict], failed: set, unfinished: bool) -> None:

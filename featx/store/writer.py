@@ -23,6 +23,7 @@ from filelock import FileLock
 
 from featx import __version__
 from featx.errors import FeatxError, arg
+from featx.store.describe import write_descriptions
 from featx.store.lock import acquire_writer_lock, is_disk_full
 from featx.store.schema import (
     CHUNK_BYTES,
@@ -60,7 +61,8 @@ class FeatureStore:
     @classmethod
     def open_for_extraction(cls, path: str | Path, settings: dict, samples: Sequence, classes: Sequence[str],
                             tap_dims: dict[str, int], *, default_tap: str | None = None,
-                            extra_attrs: dict | None = None, roles: Sequence[str] | None = None) -> FeatureStore:
+                            extra_attrs: dict | None = None, roles: Sequence[str] | None = None,
+                            tap_descriptions: dict[str, str] | None = None) -> FeatureStore:
         """Take the writer lock, then create the store or reopen it for resuming when it was made with the
         same settings; rows marked done whose checksums do not match are marked not done (recomputed).
 
@@ -70,6 +72,8 @@ class FeatureStore:
         written only when the store is created.
         A store whose settings differ is refused with a message naming the first differing setting.
         ``roles``: the fine-tuned network's role of each sample (``/samples/network_role``), written at creation.
+        ``tap_descriptions``: what each tap holds, written at creation as its dataset's ``description``
+        attribute (with the other self-describing attributes of :mod:`featx.store.describe`).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +89,8 @@ class FeatureStore:
                     raise
                 return store
             attrs = dict(settings, default_tap=default_tap or next(reversed(tap_dims), ""))
-            cls._create(path, dict(attrs, **(extra_attrs or {})), samples, classes, tap_dims, roles)
+            cls._create(path, dict(attrs, **(extra_attrs or {})), samples, classes, tap_dims, roles,
+                        tap_descriptions)
             return cls(path, open_store(path, "r+"), lock)
         except BaseException:
             lock.release()
@@ -110,7 +115,8 @@ class FeatureStore:
 
     @classmethod
     def _create(cls, path: Path, settings: dict, samples: Sequence, classes: Sequence[str],
-                tap_dims: dict[str, int], roles: Sequence[str] | None = None) -> None:
+                tap_dims: dict[str, int], roles: Sequence[str] | None = None,
+                tap_descriptions: dict[str, str] | None = None) -> None:
         """Write the complete store (full size) to ``<path>.tmp`` and rename it: it exists whole or not at all."""
         tmp = path.with_name(path.name + ".tmp")
         need = _bytes_needed(samples, tap_dims, np.dtype(settings.get("dtype", "float32")))
@@ -122,6 +128,7 @@ class FeatureStore:
                     cls._initialise(h5, settings, samples, classes, tap_dims)
                     if roles is not None:
                         cls._write_roles(h5, roles, settings)
+                    write_descriptions(h5, classes, tap_descriptions, SCHEMA_VERSION)
                     h5.close()  # a failure here (the final flush) must not leave a half-written store behind
                 except BaseException as exc:
                     full = isinstance(exc, (OSError, RuntimeError, ValueError)) and is_disk_full(exc)

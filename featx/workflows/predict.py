@@ -57,8 +57,8 @@ def _requested_rows(card: dict, stores: list[Path], split: str | None, unfinishe
         wanted = [j for j, e in enumerate(errors) if not e]
         if not wanted:
             break
-        # unfinished rows already carry their error above: predict the finished ones
-        features = load_features(store, entry.get("taps") or None, allow_partial=True)
+        # unfinished rows already carry their error above: predict the finished ones, labelled or not
+        features = load_features(store, entry.get("taps") or None, allow_partial=True, labelled=None)
         names.append(features.name)
         row_of = {q: i for i, q in enumerate(features.paths)}
         for j in wanted:
