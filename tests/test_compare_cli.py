@@ -265,7 +265,7 @@ def test_predict_with_a_model_without_probabilities_writes_the_score(demo, tmp_p
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert lines[0] == "path,prediction,probability,score,error" and len(lines) == N_FINAL + 1
     rows = _read_csv(tmp_path / "p.csv")
-    final = load_features(demo["store"], splits=["final"])
+    final = load_features(demo["store"], splits=["final"], labelled=False)
     margin = np.abs(model.decision_function(final.X))
     assert [r["path"] for r in rows] == list(final.paths)
     assert [r["prediction"] for r in rows] == [features.classes[k] for k in model.predict(final.X)]

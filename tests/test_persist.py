@@ -80,7 +80,7 @@ def _predict_cli(model: Path, store: Path, out: Path):
 
 
 def test_every_head_round_trips_through_skops_with_identical_predictions(models):
-    features = load_features(models["store"])
+    features = load_features(models["store"], labelled=None)
     assert len(features) == 34  # training folds, prelim and final rows of the fixture
     for head, (joblib_path, skops_path) in models["saved"].items():
         assert skops_path == joblib_path.with_suffix(".skops") and card_path(skops_path).name.endswith(".skops.json")

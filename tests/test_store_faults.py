@@ -334,7 +334,7 @@ def test_a_second_writer_is_refused_even_with_hdf5_locking_disabled(cnmc_tree, r
         first.wait(timeout=300)
     assert first.returncode == 0, _output(first)
     assert_same_store(out, reference)
-    assert len(load_features(out)) == summarize(out)["samples"]  # readers work once no one writes
+    assert len(load_features(out, labelled=None)) == summarize(out)["samples"]  # readers work once no one writes
 
 
 def test_writer_lock_is_held_until_close_and_writing_rows_never_grows_the_file(cnmc_tree, tmp_path):
@@ -404,7 +404,7 @@ def test_bad_images_are_skipped_recorded_and_left_out_by_default(data_copy, tmp_
     s = summarize(out)
     assert s["errors"] == 2 and s["done"] == s["samples"] - 2 and s["unfinished"] == 0
     assert {f["path"].rsplit("/", 1)[-1] for f in s["failed"]} == {b.name for b in bad}
-    features = load_features(out)  # failed rows do not make the store partial, and are not returned
+    features = load_features(out, labelled=None)  # failed rows do not make the store partial, nor are returned
     assert len(features) == s["samples"] - 2 and features.partial is None and features.excluded == 2
     assert not any(p.endswith(tuple(b.name for b in bad)) for p in features.paths)
     res = runner.invoke(app, ["classify", str(out), "--head", "knn", "--folds", "3", "--boot", "20", "--no-plots",
