@@ -19,6 +19,9 @@ Layout (schema version 2)::
     /features/<tap>  float32|float16 (N, D), chunked along rows, every chunk allocated (and zero-filled)
                      when the store is created
 
+Every dataset has a ``description`` attribute, /samples/label a ``meaning`` (``0 = all, 1 = hem; -1 =
+unlabelled``), the root a ``description`` of this layout and the preprocessing in words (``preprocessing``,
+``transform``, ...): see :mod:`~featx.store.describe`; stores written before them load unchanged.
 A store is reopened, never rebuilt: finished rows are kept and a store made with other settings is refused.
 :mod:`~featx.store.writer` says how a store survives ``kill -9`` and a full disk.
 """
