@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import h5py
@@ -58,6 +59,11 @@ def test_plain_h5py_reads_what_labels_samples_and_taps_mean(store):
         for name, words in [("done", "True when"), ("error", "could not be read"), ("checksum", "crc32"),
                             ("path", "data_root"), ("subject", "subject"), ("split", "split")]:
             assert words in h5[f"samples/{name}"].attrs["description"], name
+        # the checksum's description, followed by hand with zlib on the plain h5py values of row 5
+        sums = h5["samples/checksum"]
+        for j, tap in enumerate(sums.attrs["taps"]):
+            row = h5["features"][tap][5].astype("<f4").tobytes()
+            assert int(sums[5, j]) == 2**32 + zlib.crc32(row, zlib.crc32((5).to_bytes(8, "little")))
         cfg = get_config("cnn")
         for tap, ds in h5["features"].items():
             text = ds.attrs["description"]
