@@ -17,7 +17,8 @@
 #                      trains from scratch when torchvision's files are not cached)    [WEIGHTS]
 #   --device D         auto, cpu, cuda                                                  [DEVICE]
 # Re-running the same command resumes unfinished runs (featx finetune --resume) and re-prints the table.
-# Environment: FEATX (the featx command, default `featx`), PYTHON (default `python`).
+# Environment: FEATX (the featx command) and PYTHON: by default those on PATH, else the repository's .venv
+# (the one `make demo` / `make test` creates), so the script works without `source .venv/bin/activate`.
 set -uo pipefail
 
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -30,8 +31,17 @@ IMAGE_SIZE=${IMAGE_SIZE:-}
 EPOCHS=${EPOCHS:-}
 WEIGHTS=${WEIGHTS:-}
 DEVICE=${DEVICE:-auto}
-FEATX=${FEATX:-featx}
-PYTHON=${PYTHON:-python}
+venv_bin="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"
+if [ -z "${FEATX:-}" ]; then
+  if command -v featx >/dev/null; then FEATX=featx
+  elif [ -x "$venv_bin/featx" ]; then FEATX="$venv_bin/featx"
+  else echo "error: featx is not on PATH and $venv_bin/featx does not exist; run \`make install\` (or" \
+            "\`source .venv/bin/activate\`) first, or set FEATX" >&2; exit 1
+  fi
+fi
+if [ -z "${PYTHON:-}" ]; then
+  if [ "$FEATX" = "$venv_bin/featx" ]; then PYTHON="$venv_bin/python"; else PYTHON=python; fi
+fi
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
