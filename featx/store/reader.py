@@ -187,8 +187,8 @@ def _none_left(path: Path, fs: FeatureSet, keep: np.ndarray, labelled: bool, spl
     where = f" of split {', '.join(splits)}" if splits else ""
     n = int(keep.sum())
     if labelled:
-        return (f"{path}: no labelled rows to load: the {n} rows{where} are unlabelled (label -1); predict them with "
-                f"a saved model (`featx predict`), or in Python load every row with load_features(..., labelled=None)")
+        return (f"{path}: no labelled rows to load: the {n} rows{where} are unlabelled (label -1); heads need labelled "
+                "rows to train and test; predict these with a saved model (`featx predict`)")
     return f"{path}: no unlabelled rows{where}: all {n} rows have a label; load them with the default labelled=True"
 
 
