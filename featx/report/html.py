@@ -35,9 +35,9 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1150px;margin:24px auto;
 padding:0 16px;color:#222;line-height:1.4}
 h1{margin-bottom:4px}.meta{color:#666;font-size:90%}
-table{border-collapse:collapse;font-size:88%;margin:8px 0}caption{text-align:left;color:#555;padding:4px 0}
-th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+table{border-collapse:collapse;font-size:80%;margin:8px 0}caption{text-align:left;color:#555;padding:4px 0}
+th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}
+td.name{min-width:10em}td.protocol{min-width:12em}td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 tr.marked{background:#fff6d5}.flag{font-weight:bold;color:#8b0000}
 .notes p{font-size:88%;color:#444;margin:4px 0}
 figure{margin:10px 0;display:inline-block;vertical-align:top}figcaption{font-size:85%;color:#555;max-width:540px}
@@ -163,7 +163,8 @@ def results_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str
     for i, r in enumerate(rows, 1):
         s = r.score(sort_by)
         ci = "-" if s.ci_low is None or s.ci_high is None else f"{100 * s.ci_low:.1f} - {100 * s.ci_high:.1f}"
-        cells = [f'<td class="num">{i}</td>', f"<td>{escape(r.name)}</td>", f"<td>{_marked_protocol(r)}</td>",
+        cells = [f'<td class="num">{i}</td>', f'<td class="name">{escape(r.name)}</td>',
+                 f'<td class="protocol">{_marked_protocol(r)}</td>',
                  *[f'<td class="num">{escape(format_pct(r.score(m).mean, r.score(m).std))}</td>'
                    for m, _ in TABLE_METRICS],
                  *[f'<td class="num">{v}</td>' for v in (ci, r.n_test, r.n_subjects)]]
@@ -204,7 +205,8 @@ def _row_section(i: int, r: ResultRow, draw) -> str:
     if r.confusion is not None:
         classes = r.classes or [str(k) for k in range(len(r.confusion))]
         png = draw(lambda p: plot_confusion(r.confusion, classes, p, title=title))
-        html.append(_figure_html(_Figure(f"Confusion matrix of {r.name} (pooled over folds)", png)))
+        pooled = f" (pooled over {r.n_folds} folds)" if (r.n_folds or 1) > 1 else ""
+        html.append(_figure_html(_Figure(f"Confusion matrix of {r.name}{pooled}", png)))
     if r.roc:
         png = draw(lambda p: plot_roc(r.roc["fpr"], r.roc["tpr"], r.mean("roc_auc"), p, title=title,
                                       folds=r.n_folds or 1, positive=r.positive))
