@@ -85,12 +85,13 @@ def _write_outputs(trainer: Trainer) -> RunSummary:
                      int(scored["card"]["epoch"]))
     paths = {k: Path(v) for k, v in report.write_results([row], out, plots=False).items()}
     title = f"{row.name}: {row.protocol_label}"
-    curves = report.plot_history(state.history, out / "curves.png", title=title)
+    curves = report.plot_history(state.history, out / "curves.png", title=title, best_epoch=row.best_epoch,
+                                 monitor=plan.settings["monitor"], scored_epoch=row.scored_epoch)
     confusion = report.plot_confusion(row.confusion, plan.classes, out / "confusion.png",
                                       title=f"{title}\nepoch {row.scored_epoch}")
     if row.roc:
         paths["roc"] = report.plot_roc(row.roc["fpr"], row.roc["tpr"], row.scores["roc_auc"].mean,
-                                       out / "roc.png", title=title)
+                                       out / "roc.png", title=title, positive=row.positive)
     samples = plan.collection.samples
     return {"out": out, "best": trainer.best_path, "last": trainer.last_path, "history": out / "history.csv",
             "settings": out / "settings.json", "card": out / "card.json", "curves": curves,

@@ -59,7 +59,7 @@ def _plot_rows(rows: Sequence[ResultRow], plot_dir: Path) -> None:
                            plot_dir / f"confusion-{name}.png", title=title)
         if r.roc:
             plot_roc(r.roc["fpr"], r.roc["tpr"], r.mean("roc_auc"), plot_dir / f"roc-{name}.png",
-                     title=title, folds=r.n_folds or 1)
+                     title=title, folds=r.n_folds or 1, positive=r.positive)
 
 
 def write_predictions(rows: Sequence[ResultRow], out_dir) -> Path:

@@ -1,0 +1,247 @@
+"""``featx report``: one self-contained HTML file (no external CSS, JS or fonts; figures inlined as base64
+PNG) with the results table, what its marks and numbers mean, and every figure: the comparison chart, each
+row's confusion matrix and ROC curve (drawn again from the rows) and the training curves of fine-tuning runs
+(from their history.csv). The file an analyst mails to a colleague."""
+from __future__ import annotations
+
+import base64
+import csv
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+
+import featx
+from featx.errors import FeatxError, arg
+from featx.files import atomic_text
+from featx.report.files import read_results
+from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
+from featx.report.table import (
+    IMAGE_LEVEL_NOTE,
+    OPTIMISTIC_NOTE,
+    STATS_NOTE,
+    TABLE_METRICS,
+    excluded_notes,
+    format_pct,
+    partial_notes,
+    protocol_text,
+    selection_note,
+)
+from featx.results import METRICS, ResultRow
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1150px;margin:24px auto;
+padding:0 16px;color:#222;line-height:1.4}
+h1{margin-bottom:4px}.meta{color:#666;font-size:90%}
+table{border-collapse:collapse;font-size:80%;margin:8px 0}caption{text-align:left;color:#555;padding:4px 0}
+th,td{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}
+td.name{min-width:10em}td.protocol{min-width:12em}td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+tr.marked{background:#fff6d5}.flag{font-weight:bold;color:#8b0000}
+.notes p{font-size:88%;color:#444;margin:4px 0}
+figure{margin:10px 0;display:inline-block;vertical-align:top}figcaption{font-size:85%;color:#555;max-width:540px}
+img{max-width:100%;height:auto;border:1px solid #eee}
+section.row{border-top:1px solid #ccc;margin-top:14px}
+"""
+
+
+@dataclass
+class _Figure:
+    caption: str
+    png: bytes
+
+
+def write_html_report(sources: Sequence[ResultRow | str | Path], out: str | Path, *, title: str = "featx report",
+                      sort_by: str = "f1_weighted") -> Path:
+    """Write ``out`` (one HTML file) for the result rows of ``sources``: :class:`ResultRow` objects, or
+    results.json files or folders (read by :func:`read_results`; a fine-tuning run folder also gives its
+    training curves). Rows are sorted by ``sort_by`` in the comparison chart. Returns ``out``."""
+    if sort_by not in METRICS:
+        raise FeatxError(f"{arg('sort_by', sort_by)}: not a metric; choose one of {', '.join(METRICS)}")
+    rows, runs, names = _gather(sources)
+    if not rows:
+        raise FeatxError(f"no result rows in {', '.join(names) or 'the sources given'}; point to results.json "
+                         "files written by `featx compare`, `featx classify` or `featx finetune` (or their folders)")
+    html = render_html(rows, runs, title=title, sort_by=sort_by, sources=names)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_text(out, html)
+
+
+def _gather(sources) -> tuple[list[ResultRow], list[Path], list[str]]:
+    """The rows of every source, the fine-tuning run folders among them (with a history.csv), their names."""
+    rows: list[ResultRow] = []
+    runs: list[Path] = []
+    names: list[str] = []
+    paths = []
+    for src in sources:
+        if isinstance(src, ResultRow):
+            rows.append(src)
+        else:
+            paths.append(Path(src))
+            names.append(str(src))
+    if paths:
+        rows += read_results(paths)
+    for path in paths:
+        folder = path if path.is_dir() else path.parent
+        found = sorted({h.parent for h in folder.rglob("history.csv")}) if path.is_dir() else (
+            [folder] if (folder / "history.csv").is_file() else [])
+        runs += [f for f in found if f not in runs]
+    return rows, runs, names
+
+
+def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: str = "featx report",
+                sort_by: str = "f1_weighted", sources: Sequence[str] = ()) -> str:
+    """The report's HTML text (see :func:`write_html_report`): figures are drawn into a temporary folder
+    and inlined."""
+    rows = list(rows)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    origin = f" from {escape(', '.join(sources))}" if sources else ""
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{escape(title)}</h1>",
+             f'<p class="meta">featx {escape(featx.__version__)} &middot; written {when} &middot; {len(rows)} '
+             f"row{'s' if len(rows) != 1 else ''}{origin}</p>",
+             "<h2>Results</h2>", results_html(rows, sort_by), notes_html(rows)]
+    with tempfile.TemporaryDirectory(prefix="featx-report-") as tmp:
+        draw = _drawer(Path(tmp))
+        chart = draw(lambda p: plot_bars(rows, p, sort_by=sort_by, title=title))
+        parts += ["<h2>Comparison</h2>", _figure_html(_Figure(
+            f"Rows sorted by {metric_label(sort_by, _positive(rows))}; hatched rows are IMAGE-LEVEL or OPTIMISTIC.",
+            chart))]
+        parts.append("<h2>Per row: confusion matrix and ROC curve</h2>")
+        for i, r in enumerate(rows, 1):
+            parts.append(_row_section(i, r, draw))
+        curves = [_curves(run, draw) for run in runs]
+        if curves:
+            parts += ["<h2>Fine-tuning curves</h2>", *curves]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _drawer(folder: Path) -> Callable[[Callable[[Path], Path]], bytes]:
+    """``draw(plot)``: call ``plot(path)`` with a fresh PNG path in ``folder`` and return the file's bytes."""
+    count = [0]
+
+    def draw(plot: Callable[[Path], Path]) -> bytes:
+        count[0] += 1
+        return plot(folder / f"figure-{count[0]}.png").read_bytes()
+
+    return draw
+
+
+def _positive(rows: Sequence[ResultRow]) -> str | None:
+    positives = {r.positive for r in rows}
+    return positives.pop() if len(positives) == 1 else None
+
+
+def _marked_protocol(r: ResultRow) -> str:
+    """The protocol cell: the row's protocol label, its mark (IMAGE-LEVEL, OPTIMISTIC) in bold, † and PARTIAL."""
+    text = escape(protocol_text(r))
+    if r.flag:
+        label = text[len(r.flag):] if text.startswith(r.flag) else f" {text}"
+        text = f'<span class="flag">* {escape(r.flag)}</span>{label}'
+    if r.selection_uncorrected:
+        text = f"\u2020 {text}"
+    if r.partial:
+        text += f' <span class="flag">PARTIAL ({escape(r.partial)})</span>'
+    return text
+
+
+def results_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str:
+    """The results table as an HTML ``<table id="results">`` (rows in the given order; marked rows shaded)."""
+    positive = _positive(rows)
+    ci_name = metric_label(sort_by, positive)
+    head = ["#", "Model", "Protocol", *[f"{metric_label(m, positive)} (%)" for m, _ in TABLE_METRICS],
+            f"95% CI {ci_name}", "n test", "subjects"]
+    folds = sorted({r.n_folds for r in rows})
+    what = ("mean over folds ± sample sd (ddof=1) over folds, % (a single held-out split has no ±)"
+            if any(k > 1 for k in folds) else "one held-out split, % (no ±: one split)")
+    lines = ['<table id="results">', f"<caption>{escape(what)}</caption>",
+             "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
+    for i, r in enumerate(rows, 1):
+        s = r.score(sort_by)
+        ci = "-" if s.ci_low is None or s.ci_high is None else f"{100 * s.ci_low:.1f} - {100 * s.ci_high:.1f}"
+        cells = [f'<td class="num">{i}</td>', f'<td class="name">{escape(r.name)}</td>',
+                 f'<td class="protocol">{_marked_protocol(r)}</td>',
+                 *[f'<td class="num">{escape(format_pct(r.score(m).mean, r.score(m).std))}</td>'
+                   for m, _ in TABLE_METRICS],
+                 *[f'<td class="num">{v}</td>' for v in (ci, r.n_test, r.n_subjects)]]
+        cls = ' class="marked"' if r.flag or r.partial else ""
+        lines.append(f'<tr{cls} data-flag="{escape(r.flag)}">' + "".join(cells) + "</tr>")
+    return "\n".join([*lines, "</tbody></table>"])
+
+
+def notes_html(rows: Sequence[ResultRow]) -> str:
+    """What the table's marks and numbers mean: the texts of results.md (:mod:`featx.report.table`)."""
+    notes = []
+    if any(r.image_level for r in rows):
+        notes.append(f"* {IMAGE_LEVEL_NOTE}")
+    if any(r.optimistic for r in rows):
+        notes.append(f"* {OPTIMISTIC_NOTE}")
+    if note := selection_note(rows):
+        notes.append(note)
+    notes += [f"PARTIAL: {n}." for n in partial_notes(rows)]
+    notes += [f"{n}." for n in excluded_notes(rows)]
+    notes.append(STATS_NOTE)
+    return '<div class="notes">' + "".join(f"<p>{escape(n)}</p>" for n in notes) + "</div>"
+
+
+def _figure_html(fig: _Figure) -> str:
+    data = base64.b64encode(fig.png).decode("ascii")
+    return (f'<figure><img alt="{escape(fig.caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{escape(fig.caption)}</figcaption></figure>")
+
+
+def _row_section(i: int, r: ResultRow, draw) -> str:
+    title = f"{r.name}\n{protocol_text(r)}"
+    about = [f"{r.n_train} training and {r.n_test} test images, {r.n_subjects} subjects",
+             f"positive class: {r.positive}"]
+    if r.selection:
+        about.append(r.selection)
+    html = [f'<section class="row"><h3>{i}. {escape(r.name)} &mdash; {_marked_protocol(r)}</h3>',
+            f"<p>{escape('; '.join(about))}</p>"]
+    if r.confusion is not None:
+        classes = r.classes or [str(k) for k in range(len(r.confusion))]
+        png = draw(lambda p: plot_confusion(r.confusion, classes, p, title=title))
+        pooled = f" (pooled over {r.n_folds} folds)" if (r.n_folds or 1) > 1 else ""
+        html.append(_figure_html(_Figure(f"Confusion matrix of {r.name}{pooled}", png)))
+    if r.roc:
+        png = draw(lambda p: plot_roc(r.roc["fpr"], r.roc["tpr"], r.mean("roc_auc"), p, title=title,
+                                      folds=r.n_folds or 1, positive=r.positive))
+        html.append(_figure_html(_Figure(f"ROC curve of {r.name}, positive class {r.positive}", png)))
+    if r.confusion is None and not r.roc:
+        html.append("<p>(no confusion matrix or ROC curve in this row)</p>")
+    return "\n".join([*html, "</section>"])
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """The lines of a run's history.csv, numbers as numbers (``epoch`` as int)."""
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        lines = list(csv.DictReader(fh))
+    out = []
+    for line in lines:
+        rec = {}
+        for k, v in line.items():
+            try:
+                rec[k] = int(v) if k == "epoch" else float(v)
+            except (TypeError, ValueError):
+                rec[k] = v or None
+        out.append(rec)
+    return out
+
+
+def _curves(run: Path, draw) -> str:
+    """A fine-tuning run's training curves, best.pt's epoch (and the scored one) read from its results.json."""
+    history = read_history(run / "history.csv")
+    rows = read_results([run]) if (run / "results.json").is_file() else []
+    row = next((r for r in rows if r.best_epoch is not None), None)
+    title = f"{row.name}: {row.protocol_label}" if row else str(run)
+    monitor = (row.settings.get("monitor") if row else None) or None
+    png = draw(lambda p: plot_history(history, p, title=title, best_epoch=row.best_epoch if row else None,
+                                      monitor=monitor, scored_epoch=row.scored_epoch if row else None))
+    caption = f"Training curves of {run} ({len(history)} epochs)"
+    if row:
+        caption += f"; {row.selection}" if row.selection else f"; best.pt is epoch {row.best_epoch}"
+    return _figure_html(_Figure(caption, png))
