@@ -13,6 +13,7 @@ from featx.report.table import (
                                 markdown_table,
                                 partial_notes,
                                 protocol_text,
+                                protocol_title,
                                 results_markdown,
                                 results_table,
                                 short_protocol,
@@ -21,5 +22,5 @@ from featx.report.table import (
 
 __all__ = ["IMAGE_LEVEL_NOTE", "OPTIMISTIC_NOTE", "PREDICTION_COLUMNS", "STATS_NOTE", "TABLE_METRICS",
            "TERMINAL_METRICS", "excluded_notes", "format_pct", "markdown_table", "partial_notes", "plot_bars",
-           "plot_confusion", "plot_history", "plot_roc", "protocol_text", "read_results", "results_markdown",
-           "results_table", "short_protocol", "slug", "write_predictions", "write_results"]
+           "plot_confusion", "plot_history", "plot_roc", "protocol_text", "protocol_title", "read_results",
+           "results_markdown", "results_table", "short_protocol", "slug", "write_predictions", "write_results"]
