@@ -137,15 +137,15 @@ def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare"
     recall and F1 in that order and says so under the table. Names and protocols wrap; numbers never do.
     """
     rows = list(rows)
-    if width is None:
-        table = _build(_FitsConsole, rows, title, [m for m in TERMINAL_METRICS], stacked=False, width=None)
+    if width is None:  # every column on one line; laid out again for the console that prints it
+        table = _build(_FitsConsole, rows, title, list(TERMINAL_METRICS), stacked=False, width=None)
         table.fit_args = (rows, title)
         return table
-    last = None
     for stacked, metrics in _layouts():
-        last = _build(Table, rows, title, metrics, stacked=stacked, width=width)
-        if last is not None:
-            return last
+        table = _build(Table, rows, title, metrics, stacked=stacked, width=width)
+        if table is not None:
+            return table
+    # narrower than accuracy and wF1 with the shortest names (about 50 columns): the narrowest layout
     return _build(Table, rows, title, metrics, stacked=True, width=width, force=True)
 
 
