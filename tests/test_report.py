@@ -50,8 +50,8 @@ def test_table_has_the_study_columns_and_marks_image_level_rows():
     console = Console(record=True, width=220)
     console.print(results_table(ROWS))
     text = console.export_text()
-    for header in ("Model", "Protocol", "Accuracy", "Precision", "Recall", "F1", "wF1",
-                   "mean over folds ± sample std (ddof=1) over folds, %"):
+    for header in ("Model", "Protocol", "Accuracy", "Precision", "Recall", "F1", "wF1", "ROC-AUC",
+                   "(mean ± sd over 5 folds, %)"):
         assert header in text
     flat = " ".join(text.split())
     assert "± = sample std (ddof=1) over folds; 95% CIs (bootstrap of the mean over folds" in flat

@@ -522,7 +522,7 @@ def test_fusing_an_unfinished_store_uses_the_rows_both_have(partial_store, refer
     np.testing.assert_allclose(fused.X[:, 128:], alone.X[:done], rtol=1e-4, atol=1e-5)
 
 
-def test_an_unfinished_store_is_refused_unless_allow_partial(partial_store, tmp_path):
+def test_an_unfinished_store_is_refused_unless_allow_partial(partial_store, tmp_path, wide_console):
     n = summarize(partial_store)["samples"]
     done = summarize(partial_store)["done"]
     assert 0 < done < n

@@ -3,16 +3,62 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
+import platform
 from collections.abc import Callable
+from importlib import metadata
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
+import featx
 from featx.errors import FeatxError
 
-app = typer.Typer(
+
+def _flags_as_flags(params: list) -> list:
+    """Flags (``--save``, ``--augment/--no-augment``, ``--help``) show no ``<bool>`` in help, which typer would
+    print as if they took a value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+def _reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs as single lines, so that help wraps to the terminal, not to the source."""
+    if not text:
+        return text
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+class FeatxCommand(TyperCommand):
+    """A command whose help wraps to the terminal and whose flags read as flags."""
+
+    def __init__(self, *args, help: str | None = None, **kwargs):  # noqa: A002  (click's name)
+        super().__init__(*args, help=_reflow(help), **kwargs)
+
+    def get_params(self, ctx) -> list:
+        return _flags_as_flags(super().get_params(ctx))
+
+
+class FeatxGroup(TyperGroup):
+    def get_params(self, ctx) -> list:
+        return _flags_as_flags(super().get_params(ctx))
+
+
+class _Typer(typer.Typer):
+    """Every command of the app is a :class:`FeatxCommand`."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or FeatxCommand, **kwargs)
+
+
+app = _Typer(
     name="featx",
+    cls=FeatxGroup,
     help="Deep features of cell images once (HDF5), then many classifier heads in seconds; "
     "or fine-tune the whole network. Start with `featx synth demo/data` and `featx extract`.",
     rich_markup_mode="rich",
@@ -21,6 +67,39 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+
+
+def version_text() -> str:
+    """``featx 0.1.0 (torch 2.5.1, torchvision 0.20.1, python 3.11.2)``, read from package metadata (nothing
+    heavy is imported); featx.__version__ where featx is not installed."""
+    try:
+        version = metadata.version("featx")
+    except metadata.PackageNotFoundError:
+        version = featx.__version__
+    parts = []
+    for dist in ("torch", "torchvision"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    parts.append(f"python {platform.python_version()}")
+    return f"featx {version} ({', '.join(parts)})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(version_text(), highlight=False, soft_wrap=True)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", "-V", is_eager=True, callback=_print_version,
+                                          help="Print the versions of featx, torch and torchvision; exit.")]
+    = False,
+) -> None:
+    """Deep features of cell images once (HDF5), then many classifier heads in seconds; or fine-tune the whole
+    network. Start with `featx synth demo/data` and `featx extract`."""
 
 # Library arguments whose flag is not ``--`` + the name with dashes.
 FLAGS = {"n_folds": "--folds", "eval_set": "--eval", "n_boot": "--boot", "params": "--param", "splits": "--split",

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from featx.cli.app import app, console, err_console, user_errors
-from featx.cli.options import Backbone, Device, Images, ImageSize, Quiet, Workers
+from featx.cli.options import DATA, NETWORK, OUTPUT, RUN, Backbone, Device, Images, ImageSize, Quiet, Workers
 from featx.cli.parsing import parse_extract_taps
 from featx.data.synth import synthesize
 from featx.errors import FeatxError
@@ -53,24 +53,30 @@ def synth(
 @user_errors
 def extract(
     data: Images,
-    out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 store to write (resumed if it exists).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 store to write (resumed if it exists).",
+                                      rich_help_panel=OUTPUT)],
     backbone: Backbone = "vgg16",
     weights: Annotated[str, typer.Option(help="imagenet (torchvision cache, TORCH_HOME), none (seeded random), "
-                                              "or a path to a state dict / featx checkpoint (best.pt).")] = "imagenet",
-    taps: Annotated[str | None, typer.Option(help="Comma-separated taps, e.g. fc7,pool5 (default: all "
-                                                     "taps of the backbone).")] = None,
+                                              "or a state dict / featx checkpoint (best.pt).",
+                                         rich_help_panel=NETWORK)] = "imagenet",
+    taps: Annotated[str | None, typer.Option("--taps", "--tap", help="Comma-separated taps, e.g. fc7,pool5 "
+                                                                      "(default: every tap of the backbone).",
+                                             rich_help_panel=NETWORK)] = None,
     image_size: ImageSize = None,
-    split: Annotated[list[str] | None, typer.Option(help="Only these splits (repeat): fold_0, fold_1, "
-                                                            "fold_2, prelim, final, or a manifest's.")] = None,
+    split: Annotated[list[str] | None, typer.Option(help="Only these splits (repeat): fold_0, fold_1, fold_2, "
+                                                            "prelim, final, or a manifest's.",
+                                                    rich_help_panel=DATA)] = None,
     device: Device = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.", rich_help_panel=RUN)] = 32,
     workers: Workers = None,
-    dtype: Annotated[str, typer.Option(help="Stored feature type: float32 or float16.")] = "float32",
-    seed: Annotated[int, typer.Option(help="Seed of random initialisation with --weights none.")] = 0,
+    dtype: Annotated[str, typer.Option(help="Stored feature type: float32 or float16.",
+                                       rich_help_panel=OUTPUT)] = "float32",
+    seed: Annotated[int, typer.Option(help="Seed of random initialisation with --weights none.",
+                                      rich_help_panel=NETWORK)] = 0,
     quiet: Quiet = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when an image or folder cannot be "
-                                                          "read (default: skip it, record it in the store "
-                                                          "and warn).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when an image or folder cannot be read "
+                                                          "(default: skip it, record it in the store, warn).",
+                                         rich_help_panel=DATA)] = False,
 ) -> None:
     """Extract deep features of every image into one HDF5 store (resumable)."""
     # deferred: featx.extract and featx.backbones import torch, which would slow down every `featx --help`

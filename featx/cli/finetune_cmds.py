@@ -10,6 +10,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from featx.cli.app import app, console, err_console, user_errors
 from featx.cli.options import (
+    DATA,
+    EVALUATION,
+    OUTPUT,
+    TRAINING,
     Augment,
     Backbone,
     ColorJitter,
@@ -41,7 +45,8 @@ from featx.report import results_table
 @user_errors
 def finetune(
     data: Images,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, history, plots, results.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, history, plots, results.",
+                                      rich_help_panel=OUTPUT)],
     backbone: Backbone = "vgg16",
     weights: StartWeights = None,
     preset: Preset = None,
@@ -54,17 +59,18 @@ def finetune(
     schedule: Schedule = None,
     dropout: Dropout = None,
     class_weight: Annotated[str | None, typer.Option(
-        help="none or balanced (loss weights inverse to class frequency; default balanced, paper none).")] = None,
+        help="none or balanced (loss weights inverse to class frequency; default balanced, paper none).",
+        rich_help_panel=TRAINING)] = None,
     freeze: Freeze = None,
     image_size: ImageSize = None,
     augment: Augment = None,
     color_jitter: ColorJitter = None,
     val: Annotated[str, typer.Option(
-        help="Validation set: subject (subject-grouped holdout, the protocol of classify), image (image-level "
-             "holdout, leaks subjects), a split such as fold_2, or prelim (C-NMC's preliminary test).")] = "subject",
+        help="Validation set: subject (subject-grouped holdout), image (image-level, leaks subjects), a split "
+             "such as fold_2, or prelim (C-NMC's preliminary test).", rich_help_panel=EVALUATION)] = "subject",
     eval_set: Annotated[str | None, typer.Option(
-        "--eval", help="As in classify: train on the training folds, validate on this split (e.g. prelim); "
-                       "the same as --val SPLIT.")] = None,
+        "--eval", help="As in classify: validate on this split (e.g. prelim); the same as --val SPLIT.",
+        rich_help_panel=EVALUATION)] = None,
     early_stopping: EarlyStopping = None,
     patience: Patience = 5,
     positive: Positive = None,
@@ -72,10 +78,13 @@ def finetune(
     workers: Workers = None,
     seed: Seed = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from last.pt "
-                                                          "(refused if a setting differs).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (per-epoch lines only).")] = False,
+                                                          "(refused if a setting differs).",
+                                         rich_help_panel=TRAINING)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (per-epoch lines only).",
+                                        rich_help_panel=OUTPUT)] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image (default: leave "
-                                                          "it out, list it in OUT/skipped.csv and warn).")] = False,
+                                                          "it out, list it in OUT/skipped.csv and warn).",
+                                         rich_help_panel=DATA)] = False,
 ) -> None:
     """Fine-tune a whole network end to end and report it in the format of `featx compare`.
 

@@ -10,6 +10,10 @@ from rich.markup import escape
 from featx.cli.app import app, console, user_errors
 from featx.cli.options import (
     CV_HELP,
+    DATA,
+    EVALUATION,
+    OUTPUT,
+    RUN,
     AllowPartial,
     Boot,
     ClassWeight,
@@ -29,6 +33,7 @@ from featx.cli.options import (
     SearchMetric,
     Seed,
     Select,
+    Taps,
     Tune,
     Workers,
 )
@@ -41,6 +46,7 @@ from featx.cli.parsing import (
     parse_tap_groups,
     parse_taps,
 )
+from featx.errors import FeatxError
 from featx.report import results_table
 from featx.workflows.classify import run_classify, run_compare
 
@@ -62,13 +68,15 @@ def _print_rows(rows, paths=None, title="featx") -> None:
 def classify(
     store: Annotated[str, typer.Argument(help="Feature store (HDF5 from `featx extract`); fuse stores with "
                                               "a.h5+b.h5 (aligned by image path).")],
-    head: Annotated[str, typer.Option(help="Head: softmax, logistic, linear-svm, svm, xgboost, random-forest, "
-                                           "knn.")] = "svm",
-    tap: Annotated[str | None, typer.Option(help="Tap(s) to use, e.g. fc7 or fc7+pool5 (concatenated); "
-                                                    "default: the backbone's (fc7; fc for cnn).")] = None,
-    cv: Annotated[str, typer.Option(help=CV_HELP)] = "auto",
-    eval_set: Annotated[str | None, typer.Option("--eval", help="Instead of CV: train on the training rows, "
-                                                                   "test once on this split (e.g. prelim).")] = None,
+    head: Annotated[str, typer.Option(help="softmax, logistic, linear-svm, svm, xgboost, random-forest or knn.",
+                                      rich_help_panel=EVALUATION)] = "svm",
+    tap: Annotated[str | None, typer.Option(
+        "--tap", "--taps", help="Tap to use, e.g. fc7, or fused taps fc7+pool5 (default: the backbone's, fc7; "
+                                "fc for cnn).", rich_help_panel=DATA)] = None,
+    cv: Annotated[str, typer.Option(help=CV_HELP, rich_help_panel=EVALUATION)] = "auto",
+    eval_set: Annotated[str | None, typer.Option("--eval", help="Instead of CV: train on the training rows, test "
+                                                                   "once on this split (e.g. prelim).",
+                                                 rich_help_panel=EVALUATION)] = None,
     folds: Folds = 5,
     positive: Positive = None,
     class_weight: ClassWeight = None,
@@ -79,11 +87,12 @@ def classify(
     tune: Tune = False,
     inner_folds: InnerFolds = 3,
     search_metric: SearchMetric = "f1_weighted",
-    save: Annotated[bool, typer.Option("--save", help="Also write the evaluated pipeline, fitted on the rows the "
-                                            "protocol trains on, to OUT/models/<backbone>-<tap>-<head>.joblib "
-                                            "and .skops (the format to share), each with its JSON card.")] = False,
-    no_skops: Annotated[bool, typer.Option("--no-skops", help="With --save, skip the .skops copy (it loads "
-                                                              "without running code).")] = False,
+    save: Annotated[bool, typer.Option("--save", help="Also save the pipeline, fitted on the protocol's training "
+                                            "rows, to OUT/models/ (.joblib and .skops, each with a JSON card).",
+                                       rich_help_panel=OUTPUT)] = False,
+    no_skops: Annotated[bool, typer.Option("--no-skops", help="With --save, skip the .skops copy (the one that "
+                                                              "loads without running code).",
+                                           rich_help_panel=OUTPUT)] = False,
     out: Out = Path("results"),
     jobs: Jobs = 1,
     seed: Seed = 0,
@@ -94,9 +103,13 @@ def classify(
     optimistic: Optimistic = False,
     allow_partial: AllowPartial = False,
 ) -> None:
-    """Evaluate one head on one store (or fused stores/taps); print and write the metrics. With a search
-    (--param lists, --tune), nested: the parameters are picked inside each outer fold on its training
-    subjects."""
+    """Evaluate one head on one store (or fused stores/taps); print and write the metrics.
+
+    With a search (--param lists, --tune), nested: the parameters are picked inside each outer fold on its
+    training subjects."""
+    if tap and "," in tap:
+        raise FeatxError(f"--tap {tap}: classify evaluates one tap (fuse taps with +, e.g. fc7+pool5); compare "
+                         "takes a comma-separated list")
     params, nested = parse_search(param, [head], method=search, n_iter=n_iter, tune=tune, inner_folds=inner_folds,
                                   metric=search_metric)
     result = run_classify(parse_stores(store), head, tap=parse_taps(tap), cv=cv, n_folds=folds, seed=seed,
@@ -126,13 +139,14 @@ def _num(value: float | None) -> float:
 def compare(
     stores: Annotated[list[str], typer.Argument(help="Feature stores to compare; each may fuse stores as "
                                                      "a.h5+b.h5.")],
-    heads: Annotated[str, typer.Option(help="Comma-separated heads.")] = "softmax,logistic,svm,xgboost",
-    taps: Annotated[str | None, typer.Option(help="Comma-separated taps, each possibly fused: "
-                                                     "fc7,pool5,fc7+pool5 (default: each store's default).")] = None,
-    cv: Annotated[str | None, typer.Option(help=CV_HELP + " Several, comma-separated (subject,image), "
-                                                             "give one row each.")] = None,
-    eval_set: Annotated[str | None, typer.Option("--eval", help="Add a held-out protocol: train on the "
-                                                                   "training rows, test on this split.")] = None,
+    heads: Annotated[str, typer.Option(help="Comma-separated heads.", rich_help_panel=EVALUATION)]
+    = "softmax,logistic,svm,xgboost",
+    taps: Taps = None,
+    cv: Annotated[str | None, typer.Option(help=CV_HELP + " Several, comma-separated (subject,image), give one "
+                                                             "row each.", rich_help_panel=EVALUATION)] = None,
+    eval_set: Annotated[str | None, typer.Option("--eval", help="Add a held-out protocol: train on the training "
+                                                                   "rows, test on this split.",
+                                                 rich_help_panel=EVALUATION)] = None,
     folds: Folds = 5,
     positive: Positive = None,
     class_weight: ClassWeight = None,
@@ -143,8 +157,8 @@ def compare(
     tune: Tune = False,
     inner_folds: InnerFolds = 3,
     search_metric: SearchMetric = "f1_weighted",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md and plots.")]
-    = Path("results"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md and plots.",
+                                      rich_help_panel=OUTPUT)] = Path("results"),
     jobs: Jobs = 1,
     seed: Seed = 0,
     device: Device = "auto",
@@ -177,23 +191,27 @@ def predict(
                                                "trusted ones; card NAME.json).")],
     data: Annotated[Path | None, typer.Argument(help="Images to predict (any layout `featx extract` "
                                                         "reads); not needed with --store.")] = None,
-    split: Annotated[str | None, typer.Option(help="Only this split, e.g. final.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split, e.g. final.", rich_help_panel=DATA)] = None,
     store: Annotated[str | None, typer.Option(help="Read features from this store (a.h5+b.h5 for fused) "
-                                                      "instead of extracting; must match the model's "
-                                                      "settings.")] = None,
+                                                      "instead of extracting; it must match the model.",
+                                              rich_help_panel=DATA)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write, one row per requested image: path, "
-                                                         "prediction, probability (or score), error.")]
-    = Path("predictions.csv"),
+                                                         "prediction, probability (or score), error.",
+                                      rich_help_panel=OUTPUT)] = Path("predictions.csv"),
     device: Device = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass when extracting.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass when extracting.",
+                                            rich_help_panel=RUN)] = 32,
     workers: Workers = None,
-    cache: Annotated[Path | None, typer.Option(help="Keep the extracted features in this folder (reused "
-                                                       "on the next run); default: a temporary folder.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Keep the extracted features in this folder (reused next "
+                                                       "time); default: a temporary folder.",
+                                               rich_help_panel=DATA)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any requested image could not be "
-                                                          "predicted (the CSV is still written).")] = False,
+                                                          "predicted (the CSV is still written).",
+                                         rich_help_panel=OUTPUT)] = False,
 ) -> None:
-    """Predict new images with a saved model; one CSV row per requested image (an error column for those
-    that could not be predicted)."""
+    """Predict new images with a saved model; one CSV row per requested image.
+
+    Images that could not be predicted get a row too, with the reason in its error column."""
     from featx.workflows.predict import predict as run_predict  # deferred: torch, which `featx --help` does not need
 
     stores = parse_stores(store) if store else None

@@ -9,6 +9,9 @@ from rich.markup import escape
 
 from featx.cli.app import app, console, user_errors
 from featx.cli.options import (
+    EVALUATION,
+    OUTPUT,
+    TRAINING,
     Augment,
     Backbone,
     Boot,
@@ -32,6 +35,7 @@ from featx.cli.options import (
     Schedule,
     Seed,
     StartWeights,
+    Taps,
     WeightDecay,
     Workers,
 )
@@ -45,13 +49,14 @@ def hybrid(
     data: Annotated[Path, typer.Argument(help="Image root (C-NMC, ROOT/<class>/...) or a CSV manifest "
                                               "path,label,subject[,split]; every labelled image needs a subject.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: fold_<k>/ (fine-tune run, features.h5, "
-                                                         "result.json), settings.json, results.*.")],
+                                                         "result.json), settings.json, results.*.",
+                                      rich_help_panel=OUTPUT)],
     backbone: Backbone = "vgg16",
-    heads: Annotated[str, typer.Option(help="Comma-separated heads fit on each fold's tuned features.")]
-    = "softmax,logistic,svm,xgboost",
-    taps: Annotated[str | None, typer.Option(help="Comma-separated taps, each possibly fused (fc7,fc7+pool5); "
-                                                     "default: the backbone's (fc7; fc for cnn).")] = None,
-    folds: Annotated[int, typer.Option(help="Outer subject-grouped folds (those of `featx classify`).")] = 5,
+    heads: Annotated[str, typer.Option(help="Comma-separated heads fit on each fold's tuned features.",
+                                       rich_help_panel=EVALUATION)] = "softmax,logistic,svm,xgboost",
+    taps: Taps = None,
+    folds: Annotated[int, typer.Option(help="Outer subject-grouped folds (those of `featx classify`).",
+                                       rich_help_panel=EVALUATION)] = 5,
     preprocess: Preprocess = "standard",
     param: Param = None,
     class_weight: ClassWeight = None,
@@ -60,8 +65,9 @@ def hybrid(
     preset: Preset = None,
     epochs: Epochs = None,
     lr: LearningRate = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per training step (also per forward pass "
-                                                           "when extracting; default 32).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per training step and per forward pass when "
+                                                           "extracting (default 32).",
+                                                   rich_help_panel=TRAINING)] = None,
     optimizer: Optimizer = None,
     momentum: Momentum = None,
     weight_decay: WeightDecay = None,
@@ -69,14 +75,14 @@ def hybrid(
     dropout: Dropout = None,
     finetune_class_weight: Annotated[str | None, typer.Option(
         "--loss-weight", help="Fine-tuning loss weights per class: none or balanced (default balanced); "
-                              "--class-weight is the heads'.")] = None,
+                              "--class-weight is the heads'.", rich_help_panel=TRAINING)] = None,
     freeze: Freeze = None,
     image_size: ImageSize = None,
     augment: Augment = None,
     color_jitter: ColorJitter = None,
     early_stopping: Annotated[str | None, typer.Option(
-        help="Stop each fold's fine-tune when this metric stops improving on its inner validation subjects; "
-             "the network is then scored and extracted at best.pt (else at the last epoch).")] = None,
+        help="Stop each fold's fine-tune when this metric stops improving on its inner validation subjects, "
+             "then score and extract at best.pt (else at the last epoch).", rich_help_panel=TRAINING)] = None,
     patience: Patience = 5,
     jobs: Jobs = 1,
     seed: Seed = 0,
@@ -85,9 +91,11 @@ def hybrid(
     boot: Boot = 1000,
     no_plots: NoPlots = False,
 ) -> None:
-    """The honest hybrid protocol: for each outer subject fold, fine-tune on the training subjects, extract
-    with the tuned weights, fit the heads on the training rows and test them and the network on the held-out
-    subjects. Resumable: run the same command again after an interruption."""
+    """Fine-tune, extract and fit heads inside each outer subject fold: the honest hybrid protocol.
+
+    For each outer subject fold, fine-tune on the training subjects, extract with the tuned weights, fit the
+    heads on the training rows and test them and the network on the held-out subjects. Resumable: run the
+    same command again after an interruption."""
     from featx.workflows.hybrid import hybrid as run_hybrid  # deferred: torch, which `featx --help` does not need
 
     result = run_hybrid(

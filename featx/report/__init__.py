@@ -4,7 +4,7 @@ from featx.report.files import PREDICTION_COLUMNS, read_results, write_predictio
 from featx.report.html import write_html_report
 from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
 from featx.report.table import (
-                                IMAGE_LEVEL_NOTE,
+    IMAGE_LEVEL_NOTE,
                                 OPTIMISTIC_NOTE,
                                 STATS_NOTE,
                                 TABLE_METRICS,
@@ -14,6 +14,7 @@ from featx.report.table import (
                                 markdown_table,
                                 partial_notes,
                                 protocol_text,
+                                protocol_title,
                                 results_markdown,
                                 results_table,
                                 short_protocol,
@@ -22,6 +23,6 @@ from featx.report.table import (
 
 __all__ = ["IMAGE_LEVEL_NOTE", "OPTIMISTIC_NOTE", "PREDICTION_COLUMNS", "STATS_NOTE", "TABLE_METRICS",
            "TERMINAL_METRICS", "excluded_notes", "format_pct", "markdown_table", "metric_label", "partial_notes",
-           "plot_bars", "plot_confusion", "plot_history", "plot_roc", "protocol_text", "read_results",
+           "plot_bars", "plot_confusion", "plot_history", "plot_roc", "protocol_text", "protocol_title", "read_results",
            "results_markdown", "results_table", "short_protocol", "slug", "write_html_report", "write_predictions",
            "write_results"]

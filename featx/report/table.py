@@ -11,7 +11,10 @@ import re
 from collections.abc import Sequence
 
 from rich import box
+from rich.cells import cell_len
+from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from featx.results import ResultRow
@@ -19,8 +22,6 @@ from featx.results import ResultRow
 # (metric, header) of the columns of the study's Table 2, then the challenge's metric.
 TABLE_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
                  ("f1_weighted", "Weighted F1"), ("roc_auc", "ROC-AUC"))
-TERMINAL_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
-                    ("f1_weighted", "wF1"))
 IMAGE_LEVEL_NOTE = ("IMAGE-LEVEL rows split cells of one subject across train and test (or cannot tell, when "
                     "subjects are unknown): optimistic, not an estimate for new patients.")
 # What ± and the interval are (the README's "Honest evaluation" says the same).
@@ -90,12 +91,155 @@ def short_protocol(row: ResultRow) -> str:
     return text
 
 
-def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare") -> Table:
-    """A rich Table: name, protocol, then accuracy, precision, recall, F1 (mean over folds ± sample std over
-    folds, %) and the weighted F1 (the challenge's metric); marked rows in yellow with a ``*``."""
-    title = f"{title}  [dim](mean over folds ± sample std (ddof=1) over folds, %)[/]" if title else None
-    captions = [("± = sample std (ddof=1) over folds; 95% CIs (bootstrap of the mean over folds, subjects resampled "
-                 "within each test fold) in results.md/.csv")]
+def protocol_title(rows: Sequence[ResultRow]) -> str:
+    """What the numbers of a table are, for its title: ``mean ± sd over 5 subject-grouped folds``, ``one
+    held-out split (prelim)``, ``fine-tuned network, one validation split``; tables mixing cross-validated and
+    held-out rows say ``mean ± sd over folds; held-out rows: one split`` (each row's protocol is in its row)."""
+    phrases = list(dict.fromkeys(_row_phrase(r) for r in rows))
+    if len(phrases) <= 1:
+        return phrases[0] if phrases else "no rows"
+    if all(r.n_folds > 1 for r in rows):
+        ks = {r.n_folds for r in rows}
+        return f"mean ± sd over {ks.pop()} folds" if len(ks) == 1 else "mean ± sd over folds"
+    if all(r.n_folds <= 1 for r in rows):
+        return "one held-out split per row"
+    return "mean ± sd over folds; held-out rows: one split"
+
+
+def _row_phrase(row: ResultRow) -> str:
+    if row.n_folds > 1:
+        kind = _FOLD_KINDS.get(row.protocol, "")
+        kind = "image-level" if row.image_level and kind else kind
+        return f"mean ± sd over {row.n_folds} {kind + ' ' if kind else ''}folds"
+    if row.head is None and row.protocol != "hybrid":
+        return "fine-tuned network, one validation split"
+    return f"one held-out split ({row.protocol})"
+
+
+_FOLD_KINDS = {"subject": "subject-grouped", "hybrid": "subject-grouped", "image": "image-level", "fold": "given"}
+# The terminal's columns: the study's Table 2 with the challenge's weighted F1 shortened to wF1.
+TERMINAL_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
+                    ("f1_weighted", "wF1"), ("roc_auc", "ROC-AUC"))
+# Dropped first when a narrow terminal cannot show every column (accuracy and wF1 always stay).
+DROP_ORDER = ("roc_auc", "precision", "recall", "f1")
+_MARKER_WIDTH = len("IMAGE-LEVEL")  # the protocol column never splits a marker
+_NAME_MIN = 14
+
+
+def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare", *, width: int | None = None
+                  ) -> Table:
+    """A rich Table: name, protocol, then accuracy, precision, recall, F1, the weighted F1 (the challenge's
+    metric) and ROC-AUC (%, ``mean ± sd`` over folds; the title says which protocol); marked rows in yellow
+    with a ``*``.
+
+    No number is ever cut: at ``width`` columns (default: the width of the console it is printed on) the
+    table stacks ``± sd`` under the mean when one line does not fit, then leaves out ROC-AUC, precision,
+    recall and F1 in that order and says so under the table. Names and protocols wrap; numbers never do.
+    """
+    rows = list(rows)
+    if width is None:  # every column on one line; laid out again for the console that prints it
+        table = _build(_FitsConsole, rows, title, list(TERMINAL_METRICS), stacked=False, width=None)
+        table.fit_args = (rows, title)
+        return table
+    for stacked, metrics in _layouts():
+        table = _build(Table, rows, title, metrics, stacked=stacked, width=width)
+        if table is not None:
+            return table
+    # narrower than accuracy and wF1 with the shortest names (about 50 columns): the narrowest layout
+    return _build(Table, rows, title, metrics, stacked=True, width=width, force=True)
+
+
+def _layouts():
+    """(stacked, metrics) from the widest layout to the narrowest."""
+    yield False, list(TERMINAL_METRICS)
+    for k in range(len(DROP_ORDER) + 1):
+        yield True, [(m, h) for m, h in TERMINAL_METRICS if m not in DROP_ORDER[:k]]
+
+
+class _FitsConsole(Table):
+    """A results table laid out again for the width of the console it is printed on."""
+
+    fit_args: tuple = ()
+
+    def __rich_console__(self, console, options):
+        yield results_table(*self.fit_args, width=options.max_width)
+
+    def __rich_measure__(self, console, options):
+        return Measurement.get(console, options, results_table(*self.fit_args, width=options.max_width))
+
+
+def _cell(row: ResultRow, metric: str, stacked: bool) -> str:
+    score = row.score(metric)
+    text = format_pct(score.mean, score.std)
+    return text.replace(" ± ", "\n± ") if stacked else text
+
+
+def _protocol_cell(row: ResultRow) -> str:
+    text = ("* " if row.flag else "") + ("\u2020 " if row.selection_uncorrected else "") + short_protocol(row)
+    return text + (f" PARTIAL ({row.partial})" if row.partial else "")
+
+
+def _width(texts) -> int:
+    return max((cell_len(line) for t in texts for line in t.split("\n")), default=1)
+
+
+def _build(cls, rows, title, metrics, *, stacked, width, force=False):
+    """The table of ``rows`` with these metric columns, or None when it does not fit in ``width``."""
+    cells = [[_cell(r, m, stacked) for m, _ in metrics] for r in rows]
+    num_widths = [_width([h, *(c[i] for c in cells)]) for i, (_, h) in enumerate(metrics)]
+    names, protocols = [r.name for r in rows], [_protocol_cell(r) for r in rows]
+    name_w, proto_w = _width(["Model", *names]), _width(["Protocol", *protocols])
+    name_col, proto_col = None, None  # fixed widths of the wrapping columns when the natural ones do not fit
+    if width is not None:
+        spare = width - sum(num_widths) - _overhead(len(metrics) + 2)
+        longest = max((cell_len(w) for p in protocols for w in p.split()), default=1)
+        name_min, proto_min = _NAME_MIN, max(_MARKER_WIDTH, min(longest, 16))
+        if not stacked:  # one line per row only while names and protocols stay readable
+            name_min, proto_min = 2 * name_min, 2 * proto_min
+        name_min, proto_min = min(name_w, name_min), min(proto_w, proto_min)
+        if spare < name_w + proto_w:
+            if spare < name_min + proto_min and not force:
+                return None
+            extra = max(spare - name_min - proto_min, 0)
+            need_n, need_p = name_w - name_min, proto_w - proto_min
+            add_n = extra * need_n // max(need_n + need_p, 1)
+            name_col, proto_col = name_min + add_n, proto_min + extra - add_n
+    table = cls(title=f"{title}  [dim]({protocol_title(rows)}, %)[/]" if title else None,
+                caption="\n".join(_captions(rows, metrics, width)), caption_style="dim", box=box.SIMPLE_HEAD,
+                pad_edge=False)
+    table.add_column("Model", style="bold", overflow="fold", width=name_col)
+    table.add_column("Protocol", overflow="fold", width=proto_col)
+    for (_, header), w in zip(metrics, num_widths):
+        table.add_column(header, justify="right", no_wrap=True, min_width=w)
+    for r, name, protocol, row_cells in zip(rows, names, protocols, cells):
+        table.add_row(escape(name), escape(protocol), *row_cells,
+                      style="yellow" if r.flag or r.partial else None)
+    return table
+
+
+def _overhead(n_columns: int) -> int:
+    """Characters a table with ``n_columns`` spends outside its cells: edges, separators and padding."""
+    probe = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for _ in range(n_columns):
+        probe.add_column(width=1)
+    return Measurement.get(_PROBE, _PROBE.options, probe).maximum - n_columns
+
+
+_PROBE = Console(width=1000)
+
+
+def _captions(rows: Sequence[ResultRow], metrics, width: int | None) -> list[str]:
+    if any(r.n_folds > 1 for r in rows):
+        captions = ["± = sample std (ddof=1) over folds; 95% CIs (bootstrap of the mean over folds, subjects "
+                    "resampled within each test fold) in results.md/.csv"]
+    else:
+        captions = ["one split, so no ±; 95% CIs (bootstrap, subjects resampled within the test split) in "
+                    "results.md/.csv"]
+    shown = {m for m, _ in metrics}
+    hidden = [h for m, h in TERMINAL_METRICS if m not in shown]
+    if hidden:
+        captions.insert(0, f"{', '.join(hidden)} not shown at {width} columns; all metrics are in "
+                           "results.md/.csv")
     if any(r.image_level for r in rows):
         captions.append("* IMAGE-LEVEL: one subject's cells on both sides of the split, or subjects unknown "
                         "(optimistic)")
@@ -105,20 +249,7 @@ def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare"
         captions.append(escape(note))
     captions += [f"PARTIAL: {escape(p)}" for p in partial_notes(rows)]
     captions += [escape(note) for note in excluded_notes(rows)]
-    table = Table(title=title, caption="\n".join(captions), caption_style="dim", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
-    table.add_column("Model", style="bold", overflow="fold", min_width=12)
-    table.add_column("Protocol", min_width=11)
-    for _, header in TERMINAL_METRICS:
-        table.add_column(header)  # justify="right" makes rich crop narrow tables
-    for r in rows:
-        marked = bool(r.flag)
-        protocol = ("* " if marked else "") + ("\u2020 " if r.selection_uncorrected else "") + escape(short_protocol(r))
-        if r.partial:
-            protocol += f" PARTIAL ({escape(r.partial)})"
-        table.add_row(escape(r.name), protocol, *[_pct(r, m) for m, _ in TERMINAL_METRICS],
-                      style="yellow" if marked or r.partial else None)
-    return table
+    return captions
 
 
 def excluded_notes(rows: Sequence[ResultRow]) -> list[str]:
