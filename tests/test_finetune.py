@@ -74,7 +74,7 @@ def test_cnn_learns_and_writes_the_run_folder(tree, tmp_path):
     events = []
     rng_before = torch.get_rng_state()
     summary = finetune(tree, run, backbone="cnn", weights="none", image_size=32, epochs=6, lr=3e-3,
-                       batch_size=8, dropout=0.0, augment=False, schedule="none", seed=0,
+                       batch_size=8, dropout=0.0, augment=False, schedule="none", seed=0, keep="both",
                        callback=lambda e, info: events.append(e), **TINY)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left as it was
     assert not torch.are_deterministic_algorithms_enabled()
@@ -119,7 +119,7 @@ def test_alexnet_learns_at_64px(tree, tmp_path):
     # plain SGD keeps the steps and last.pt of this 57M-parameter network cheap on the CPU
     finetune(tree, run, backbone="alexnet", weights="none", image_size=64, epochs=4, optimizer="sgd", lr=0.1,
              momentum=0.0, weight_decay=0.0, batch_size=8, dropout=0.0, augment=False, schedule="none", seed=0,
-             **TINY)
+             keep="last", **TINY)
     losses = [float(r["train_loss"]) for r in _history(run)]
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert _train_accuracy(run, tree, "alexnet", 64) > _chance(tree) + 0.1
@@ -131,7 +131,8 @@ def _final_state(run: Path) -> dict:
 
 def test_resume_after_interruption_equals_uninterrupted_run(tree, tmp_path):
     opts = dict(backbone="cnn", weights="none", image_size=32, epochs=3, lr=1e-3, batch_size=8, dropout=0.3,
-                augment=True, schedule="cosine", optimizer="adamw", seed=3, workers=0, device="cpu", val="fold_2")
+                augment=True, schedule="cosine", optimizer="adamw", seed=3, workers=0, device="cpu", val="fold_2",
+                keep="last")
     finetune(tree, tmp_path / "full", **opts)
 
     def stop_after_first_epoch(event, info):
@@ -230,7 +231,7 @@ def test_early_stopping_and_freeze(tree, tmp_path):
     assert len(_history(tmp_path / "stop")) == 3
 
     finetune(tree, tmp_path / "head", backbone="cnn", weights="none", image_size=32, epochs=2, lr=1e-2,
-             freeze="head", seed=0, **TINY)
+             freeze="head", seed=0, keep="last", **TINY)
     start = create_backbone("cnn", "none", seed=0)
     start.reset_classifier(2, seed=0)
     tuned = torch.load(tmp_path / "head" / "last.pt", map_location="cpu", weights_only=True)["model"]
