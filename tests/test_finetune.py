@@ -197,7 +197,8 @@ def test_paper_preset_is_recorded_and_options_override_it(tree, tmp_path):
     assert default["optimizer"] == "adamw" and default["schedule"] == "cosine" and default["lr"] != 1e-5
 
     run = tmp_path / "paper"
-    finetune(tree, run, backbone="cnn", preset="paper", image_size=32, epochs=1, batch_size=16, **TINY)
+    with pytest.warns(UserWarning, match="preset paper from random weights"):  # test_offline tests the warning
+        finetune(tree, run, backbone="cnn", preset="paper", image_size=32, epochs=1, batch_size=16, **TINY)
     used = json.loads((run / "settings.json").read_text())
     assert used["preset"] == "paper" and used["lr"] == PRESETS["paper"]["lr"] and used["optimizer"] == "sgd"
     assert used["momentum"] == 0.0 and used["image_size"] == 32 and used["epochs"] == 1
@@ -281,7 +282,7 @@ def test_unreadable_images_are_skipped_and_recorded_or_stop_with_strict(tree, tm
     assert summary["row"].n_train == sum(s.split in ("fold_0", "fold_1") for s in col.samples) - 2
     assert summary["row"].n_test == sum(s.split == "fold_2" for s in col.samples)
     assert summary["row"].n_skipped == 2
-    prov = torch.load(tmp_path / "r" / "last.pt", map_location="cpu", weights_only=True)["card"]["provenance"]
+    prov = torch.load(tmp_path / "r" / "best.pt", map_location="cpu", weights_only=True)["card"]["provenance"]
     assert not set(bad) & set(prov["train"]["paths"]) and sorted(prov["skipped"]["paths"]) == bad
 
     with pytest.raises(FeatxError, match="strict=True") as err:

@@ -205,6 +205,10 @@ def test_keep_leaves_the_named_checkpoints_and_extract_reads_them(tree, tmp_path
     assert (summary["best"] is not None) == ("best.pt" in files) and (summary["last"] is not None) == (
         "last.pt" in files)
     assert json.loads((out / "settings.json").read_text())["keep"] == keep
+    again = finetune(tree, out, epochs=2, keep=keep, resume=True, **TINY)  # a finished run: reported, not retrained
+    assert again["already_finished"] and again["row"] == summary["row"]
+    assert sorted(p.name for p in out.glob("*.pt")) == files
+    assert [again[k] for k in ("best", "last")] == [summary[k] for k in ("best", "last")]
     kept = out / files[0]
     store = extract(tree, tmp_path / "t.h5", backbone="cnn", weights=kept, taps="fc", device="cpu", workers=0)
     with h5py.File(store) as f:

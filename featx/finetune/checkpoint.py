@@ -36,7 +36,7 @@ INFO_KEYS = ("sources", "notes", "featx_version", "torch_version", "torchvision_
              "n_skipped", "warning")
 #: Files a run writes before its first checkpoint: removed again when it fails before saving one.
 EARLY_FILES = ("settings.json", "skipped.csv", "provenance.csv", "history.csv")
-#: Which checkpoints a finished run keeps (``last.pt`` is always kept while the run is in progress).
+#: Which checkpoints a finished run keeps (both exist while the run is in progress).
 KEEP = ("best", "last", "both")
 #: What ``last.pt`` must hold to resume from it.
 _TRAINING_STATE = ("model", "optimizer", "card", "epoch", "rng", "history", "best", "bad_epochs", "finished")
@@ -207,9 +207,11 @@ def check_keep(keep: str) -> None:
 
 
 def is_pruned_finished(out: Path) -> bool:
-    """Whether ``out`` holds a finished run whose ``last.pt`` was removed (``keep="best"``): its results are
-    written (results.json is written only when a run finishes) and there is nothing left to resume."""
-    return (out / "results.json").is_file() and (out / "settings.json").is_file() and not (out / "last.pt").exists()
+    """Whether ``out`` holds a finished run that ``keep`` left with one checkpoint: its results are written
+    (results.json is written only when a run finishes), and ``best.pt`` or ``last.pt`` is gone (an unfinished
+    run has both from its first epoch on)."""
+    return ((out / "results.json").is_file() and (out / "settings.json").is_file()
+            and not ((out / "last.pt").exists() and (out / "best.pt").exists()))
 
 
 def has_run(out: Path) -> bool:

@@ -29,8 +29,8 @@ class RunPlan:
     """One fine-tuning run: its folder, data, split, settings and starting network.
 
     ``settings`` is what ``settings.json`` and every card record; ``last`` is the ``last.pt`` a resumed
-    run continues from (None for a new run). ``finished``: ``resume=True`` on a run that finished and kept no
-    ``last.pt`` (``keep="best"``): nothing to train, its outputs are read back (``network`` is None).
+    run continues from (None for a new run). ``finished``: ``resume=True`` on a run that finished and kept one
+    checkpoint (``keep``): nothing to train, its outputs are read back (``network`` is None).
     """
 
     out: Path
@@ -90,7 +90,7 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
 
     last_path = out / "last.pt"
     last = None
-    if resume and is_pruned_finished(out):  # finished, last.pt removed: check the settings, report it again
+    if resume and is_pruned_finished(out):  # finished, one checkpoint kept: check the settings, report it again
         before = read_settings(out)
         refuse_other_settings(before, settings, out / "settings.json")
         return RunPlan(out=out, collection=collection, classes=classes, pos=pos, y=labels(collection, classes),

@@ -115,7 +115,8 @@ def finished_summary(out: Path) -> RunSummary:
     if (out / "roc.png").exists():
         results["roc"] = out / "roc.png"
     epochs_run = int(row.epochs_run or len(history))
-    return {"out": out, "best": out / "best.pt" if (out / "best.pt").exists() else None, "last": None,
+    best, last = (out / name for name in ("best.pt", "last.pt"))
+    return {"out": out, "best": best if best.exists() else None, "last": last if last.exists() else None,
             "history": out / "history.csv", "settings": out / "settings.json", "card": out / "card.json",
             "curves": out / "curves.png", "confusion": out / "confusion.png", "results": results, "row": row,
             "epochs_run": epochs_run, "best_epoch": int(row.best_epoch or epochs_run),
