@@ -75,9 +75,8 @@ def finetune(
                                                           "(refused if a setting differs); on a finished run, "
                                                           "print its results again.")] = False,
     keep: Annotated[str, typer.Option(
-        help="Checkpoints kept when the run finishes: best (best.pt, what extract --weights reads; the default, "
-             "as last.pt holds the optimizer state too and is 2-3x larger), last (last.pt only) or both. "
-             "last.pt is always there while the run is unfinished, for --resume.")] = "best",
+        help="Checkpoints kept when the run finishes: best (default; what extract --weights reads), last or "
+             "both. last.pt, 2-3x larger (optimizer state), is kept only until the run finishes.")] = "best",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (per-epoch lines only).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image (default: leave "
                                                           "it out, list it in OUT/skipped.csv and warn).")] = False,
