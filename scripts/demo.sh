@@ -45,7 +45,8 @@ echo "$(($(wc -l < "$OUT/predictions.csv") - 1)) predictions in $OUT/predictions
 
 say "4. fine-tune the cnn end to end (shrunk: 64 px, 5 epochs instead of 224 px, 15 epochs)"
 resume=""
-[ -f "$OUT/runs/cnn/last.pt" ] && resume="--resume"
+# a run in progress (last.pt) is continued; a finished one (results.json) is reported again, not retrained
+{ [ -f "$OUT/runs/cnn/last.pt" ] || [ -f "$OUT/runs/cnn/results.json" ]; } && resume="--resume"
 featx finetune "$OUT/data" --backbone cnn --weights none --image-size 64 --epochs 5 --batch-size 8 \
   --out "$OUT/runs/cnn" $resume
 echo "hybrid mode: the tuned network's features feed any head, tested only on the subjects it never saw"

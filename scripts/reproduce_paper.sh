@@ -79,7 +79,8 @@ for model in "${models[@]}"; do
   args=("$DATA" --backbone "$model" --preset paper --out "$OUT/$model" --val "$VAL" --device "$DEVICE")
   # the traditional CNN has no ImageNet weights: the preset trains it from scratch, as the study did
   if [ "$model" != cnn ] && [ -n "$WEIGHTS" ]; then args+=(--weights "$WEIGHTS"); fi
-  [ -f "$OUT/$model/last.pt" ] && args+=(--resume)
+  # continue a run in progress (last.pt); a finished one (results.json; last.pt removed by --keep best) is reported
+  { [ -f "$OUT/$model/last.pt" ] || [ -f "$OUT/$model/results.json" ]; } && args+=(--resume)
   echo
   echo "== $FEATX finetune ${args[*]} ${SHRINK[*]} ${EXTRA[*]}"
   if ! "$FEATX" finetune "${args[@]}" "${SHRINK[@]}" "${EXTRA[@]}"; then

@@ -74,7 +74,7 @@ def test_cnn_learns_and_writes_the_run_folder(tree, tmp_path):
     events = []
     rng_before = torch.get_rng_state()
     summary = finetune(tree, run, backbone="cnn", weights="none", image_size=32, epochs=6, lr=3e-3,
-                       batch_size=8, dropout=0.0, augment=False, schedule="none", seed=0,
+                       batch_size=8, dropout=0.0, augment=False, schedule="none", seed=0, keep="both",
                        callback=lambda e, info: events.append(e), **TINY)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left as it was
     assert not torch.are_deterministic_algorithms_enabled()
@@ -119,7 +119,7 @@ def test_alexnet_learns_at_64px(tree, tmp_path):
     # plain SGD keeps the steps and last.pt of this 57M-parameter network cheap on the CPU
     finetune(tree, run, backbone="alexnet", weights="none", image_size=64, epochs=4, optimizer="sgd", lr=0.1,
              momentum=0.0, weight_decay=0.0, batch_size=8, dropout=0.0, augment=False, schedule="none", seed=0,
-             **TINY)
+             keep="last", **TINY)
     losses = [float(r["train_loss"]) for r in _history(run)]
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
     assert _train_accuracy(run, tree, "alexnet", 64) > _chance(tree) + 0.1
@@ -131,7 +131,8 @@ def _final_state(run: Path) -> dict:
 
 def test_resume_after_interruption_equals_uninterrupted_run(tree, tmp_path):
     opts = dict(backbone="cnn", weights="none", image_size=32, epochs=3, lr=1e-3, batch_size=8, dropout=0.3,
-                augment=True, schedule="cosine", optimizer="adamw", seed=3, workers=0, device="cpu", val="fold_2")
+                augment=True, schedule="cosine", optimizer="adamw", seed=3, workers=0, device="cpu", val="fold_2",
+                keep="last")
     finetune(tree, tmp_path / "full", **opts)
 
     def stop_after_first_epoch(event, info):
@@ -196,7 +197,8 @@ def test_paper_preset_is_recorded_and_options_override_it(tree, tmp_path):
     assert default["optimizer"] == "adamw" and default["schedule"] == "cosine" and default["lr"] != 1e-5
 
     run = tmp_path / "paper"
-    finetune(tree, run, backbone="cnn", preset="paper", image_size=32, epochs=1, batch_size=16, **TINY)
+    with pytest.warns(UserWarning, match="preset paper from random weights"):  # test_offline tests the warning
+        finetune(tree, run, backbone="cnn", preset="paper", image_size=32, epochs=1, batch_size=16, **TINY)
     used = json.loads((run / "settings.json").read_text())
     assert used["preset"] == "paper" and used["lr"] == PRESETS["paper"]["lr"] and used["optimizer"] == "sgd"
     assert used["momentum"] == 0.0 and used["image_size"] == 32 and used["epochs"] == 1
@@ -230,7 +232,7 @@ def test_early_stopping_and_freeze(tree, tmp_path):
     assert len(_history(tmp_path / "stop")) == 3
 
     finetune(tree, tmp_path / "head", backbone="cnn", weights="none", image_size=32, epochs=2, lr=1e-2,
-             freeze="head", seed=0, **TINY)
+             freeze="head", seed=0, keep="last", **TINY)
     start = create_backbone("cnn", "none", seed=0)
     start.reset_classifier(2, seed=0)
     tuned = torch.load(tmp_path / "head" / "last.pt", map_location="cpu", weights_only=True)["model"]
@@ -280,7 +282,7 @@ def test_unreadable_images_are_skipped_and_recorded_or_stop_with_strict(tree, tm
     assert summary["row"].n_train == sum(s.split in ("fold_0", "fold_1") for s in col.samples) - 2
     assert summary["row"].n_test == sum(s.split == "fold_2" for s in col.samples)
     assert summary["row"].n_skipped == 2
-    prov = torch.load(tmp_path / "r" / "last.pt", map_location="cpu", weights_only=True)["card"]["provenance"]
+    prov = torch.load(tmp_path / "r" / "best.pt", map_location="cpu", weights_only=True)["card"]["provenance"]
     assert not set(bad) & set(prov["train"]["paths"]) and sorted(prov["skipped"]["paths"]) == bad
 
     with pytest.raises(FeatxError, match="strict=True") as err:

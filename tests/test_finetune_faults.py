@@ -16,7 +16,8 @@ from featx.errors import FeatxError
 from featx.finetune import finetune
 
 OPTS = dict(backbone="cnn", weights="none", image_size=32, epochs=3, lr=1e-3, batch_size=8, dropout=0.3,
-            augment=True, schedule="cosine", optimizer="adamw", seed=3, workers=0, device="cpu", val="fold_2")
+            augment=True, schedule="cosine", optimizer="adamw", seed=3, workers=0, device="cpu", val="fold_2",
+            keep="both")
 
 # Runs finetune in a fresh interpreter (one torch thread, like the reference) and SIGKILLs itself at KILL:
 # ("batch", epoch, step), ("epoch", epoch) right after last.pt is written, or ("save", n): inside the n-th

@@ -121,7 +121,7 @@ def tuned_run(cnmc_tree, tmp_path_factory) -> Path:
     """One epoch of the cnn on the tiny C-NMC tree, validating on fold_2 (prelim/final never seen)."""
     run = tmp_path_factory.mktemp("tuned") / "run"
     finetune(cnmc_tree, run, backbone="cnn", weights="none", image_size=32, epochs=1, batch_size=8, val="fold_2",
-             seed=0, **CPU)
+             seed=0, keep="both", **CPU)
     return run
 
 
@@ -211,7 +211,7 @@ def test_other_root_subset_and_unrecorded_checkpoints(cnmc_tree, tuned_run, tmp_
     # fine-tuning again from a tuned checkpoint inherits what it trained on: fold_0/1 stay "train"
     again = tmp_path / "again"
     finetune(cnmc_tree, again, backbone="cnn", weights=tuned_run / "best.pt", image_size=32, epochs=1,
-             batch_size=8, val="fold_0", seed=0, **CPU)
+             batch_size=8, val="fold_0", seed=0, keep="last", **CPU)
     store2 = extract(cnmc_tree, tmp_path / "again.h5", weights=again / "last.pt", **EXTRACT)
     roles2 = dict(zip(load_features(store2).paths, load_features(store2).roles))
     col = discover(cnmc_tree)
@@ -229,7 +229,7 @@ def test_random_labels_tuned_store_scores_chance_and_optimistic_cv_is_marked(tmp
     result, out = _cli("finetune", manifest, "--backbone", "cnn", "--weights", "none", "--image-size", "32",
                        "--epochs", "12", "--lr", "2e-3", "--batch-size", "8", "--dropout", "0", "--no-augment",
                        "--schedule", "none", "--weight-decay", "0", "--class-weight", "none", "--workers", "0",
-                       "--device", "cpu", "--out", run, "-q")
+                       "--device", "cpu", "--keep", "last", "--out", run, "-q")
     assert result.exit_code == 0, out
     # the network memorised its training images (eval mode, no augmentation): far above chance
     model = create_backbone("cnn", run / "last.pt")

@@ -2,7 +2,8 @@
 
 - ImageNet: torchvision's file in ``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``).
   When it is missing, torchvision's own download is tried (15 s socket timeout); set ``FEATX_OFFLINE=1``
-  to skip that attempt. Without the file the error names the exact file and folder.
+  to skip that attempt. Without the file the error names the exact file and folder, ``TORCH_HOME``, and the
+  alternatives (``weights=PATH``, ``weights="none"``: seeded random weights).
 - A path: a state dict or a featx checkpoint, read with ``torch.load(..., weights_only=True)``: a weights
   file is data, never code.
 """
@@ -55,8 +56,9 @@ def imagenet_path(cfg: BackboneConfig) -> Path:
     raise FeatxError(
         f"ImageNet weights for {cfg.name} are not cached and could not be downloaded ({reason}): put "
         f"torchvision's file {cfg.imagenet_file} (from {cfg.imagenet.url}) into {folder} "
-        f"(torch.hub.get_dir()/checkpoints; set TORCH_HOME to use another cache folder), "
-        f"or pass {arg('weights', 'PATH')} to a saved {cfg.name} state dict")
+        f"($TORCH_HOME/hub/checkpoints, TORCH_HOME defaulting to ~/.cache/torch; set TORCH_HOME to use another "
+        f"cache folder), or pass {arg('weights', 'PATH')} to a saved {cfg.name} state dict, or "
+        f"{arg('weights', 'none')} to start from seeded random weights (no ImageNet transfer)")
 
 
 def _try_download(weights: WeightsEnum) -> str | None:

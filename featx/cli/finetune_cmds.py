@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from featx.cli.app import app, console, err_console, user_errors
+from featx.cli.app import app, console, err_console, flag, user_errors
 from featx.cli.options import (
     DATA,
     EVALUATION,
@@ -78,8 +78,13 @@ def finetune(
     workers: Workers = None,
     seed: Seed = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --out from last.pt "
-                                                          "(refused if a setting differs).",
+                                                          "(refused if a setting differs); on a finished run, "
+                                                          "print its results again.",
                                          rich_help_panel=TRAINING)] = False,
+    keep: Annotated[str, typer.Option(
+        help="Checkpoints kept when the run finishes: best (default; what extract --weights reads), last or "
+             "both. last.pt, 2-3x larger (optimizer state), is kept only until the run finishes.",
+        rich_help_panel=OUTPUT)] = "best",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (per-epoch lines only).",
                                         rich_help_panel=OUTPUT)] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image (default: leave "
@@ -88,9 +93,10 @@ def finetune(
 ) -> None:
     """Fine-tune a whole network end to end and report it in the format of `featx compare`.
 
-    The run folder holds best.pt (use it with `featx extract --weights`), last.pt (for --resume),
-    history.csv, curves.png, confusion.png, results.json/.md/.csv, settings.json, provenance.csv (the
-    images it trained and validated on; `extract` carries them into the store) and skipped.csv.
+    The run folder holds best.pt (use it with `featx extract --weights`; see --keep), last.pt while the run
+    is unfinished (for --resume), history.csv, curves.png, confusion.png, results.json/.md/.csv,
+    settings.json, provenance.csv (the images it trained and validated on; `extract` carries them into the
+    store) and skipped.csv.
     """
     from featx.finetune import finetune as run_finetune  # deferred: torch, which `featx --help` does not need
 
@@ -107,23 +113,33 @@ def finetune(
                 schedule=schedule, dropout=dropout, class_weight=class_weight, freeze=freeze,
                 image_size=image_size, augment=augment, color_jitter=color_jitter, val=val,
                 early_stopping=early_stopping, patience=patience, positive=positive, device=device,
-                workers=workers, seed=seed, resume=resume, callback=progress, strict=strict)
+                workers=workers, seed=seed, resume=resume, callback=progress, strict=strict, keep=keep)
     except KeyboardInterrupt:
         if progress.last_epoch is None:
             raise
         err_console.print(f"[bold red]interrupted:[/] epoch {progress.last_epoch} is saved in {out / 'last.pt'}; "
                           "run the same command with --resume to continue", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+    if summary.get("already_finished"):
+        console.print(f"the run in [bold]{escape(str(summary['out']))}[/] finished earlier; nothing to train, its "
+                      "results:", highlight=False)
     console.print(results_table([summary["row"]], title="featx finetune"))
+    kept = [Path(summary[k]).name for k in ("best", "last") if summary.get(k)]
     console.print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}"
                   f"{' (stopped early)' if summary['stopped_early'] else ''}; run folder [bold]{summary['out']}[/]: "
-                  f"best.pt, last.pt, history.csv, {Path(summary['curves']).name}, "
+                  f"{', '.join(kept + ['history.csv'])}, {Path(summary['curves']).name}, "
                   f"{Path(summary['confusion']).name}, results.json, provenance.csv")
     skipped = summary.get("skipped") or []
     if skipped:
         err_console.print(f"[bold yellow]warning:[/] {len(skipped)} unreadable image(s) left out of training and "
                           f"validation, first: {escape(skipped[0]['error'])}; all listed in {summary['skipped_csv']} "
                           "(--strict stops instead)", highlight=False, soft_wrap=True)
+
+
+def print_warning(info: dict) -> None:
+    """A library warning event (featx.finetune.events.WarningInfo) as one yellow line, arguments as flags."""
+    err_console.print(f"[bold yellow]warning:[/] {escape(FeatxError(info['template']).render(flag))}",
+                      highlight=False, soft_wrap=True)
 
 
 class _Progress:
@@ -151,7 +167,9 @@ class _Progress:
         return False
 
     def __call__(self, kind: str, info: dict) -> None:
-        if kind == "start":
+        if kind == "warning":
+            print_warning(info)
+        elif kind == "start":
             s = info["settings"]
             head = f"resuming after epoch {info['epoch']}; " if info["epoch"] else ""
             console.print(f"{head}fine-tuning [bold]{s['backbone']}[/] (weights {s['weights']}, "

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from featx.cli.app import app, console, user_errors
+from featx.cli.finetune_cmds import print_warning
 from featx.cli.options import (
     EVALUATION,
     OUTPUT,
@@ -126,7 +127,9 @@ def _pct(value) -> str:
 def _progress(event: str, info: dict) -> None:
     """One line per fold and per fine-tuning epoch."""
     where = f"fold {info['fold']}/{info['n_folds']}" if info.get("fold") else "all folds"
-    if event == "fold":
+    if event == "warning":
+        print_warning(info)
+    elif event == "fold":
         if info["status"] == "start":
             console.print(f"[bold]{where}[/]: fine-tuning on {info['n_train']} images of "
                           f"{len(info['train_subjects'])} subjects, testing on {info['n_test']} images of subjects "

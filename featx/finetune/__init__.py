@@ -3,7 +3,8 @@
 ``finetune(data, out, ...)`` trains the whole network (or the layers after ``freeze``) on the labelled
 images of ``data``, validates on a split drawn by the same protocol as ``featx classify`` (subject-grouped
 by default), and leaves in ``out``: ``settings.json``, ``history.csv``, ``curves.png``, ``confusion.png``,
-``results.json``/``.md``/``.csv`` (one :class:`featx.results.ResultRow`), ``best.pt`` and ``last.pt``.
+``results.json``/``.md``/``.csv`` (one :class:`featx.results.ResultRow`) and ``best.pt`` (``keep``: ``last.pt``
+or both; ``last.pt`` is there while the run is unfinished).
 
 ``best.pt`` is a featx checkpoint that ``featx extract --weights best.pt`` reads (hybrid mode); ``last.pt``
 also holds the optimizer, scheduler, scaler and RNG states so that ``resume=True`` continues an
@@ -17,7 +18,8 @@ Modules: :mod:`~featx.finetune.presets` (settings), :mod:`~featx.finetune.split`
 :mod:`~featx.finetune.checkpoint` (the run folder's files), :mod:`~featx.finetune.events` (progress),
 :mod:`~featx.finetune.run` (``finetune``).
 """
-from featx.finetune.events import BatchInfo, Callback, EpochInfo, EventKind, RunSummary, StartInfo
+from featx.finetune.checkpoint import KEEP
+from featx.finetune.events import BatchInfo, Callback, EpochInfo, EventKind, RunSummary, StartInfo, WarningInfo
 from featx.finetune.presets import (
                                     CLASS_WEIGHTS,
                                     OPTIMIZERS,
@@ -25,11 +27,12 @@ from featx.finetune.presets import (
                                     PRESETS,
                                     SCHEDULES,
                                     default_settings,
+                                    preset_warning,
                                     resolve_settings,
 )
 from featx.finetune.run import finetune
 from featx.finetune.split import HOLDOUT_FOLDS
 
-__all__ = ["CLASS_WEIGHTS", "HOLDOUT_FOLDS", "OPTIMIZERS", "PRESETS", "PRESET_NOTES", "SCHEDULES", "BatchInfo",
-           "Callback", "EpochInfo", "EventKind", "RunSummary", "StartInfo", "default_settings", "finetune",
-           "resolve_settings"]
+__all__ = ["CLASS_WEIGHTS", "HOLDOUT_FOLDS", "KEEP", "OPTIMIZERS", "PRESETS", "PRESET_NOTES", "SCHEDULES",
+           "BatchInfo", "Callback", "EpochInfo", "EventKind", "RunSummary", "StartInfo", "WarningInfo",
+           "default_settings", "finetune", "preset_warning", "resolve_settings"]

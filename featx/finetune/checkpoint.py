@@ -5,10 +5,15 @@ to resume with other settings, and the lists ``settings.json``, ``skipped.csv``,
 A checkpoint is ``{"featx_checkpoint": CHECKPOINT_VERSION, "backbone", "classes", "model": state dict,
 "card", "val_predictions"}`` (read by :func:`featx.backbones.create_backbone`); ``last.pt`` adds
 ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``rng``, ``history``, ``best``, ``bad_epochs``, ``finished``.
+
+When a run finishes, :func:`prune` removes the checkpoint ``keep`` does not name; a finished run without
+``last.pt`` is recognised by its ``results.json`` (:func:`is_pruned_finished`), so that it is never trained
+over and ``resume=True`` reports it again.
 """
 from __future__ import annotations
 
 import csv
+import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,14 +28,16 @@ from featx.errors import FeatxError, arg
 from featx.files import atomic_json, atomic_write
 from featx.results import jsonable
 
-#: Options that affect only speed, not the numbers: they may differ when a run is resumed.
-RUNTIME_KEYS = ("device", "workers")
+#: Options that affect only speed or what is kept, not the numbers: they may differ when a run is resumed.
+RUNTIME_KEYS = ("device", "workers", "keep")
 #: Recorded for information; never compared on resume.
 INFO_KEYS = ("sources", "notes", "featx_version", "torch_version", "torchvision_version", "data_root",
              "weights_sha256", "weights_source", "n_train", "n_val", "protocol_label", "class_weights", "strict",
-             "n_skipped")
+             "n_skipped", "warning")
 #: Files a run writes before its first checkpoint: removed again when it fails before saving one.
 EARLY_FILES = ("settings.json", "skipped.csv", "provenance.csv", "history.csv")
+#: Which checkpoints a finished run keeps (both exist while the run is in progress).
+KEEP = ("best", "last", "both")
 #: What ``last.pt`` must hold to resume from it.
 _TRAINING_STATE = ("model", "optimizer", "card", "epoch", "rng", "history", "best", "bad_epochs", "finished")
 
@@ -152,10 +159,22 @@ def write_history(out: Path, history: list[dict]) -> None:
     _write_csv(out / "history.csv", [list(history[0])] + [list(row.values()) for row in history])
 
 
-def remove_unsaved_run(out: Path, existed: set[str] | None) -> None:
+def new_root(path: Path) -> Path | None:
+    """The highest folder of ``path`` (itself included) that does not exist yet: what a call that creates
+    ``path`` with its parents may remove again on failure. None when ``path`` exists."""
+    path = Path(path).absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def remove_unsaved_run(out: Path, existed: set[str] | None, root: Path | None = None) -> None:
     """After a failure before any checkpoint: remove what this call wrote, and ``out`` if it made it.
 
-    ``existed``: the early files that were there before the call (None when ``out`` did not exist).
+    ``existed``: the early files that were there before the call (None when ``out`` did not exist);
+    ``root``: the folder :func:`new_root` found before the call; the empty parents of ``out`` up to it go too.
     """
     if not out.is_dir() or (out / "last.pt").exists() or (out / "best.pt").exists():
         return
@@ -165,12 +184,62 @@ def remove_unsaved_run(out: Path, existed: set[str] | None) -> None:
     for tmp in out.glob("*.tmp"):
         tmp.unlink(missing_ok=True)
     if existed is None:
-        try:
-            out.rmdir()  # only when empty: a folder holding anything else stays
-        except OSError:
-            pass
+        folder = out.absolute()
+        stop = root.parent if root is not None else folder.parent
+        while folder != stop:
+            try:
+                folder.rmdir()  # only when empty: a folder holding anything else stays
+            except OSError:
+                break
+            folder = folder.parent
 
 
 def early_files(out: Path) -> set[str] | None:
     """The early files already in ``out`` (None when ``out`` does not exist), for :func:`remove_unsaved_run`."""
     return {name for name in EARLY_FILES if (out / name).exists()} if out.exists() else None
+
+
+# ------------------------------------------------------------------------------ finished runs and --keep
+
+def check_keep(keep: str) -> None:
+    if keep not in KEEP:
+        raise FeatxError(f"{arg('keep', keep)}: choose one of: {', '.join(KEEP)}")
+
+
+def is_pruned_finished(out: Path) -> bool:
+    """Whether ``out`` holds a finished run that ``keep`` left with one checkpoint: its results are written
+    (results.json is written only when a run finishes), and ``best.pt`` or ``last.pt`` is gone (an unfinished
+    run has both from its first epoch on)."""
+    return ((out / "results.json").is_file() and (out / "settings.json").is_file()
+            and not ((out / "last.pt").exists() and (out / "best.pt").exists()))
+
+
+def has_run(out: Path) -> bool:
+    """Whether ``out`` holds a run that ``resume=True`` continues (``last.pt``) or reports (finished)."""
+    return (out / "last.pt").exists() or is_pruned_finished(out)
+
+
+def prune(out: Path, keep: str) -> dict[str, Path | None]:
+    """After a run finished: remove the checkpoint ``keep`` does not name; ``{"best", "last"}`` -> path or None."""
+    kept = {}
+    for name in ("best", "last"):
+        path = out / f"{name}.pt"
+        if keep not in (name, "both"):
+            path.unlink(missing_ok=True)
+        kept[name] = path if path.exists() else None
+    return kept
+
+
+def kept_checkpoints(out: Path) -> list[str]:
+    """The checkpoint files in ``out`` (``["best.pt"]``, ...)."""
+    return [name for name in ("best.pt", "last.pt") if (out / name).exists()]
+
+
+def read_settings(out: Path) -> dict:
+    """``settings.json`` of a finished run; unreadable is one line."""
+    path = out / "settings.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise FeatxError(f"{path} is not readable JSON; restore it or choose another run folder "
+                         f"({arg('out')})") from None

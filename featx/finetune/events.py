@@ -2,6 +2,8 @@
 
 ``finetune(callback=...)`` calls ``callback(kind, info)`` with these kinds, in order:
 
+- ``"warning"`` (:class:`WarningInfo`): before ``"start"``, for settings that will not do what the caller
+  likely expects (``preset="paper"`` from random weights); without a callback it goes to :func:`warnings.warn`;
 - ``"start"`` (:class:`StartInfo`): once, before the first step (``epoch`` > 0 when resuming);
 - ``"batch"`` (:class:`BatchInfo`): after every training step;
 - ``"epoch"`` (:class:`EpochInfo`): after every epoch, once ``last.pt`` holds it;
@@ -18,8 +20,13 @@ from typing import Literal, TypedDict
 
 from featx.results import ResultRow
 
-EventKind = Literal["start", "batch", "epoch", "end"]
+EventKind = Literal["warning", "start", "batch", "epoch", "end"]
 Callback = Callable[[str, dict], None]
+
+
+class WarningInfo(TypedDict):
+    message: str  # arguments spelled as Python (weights='none')
+    template: str  # the same with featx.errors.arg markers (FeatxError(template).render spells them as flags)
 
 
 class StartInfo(TypedDict):
@@ -62,8 +69,8 @@ class RunSummary(TypedDict):
     """What ``finetune`` returns: the paths of its outputs, the result row and how training went."""
 
     out: Path
-    best: Path
-    last: Path
+    best: Path | None  # None when ``keep`` removed it
+    last: Path | None
     history: Path
     settings: Path
     card: Path
@@ -79,3 +86,4 @@ class RunSummary(TypedDict):
     provenance: Path
     skipped: list[SkippedImage]
     skipped_csv: Path
+    already_finished: bool  # resume=True on a finished run: nothing was trained, the outputs were read back

@@ -13,8 +13,14 @@ from featx.data import Collection, discover
 from featx.device import resolve_device
 from featx.errors import FeatxError, arg
 from featx.evaluation import resolve_positive
-from featx.finetune.checkpoint import read_last, refuse_other_settings
-from featx.finetune.presets import check_settings, monitor_name, resolve_settings
+from featx.finetune.checkpoint import (
+                                       is_pruned_finished,
+                                       kept_checkpoints,
+                                       read_last,
+                                       read_settings,
+                                       refuse_other_settings,
+)
+from featx.finetune.presets import check_settings, monitor_name, preset_warning, resolve_settings
 from featx.finetune.split import Split, balanced_weights, labels, select_images
 
 
@@ -23,7 +29,8 @@ class RunPlan:
     """One fine-tuning run: its folder, data, split, settings and starting network.
 
     ``settings`` is what ``settings.json`` and every card record; ``last`` is the ``last.pt`` a resumed
-    run continues from (None for a new run).
+    run continues from (None for a new run). ``finished``: ``resume=True`` on a run that finished and kept one
+    checkpoint (``keep``): nothing to train, its outputs are read back (``network`` is None).
     """
 
     out: Path
@@ -33,13 +40,15 @@ class RunPlan:
     y: torch.Tensor  # class index of every sample (-1: unlabelled)
     split: Split
     settings: dict
-    network: FeatureNet  # on the CPU, classifier layer sized to ``classes``, frozen stages set
+    network: FeatureNet | None  # on the CPU, classifier layer sized to ``classes``, frozen stages set
     provenance: dict
     preprocessing: dict
     device: torch.device
     workers: int
     strict: bool
     last: dict | None
+    finished: bool = False
+    warning: str | None = None  # a warning to report before training (with featx.errors.arg markers)
 
     @property
     def positive(self) -> str:
@@ -48,7 +57,7 @@ class RunPlan:
 
 def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset: str | None, options: dict,
              val: str, early_stopping: str | None, patience: int, positive: str | None, freeze: str | None,
-             device: str, workers: int | None, seed: int, resume: bool, strict: bool) -> RunPlan:
+             device: str, workers: int | None, seed: int, resume: bool, strict: bool, keep: str = "best") -> RunPlan:
     """Resolve and check the settings, draw the split, scan the images, read ``last.pt`` (``resume``) and
     build the starting network. Writes nothing."""
     collection = data if isinstance(data, Collection) else discover(data)
@@ -68,7 +77,10 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
     check_input_size(backbone, int(settings["image_size"]))
     device_ = resolve_device(device)
     workers = max(0, min(4, (os.cpu_count() or 1) - 1)) if workers is None else int(workers)
-    settings.update(device=str(device_), workers=workers)
+    settings.update(device=str(device_), workers=workers, keep=keep)
+    warning = preset_warning(backbone, settings)
+    if warning:
+        settings["warning"] = str(FeatxError(warning))  # in Python terms (weights='none')
 
     split = select_images(collection, val, seed, workers=workers, strict=strict)
     skipped_paths = sorted(collection.samples[i].path for i, _ in split.skipped)
@@ -78,14 +90,24 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
 
     last_path = out / "last.pt"
     last = None
+    if resume and is_pruned_finished(out):  # finished, one checkpoint kept: check the settings, report it again
+        before = read_settings(out)
+        refuse_other_settings(before, settings, out / "settings.json")
+        return RunPlan(out=out, collection=collection, classes=classes, pos=pos, y=labels(collection, classes),
+                       split=split, settings=before, network=None, provenance={}, preprocessing={}, device=device_,
+                       workers=workers, strict=bool(strict), last=None, finished=True)
     if resume:
         last = read_last(last_path)
         refuse_other_settings(last["card"]["settings"], settings, last_path)
         # what the first run recorded about its weights stays the truth for this run
         for key in ("weights_source", "weights_sha256"):
             settings[key] = last["card"]["settings"].get(key)
-    elif last_path.exists():
-        raise FeatxError(f"{out} already holds a run ({last_path.name}); pass {arg('resume', True)} to continue "
+    elif is_pruned_finished(out):
+        raise FeatxError(f"{out} holds a finished run (results.json, {', '.join(kept_checkpoints(out)) or 'no .pt'}); "
+                         f"choose another run folder ({arg('out')}), or pass {arg('resume', True)} to report it again")
+    elif last_path.exists() or (out / "best.pt").exists():
+        name = last_path.name if last_path.exists() else "best.pt"
+        raise FeatxError(f"{out} already holds a run ({name}); pass {arg('resume', True)} to continue "
                          f"it or choose another run folder ({arg('out')})")
 
     network = create_backbone(backbone, "none" if last is not None else settings["weights"],
@@ -116,4 +138,4 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
                      "resize": f"resize to {size}x{size} (bilinear, antialias), ToTensor, normalise"}
     return RunPlan(out=out, collection=collection, classes=classes, pos=pos, y=y, split=split, settings=settings,
                    network=network, provenance=prov, preprocessing=preprocessing, device=device_, workers=workers,
-                   strict=bool(strict), last=last)
+                   strict=bool(strict), last=last, warning=warning)

@@ -101,6 +101,25 @@ def resolve_settings(backbone: str, preset: str | None, **options) -> dict[str, 
     return base
 
 
+def preset_warning(backbone: str, settings: dict) -> str | None:
+    """A warning (with :func:`~featx.errors.arg` references) when ``settings`` (of :func:`resolve_settings`)
+    run the paper preset's SGD at lr 1e-5 from random weights, which barely moves in 15 epochs; else None.
+
+    The study fine-tuned ImageNet weights; its rate is meant for transfer, not for training from scratch.
+    Not raised when ``lr`` was given explicitly (the caller chose it).
+    """
+    if settings.get("preset") != "paper" or settings["weights"] != "none" \
+            or settings["sources"].get("lr") != "preset":
+        return None
+    fix = (f"use {arg('weights', 'imagenet')}, or drop {arg('preset')} for the from-scratch defaults" if
+           get_config(backbone).imagenet is not None else
+           f"{backbone} has no ImageNet weights: drop {arg('preset')} for the from-scratch defaults")
+    epochs = int(settings["epochs"])
+    return (f"preset paper from random weights ({arg('weights', 'none')}): the study fine-tuned ImageNet weights; "
+            f"plain SGD at lr {float(settings['lr']):g} from scratch will not learn in {epochs} epoch"
+            f"{'' if epochs == 1 else 's'} (expect chance-level scores); {fix} (AdamW, lr 1e-3) or set {arg('lr')}")
+
+
 def _choice(settings: dict, key: str, allowed: tuple[str, ...]) -> None:
     if settings[key] not in allowed:
         raise FeatxError(f"{arg(key, settings[key])}: choose one of: {', '.join(allowed)}")

@@ -1,6 +1,8 @@
 """``finetune``: plan a run, train it, and write its result row, card and plots."""
 from __future__ import annotations
 
+import csv
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,13 +10,14 @@ import numpy as np
 
 from featx import provenance, report
 from featx.data import Collection
+from featx.errors import FeatxError
 from featx.evaluation import roc_points, summarize_folds
 from featx.files import atomic_json
 from featx.finetune import checkpoint as ckpt
 from featx.finetune.events import Callback, RunSummary
 from featx.finetune.loop import Trainer
 from featx.finetune.plan import plan_run
-from featx.results import ResultRow, jsonable
+from featx.results import ResultRow, jsonable, read_json
 
 
 def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = "vgg16",
@@ -25,7 +28,8 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
              image_size: int | None = None, augment: bool | None = None, color_jitter: bool | None = None,
              val: str = "subject", early_stopping: str | None = None, patience: int = 5,
              positive: str | None = None, device: str = "auto", workers: int | None = None, seed: int = 0,
-             resume: bool = False, callback: Callback | None = None, strict: bool = False) -> RunSummary:
+             resume: bool = False, callback: Callback | None = None, strict: bool = False,
+             keep: str = "best") -> RunSummary:
     """Fine-tune ``backbone`` on the labelled images of ``data``; write the run folder ``out``; return a summary.
 
     Settings left ``None`` come from ``preset`` (``"paper"``: the reference study) or from the backbone's
@@ -38,14 +42,27 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
     epoch by it, by validation loss otherwise) and stops after ``patience`` epochs without improvement.
     ``freeze``: ``"head"`` trains only the network's classifier layer; a stage name freezes every stage
     before it. ``callback(kind, info)`` reports progress (:mod:`featx.finetune.events`). ``resume=True``
-    continues from ``out/last.pt`` and refuses other settings.
+    continues from ``out/last.pt`` and refuses other settings; on a finished run it trains nothing and returns
+    the run's summary again.
+
+    ``keep``: the checkpoints a finished run keeps. ``"best"`` (default): ``best.pt``, what ``featx extract
+    --weights`` reads; ``last.pt`` (the training state ``resume`` needs, 2-3x the network's size) exists only
+    while the run is unfinished. ``"last"``: only ``last.pt`` (the scored epoch of a fixed-length run).
+    ``"both"``: both.
+
+    ``preset="paper"`` from random weights (``weights="none"``, or a backbone without ImageNet weights) with the
+    preset's lr warns before training: through ``callback("warning", {"message", "template"})``, or
+    :func:`warnings.warn` without a callback; ``settings.json`` and the result row's settings keep it as
+    ``"warning"``.
 
     Images that cannot be read are left out of training and validation, listed in ``out/skipped.csv``
     (path, subject, error) and in the summary's ``skipped``; ``strict=True`` raises instead. A run that
-    fails before its first checkpoint leaves no run folder behind (when it created it).
+    fails before its first checkpoint leaves no run folder behind (when it created it); one that fails later
+    keeps its finished epochs in ``last.pt`` for ``resume=True``.
     """
     out = Path(out)
-    existed = ckpt.early_files(out)
+    ckpt.check_keep(keep)
+    existed, root = ckpt.early_files(out), ckpt.new_root(out)
     options = dict(weights=None if weights is None else str(weights), epochs=epochs, lr=lr, batch_size=batch_size,
                    optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                    dropout=dropout, class_weight=class_weight, image_size=image_size, augment=augment,
@@ -53,20 +70,59 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
     try:
         plan = plan_run(data, out, backbone=backbone, preset=preset, options=options, val=val,
                         early_stopping=early_stopping, patience=patience, positive=positive, freeze=freeze,
-                        device=device, workers=workers, seed=seed, resume=resume, strict=strict)
-        trainer = Trainer(plan, callback)
-        out.mkdir(parents=True, exist_ok=True)
-        if plan.last is None:
-            ckpt.write_settings(out, plan.settings)
-        ckpt.write_lists(out, plan.collection, trainer.skipped, plan.provenance)
-        trainer.fit()
-        summary = _write_outputs(trainer)
+                        device=device, workers=workers, seed=seed, resume=resume, strict=strict, keep=keep)
+        if plan.finished:
+            summary = finished_summary(out)
+        else:
+            _warn(plan.warning, callback)
+            trainer = Trainer(plan, callback)
+            out.mkdir(parents=True, exist_ok=True)
+            if plan.last is None:
+                ckpt.write_settings(out, plan.settings)
+            ckpt.write_lists(out, plan.collection, trainer.skipped, plan.provenance)
+            trainer.fit()
+            summary = _write_outputs(trainer)
+            summary.update(ckpt.prune(out, keep))
+            summary["already_finished"] = plan.last is not None and bool(plan.last["finished"])
     except BaseException:
-        ckpt.remove_unsaved_run(out, existed)
+        ckpt.remove_unsaved_run(out, existed, root)
         raise
     if callback is not None:
         callback("end", summary)
     return summary
+
+
+def _warn(template: str | None, callback: Callback | None) -> None:
+    """Report a warning before training: to the callback, else through :mod:`warnings`."""
+    if not template:
+        return
+    message = str(FeatxError(template))  # arguments spelled as Python (weights='none')
+    if callback is not None:
+        callback("warning", {"message": message, "template": template})
+    else:
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def finished_summary(out: Path) -> RunSummary:
+    """The summary of a finished run, read back from its folder (nothing is trained)."""
+    row = read_json(out / "results.json")[0]
+    settings = ckpt.read_settings(out)
+    with open(out / "history.csv", newline="", encoding="utf-8") as fh:
+        history = [{k: int(v) if k == "epoch" else float(v) for k, v in line.items()} for line in csv.DictReader(fh)]
+    with open(out / "skipped.csv", newline="", encoding="utf-8") as fh:
+        skipped = [{"path": r["path"], "error": r["error"]} for r in csv.DictReader(fh)]
+    results = {kind: out / f"results.{kind}" for kind in ("json", "csv", "md")}
+    if (out / "roc.png").exists():
+        results["roc"] = out / "roc.png"
+    epochs_run = int(row.epochs_run or len(history))
+    best, last = (out / name for name in ("best.pt", "last.pt"))
+    return {"out": out, "best": best if best.exists() else None, "last": last if last.exists() else None,
+            "history": out / "history.csv", "settings": out / "settings.json", "card": out / "card.json",
+            "curves": out / "curves.png", "confusion": out / "confusion.png", "results": results, "row": row,
+            "epochs_run": epochs_run, "best_epoch": int(row.best_epoch or epochs_run),
+            "stopped_early": epochs_run < int(settings["epochs"]), "settings_used": settings,
+            "history_rows": history, "provenance": out / "provenance.csv", "skipped": skipped,
+            "skipped_csv": out / "skipped.csv", "already_finished": True}
 
 
 def _write_outputs(trainer: Trainer) -> RunSummary:

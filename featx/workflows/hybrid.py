@@ -11,18 +11,24 @@ subject of a test fold ever reaches the network or a head before it is scored, s
 The run folder::
 
     out/settings.json                 what the fold work depends on (a re-run must match it)
-    out/fold_<k>/finetune/            the fold's `featx finetune` run folder (last.pt, best.pt, history, ...)
+    out/fold_<k>/finetune/            the fold's `featx finetune` run folder (history, ...) with the one
+                                      checkpoint the fold is scored at: last.pt, or best.pt with early_stopping
     out/fold_<k>/features.h5          the fold's rows (train + test) extracted with the tuned weights
     out/fold_<k>/result.json          written last (atomically): the fold is finished
     out/results.json/.md/.csv         one row per tap x head, and the fine-tuned network's row (hybrid_rows.py)
 
 Re-running the same call skips finished folds, resumes an interrupted fine-tune (``last.pt``) and an
-interrupted extraction (the store resumes by itself). Heads are refit from the stored features on every
-run, so head options (``heads``, ``preprocess``, ``params``, ``class_weight``) may change between runs.
+interrupted extraction (the store resumes by itself). A call that fails before any fold work (e.g. missing
+ImageNet weights) removes the run folder it created. ``preset="paper"`` from random weights warns (the
+``"warning"`` event, or :func:`warnings.warn` without a callback) and ``settings.json`` records it. Heads
+are refit from the stored features on every run, so head options (``heads``, ``preprocess``, ``params``,
+``class_weight``) may change between runs.
 """
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -40,7 +46,8 @@ from featx.errors import FeatxError, arg
 from featx.evaluation import make_splits, resolve_positive
 from featx.extract import default_workers, extract, select_taps
 from featx.files import atomic_json, sha256_file
-from featx.finetune import finetune
+from featx.finetune import finetune, preset_warning, resolve_settings
+from featx.finetune.checkpoint import has_run, new_root
 from featx.heads import Preprocess, check_params, get_head
 from featx.report import write_results
 from featx.results import ResultRow
@@ -119,15 +126,30 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
                 "seed": int(seed), "positive": classes[pos], "classes": classes,
                 "dataset_fingerprint": collection.fingerprint(), "finetune": ft_options,
                 "data_root": str(collection.root), "featx_version": featx.__version__}
+    warning = preset_warning(backbone, resolve_settings(backbone, preset, **{
+        ("class_weight" if key == "finetune_class_weight" else key): value for key, value in ft_options.items()
+        if key not in ("preset", "freeze", "early_stopping", "patience")}))
+    if warning:
+        settings["warning"] = str(FeatxError(warning))
+    created = new_root(out)
     _check_or_write_settings(out, settings)
 
     emit = callback or (lambda event, info: None)
+    if warning and callback is not None:
+        emit("warning", {"message": str(FeatxError(warning)), "template": warning})
+    elif warning:
+        warnings.warn(str(FeatxError(warning)), UserWarning, stacklevel=2)
     runtime = dict(device=device, workers=workers, batch_size=int(batch_size or 32))
     records = []
-    for k, (train, test) in enumerate(folds, start=1):
-        records.append(_run_fold(collection, out / f"fold_{k}", k, len(folds), train, test, backbone=backbone,
-                                 taps=extract_taps, seed=seed, positive=classes[pos], options=ft_options,
-                                 runtime=runtime, emit=emit))
+    try:
+        for k, (train, test) in enumerate(folds, start=1):
+            records.append(_run_fold(collection, out / f"fold_{k}", k, len(folds), train, test, backbone=backbone,
+                                     taps=extract_taps, seed=seed, positive=classes[pos], options=ft_options,
+                                     runtime=runtime, emit=emit))
+    except BaseException:
+        if created is not None and not _fold_work(out):  # failed before any work worth keeping: no folder left
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
     rows: list[ResultRow] = []
     for spec in tap_specs:
@@ -154,14 +176,13 @@ def _tap_specs(backbone: str, taps) -> tuple[list[list[str]], list[str]]:
     return specs, select_taps(sorted(needed), list(config.taps))
 
 
-_INFO_KEYS = ("data_root", "featx_version")
+_INFO_KEYS = ("data_root", "featx_version", "warning")
 
 
 def _check_or_write_settings(out: Path, settings: dict) -> None:
     """Write ``out/settings.json`` while no fold work exists; once it does, refuse a setting that changes it."""
     path = out / "settings.json"
-    work = [p for pattern in ("fold_*/result.json", "fold_*/features.h5", "fold_*/finetune/last.pt")
-            for p in out.glob(pattern)]
+    work = _fold_work(out)
     if not work:  # nothing to resume: a first run, or one that failed before any epoch (e.g. a bad --lr)
         out.mkdir(parents=True, exist_ok=True)
         atomic_json(path, settings)
@@ -182,6 +203,12 @@ def _check_or_write_settings(out: Path, settings: dict) -> None:
             name = "data" if key == "dataset_fingerprint" else key.replace("finetune.", "")
             raise FeatxError(f"{out}: setting {name!r} differs from the run there ({a!r} there, {b!r} now); "
                              f"re-run with the settings in {path} to resume, or choose another {arg('out')}")
+
+
+def _fold_work(out: Path) -> list[Path]:
+    """What a re-run resumes from: finished folds, stores, fine-tunes with a checkpoint or finished."""
+    return [p for pattern in ("fold_*/result.json", "fold_*/features.h5", "fold_*/finetune/last.pt",
+                              "fold_*/finetune/best.pt", "fold_*/finetune/results.json") for p in out.glob(pattern)]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -243,9 +270,10 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
     inner = _inner_collection(collection, train, seed, k)
     ft_dir = fold_dir / "finetune"
     ft_kwargs = {key: value for key, value in options.items() if key != "finetune_class_weight"}
+    # keep only the checkpoint the fold is scored and extracted at (last.pt while the fine-tune is unfinished)
     summary = finetune(inner, ft_dir, backbone=backbone, class_weight=options["finetune_class_weight"],
                        val=INNER_VAL, positive=positive, device=runtime["device"], workers=runtime["workers"],
-                       seed=seed, resume=(ft_dir / "last.pt").exists(),
+                       seed=seed, resume=has_run(ft_dir), keep="best" if options["early_stopping"] else "last",
                        callback=lambda event, e: emit("epoch", dict(e, fold=k, n_folds=n_folds))
                        if event == "epoch" else None, **ft_kwargs)
     checkpoint = Path(summary["best"] if summary["settings_used"]["early_stopping"] else summary["last"])
