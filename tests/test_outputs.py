@@ -104,10 +104,10 @@ def test_the_library_refuses_before_any_fit(store, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(classify_workflow, "evaluate", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(grid_module, "evaluate_many", lambda *a, **k: calls.append(a))
-    with pytest.raises(FeatxError, match=r"holds the results of `featx compare` \(1 rows\); choose another out or "
+    with pytest.raises(FeatxError, match=r"holds the results of `featx compare` \(1 row\); choose another out or "
                                          r"add overwrite=True"):
         run_classify(store, "knn", out=out, n_folds=3, n_boot=20, plots=False)
-    with pytest.raises(FeatxError, match="`featx compare` .1 rows. over other stores, taps, heads or protocols"):
+    with pytest.raises(FeatxError, match="`featx compare` .1 row. over other stores, taps, heads or protocols"):
         run_compare([store], ["logistic", "knn"], cv="subject", out=out, **LIB)
     assert calls == []
 
@@ -128,7 +128,7 @@ def test_results_without_a_manifest_count_as_another_run_unless_they_are_this_gr
     (out / MANIFEST).unlink()  # as featx wrote results before it kept run.json
     run_compare([store], ["logistic"], cv="subject", out=out, **LIB)  # its rows are this grid: a re-run
     (out / MANIFEST).unlink()
-    with pytest.raises(FeatxError, match=r"holds the results of an earlier featx run \(1 rows in results.json, no "
+    with pytest.raises(FeatxError, match=r"holds the results of an earlier featx run \(1 row in results.json, no "
                                          r"run.json\); choose another out"):
         run_compare([store], ["knn"], cv="subject", out=out, **LIB)
 
@@ -158,6 +158,11 @@ def test_table_reads_every_results_json_under_a_folder(store, tmp_path):
     assert result.exit_code == 0, result.output
     assert len(read_json(parent / "summary" / "results.json")) == 4
     assert len(read_results([parent])) == 4  # the merged copy below the parent is not counted twice
+    merged = tmp_path / "merged"  # a merged table written before run.json, of the same rows: a re-run
+    write_results(rows, merged, plots=False)
+    result, _ = invoke("table", parent, "--out", merged)
+    assert result.exit_code == 0, result.output
+    assert _manifest(merged)["command"] == "table" and _manifest(merged)["rows"] == 4
     result, text = invoke("table", parent, "--out", parent / "compare")
     assert result.exit_code == 1 and "holds the results of `featx compare` (2 rows)" in text
 

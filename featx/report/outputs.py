@@ -52,7 +52,7 @@ def clobber(out, command: str, grid: dict, same_rows: SameRows | None = None) ->
         if manifest.get("command") == command and manifest.get("grid") == _plain(grid):
             return None
         other = "" if manifest.get("command") != command else " over other stores, taps, heads or protocols"
-        return _message(out, f"`featx {manifest.get('command')}` ({manifest.get('rows', '?')} rows){other}")
+        return _message(out, f"`featx {manifest.get('command')}` ({_rows(manifest.get('rows', '?'))}){other}")
     if not (out / RESULTS).is_file():
         return None
     try:
@@ -61,7 +61,11 @@ def clobber(out, command: str, grid: dict, same_rows: SameRows | None = None) ->
         return _message(out, f"an unreadable {RESULTS}")
     if same_rows is not None and same_rows(rows):
         return None
-    return _message(out, f"an earlier featx run ({len(rows)} rows in {RESULTS}, no {MANIFEST})")
+    return _message(out, f"an earlier featx run ({_rows(len(rows))} in {RESULTS}, no {MANIFEST})")
+
+
+def _rows(n) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 def _message(out: Path, what: str) -> str:

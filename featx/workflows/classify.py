@@ -160,8 +160,10 @@ def _plan_rows(plan: GridPlan):
 
 
 def _same_cells(cells: set, n_rows: int):
-    """Whether rows of a results.json with no run.json are exactly this grid's: one row per cell and protocol."""
+    """Whether rows of a results.json with no run.json are exactly this grid's: one row per cell and protocol
+    (``compare --select`` rows aside)."""
     def same(rows: list[ResultRow]) -> bool:
+        rows = [r for r in rows if not (r.backbone == r.head == "selected")]
         found = {(tuple(str(Path(p).resolve()) for p in r.settings.get("stores") or []), r.tap, r.head)
                  for r in rows}
         return len(rows) == n_rows and found == cells
