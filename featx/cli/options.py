@@ -97,6 +97,7 @@ DropUnknownSubjects = Annotated[bool, typer.Option(
     "--drop-unknown-subjects", help="Leave out rows whose file name gives no subject id (each output row says "
                                     "how many), instead of refusing subject-grouped CV.")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md, plots and "
-                                                           "models (default: a folder of its own under results/).")]
+                                                           "models (default: classify-BACKBONE-TAP-HEAD under "
+                                                           "results/).")]
 Force = Annotated[bool, typer.Option("--force", help="Replace the results in --out even when another command or "
                                                      "grid wrote them.")]
