@@ -164,7 +164,8 @@ def test_classify_save_then_predict_final_phase(demo, tmp_path):
     result, _ = _invoke("predict", shared, "--store", demo["store"], "--split", "final", "--out", tmp_path / "p3.csv")
     assert result.exit_code == 0, result.output
     assert _read_csv(tmp_path / "p3.csv") == from_store
-    # --no-skops: the .joblib alone
+    # --no-skops: the .joblib alone (another head: its own results folder, as svm's is not replaced)
+    out = tmp_path / "res-knn"
     result, _ = _invoke("classify", demo["store"], "--head", "knn", "--save", "--no-skops", "--out", out,
                         "--boot", "10", "--no-plots")
     assert result.exit_code == 0, result.output

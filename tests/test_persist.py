@@ -37,7 +37,7 @@ def models(cnmc_tree, tmp_path_factory) -> dict:
     store = extract(cnmc_tree, root / "s.h5", backbone="cnn", weights="none", image_size=32, workers=0)
     saved = {}
     for head in list_heads():
-        result = run_classify(str(store), head, eval_set="prelim", save=True, skops=True, out=root / "res",
+        result = run_classify(str(store), head, eval_set="prelim", save=True, skops=True, out=root / f"res-{head}",
                               plots=False, n_boot=10, device="cpu",
                               params={head: SMALL[head]} if head in SMALL else None)
         saved[head] = (result["model"], result["skops"])

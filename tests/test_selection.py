@@ -63,6 +63,10 @@ def test_compare_appends_one_selected_row_per_protocol_and_marks_the_others(tmp_
     good, noise = _informative_and_noise()
     loads = {"good.h5": good, "noise.h5": noise}
     monkeypatch.setattr("featx.evaluation.grid.load_features", lambda group, tap, **kw: loads[group[0]])
+    # compare checks every store before any fit: the in-memory stores' summaries
+    monkeypatch.setattr("featx.evaluation.inputs.summarize", lambda path: {
+        "done": len(good.y), "samples": len(good.y), "unfinished": 0, "counts": {}, "taps": {"fc": {}},
+        "settings": {"default_tap": "fc"}, "classes": list(good.classes)})
     from featx.evaluation import compare
 
     rows = compare(["noise.h5", "good.h5"], ["logistic", "knn"], cv=["subject", "image"], n_folds=3, n_boot=20,

@@ -20,6 +20,7 @@ from featx.cli.options import (
     Device,
     DropUnknownSubjects,
     Folds,
+    Force,
     InnerFolds,
     Jobs,
     NIter,
@@ -48,7 +49,7 @@ from featx.cli.parsing import (
 )
 from featx.errors import FeatxError
 from featx.report import results_table
-from featx.workflows.classify import run_classify, run_compare
+from featx.workflows.classify import default_out, run_classify, run_compare
 
 
 def _print_rows(rows, paths=None, title="featx") -> None:
@@ -93,7 +94,8 @@ def classify(
     no_skops: Annotated[bool, typer.Option("--no-skops", help="With --save, skip the .skops copy (the one that "
                                                               "loads without running code).",
                                            rich_help_panel=OUTPUT)] = False,
-    out: Out = Path("results"),
+    out: Out = None,
+    force: Force = False,
     jobs: Jobs = 1,
     seed: Seed = 0,
     device: Device = "auto",
@@ -112,10 +114,14 @@ def classify(
                          "takes a comma-separated list")
     params, nested = parse_search(param, [head], method=search, n_iter=n_iter, tune=tune, inner_folds=inner_folds,
                                   metric=search_metric)
-    result = run_classify(parse_stores(store), head, tap=parse_taps(tap), cv=cv, n_folds=folds, seed=seed,
+    stores, taps = parse_stores(store), parse_taps(tap)
+    if out is None:
+        out = default_out("classify", stores, head, taps, cv=cv, eval_set=eval_set)
+    result = run_classify(stores, head, tap=taps, cv=cv, n_folds=folds, seed=seed,
                           jobs=jobs, eval_set=eval_set, positive=positive, preprocess=parse_preprocess(preprocess),
                           class_weight=class_weight, device=device, params=params, search=nested,
-                          n_boot=boot, out=out, save=save, skops=save and not no_skops, plots=not no_plots,
+                          n_boot=boot, out=out, overwrite=force, save=save, skops=save and not no_skops,
+                          plots=not no_plots,
                           allow_optimistic=optimistic, allow_partial=allow_partial,
                           drop_unknown_subjects=drop_unknown_subjects)
     row = result["row"]
@@ -157,8 +163,10 @@ def compare(
     tune: Tune = False,
     inner_folds: InnerFolds = 3,
     search_metric: SearchMetric = "f1_weighted",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md and plots.",
-                                      rich_help_panel=OUTPUT)] = Path("results"),
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md and plots "
+                                                                "(default: results/compare).",
+                                             rich_help_panel=OUTPUT)] = None,
+    force: Force = False,
     jobs: Jobs = 1,
     seed: Seed = 0,
     device: Device = "auto",
@@ -173,10 +181,13 @@ def compare(
     head_names = parse_name_list(heads)
     params, nested = parse_search(param, head_names, method=search, n_iter=n_iter, tune=tune,
                                   inner_folds=inner_folds, metric=search_metric)
-    result = run_compare(parse_store_groups(stores), head_names, parse_tap_groups(taps), cv=parse_name_list(cv),
+    groups, tap_groups, protocols = parse_store_groups(stores), parse_tap_groups(taps), parse_name_list(cv)
+    if out is None:
+        out = default_out("compare", groups, head_names, tap_groups, cv=protocols, eval_set=eval_set)
+    result = run_compare(groups, head_names, tap_groups, cv=protocols,
                          n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set, positive=positive,
                          preprocess=parse_preprocess(preprocess), class_weight=class_weight, device=device,
-                         params=params, search=nested, n_boot=boot, out=out,
+                         params=params, search=nested, n_boot=boot, out=out, overwrite=force,
                          plots=not no_plots, progress=lambda msg: console.print(f"[dim]{msg}[/]"),
                          allow_optimistic=optimistic, allow_partial=allow_partial,
                          drop_unknown_subjects=drop_unknown_subjects, select=select)

@@ -122,5 +122,8 @@ AllowPartial = Annotated[bool, typer.Option(
 DropUnknownSubjects = Annotated[bool, typer.Option(
     "--drop-unknown-subjects", help="Leave out rows whose file name gives no subject (each row says how many) "
                                     "instead of refusing subject-grouped CV.", rich_help_panel=DATA)]
-Out = Annotated[Path, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md, plots and models.",
-                                   rich_help_panel=OUTPUT)]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for results.csv/.json/.md, plots and "
+                                                           "models (default: a classify-... folder under results/).",
+                                          rich_help_panel=OUTPUT)]
+Force = Annotated[bool, typer.Option("--force", help="Replace the results in --out even when another command or "
+                                                     "grid wrote them.", rich_help_panel=OUTPUT)]

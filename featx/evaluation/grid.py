@@ -14,12 +14,12 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from featx.errors import FeatxError, arg
+from featx.evaluation.inputs import check_grid
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
 from featx.evaluation.search import Search, check_search, fit_search, search_record
-from featx.evaluation.selection import check_metric, selection_row
+from featx.evaluation.selection import selection_row
 from featx.evaluation.splits import (
     Protocol,
-    check_cv,
     every_row_has_subject,
     labelled_rows,
     make_splits,
@@ -269,35 +269,19 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     ``allow_partial`` (then every row says so in ``partial``). ``drop_unknown_subjects`` leaves out rows
     without a subject id (every row says how many). ``progress`` gets one line per feature set x protocol.
     ``search``: a nested parameter search for the heads it has a space for (see :func:`run_grid`).
+    Every input (stores, taps, heads, parameters, protocols, the ``eval_set`` split) is checked before the
+    first fit (:func:`featx.evaluation.inputs.check_grid`).
     ``select`` (a metric): also one row per protocol of selecting the best store x tap x head by that metric
     inside each outer fold (:mod:`featx.evaluation.selection`); the other rows are then marked
     ``selection_uncorrected``.
     """
-    if select is not None:
-        check_metric(select)
-        if search is not None:
-            raise FeatxError(f"{arg('select', select)} compares rows at their fixed parameters and cannot be "
-                             f"combined with a parameter search ({arg('search')}) yet; run them separately")
-    heads = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]
-    if not heads:
-        raise FeatxError(f"{arg('heads')}: no head given; name at least one, e.g. svm")
-    params = check_params(params)
-    if search is not None:
-        check_search(search)
-    store_groups = [[str(s)] if isinstance(s, (str, Path)) else [str(p) for p in s]
-                    for s in ([stores] if isinstance(stores, (str, Path)) else stores)]
-    if not store_groups:
-        raise FeatxError("no feature store given; pass files written by `featx extract`")
-    taps = [taps] if isinstance(taps, str) else taps
-    tap_groups = [[t] if isinstance(t, str) else list(t) for t in taps] if taps else [None]
-    protocols = [check_cv(p) for p in ([cv] if isinstance(cv, str) else list(cv or []))]
-    if not protocols and not eval_set:
-        protocols = ["auto"]
-    runs = [(p, None) for p in protocols] + ([("auto", eval_set)] if eval_set else [])
+    plan = check_grid(stores, heads, taps, cv=cv, eval_set=eval_set, n_folds=n_folds, jobs=jobs, params=params,
+                      search=search, select=select, allow_partial=allow_partial)
+    heads, params, runs = plan.heads, plan.params, plan.runs
     rows: list[ResultRow] = []
     loaded = []
-    for group in store_groups:
-        for tap in tap_groups:
+    for group in plan.store_groups:
+        for tap in plan.tap_groups:
             features = load_features(group, tap, labelled=True, allow_partial=allow_partial)
             if select is not None:
                 loaded.append(features)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from featx.errors import FeatxError
 from featx.files import atomic_text, atomic_write
+from featx.report.outputs import check_out, find_results, write_manifest
 from featx.report.plots import plot_bars, plot_confusion, plot_roc
 from featx.report.table import protocol_text, results_markdown, slug
 from featx.results import ResultRow, read_json, write_csv, write_json
@@ -21,10 +22,12 @@ def write_results(rows: Sequence[ResultRow], out_dir, *, plots: bool = True, ste
     """Write ``results.csv``, ``results.json`` and ``results.md`` (one row per backbone x tap x head x
     protocol, every metric and the settings), ``predictions/`` for rows that carry out-of-fold predictions
     and, with ``plots``, a confusion-matrix and a ROC PNG per row under ``plots/`` plus ``comparison.png``.
-    Returns ``{kind: path}``."""
+    Results already in ``out_dir`` are replaced, with their per-row files. Returns ``{kind: path}``."""
     rows = list(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / f"{stem}.json").is_file():
+        _clear_row_files(out)
     paths = {"csv": atomic_write(out / f"{stem}.csv", lambda tmp: write_csv(rows, tmp)),
              "json": atomic_write(out / f"{stem}.json", lambda tmp: write_json(rows, tmp)),
              "md": atomic_text(out / f"{stem}.md", results_markdown(rows))}
@@ -36,6 +39,14 @@ def write_results(rows: Sequence[ResultRow], out_dir, *, plots: bool = True, ste
         _plot_rows(rows, out / "plots")
         paths["plot"] = plot_bars(rows, out / "comparison.png")
     return paths
+
+
+def _clear_row_files(out: Path) -> None:
+    """Remove the per-row files of the results being replaced (plots, predictions, inner scores): rows of
+    the earlier results that the new ones lack must not be left beside them."""
+    for pattern in ("plots/*.png", "predictions/*.csv", "search/*.csv", "comparison.png"):
+        for path in out.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _unique_slugs(rows: Sequence[ResultRow]) -> list[str]:
@@ -103,20 +114,35 @@ def _write_prediction_csv(pred: dict, path: Path) -> None:
 
 
 def read_results(sources: Sequence) -> list[ResultRow]:
-    """Result rows from ``results.json`` files, or folders holding one (compare outputs, finetune runs);
-    results.json written before the typed rows (``model``, head ``finetune``) read too."""
+    """Result rows from ``results.json`` files and folders: a folder is searched recursively for every
+    results.json under it (:func:`featx.report.outputs.find_results`: compare/classify folders, finetune and
+    hybrid runs); results.json written before the typed rows (``model``, head ``finetune``) read too."""
     rows: list[ResultRow] = []
-    for src in sources:
-        path = Path(src)
-        if path.is_dir():
-            path = path / "results.json"
+    for path in find_results(sources):
         try:
             rows.extend(read_json(path))
         except FileNotFoundError:
             raise FeatxError(f"{path}: no such results file; point to a results.json written by "
-                             "`featx compare`, `featx classify` or `featx finetune` (or its folder)") from None
+                             "`featx compare`, `featx classify` or `featx finetune` (or a folder above it)") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise FeatxError(f"{path}: not a featx results.json (not JSON)") from None
         except ValueError as exc:
             raise FeatxError(f"{path}: not a featx results.json ({exc})") from None
     return rows
+
+
+def merge_results(sources: Sequence, out=None, *, plots: bool = True, overwrite: bool = False) -> dict:
+    """``featx table``: the rows of every results.json ``sources`` name (:func:`read_results`) and, with
+    ``out``, those rows written there as one results folder (refused when ``out`` holds another command's
+    results, unless ``overwrite``). Returns ``{"rows", "paths"}``."""
+    files = find_results(sources)
+    rows = read_results(files)
+    grid = {"sources": [str(f.resolve()) for f in files]}
+    paths = {}
+    if out is not None:
+        keys = [(r.name, r.protocol, r.n_test) for r in rows]
+        check_out(out, "table", grid, overwrite=overwrite,  # a merged table written before run.json: same rows
+                  same_rows=lambda old: [(r.name, r.protocol, r.n_test) for r in old] == keys)
+        paths = write_results(rows, out, plots=plots)
+        write_manifest(out, "table", grid, len(rows))
+    return {"rows": rows, "paths": paths}

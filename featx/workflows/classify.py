@@ -10,6 +10,9 @@ from featx import persist
 from featx.errors import FeatxError, arg
 from featx.evaluation import (
     HELD_OUT_SPLITS,
+    GridPlan,
+    check_cv,
+    check_grid,
     compare,
     evaluate,
     every_row_has_subject,
@@ -19,9 +22,12 @@ from featx.evaluation import (
 )
 from featx.evaluation.grid import Params, StorePath
 from featx.evaluation.search import Search, check_search, fit_search
-from featx.heads import Preprocess, check_params, make_head
-from featx.report import write_results
-from featx.store import load_features
+from featx.heads import Preprocess, check_params, get_head, make_head
+from featx.report import check_out, free_folder, write_manifest, write_results
+from featx.report.outputs import DEFAULT_ROOT
+from featx.results import ResultRow
+from featx.store import load_features, store_settings
+from featx.store.schema import default_tap
 
 
 def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str | Sequence[str] | None = None,
@@ -30,7 +36,7 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
                  device: str = "auto", params: Params | None = None, n_boot: int = 1000, out=None,
                  save: bool = False, skops: bool = False, plots: bool = True, allow_optimistic: bool = False,
                  allow_partial: bool = False, drop_unknown_subjects: bool = False,
-                 search: Search | None = None) -> dict:
+                 search: Search | None = None, overwrite: bool = False) -> dict:
     """Load a store (a sequence of stores is fused side by side; a sequence of taps concatenated), evaluate
     one head, write the reports to ``out`` and, with ``save``, the model to ``out/models`` (``skops`` adds a
     .skops copy). Returns ``{"row", "paths", "model"}`` (and ``"skops"``).
@@ -39,13 +45,21 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
     protocol trains on: with ``eval_set`` exactly the model that was scored on that split; under
     cross-validation the same pipeline fitted on every training row. With a ``search`` (nested CV), the
     saved model is the search refit on those rows (inner folds grouped by their subjects): the card records
-    the chosen parameters, the search's settings and its inner best score."""
+    the chosen parameters, the search's settings and its inner best score.
+
+    ``out`` (None: nothing written) is refused before any fit when it holds the results of another command
+    or another store, tap, head or protocol (``overwrite`` replaces them; :func:`featx.report.check_out`);
+    :func:`default_out` names a folder of its own."""
     if skops:
         if not save:
             raise FeatxError(f"{arg('skops')} exports the saved model; add {arg('save')}")
         persist.require_skops()
 
     features = load_features(store, tap, allow_partial=allow_partial)
+    grid = _classify_grid(features.stores, features.store_taps, head, cv, eval_set)
+    if out is not None:
+        check_out(out, "classify", grid, overwrite=overwrite,
+                  same_rows=_same_cells({(tuple(grid["stores"]), features.tap, grid["heads"][0])}, 1))
     row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                    positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                    params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
@@ -53,6 +67,7 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
     result = {"row": row, "paths": {}, "model": None}
     if out is not None:
         result["paths"] = write_results([row], out, plots=plots)
+        write_manifest(out, "classify", grid, 1)
     if save:
         features.positive = row.positive
         fit_on = without_unknown_subjects(features)[0] if drop_unknown_subjects else features
@@ -94,9 +109,62 @@ def _search_all(features, head: str, search: Search, *, eval_set, preprocess, cl
     return chosen, record
 
 
-def run_compare(stores, heads: Sequence[str], taps=None, *, out=None, plots: bool = True, **kwargs) -> dict:
-    """:func:`featx.evaluation.compare` (same arguments), then the reports in ``out``.
-    Returns ``{"rows", "paths"}``."""
+def run_compare(stores, heads: Sequence[str], taps=None, *, out=None, plots: bool = True, overwrite: bool = False,
+                **kwargs) -> dict:
+    """:func:`featx.evaluation.compare` (same arguments), then the reports in ``out`` (None: nothing written).
+    Every input, ``out`` included, is checked before the first fit: a folder holding the results of another
+    command or grid is refused unless ``overwrite``. Returns ``{"rows", "paths"}``."""
+    plan = check_grid(stores, heads, taps, **kwargs)
+    if out is not None:
+        check_out(out, "compare", plan.describe(), overwrite=overwrite, same_rows=_plan_rows(plan))
     rows = compare(stores, heads, taps, **kwargs)
-    paths = write_results(rows, out, plots=plots) if out is not None else {}
+    paths = {}
+    if out is not None:
+        paths = write_results(rows, out, plots=plots)
+        write_manifest(out, "compare", plan.describe(), len(rows))
     return {"rows": rows, "paths": paths}
+
+
+def default_out(command: str, stores, heads: Sequence[str] | str, taps=None, *, cv="auto", eval_set=None,
+                root=DEFAULT_ROOT) -> Path:
+    """Where ``featx compare`` / ``featx classify`` write without ``--out``: ``results/compare`` and
+    ``results/classify-<backbone>-<tap>-<head>`` (e.g. ``classify-vgg16-fc7-svm``; fused stores and taps
+    joined by ``+``), numbered ``-2``, ``-3``, ... when that folder holds another command's or grid's
+    results: a default never replaces other results, and a re-run of the same grid replaces its own.
+    ``stores``/``taps`` as :func:`run_compare` takes them, or as :func:`run_classify` for ``classify``."""
+    if command == "compare":
+        plan = check_grid(stores, heads, taps, cv=cv, eval_set=eval_set, allow_partial=True)
+        return free_folder("compare", plan.describe(), root=root, same_rows=_plan_rows(plan))
+    if command != "classify":
+        raise FeatxError(f"{command!r}: only compare and classify have a default results folder")
+    head = heads if isinstance(heads, str) else heads[0]
+    paths = [Path(p) for p in ([stores] if isinstance(stores, (str, Path)) else stores)]
+    named = None if taps is None else ([taps] if isinstance(taps, str) else list(taps))
+    attrs = [store_settings(p) for p in paths]
+    store_taps = [named or [default_tap(p, a)] for p, a in zip(paths, attrs)]
+    grid = _classify_grid(paths, store_taps, head, cv, eval_set)
+    tap = "+".join("+".join(t) for t in store_taps)
+    name = f"{'+'.join(str(a.get('backbone', '')) for a in attrs)}-{tap}-{grid['heads'][0]}"
+    return free_folder("classify", grid, name=name, root=root,
+                       same_rows=_same_cells({(tuple(grid["stores"]), tap, grid["heads"][0])}, 1))
+
+
+def _classify_grid(stores, store_taps, head: str, cv: str, eval_set: str | None) -> dict:
+    """The grid of one classify run as its run.json records it."""
+    return {"stores": [str(Path(p).resolve()) for p in stores], "taps": [list(t) for t in store_taps],
+            "heads": [get_head(head).name], "protocols": [f"eval={eval_set}" if eval_set else check_cv(cv)]}
+
+
+def _plan_rows(plan: GridPlan):
+    return _same_cells(plan.cells(), len(plan.cells()) * len(plan.runs))
+
+
+def _same_cells(cells: set, n_rows: int):
+    """Whether rows of a results.json with no run.json are exactly this grid's: one row per cell and protocol
+    (``compare --select`` rows aside)."""
+    def same(rows: list[ResultRow]) -> bool:
+        rows = [r for r in rows if not (r.backbone == r.head == "selected")]
+        found = {(tuple(str(Path(p).resolve()) for p in r.settings.get("stores") or []), r.tap, r.head)
+                 for r in rows}
+        return len(rows) == n_rows and found == cells
+    return same

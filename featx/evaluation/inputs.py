@@ -1,0 +1,142 @@
+"""Every input of a compare grid checked before anything is computed.
+
+:func:`check_grid` opens every store once (its attributes and sample columns, not its features) and checks
+what a grid of stores x taps x heads x protocols needs: each store is a featx store, each requested tap is
+in it, its rows are extracted (or ``allow_partial``), the ``eval_set`` split holds labelled rows; heads,
+their parameters, the search, the protocols and the selection metric are known. A mistake anywhere in the
+grid fails in one line before the first head is fitted, not after the first store's rows are computed.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from featx.errors import FeatxError, arg
+from featx.evaluation.search import Search, check_search
+from featx.evaluation.selection import check_metric
+from featx.evaluation.splits import check_cv
+from featx.heads import check_params, get_head
+from featx.store import summarize
+from featx.store.schema import default_tap
+
+KFOLD = ("auto", "subject", "image")  # protocols that take n_folds
+
+
+@dataclass
+class GridPlan:
+    """A checked grid: store groups (each fused side by side), tap groups (None: each store's default),
+    heads by registry name, checked parameters, the protocol runs ``(cv, eval_set)`` and, per store group x
+    tap group, the tap name its rows will carry (``FeatureSet.tap``)."""
+
+    store_groups: list[list[str]]
+    tap_groups: list[list[str] | None]
+    heads: list[str]
+    params: dict
+    runs: list[tuple[str, str | None]]
+    row_taps: dict[tuple[int, int], str]
+
+    def describe(self) -> dict:
+        """The grid as recorded in a results folder's manifest (stores resolved to absolute paths)."""
+        return {"stores": [[str(Path(p).resolve()) for p in g] for g in self.store_groups],
+                "taps": None if self.tap_groups == [None] else self.tap_groups, "heads": self.heads,
+                "protocols": [ev and f"eval={ev}" or cv for cv, ev in self.runs]}
+
+    def cells(self) -> set[tuple[tuple[str, ...], str, str]]:
+        """``(resolved stores, tap, head)`` of every row the grid computes under each protocol."""
+        return {(tuple(str(Path(p).resolve()) for p in group), self.row_taps[(i, j)], head)
+                for i, group in enumerate(self.store_groups) for j in range(len(self.tap_groups))
+                for head in self.heads}
+
+
+def store_groups(stores) -> list[list[str]]:
+    """One path, or a sequence whose items are paths or sequences of paths (fused): a list of path groups."""
+    items = [stores] if isinstance(stores, (str, Path)) else list(stores)
+    return [[str(s)] if isinstance(s, (str, Path)) else [str(p) for p in s] for s in items]
+
+
+def tap_groups(taps) -> list[list[str] | None]:
+    """None (each store's default tap), a name, or a sequence of names or of fused name sequences."""
+    taps = [taps] if isinstance(taps, str) else taps
+    return [[t] if isinstance(t, str) else list(t) for t in taps] if taps else [None]
+
+
+def protocol_runs(cv, eval_set: str | None) -> list[tuple[str, str | None]]:
+    """``(cv, eval_set)`` of every protocol of a grid: each CV protocol, then the held-out one."""
+    protocols = [check_cv(p) for p in ([cv] if isinstance(cv, str) else list(cv or []))]
+    if not protocols and not eval_set:
+        protocols = ["auto"]
+    return [(p, None) for p in protocols] + ([("auto", eval_set)] if eval_set else [])
+
+
+def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: str | None = None,
+               n_folds: int = 5, jobs: int = 1, params=None, search: Search | None = None,
+               select: str | None = None, allow_partial: bool = False, **_ignored) -> GridPlan:
+    """Check every input of :func:`featx.evaluation.compare` (same arguments) and return the grid."""
+    if select is not None:
+        check_metric(select)
+        if search is not None:
+            raise FeatxError(f"{arg('select', select)} compares rows at their fixed parameters and cannot be "
+                             f"combined with a parameter search ({arg('search')}) yet; run them separately")
+    names = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]
+    if not names:
+        raise FeatxError(f"{arg('heads')}: no head given; name at least one, e.g. svm")
+    checked = check_params(params)
+    if search is not None:
+        check_search(search)
+    if jobs == 0:
+        raise FeatxError(f"{arg('jobs', 0)}: give 1 or more processes, or -1 for all cores")
+    runs = protocol_runs(cv, eval_set)
+    if n_folds < 2 and any(p in KFOLD and ev is None for p, ev in runs):
+        raise FeatxError(f"{arg('n_folds', n_folds)}: cross-validation needs at least 2 folds")
+    groups = store_groups(stores)
+    if not groups or not all(groups):
+        raise FeatxError("no feature store given; pass files written by `featx extract`")
+    tgroups = tap_groups(taps)
+    summaries: dict[str, dict] = {}
+    row_taps = {}
+    for i, group in enumerate(groups):
+        for p in group:
+            if p not in summaries:
+                summaries[p] = _check_store(Path(p), allow_partial, eval_set)
+        _check_fused(group, summaries)
+        for j, tgroup in enumerate(tgroups):
+            parts = []
+            for p in group:
+                info = summaries[p]
+                wanted = tgroup or [default_tap(Path(p), info["settings"])]
+                for tap in wanted:
+                    if tap not in info["taps"]:
+                        raise FeatxError(f"{p}: no tap {tap!r} in this store; it holds "
+                                         f"{', '.join(info['taps']) or 'none'} (extract it with `featx extract "
+                                         f"{arg('taps')}`)")
+                parts.append("+".join(wanted))
+            row_taps[(i, j)] = "+".join(parts)
+    return GridPlan(groups, tgroups, names, checked, runs, row_taps)
+
+
+def _check_store(path: Path, allow_partial: bool, eval_set: str | None) -> dict:
+    """The store's summary (:func:`featx.store.summarize`), refused when its rows cannot serve the grid."""
+    info = summarize(path)
+    done, total = info["done"], info["samples"]
+    if info["unfinished"] and not allow_partial:
+        raise FeatxError(f"{path}: {done} of {total} rows extracted; finish it by running the same `featx "
+                         f"extract` again, or pass {arg('allow_partial', True)}")
+    if not done:
+        raise FeatxError(f"{path}: no finished rows yet; run `featx extract` to fill the store")
+    if eval_set is not None:
+        labelled = {split: sum(n for c, n in counts.items() if c != "unlabelled")
+                    for split, counts in info["counts"].items()}
+        if not labelled.get(eval_set):
+            have = ", ".join(s for s, n in labelled.items() if n and s != "(none)") or "none"
+            raise FeatxError(f"{path}: no labelled rows of split {eval_set!r} for {arg('eval_set', eval_set)}; "
+                             f"labelled splits here: {have}")
+    return info
+
+
+def _check_fused(group: list[str], summaries: dict[str, dict]) -> None:
+    first = summaries[group[0]]
+    for p in group[1:]:
+        if summaries[p]["classes"] != first["classes"]:
+            raise FeatxError(f"{p} has classes {summaries[p]['classes']}, {group[0]} has {first['classes']}; "
+                             "fuse stores extracted from the same data")

@@ -1,0 +1,148 @@
+"""Results folders that never clobber each other, and finding every results.json under a folder.
+
+Every results folder written by ``compare``, ``classify`` or ``table`` holds ``run.json``: the command and
+its grid (stores, taps, heads, protocols) and how many rows it wrote. A command refuses, before any work, a
+folder that holds the results of another command or grid (:func:`check_out`); the same command with the
+same grid replaces its own results (a re-run). A results.json with no run.json (written before featx kept
+one, or by ``finetune``/``hybrid``) counts as another command's unless the caller recognises its rows as
+its own grid (``same_rows``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from featx.errors import FeatxError, arg
+from featx.files import atomic_json
+from featx.report.table import slug
+from featx.results import ResultRow, read_json
+
+MANIFEST = "run.json"
+RESULTS = "results.json"
+DEFAULT_ROOT = Path("results")
+_HYBRID_FOLD = re.compile(r"fold_\d+")
+
+SameRows = Callable[[list[ResultRow]], bool]
+
+
+def write_manifest(out, command: str, grid: dict, n_rows: int) -> Path:
+    """``out/run.json``: which command wrote the folder's results, over which grid, and how many rows."""
+    return atomic_json(Path(out) / MANIFEST, {"command": command, "grid": grid, "rows": int(n_rows)})
+
+
+def read_manifest(folder) -> dict | None:
+    """The folder's run.json, or None when it has none (or it is not a JSON object)."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def clobber(out, command: str, grid: dict, same_rows: SameRows | None = None) -> str | None:
+    """Why writing ``command``'s results over ``grid`` into ``out`` would replace someone else's results
+    (a one-line message), or None: the folder is free or holds this command's results over this grid."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    if manifest is not None and "command" in manifest:
+        if manifest.get("command") == command and manifest.get("grid") == _plain(grid):
+            return None
+        other = "" if manifest.get("command") != command else " over other stores, taps, heads or protocols"
+        return _message(out, f"`featx {manifest.get('command')}` ({_rows(manifest.get('rows', '?'))}){other}")
+    if not (out / RESULTS).is_file():
+        return None
+    try:
+        rows = read_json(out / RESULTS)
+    except (OSError, ValueError):
+        return _message(out, f"an unreadable {RESULTS}")
+    if same_rows is not None and same_rows(rows):
+        return None
+    return _message(out, f"an earlier featx run ({_rows(len(rows))} in {RESULTS}, no {MANIFEST})")
+
+
+def _rows(n) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _message(out: Path, what: str) -> str:
+    return f"{out} holds the results of {what}; choose another {arg('out')} or add {arg('overwrite', True)}"
+
+
+def _plain(grid: dict):
+    """``grid`` as it reads back from run.json (tuples become lists)."""
+    return json.loads(json.dumps(grid, default=str))
+
+
+def check_out(out, command: str, grid: dict, *, overwrite: bool = False, same_rows: SameRows | None = None) -> Path:
+    """Refuse ``out`` before any work when it is not a writable folder or holds another command's or grid's
+    results (unless ``overwrite``). Creates nothing. Returns ``out`` as a Path."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FeatxError(f"{out} is a file, not a results folder; choose another {arg('out')}")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FeatxError(f"{parent} is a file, so {out} cannot be created; choose another {arg('out')}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        why = "read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "permission denied"
+        raise FeatxError(f"cannot access {out} ({why}); choose another {arg('out')} or fix its permissions")
+    if not overwrite and (message := clobber(out, command, grid, same_rows)):
+        raise FeatxError(message)
+    return out
+
+
+def free_folder(command: str, grid: dict, *, name: str | None = None, root=DEFAULT_ROOT,
+                same_rows: SameRows | None = None) -> Path:
+    """The default results folder of ``command``: ``root/command`` (``root/command-<name>``, ``name`` made
+    file-name safe), numbered ``-2``, ``-3``, ... when that one holds another command's or grid's results."""
+    base = f"{command}-{slug(name)}" if name else command
+    k = 1
+    while True:
+        out = Path(root) / (base if k == 1 else f"{base}-{k}")
+        if out.is_dir() or not out.exists():
+            if clobber(out, command, grid, same_rows) is None:
+                return out
+        k += 1
+
+
+def find_results(sources: Sequence) -> list[Path]:
+    """Every results.json a list of files and folders names: a file as given; a folder searched recursively
+    (sorted), leaving out the ``fold_<k>/`` work folders of a ``featx hybrid`` run (its inner fine-tunes)
+    and folders written by ``featx table`` below the one named (merged copies of other results). A file
+    reached twice is listed once. A folder with no results.json is a one-line :class:`FeatxError`."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for src in sources:
+        path = Path(src)
+        if path.is_dir():
+            files = sorted(_walk(path, top=True, visited=set()))
+            if not files:
+                raise FeatxError(f"{path}: no {RESULTS} in this folder or below it; point to a results folder "
+                                 "written by `featx compare`, `featx classify`, `featx finetune` or `featx hybrid`")
+        else:
+            files = [path]
+        for f in files:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(f)
+    return found
+
+
+def _walk(folder: Path, top: bool, visited: set[Path]) -> Iterator[Path]:
+    real = folder.resolve()
+    if real in visited or (not top and (read_manifest(folder) or {}).get("command") == "table"):
+        return  # a folder linked twice, or a `featx table` copy of results found elsewhere
+    visited.add(real)
+    if (folder / RESULTS).is_file():
+        yield folder / RESULTS
+    hybrid = (folder / "settings.json").is_file()
+    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if hybrid and _HYBRID_FOLD.fullmatch(child.name):
+            continue
+        yield from _walk(child, top=False, visited=visited)
