@@ -54,15 +54,15 @@ def test_classify_after_compare_with_default_options_keeps_compare_results(store
     assert len(read_json(compare_dir / "results.json")) == 4  # compare's results kept
     assert _manifest(classify_dir)["grid"]["heads"] == ["logistic"]
 
-    # the same classify again is a re-run into its own folder; another protocol gets a numbered folder
+    # the same classify again is a re-run into its own folder; a protocol asked for is named in the folder
     result, _ = invoke("classify", store, "--head", "logistic", *FAST)
     assert result.exit_code == 0, result.output
     result, _ = invoke("classify", store, "--head", "logistic", "--eval", "prelim", *FAST)
     assert result.exit_code == 0, result.output
-    prelim_dir = Path("results") / "classify-cnn-fc-logistic-2"
+    prelim_dir = Path("results") / "classify-cnn-fc-logistic-prelim"
     assert [r.protocol for r in read_json(prelim_dir / "results.json")] == ["prelim"]
     assert sorted(p.name for p in Path("results").iterdir()) == [
-        "classify-cnn-fc-logistic", "classify-cnn-fc-logistic-2", "compare"]
+        "classify-cnn-fc-logistic", "classify-cnn-fc-logistic-prelim", "compare"]
     assert len(read_json(classify_dir / "results.json")) == 1
 
     result, text = invoke("table", "results")

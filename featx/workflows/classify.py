@@ -128,8 +128,9 @@ def run_compare(stores, heads: Sequence[str], taps=None, *, out=None, plots: boo
 def default_out(command: str, stores, heads: Sequence[str] | str, taps=None, *, cv="auto", eval_set=None,
                 root=DEFAULT_ROOT) -> Path:
     """Where ``featx compare`` / ``featx classify`` write without ``--out``: ``results/compare`` and
-    ``results/classify-<backbone>-<tap>-<head>`` (e.g. ``classify-vgg16-fc7-svm``; fused stores and taps
-    joined by ``+``), numbered ``-2``, ``-3``, ... when that folder holds another command's or grid's
+    ``results/classify-<store>-<tap>-<head>[-<protocol>]`` (e.g. ``classify-vgg16-fc7-svm``, and
+    ``classify-vgg16-fc7-svm-prelim`` with ``eval_set="prelim"``; the store's file name without ``.h5``; fused
+    stores and taps joined by ``+``; the protocol named when one is asked for), numbered ``-2``, ``-3``, ... when that folder holds another command's or grid's
     results: a default never replaces other results, and a re-run of the same grid replaces its own.
     ``stores``/``taps`` as :func:`run_compare` takes them, or as :func:`run_classify` for ``classify``."""
     if command == "compare":
@@ -144,7 +145,8 @@ def default_out(command: str, stores, heads: Sequence[str] | str, taps=None, *, 
     store_taps = [named or [default_tap(p, a)] for p, a in zip(paths, attrs)]
     grid = _classify_grid(paths, store_taps, head, cv, eval_set)
     tap = "+".join("+".join(t) for t in store_taps)
-    name = f"{'+'.join(str(a.get('backbone', '')) for a in attrs)}-{tap}-{grid['heads'][0]}"
+    protocol = eval_set or (cv if cv != "auto" else None)
+    name = f"{'+'.join(p.stem for p in paths)}-{tap}-{grid['heads'][0]}" + (f"-{protocol}" if protocol else "")
     return free_folder("classify", grid, name=name, root=root,
                        same_rows=_same_cells({(tuple(grid["stores"]), tap, grid["heads"][0])}, 1))
 
