@@ -113,7 +113,7 @@ class _Writer:
 
 
 def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "vgg16",
-            weights: str | Path = "imagenet", taps: str | Sequence[str] | None = None,
+            weights: str | Path | None = None, taps: str | Sequence[str] | None = None,
             image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
             on_progress: Callable[[int, int], None] | None = None, strict: bool = False) -> Path:
@@ -121,7 +121,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
 
     ``taps`` (one name or a sequence, e.g. ``["fc7", "pool5"]``; default all) are computed in one forward
     pass and stored in the backbone's order; the store's default tap is the backbone's. ``weights`` is
-    ``imagenet``, ``none`` (random, seeded by ``seed``) or a state-dict / featx checkpoint file (whose input
+    ``imagenet`` (the default for a backbone that has ImageNet weights), ``none`` (random, seeded by ``seed``;
+    the default for one that has none, the cnn) or a state-dict / featx checkpoint file (whose input
     size is then the default ``image_size``). A checkpoint of ``featx finetune`` also brings the images its
     network trained and validated on: each row's role is stored (``/samples/network_role``, see
     :mod:`featx.provenance`) and ``classify`` tests only on rows it never saw. An existing store with the
@@ -150,6 +151,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         raise FeatxError(f"cannot read folder {folders[0]}{more} ({arg('strict', True)}); make it readable, or "
                          f"drop {arg('strict')} to extract the images featx can read")
     cfg = get_config(backbone)
+    if weights is None:
+        weights = "none" if cfg.imagenet is None else "imagenet"
     model = create_backbone(backbone, weights, seed=seed)
     card = model.weights_info.card or {}
     # a fine-tuned checkpoint brings the input size it was trained at

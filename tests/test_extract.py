@@ -301,6 +301,18 @@ def test_cli_offline_imagenet_message(cnmc_tree, tmp_path, monkeypatch):
     assert "Traceback" not in res.output and not (tmp_path / "x.h5").exists()
 
 
+def test_default_weights_follow_the_backbone(cnmc_tree, tmp_path, monkeypatch):
+    """No --weights: ImageNet for a backbone that has them (here offline: the weights message), none for cnn."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("FEATX_OFFLINE", "1")
+    res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--image-size", "32", "--workers", "0",
+                              "--split", "prelim", "--quiet", "--out", str(tmp_path / "cnn.h5")])
+    assert res.exit_code == 0, res.output
+    assert store_settings(tmp_path / "cnn.h5")["weights"] == "none"
+    res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "alexnet", "--out", str(tmp_path / "a.h5")])
+    assert res.exit_code == 1 and "alexnet-owt-7be5be79.pth" in " ".join(res.output.split())
+
+
 def test_disk_full_keeps_finished_rows(cnmc_tree, tmp_path, monkeypatch):
     out = tmp_path / "full.h5"
     real = FeatureStore._write_rows

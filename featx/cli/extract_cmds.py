@@ -56,9 +56,10 @@ def extract(
     out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 store to write (resumed if it exists).",
                                       rich_help_panel=OUTPUT)],
     backbone: Backbone = "vgg16",
-    weights: Annotated[str, typer.Option(help="imagenet (torchvision cache, TORCH_HOME), none (seeded random), "
-                                              "or a state dict / featx checkpoint (best.pt).",
-                                         rich_help_panel=NETWORK)] = "imagenet",
+    weights: Annotated[str | None, typer.Option(help="imagenet (torchvision cache, TORCH_HOME), none (seeded "
+                                                     "random), or a state dict / featx checkpoint (best.pt); "
+                                                     "default imagenet, none for cnn.",
+                                                rich_help_panel=NETWORK)] = None,
     taps: Annotated[str | None, typer.Option("--taps", "--tap", help="Comma-separated taps, e.g. fc7,pool5 "
                                                                       "(default: every tap of the backbone).",
                                              rich_help_panel=NETWORK)] = None,
