@@ -98,6 +98,25 @@ def test_explicit_out_of_another_command_is_refused_and_left_unchanged(store, tm
     assert [p.name for p in (out / "predictions").iterdir()] == ["cnn-fc-svm-subject.csv"]  # no stale row files
 
 
+def test_finetune_and_hybrid_refuse_a_results_folder_of_another_command(store, cnmc_tree, tmp_path):
+    """A run folder is never a compare/classify/table folder: finetune and hybrid refuse it before training."""
+    out = tmp_path / "results"
+    result, _ = invoke("compare", store, "--heads", "logistic", "--cv", "subject", "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    before = _snapshot(out)
+    for command in ("finetune", "hybrid"):
+        extra = ("--heads", "logistic", "--folds", "3") if command == "hybrid" else ()
+        result, text = invoke(command, cnmc_tree, "--backbone", "cnn", "--weights", "none", "--image-size", "32",
+                              "--epochs", "1", "--workers", "0", "--out", out, *extra)
+        assert result.exit_code == 1, result.output
+        assert text.strip() == (f"error: {out} holds the results of `featx compare` (1 row), not a `featx "
+                                f"{command}` run; choose another --out")
+        assert _snapshot(out) == before
+    (out / MANIFEST).unlink()  # an older results folder: results.json with no run settings
+    result, text = invoke("finetune", cnmc_tree, "--backbone", "cnn", "--weights", "none", "--out", out)
+    assert result.exit_code == 1 and "results.json with no settings.json" in text
+
+
 def test_the_library_refuses_before_any_fit(store, tmp_path, monkeypatch):
     out = tmp_path / "cmp"
     run_compare([store], ["logistic"], cv="subject", out=out, **LIB)

@@ -88,12 +88,13 @@ def test_readme_flow_runs_as_written(tmp_path):
     script = ["set -euo pipefail"]
     for command in commands:
         command = shrink(command)
-        script += [f"echo {shlex.quote('+ ' + command)}", command]
+        script += [f"echo {shlex.quote('+ ' + command)}", command, 'echo "+ took $SECONDS s"', "SECONDS=0"]
     env = {**os.environ, "COLUMNS": "100", "FEATX_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("VIRTUAL_ENV", None)
     done = subprocess.run(["bash", "-c", "\n".join(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900)
     log = done.stdout + done.stderr
+    print(log)  # shown with -s, or with the failure
     assert done.returncode == 0, f"README flow failed:\n{log[-6000:]}"
     assert "Traceback" not in log
 

@@ -22,6 +22,7 @@ from featx.finetune.checkpoint import (
 )
 from featx.finetune.presets import check_settings, monitor_name, preset_warning, resolve_settings
 from featx.finetune.split import Split, balanced_weights, labels, select_images
+from featx.report import refuse_results_folder
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
                     n_train=len(split.train), n_val=len(split.val), strict=bool(strict),
                     n_skipped=len(split.skipped), skipped=skipped_paths)
 
+    refuse_results_folder(out, "finetune")
     last_path = out / "last.pt"
     last = None
     if resume and is_pruned_finished(out):  # finished, one checkpoint kept: check the settings, report it again

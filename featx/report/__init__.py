@@ -2,7 +2,15 @@
 of a results folder and PNG plots. Image-level, OPTIMISTIC and PARTIAL rows are marked everywhere."""
 from featx.report.files import PREDICTION_COLUMNS, merge_results, read_results, write_predictions, write_results
 from featx.report.html import write_html_report
-from featx.report.outputs import MANIFEST, check_out, clobber, find_results, free_folder, write_manifest
+from featx.report.outputs import (
+    MANIFEST,
+    check_out,
+    clobber,
+    find_results,
+    free_folder,
+    refuse_results_folder,
+    write_manifest,
+)
 from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
 from featx.report.table import (
     IMAGE_LEVEL_NOTE,
@@ -25,6 +33,6 @@ from featx.report.table import (
 __all__ = ["IMAGE_LEVEL_NOTE", "MANIFEST", "OPTIMISTIC_NOTE", "PREDICTION_COLUMNS", "STATS_NOTE", "TABLE_METRICS",
            "TERMINAL_METRICS", "check_out", "clobber", "excluded_notes", "find_results", "format_pct", "free_folder",
            "markdown_table", "merge_results", "metric_label", "partial_notes", "plot_bars", "plot_confusion",
-           "plot_history", "plot_roc", "protocol_text", "protocol_title", "read_results", "results_markdown",
-           "results_table", "short_protocol", "slug", "write_html_report", "write_manifest", "write_predictions",
-           "write_results"]
+           "plot_history", "plot_roc", "protocol_text", "protocol_title", "read_results", "refuse_results_folder",
+           "results_markdown", "results_table", "short_protocol", "slug", "write_html_report", "write_manifest",
+           "write_predictions", "write_results"]

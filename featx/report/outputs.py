@@ -77,6 +77,20 @@ def _plain(grid: dict):
     return json.loads(json.dumps(grid, default=str))
 
 
+def refuse_results_folder(out, command: str) -> None:
+    """Refuse to make ``out`` the run folder of ``command`` (finetune, hybrid) when it holds the results of
+    another command (compare, classify, table: their ``run.json``, or a results.json with no run settings)."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    if manifest is not None and manifest.get("command") not in (None, command):
+        what = f"`featx {manifest.get('command')}` ({_rows(manifest.get('rows', '?'))})"
+    elif (out / RESULTS).is_file() and not (out / "settings.json").is_file():
+        what = f"an earlier featx run ({RESULTS} with no settings.json)"
+    else:
+        return
+    raise FeatxError(f"{out} holds the results of {what}, not a `featx {command}` run; choose another {arg('out')}")
+
+
 def check_out(out, command: str, grid: dict, *, overwrite: bool = False, same_rows: SameRows | None = None) -> Path:
     """Refuse ``out`` before any work when it is not a writable folder or holds another command's or grid's
     results (unless ``overwrite``). Creates nothing. Returns ``out`` as a Path."""

@@ -129,10 +129,11 @@ def default_out(command: str, stores, heads: Sequence[str] | str, taps=None, *, 
                 root=DEFAULT_ROOT) -> Path:
     """Where ``featx compare`` / ``featx classify`` write without ``--out``: ``results/compare`` and
     ``results/classify-<store>-<tap>-<head>[-<protocol>]`` (e.g. ``classify-vgg16-fc7-svm``, and
-    ``classify-vgg16-fc7-svm-prelim`` with ``eval_set="prelim"``; the store's file name without ``.h5``; fused
-    stores and taps joined by ``+``; the protocol named when one is asked for), numbered ``-2``, ``-3``, ... when that folder holds another command's or grid's
-    results: a default never replaces other results, and a re-run of the same grid replaces its own.
-    ``stores``/``taps`` as :func:`run_compare` takes them, or as :func:`run_classify` for ``classify``."""
+    ``classify-vgg16-fc7-svm-prelim`` with ``eval_set="prelim"``: the store's file name without ``.h5``, fused
+    stores and taps joined by ``+``, the protocol named when one is asked for), numbered ``-2``, ``-3``, ...
+    when that folder holds another command's or grid's results: a default never replaces other results, and a
+    re-run of the same grid replaces its own. ``stores``/``taps`` as :func:`run_compare` takes them, or as
+    :func:`run_classify` for ``classify``."""
     if command == "compare":
         plan = check_grid(stores, heads, taps, cv=cv, eval_set=eval_set, allow_partial=True)
         return free_folder("compare", plan.describe(), root=root, same_rows=_plan_rows(plan))

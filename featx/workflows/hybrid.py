@@ -49,7 +49,7 @@ from featx.files import atomic_json, sha256_file
 from featx.finetune import finetune, preset_warning, resolve_settings
 from featx.finetune.checkpoint import has_run, new_root
 from featx.heads import Preprocess, check_params, get_head
-from featx.report import write_results
+from featx.report import refuse_results_folder, write_results
 from featx.results import ResultRow
 from featx.workflows.hybrid_rows import head_rows, network_row, protocol_label
 
@@ -131,6 +131,7 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
         if key not in ("preset", "freeze", "early_stopping", "patience")}))
     if warning:
         settings["warning"] = str(FeatxError(warning))
+    refuse_results_folder(out, "hybrid")
     created = new_root(out)
     _check_or_write_settings(out, settings)
 
