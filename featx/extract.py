@@ -43,8 +43,10 @@ def select_taps(taps: Sequence[str] | None, available: Sequence[str]) -> list[st
     names = [str(t).strip() for t in taps if str(t).strip()]
     unknown = [t for t in names if t not in available]
     if unknown or not names:
+        listed = ", ".join(available) if len(available) <= 12 else \
+            f"{', '.join(available[-6:])} and {len(available) - 6} more (`featx backbones NAME --taps` lists them)"
         raise FeatxError(f"{arg('taps', ','.join(names))}: unknown tap {', '.join(unknown) or '(none named)'}; "
-                         f"this backbone has: {', '.join(available)}")
+                         f"this backbone has: {listed}")
     return [t for t in available if t in names]
 
 
@@ -153,8 +155,11 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     # a fine-tuned checkpoint brings the input size it was trained at
     size = int(image_size or card.get("preprocessing", {}).get("input_size") or cfg.input_size)
     check_input_size(backbone, size)
-    tap_names = select_taps(None if taps is None else ([taps] if isinstance(taps, str) else list(taps)), list(cfg.taps))
-    tap_dims = {t: cfg.taps[t] for t in tap_names}
+    requested = None if taps is None else ([taps] if isinstance(taps, str) else list(taps))
+    # default: the backbone's taps; a model resolved by name also takes its graph nodes (`featx backbones NAME --taps`)
+    widths = cfg.taps if requested is None or all(t in cfg.taps for t in requested) else cfg.tap_widths()
+    tap_names = select_taps(requested, list(widths))
+    tap_dims = {t: widths[t] for t in tap_names}
     device = resolve_device(device)
     settings = store_settings_for(collection, model, size, dtype)
     # fp16 autocast on CUDA changes the features slightly: a store never mixes the two precisions

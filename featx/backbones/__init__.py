@@ -8,7 +8,7 @@ of classes and the name of the classifier layer. Weight files and featx checkpoi
 :mod:`featx.backbones.weights`.
 """
 # Importing the builders registers them.
-from featx.backbones import cnn, torchvision_models  # noqa: F401
+from featx.backbones import cnn, timm_models, torchvision_any, torchvision_models  # noqa: F401
 from featx.backbones.factory import create_backbone
 from featx.backbones.network import FeatureNet, Step
 from featx.backbones.registry import BackboneConfig, check_input_size, get_config, list_backbones, register_backbone
