@@ -13,6 +13,7 @@ A name that is not one of the named backbones (vgg16, alexnet, cnn) and is in
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -40,13 +41,33 @@ def torchvision_names() -> list[str]:
     return [n for n in list_models(module=torchvision.models) if n not in named and n not in EXCLUDED]
 
 
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Move every parameter to the meta device as it is registered (the tensors a builder computes with stay
+    real): initialising it then costs nothing. For builders that cannot run under ``torch.device("meta")``."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
 def skeleton(name: str, **kwargs) -> nn.Module:
     """torchvision's model ``name`` on the meta device (no memory, no initialisation), in eval mode."""
     try:
         with torch.device("meta"):
             model = get_model(name, weights=None, **kwargs)
     except NotImplementedError:   # builders that compute with tensors (RegNet's widths) cannot run on meta
-        model = get_model(name, weights=None, **kwargs).to("meta")
+        with parameters_on_meta():
+            model = get_model(name, weights=None, **kwargs)
+        model = model.to("meta")
     return model.eval()
 
 
