@@ -10,6 +10,7 @@ import torch
 
 from featx.backbones.registry import get_config, list_backbones
 from featx.backbones.timm_models import PREFIX as TIMM_PREFIX
+from featx.backbones.timm_models import timm_model
 from featx.backbones.torchvision_any import torchvision_model, torchvision_names
 from featx.errors import FeatxError
 
@@ -38,9 +39,7 @@ def backbone_row(name: str) -> BackboneRow:
     """The row of one backbone (any name ``get_config`` resolves)."""
     cfg = get_config(name)
     if cfg.name.startswith(TIMM_PREFIX):
-        from featx.backbones.timm_models import _MODELS  # the model behind the config just resolved
-
-        model = _MODELS[cfg.name[len(TIMM_PREFIX):]]
+        model = timm_model(cfg.name)
         found = model.cached_file()
         repo = model.model.pretrained_cfg.get("hf_hub_id")
         return BackboneRow(cfg.name, "timm", cfg.default_tap, cfg.taps[cfg.default_tap], cfg.input_size,

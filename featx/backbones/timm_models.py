@@ -153,4 +153,10 @@ def _resolve(key: str) -> BackboneConfig | None:
     return _MODELS[name].config
 
 
+def timm_model(name: str) -> TimmModel:
+    """The :class:`TimmModel` behind ``timm:NAME``."""
+    _resolve(name.lower())
+    return _MODELS[name.lower()[len(PREFIX):]]
+
+
 register_resolver(_resolve, lambda: [])
