@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`: synthetic C-NMC data -> extract (3 backbones) -> compare -> finetune -> hybrid -> table.
+# The demo behind `make demo`: synthetic C-NMC data -> extract (4 backbones) -> compare -> finetune -> hybrid -> table.
 # Sizes are shrunk so that it ends in a few minutes on a 2-core CPU; every shrink is printed.
 set -euo pipefail
 OUT=${1:-demo}
@@ -14,9 +14,10 @@ weights_for() {  # $1 = torchvision file name
 }
 W_ALEX=$(weights_for alexnet-owt-7be5be79.pth)
 W_VGG=$(weights_for vgg16-397923af.pth)
+W_RES=$(weights_for resnet18-f37072fd.pth)  # any torchvision model works by name; resnet18 joins the grid
 if [ "$W_ALEX" = none ] || [ "$W_VGG" = none ]; then
   say "No ImageNet weights in $cache: the demo uses seeded random weights (--weights none)."
-  echo "   Put alexnet-owt-7be5be79.pth / vgg16-397923af.pth there to run it with ImageNet weights."
+  echo "   Put alexnet-owt-7be5be79.pth / vgg16-397923af.pth / resnet18-f37072fd.pth there to run it with ImageNet weights."
 fi
 
 say "1. synthetic C-NMC data (shrunk: 16 training subjects x 12 cells at 128 px; the real set has 73 subjects, 450 px)"
@@ -24,14 +25,18 @@ say "1. synthetic C-NMC data (shrunk: 16 training subjects x 12 cells at 128 px;
 [ -d "$OUT/data/C-NMC_test_final_phase_data" ] || featx synth "$OUT/data" --subjects-all 10 --subjects-hem 6 \
   --cells-per-subject 12 --image-size 128
 
-say "2. extract features (AlexNet at its 224 px; shrunk: cnn at 96 px, VGG-16 at 112 px instead of 224 px)"
+say "2. extract features (AlexNet at its 224 px; shrunk: cnn at 96 px, VGG-16 and ResNet-18 at 112 px instead of 224 px)"
 featx extract "$OUT/data" --backbone cnn --weights none --image-size 96 --out "$OUT/feats/cnn.h5"
 featx extract "$OUT/data" --backbone alexnet --weights "$W_ALEX" --out "$OUT/feats/alexnet-$W_ALEX.h5"
 featx extract "$OUT/data" --backbone vgg16 --weights "$W_VGG" --image-size 112 --out "$OUT/feats/vgg16-$W_VGG.h5"
+echo "any torchvision classification model by name (featx backbones lists them); resnet18's default tap is pool"
+featx backbones resnet18
+featx extract "$OUT/data" --backbone resnet18 --weights "$W_RES" --image-size 112 \
+  --out "$OUT/feats/resnet18-$W_RES.h5"
 
 say "3. compare heads on the cached features: subject-grouped vs IMAGE-LEVEL 5-fold CV"
 featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet-$W_ALEX.h5" "$OUT/feats/vgg16-$W_VGG.h5" \
-  --heads softmax,logistic,svm,xgboost --cv subject,image --out "$OUT/results"
+  "$OUT/feats/resnet18-$W_RES.h5" --heads softmax,logistic,svm,xgboost --cv subject,image --out "$OUT/results"
 echo "honest selection: the best store x head chosen by an inner subject-grouped CV inside each outer fold,"
 echo "scored as its own 'selected' row; the per-row scores it chose among are marked as not corrected for it"
 featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet-$W_ALEX.h5" "$OUT/feats/vgg16-$W_VGG.h5" \

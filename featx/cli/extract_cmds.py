@@ -57,8 +57,9 @@ def extract(
     backbone: Backbone = "vgg16",
     weights: Annotated[str, typer.Option(help="imagenet (torchvision cache, TORCH_HOME), none (seeded random), "
                                               "or a path to a state dict / featx checkpoint (best.pt).")] = "imagenet",
-    taps: Annotated[str | None, typer.Option(help="Comma-separated taps, e.g. fc7,pool5 (default: all "
-                                                     "taps of the backbone).")] = None,
+    taps: Annotated[str | None, typer.Option(help="Comma-separated taps, e.g. fc7,pool5 or layer3,pool (default: "
+                                                     "all named taps of the backbone; `featx backbones NAME "
+                                                     "--taps` lists graph nodes).")] = None,
     image_size: ImageSize = None,
     split: Annotated[list[str] | None, typer.Option(help="Only these splits (repeat): fold_0, fold_1, "
                                                             "fold_2, prelim, final, or a manifest's.")] = None,

@@ -17,7 +17,9 @@ CV_HELP = ("Protocol: subject (k-fold grouped by subject; the default when subje
 # ---- images and networks (extract, finetune, hybrid, predict)
 Images = Annotated[Path, typer.Argument(help="Image root: C-NMC (TCIA or Kaggle layout), ROOT/<class>/..., or a "
                                              "CSV manifest path,label[,subject][,split].")]
-Backbone = Annotated[str, typer.Option(help="Backbone: vgg16, alexnet or cnn.")]
+Backbone = Annotated[str, typer.Option(help="Backbone: vgg16, alexnet, cnn, any torchvision classification model "
+                                             "(resnet50, efficientnet_b0, vit_b_16, ...) or timm:NAME; "
+                                             "`featx backbones` lists them.")]
 StartWeights = Annotated[str | None, typer.Option(
     help="Starting weights: imagenet, none (seeded random) or a state dict / featx checkpoint "
          "(default: imagenet, none for cnn).")]
