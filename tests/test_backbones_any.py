@@ -108,9 +108,10 @@ def test_finetune_resnet18_then_extract_with_its_checkpoint(cnmc_tree, tmp_path)
     assert torch.equal(ckpt["model"]["layer3.0.conv1.weight"], initial["layer3.0.conv1.weight"])   # frozen
     assert not torch.equal(ckpt["model"]["layer4.0.conv1.weight"], initial["layer4.0.conv1.weight"])  # trained
     store = extract(cnmc_tree, tmp_path / "tuned.h5", backbone="resnet18", weights=run / "best.pt",
-                    taps=["pool", "layer3"], workers=0, device="cpu", splits=["fold_0"])
+                    taps=["pool", "layer3"], workers=0, device="cpu", splits=["fold_0"], pool="max")
     with h5py.File(store) as h5:
         assert h5.attrs["backbone"] == "resnet18" and h5.attrs["input_size"] == 32   # the checkpoint's size
+        assert h5.attrs["pooling"] == "max"
         assert h5.attrs["weights"] == str((run / "best.pt").resolve()) and len(h5.attrs["weights_sha256"]) == 64
         paths = h5["samples/path"].asstr()[:]
         stored = {tap: h5[f"features/{tap}"][:] for tap in ("pool", "layer3")}
@@ -124,7 +125,10 @@ def test_finetune_resnet18_then_extract_with_its_checkpoint(cnmc_tree, tmp_path)
     x = torch.stack([tf(load_image(collection.abspath(by_path[p]))) for p in paths])
     with torch.no_grad():
         np.testing.assert_allclose(stored["pool"], _direct(tuned, "flatten", x).numpy(), rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(stored["layer3"], _direct(tuned, "layer3", x).numpy(), rtol=1e-4, atol=1e-4)
+        layer3 = create_feature_extractor(tuned, ["layer3"])(x)["layer3"].amax(dim=(2, 3))   # --pool max
+        np.testing.assert_allclose(stored["layer3"], layer3.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(FeatxError, match="pool='max': choose avg or max"):
+        extract(cnmc_tree, tmp_path / "cnn.h5", backbone="cnn", weights="none", pool="max")
 
 
 def test_featx_backbones_lists_widths_and_taps(wide_console):

@@ -8,7 +8,8 @@ Taps:
   token, an already pooled vector) is kept as it is. The forward pass stops there.
 - any node of the model's graph (``layer3``, ``features.6``, ``encoder.layers.encoder_layer_3``), computed by
   ``torchvision.models.feature_extraction.create_feature_extractor``: a (B, C, H, W) output is averaged over
-  H, W, a (B, N, C) token sequence over its N tokens, a (B, D) output is kept.
+  H, W, a (B, N, C) token sequence over its N tokens, a (B, D) output is kept (``pooling = "max"``: the
+  maximum instead; ``pool`` keeps the model's own pooling).
 
 The state dict is the model's own (torchvision's / timm's keys): weight files load unchanged. Stages for
 ``--freeze``: the model's top-level submodules in order, then ``head`` (the final layer).
@@ -65,12 +66,14 @@ def model_stages(model: nn.Module, classifier_layer: str) -> tuple[str, ...]:
     return (*names, "head")
 
 
-def pooled(x: Tensor) -> Tensor:
-    """A node's output as (B, D): maps averaged over H, W, token sequences over their tokens."""
-    if x.dim() == 4:
-        return x.mean(dim=(2, 3))
-    if x.dim() == 3:
-        return x.mean(dim=1)
+POOLINGS = ("avg", "max")
+
+
+def pooled(x: Tensor, pooling: str = "avg") -> Tensor:
+    """A node's output as (B, D): maps pooled over H, W, token sequences over their tokens (``avg``/``max``)."""
+    if x.dim() in (3, 4):
+        dims = (2, 3) if x.dim() == 4 else (1,)
+        return x.amax(dim=dims) if pooling == "max" else x.mean(dim=dims)
     return x.flatten(1)
 
 
@@ -98,6 +101,7 @@ class GraphNet(nn.Module):
         self.num_classes = int(num_classes)
         self.classes: list[str] | None = None
         self.weights_info = WeightsInfo(kind="none", source="none", sha256=None, seed=None)
+        self.pooling = "avg"            # how graph-node maps and tokens are pooled: avg or max
         self._frozen: tuple[str, ...] = ()
         self._extractors: dict[tuple[str, ...], nn.Module] = {}   # a plain dict: not submodules
 
@@ -149,7 +153,7 @@ class GraphNet(nn.Module):
         out: dict[str, Tensor] = {}
         if nodes:
             feats = self._extractor(nodes)(x)
-            out.update({n: pooled(feats[n]) for n in nodes})
+            out.update({n: pooled(feats[n], self.pooling) for n in nodes})
         if POOL_TAP in wanted:
             out[POOL_TAP] = self.pool(x)
         return {t: out[t] for t in wanted}

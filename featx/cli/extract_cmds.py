@@ -61,6 +61,8 @@ def extract(
                                                      "all named taps of the backbone; `featx backbones NAME "
                                                      "--taps` lists graph nodes).")] = None,
     image_size: ImageSize = None,
+    pool: Annotated[str, typer.Option(help="avg or max: how maps of graph-node taps (layer3) are pooled over H, W "
+                                           "(models resolved by name; the pool tap keeps the model's own).")] = "avg",
     split: Annotated[list[str] | None, typer.Option(help="Only these splits (repeat): fold_0, fold_1, "
                                                             "fold_2, prelim, final, or a manifest's.")] = None,
     device: Device = "auto",
@@ -81,7 +83,7 @@ def extract(
     with _ExtractBar(lambda: f"{get_config(backbone).name} -> {out.name}", quiet) as bar:
         path = run_extract(data, out, backbone=backbone, weights=weights, taps=parse_extract_taps(taps),
                            image_size=image_size, splits=split or None, device=device, batch_size=batch_size,
-                           workers=workers, dtype=dtype, seed=seed, on_progress=bar, strict=strict)
+                           workers=workers, dtype=dtype, seed=seed, on_progress=bar, strict=strict, pool=pool)
     summary = summarize(path)
     _print_summary(summary)
     _warn_skipped(summary)
