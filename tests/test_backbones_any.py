@@ -185,3 +185,18 @@ def test_timm_model_default_tap_is_forward_head_pre_logits():
         got = net.forward_taps(x, ["pool"])["pool"]
         want = ref.forward_head(ref.forward_features(x), pre_logits=True)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_torchvision_state_dict_loads_by_path(tmp_path):
+    # RegNet's builder computes with tensors, so it cannot be built under torch.device("meta") as others are
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        tv = torchvision.models.regnet_x_400mf(num_classes=3).eval()
+    torch.save(tv.state_dict(), tmp_path / "regnet.pt")
+    net = create_backbone("regnet_x_400mf", tmp_path / "regnet.pt")
+    assert net.num_classes == 3 and net.weights_info.kind == "file" and len(net.weights_info.sha256) == 64
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), tv(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(net.forward_taps(x, "pool")["pool"], _direct(tv, "flatten", x),
+                                   rtol=1e-4, atol=1e-4)

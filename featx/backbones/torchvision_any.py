@@ -65,7 +65,7 @@ def skeleton(name: str, **kwargs) -> nn.Module:
         with torch.device("meta"):
             model = get_model(name, weights=None, **kwargs)
     except NotImplementedError:   # builders that compute with tensors (RegNet's widths) cannot run on meta
-        with parameters_on_meta():
+        with torch.device("cpu"), parameters_on_meta():   # cpu: also inside a caller's meta context
             model = get_model(name, weights=None, **kwargs)
         model = model.to("meta")
     return model.eval()
@@ -105,7 +105,10 @@ class TorchvisionModel:
 
     def build(self, config: BackboneConfig, num_classes: int, dropout: float) -> GraphNet:
         """A new network (random weights from the current generator; ``dropout`` is not applied)."""
-        model = get_model(self.name, weights=None, num_classes=int(num_classes), **self.kwargs)
+        if torch.empty(0).is_meta:   # a skeleton to load weights into (create_backbone builds under meta)
+            model = skeleton(self.name, num_classes=int(num_classes), **self.kwargs).train()
+        else:
+            model = get_model(self.name, weights=None, num_classes=int(num_classes), **self.kwargs)
         return GraphNet(config, model, num_classes=num_classes)
 
     def _fails_at(self, size: int) -> str | None:
