@@ -16,8 +16,10 @@ The state dict is the model's own (torchvision's / timm's keys): weight files lo
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.feature_extraction import create_feature_extractor
@@ -28,6 +30,36 @@ from featx.backbones.weights import WeightsInfo
 from featx.errors import FeatxError, arg
 
 POOL_TAP = "pool"
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Move every parameter to the meta device as it is registered (the tensors a builder computes with stay
+    real): initialising it then costs nothing. For builders that cannot run under ``torch.device("meta")``."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` on the meta device: no memory, no initialisation (a skeleton to read shapes from or to load
+    weights into with ``assign=True``)."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except NotImplementedError:   # builders that compute with tensors (RegNet's widths, timm's drop-path rates)
+        with torch.device("cpu"), parameters_on_meta():   # cpu: also inside a caller's meta context
+            model = build()
+        return model.to("meta")
 
 
 class _Reached(Exception):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from featx.backbones.generic import POOL_TAP, GraphNet, final_layer, model_stages
+from featx.backbones.generic import POOL_TAP, GraphNet, final_layer, model_stages, on_meta
 from featx.backbones.registry import BackboneConfig, register_resolver
 from featx.backbones.weights import OFFLINE_ENV
 from featx.errors import FeatxError, arg
@@ -50,12 +50,7 @@ class TimmModel:
     def __init__(self, name: str):
         self.timm = timm_module()
         self.name = name
-        try:
-            with torch.device("meta"):
-                model = self.timm.create_model(name, pretrained=False)
-        except NotImplementedError:   # a builder that computes with tensors cannot run on meta
-            model = self.timm.create_model(name, pretrained=False).to("meta")
-        self.model = model.eval()
+        self.model = on_meta(lambda: self.timm.create_model(name, pretrained=False)).eval()
         data = self.timm.data.resolve_data_config({}, model=self.model)
         self.size = int(data["input_size"][-1])
         self.mean = tuple(float(v) for v in data["mean"])
@@ -76,7 +71,11 @@ class TimmModel:
         self.config = dataclasses.replace(cfg, taps={POOL_TAP: width})
 
     def build(self, config: BackboneConfig, num_classes: int, dropout: float) -> TimmNet:
-        model = self.timm.create_model(self.name, pretrained=False, num_classes=int(num_classes))
+        def build() -> nn.Module:
+            return self.timm.create_model(self.name, pretrained=False, num_classes=int(num_classes))
+
+        # under meta (create_backbone loading weights): a skeleton, also for builders that cannot run on meta
+        model = on_meta(build).train() if torch.empty(0).is_meta else build()
         return TimmNet(config, model, num_classes=num_classes)
 
     def _fails_at(self, size: int) -> str | None:

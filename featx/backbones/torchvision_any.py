@@ -13,7 +13,6 @@ A name that is not one of the named backbones (vgg16, alexnet, cnn) and is in
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from featx.backbones.generic import POOL_TAP, GraphNet, final_layer, model_stages, pooled
+from featx.backbones.generic import POOL_TAP, GraphNet, final_layer, model_stages, on_meta, pooled
 from featx.backbones.registry import BackboneConfig, list_backbones, preprocessing, register_resolver
 from featx.backbones.weights import imagenet_path
 from featx.errors import FeatxError, arg
@@ -41,34 +40,9 @@ def torchvision_names() -> list[str]:
     return [n for n in list_models(module=torchvision.models) if n not in named and n not in EXCLUDED]
 
 
-@contextlib.contextmanager
-def parameters_on_meta():
-    """Move every parameter to the meta device as it is registered (the tensors a builder computes with stay
-    real): initialising it then costs nothing. For builders that cannot run under ``torch.device("meta")``."""
-    register = nn.Module.register_parameter
-
-    def on_meta(module: nn.Module, name: str, param) -> None:
-        register(module, name, param)
-        if param is not None:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
-
-
 def skeleton(name: str, **kwargs) -> nn.Module:
     """torchvision's model ``name`` on the meta device (no memory, no initialisation), in eval mode."""
-    try:
-        with torch.device("meta"):
-            model = get_model(name, weights=None, **kwargs)
-    except NotImplementedError:   # builders that compute with tensors (RegNet's widths) cannot run on meta
-        with torch.device("cpu"), parameters_on_meta():   # cpu: also inside a caller's meta context
-            model = get_model(name, weights=None, **kwargs)
-        model = model.to("meta")
-    return model.eval()
+    return on_meta(lambda: get_model(name, weights=None, **kwargs)).eval()
 
 
 class TorchvisionModel:
