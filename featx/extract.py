@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from featx import provenance
 from featx.backbones import check_input_size, create_backbone, get_config
+from featx.backbones.generic import POOLINGS
 from featx.data import Collection, discover
 from featx.data.images import ImageDataset, describe_preprocessing, make_transform
 from featx.device import autocast, memory_format, pin_memory, resolve_device
@@ -43,8 +44,10 @@ def select_taps(taps: Sequence[str] | None, available: Sequence[str]) -> list[st
     names = [str(t).strip() for t in taps if str(t).strip()]
     unknown = [t for t in names if t not in available]
     if unknown or not names:
+        listed = ", ".join(available) if len(available) <= 12 else \
+            f"{', '.join(available[-6:])} and {len(available) - 6} more (`featx backbones NAME --taps` lists them)"
         raise FeatxError(f"{arg('taps', ','.join(names))}: unknown tap {', '.join(unknown) or '(none named)'}; "
-                         f"this backbone has: {', '.join(available)}")
+                         f"this backbone has: {listed}")
     return [t for t in available if t in names]
 
 
@@ -116,7 +119,7 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
             weights: str | Path | None = None, taps: str | Sequence[str] | None = None,
             image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
-            on_progress: Callable[[int, int], None] | None = None, strict: bool = False) -> Path:
+            on_progress: Callable[[int, int], None] | None = None, strict: bool = False, pool: str = "avg") -> Path:
     """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
 
     ``taps`` (one name or a sequence, e.g. ``["fc7", "pool5"]``; default all) are computed in one forward
@@ -132,7 +135,9 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     by :func:`featx.store.summarize`, left out by ``load_features``) and retried by the next run; with
     ``strict`` they raise FeatxError once every readable image is written. Folders discovery could not read
     are recorded too (``summarize``'s ``unreadable_folders``); with ``strict`` they are refused before
-    anything is written. Another process writing ``out`` is refused (its lock ``<out>.lock``).
+    anything is written. Another process writing ``out`` is refused (its lock ``<out>.lock``). ``pool``
+    (``avg`` or ``max``) pools the maps of graph-node taps (``layer3``) of a model resolved by name; its
+    stores record it (``pooling``).
     """
     if dtype not in DTYPES:
         raise FeatxError(f"{arg('dtype', dtype)}: choose one of {', '.join(DTYPES)}")
@@ -154,16 +159,24 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     if weights is None:
         weights = "none" if cfg.imagenet is None else "imagenet"
     model = create_backbone(backbone, weights, seed=seed)
+    if pool not in POOLINGS or (pool != "avg" and not hasattr(model, "pooling")):
+        raise FeatxError(f"{arg('pool', pool)}: choose avg or max (max applies to graph-node taps of models "
+                         f"resolved by name, such as resnet18's layer3)")
     card = model.weights_info.card or {}
     # a fine-tuned checkpoint brings the input size it was trained at
     size = int(image_size or card.get("preprocessing", {}).get("input_size") or cfg.input_size)
     check_input_size(backbone, size)
-    tap_names = select_taps(None if taps is None else ([taps] if isinstance(taps, str) else list(taps)), list(cfg.taps))
-    tap_dims = {t: cfg.taps[t] for t in tap_names}
+    requested = None if taps is None else ([taps] if isinstance(taps, str) else list(taps))
+    # default: the backbone's taps; a model resolved by name also takes its graph nodes (`featx backbones NAME --taps`)
+    widths = cfg.taps if requested is None or all(t in cfg.taps for t in requested) else cfg.tap_widths()
+    tap_names = select_taps(requested, list(widths))
+    tap_dims = {t: widths[t] for t in tap_names}
     device = resolve_device(device)
     settings = store_settings_for(collection, model, size, dtype)
     # fp16 autocast on CUDA changes the features slightly: a store never mixes the two precisions
     settings["precision"] = "fp16-autocast" if device.type == "cuda" else "fp32"
+    if hasattr(model, "pooling"):      # graph-node taps (models resolved by name): how their maps are pooled
+        model.pooling = settings["pooling"] = pool
     # a fine-tuned featx checkpoint: which rows its network trained on, so that no score counts them as unseen
     tuned = provenance.store_roles(model.weights_info.card, collection, checkpoint=model.weights_info.source,
                                    sha256=model.weights_info.sha256 or "")

@@ -41,7 +41,7 @@ from featx.results import METRICS, ResultRow
 CARD_VERSION = 1
 # Extraction settings a store must share with the model's card (compared in this order).
 MATCH_KEYS = ("backbone", "weights_kind", "weights", "weights_sha256", "weights_seed", "input_size", "mean", "std",
-              "resize")
+              "resize", "pooling")   # pooling: graph-node taps of models resolved by name (extract --pool)
 STORE_KEYS = MATCH_KEYS + ("dtype", "dataset_fingerprint", "data_root", "layout", "featx_version")
 # What the model file itself holds besides the pipeline; the card must agree on each (an edited card is refused).
 BUNDLE_KEYS = ("classes", "positive", "n_features", "head", "feature_name", "stores")

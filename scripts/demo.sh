@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`: synthetic C-NMC data -> extract (3 backbones) -> compare -> finetune -> hybrid -> table.
+# The demo behind `make demo`: synthetic C-NMC data -> extract (4 backbones) -> compare -> finetune -> hybrid -> table.
 # Sizes are shrunk so that it ends in a few minutes on a 2-core CPU; every shrink is printed.
 set -euo pipefail
 OUT=${1:-demo}
@@ -14,9 +14,10 @@ weights_for() {  # $1 = torchvision file name
 }
 W_ALEX=$(weights_for alexnet-owt-7be5be79.pth)
 W_VGG=$(weights_for vgg16-397923af.pth)
+W_RES=$(weights_for resnet18-f37072fd.pth)  # any torchvision model works by name; resnet18 joins the grid
 if [ "$W_ALEX" = none ] || [ "$W_VGG" = none ]; then
   say "No ImageNet weights in $cache: the demo uses seeded random weights (--weights none)."
-  echo "   Put alexnet-owt-7be5be79.pth / vgg16-397923af.pth there to run it with ImageNet weights."
+  echo "   Put alexnet-owt-7be5be79.pth / vgg16-397923af.pth / resnet18-f37072fd.pth there to run it with ImageNet weights."
 fi
 
 say "1. synthetic C-NMC data (shrunk: 16 training subjects x 12 cells at 128 px; the real set has 73 subjects, 450 px)"
@@ -24,21 +25,28 @@ say "1. synthetic C-NMC data (shrunk: 16 training subjects x 12 cells at 128 px;
 [ -d "$OUT/data/C-NMC_test_final_phase_data" ] || featx synth "$OUT/data" --subjects-all 10 --subjects-hem 6 \
   --cells-per-subject 12 --image-size 128
 
-say "2. extract features (AlexNet at its 224 px; shrunk: cnn at 96 px, VGG-16 at 112 px instead of 224 px)"
+say "2. extract features (AlexNet at its 224 px; shrunk: cnn at 96 px, VGG-16 and ResNet-18 at 112 px instead of 224 px)"
 featx extract "$OUT/data" --backbone cnn --weights none --image-size 96 --out "$OUT/feats/cnn.h5"
 featx extract "$OUT/data" --backbone alexnet --weights "$W_ALEX" --out "$OUT/feats/alexnet-$W_ALEX.h5"
 featx extract "$OUT/data" --backbone vgg16 --weights "$W_VGG" --image-size 112 --out "$OUT/feats/vgg16-$W_VGG.h5"
+echo "any torchvision classification model by name (featx backbones lists them); resnet18's default tap is pool"
+featx backbones resnet18
+featx extract "$OUT/data" --backbone resnet18 --weights "$W_RES" --image-size 112 \
+  --out "$OUT/feats/resnet18-$W_RES.h5"
 
+# The demo owns $OUT: a second run whose grid changed (ImageNet files appeared, so the store names did) replaces
+# its own tables; featx otherwise refuses to write over another grid's results.
+FORCE=--force
 say "3. compare heads on the cached features: subject-grouped vs IMAGE-LEVEL 5-fold CV"
 featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet-$W_ALEX.h5" "$OUT/feats/vgg16-$W_VGG.h5" \
-  --heads softmax,logistic,svm,xgboost --cv subject,image --out "$OUT/results"
+  "$OUT/feats/resnet18-$W_RES.h5" --heads softmax,logistic,svm,xgboost --cv subject,image --out "$OUT/results" $FORCE
 echo "honest selection: the best store x head chosen by an inner subject-grouped CV inside each outer fold,"
 echo "scored as its own 'selected' row; the per-row scores it chose among are marked as not corrected for it"
 featx compare "$OUT/feats/cnn.h5" "$OUT/feats/alexnet-$W_ALEX.h5" "$OUT/feats/vgg16-$W_VGG.h5" \
-  --heads knn,svm --cv subject --select f1_weighted --out "$OUT/results-select" --no-plots
+  --heads knn,svm --cv subject --select f1_weighted --out "$OUT/results-select" --no-plots $FORCE
 
 echo "save the VGG-16 + SVM model and predict the unlabelled final phase"
-featx classify "$OUT/feats/vgg16-$W_VGG.h5" --head svm --save --out "$OUT/results-vgg16" --no-plots
+featx classify "$OUT/feats/vgg16-$W_VGG.h5" --head svm --save --out "$OUT/results-vgg16" --no-plots $FORCE
 featx predict "$OUT/results-vgg16/models/vgg16-fc7-svm.skops" "$OUT/data" --split final \
   --store "$OUT/feats/vgg16-$W_VGG.h5" --out "$OUT/predictions.csv"
 echo "$(($(wc -l < "$OUT/predictions.csv") - 1)) predictions in $OUT/predictions.csv:"; head -4 "$OUT/predictions.csv"
@@ -51,7 +59,7 @@ featx finetune "$OUT/data" --backbone cnn --weights none --image-size 64 --epoch
   --out "$OUT/runs/cnn" $resume
 echo "hybrid mode: the tuned network's features feed any head, tested only on the subjects it never saw"
 featx extract "$OUT/data" --backbone cnn --weights "$OUT/runs/cnn/best.pt" --quiet --out "$OUT/feats/cnn-tuned.h5"
-featx classify "$OUT/feats/cnn-tuned.h5" --head svm --out "$OUT/results-tuned" --no-plots
+featx classify "$OUT/feats/cnn-tuned.h5" --head svm --out "$OUT/results-tuned" --no-plots $FORCE
 
 say "5. featx hybrid: per outer subject fold, fine-tune the cnn on the training subjects, extract, fit heads, test on
    the held-out subjects (shrunk: 3 folds, 64 px, 3 epochs instead of 5 folds, 224 px, 15 epochs)"
@@ -60,6 +68,6 @@ featx hybrid "$OUT/data" --backbone cnn --weights none --image-size 64 --epochs 
 
 say "6. one table: frozen backbones + heads, tuned cnn + SVM, featx hybrid and the fine-tuned cnn"
 featx table "$OUT/results" "$OUT/results-tuned" "$OUT/runs/hybrid-cnn" "$OUT/runs/cnn" \
-  --title "featx demo (synthetic C-NMC)" --out "$OUT/summary"
+  --title "featx demo (synthetic C-NMC)" --out "$OUT/summary" $FORCE
 echo "run folder: $(ls "$OUT/runs/cnn" | tr '\n' ' ')"
 echo "demo finished in ${SECONDS}s; everything is under $OUT/"

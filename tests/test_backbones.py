@@ -66,10 +66,12 @@ def test_registry_configs_follow_torchvision_weights():
     cnn = get_config("CNN")
     assert cnn.taps == {"pool5": 256, "fc": 128} and cnn.imagenet is None and cnn.mean == vgg.mean
     assert cnn.stages == ("block1", "block2", "block3", "block4", "fc", "head")
-    with pytest.raises(FeatxError, match="unknown backbone 'resnet50'; choose one of: alexnet, cnn, vgg16"):
-        get_config("resnet50")
+    # any torchvision model resolves by name (tests/test_backbones_any.py); a name that is none is refused
+    with pytest.raises(FeatxError, match="unknown backbone 'resnet5000'; did you mean .*choose one of: alexnet, "
+                                         "cnn, vgg16, any torchvision classification model"):
+        get_config("resnet5000")
     with pytest.raises(FeatxError, match="choose one of: alexnet, cnn, vgg16"):
-        create_backbone("vgg19")
+        create_backbone("vgg99x")
 
 
 def test_check_input_size():

@@ -56,8 +56,10 @@ def imagenet_cached(backbone: str) -> bool:
     """Whether torchvision's ImageNet file for ``backbone`` is in the torch cache (no download attempted)."""
     import torch  # deferred: only this check needs it
 
-    files = {"vgg16": "vgg16-397923af.pth", "alexnet": "alexnet-owt-7be5be79.pth"}
-    return (Path(torch.hub.get_dir()) / "checkpoints" / files.get(backbone, "?")).is_file()
+    from featx.backbones import get_config
+
+    name = get_config(backbone).imagenet_file
+    return name is not None and (Path(torch.hub.get_dir()) / "checkpoints" / name).is_file()
 
 
 def shrink(command: str) -> str:
@@ -76,8 +78,8 @@ def test_flow_parses_into_commands():
     assert commands[0] == "source .venv/bin/activate"
     names = [c.split()[1] for c in commands if c.startswith("featx ")]
     # the flow shows every step of the toolkit, in the order data flows
-    for name in ("synth", "extract", "info", "classify", "compare", "predict", "finetune", "table", "report",
-                 "hybrid"):
+    for name in ("synth", "extract", "backbones", "info", "classify", "compare", "predict", "finetune", "table",
+                 "report", "hybrid"):
         assert name in names, f"README's flow lost `featx {name}`"
     assert names.index("extract") < names.index("compare") < names.index("table")
 

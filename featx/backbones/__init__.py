@@ -6,15 +6,22 @@ One registry knows every network (as timm's does): :func:`list_backbones`, :func
 default tap, preprocessing taken from torchvision's weights enums, stages for freezing, the default number
 of classes and the name of the classifier layer. Weight files and featx checkpoints:
 :mod:`featx.backbones.weights`.
+
+Any other torchvision classification model resolves by name on first use
+(:mod:`featx.backbones.torchvision_any`, networks :class:`~featx.backbones.generic.GraphNet` with tap ``pool``
+and graph-node taps), and timm models as ``timm:NAME`` (:mod:`featx.backbones.timm_models`, optional);
+:mod:`featx.backbones.catalog` gives the rows of ``featx backbones``.
 """
 # Importing the builders registers them.
-from featx.backbones import cnn, torchvision_models  # noqa: F401
+from featx.backbones import cnn, timm_models, torchvision_any, torchvision_models  # noqa: F401
 from featx.backbones.factory import create_backbone
+from featx.backbones.generic import GraphNet
 from featx.backbones.network import FeatureNet, Step
 from featx.backbones.registry import BackboneConfig, check_input_size, get_config, list_backbones, register_backbone
 from featx.backbones.weights import CHECKPOINT_VERSION, DOWNLOAD_TIMEOUT_S, OFFLINE_ENV, WeightsInfo
 
 __all__ = [
-    "CHECKPOINT_VERSION", "DOWNLOAD_TIMEOUT_S", "OFFLINE_ENV", "BackboneConfig", "FeatureNet", "Step", "WeightsInfo",
+    "CHECKPOINT_VERSION", "DOWNLOAD_TIMEOUT_S", "OFFLINE_ENV", "BackboneConfig", "FeatureNet", "GraphNet", "Step",
+    "WeightsInfo",
     "check_input_size", "create_backbone", "get_config", "list_backbones", "register_backbone",
 ]

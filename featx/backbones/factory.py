@@ -40,8 +40,12 @@ def create_backbone(name: str, weights: str | Path | None = "none", *, num_class
             net = cfg.builder(cfg, int(num_classes or cfg.default_num_classes), dropout)
         info = WeightsInfo(kind="none", source="none", sha256=None, seed=int(seed))
     elif isinstance(spec, str) and spec.strip().lower() == "imagenet":
-        path = imagenet_path(cfg)
-        net = _from_state_dict(cfg, read_weights(path), path, dropout)
+        if cfg.imagenet_state is not None:      # a model resolved by name loads its weights its own way
+            path, state = cfg.imagenet_state()
+        else:
+            path = imagenet_path(cfg)
+            state = read_weights(path)
+        net = _from_state_dict(cfg, state, path, dropout)
         info = WeightsInfo(kind="imagenet", source="imagenet", sha256=sha256_file(path), seed=None,
                            file=str(path))
     else:
@@ -77,7 +81,7 @@ def _from_state_dict(cfg: BackboneConfig, state, path: Path, dropout: float) -> 
     if all(k.startswith("module.") for k in state):            # saved from DataParallel / DDP
         state = {k[len("module."):]: v for k, v in state.items()}
     classifier_key = f"{cfg.classifier_layer}.weight"
-    if classifier_key not in state or state[classifier_key].dim() != 2:
+    if classifier_key not in state or state[classifier_key].dim() not in (2, 4):   # Linear, or 1x1 Conv2d
         raise FeatxError(f"{path} does not hold {cfg.name} weights (no final layer {classifier_key!r}); {expect}")
     num_classes = int(state[classifier_key].shape[0])
     with torch.device("meta"), seeded(0):

@@ -5,9 +5,11 @@ preprocessing (input size, mean, std) is read from torchvision's weights enums, 
 """
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 from torchvision.models import WeightsEnum
@@ -35,6 +37,14 @@ class BackboneConfig:
     # tap name -> what its values are (layer, before/after which activation, how many values); written
     # beside each tap in the feature store
     tap_descriptions: dict[str, str] = field(default_factory=dict)
+    # Models resolved by name (any torchvision model, timm:NAME) fill these; the named backbones leave them None.
+    check_size: Callable[[int], None] | None = None              # raises FeatxError when a side does not fit
+    graph_taps: Callable[[], dict[str, int]] | None = None       # more taps: graph nodes -> width (lazy)
+    imagenet_state: Callable[[], tuple[Path, dict]] | None = None  # pretrained weights: (cached file, state dict)
+
+    def tap_widths(self) -> dict[str, int]:
+        """Every usable tap and its width: the graph nodes (for models resolved by name), then ``taps``."""
+        return {**(self.graph_taps() if self.graph_taps is not None else {}), **self.taps}
 
     def __post_init__(self):
         if self.default_tap not in self.taps:   # pragma: no cover - a registration mistake
@@ -44,7 +54,15 @@ class BackboneConfig:
 
     def describe_tap(self, tap: str) -> str:
         """What tap ``tap`` holds, in words (its registered description, else its name and size)."""
-        return self.tap_descriptions.get(tap) or f"tap {tap} of {self.name}, {self.taps[tap]} values"
+        if tap in self.tap_descriptions:
+            return self.tap_descriptions[tap]
+        if self.graph_taps is None:
+            return f"tap {tap} of {self.name}, {self.taps[tap]} values"
+        if tap == "pool":
+            return (f"the penultimate feature of {self.name}: the input of its classifier, feature maps averaged over "
+                    f"their spatial positions (the class token for a ViT), {self.taps[tap]} values")
+        return (f"graph node {tap} of {self.name}, its maps pooled over the spatial positions (or tokens) as the "
+                f"store's pooling attribute says, {self.tap_widths().get(tap, '?')} values")
 
     @property
     def imagenet_file(self) -> str | None:
@@ -55,6 +73,8 @@ class BackboneConfig:
 
 
 _REGISTRY: dict[str, BackboneConfig] = {}
+# (resolve, names): resolve(name) -> a config for a name outside the registry, or None; names() -> known names
+_RESOLVERS: list[tuple[Callable[[str], BackboneConfig | None], Callable[[], list[str]]]] = []
 
 
 def preprocessing(weights: WeightsEnum) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
@@ -93,17 +113,34 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def register_resolver(resolve: Callable[[str], BackboneConfig | None], names: Callable[[], list[str]]) -> None:
+    """Let ``resolve(name)`` supply configs for names outside the registry (any torchvision model, timm:NAME);
+    ``names()`` lists the names it knows (for suggestions on a typo)."""
+    _RESOLVERS.append((resolve, names))
+
+
 def get_config(name: str) -> BackboneConfig:
-    """The config of backbone ``name``; FeatxError listing the known names if there is none."""
+    """The config of backbone ``name``; FeatxError suggesting close names if there is none."""
     key = str(name).strip().lower()
-    if key not in _REGISTRY:
-        raise FeatxError(f"unknown backbone {name!r}; choose one of: {', '.join(list_backbones())}")
-    return _REGISTRY[key]
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    for resolve, _ in _RESOLVERS:
+        cfg = resolve(key)
+        if cfg is not None:
+            return cfg
+    known = list_backbones() + [n for _, names in _RESOLVERS for n in names()]
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise FeatxError(f"unknown backbone {name!r}; {hint}choose one of: {', '.join(list_backbones())}, any "
+                     f"torchvision classification model or timm:NAME (`featx backbones` lists them)")
 
 
 def check_input_size(name: str, size: int) -> None:
     """FeatxError when ``size`` px images are too small for backbone ``name``."""
     cfg = get_config(name)
+    if cfg.check_size is not None:
+        cfg.check_size(int(size))
+        return
     if int(size) < cfg.min_input_size:
         raise FeatxError(f"image size {size} is too small for {cfg.name}: it needs at least "
                          f"{cfg.min_input_size} px (default {cfg.input_size}); raise {arg('image_size')}")

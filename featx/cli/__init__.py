@@ -1,5 +1,13 @@
 """featx command line: a thin Typer layer over the library (the library never imports this package)."""
-from featx.cli import extract_cmds, finetune_cmds, heads_cmds, hybrid_cmds, report_cmds, report_html_cmds  # noqa: F401  (register commands)
+from featx.cli import (  # noqa: F401  (register commands)
+    backbones_cmds,
+    extract_cmds,
+    finetune_cmds,
+    heads_cmds,
+    hybrid_cmds,
+    report_cmds,
+    report_html_cmds,
+)
 from featx.cli.app import app
 
 

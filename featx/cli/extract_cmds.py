@@ -60,10 +60,14 @@ def extract(
                                                      "random), or a state dict / featx checkpoint (best.pt); "
                                                      "default imagenet, none for cnn.",
                                                 rich_help_panel=NETWORK)] = None,
-    taps: Annotated[str | None, typer.Option("--taps", "--tap", help="Comma-separated taps, e.g. fc7,pool5 "
-                                                                      "(default: every tap of the backbone).",
+    taps: Annotated[str | None, typer.Option("--taps", "--tap", help="Comma-separated taps, e.g. fc7,pool5 or "
+                                                                      "layer3,pool (default: every named tap; "
+                                                                      "`featx backbones NAME --taps` lists graph "
+                                                                      "nodes).",
                                              rich_help_panel=NETWORK)] = None,
     image_size: ImageSize = None,
+    pool: Annotated[str, typer.Option(help="avg or max: how maps of graph-node taps (layer3) are pooled over H, W.",
+                                      rich_help_panel=NETWORK)] = "avg",
     split: Annotated[list[str] | None, typer.Option(help="Only these splits (repeat): fold_0, fold_1, fold_2, "
                                                             "prelim, final, or a manifest's.",
                                                     rich_help_panel=DATA)] = None,
@@ -87,7 +91,7 @@ def extract(
     with _ExtractBar(lambda: f"{get_config(backbone).name} -> {out.name}", quiet) as bar:
         path = run_extract(data, out, backbone=backbone, weights=weights, taps=parse_extract_taps(taps),
                            image_size=image_size, splits=split or None, device=device, batch_size=batch_size,
-                           workers=workers, dtype=dtype, seed=seed, on_progress=bar, strict=strict)
+                           workers=workers, dtype=dtype, seed=seed, on_progress=bar, strict=strict, pool=pool)
     summary = summarize(path)
     _print_summary(summary)
     _warn_skipped(summary)

@@ -27,7 +27,9 @@ CV_HELP = ("subject (k-fold grouped by subject; the default when subjects are kn
 # ---- images and networks (extract, finetune, hybrid, predict)
 Images = Annotated[Path, typer.Argument(help="Image root: C-NMC (TCIA or Kaggle layout), ROOT/<class>/..., or a "
                                              "CSV manifest path,label[,subject][,split].")]
-Backbone = Annotated[str, typer.Option(help="vgg16, alexnet or cnn.", rich_help_panel=NETWORK)]
+Backbone = Annotated[str, typer.Option(help="vgg16, alexnet, cnn, any torchvision classification model "
+                                             "(resnet50, vit_b_16, ...) or timm:NAME; `featx backbones` lists them.",
+                                        rich_help_panel=NETWORK)]
 StartWeights = Annotated[str | None, typer.Option(
     help="imagenet, none (seeded random) or a state dict / featx checkpoint (default imagenet; none for cnn).",
     rich_help_panel=NETWORK)]

@@ -174,7 +174,8 @@ def _tap_specs(backbone: str, taps) -> tuple[list[list[str]], list[str]]:
         taps = [taps]
     specs = [[t] if isinstance(t, str) else list(t) for t in (taps or [config.default_tap])]
     needed = {t for spec in specs for t in spec}
-    return specs, select_taps(sorted(needed), list(config.taps))
+    available = config.taps if needed <= set(config.taps) else config.tap_widths()   # graph nodes: any model
+    return specs, select_taps(sorted(needed), list(available))
 
 
 _INFO_KEYS = ("data_root", "featx_version", "warning")

@@ -92,7 +92,8 @@ def _extract_for_model(card: dict, data, split: str | None, cache_dir: Path, *, 
         extract(data, out, backbone=entry["backbone"], weights=weights, taps=entry.get("taps") or None,
                 image_size=entry.get("input_size"), splits=[split] if split else None, device=device,
                 batch_size=batch_size, workers=workers, dtype=entry.get("dtype") or "float32",
-                seed=int(seed) if seed is not None and int(seed) >= 0 else 0, on_progress=on_progress, strict=False)
+                seed=int(seed) if seed is not None and int(seed) >= 0 else 0, on_progress=on_progress, strict=False,
+                pool=entry.get("pooling") or "avg")
         paths.append(out)
     return paths
 

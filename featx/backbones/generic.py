@@ -1,0 +1,279 @@
+"""GraphNet: any classification ``nn.Module`` (a torchvision or timm model) as a featx network with taps.
+
+Taps:
+
+- ``pool`` (the default): the penultimate, globally pooled feature, i.e. the input of the model's classifier
+  (the top-level submodule holding its final layer), read by a hook: a (B, C, H, W) map is averaged over
+  H, W; a flattened map (VGG's 512x7x7) is taken back as its map and averaged; a (B, D) input (ViT's class
+  token, an already pooled vector) is kept as it is. The forward pass stops there.
+- any node of the model's graph (``layer3``, ``features.6``, ``encoder.layers.encoder_layer_3``), computed by
+  ``torchvision.models.feature_extraction.create_feature_extractor``: a (B, C, H, W) output is averaged over
+  H, W, a (B, N, C) token sequence over its N tokens, a (B, D) output is kept (``pooling = "max"``: the
+  maximum instead; ``pool`` keeps the model's own pooling).
+
+The state dict is the model's own (torchvision's / timm's keys): weight files load unchanged. Stages for
+``--freeze``: the model's top-level submodules in order, then ``head`` (the final layer).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from featx.backbones.network import seeded
+from featx.backbones.registry import BackboneConfig, check_input_size
+from featx.backbones.weights import WeightsInfo
+from featx.errors import FeatxError, arg
+
+POOL_TAP = "pool"
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Move every parameter to the meta device as it is registered (the tensors a builder computes with stay
+    real): initialising it then costs nothing. For builders that cannot run under ``torch.device("meta")``."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param) -> None:
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` on the meta device: no memory, no initialisation (a skeleton to read shapes from or to load
+    weights into with ``assign=True``)."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except NotImplementedError:   # builders that compute with tensors (RegNet's widths, timm's drop-path rates)
+        with torch.device("cpu"), parameters_on_meta():   # cpu: also inside a caller's meta context
+            model = build()
+        return model.to("meta")
+
+
+class _Reached(Exception):
+    """Raised by the hook on the classifier's input: the rest of the forward pass is not needed."""
+
+
+def final_layer(model: nn.Module) -> str:
+    """Qualified name of the model's final layer: its last ``nn.Linear`` (or a 1x1 ``Conv2d`` classifier, as
+    SqueezeNet's), found in the module tree, not per architecture."""
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if linear:
+        return linear[-1]
+    conv = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    if conv:
+        return conv[-1]
+    raise FeatxError(f"{type(model).__name__} has no final Linear layer featx can replace")
+
+
+def _holds_params(module: nn.Module, prefix: str, classifier_layer: str) -> bool:
+    return any(not (n == classifier_layer or n.startswith(classifier_layer + "."))
+               for n, _ in module.named_parameters(prefix=prefix))
+
+
+def model_stages(model: nn.Module, classifier_layer: str) -> tuple[str, ...]:
+    """Stages for freezing, in order, then ``head`` (the final layer alone): the top-level submodules holding
+    parameters; when there are fewer than four, a ``Sequential``/``ModuleList`` trunk among them is split
+    into its children (``features.0``, ``features.1``, ... of EfficientNet, ConvNeXt, MobileNet)."""
+    top = [(n, c) for n, c in model.named_children() if _holds_params(c, n, classifier_layer)]
+    names: list[str] = []
+    for name, child in top:
+        if len(top) < 4 and isinstance(child, (nn.Sequential, nn.ModuleList)) \
+                and not classifier_layer.startswith(name + "."):
+            names += [f"{name}.{n}" for n, c in child.named_children() if _holds_params(c, f"{name}.{n}", "")]
+        else:
+            names.append(name)
+    return (*names, "head")
+
+
+POOLINGS = ("avg", "max")
+
+
+def pooled(x: Tensor, pooling: str = "avg") -> Tensor:
+    """A node's output as (B, D): maps pooled over H, W, token sequences over their tokens (``avg``/``max``)."""
+    if x.dim() in (3, 4):
+        dims = (2, 3) if x.dim() == 4 else (1,)
+        return x.amax(dim=dims) if pooling == "max" else x.mean(dim=dims)
+    return x.flatten(1)
+
+
+def pool_input(x: Tensor, last: Tensor | None) -> Tensor:
+    """The ``pool`` tap from the classifier's input ``x`` and the output ``last`` of the module before it."""
+    if x.dim() == 2 and last is not None and last.dim() == 4 and last.shape[2] * last.shape[3] > 1 \
+            and last[0].numel() == x.shape[1]:
+        return last.mean(dim=(2, 3))      # the classifier takes the map flattened (VGG): average it instead
+    return pooled(x)
+
+
+class GraphNet(nn.Module):
+    """A classification model with taps ``pool`` and its graph nodes (see the module docstring).
+
+    The same interface as :class:`featx.backbones.FeatureNet`: ``name``, ``config``, ``weights_info``,
+    ``num_classes``, ``classes``, ``stages``, ``forward`` (logits), ``forward_taps``, ``freeze``,
+    ``reset_classifier``. ``state_dict``/``load_state_dict`` are the wrapped model's.
+    """
+
+    def __init__(self, config: BackboneConfig, model: nn.Module, *, num_classes: int):
+        super().__init__()
+        self.model = model
+        self.name = config.name
+        self.config = config
+        self.num_classes = int(num_classes)
+        self.classes: list[str] | None = None
+        self.weights_info = WeightsInfo(kind="none", source="none", sha256=None, seed=None)
+        self.pooling = "avg"            # how graph-node maps and tokens are pooled: avg or max
+        self._frozen: tuple[str, ...] = ()
+        self._extractors: dict[tuple[str, ...], nn.Module] = {}   # a plain dict: not submodules
+
+    # -- the wrapped model's state ---------------------------------------------------------------------
+    def state_dict(self, *args, **kwargs):
+        """The wrapped model's state dict (torchvision's / timm's keys)."""
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._extractors.clear()
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._extractors.clear()   # traced extractors hold the model's tensors: trace again after a move
+        return super()._apply(fn, *args, **kwargs)
+
+    # -- forward ---------------------------------------------------------------------------------------
+    @property
+    def stages(self) -> list[str]:
+        return list(self.config.stages)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise FeatxError(f"{self.name} expects a batch of images (B, 3, H, W), got shape {tuple(x.shape)}")
+        if int(x.shape[-2]) != int(x.shape[-1]):
+            raise FeatxError(f"{self.name} expects square images, got {tuple(x.shape[-2:])}")
+        if int(x.shape[-1]) != self.config.input_size:
+            check_input_size(self.name, int(x.shape[-1]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, num_classes)."""
+        self._check_input(x)
+        out = self.model(x)
+        return out[0] if isinstance(out, tuple) else out
+
+    def forward_taps(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
+        """Features (B, D) of each requested tap, in the order asked."""
+        wanted = [taps] if isinstance(taps, str) else list(taps)
+        if not wanted:
+            raise FeatxError(f"no taps requested; {self.name}'s default tap is {self.config.default_tap}")
+        nodes = tuple(t for t in wanted if t not in self.config.taps)
+        if nodes:
+            known = self.config.tap_widths()
+            unknown = [t for t in nodes if t not in known]
+            if unknown:
+                raise FeatxError(f"unknown tap {unknown[0]!r} for {self.name}; `featx backbones {self.name} "
+                                 f"--taps` lists its taps ({arg('taps', unknown[0])})")
+        self._check_input(x)
+        out: dict[str, Tensor] = {}
+        if nodes:
+            feats = self._extractor(nodes)(x)
+            out.update({n: pooled(feats[n], self.pooling) for n in nodes})
+        if POOL_TAP in wanted:
+            out[POOL_TAP] = self.pool(x)
+        return {t: out[t] for t in wanted}
+
+    def pool(self, x: Tensor) -> Tensor:
+        """The ``pool`` tap: the classifier's input, pooled (the forward pass stops at the classifier)."""
+        root = self.config.classifier_layer.split(".")[0]
+        seen: dict[str, Tensor] = {}
+
+        def keep(_module, _args, output):
+            if isinstance(output, Tensor):
+                seen["last"] = output
+
+        def stop(_module, args):
+            seen["input"] = args[0]
+            raise _Reached
+
+        handles = [child.register_forward_hook(keep) for name, child in self.model.named_children() if name != root]
+        handles.append(self.model.get_submodule(root).register_forward_pre_hook(stop))
+        try:
+            self.model(x)
+        except _Reached:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        if "input" not in seen:   # pragma: no cover - a model that never calls its classifier
+            raise FeatxError(f"{self.name}: the forward pass never reached {root}; use a graph node as tap")
+        return pool_input(seen["input"], seen.get("last"))
+
+    def _extractor(self, nodes: tuple[str, ...]) -> nn.Module:
+        if nodes not in self._extractors:
+            ex = create_feature_extractor(self.model, return_nodes={n: n for n in nodes},
+                                          suppress_diff_warning=True)
+            self.train(self.training)   # tracing switches train/eval: restore frozen batch norms
+            self._extractors[nodes] = ex
+        ex = self._extractors[nodes]
+        if ex.training != self.training:    # the graph of the current mode (the submodules are the model's)
+            ex.train(self.training)
+            self.train(self.training)
+        return ex
+
+    # -- training helpers -------------------------------------------------------------------------------
+    def _stage_of(self, qualname: str) -> str:
+        layer = self.config.classifier_layer
+        if qualname == layer or qualname.startswith(layer + "."):
+            return "head"
+        parts = qualname.split(".")
+        for stage in (".".join(parts[:2]), parts[0]):
+            if stage in self.config.stages:
+                return stage
+        return self.config.stages[0]   # parameters of the model itself (ViT's class token) and the like
+
+    def freeze(self, up_to: str) -> None:
+        """Train only stage ``up_to`` and the stages after it (``head``: only the final layer)."""
+        if up_to not in self.config.stages:
+            raise FeatxError(f"unknown stage {up_to!r} for {self.name}; its stages are: "
+                             f"{', '.join(self.config.stages)}")
+        k = self.config.stages.index(up_to)
+        self._frozen = self.config.stages[:k]
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(self._stage_of(name) not in self._frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> GraphNet:
+        """Like ``nn.Module.train``, but batch-norm layers of frozen stages stay in eval mode."""
+        super().train(mode)
+        for name, m in self.model.named_modules():
+            if isinstance(m, _BatchNorm) and self._stage_of(name) in getattr(self, "_frozen", ()):
+                m.eval()
+        return self
+
+    def reset_classifier(self, num_classes: int, seed: int = 0) -> None:
+        """Replace the final layer by a new one with ``num_classes`` outputs (seeded)."""
+        num_classes = int(num_classes)
+        if num_classes < 1:
+            raise FeatxError(f"num_classes must be at least 1, got {num_classes}")
+        layer = self.config.classifier_layer
+        old = self.model.get_submodule(layer)
+        with seeded(seed):
+            new = (nn.Linear(old.in_features, num_classes, bias=old.bias is not None) if isinstance(old, nn.Linear)
+                   else nn.Conv2d(old.in_channels, num_classes, 1))
+        new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+        parent, _, attr = layer.rpartition(".")
+        setattr(self.model.get_submodule(parent) if parent else self.model, attr, new)
+        self._extractors.clear()
+        self.num_classes = num_classes
+        self.classes = None
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, num_classes={self.num_classes}, weights={self.weights_info.source!r}"

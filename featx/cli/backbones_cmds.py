@@ -1,0 +1,61 @@
+"""`featx backbones`: the backbones featx can use (and, with --taps, the taps of one)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Column, Table
+
+from featx.cli.app import app, console, user_errors
+
+
+@app.command()
+@user_errors
+def backbones(
+    name: Annotated[str | None, typer.Argument(
+        help="Only this backbone, or the names matching a pattern (resnet*, vit: names containing it); "
+             "timm:NAME for a timm model.")] = None,
+    taps: Annotated[bool, typer.Option("--taps", help="List the taps of NAME usable with `extract --taps`: graph "
+                                                      "nodes and submodules with their widths.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """List the backbones: default tap and width, input size, parameters, pretrained file and whether it is
+    cached. Any torchvision classification model works by name; timm models as timm:NAME.
+
+    Each model is built on the meta device (no memory, no weights) to read its widths: the whole list takes
+    a while; a pattern is quicker.
+    """
+    # deferred: featx.backbones imports torch and torchvision, which would slow down every `featx --help`
+    from featx.backbones import list_backbones
+    from featx.backbones.catalog import list_rows, tap_rows
+
+    if taps:
+        if name is None:
+            raise typer.BadParameter("--taps lists the taps of one backbone: give its NAME", param_hint="NAME")
+        rows = tap_rows(name)
+        if as_json:
+            print(json.dumps([{"tap": t, "width": w} for t, w in rows], indent=2))
+            return
+        table = Table("tap", "width", title=f"taps of {name} (forward order)")
+        for tap, width in rows:
+            table.add_row(tap, str(width), end_section=False)
+        console.print(table)
+        if name.strip().lower() not in list_backbones():
+            console.print("Maps (B, C, H, W) are averaged over H, W and token sequences (B, N, C) over N; a module "
+                          "name gives the output of its last node. pool: the classifier's input, pooled.",
+                          highlight=False)
+        return
+    with console.status("building each model on the meta device to read its widths..."):
+        rows = list_rows(name)
+    if as_json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    table = Table(*[Column(h, overflow="fold") for h in ("backbone", "source", "default tap", "width", "input",
+                                                         "parameters", "pretrained file", "cached")])
+    for r in rows:
+        table.add_row(r.name, r.source, r.default_tap, str(r.width), f"{r.input_size}px",
+                      f"{r.parameters / 1e6:.1f}M", r.weights_file or "-",
+                      "-" if r.weights_file is None else ("yes" if r.cached else "no"))
+    console.print(table)
