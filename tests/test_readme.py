@@ -26,8 +26,11 @@ SHRINK = (
     (r"^featx synth ", " --subjects-all 3 --subjects-hem 3 --cells-per-subject 4 --prelim-cells-per-subject 3 "
                        "--final-cells 4 --image-size 40",
      "a tiny tree: 6 training subjects x 4 cells (the README's synth writes 10 x 12 cells at 96 px)"),
-    (r"^featx (extract|finetune|hybrid) ", " --image-size 64",
-     "64 px instead of the networks' 224 px (VGG-16's cost falls ~12-fold)"),
+    (r"^featx (extract|finetune|hybrid) .*--backbone vgg16", " --image-size 32",
+     "VGG-16 at 32 px (its smallest) instead of 224 px: ~50 times cheaper"),
+    (r"^featx (extract|finetune|hybrid) (?!.*--backbone vgg16)", " --image-size 64",
+     "the other networks at 64 px instead of 224 px (AlexNet needs 63 or more)"),
+    (r"^featx compare ", " --folds 3", "3 folds instead of 5"),
     (r"^featx (finetune|hybrid) ", " --epochs 1 --batch-size 8", "one epoch instead of the preset's 15"),
     (r"^featx hybrid ", " --folds 3", "3 outer folds instead of 5"),
 )
