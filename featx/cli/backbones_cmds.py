@@ -17,7 +17,7 @@ def backbones(
     name: Annotated[str | None, typer.Argument(
         help="Only this backbone, or the names matching a pattern (resnet*, vit: names containing it); "
              "timm:NAME for a timm model.")] = None,
-    taps: Annotated[bool, typer.Option("--taps", help="List the taps of NAME usable with `extract --taps`: graph "
+    list_taps: Annotated[bool, typer.Option("--taps", help="List the taps of NAME usable with `extract --taps`: graph "
                                                       "nodes and submodules with their widths.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
@@ -31,7 +31,7 @@ def backbones(
     from featx.backbones import list_backbones
     from featx.backbones.catalog import list_rows, tap_rows
 
-    if taps:
+    if list_taps:
         if name is None:
             raise typer.BadParameter("--taps lists the taps of one backbone: give its NAME", param_hint="NAME")
         rows = tap_rows(name)
