@@ -69,5 +69,8 @@ featx hybrid "$OUT/data" --backbone cnn --weights none --image-size 64 --epochs 
 say "6. one table: frozen backbones + heads, tuned cnn + SVM, featx hybrid and the fine-tuned cnn"
 featx table "$OUT/results" "$OUT/results-tuned" "$OUT/runs/hybrid-cnn" "$OUT/runs/cnn" \
   --title "featx demo (synthetic C-NMC)" --out "$OUT/summary" $FORCE
+echo "the same rows with every figure in one HTML file, the thing to mail to a colleague:"
+featx report "$OUT/results" "$OUT/results-tuned" "$OUT/runs/hybrid-cnn" "$OUT/runs/cnn" \
+  --title "featx demo (synthetic C-NMC)" --out "$OUT/report.html"
 echo "run folder: $(ls "$OUT/runs/cnn" | tr '\n' ' ')"
 echo "demo finished in ${SECONDS}s; everything is under $OUT/"
