@@ -50,6 +50,41 @@ def parameters_on_meta():
         nn.Module.register_parameter = register
 
 
+class SizeProbe:
+    """Which square image sizes a model takes, found by a trial forward pass on the meta device (once per size).
+
+    Subclasses set ``model`` (on meta), ``size`` (the default side), ``label`` (the name in messages) and
+    ``_sizes = {}`` (the answers so far)."""
+
+    model: nn.Module
+    size: int
+    label: str
+    _sizes: dict[int, str | None]
+
+    def _fails_at(self, size: int) -> str | None:
+        sizes = self._sizes
+        if size not in sizes:
+            try:
+                with torch.no_grad():
+                    self.model(torch.empty(1, 3, size, size, device="meta"))
+                sizes[size] = None
+            except Exception as exc:   # any failure of the trial forward pass is the answer
+                sizes[size] = " ".join(f"{type(exc).__name__}: {exc}".split())[:120]
+        return sizes[size]
+
+    def check_size(self, size: int) -> None:
+        """FeatxError (one line) when ``size`` x ``size`` images do not go through the model."""
+        if size < 1:
+            raise FeatxError(f"{arg('image_size', size)}: must be at least 1")
+        if size == self.size or self._fails_at(size) is None:
+            return
+        if self._fails_at(self.size + 32) is not None:
+            raise FeatxError(f"{self.label} takes only {self.size}x{self.size} images (a fixed-size model), not "
+                             f"{size}x{size}; use {arg('image_size', self.size)}")
+        raise FeatxError(f"image size {size} does not fit {self.label} ({self._fails_at(size)}); raise "
+                         f"{arg('image_size')} (default {self.size})")
+
+
 def on_meta(build: Callable[[], nn.Module]) -> nn.Module:
     """``build()`` on the meta device: no memory, no initialisation (a skeleton to read shapes from or to load
     weights into with ``assign=True``)."""

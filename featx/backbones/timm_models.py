@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from featx.backbones.generic import POOL_TAP, GraphNet, final_layer, model_stages, on_meta
+from featx.backbones.generic import POOL_TAP, GraphNet, SizeProbe, final_layer, model_stages, on_meta
 from featx.backbones.registry import BackboneConfig, register_resolver
 from featx.backbones.weights import OFFLINE_ENV
 from featx.errors import FeatxError, arg
@@ -44,7 +44,7 @@ class TimmNet(GraphNet):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
-class TimmModel:
+class TimmModel(SizeProbe):
     """What featx works out once about one timm model; its bound methods fill a BackboneConfig."""
 
     def __init__(self, name: str):
@@ -57,6 +57,7 @@ class TimmModel:
         self.std = tuple(float(v) for v in data["std"])
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self._sizes: dict[int, str | None] = {}
+        self.label = f"timm:{name}"
         head = self.model.get_classifier()
         layer = next((n for n, m in self.model.named_modules() if m is head and isinstance(m, (nn.Linear, nn.Conv2d))),
                      None) or final_layer(self.model)
@@ -77,27 +78,6 @@ class TimmModel:
         # under meta (create_backbone loading weights): a skeleton, also for builders that cannot run on meta
         model = on_meta(build).train() if torch.empty(0).is_meta else build()
         return TimmNet(config, model, num_classes=num_classes)
-
-    def _fails_at(self, size: int) -> str | None:
-        if size not in self._sizes:
-            try:
-                with torch.no_grad():
-                    self.model(torch.empty(1, 3, size, size, device="meta"))
-                self._sizes[size] = None
-            except Exception as exc:   # any failure of the trial forward pass is the answer
-                self._sizes[size] = " ".join(f"{type(exc).__name__}: {exc}".split())[:120]
-        return self._sizes[size]
-
-    def check_size(self, size: int) -> None:
-        if size < 1:
-            raise FeatxError(f"{arg('image_size', size)}: must be at least 1")
-        if size == self.size or self._fails_at(size) is None:
-            return
-        if self._fails_at(self.size + 32) is not None:
-            raise FeatxError(f"timm:{self.name} takes only {self.size}x{self.size} images (a fixed-size model), "
-                             f"not {size}x{size}; use {arg('image_size', self.size)}")
-        raise FeatxError(f"image size {size} does not fit timm:{self.name} ({self._fails_at(size)}); raise "
-                         f"{arg('image_size')} (default {self.size})")
 
     def cached_file(self) -> Path | None:
         """timm's pretrained file of this model in the Hugging Face cache, or None."""

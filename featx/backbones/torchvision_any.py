@@ -22,10 +22,10 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from featx.backbones.generic import POOL_TAP, GraphNet, final_layer, model_stages, on_meta, pooled
+from featx.backbones.generic import POOL_TAP, GraphNet, SizeProbe, final_layer, model_stages, on_meta, pooled
 from featx.backbones.registry import BackboneConfig, list_backbones, preprocessing, register_resolver
 from featx.backbones.weights import imagenet_path
-from featx.errors import FeatxError, arg
+from featx.errors import FeatxError
 
 #: torchvision models featx leaves out, and why.
 EXCLUDED = {
@@ -45,7 +45,7 @@ def skeleton(name: str, **kwargs) -> nn.Module:
     return on_meta(lambda: get_model(name, weights=None, **kwargs)).eval()
 
 
-class TorchvisionModel:
+class TorchvisionModel(SizeProbe):
     """What featx works out once about one torchvision model; its bound methods fill a BackboneConfig."""
 
     def __init__(self, name: str):
@@ -60,6 +60,7 @@ class TorchvisionModel:
         self.model = model
         self.parameters = sum(p.numel() for p in model.parameters())
         self._sizes: dict[int, str | None] = {}
+        self.label = name
         self._graph_taps: dict[str, int] | None = None
 
     def config(self) -> BackboneConfig:
@@ -84,28 +85,6 @@ class TorchvisionModel:
         else:
             model = get_model(self.name, weights=None, num_classes=int(num_classes), **self.kwargs)
         return GraphNet(config, model, num_classes=num_classes)
-
-    def _fails_at(self, size: int) -> str | None:
-        if size not in self._sizes:
-            try:
-                with torch.no_grad():
-                    self.model(torch.empty(1, 3, size, size, device="meta"))
-                self._sizes[size] = None
-            except Exception as exc:   # any failure of the trial forward pass is the answer
-                self._sizes[size] = " ".join(f"{type(exc).__name__}: {exc}".split())[:120]
-        return self._sizes[size]
-
-    def check_size(self, size: int) -> None:
-        """FeatxError (one line) when ``size`` x ``size`` images do not go through the model."""
-        if size < 1:
-            raise FeatxError(f"{arg('image_size', size)}: must be at least 1")
-        if size == self.size or self._fails_at(size) is None:
-            return
-        if self._fails_at(self.size + 32) is not None:
-            raise FeatxError(f"{self.name} takes only {self.size}x{self.size} images (a fixed-size model), not "
-                             f"{size}x{size}; use {arg('image_size', self.size)}")
-        raise FeatxError(f"image size {size} does not fit {self.name} ({self._fails_at(size)}); raise "
-                         f"{arg('image_size')} (default {self.size})")
 
     def graph_taps(self) -> dict[str, int]:
         """Every graph node usable as a tap (its output is a batch of maps, tokens or vectors) -> width."""
