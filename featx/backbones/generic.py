@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from featx.backbones.network import seeded
+from featx.backbones.network import replace_classifier
 from featx.backbones.registry import BackboneConfig, check_input_size
 from featx.backbones.weights import WeightsInfo
 from featx.errors import FeatxError, arg
@@ -295,19 +295,8 @@ class GraphNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, seed: int = 0) -> None:
         """Replace the final layer by a new one with ``num_classes`` outputs (seeded)."""
-        num_classes = int(num_classes)
-        if num_classes < 1:
-            raise FeatxError(f"num_classes must be at least 1, got {num_classes}")
-        layer = self.config.classifier_layer
-        old = self.model.get_submodule(layer)
-        with seeded(seed):
-            new = (nn.Linear(old.in_features, num_classes, bias=old.bias is not None) if isinstance(old, nn.Linear)
-                   else nn.Conv2d(old.in_channels, num_classes, 1))
-        new = new.to(device=old.weight.device, dtype=old.weight.dtype)
-        parent, _, attr = layer.rpartition(".")
-        setattr(self.model.get_submodule(parent) if parent else self.model, attr, new)
+        self.num_classes = replace_classifier(self.model, self.config.classifier_layer, num_classes, seed)
         self._extractors.clear()
-        self.num_classes = num_classes
         self.classes = None
 
     def extra_repr(self) -> str:

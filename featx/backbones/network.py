@@ -144,21 +144,26 @@ class FeatureNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, seed: int = 0) -> None:
         """Replace the classifier layer (the final Linear) by a new one with ``num_classes`` outputs (seeded)."""
-        num_classes = int(num_classes)
-        if num_classes < 1:
-            raise FeatxError(f"num_classes must be at least 1, got {num_classes}")
-        layer = self.config.classifier_layer
-        old = self.get_submodule(layer)
-        with seeded(seed):
-            new = nn.Linear(old.in_features, num_classes)
-        new = new.to(device=old.weight.device, dtype=old.weight.dtype)
-        parent, _, attr = layer.rpartition(".")
-        setattr(self.get_submodule(parent), attr, new)
-        self.num_classes = num_classes
+        self.num_classes = replace_classifier(self, self.config.classifier_layer, num_classes, seed)
         self.classes = None
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_classes={self.num_classes}, weights={self.weights_info.source!r}"
+
+
+def replace_classifier(root: nn.Module, layer: str, num_classes: int, seed: int) -> int:
+    """Put a new, seeded final layer with ``num_classes`` outputs at ``layer`` of ``root`` (a Linear, or a 1x1
+    convolution where the old one was one, as in SqueezeNet), on the old layer's device and dtype."""
+    num_classes = int(num_classes)
+    if num_classes < 1:
+        raise FeatxError(f"num_classes must be at least 1, got {num_classes}")
+    old = root.get_submodule(layer)
+    with seeded(seed):
+        new = (nn.Linear(old.in_features, num_classes, bias=old.bias is not None) if isinstance(old, nn.Linear)
+               else nn.Conv2d(old.in_channels, num_classes, 1))
+    parent, _, attr = layer.rpartition(".")
+    setattr(root.get_submodule(parent), attr, new.to(device=old.weight.device, dtype=old.weight.dtype))
+    return num_classes
 
 
 def _unique_stages(plan: Sequence[Step]) -> list[Step]:
