@@ -25,12 +25,7 @@ CLI_TINY = ["--backbone", "cnn", "--image-size", "32", "--batch-size", "8", "--v
             "--device", "cpu", "-q"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
