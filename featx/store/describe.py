@@ -28,6 +28,16 @@ README = (
     "featx.store.load_features, which returns the labelled finished rows unless asked for the others."
 )
 
+# Appended to the root description of shard stores and of merged stores (see featx.store.shards, .merge).
+SHARD_NOTE = (" This file is shard {shard} of a sharded extraction (`featx extract --shard i/n`): its rows are rows "
+              "{start} to {stop} of the {total} of a single run over the whole collection; /samples/index gives each "
+              "row's index in that order, and the root attributes shard_of_fingerprint and shard_of_samples the "
+              "whole collection's fingerprint and size. `featx merge` joins the parts into one store.")
+MERGED_NOTE = (" Joined by `featx merge` from the shard files listed in the root attribute merged_from (JSON), in "
+               "the order of a single run{virtual}.")
+VIRTUAL_NOTE = (": /features/<tap> are HDF5 virtual datasets that read the features from those files (paths "
+                "relative to this file), so they must stay beside it")
+
 SAMPLES = {
     "path": "image path relative to the root attribute data_root (the key that aligns stores); UTF-8, read "
             "with .asstr()",

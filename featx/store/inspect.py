@@ -11,6 +11,7 @@ from featx.errors import FeatxError, arg
 from featx.provenance import ROLES
 from featx.store.describe import read_descriptions
 from featx.store.schema import damaged, decode_attr, open_store, read_attrs, require_store, rows_match, stored_taps
+from featx.store.shards import check_virtual_sources
 
 
 def store_settings(path: str | Path) -> dict:
@@ -82,6 +83,7 @@ def verify(path: str | Path) -> dict:
     path = Path(path)
     with open_store(path, "r") as h5:
         require_store(path, h5)
+        check_virtual_sources(path, h5)
         if "checksum" not in h5["samples"]:
             raise FeatxError(f"{path}: store schema version {decode_attr(h5.attrs.get('schema_version', -1))} has no "
                              f"row checksums to verify; extract it again with this featx into another {arg('out')}")

@@ -21,6 +21,7 @@ from featx.store.schema import (
     rows_match,
     stored_taps,
 )
+from featx.store.shards import check_virtual_sources
 
 
 @dataclass
@@ -74,6 +75,7 @@ def _read_one(path: Path, taps: list[str] | None, allow_partial: bool = False) -
 
 
 def _read_open(path: Path, h5: h5py.File, taps: list[str] | None, allow_partial: bool) -> dict:
+    check_virtual_sources(path, h5)
     attrs = read_attrs(h5)
     backbone = str(attrs.get("backbone", ""))
     available = [t for t in stored_taps(attrs) if t in h5["features"]] or sorted(h5["features"])

@@ -39,6 +39,7 @@ from featx.store.schema import (
     row_checksums,
     rows_match,
 )
+from featx.store.shards import check_shard_resume, check_writable, write_index
 
 
 class FeatureStore:
@@ -62,7 +63,7 @@ class FeatureStore:
     def open_for_extraction(cls, path: str | Path, settings: dict, samples: Sequence, classes: Sequence[str],
                             tap_dims: dict[str, int], *, default_tap: str | None = None,
                             extra_attrs: dict | None = None, roles: Sequence[str] | None = None,
-                            tap_descriptions: dict[str, str] | None = None) -> FeatureStore:
+                            tap_descriptions: dict[str, str] | None = None, row_index=None) -> FeatureStore:
         """Take the writer lock, then create the store or reopen it for resuming when it was made with the
         same settings; rows marked done whose checksums do not match are marked not done (recomputed).
 
@@ -74,6 +75,8 @@ class FeatureStore:
         ``roles``: the fine-tuned network's role of each sample (``/samples/network_role``), written at creation.
         ``tap_descriptions``: what each tap holds, written at creation as its dataset's ``description``
         attribute (with the other self-describing attributes of :mod:`featx.store.describe`).
+        ``row_index``: a shard's rows' indices in the single-run order (``/samples/index``, see
+        :mod:`featx.store.shards`), written at creation; a shard is resumed only as the same shard.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +93,7 @@ class FeatureStore:
                 return store
             attrs = dict(settings, default_tap=default_tap or next(reversed(tap_dims), ""))
             cls._create(path, dict(attrs, **(extra_attrs or {})), samples, classes, tap_dims, roles,
-                        tap_descriptions)
+                        tap_descriptions, row_index)
             return cls(path, open_store(path, "r+"), lock)
         except BaseException:
             lock.release()
@@ -99,6 +102,8 @@ class FeatureStore:
     @classmethod
     def _resume(cls, path: Path, h5: h5py.File, lock, settings: dict) -> FeatureStore:
         try:
+            check_writable(path, h5)
+            check_shard_resume(path, h5.attrs, settings)  # before the fingerprint, which differs per shard
             _check_resumable(path, h5, settings)
             store = cls(path, h5, lock)
             bad = np.flatnonzero(store._done)[~rows_match(h5, np.flatnonzero(store._done))]
@@ -116,7 +121,7 @@ class FeatureStore:
     @classmethod
     def _create(cls, path: Path, settings: dict, samples: Sequence, classes: Sequence[str],
                 tap_dims: dict[str, int], roles: Sequence[str] | None = None,
-                tap_descriptions: dict[str, str] | None = None) -> None:
+                tap_descriptions: dict[str, str] | None = None, row_index=None) -> None:
         """Write the complete store (full size) to ``<path>.tmp`` and rename it: it exists whole or not at all."""
         tmp = path.with_name(path.name + ".tmp")
         need = _bytes_needed(samples, tap_dims, np.dtype(settings.get("dtype", "float32")))
@@ -129,6 +134,8 @@ class FeatureStore:
                     if roles is not None:
                         cls._write_roles(h5, roles, settings)
                     write_descriptions(h5, classes, tap_descriptions, SCHEMA_VERSION)
+                    if row_index is not None:
+                        write_index(h5, row_index)
                     h5.close()  # a failure here (the final flush) must not leave a half-written store behind
                 except BaseException as exc:
                     full = isinstance(exc, (OSError, RuntimeError, ValueError)) and is_disk_full(exc)
@@ -147,7 +154,8 @@ class FeatureStore:
 
     @staticmethod
     def _initialise(h5: h5py.File, settings: dict, samples: Sequence, classes: Sequence[str],
-                    tap_dims: dict[str, int]) -> None:
+                    tap_dims: dict[str, int], features: bool = True) -> None:
+        """Write the attributes and sample table of a new store, and (``features``) its zero-filled taps."""
         attrs = dict(settings)
         attrs.update(schema_version=SCHEMA_VERSION, featx_version=__version__, h5py_version=h5py.__version__,
                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"), taps=list(tap_dims))
@@ -169,6 +177,8 @@ class FeatureStore:
         checksum = grp.create_dataset("checksum", data=np.zeros((n, len(tap_dims)), dtype=np.uint64))
         checksum.attrs["taps"] = np.array(list(tap_dims), dtype=STRING)
         feats = h5.create_group("features")
+        if not features:  # a merged virtual store maps its taps into the part files instead
+            return
         dtype = np.dtype(settings.get("dtype", "float32"))
         for tap, dim in tap_dims.items():
             rows = max(1, min(max(n, 1), CHUNK_BYTES // (dim * dtype.itemsize)))
