@@ -28,6 +28,7 @@ from featx.data.images import ImageDataset, describe_preprocessing, make_transfo
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError, arg
 from featx.store import FeatureStore, lock_path
+from featx.store.shards import parse_shard, shard_rows, shard_settings
 
 DTYPES = ("float32", "float16")
 
@@ -119,7 +120,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
             weights: str | Path | None = None, taps: str | Sequence[str] | None = None,
             image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
-            on_progress: Callable[[int, int], None] | None = None, strict: bool = False, pool: str = "avg") -> Path:
+            on_progress: Callable[[int, int], None] | None = None, strict: bool = False, pool: str = "avg",
+            shard: tuple[int, int] | str | None = None) -> Path:
     """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
 
     ``taps`` (one name or a sequence, e.g. ``["fc7", "pool5"]``; default all) are computed in one forward
@@ -137,7 +139,9 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     are recorded too (``summarize``'s ``unreadable_folders``); with ``strict`` they are refused before
     anything is written. Another process writing ``out`` is refused (its lock ``<out>.lock``). ``pool``
     (``avg`` or ``max``) pools the maps of graph-node taps (``layer3``) of a model resolved by name; its
-    stores record it (``pooling``).
+    stores record it (``pooling``). ``shard`` (``(i, n)`` or ``"i/n"``) extracts only the i-th of n contiguous
+    blocks of the single-run order into a store that records its place (:mod:`featx.store.shards`);
+    :func:`featx.store.merge_stores` joins the n parts into the single-run store.
     """
     if dtype not in DTYPES:
         raise FeatxError(f"{arg('dtype', dtype)}: choose one of {', '.join(DTYPES)}")
@@ -150,6 +154,11 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         collection = data.subset([i for i, s in enumerate(data.samples) if s.split in set(splits)])
     if not collection.samples:
         raise FeatxError(f"{collection.root}: no images to extract")
+    full, rows = collection, None
+    if shard is not None:  # this process's block of the single-run order; the store records where it belongs
+        shard = parse_shard(shard)
+        rows = shard_rows(len(full.samples), shard)
+        collection = full.subset(rows)
     folders = list(getattr(collection, "unreadable_folders", []) or [])
     if strict and folders:
         more = f" and {len(folders) - 1} more" if len(folders) > 1 else ""
@@ -173,22 +182,25 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     tap_dims = {t: widths[t] for t in tap_names}
     device = resolve_device(device)
     settings = store_settings_for(collection, model, size, dtype)
+    if shard is not None:
+        settings.update(shard_settings(shard, full.fingerprint(), len(full.samples)))
     # fp16 autocast on CUDA changes the features slightly: a store never mixes the two precisions
     settings["precision"] = "fp16-autocast" if device.type == "cuda" else "fp32"
     if hasattr(model, "pooling"):      # graph-node taps (models resolved by name): how their maps are pooled
         model.pooling = settings["pooling"] = pool
     # a fine-tuned featx checkpoint: which rows its network trained on, so that no score counts them as unseen
-    tuned = provenance.store_roles(model.weights_info.card, collection, checkpoint=model.weights_info.source,
+    tuned = provenance.store_roles(model.weights_info.card, full, checkpoint=model.weights_info.source,
                                    sha256=model.weights_info.sha256 or "")
     roles = None
     if tuned is not None:
         roles, settings[provenance.ATTR] = tuned[0], provenance.attr_json(tuned[1])
+        roles = roles if rows is None else [roles[i] for i in rows]  # a shard: its rows of the whole's roles
     out = Path(out)
 
     extra = {"unreadable_folders": folders} if folders else None
     with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims,
                                           default_tap=cfg.default_tap or None, extra_attrs=extra,
-                                          roles=roles,
+                                          roles=roles, row_index=rows,
                                           tap_descriptions={t: cfg.describe_tap(t) for t in tap_names}) as store:
         pending = np.flatnonzero(~store.done)
         total = store.n
