@@ -5,6 +5,7 @@ from featx.cli import (  # noqa: F401  (register commands)
     finetune_cmds,
     heads_cmds,
     hybrid_cmds,
+    merge_cmds,
     report_cmds,
     report_html_cmds,
 )

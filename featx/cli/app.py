@@ -103,7 +103,7 @@ def _main(
 
 # Library arguments whose flag is not ``--`` + the name with dashes.
 FLAGS = {"n_folds": "--folds", "eval_set": "--eval", "n_boot": "--boot", "params": "--param", "splits": "--split",
-         "allow_optimistic": "--optimistic", "overwrite": "--force", "data": "DATA"}
+         "allow_optimistic": "--optimistic", "overwrite": "--force", "data": "DATA", "parts": "PARTS"}
 
 
 def flag(name: str, value: str | None = None) -> str:

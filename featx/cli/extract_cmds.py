@@ -82,16 +82,33 @@ def extract(
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when an image or folder cannot be read "
                                                           "(default: skip it, record it in the store, warn).",
                                          rich_help_panel=DATA)] = False,
+    shard: Annotated[str | None, typer.Option(
+        metavar="I/N", help="Only shard I of N (I from 0): one contiguous block of the single-run order, into "
+                            "a resumable part store; join the parts with `featx merge`. Under torchrun each "
+                            "rank takes its own shard: leave this out.", rich_help_panel=RUN)] = None,
 ) -> None:
-    """Extract deep features of every image into one HDF5 store (resumable)."""
-    # deferred: featx.extract and featx.backbones import torch, which would slow down every `featx --help`
+    """Extract deep features of every image into one HDF5 store (resumable).
+
+    Under torchrun (`torchrun --nproc-per-node N -m featx extract ...`) each rank extracts its shard into
+    OUT's part file beside it (vgg16.part-0-of-N.h5), and rank 0 merges the parts into OUT.
+    """
+    # deferred: these import torch, which would slow down every `featx --help`
     from featx.backbones import get_config
+    from featx.distributed import extract_ranks, launch_from_env
     from featx.extract import extract as run_extract
 
-    with _ExtractBar(lambda: f"{get_config(backbone).name} -> {out.name}", quiet) as bar:
-        path = run_extract(data, out, backbone=backbone, weights=weights, taps=parse_extract_taps(taps),
-                           image_size=image_size, splits=split or None, device=device, batch_size=batch_size,
-                           workers=workers, dtype=dtype, seed=seed, on_progress=bar, strict=strict, pool=pool)
+    launch = launch_from_env()
+    kwargs = dict(backbone=backbone, weights=weights, taps=parse_extract_taps(taps), image_size=image_size,
+                  splits=split or None, device=device, batch_size=batch_size, workers=workers, dtype=dtype,
+                  seed=seed, strict=strict, pool=pool, shard=shard)
+    with _ExtractBar(lambda: f"{get_config(backbone).name} -> {out.name}", quiet or bool(launch and launch.rank)) \
+            as bar:
+        if launch is None:
+            path = run_extract(data, out, on_progress=bar, **kwargs)
+        else:
+            path = extract_ranks(data, out, on_progress=bar, launch=launch, **kwargs)
+    if launch is not None and launch.rank != 0:
+        return  # rank 0 prints the merged store
     summary = summarize(path)
     _print_summary(summary)
     _warn_skipped(summary)
@@ -137,6 +154,12 @@ def _print_summary(s: dict) -> None:
     console.print(table)
     console.print(f"labels: {escape(s['labels']['meaning'])}; classify and compare use the labelled rows",
                   highlight=False)
+    if st.get("shard"):
+        console.print(f"shard {st['shard']} of a collection of {st.get('shard_of_samples')} images; join the parts "
+                      "with `featx merge`", highlight=False)
+    if st.get("merged") == "virtual":
+        console.print("merged with --virtual: the features are read from the part files beside it "
+                      "(merged_from); keep them there", highlight=False)
     roles = s.get("network_roles")
     if roles:  # features of a fine-tuned featx checkpoint: which rows its network saw
         counts = ", ".join(f"{k} {v}" for k, v in roles.items())

@@ -1,0 +1,35 @@
+"""`featx merge`: shard stores into one store."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from featx.cli.app import app, console, user_errors
+from featx.cli.extract_cmds import _print_summary, _warn_skipped
+from featx.store import merge_stores, summarize
+
+
+@app.command()
+@user_errors
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="Shard stores of `featx extract --shard I/N`, any order.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The merged store to write.")],
+    virtual: Annotated[bool, typer.Option("--virtual", help="Join through HDF5 virtual datasets without copying "
+                                                            "the features: the parts must stay beside OUT.")]
+    = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Join shard stores into the store a single `featx extract` would have written.
+
+    Checks that the parts were made with the same settings from the same data, are finished, and hold every
+    row exactly once; OUT is written whole (through OUT.tmp) or not at all. The parts are left in place.
+    """
+    path = merge_stores(parts, out, virtual=virtual, overwrite=force)
+    how = "virtual: its features are read from the parts, keep them beside it" if virtual else "copied"
+    console.print(f"merged {len(parts)} parts into {escape(str(path))} ({how})", highlight=False, soft_wrap=True)
+    summary = summarize(path)
+    _print_summary(summary)
+    _warn_skipped(summary)
