@@ -152,15 +152,27 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def silent_port():
+    """A port that accepts connections and never says a word (some other service, not a cluster)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
 @pytest.mark.parametrize("engine, address", [
-    pytest.param("dask", "tcp://127.0.0.1:{port}", marks=needs_dask),
-    pytest.param("dask", "tcp://192.0.2.1:8786", marks=needs_dask),   # TEST-NET-1: never answers
-    pytest.param("ray", "127.0.0.1:{port}", marks=needs_ray),
+    pytest.param("dask", "tcp://127.0.0.1:{closed}", marks=needs_dask),
+    pytest.param("dask", "tcp://127.0.0.1:{silent}", marks=needs_dask),
+    pytest.param("dask", "tcp://192.0.2.1:8786", marks=needs_dask),   # TEST-NET-1: nobody there
+    pytest.param("ray", "127.0.0.1:{closed}", marks=needs_ray),
+    pytest.param("ray", "ray://127.0.0.1:{silent}", marks=needs_ray),
     pytest.param("ray", "ray://192.0.2.1:10001", marks=needs_ray),
 ])
-def test_an_unreachable_scheduler_is_one_line_after_the_timeout(store, tmp_path, monkeypatch, engine, address):
+def test_an_unreachable_scheduler_is_one_line_after_the_timeout(store, tmp_path, monkeypatch, silent_port, engine,
+                                                                address):
     monkeypatch.setattr(backends, "CONNECT_TIMEOUT", 2.0)
-    address = address.format(port=_closed_port())
+    address = address.format(closed=_closed_port(), silent=silent_port)
     out = tmp_path / "out"
     result, text = invoke("compare", store, *GRID, "--backend", engine, "--scheduler", address, "--out", out)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
