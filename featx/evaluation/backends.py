@@ -106,7 +106,7 @@ def _loky(scheduler, jobs: int) -> Iterator[Engine]:
 
 @contextmanager
 def _dask(scheduler, jobs: int) -> Iterator[Engine]:
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster  # deferred: an optional extra (featx[dask]), checked first
 
     opened = []
     try:
@@ -133,6 +133,7 @@ def _dask(scheduler, jobs: int) -> Iterator[Engine]:
 
 @contextmanager
 def _ray(scheduler, jobs: int) -> Iterator[Engine]:
+    # deferred: an optional extra (featx[ray]), checked first; joblib.pool is the class ray rebases
     import ray
     from joblib.pool import PicklingPool
     from ray.util.joblib import register_ray
@@ -163,6 +164,7 @@ def _ray(scheduler, jobs: int) -> Iterator[Engine]:
 def _dask_address(address: str) -> None:
     """Refuse an address Dask cannot use from here, and fail fast on a TCP one that does not answer (a
     half-made ``Client`` would otherwise wait on its way out)."""
+    # deferred: an optional extra (featx[dask])
     from distributed.comm import parse_address
     from distributed.comm.addressing import parse_host_port
     from distributed.comm.registry import get_backend
@@ -185,7 +187,7 @@ def _dask_address(address: str) -> None:
 def _dask_identity(address: str) -> None:
     """Ask ``address`` who it is, within :data:`CONNECT_TIMEOUT` seconds: a port that answers but is not a
     Dask scheduler would keep ``Client`` waiting for ever."""
-    from distributed.core import rpc
+    from distributed.core import rpc  # deferred: an optional extra (featx[dask])
 
     async def identity():
         async with rpc(address, timeout=CONNECT_TIMEOUT) as remote:
@@ -207,7 +209,7 @@ def _ray_answers(address: str) -> None:
     Client server) does: Ray itself retries for minutes on a port that answers but is not Ray."""
     host_port = _host_port(address)
     try:
-        import grpc
+        import grpc  # deferred: comes with ray[client], which may be missing
     except ImportError:  # Ray Client needs grpcio anyway (ray[client]); a GCS address is left to Ray
         return
     if host_port is None:
