@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -196,3 +197,10 @@ def test_compare_on_a_local_ray_gives_the_default_table(store, default_table, tm
     import ray
 
     assert not ray.is_initialized() and PicklingPool.__bases__ == bases  # featx's local Ray is gone, joblib as it was
+
+
+@pytest.mark.parametrize("command", ["compare", "classify"])
+def test_help_names_the_extras(command):
+    result, _ = invoke(command, "--help")
+    text = re.sub(r"[\s│]+", " ", result.output)  # the help's box, unwrapped
+    assert result.exit_code == 0 and "pip install 'featx[dask]' / 'featx[ray]'" in text and "--scheduler" in text

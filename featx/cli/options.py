@@ -90,7 +90,8 @@ Jobs = Annotated[int, typer.Option(help="Heads x folds fitted in parallel (proce
                                    rich_help_panel=RUN)]
 Backend = Annotated[str, typer.Option(
     help="Where heads x folds run: loky (processes here), dask or ray (a local cluster of --jobs workers, or "
-         "--scheduler's; pip install 'featx[dask]' / 'featx[ray]'). Same numbers on each.", rich_help_panel=RUN)]
+         "--scheduler's; pip install 'featx\\[dask]' / 'featx\\[ray]'). Same results on each.",
+    rich_help_panel=RUN)]
 Scheduler = Annotated[str | None, typer.Option(
     help="Run on this cluster: tcp://host:8786 (dask), ray://host:10001 or auto (ray). Default: a local one.",
     rich_help_panel=RUN)]
