@@ -15,6 +15,7 @@ from featx.cli.options import (
     OUTPUT,
     RUN,
     AllowPartial,
+    Backend,
     Boot,
     ClassWeight,
     Device,
@@ -30,6 +31,7 @@ from featx.cli.options import (
     Param,
     Positive,
     Preprocess,
+    Scheduler,
     SearchMethod,
     SearchMetric,
     Seed,
@@ -52,7 +54,7 @@ from featx.report import results_table
 from featx.workflows.classify import default_out, run_classify, run_compare
 
 
-def _print_rows(rows, paths=None, title="featx") -> None:
+def _print_rows(rows, paths=None, title="featx", run=None) -> None:
     console.print(results_table(rows, title=title))
     shown = set()
     for r in rows:  # each protocol's note once (heads on the same folds share it)
@@ -60,6 +62,9 @@ def _print_rows(rows, paths=None, title="featx") -> None:
         if note and note not in shown:
             shown.add(note)
             console.print(f"[dim]{escape(str(r.backbone))}/{escape(str(r.tap))} ({r.protocol}): {escape(note)}[/]")
+    if run and run["backend"] != "loky":
+        console.print(f"[dim]ran on {run['backend']} ({run['cluster']} cluster {escape(str(run['scheduler']))}, "
+                      f"{run['workers']} worker{'s' if run['workers'] != 1 else ''})[/]")
     if paths:
         console.print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -97,6 +102,8 @@ def classify(
     out: Out = None,
     force: Force = False,
     jobs: Jobs = 1,
+    backend: Backend = "loky",
+    scheduler: Scheduler = None,
     seed: Seed = 0,
     device: Device = "auto",
     boot: Boot = 1000,
@@ -121,11 +128,11 @@ def classify(
                           jobs=jobs, eval_set=eval_set, positive=positive, preprocess=parse_preprocess(preprocess),
                           class_weight=class_weight, device=device, params=params, search=nested,
                           n_boot=boot, out=out, overwrite=force, save=save, skops=save and not no_skops,
-                          plots=not no_plots,
+                          plots=not no_plots, backend=backend, scheduler=scheduler,
                           allow_optimistic=optimistic, allow_partial=allow_partial,
                           drop_unknown_subjects=drop_unknown_subjects)
     row = result["row"]
-    _print_rows([row], result["paths"], title="featx classify")
+    _print_rows([row], result["paths"], title="featx classify", run=result["run"])
     accuracy = row.scores["accuracy"]
     console.print(f"weighted F1 {100 * row.mean('f1_weighted'):.2f}%, balanced accuracy "
                   f"{100 * row.mean('balanced_accuracy'):.2f}%, 95% CI of accuracy "
@@ -168,6 +175,8 @@ def compare(
                                              rich_help_panel=OUTPUT)] = None,
     force: Force = False,
     jobs: Jobs = 1,
+    backend: Backend = "loky",
+    scheduler: Scheduler = None,
     seed: Seed = 0,
     device: Device = "auto",
     boot: Boot = 1000,
@@ -189,9 +198,10 @@ def compare(
                          preprocess=parse_preprocess(preprocess), class_weight=class_weight, device=device,
                          params=params, search=nested, n_boot=boot, out=out, overwrite=force,
                          plots=not no_plots, progress=lambda msg: console.print(f"[dim]{msg}[/]"),
+                         backend=backend, scheduler=scheduler,
                          allow_optimistic=optimistic, allow_partial=allow_partial,
                          drop_unknown_subjects=drop_unknown_subjects, select=select)
-    _print_rows(result["rows"], result["paths"], title="featx compare")
+    _print_rows(result["rows"], result["paths"], title="featx compare", run=result["run"])
 
 
 @app.command()

@@ -88,6 +88,13 @@ Seed = Annotated[int, typer.Option(help="Seed of everything random: folds, initi
                                         "bootstrap.", rich_help_panel=RUN)]
 Jobs = Annotated[int, typer.Option(help="Heads x folds fitted in parallel (processes; -1: all cores).",
                                    rich_help_panel=RUN)]
+Backend = Annotated[str, typer.Option(
+    help="Where heads x folds run: loky (processes here), dask or ray (a local cluster of --jobs workers, or "
+         "--scheduler's; pip install 'featx\\[dask]' / 'featx\\[ray]'). Same results on each.",
+    rich_help_panel=RUN)]
+Scheduler = Annotated[str | None, typer.Option(
+    help="Run on this cluster: tcp://host:8786 (dask), ray://host:10001 or auto (ray). Default: a local one.",
+    rich_help_panel=RUN)]
 Boot = Annotated[int, typer.Option(help="Bootstrap resamples (of subjects) for the 95% intervals.",
                                    rich_help_panel=EVALUATION)]
 Preprocess = Annotated[str, typer.Option(help="Head preprocessing: standard, none, l2 or pca:N, joined with + "

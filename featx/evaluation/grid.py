@@ -14,6 +14,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from featx.errors import FeatxError, arg
+from featx.evaluation.backends import engine
 from featx.evaluation.inputs import check_grid
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
 from featx.evaluation.search import Search, check_search, fit_search, search_record
@@ -81,14 +82,16 @@ def _predictions(features, rows, fold_of, pooled, classes) -> dict:
 
 def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: int, jobs: int = 1, seed: int = 0,
              preprocess=None, class_weight=None, device: str = "auto", params: Params | None = None,
-             n_boot: int = 1000, search: Search | None = None) -> list[ResultRow]:
+             n_boot: int = 1000, search: Search | None = None, backend: str = "loky",
+             scheduler=None) -> list[ResultRow]:
     """Fit every head on every fold of ``protocol`` over ``features`` (one joblib pool of heads x folds);
-    one result row per head. ``positive`` is the index of the positive class.
+    one result row per head. ``positive`` is the index of the positive class. ``backend`` / ``scheduler``:
+    where the pool runs (:func:`featx.evaluation.backends.engine`); the numbers do not depend on it.
 
     With a ``search``, every head that has a space in it is nested: in each outer fold an inner search over
     that fold's training subjects (:func:`featx.evaluation.search.fit_search`) picks its parameters and the
     refit search is scored on the outer test fold. Inner searches run serially when the outer pool is
-    parallel (``jobs`` other than 1), else with ``search.n_jobs`` processes."""
+    parallel (``jobs`` other than 1, or a cluster), else with ``search.n_jobs`` processes."""
     X, y = features.X, features.y
     if jobs == 0:
         raise FeatxError(f"{arg('jobs', 0)}: give 1 or more processes, or -1 for all cores")
@@ -103,11 +106,12 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     groups = np.asarray(features.subjects).astype(str) if len(features.subjects) else None
     if groups is not None and not every_row_has_subject(groups):
         groups = None  # image-level inner folds (the row's note says so)
-    inner_jobs = search.n_jobs if search is not None and jobs == 1 else 1
     t0 = time.perf_counter()
-    results = Parallel(n_jobs=jobs, prefer="processes")(
-        delayed(_fit_fold)(name, kwargs[name], X, y, *protocol.folds[k], positive,
-                           search if name in searched else None, groups, k, inner_jobs) for name, k in tasks)
+    with engine(backend, scheduler, jobs) as where:
+        inner_jobs = search.n_jobs if search is not None and where.n_jobs == 1 else 1
+        results = Parallel(n_jobs=where.n_jobs, prefer="processes")(
+            delayed(_fit_fold)(name, kwargs[name], X, y, *protocol.folds[k], positive,
+                               search if name in searched else None, groups, k, inner_jobs) for name, k in tasks)
     wall = time.perf_counter() - t0
     by_task = dict(zip(tasks, results))
 
@@ -145,7 +149,8 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
             fit_seconds=round(fit_s, 3), wall_seconds=round(wall, 3),
             settings={"preprocess": preprocess_text(preprocess),
                       "class_weight": class_weight if spec.class_weight else None,
-                      "params": params.get(spec.name, {}), "seed": seed, "device": device, "n_boot": n_boot,
+                      "params": params.get(spec.name, {}), "seed": seed, "device": device, "backend": where.backend,
+                      "n_boot": n_boot,
                       "cv_note": protocol.note, **_settings_of(features)},
         )
         row.set_scores(summary)
@@ -176,7 +181,7 @@ def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: i
              eval_set: str | None = None, positive: str | None = None, preprocess: Preprocess = ("standard",),
              class_weight=None, device: str = "auto", params: Params | None = None, n_boot: int = 1000,
              allow_optimistic: bool = False, drop_unknown_subjects: bool = False,
-             search: Search | None = None) -> ResultRow:
+             search: Search | None = None, backend: str = "loky", scheduler=None) -> ResultRow:
     """Cross-validate (or hold out) one head on a :class:`featx.store.FeatureSet`; returns one result row.
 
     The row holds every metric's mean over folds, its sample standard deviation over folds (ddof=1) and a
@@ -185,19 +190,22 @@ def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: i
     (``predictions``). Unlabelled rows are ignored; ``drop_unknown_subjects`` leaves out the rows without a
     subject id (the row says how many). Features of a fine-tuned network are scored only on rows it never
     saw (see :func:`featx.evaluation.tuned_protocol`; ``allow_optimistic`` permits CV, marked OPTIMISTIC).
-    ``params``: ``{head: {parameter: value}}``. ``search``: a nested parameter search (see :func:`run_grid`).
+    ``params``: ``{head: {parameter: value}}``. ``search``: a nested parameter search, ``backend`` /
+    ``scheduler`` where the folds run (see :func:`run_grid`).
     """
     return evaluate_many(features, [head], cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                          params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
-                         drop_unknown_subjects=drop_unknown_subjects, search=search)[0]
+                         drop_unknown_subjects=drop_unknown_subjects, search=search, backend=backend,
+                         scheduler=scheduler)[0]
 
 
 def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
                   jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
                   preprocess: Preprocess = ("standard",), class_weight=None, device: str = "auto",
                   params: Params | None = None, n_boot: int = 1000, allow_optimistic: bool = False,
-                  drop_unknown_subjects: bool = False, search: Search | None = None) -> list[ResultRow]:
+                  drop_unknown_subjects: bool = False, search: Search | None = None, backend: str = "loky",
+                  scheduler=None) -> list[ResultRow]:
     """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head."""
     heads = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]  # unknown names fail now
     data = labelled_rows(features)
@@ -217,7 +225,8 @@ def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: 
         protocol.note = "; ".join(filter(None, [protocol.note, f"{dropped} rows without a subject id dropped "
                                                                 "(drop_unknown_subjects)"]))
     rows = run_grid(data, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
-                    class_weight=class_weight, device=device, params=params, n_boot=n_boot, search=search)
+                    class_weight=class_weight, device=device, params=params, n_boot=n_boot, search=search,
+                    backend=backend, scheduler=scheduler)
     for row in rows:
         row.dropped_unknown_subjects = dropped
     if tuned:
@@ -257,7 +266,8 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
             device: str = "auto", params: Params | None = None, n_boot: int = 1000,
             progress: Callable[[str], None] | None = None, allow_optimistic: bool = False,
             allow_partial: bool = False, drop_unknown_subjects: bool = False,
-            search: Search | None = None, select: str | None = None) -> list[ResultRow]:
+            search: Search | None = None, select: str | None = None, backend: str = "loky",
+            scheduler=None) -> list[ResultRow]:
     """Evaluate every head on every store x tap under every protocol; one row each.
 
     ``stores``: feature files; an item that is a sequence of files fuses them side by side. ``taps``: None
@@ -274,34 +284,40 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     ``select`` (a metric): also one row per protocol of selecting the best store x tap x head by that metric
     inside each outer fold (:mod:`featx.evaluation.selection`); the other rows are then marked
     ``selection_uncorrected``.
+    ``backend`` (loky, dask or ray) / ``scheduler``: where every pool of the grid runs, opened once for the
+    whole grid (:func:`featx.evaluation.backends.engine`); the rows are the same on every backend.
     """
     plan = check_grid(stores, heads, taps, cv=cv, eval_set=eval_set, n_folds=n_folds, jobs=jobs, params=params,
-                      search=search, select=select, allow_partial=allow_partial)
+                      search=search, select=select, allow_partial=allow_partial,
+                      backend=backend, scheduler=scheduler)
     heads, params, runs = plan.heads, plan.params, plan.runs
-    rows: list[ResultRow] = []
-    loaded = []
-    for group in plan.store_groups:
-        for tap in plan.tap_groups:
-            features = load_features(group, tap, labelled=True, allow_partial=allow_partial)
-            if select is not None:
-                loaded.append(features)
+    with engine(backend, scheduler, jobs) as where:  # one cluster for the whole grid
+        rows: list[ResultRow] = []
+        loaded = []
+        for group in plan.store_groups:
+            for tap in plan.tap_groups:
+                features = load_features(group, tap, labelled=True, allow_partial=allow_partial)
+                if select is not None:
+                    loaded.append(features)
+                for p, ev in runs:
+                    if progress:
+                        progress(f"{features.name}: {', '.join(heads)} under {ev or p}")
+                    rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
+                                              eval_set=ev, positive=positive, preprocess=preprocess,
+                                              class_weight=class_weight, device=device, params=params,
+                                              n_boot=n_boot, allow_optimistic=allow_optimistic,
+                                              drop_unknown_subjects=drop_unknown_subjects, search=search,
+                                              backend=backend, scheduler=scheduler))
+        if select is not None:
+            for row in rows:
+                row.selection_uncorrected = True
             for p, ev in runs:
                 if progress:
-                    progress(f"{features.name}: {', '.join(heads)} under {ev or p}")
-                rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
-                                          eval_set=ev, positive=positive, preprocess=preprocess,
-                                          class_weight=class_weight, device=device, params=params, n_boot=n_boot,
-                                          allow_optimistic=allow_optimistic,
-                                          drop_unknown_subjects=drop_unknown_subjects, search=search))
-    if select is not None:
-        for row in rows:
-            row.selection_uncorrected = True
-        for p, ev in runs:
-            if progress:
-                progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under {ev or p}")
-            rows.append(selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed, jobs=jobs,
-                                      positive=positive, preprocess=preprocess, class_weight=class_weight,
-                                      device=device, params=params, n_boot=n_boot, metric=select,
-                                      allow_optimistic=allow_optimistic,
-                                      drop_unknown_subjects=drop_unknown_subjects))
-    return rows
+                    progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under {ev or p}")
+                rows.append(selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed,
+                                          jobs=where.n_jobs, positive=positive, preprocess=preprocess,
+                                          class_weight=class_weight, device=device, params=params,
+                                          n_boot=n_boot, metric=select, allow_optimistic=allow_optimistic,
+                                          drop_unknown_subjects=drop_unknown_subjects))
+                rows[-1].settings["backend"] = where.backend
+        return rows

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featx.errors import FeatxError, arg
+from featx.evaluation.backends import check_backend
 from featx.evaluation.search import Search, check_search
 from featx.evaluation.selection import check_metric
 from featx.evaluation.splits import check_cv
@@ -71,8 +72,10 @@ def protocol_runs(cv, eval_set: str | None) -> list[tuple[str, str | None]]:
 
 def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: str | None = None,
                n_folds: int = 5, jobs: int = 1, params=None, search: Search | None = None,
-               select: str | None = None, allow_partial: bool = False, **_ignored) -> GridPlan:
-    """Check every input of :func:`featx.evaluation.compare` (same arguments) and return the grid."""
+               select: str | None = None, allow_partial: bool = False, backend: str = "loky", scheduler=None,
+               **_ignored) -> GridPlan:
+    """Check every input of :func:`featx.evaluation.compare` (same arguments) and return the grid (the
+    ``backend`` is checked to be installed; its cluster is not contacted)."""
     if select is not None:
         check_metric(select)
         if search is not None:
@@ -86,6 +89,7 @@ def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: 
         check_search(search)
     if jobs == 0:
         raise FeatxError(f"{arg('jobs', 0)}: give 1 or more processes, or -1 for all cores")
+    check_backend(backend, scheduler)
     runs = protocol_runs(cv, eval_set)
     if n_folds < 2 and any(p in KFOLD and ev is None for p, ev in runs):
         raise FeatxError(f"{arg('n_folds', n_folds)}: cross-validation needs at least 2 folds")

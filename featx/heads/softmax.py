@@ -1,6 +1,8 @@
 """The study's fully connected softmax head in torch, as a scikit-learn classifier."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
@@ -9,6 +11,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = ["SoftmaxClassifier"]
+
+# torch's CPU generator is one per process: fits in several threads at once (a Dask worker's threads) would
+# draw from each other's seeded stream, so one fit at a time holds it.
+_TORCH_RNG = threading.Lock()
 
 
 def _torch():
@@ -105,7 +111,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
 
     def _train(self, torch, *, net_args, device, seed, rng, fork) -> None:
         X, y_idx, n_classes, weights = net_args
-        with torch.random.fork_rng(devices=fork):
+        with _TORCH_RNG, torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)
             net = self._build(X.shape[1], n_classes).to(device)
             Xt = torch.tensor(X, dtype=torch.float32, device=device)

@@ -28,9 +28,13 @@ _HYBRID_FOLD = re.compile(r"fold_\d+")
 SameRows = Callable[[list[ResultRow]], bool]
 
 
-def write_manifest(out, command: str, grid: dict, n_rows: int) -> Path:
-    """``out/run.json``: which command wrote the folder's results, over which grid, and how many rows."""
-    return atomic_json(Path(out) / MANIFEST, {"command": command, "grid": grid, "rows": int(n_rows)})
+def write_manifest(out, command: str, grid: dict, n_rows: int, run: dict | None = None) -> Path:
+    """``out/run.json``: which command wrote the folder's results, over which grid, and how many rows; ``run``:
+    where the grid ran (backend, scheduler, workers), not part of the grid (a re-run elsewhere is the same grid)."""
+    manifest = {"command": command, "grid": grid, "rows": int(n_rows)}
+    if run is not None:
+        manifest["run"] = run
+    return atomic_json(Path(out) / MANIFEST, manifest)
 
 
 def read_manifest(folder) -> dict | None:

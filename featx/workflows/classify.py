@@ -20,6 +20,7 @@ from featx.evaluation import (
     tuned_protocol,
     without_unknown_subjects,
 )
+from featx.evaluation.backends import check_backend, engine
 from featx.evaluation.grid import Params, StorePath
 from featx.evaluation.search import Search, check_search, fit_search
 from featx.heads import Preprocess, check_params, get_head, make_head
@@ -36,10 +37,11 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
                  device: str = "auto", params: Params | None = None, n_boot: int = 1000, out=None,
                  save: bool = False, skops: bool = False, plots: bool = True, allow_optimistic: bool = False,
                  allow_partial: bool = False, drop_unknown_subjects: bool = False,
-                 search: Search | None = None, overwrite: bool = False) -> dict:
+                 search: Search | None = None, overwrite: bool = False, backend: str = "loky",
+                 scheduler=None) -> dict:
     """Load a store (a sequence of stores is fused side by side; a sequence of taps concatenated), evaluate
     one head, write the reports to ``out`` and, with ``save``, the model to ``out/models`` (``skops`` adds a
-    .skops copy). Returns ``{"row", "paths", "model"}`` (and ``"skops"``).
+    .skops copy). Returns ``{"row", "paths", "model", "run"}`` (and ``"skops"``); ``run``: where the folds ran.
 
     The saved model is the evaluated pipeline (head, parameters, preprocessing, seed) fitted on the rows the
     protocol trains on: with ``eval_set`` exactly the model that was scored on that split; under
@@ -49,7 +51,9 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
 
     ``out`` (None: nothing written) is refused before any fit when it holds the results of another command
     or another store, tap, head or protocol (``overwrite`` replaces them; :func:`featx.report.check_out`);
-    :func:`default_out` names a folder of its own."""
+    :func:`default_out` names a folder of its own. ``backend`` / ``scheduler``: where the folds run
+    (:func:`featx.evaluation.backends.engine`; run.json records it)."""
+    check_backend(backend, scheduler)
     if skops:
         if not save:
             raise FeatxError(f"{arg('skops')} exports the saved model; add {arg('save')}")
@@ -60,14 +64,16 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
     if out is not None:
         check_out(out, "classify", grid, overwrite=overwrite,
                   same_rows=_same_cells({(tuple(grid["stores"]), features.tap, grid["heads"][0])}, 1))
-    row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
-                   positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                   params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
-                   drop_unknown_subjects=drop_unknown_subjects, search=search)
-    result = {"row": row, "paths": {}, "model": None}
+    with engine(backend, scheduler, jobs) as where:
+        row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
+                       positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
+                       params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
+                       drop_unknown_subjects=drop_unknown_subjects, search=search, backend=backend,
+                       scheduler=scheduler)
+    result = {"row": row, "paths": {}, "model": None, "run": where.describe()}
     if out is not None:
         result["paths"] = write_results([row], out, plots=plots)
-        write_manifest(out, "classify", grid, 1)
+        write_manifest(out, "classify", grid, 1, run=where.describe())
     if save:
         features.positive = row.positive
         fit_on = without_unknown_subjects(features)[0] if drop_unknown_subjects else features
@@ -110,19 +116,21 @@ def _search_all(features, head: str, search: Search, *, eval_set, preprocess, cl
 
 
 def run_compare(stores, heads: Sequence[str], taps=None, *, out=None, plots: bool = True, overwrite: bool = False,
-                **kwargs) -> dict:
+                backend: str = "loky", scheduler=None, **kwargs) -> dict:
     """:func:`featx.evaluation.compare` (same arguments), then the reports in ``out`` (None: nothing written).
-    Every input, ``out`` included, is checked before the first fit: a folder holding the results of another
-    command or grid is refused unless ``overwrite``. Returns ``{"rows", "paths"}``."""
-    plan = check_grid(stores, heads, taps, **kwargs)
+    Every input, ``out`` included, is checked before the first fit (and before a cluster is started): a folder
+    holding the results of another command or grid is refused unless ``overwrite``. ``backend`` /
+    ``scheduler``: where the grid runs (run.json records it). Returns ``{"rows", "paths", "run"}``."""
+    plan = check_grid(stores, heads, taps, backend=backend, scheduler=scheduler, **kwargs)
     if out is not None:
         check_out(out, "compare", plan.describe(), overwrite=overwrite, same_rows=_plan_rows(plan))
-    rows = compare(stores, heads, taps, **kwargs)
+    with engine(backend, scheduler, kwargs.get("jobs", 1)) as where:
+        rows = compare(stores, heads, taps, backend=backend, scheduler=scheduler, **kwargs)
     paths = {}
     if out is not None:
         paths = write_results(rows, out, plots=plots)
-        write_manifest(out, "compare", plan.describe(), len(rows))
-    return {"rows": rows, "paths": paths}
+        write_manifest(out, "compare", plan.describe(), len(rows), run=where.describe())
+    return {"rows": rows, "paths": paths, "run": where.describe()}
 
 
 def default_out(command: str, stores, heads: Sequence[str] | str, taps=None, *, cv="auto", eval_set=None,
