@@ -277,7 +277,7 @@ def _start_batches(collection: Collection, indices: list[int], size: int, device
     if kind == "threads":
         ahead = max(2, min(16, PREFETCH_BYTES // (batch_size * size * size * 3)))
         return ThreadBatches(dataset, batch_size, n, ahead=ahead, pin=pin_memory(device))
-    return LoaderBatches(dataset, batch_size, n, pin=pin_memory(device),
+    return LoaderBatches(dataset, batch_size, n, pin=pin_memory(device), prefetch=2 if n >= 4 else 4,
                          worker_init_fn=functools.partial(_close_inherited, held),
                          lowest_priority=device.type == "cpu")
 
@@ -299,6 +299,12 @@ def _close_inherited(paths: tuple[str, ...], worker_id: int) -> None:
             pass
 
 
+def _overlaps_copies(device: torch.device) -> bool:
+    """Whether a batch's features are finished (copied to the host, written) only after the next batch is queued:
+    on CUDA, where both the copy and the next forward pass run while the CPU goes on."""
+    return device.type == "cuda"
+
+
 def _extract_pending(model, collection: Collection, store: FeatureStore, pending: np.ndarray, taps: list[str], *,
                      size: int, device: torch.device, batch_size: int, workers: int | None,
                      on_progress: Callable[[int, int], None] | None, total: int, early: _Early | None = None) -> None:
@@ -314,10 +320,12 @@ def _extract_pending(model, collection: Collection, store: FeatureStore, pending
         batches = _start_batches(collection, indices, size, device, batch_size, workers, held)
     fmt = memory_format(device)
     cuda = device.type == "cuda"
+    deferred = _overlaps_copies(device)
+    mean, std = (torch.tensor([float(v) for v in values], device=device) for values in (cfg.mean, cfg.std))
     writer = _Writer(store)
     done = total - pending.size
     report = on_progress or (lambda done, total: None)
-    waiting = None  # CUDA: the last batch's features, on their way to pinned host memory
+    waiting = None  # deferred: the last batch's features (CUDA: on their way to pinned host memory)
 
     def finish(batch) -> None:
         nonlocal done
@@ -343,11 +351,13 @@ def _extract_pending(model, collection: Collection, store: FeatureStore, pending
                     x = images.to(device, non_blocking=True)  # uint8, pinned on CUDA, so the copy overlaps
                     if not ok.all():
                         x = x[torch.from_numpy(ok).to(device)]
-                    x = normalize_batch(x, cfg.mean, cfg.std).contiguous(memory_format=fmt)
+                    x = normalize_batch(x, mean, std).contiguous(memory_format=fmt)
                     try:
                         with autocast(device):
                             out = model.forward_taps(x, taps)
                     except torch.cuda.OutOfMemoryError:
+                        if waiting is not None:  # the batch before is computed: keep it
+                            finish(waiting)
                         raise FeatxError(f"out of GPU memory at {arg('batch_size', len(x))}; lower it and run the "
                                          "same command again (finished rows are kept)") from None
                     feats = {t: v.float().to("cpu", non_blocking=cuda) for t, v in out.items()}
@@ -358,8 +368,8 @@ def _extract_pending(model, collection: Collection, store: FeatureStore, pending
                 if waiting is not None:
                     finish(waiting)
                     waiting = None
-                if cuda:
-                    waiting = batch  # finished after the next batch is queued on the GPU
+                if deferred:
+                    waiting = batch  # finished after the next batch is queued
                 else:
                     finish(batch)
             if waiting is not None:

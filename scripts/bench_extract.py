@@ -2,9 +2,10 @@
 
 Default mode, one run gives every ratio (same images, same random weights, one tap, fc7 by default):
 
-- featx: the whole `python -m featx extract` process (a child process), minus the time its own
-  `import torch, torchvision` took (the child measures it and reports it); its peak RSS is the child's
-  ru_maxrss. With --in-process the `featx.extract.extract` call is also timed inside this process.
+- featx: the whole `python -m featx extract` process (a child process), minus the whole
+  `python -c "import torch, torchvision"` process (the least of three runs: the interpreter's start, the
+  import and the interpreter's exit, which tears torch down); its peak RSS is the child's ru_maxrss. With
+  --in-process the `featx.extract.extract` call is also timed inside this process, and its steady state.
 - naive loop: this process, one image at a time (PIL -> make_transform -> forward), features kept in memory
   and written at the end; timed from building the network to the written file.
 - ceiling: the forward pass alone on preloaded random tensors (channels-last, batches of --batch-size; fp16
@@ -100,7 +101,7 @@ def run_child(argv: list[str]) -> tuple[float, int, str]:
 
 
 def import_time(runs: int = 3) -> float:
-    """The interpreter's own start plus `import torch, torchvision`: the least of ``runs`` child runs."""
+    """The whole `python -c "import torch, torchvision"` process (start, import, exit): the least of ``runs``."""
     return min(run_child([sys.executable, "-c", "import torch, torchvision"])[0] for _ in range(runs))
 
 
@@ -209,6 +210,14 @@ def decode_per_core(collection, size: int, count: int) -> float:
     return (len(dataset) - 1) / (time.perf_counter() - start)
 
 
+def steady_rate(marks: list[tuple[float, int]], n: int) -> float | None:
+    """Images/s from the first progress report at or past 10% of the rows to the last one."""
+    first = next((m for m in marks if m[1] >= 0.1 * n), None)
+    if first is None or marks[-1][0] <= first[0]:
+        return None
+    return (marks[-1][1] - first[1]) / (marks[-1][0] - first[0])
+
+
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -251,15 +260,18 @@ def bench(args) -> dict:
         r.update(gpu.summary())
         r["featx_process_s"], r["featx_peak_rss_mb"] = wall, rss / 2**20
         r["featx_import_s"] = own_import(output)
-        r["featx_s"] = wall - r["featx_import_s"]
+        r["featx_s"] = wall - r["import_s"]
         r["ceiling_s"] = ceiling(args.backbone, n, args.size, args.batch_size, args.taps, device)
         if args.in_process:
             out2 = root / "featx-call.h5"
             out2.unlink(missing_ok=True)
+            marks: list[tuple[float, int]] = []
             start = time.perf_counter()
             extract(collection, out2, backbone=args.backbone, weights="none", taps=args.taps, image_size=args.size,
-                    device=str(device), batch_size=args.batch_size, workers=args.workers)
+                    device=str(device), batch_size=args.batch_size, workers=args.workers,
+                    on_progress=lambda done, total: marks.append((time.perf_counter(), done)))
             r["featx_call_s"] = time.perf_counter() - start
+            r["featx_steady"] = steady_rate(marks, n)
         r["naive_s"] = naive_loop(collection, args.backbone, args.size, args.taps, root / "naive.h5", device)
         with h5py.File(out) as a, h5py.File(root / "naive.h5") as b:
             r["max_abs_diff"] = max(float(np.abs(a["features"][t][:] - b[t][:]).max()) for t in args.taps)
@@ -284,8 +296,9 @@ def report(r: dict, args) -> None:
     print(f"{'method':<44}{'seconds':>9}{'img/s':>10}")
     for name, t in rows:
         print(f"{name:<44}{t:>9.2f}{rate(t):>10.1f}")
-    print(f"(whole featx process {r['featx_process_s']:.2f} s, less its own import torch, torchvision "
-          f"{r['featx_import_s']:.2f} s; `python -c 'import torch, torchvision'` alone: {r['import_s']:.2f} s)")
+    print(f"(whole featx process {r['featx_process_s']:.2f} s, less the whole `python -c 'import torch, "
+          f"torchvision'` process {r['import_s']:.2f} s; inside featx's process that import took "
+          f"{r['featx_import_s']:.2f} s)")
     share, speedup = r["ceiling_s"] / r["featx_s"], r["naive_s"] / r["featx_s"]
     r["featx_vs_ceiling"], r["featx_vs_naive"] = share, speedup
     target = CPU_TARGETS.get(r["backbone"]) if r["device"] == "cpu" else None
@@ -295,12 +308,15 @@ def report(r: dict, args) -> None:
     print(f"featx vs naive loop: {speedup:.2f}x faster{f' (target {target[1]}x)' if target else ''}"
           f"{mark(target and speedup >= target[1])}")
     if "featx_call_s" in r:
-        print(f"featx call vs ceiling: {r['ceiling_s'] / r['featx_call_s']:.2f}")
+        steady = r["featx_steady"]
+        share = "n/a" if steady is None else f"{steady:.1f} img/s, {steady * r['ceiling_s'] / n:.2f} of the ceiling"
+        print(f"featx call vs ceiling: {r['ceiling_s'] / r['featx_call_s']:.2f}; steady state (after the first 10% of "
+              f"rows): {share}")
     print(f"decode path alone: {r['decode_per_core']:.0f} images/s per core; {r['decode_all_cores']:.0f} images/s "
           f"on all {cores()} cores (worker processes)")
     if r["device"] != "cpu":
         bound = min(rate(r["ceiling_s"]), r["decode_all_cores"])
-        best = max(rate(r["featx_s"]), rate(r.get("featx_call_s", r["featx_s"])))
+        best = max(rate(r["featx_s"]), rate(r.get("featx_call_s", r["featx_s"])), r.get("featx_steady") or 0)
         r["featx_vs_bound"] = best / bound
         print(f"GPU: featx {best:.0f} img/s = {best / bound:.2f} of min(ceiling, all-core decode) = {bound:.0f} img/s "
               f"(target {GPU_TARGET}); GPU utilisation during featx: mean {_pct(r['gpu_util_mean'])}, "

@@ -41,6 +41,8 @@ def test_uint8_resize_then_batch_normalisation_is_make_transform(size):
     assert got.dtype == torch.float32 and got.shape == reference.shape
     assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, reference, rtol=0, atol=1e-6)  # the same elementwise steps
+    # mean and std as tensors already on the device (what extraction passes) give the same batch
+    assert torch.equal(normalize_batch(raw, torch.tensor(MEAN), torch.tensor(STD)), got)
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +164,16 @@ def test_a_resumed_store_decodes_only_its_missing_rows(mixed, tmp_path, monkeypa
             on_progress=interrupt)
     assert summarize(out)["done"] == 7
     assert len(started) == 1 and len(started[0]) < 8  # no early decoding of every row for a store that exists
+
+
+def test_deferred_batches_as_on_cuda_give_the_same_store(mixed, tmp_path, monkeypatch):
+    """CUDA finishes each batch after queuing the next one; the same bookkeeping on the CPU changes nothing."""
+    common = dict(backbone="cnn", weights="none", image_size=32, batch_size=3, workers=0)
+    plain = extract(mixed, tmp_path / "plain.h5", **common)
+    monkeypatch.setattr(fx, "_overlaps_copies", lambda device: True)
+    seen = []
+    deferred = extract(mixed, tmp_path / "deferred.h5", on_progress=lambda done, total: seen.append(done), **common)
+    assert seen == [0, 3, 6, 8]
+    a, b = summarize(plain), summarize(deferred)
+    assert (a["done"], a["errors"]) == (b["done"], b["errors"]) == (7, 1)
+    np.testing.assert_allclose(load_features(deferred).X, load_features(plain).X, rtol=1e-6, atol=1e-7)

@@ -119,15 +119,18 @@ class ResizeUint8:
         return f"ResizeUint8({self.image_size})"
 
 
-def normalize_batch(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalize_batch(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+                    std: Sequence[float] | torch.Tensor) -> torch.Tensor:
     """uint8 images (B, H, W, 3) on any device -> float32 (B, 3, H, W), channels-last in memory.
 
     The same operations as ToTensor then Normalize (divide by 255, subtract mean, divide by std), so a batch
-    of :class:`ResizeUint8` outputs becomes the stacked tensors of :func:`make_transform`.
+    of :class:`ResizeUint8` outputs becomes the stacked tensors of :func:`make_transform`. ``mean`` and ``std``
+    may be float32 tensors already on the images' device (a CUDA caller passes those: building them from
+    numbers each batch would copy them to the GPU and wait for it).
     """
     x = images.permute(0, 3, 1, 2).to(torch.float32).div_(255)
-    m = torch.tensor([float(v) for v in mean], dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor([float(v) for v in std], dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return x.sub_(m).div_(s)
 
 
