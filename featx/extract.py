@@ -52,12 +52,12 @@ def _cores() -> int:
 
 
 def decode_plan(device: torch.device, workers: int | None) -> tuple[str, int]:
-    """Who decodes images for extraction on ``device``: ``("threads", n)``, n low-priority helper threads of
+    """Who decodes images for extraction on ``device``: ``("threads", n)``, n helper threads of
     this process (0: the main thread alone), or ``("processes", n)``, n DataLoader worker processes.
 
-    ``workers`` None: on the CPU, as many helper threads as torch's threads (they share the cores with the
-    forward pass and yield to it); on CUDA, worker processes on every core but one (at most 32). ``0``: the
-    main thread decodes; ``N``: N worker processes.
+    ``workers`` None: on the CPU, as many helper threads as torch's threads (they decode while the forward pass
+    waits: while the network is built and between batches); on CUDA, worker processes on every core but one
+    (at most 32). ``0``: the main thread decodes; ``N``: N worker processes.
     """
     if workers is None:
         if device.type == "cuda" and _cores() > 1:
@@ -276,7 +276,8 @@ def _start_batches(collection: Collection, indices: list[int], size: int, device
     kind, n = decode_plan(device, workers)
     if kind == "threads":
         ahead = max(2, min(16, PREFETCH_BYTES // (batch_size * size * size * 3)))
-        return ThreadBatches(dataset, batch_size, n, ahead=ahead, pin=pin_memory(device))
+        # on the CPU the forward pass uses every core: helpers decode while it waits, not while it runs
+        return ThreadBatches(dataset, batch_size, n, ahead=ahead, pause=device.type == "cpu", pin=pin_memory(device))
     return LoaderBatches(dataset, batch_size, n, pin=pin_memory(device), prefetch=2 if n >= 4 else 4,
                          worker_init_fn=functools.partial(_close_inherited, held),
                          lowest_priority=device.type == "cpu")
@@ -353,7 +354,7 @@ def _extract_pending(model, collection: Collection, store: FeatureStore, pending
                         x = x[torch.from_numpy(ok).to(device)]
                     x = normalize_batch(x, mean, std).contiguous(memory_format=fmt)
                     try:
-                        with autocast(device):
+                        with batches.paused(), autocast(device):
                             out = model.forward_taps(x, taps)
                     except torch.cuda.OutOfMemoryError:
                         if waiting is not None:  # the batch before is computed: keep it

@@ -5,6 +5,8 @@ Whoever decodes, the store holds the features of make_transform's tensors (the n
 from __future__ import annotations
 
 import gc
+import threading
+import time
 
 import h5py
 import numpy as np
@@ -177,3 +179,35 @@ def test_deferred_batches_as_on_cuda_give_the_same_store(mixed, tmp_path, monkey
     a, b = summarize(plain), summarize(deferred)
     assert (a["done"], a["errors"]) == (b["done"], b["errors"]) == (7, 1)
     np.testing.assert_allclose(load_features(deferred).X, load_features(plain).X, rtol=1e-6, atol=1e-7)
+
+
+class _Gated(torch.utils.data.Dataset):
+    """Items (uint8 image, index, "") that wait for ``go`` before they are made."""
+
+    def __init__(self, n: int):
+        self.n, self.go = n, threading.Event()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        self.go.wait(timeout=30)
+        return torch.full((2, 2, 3), i, dtype=torch.uint8), i, ""
+
+
+def test_paused_helpers_start_no_image_until_the_pause_ends():
+    dataset = _Gated(12)
+    batches = ThreadBatches(dataset, 1, 2, ahead=8, pause=True)
+    try:
+        while batches._state.next < 2:  # both helpers hold an image, blocked until `go`
+            time.sleep(0.01)
+        with batches.paused():
+            dataset.go.set()
+            while len(batches._state.ready) < 2:
+                time.sleep(0.01)
+            time.sleep(0.2)  # room for a wrong claim: paused helpers must not start another image
+            assert batches._state.next == 2
+        got = [int(index) for _, indices, _ in batches for index in indices]
+    finally:
+        batches.close()
+    assert got == list(range(12))

@@ -4,15 +4,17 @@ The dataset's items are ``(image, index, error)`` (:class:`~featx.data.images.Im
 ``(images, indices, errors)``, as the DataLoader's default collation gives it.
 
 Threads suit a machine whose cores also run the forward pass (the CPU). PIL releases the GIL while it decodes
-and resizes; the helper threads run at the lowest scheduling priority, so they take the cycles the forward
-pass leaves idle (while the network is built, between batches) instead of slowing it down; and the thread
-that waits for a batch decodes its missing images itself, at normal priority. Worker processes suit a GPU,
-where the CPU's cores have nothing else to do.
+and resizes, so the helper threads decode in parallel; with ``pause`` they wait while the consumer computes
+(:meth:`ThreadBatches.paused`), so the forward pass has every core to itself and its threads never wait on a
+descheduled decoder (a lower scheduling priority would not do: a starved helper holding the GIL stalls the
+consumer). They decode ahead while the network is built and whenever the consumer waits for a batch, and
+the consumer then decodes the batch's missing images too. Worker processes suit a GPU, where the CPU's
+cores have nothing else to do.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -38,6 +40,7 @@ class _Decoding:
         self.ready: dict[int, tuple] = {}
         self.error: BaseException | None = None
         self.closed = False
+        self.paused = False
 
     def decode(self, pos: int) -> None:
         try:
@@ -53,10 +56,9 @@ class _Decoding:
 
     def help(self) -> None:
         """A helper thread: claim the next position, decode it, until closed."""
-        _lowest_priority()
         while True:
             with self.cond:
-                while not self.closed and self.next >= self.limit:
+                while not self.closed and (self.paused or self.next >= self.limit):
                     self.cond.wait()
                 if self.closed:
                     return
@@ -83,6 +85,11 @@ class _Decoding:
                 self.next += 1
             self.decode(pos)
 
+    def pause(self, paused: bool) -> None:
+        with self.cond:
+            self.paused = paused
+            self.cond.notify_all()
+
     def close(self) -> None:
         with self.cond:
             self.closed = True
@@ -90,22 +97,16 @@ class _Decoding:
             self.cond.notify_all()
 
 
-def _lowest_priority() -> None:
-    """Give the calling thread the lowest CPU priority (Linux, where each thread has its own nice value)."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:
-            pass
-
-
 class ThreadBatches:
-    """Batches of ``dataset`` in order, decoded by ``threads`` low-priority helper threads of this process (at
-    most ``ahead`` batches ahead of the consumer) and by the consumer itself; ``threads=0``: by the consumer
-    alone. Decoding starts when the object is made. ``pin``: batches of images in pinned memory (for CUDA)."""
+    """Batches of ``dataset`` in order, decoded by ``threads`` helper threads of this process (at most ``ahead``
+    batches ahead of the consumer) and by the consumer itself; ``threads=0``: by the consumer alone. Decoding
+    starts when the object is made. ``pause``: helpers wait inside :meth:`paused`. ``pin``: batches of images
+    in pinned memory (for CUDA)."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, threads: int, *, ahead: int = 2, pin: bool = False):
+    def __init__(self, dataset: Dataset, batch_size: int, threads: int, *, ahead: int = 2, pause: bool = False,
+                 pin: bool = False):
         self._state = _Decoding(dataset, int(batch_size), max(1, int(ahead)))
+        self.pause = pause
         self.pin = pin
         self.batches = -(-self._state.n // int(batch_size))
         self._threads = [threading.Thread(target=self._state.help, name=f"featx-decode-{i}", daemon=True)
@@ -120,6 +121,18 @@ class ThreadBatches:
             images = torch.stack([item[0] for item in items])
             yield (images.pin_memory() if self.pin else images,
                    torch.tensor([int(item[1]) for item in items], dtype=torch.int64), [item[2] for item in items])
+
+    @contextlib.contextmanager
+    def paused(self):
+        """While the block runs (the forward pass), helpers start no new image (with ``pause``)."""
+        if not self.pause or not self._threads:
+            yield
+            return
+        self._state.pause(True)
+        try:
+            yield
+        finally:
+            self._state.pause(False)
 
     def close(self) -> None:
         """Stop the helpers and wait for them (each finishes the image it is decoding)."""
@@ -144,6 +157,10 @@ class LoaderBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self._it)
+
+    def paused(self):
+        """No pause: worker processes decode on (see ``lowest_priority``)."""
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         """Stop the worker processes now (batches they prefetched are dropped)."""
