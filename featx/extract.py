@@ -1,8 +1,11 @@
 """Run a backbone over an image collection once and stream its features into an HDF5 store.
 
-Decoding runs in DataLoader worker processes, the forward pass in the main thread, and HDF5 writes in
-one writer thread, so the three overlap. Re-running the same call resumes: only missing rows are computed.
-Progress leaves through a callback, ``on_progress(done, total)``; the CLI draws it as a bar.
+Images are decoded and resized to uint8 while the network is built and between forward passes, then
+normalised in whole batches on the compute device (see :mod:`featx.data.batches` for who decodes: threads
+of this process on the CPU, DataLoader worker processes for CUDA); HDF5 writes run in one writer thread.
+On CUDA, batches are copied from pinned memory without blocking, and a batch's features come back while the
+next batch runs. Re-running the same call resumes: only missing rows are computed. Progress leaves through a
+callback, ``on_progress(done, total)``; the CLI draws it as a bar.
 Forked workers close their copies of the store's and its lock's file descriptors first thing, so they never
 hold the store open: after ``kill -9`` of the main process the next run can start at once.
 """
@@ -14,17 +17,18 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torchvision
-from torch.utils.data import DataLoader
 
 from featx import provenance
 from featx.backbones import check_input_size, create_backbone, get_config
 from featx.backbones.generic import POOLINGS
 from featx.data import Collection, discover
-from featx.data.images import ImageDataset, describe_preprocessing, make_transform
+from featx.data.batches import LoaderBatches, ThreadBatches
+from featx.data.images import ImageDataset, ResizeUint8, describe_preprocessing, make_transform, normalize_batch
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError, arg
 from featx.store import FeatureStore, lock_path
@@ -33,9 +37,34 @@ from featx.store.shards import parse_shard, shard_rows, shard_settings
 DTYPES = ("float32", "float16")
 
 
+PREFETCH_BYTES = 64 << 20   # decoded images held ahead of the forward pass (threads), whatever the data's size
+
+
 def default_workers() -> int:
     """Decode workers: all cores but one (the forward pass needs one), at most 8."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decode_plan(device: torch.device, workers: int | None) -> tuple[str, int]:
+    """Who decodes images for extraction on ``device``: ``("threads", n)``, n helper threads of
+    this process (0: the main thread alone), or ``("processes", n)``, n DataLoader worker processes.
+
+    ``workers`` None: on the CPU, as many helper threads as torch's threads (they decode while the forward pass
+    waits: while the network is built and between batches); on CUDA, worker processes on every core but one
+    (at most 32). ``0``: the main thread decodes; ``N``: N worker processes.
+    """
+    if workers is None:
+        if device.type == "cuda" and _cores() > 1:
+            return "processes", min(32, _cores() - 1)
+        return "threads", max(1, torch.get_num_threads())
+    return ("processes", int(workers)) if workers > 0 else ("threads", 0)
 
 
 def select_taps(taps: Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -167,6 +196,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     cfg = get_config(backbone)
     if weights is None:
         weights = "none" if cfg.imagenet is None else "imagenet"
+    # a new store computes every row: its images are decoded while the network is built
+    early = _decode_early(collection, out, cfg, weights, image_size, device, batch_size, workers)
     model = create_backbone(backbone, weights, seed=seed)
     if pool not in POOLINGS or (pool != "avg" and not hasattr(model, "pooling")):
         raise FeatxError(f"{arg('pool', pool)}: choose avg or max (max applies to graph-node taps of models "
@@ -206,8 +237,10 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         total = store.n
         if pending.size:
             _extract_pending(model, collection, store, pending, tap_names, size=size, device=device,
-                 batch_size=batch_size, workers=default_workers() if workers is None else workers,
-                 on_progress=on_progress, total=total)
+                             batch_size=batch_size, workers=workers, on_progress=on_progress, total=total,
+                             early=early)
+        elif early is not None:
+            early.batches.close()
         errors = store.h5["samples/error"].asstr()[:]
         errors[store.done] = ""
     failed = np.flatnonzero(errors != "")
@@ -216,6 +249,50 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
                          f"{errors[failed[0]]}; the other {total - failed.size} rows are saved in {out}; fix or "
                          "replace those files and run the same command again")
     return out
+
+
+class _Early(NamedTuple):
+    """Decoding started before the store was opened, for ``indices`` of ``collection`` at ``size``."""
+    collection: Collection
+    indices: list[int]
+    size: int
+    device: torch.device
+    batches: ThreadBatches | LoaderBatches
+
+
+def _decode_early(collection: Collection, out, cfg, weights, image_size: int | None, device: str,
+                  batch_size: int, workers: int | None) -> _Early | None:
+    """Start decoding every image of ``collection`` when ``out`` does not exist yet (a new store computes every
+    row) and the input size is known before the network is built (weights none or imagenet); else None.
+    ``_extract_pending`` uses it when it asks for the same rows, and closes it otherwise."""
+    if Path(out).exists() or not (isinstance(weights, str) and weights.strip().lower() in ("none", "random",
+                                                                                             "imagenet")):
+        return None
+    size = int(image_size or cfg.input_size)
+    try:
+        dev = resolve_device(device)
+        check_input_size(cfg.name, size)
+    except FeatxError:
+        return None  # reported by extract itself, after the network is built
+    if decode_plan(dev, workers) == ("threads", 0):
+        return None
+    indices = list(range(len(collection.samples)))
+    return _Early(collection, indices, size, dev, _start_batches(collection, indices, size, dev, batch_size,
+                                                                 workers, held=()))
+
+
+def _start_batches(collection: Collection, indices: list[int], size: int, device: torch.device, batch_size: int,
+                   workers: int | None, held: tuple[str, ...]) -> ThreadBatches | LoaderBatches:
+    """Start decoding ``indices`` of ``collection`` as uint8 images of ``size`` px, as :func:`decode_plan` says."""
+    dataset = ImageDataset(collection, ResizeUint8(size), indices=indices)
+    kind, n = decode_plan(device, workers)
+    if kind == "threads":
+        ahead = max(2, min(16, PREFETCH_BYTES // (batch_size * size * size * 3)))
+        # on the CPU the forward pass uses every core: helpers decode while it waits, not while it runs
+        return ThreadBatches(dataset, batch_size, n, ahead=ahead, pause=device.type == "cpu", pin=pin_memory(device))
+    return LoaderBatches(dataset, batch_size, n, pin=pin_memory(device), prefetch=2 if n >= 4 else 4,
+                         worker_init_fn=functools.partial(_close_inherited, held),
+                         lowest_priority=device.type == "cpu")
 
 
 def _close_inherited(paths: tuple[str, ...], worker_id: int) -> None:
@@ -235,43 +312,81 @@ def _close_inherited(paths: tuple[str, ...], worker_id: int) -> None:
             pass
 
 
+def _overlaps_copies(device: torch.device) -> bool:
+    """Whether a batch's features are finished (copied to the host, written) only after the next batch is queued:
+    on CUDA, where both the copy and the next forward pass run while the CPU goes on."""
+    return device.type == "cuda"
+
+
 def _extract_pending(model, collection: Collection, store: FeatureStore, pending: np.ndarray, taps: list[str], *,
-                     size: int, device: torch.device, batch_size: int, workers: int,
-                     on_progress: Callable[[int, int], None] | None, total: int) -> None:
+                     size: int, device: torch.device, batch_size: int, workers: int | None,
+                     on_progress: Callable[[int, int], None] | None, total: int, early: _Early | None = None) -> None:
     cfg = model.config
-    transform = make_transform(size, cfg.mean, cfg.std)
-    dataset = ImageDataset(collection, transform, indices=pending.tolist())
-    held = tuple(os.path.realpath(p) for p in (store.path, lock_path(store.path)))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=pin_memory(device), persistent_workers=False,
-                        prefetch_factor=4 if workers > 0 else None,
-                        worker_init_fn=functools.partial(_close_inherited, held) if workers > 0 else None)
+    indices = pending.tolist()
+    if early is not None and (early.collection is collection and early.indices == indices and early.size == size
+                              and early.device == device):
+        batches = early.batches
+    else:
+        if early is not None:
+            early.batches.close()
+        held = tuple(os.path.realpath(p) for p in (store.path, lock_path(store.path)))
+        batches = _start_batches(collection, indices, size, device, batch_size, workers, held)
     fmt = memory_format(device)
-    model = model.to(device=device, memory_format=fmt)  # create_backbone returns it in eval mode
+    cuda = device.type == "cuda"
+    deferred = _overlaps_copies(device)
+    mean, std = (torch.tensor([float(v) for v in values], device=device) for values in (cfg.mean, cfg.std))
     writer = _Writer(store)
     done = total - pending.size
     report = on_progress or (lambda done, total: None)
+    waiting = None  # deferred: the last batch's features (CUDA: on their way to pinned host memory)
+
+    def finish(batch) -> None:
+        nonlocal done
+        rows, feats, copied, count = batch
+        if copied is not None:
+            copied.synchronize()
+        if len(rows):
+            writer.put("rows", rows, {t: v.numpy() for t, v in feats.items()})
+        done += count
+        report(done, total)
+
     try:
+        model = model.to(device=device, memory_format=fmt)  # create_backbone returns it in eval mode
         report(done, total)
         with torch.inference_mode():
-            for images, index, error in loader:
+            for images, index, error in batches:
                 ok = np.array([e == "" for e in error], dtype=bool)
                 index = index.numpy()
                 if not ok.all():
                     writer.put("errors", index[~ok].tolist(), [e for e in error if e])
+                feats, copied = {}, None
                 if ok.any():
-                    x = images.to(device, non_blocking=True)  # still pinned here, so the copy overlaps
+                    x = images.to(device, non_blocking=True)  # uint8, pinned on CUDA, so the copy overlaps
                     if not ok.all():
                         x = x[torch.from_numpy(ok).to(device)]
-                    x = x.contiguous(memory_format=fmt)
+                    x = normalize_batch(x, mean, std).contiguous(memory_format=fmt)
                     try:
-                        with autocast(device):
-                            feats = model.forward_taps(x, taps)
+                        with batches.paused(), autocast(device):
+                            out = model.forward_taps(x, taps)
                     except torch.cuda.OutOfMemoryError:
+                        if waiting is not None:  # the batch before is computed: keep it
+                            finish(waiting)
                         raise FeatxError(f"out of GPU memory at {arg('batch_size', len(x))}; lower it and run the "
                                          "same command again (finished rows are kept)") from None
-                    writer.put("rows", index[ok], {t: v.float().cpu().numpy() for t, v in feats.items()})
-                done += len(index)
-                report(done, total)
+                    feats = {t: v.float().to("cpu", non_blocking=cuda) for t, v in out.items()}
+                    if cuda:
+                        copied = torch.cuda.Event()
+                        copied.record()
+                batch = (index[ok], feats, copied, len(index))
+                if waiting is not None:
+                    finish(waiting)
+                    waiting = None
+                if deferred:
+                    waiting = batch  # finished after the next batch is queued
+                else:
+                    finish(batch)
+            if waiting is not None:
+                finish(waiting)
     finally:
+        batches.close()
         writer.close()

@@ -51,7 +51,8 @@ from featx.cli.parsing import (
 )
 from featx.errors import FeatxError
 from featx.report import results_table
-from featx.workflows.classify import default_out, run_classify, run_compare
+
+# featx.workflows.classify (scikit-learn, ~1 s) is imported by the commands that use it, not by `featx extract`
 
 
 def _print_rows(rows, paths=None, title="featx", run=None) -> None:
@@ -119,6 +120,8 @@ def classify(
     if tap and "," in tap:
         raise FeatxError(f"--tap {tap}: classify evaluates one tap (fuse taps with +, e.g. fc7+pool5); compare "
                          "takes a comma-separated list")
+    from featx.workflows.classify import default_out, run_classify
+
     params, nested = parse_search(param, [head], method=search, n_iter=n_iter, tune=tune, inner_folds=inner_folds,
                                   metric=search_metric)
     stores, taps = parse_stores(store), parse_taps(tap)
@@ -187,6 +190,8 @@ def compare(
     select: Select = None,
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
+    from featx.workflows.classify import default_out, run_compare
+
     head_names = parse_name_list(heads)
     params, nested = parse_search(param, head_names, method=search, n_iter=n_iter, tune=tune,
                                   inner_folds=inner_folds, metric=search_metric)

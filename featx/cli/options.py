@@ -36,8 +36,10 @@ StartWeights = Annotated[str | None, typer.Option(
 ImageSize = Annotated[int | None, typer.Option(
     help="Square input size (default: the backbone's, 224; AlexNet needs 63 or more).", rich_help_panel=NETWORK)]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN)]
-Workers = Annotated[int | None, typer.Option(help="Decode worker processes (default: cores - 1, at most 8 when "
-                                                    "extracting, 4 when training).", rich_help_panel=RUN)]
+Workers = Annotated[int | None, typer.Option(help="Decode worker processes; 0: the main thread decodes. Default "
+                                                    "when extracting: threads on the CPU (they decode while the "
+                                                    "network waits), every core but one (at most 32) on CUDA; when "
+                                                    "training: cores - 1, at most 4.", rich_help_panel=RUN)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUTPUT)]
 Positive = Annotated[str | None, typer.Option(
     help="Positive class of precision, recall, F1 and ROC (default: all, when present).",

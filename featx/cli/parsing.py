@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featx.errors import FeatxError, arg
-from featx.evaluation.search import DEFAULT_SPACES, LogUniform, Search, check_search
-from featx.heads import MANAGED_PARAMS, check_params, check_preprocess, get_head, settable_params
+
+if TYPE_CHECKING:
+    from featx.evaluation.search import Search
+
+# featx.heads and featx.evaluation (scikit-learn, ~1 s) are imported where used: `featx extract` needs neither
 
 
 # --- heads ---
@@ -30,6 +33,8 @@ def parse_preprocess(text: str | None) -> tuple:
         else:
             raise FeatxError(f"{arg('preprocess', text)}: unknown step {token!r}; use standard, none, l2 or pca:N, "
                              "joined with '+' (e.g. standard+pca:128)")
+    from featx.heads import check_preprocess
+
     return check_preprocess(steps)
 
 
@@ -40,6 +45,8 @@ def parse_params(items: Sequence[str] | None, heads: Sequence[str]) -> dict[str,
     the parameter when none does). Values are read as JSON when they parse (numbers, true/false, null), else
     kept as text. The result has passed :func:`featx.heads.check_params`.
     """
+    from featx.heads import MANAGED_PARAMS, check_params, get_head, settable_params
+
     names = [get_head(h).name for h in heads if h.strip()]
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:
@@ -74,6 +81,8 @@ def _search_value(raw: str):
         return None
     low, colon, high = raw.partition(":")
     if colon:
+        from featx.evaluation.search import LogUniform
+
         try:
             return LogUniform(float(low), float(high))
         except ValueError:  # not two numbers: a text value that holds a colon
@@ -101,6 +110,9 @@ def parse_search(items: Sequence[str] | None, heads: Sequence[str], *, method: s
     selected heads (given lists replace a default; a fixed value removes it). The method defaults to grid
     when anything is searched; no search without lists, ranges or ``tune`` (None).
     """
+    from featx.evaluation.search import DEFAULT_SPACES, Search, check_search
+    from featx.heads import get_head, settable_params
+
     names = [get_head(h).name for h in heads if h.strip()]
     fixed_items, space = [], {}
     for item in items or []:

@@ -1,4 +1,9 @@
-"""Images as tensors: reading any image as 8-bit RGB, the transforms, and the torch Dataset of a Collection."""
+"""Images as tensors: reading any image as 8-bit RGB, the transforms, and the torch Dataset of a Collection.
+
+Extraction splits the evaluation transform in two: :class:`ResizeUint8` (the PIL resize, in the decoding
+threads or processes) and :func:`normalize_batch` (ToTensor + Normalize on whole uint8 batches, on the compute
+device). Together they give exactly the tensors of :func:`make_transform`.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -97,6 +102,38 @@ def describe_preprocessing(transform: T.Compose) -> dict:
             "value_range": value_range}
 
 
+class ResizeUint8:
+    """PIL image -> uint8 tensor (image_size, image_size, 3), channels last: the Resize step of
+    :func:`make_transform` exactly (PIL bilinear, which always antialiases), without ToTensor / Normalize."""
+
+    def __init__(self, image_size: int):
+        if int(image_size) < 1:
+            raise FeatxError(f"{arg('image_size', image_size)} must be a positive number of pixels")
+        self.image_size = int(image_size)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        size = (self.image_size, self.image_size)
+        return torch.from_numpy(np.array(img.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8))
+
+    def __repr__(self) -> str:
+        return f"ResizeUint8({self.image_size})"
+
+
+def normalize_batch(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
+                    std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) on any device -> float32 (B, 3, H, W), channels-last in memory.
+
+    The same operations as ToTensor then Normalize (divide by 255, subtract mean, divide by std), so a batch
+    of :class:`ResizeUint8` outputs becomes the stacked tensors of :func:`make_transform`. ``mean`` and ``std``
+    may be float32 tensors already on the images' device (a CUDA caller passes those: building them from
+    numbers each batch would copy them to the GPU and wait for it).
+    """
+    x = images.permute(0, 3, 1, 2).to(torch.float32).div_(255)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Items are (image tensor, index into collection.samples, error message or "").
 
@@ -108,7 +145,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.collection = collection
         self.transform = transform
         self.indices = list(range(len(collection.samples))) if indices is None else [int(i) for i in indices]
-        self._blank_shape: tuple[int, ...] | None = None
+        self._blank_shape: tuple[tuple[int, ...], torch.dtype] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -126,5 +163,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _blank(self) -> torch.Tensor:
         if self._blank_shape is None:
-            self._blank_shape = tuple(self.transform(Image.new("RGB", (8, 8))).shape)
-        return torch.zeros(self._blank_shape)
+            like = self.transform(Image.new("RGB", (8, 8)))
+            self._blank_shape = (tuple(like.shape), like.dtype)
+        shape, dtype = self._blank_shape
+        return torch.zeros(shape, dtype=dtype)
