@@ -5,8 +5,10 @@ optimizer, loss and, on the CPU, deterministic algorithms; AMP on CUDA) trained 
 forward + backward + optimizer step over as many images as featx trains on, in batches of the same size at
 the same image size, then a forward pass over the validation images. featx is ``featx.finetune.finetune`` on a
 C-NMC-like tree of 450x450 BMP cells (decoding, augmentation, validation, metrics, checkpoints), several
-epochs; the first is reported apart (workers start, first allocations). The ceiling runs before and after
-featx, and their mean is used, so that a change in machine load shows as a spread instead of a ratio.
+epochs; the first is reported apart (workers start, first allocations). A ceiling pass runs before featx's
+first epoch and after each epoch (from the epoch callback, outside featx's timings): each featx epoch is
+compared with the mean of the ceilings just before and after it, so that the load of a shared machine, which
+changes over minutes, cancels in the ratio (the median over epochs is printed).
 
 Printed per backbone: s/epoch/1,000 training images for the ceiling and featx (train pass alone, and the
 whole epoch with validation and checkpoints), their ratios, and where featx's epoch goes.
@@ -53,73 +55,86 @@ def make_tree(root: Path, n_images: int) -> Path:
     return root
 
 
-def ceiling(backbone: str, settings: dict, n_train: int, n_val: int, class_weight: torch.Tensor | None,
-            device: torch.device) -> dict:
-    """Seconds of one pass of training steps over ``n_train`` preloaded images and of a forward pass over
-    ``n_val``, as featx's loop runs them (after one untimed warm-up step)."""
-    size, bs = int(settings["image_size"]), int(settings["batch_size"])
-    network = create_backbone(backbone, "none", dropout=float(settings["dropout"]), seed=0)
-    network.reset_classifier(2, seed=0)
-    network = network.to(device=device, memory_format=torch.channels_last)
-    params = [p for p in network.parameters() if p.requires_grad]
-    opt = (torch.optim.SGD(params, lr=float(settings["lr"]), momentum=float(settings["momentum"]),
-                           weight_decay=float(settings["weight_decay"])) if settings["optimizer"] == "sgd" else
-           torch.optim.AdamW(params, lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"])))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    loss_fn = torch.nn.CrossEntropyLoss(weight=None if class_weight is None else class_weight.to(device))
-    gen = torch.Generator().manual_seed(0)
-    n = max(n_train, n_val)
-    x = torch.randn(n, 3, size, size, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 2, (n,), generator=gen).to(device)
-    n_steps = n_train - 1 if n_train > bs and n_train % bs == 1 else n_train  # featx drops a last batch of one
+class Ceiling:
+    """featx's training step on preloaded tensors: the same network (random weights), optimizer, loss, batch and
+    image size, channels-last; deterministic algorithms on the CPU and AMP on CUDA, as featx's loop."""
 
-    def step(xb, yb):
-        opt.zero_grad(set_to_none=True)
-        with autocast(device):
-            logits = network(xb)
-        loss = loss_fn(logits.float(), yb)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+    def __init__(self, backbone: str, settings: dict, n_train: int, n_val: int,
+                 class_weight: torch.Tensor | None, device: torch.device):
+        size, self.bs, self.device = int(settings["image_size"]), int(settings["batch_size"]), device
+        network = create_backbone(backbone, "none", dropout=float(settings["dropout"]), seed=0)
+        network.reset_classifier(2, seed=0)
+        self.network = network.to(device=device, memory_format=torch.channels_last)
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        self.opt = (torch.optim.SGD(params, lr=float(settings["lr"]), momentum=float(settings["momentum"]),
+                                    weight_decay=float(settings["weight_decay"]))
+                    if settings["optimizer"] == "sgd" else
+                    torch.optim.AdamW(params, lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"])))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        self.loss_fn = torch.nn.CrossEntropyLoss(weight=None if class_weight is None else class_weight.to(device))
+        gen = torch.Generator().manual_seed(0)
+        n = max(n_train, n_val)
+        self.x = torch.randn(n, 3, size, size, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+        self.y = torch.randint(0, 2, (n,), generator=gen).to(device)
+        # featx drops a last training batch of one image
+        self.n_train = n_train - 1 if n_train > self.bs and n_train % self.bs == 1 else n_train
+        self.n_val, self.warm = n_val, False
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        with autocast(self.device):
+            logits = self.network(xb)
+        loss = self.loss_fn(logits.float(), yb)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         return float(loss.detach())  # featx's one host sync per step
 
-    prev = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    if device.type == "cpu":  # as featx's loop
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.backends.cudnn.benchmark = True
-    try:
-        return _timed_passes(network, step, x, y, n_train=n_steps, n_val=n_val, bs=bs, device=device)
-    finally:
-        torch.use_deterministic_algorithms(prev[0], warn_only=True)
-        torch.backends.cudnn.benchmark = prev[1]
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
+    def passes(self) -> dict:
+        """Seconds of one pass of training steps over the training images and of a forward pass over the
+        validation images (the first call starts with an untimed warm-up step). The caller's RNG is untouched."""
+        prev = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                return self._passes()
+        finally:
+            torch.use_deterministic_algorithms(prev[0], warn_only=True)
+            torch.backends.cudnn.benchmark = prev[1]
 
-def _timed_passes(network, step, x, y, *, n_train: int, n_val: int, bs: int, device: torch.device) -> dict:
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    network.train()
-    step(x[:bs], y[:bs])
-    sync()
-    t0 = time.perf_counter()
-    for start in range(0, n_train, bs):
-        step(x[start:min(start + bs, n_train)], y[start:min(start + bs, n_train)])
-    sync()
-    train = time.perf_counter() - t0
-    network.eval()
-    with torch.inference_mode():
-        with autocast(device):
-            network(x[:bs])
-        sync()
+    def _passes(self) -> dict:
+        x, y, bs, net = self.x, self.y, self.bs, self.network
+        net.train()
+        if not self.warm:
+            self._step(x[:bs], y[:bs])
+        self._sync()
         t0 = time.perf_counter()
-        for start in range(0, n_val, bs):
-            with autocast(device):
-                torch.softmax(network(x[start:start + bs]).float(), 1)
-        sync()
-        val = time.perf_counter() - t0
-    return {"train": train, "validate": val}
+        for start in range(0, self.n_train, bs):
+            stop = min(start + bs, self.n_train)
+            self._step(x[start:stop], y[start:stop])
+        self._sync()
+        train = time.perf_counter() - t0
+        net.eval()
+        with torch.inference_mode():
+            if not self.warm:
+                with autocast(self.device):
+                    net(x[:bs])
+            self._sync()
+            t0 = time.perf_counter()
+            for start in range(0, self.n_val, bs):
+                with autocast(self.device):
+                    torch.softmax(net(x[start:start + bs]).float(), 1)
+            self._sync()
+            val = time.perf_counter() - t0
+        self.warm = True
+        return {"train": train, "validate": val}
 
 
 def decode_seconds(collection, indices: list[int], size: int, mean, std) -> float:
@@ -133,24 +148,36 @@ def decode_seconds(collection, indices: list[int], size: int, mean, std) -> floa
     return (time.perf_counter() - t0) / len(chosen)
 
 
-def bench_featx(tree: Path, out: Path, backbone: str, settings: dict, args, device: torch.device) -> dict:
-    """finetune() for ``args.epochs`` epochs; each epoch's timings (from the ``"epoch"`` events) and the run's."""
+def bench_featx(tree: Path, out: Path, backbone: str, settings: dict, args, device: torch.device,
+                ceiling: Ceiling) -> dict:
+    """finetune() for ``args.epochs`` epochs, with a ceiling pass before the run and after every epoch (in the
+    ``"epoch"`` callback, which featx's epoch timings do not include): each featx epoch has a ceiling measured
+    just before and just after it."""
     epochs: list[dict] = []
+    ceilings = [ceiling.passes()]
+
+    def callback(kind: str, info: dict) -> None:
+        if kind == "epoch":
+            epochs.append(dict(info["timings"], seconds=info["seconds"]))
+            ceilings.append(ceiling.passes())
+
     t0 = time.perf_counter()
     summary = finetune(tree, out, backbone=backbone, weights="none", epochs=args.epochs,
                        batch_size=int(settings["batch_size"]), image_size=int(settings["image_size"]),
                        optimizer=settings["optimizer"], val=args.val, workers=args.workers, device=str(device),
-                       keep="both", seed=0,
-                       callback=lambda kind, info: epochs.append(dict(info["timings"], seconds=info["seconds"]))
-                       if kind == "epoch" else None)
-    total = time.perf_counter() - t0
+                       keep="both", seed=0, callback=callback, preset=args.preset)
+    total = time.perf_counter() - t0 - sum(c["train"] + c["validate"] for c in ceilings[1:])
     sizes = {name: (out / name).stat().st_size for name in ("best.pt", "last.pt")}
-    return {"epochs": epochs, "total": total, "n_train": summary["row"].n_train, "n_val": summary["row"].n_test,
-            "workers": summary["settings_used"]["workers"], "checkpoint_bytes": sizes}
+    return {"epochs": epochs, "ceilings": ceilings, "total": total, "n_train": summary["row"].n_train,
+            "n_val": summary["row"].n_test, "workers": summary["settings_used"]["workers"],
+            "checkpoint_bytes": sizes}
 
 
 def per_1k(seconds: float, n: int) -> float:
     return 1000.0 * seconds / n
+
+
+PARTS = ("train", "validate", "metrics", "checkpoints")
 
 
 def run_backbone(backbone: str, tree: Path, work: Path, args, device: torch.device) -> dict:
@@ -160,43 +187,43 @@ def run_backbone(backbone: str, tree: Path, work: Path, args, device: torch.devi
     classes = list(collection.classes)
     train_idx = [i for i, s in enumerate(collection.samples)
                  if s.label is not None and s.split not in ("prelim", "final", args.val)]
+    n_val = sum(s.split == args.val and s.label is not None for s in collection.samples)
     weight = (balanced_weights(labels(collection, classes), train_idx, len(classes))
               if settings["class_weight"] == "balanced" else None)
     cfg = get_config(backbone)
     decode = decode_seconds(collection, train_idx, int(settings["image_size"]), cfg.mean, cfg.std)
 
-    n_val = sum(s.split == args.val and s.label is not None for s in collection.samples)
-    before = ceiling(backbone, settings, len(train_idx), n_val, weight, device)
-    ft = bench_featx(tree, work / backbone, backbone, settings, args, device)
-    after = ceiling(backbone, settings, ft["n_train"], ft["n_val"], weight, device)
+    ceiling = Ceiling(backbone, settings, len(train_idx), n_val, weight, device)
+    ft = bench_featx(tree, work / backbone, backbone, settings, args, device, ceiling)
+    del ceiling
     shutil.rmtree(work / backbone, ignore_errors=True)
 
-    n = ft["n_train"]
-    steady = ft["epochs"][1:] or ft["epochs"]
+    n, eps, ceils = ft["n_train"], ft["epochs"], ft["ceilings"]
+    steady = range(1, len(eps)) if len(eps) > 1 else range(len(eps))  # epoch 1 (index 0) apart
 
-    def mean_of(key: str) -> float:
-        return statistics.fmean(e[key] for e in steady)
+    def around(k: int, key: str) -> float:  # the ceiling just before and just after featx's epoch k
+        return (ceils[k][key] + ceils[k + 1][key]) / 2
 
-    ceil_train = (before["train"] + after["train"]) / 2
-    ceil_val = (before["validate"] + after["validate"]) / 2
-    epoch_wall = {k: mean_of(k) for k in ("train", "data_wait", "validate", "metrics", "checkpoints")}
-    featx_epoch = sum(epoch_wall[k] for k in ("train", "validate", "metrics", "checkpoints"))
-    first = ft["epochs"][0]
-    first_epoch = sum(first[k] for k in ("train", "validate", "metrics", "checkpoints"))
+    ratio_train = statistics.median(around(k, "train") / eps[k]["train"] for k in steady)
+    ratio_epoch = statistics.median((around(k, "train") + around(k, "validate")) / sum(eps[k][p] for p in PARTS)
+                                    for k in steady)
+    ceil_train = statistics.fmean(around(k, "train") for k in steady)
+    ceil_val = statistics.fmean(around(k, "validate") for k in steady)
+    epoch_wall = {key: statistics.fmean(eps[k][key] for k in steady) for key in PARTS + ("data_wait",)}
     result = {
         "backbone": backbone, "image_size": int(settings["image_size"]), "batch_size": int(settings["batch_size"]),
         "optimizer": settings["optimizer"], "augment": bool(settings["augment"]), "n_train": n, "n_val": ft["n_val"],
-        "workers": ft["workers"], "epochs": args.epochs, "steady_epochs": len(steady),
+        "workers": ft["workers"], "epochs": args.epochs, "steady_epochs": [k + 1 for k in steady],
         "decode_ms_per_image": 1000 * decode,
         "ceiling_train_s_per_1k": per_1k(ceil_train, n),
-        "ceiling_train_spread_s_per_1k": [per_1k(before["train"], n), per_1k(after["train"], n)],
+        "ceiling_train_passes_s_per_1k": [per_1k(c["train"], n) for c in ceils],
+        "featx_train_passes_s_per_1k": [per_1k(e["train"], n) for e in eps],
         "ceiling_epoch_s_per_1k": per_1k(ceil_train + ceil_val, n),
         "featx_train_s_per_1k": per_1k(epoch_wall["train"], n),
-        "featx_epoch_s_per_1k": per_1k(featx_epoch, n),
-        "ratio_train": ceil_train / epoch_wall["train"],
-        "ratio_epoch": (ceil_train + ceil_val) / featx_epoch,
+        "featx_epoch_s_per_1k": per_1k(sum(epoch_wall[p] for p in PARTS), n),
+        "ratio_train": ratio_train, "ratio_epoch": ratio_epoch,
         "epoch_seconds": epoch_wall, "ceiling_seconds": {"train": ceil_train, "validate": ceil_val},
-        "first_epoch_seconds": first_epoch, "run_seconds": ft["total"],
+        "first_epoch_seconds": sum(eps[0][p] for p in PARTS), "run_seconds": ft["total"],
         "checkpoint_mb": {k: v / 2**20 for k, v in ft["checkpoint_bytes"].items()},
     }
     report(result)
@@ -205,27 +232,29 @@ def run_backbone(backbone: str, tree: Path, work: Path, args, device: torch.devi
 
 def report(r: dict) -> None:
     e, c = r["epoch_seconds"], r["ceiling_seconds"]
-    lo, hi = r["ceiling_train_spread_s_per_1k"]
+    steady = r["steady_epochs"]
+    which = f"epochs {steady[0]}-{steady[-1]}" if len(steady) > 1 else f"epoch {steady[0]}"
     print(f"\n{r['backbone']}: {r['image_size']} px, batch {r['batch_size']}, {r['optimizer']}, "
           f"augment {'on' if r['augment'] else 'off'}; {r['n_train']} training + {r['n_val']} validation images; "
-          f"{r['workers']} decode worker(s); {r['epochs']} epochs (epoch 1 apart)")
+          f"{r['workers']} decode worker(s); {r['epochs']} epochs, figures from {which}")
     print("                                              s/epoch/1,000 training images")
-    print(f"  ceiling: train steps on preloaded tensors      {r['ceiling_train_s_per_1k']:8.1f}"
-          f"   (before featx {lo:.1f}, after {hi:.1f})")
+    print(f"  ceiling: train steps on preloaded tensors      {r['ceiling_train_s_per_1k']:8.1f}")
     print(f"  featx:   train pass                            {r['featx_train_s_per_1k']:8.1f}"
           f"   ratio {r['ratio_train']:.2f} of the ceiling (target >= 0.9)")
     print(f"  ceiling: train steps + validation forward      {r['ceiling_epoch_s_per_1k']:8.1f}")
     print(f"  featx:   whole epoch                           {r['featx_epoch_s_per_1k']:8.1f}"
           f"   ratio {r['ratio_epoch']:.2f}")
-    total = sum(e[k] for k in ("train", "validate", "metrics", "checkpoints"))
-    print(f"  featx epoch, seconds (mean of epochs 2-{r['epochs']}): {total:.2f} = train {e['train']:.2f} "
-          f"(of which waiting for batches {e['data_wait']:.2f}) + validation {e['validate']:.2f} (ceiling "
-          f"{c['validate']:.2f}) + metrics {e['metrics']:.3f} + history and checkpoints {e['checkpoints']:.2f} "
-          f"(best.pt {r['checkpoint_mb']['best.pt']:.0f} MB when it improves, last.pt "
-          f"{r['checkpoint_mb']['last.pt']:.0f} MB)")
-    print(f"  epoch 1: {r['first_epoch_seconds']:.2f} s; the whole run (scan, model, {r['epochs']} epochs, "
-          f"outputs): {r['run_seconds']:.1f} s; decode + augment {r['decode_ms_per_image']:.1f} ms per image "
-          "on one core")
+    print("  train passes in run order, s/1,000 (ceiling before epoch 1, featx epoch 1, ceiling, featx epoch 2, ...): "
+          + ", ".join(f"{v:.1f}" for pair in zip(r["ceiling_train_passes_s_per_1k"], r["featx_train_passes_s_per_1k"]
+                                                  + [None]) for v in pair if v is not None))
+    total = sum(e[k] for k in PARTS)
+    print(f"  featx epoch, seconds ({which}): {total:.2f} = train {e['train']:.2f} (of which waiting for batches "
+          f"{e['data_wait']:.2f}) + validation {e['validate']:.2f} (ceiling {c['validate']:.2f}) + metrics "
+          f"{e['metrics']:.3f} + history and checkpoints {e['checkpoints']:.2f} (best.pt "
+          f"{r['checkpoint_mb']['best.pt']:.0f} MB when it improves, last.pt {r['checkpoint_mb']['last.pt']:.0f} MB)")
+    print(f"  epoch 1: {r['first_epoch_seconds']:.2f} s; the whole run without the ceiling passes (scan, model, "
+          f"{r['epochs']} epochs, outputs): {r['run_seconds']:.1f} s; decode + augment "
+          f"{r['decode_ms_per_image']:.1f} ms per image on one core")
     print(f"  => all C-NMC training folds (10,661 cells) x 15 epochs at this rate: about "
           f"{15 * 10.661 * r['featx_epoch_s_per_1k'] / 3600:.1f} h")
 
