@@ -1,14 +1,15 @@
 """Fine-tuning speed: featx's seconds per epoch per 1,000 training images beside the training ceiling.
 
 For each backbone, in one process: the ceiling is the same network (random weights, channels-last, featx's
-optimizer, loss and, on the CPU, deterministic algorithms; AMP on CUDA) trained on preloaded tensors:
-forward + backward + optimizer step over as many images as featx trains on, in batches of the same size at
-the same image size, then a forward pass over the validation images. featx is ``featx.finetune.finetune`` on a
-C-NMC-like tree of 450x450 BMP cells (decoding, augmentation, validation, metrics, checkpoints), several
-epochs; the first is reported apart (workers start, first allocations). A ceiling pass runs before featx's
-first epoch and after each epoch (from the epoch callback, outside featx's timings): each featx epoch is
-compared with the mean of the ceilings just before and after it, so that the load of a shared machine, which
-changes over minutes, cancels in the ratio (the median over epochs is printed).
+optimizer and loss; on the CPU deterministic algorithms without the NaN fill, AMP on CUDA, as featx's loop)
+trained on preloaded tensors: forward + backward + optimizer step over as many images as featx trains on, in
+batches of the same size at the same image size, then a forward pass over the validation images. featx is
+``featx.finetune.finetune`` on a C-NMC-like tree of 450x450 BMP cells (decoding, augmentation, validation,
+metrics, checkpoints), several epochs; the first is reported apart (workers start, first allocations). A
+ceiling pass runs before featx's first epoch and after each epoch (from the epoch callback, outside featx's
+timings): each featx epoch is compared with the mean of the ceilings just before and after it, so that the
+load of a shared machine, which changes over minutes, cancels in the ratio (the median over epochs is
+printed).
 
 Printed per backbone: s/epoch/1,000 training images for the ceiling and featx (train pass alone, and the
 whole epoch with validation and checkpoints), their ratios, and where featx's epoch goes.
@@ -97,9 +98,11 @@ class Ceiling:
     def passes(self) -> dict:
         """Seconds of one pass of training steps over the training images and of a forward pass over the
         validation images (the first call starts with an untimed warm-up step). The caller's RNG is untouched."""
-        prev = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+        prev = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+                torch.utils.deterministic.fill_uninitialized_memory)
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.utils.deterministic.fill_uninitialized_memory = False
         else:
             torch.backends.cudnn.benchmark = True
         try:
@@ -108,6 +111,7 @@ class Ceiling:
         finally:
             torch.use_deterministic_algorithms(prev[0], warn_only=True)
             torch.backends.cudnn.benchmark = prev[1]
+            torch.utils.deterministic.fill_uninitialized_memory = prev[2]
 
     def _passes(self) -> dict:
         x, y, bs, net = self.x, self.y, self.bs, self.network

@@ -89,8 +89,8 @@ def test_loader_settings_per_device():
     assert fb.default_workers(torch.device("cpu"), 16) == 4
     assert fb.default_workers(torch.device("cuda"), 16) == 8
     ds, sampler = fb.SeededImages(None, fb.pil_steps(make_transform(32, MEAN, STD)), 32), fb.EpochBatches(4)
-    cuda = fb.make_loader(ds, sampler, workers=3, device=torch.device("cuda"))  # built, never iterated here
-    assert cuda.pin_memory and cuda.persistent_workers and cuda.num_workers == 3 and cuda.prefetch_factor == 2
+    cuda = fb.make_loader(ds, sampler, workers=2, device=torch.device("cuda"))  # built, never iterated here
+    assert cuda.pin_memory and cuda.persistent_workers and cuda.num_workers == 2 and cuda.prefetch_factor == 2
     cpu = fb.make_loader(ds, sampler, workers=1, device=torch.device("cpu"))
     assert not cpu.pin_memory and cpu.persistent_workers and cpu.num_workers == 1
     inline = fb.make_loader(ds, sampler, workers=0, device=torch.device("cpu"))
@@ -108,14 +108,17 @@ def test_training_is_channels_last(tree, tmp_path, monkeypatch):
                      self.val_loader.num_workers, self.train_loader.pin_memory))
         self.network.register_forward_pre_hook(
             lambda module, args: seen.append((module.training, args[0].is_contiguous(
-                memory_format=torch.channels_last), args[0].dtype)))
+                memory_format=torch.channels_last), args[0].dtype, torch.are_deterministic_algorithms_enabled(),
+                torch.utils.deterministic.fill_uninitialized_memory)))
 
     monkeypatch.setattr(Trainer, "__init__", init)
     finetune(tree, tmp_path / "r", **dict(OPTS, epochs=1, workers=1))
     assert seen[0] == ("conv weight", True) and seen[1] == ("loaders", 1, True, 1, False)
     steps = seen[2:]
-    assert {s for s in steps if s[0]} == {(True, True, torch.float32)}  # every training batch
-    assert {s for s in steps if not s[0]} == {(False, True, torch.float32)}  # every validation batch
+    # every training batch, every validation batch; deterministic algorithms without the NaN fill
+    assert {s for s in steps if s[0]} == {(True, True, torch.float32, True, False)}
+    assert {s for s in steps if not s[0]} == {(False, True, torch.float32, True, False)}
+    assert torch.utils.deterministic.fill_uninitialized_memory and not torch.are_deterministic_algorithms_enabled()
 
 
 def test_persistent_workers_change_nothing_and_resume_exactly(tree, tmp_path, monkeypatch):
