@@ -213,7 +213,8 @@ def run_backbone(backbone: str, tree: Path, work: Path, args, device: torch.devi
                                     for k in steady)
     ceil_train = statistics.fmean(around(k, "train") for k in steady)
     ceil_val = statistics.fmean(around(k, "validate") for k in steady)
-    epoch_wall = {key: statistics.fmean(eps[k][key] for k in steady) for key in PARTS + ("data_wait",)}
+    epoch_wall = {key: statistics.fmean(eps[k][key] for k in steady)
+                  for key in PARTS + ("data_wait", "validate_data_wait")}
     result = {
         "backbone": backbone, "image_size": int(settings["image_size"]), "batch_size": int(settings["batch_size"]),
         "optimizer": settings["optimizer"], "augment": bool(settings["augment"]), "n_train": n, "n_val": ft["n_val"],
@@ -253,7 +254,8 @@ def report(r: dict) -> None:
                                                   + [None]) for v in pair if v is not None))
     total = sum(e[k] for k in PARTS)
     print(f"  featx epoch, seconds ({which}): {total:.2f} = train {e['train']:.2f} (of which waiting for batches "
-          f"{e['data_wait']:.2f}) + validation {e['validate']:.2f} (ceiling {c['validate']:.2f}) + metrics "
+          f"{e['data_wait']:.2f}) + validation {e['validate']:.2f} (waiting {e['validate_data_wait']:.2f}; ceiling "
+          f"{c['validate']:.2f}) + metrics "
           f"{e['metrics']:.3f} + history and checkpoints {e['checkpoints']:.2f} (best.pt "
           f"{r['checkpoint_mb']['best.pt']:.0f} MB when it improves, last.pt {r['checkpoint_mb']['last.pt']:.0f} MB)")
     print(f"  epoch 1: {r['first_epoch_seconds']:.2f} s; the whole run without the ceiling passes (scan, model, "

@@ -126,7 +126,10 @@ def test_persistent_workers_change_nothing_and_resume_exactly(tree, tmp_path, mo
 
     def stop_after_epoch_1(event, info):
         if event == "epoch" and info["epoch"] == 1:
-            assert set(info["timings"]) == {"train", "data_wait", "validate", "metrics", "checkpoints"}
+            assert set(info["timings"]) == {"train", "data_wait", "validate", "validate_data_wait", "metrics",
+                                            "checkpoints"}
+            assert all(v >= 0 for v in info["timings"].values())
+            assert info["timings"]["train"] > info["timings"]["data_wait"]
             raise KeyboardInterrupt
 
     out = tmp_path / "run"

@@ -59,7 +59,8 @@ class EpochInfo(TypedDict):
     monitor_value: float
     stopping: bool  # early stopping ends the run after this epoch
     timings: dict[str, float]  # seconds: train (the pass, data_wait included), data_wait (waiting for batches),
-    # validate, metrics, checkpoints (history.csv, best.pt when it improved, last.pt)
+    # validate (validate_data_wait included), validate_data_wait, metrics, checkpoints (history.csv, best.pt when
+    # it improved, last.pt)
 
 
 class SkippedImage(TypedDict):

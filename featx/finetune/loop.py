@@ -158,7 +158,8 @@ class Trainer:
     def run_epoch(self, epoch: int) -> None:
         """Train and validate one epoch, then save ``best.pt`` (when it improved), history.csv and ``last.pt``."""
         t0 = time.perf_counter()
-        timings = dict.fromkeys(("train", "data_wait", "validate", "metrics", "checkpoints"), 0.0)
+        timings = dict.fromkeys(("train", "data_wait", "validate", "validate_data_wait", "metrics", "checkpoints"),
+                                0.0)
         lr = float(self.optimizer.param_groups[0]["lr"])
         train_loss, train_acc = self._train_epoch(epoch, timings)
         t1 = time.perf_counter()
@@ -224,9 +225,9 @@ class Trainer:
             return self.saved[which]
         return ckpt.load_checkpoint(self.best_path if which == "best" else self.last_path)
 
-    def _batches(self, loader: DataLoader, timings: dict):
+    def _batches(self, loader: DataLoader, timings: dict, wait: str):
         """(images, labels, indices) on the device; images unreadable now are dropped and recorded.
-        ``timings["data_wait"]`` adds up the time spent waiting for the loader."""
+        ``timings[wait]`` adds up the time spent waiting for the loader."""
         device = self.plan.device
         it = iter(loader)
         while True:
@@ -235,7 +236,7 @@ class Trainer:
                 images, index, error = next(it)
             except StopIteration:
                 return
-            timings["data_wait"] += time.perf_counter() - t0
+            timings[wait] += time.perf_counter() - t0
             bad = [e for e in error if e]
             if bad:  # readable when scanned, unreadable now (changed on disk, or a transform failed)
                 if self.plan.strict:
@@ -262,7 +263,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        for step, (x, y, _) in enumerate(self._batches(self.train_loader, timings), start=1):
+        for step, (x, y, _) in enumerate(self._batches(self.train_loader, timings, "data_wait"), start=1):
             opt.zero_grad(set_to_none=True)
             with autocast(device):
                 logits = network(x)
@@ -289,7 +290,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         ys, probs = [], []
         self.val_batches.indices = list(self.val_idx)
-        for x, y, _ in self._batches(self.val_loader, timings):
+        for x, y, _ in self._batches(self.val_loader, timings, "validate_data_wait"):
             with autocast(device):
                 logits = network(x)
             logits = logits.float()
