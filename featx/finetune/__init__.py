@@ -14,9 +14,9 @@ cards carry the run's provenance (:mod:`featx.provenance`: the images it trained
 Unreadable images are left out and listed in ``skipped.csv`` (``strict=True`` stops at the first).
 
 Modules: :mod:`~featx.finetune.presets` (settings), :mod:`~featx.finetune.split` (images and split),
-:mod:`~featx.finetune.plan` (what a run is), :mod:`~featx.finetune.loop` (training),
-:mod:`~featx.finetune.checkpoint` (the run folder's files), :mod:`~featx.finetune.events` (progress),
-:mod:`~featx.finetune.run` (``finetune``).
+:mod:`~featx.finetune.plan` (what a run is), :mod:`~featx.finetune.batches` (decode workers and device batches),
+:mod:`~featx.finetune.loop` (training), :mod:`~featx.finetune.checkpoint` (the run folder's files),
+:mod:`~featx.finetune.events` (progress), :mod:`~featx.finetune.run` (``finetune``).
 """
 from featx.finetune.checkpoint import KEEP
 from featx.finetune.events import BatchInfo, Callback, EpochInfo, EventKind, RunSummary, StartInfo, WarningInfo

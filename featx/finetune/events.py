@@ -58,6 +58,9 @@ class EpochInfo(TypedDict):
     monitor: str  # the validation metric watched ("loss" without early stopping)
     monitor_value: float
     stopping: bool  # early stopping ends the run after this epoch
+    timings: dict[str, float]  # seconds: train (the pass, data_wait included), data_wait (waiting for batches),
+    # validate (validate_data_wait included), validate_data_wait, metrics, checkpoints (history.csv, best.pt when
+    # it improved, last.pt)
 
 
 class SkippedImage(TypedDict):

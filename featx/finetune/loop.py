@@ -1,10 +1,15 @@
 """The training loop: a :class:`Trainer` trains a :class:`~featx.finetune.plan.RunPlan`'s network epoch by
-epoch, validates, keeps ``best.pt`` and ``last.pt``, and stops early when asked."""
+epoch, validates, keeps ``best.pt`` and ``last.pt``, and stops early when asked.
+
+The network and its batches are channels-last; batches come from :mod:`featx.finetune.batches` (workers that
+persist across epochs, uint8 images normalised on the device). The host waits for the device once per step
+(the step's loss, for the ``"batch"`` event and the divergence check), after the step is queued.
+"""
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,11 +18,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import featx
-from featx.data.images import ImageDataset, make_transform
-from featx.device import autocast, memory_format, pin_memory
+from featx.data.images import make_transform
+from featx.device import autocast, memory_format
 from featx.errors import FeatxError, arg
 from featx.evaluation import compute_metrics
 from featx.finetune import checkpoint as ckpt
+from featx.finetune.batches import (
+                                    EpochBatches,
+                                    SeededImages,
+                                    channel_stats,
+                                    close_loader,
+                                    make_loader,
+                                    pil_steps,
+                                    to_device,
+)
 from featx.finetune.events import Callback
 from featx.finetune.plan import RunPlan
 from featx.finetune.presets import improves
@@ -34,13 +48,6 @@ class TrainState:
     best: dict = field(default_factory=lambda: {"value": None, "epoch": 0})  # by the monitored metric
     bad_epochs: int = 0  # epochs since the best one
     finished: bool = False
-
-
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader workers: seed numpy and random from the per-worker torch seed (itself from the generator)."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 class Trainer:
@@ -69,15 +76,25 @@ class Trainer:
                   if s["class_weight"] == "balanced" else None)
         self.criterion = nn.CrossEntropyLoss(weight=weight)
         cfg, size = self.network.config, int(s["image_size"])
-        self.train_tf = make_transform(size, cfg.mean, cfg.std, augment=bool(s["augment"]),
-                                       color_jitter=bool(s["color_jitter"]))
-        self.eval_tf = make_transform(size, cfg.mean, cfg.std)
-        self.loader_gen = torch.Generator()
+        self.mean, self.std = channel_stats(cfg.mean, device), channel_stats(cfg.std, device)
+        self.y = plan.y.to(device)
+        train_tf = pil_steps(make_transform(size, cfg.mean, cfg.std, augment=bool(s["augment"]),
+                                            color_jitter=bool(s["color_jitter"])))
+        eval_tf = pil_steps(make_transform(size, cfg.mean, cfg.std))
+        self.loader_gen = torch.Generator()  # the shuffled order and the augmentation seeds; saved in last.pt
         self.loader_gen.manual_seed(int(s["seed"]))
+        bs = int(s["batch_size"])
+        self.train_batches = EpochBatches(bs, generator=self.loader_gen, drop_single=True)
+        self.val_batches = EpochBatches(bs)
+        self.train_loader = make_loader(SeededImages(plan.collection, train_tf, size), self.train_batches,
+                                        workers=plan.workers, device=device)
+        self.val_loader = make_loader(SeededImages(plan.collection, eval_tf, size), self.val_batches,
+                                      workers=plan.workers, device=device)
         self.train_idx, self.val_idx = list(plan.split.train), list(plan.split.val)
         self.skipped = list(plan.split.skipped)
         self.best_path, self.last_path = plan.out / "best.pt", plan.out / "last.pt"
         self.state = TrainState()
+        self.saved: dict[str, dict] = {}  # "best"/"last" -> the card and predictions this run last saved there
         self.rng_to_restore = None
         if plan.last is not None:
             self._restore(plan.last)
@@ -104,11 +121,14 @@ class Trainer:
         """Train the remaining epochs; the caller's RNG states and torch flags are restored afterwards."""
         prev_det = (torch.are_deterministic_algorithms_enabled(),
                     torch.is_deterministic_algorithms_warn_only_enabled())
-        prev_bench = torch.backends.cudnn.benchmark
+        prev_bench, prev_fill = torch.backends.cudnn.benchmark, torch.utils.deterministic.fill_uninitialized_memory
         np_state, py_state = np.random.get_state(), random.getstate()
         device = self.plan.device
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # deterministic mode also fills every new tensor with NaN, which costs up to ~5% of a step; the
+            # loop's kernels write all they allocate
+            torch.utils.deterministic.fill_uninitialized_memory = False
         else:
             torch.backends.cudnn.benchmark = True
         cuda = [device.index or 0] if device.type == "cuda" else []
@@ -127,19 +147,26 @@ class Trainer:
                     self.run_epoch(self.state.epoch + 1)
                 return self.state
         finally:
+            for loader in (self.train_loader, self.val_loader):
+                close_loader(loader)
             torch.use_deterministic_algorithms(prev_det[0], warn_only=prev_det[1])
             torch.backends.cudnn.benchmark = prev_bench
+            torch.utils.deterministic.fill_uninitialized_memory = prev_fill
             np.random.set_state(np_state)
             random.setstate(py_state)
 
     def run_epoch(self, epoch: int) -> None:
         """Train and validate one epoch, then save ``best.pt`` (when it improved), history.csv and ``last.pt``."""
         t0 = time.perf_counter()
+        timings = dict.fromkeys(("train", "data_wait", "validate", "validate_data_wait", "metrics", "checkpoints"),
+                                0.0)
         lr = float(self.optimizer.param_groups[0]["lr"])
-        train_loss, train_acc = self._train_epoch(epoch)
-        val_loss, y_true, y_pred, proba = self._validate()
+        train_loss, train_acc = self._train_epoch(epoch, timings)
+        t1 = time.perf_counter()
+        val_loss, y_true, y_pred, proba = self._validate(timings)
         if self.scheduler is not None:
             self.scheduler.step()
+        t2 = time.perf_counter()
         subjects = [self.plan.collection.samples[i].subject or "" for i in self.val_idx]
         raw = compute_metrics(y_true, y_pred, proba[:, self.plan.pos], classes=self.plan.classes,
                               positive=self.plan.pos, subjects=subjects)
@@ -150,6 +177,8 @@ class Trainer:
         line = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                 "val_acc": float(raw["accuracy"]), "val_f1_weighted": float(raw["f1_weighted"]),
                 "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
+        t3 = time.perf_counter()
+        timings.update(train=t1 - t0, validate=t2 - t1, metrics=t3 - t2)
         state, monitor, epochs = self.state, self.settings["monitor"], int(self.settings["epochs"])
         state.history.append(line)
         value = val_loss if monitor == "loss" else float(raw[monitor])
@@ -166,8 +195,10 @@ class Trainer:
             state.finished = True
         ckpt.write_history(self.plan.out, state.history)
         self._save(self.last_path, epoch, metrics, predictions, last=True)
+        timings["checkpoints"] = time.perf_counter() - t3
         self._emit("epoch", dict(line, best_epoch=state.best["epoch"], monitor=monitor, monitor_value=value,
-                                 stopping=state.finished and epoch < epochs))
+                                 stopping=state.finished and epoch < epochs,
+                                 timings={k: round(v, 4) for k, v in timings.items()}))
 
     def _save(self, path, epoch: int, metrics: dict, predictions: dict, *, last: bool = False) -> None:
         card = jsonable({"backbone": self.settings["backbone"], "classes": self.plan.classes,
@@ -185,20 +216,27 @@ class Trainer:
                      "finished": s.finished}
         ckpt.save_checkpoint(path, backbone=self.settings["backbone"], classes=self.plan.classes,
                              network=self.network, card=card, val_predictions=predictions, **extra)
+        self.saved["last" if last else "best"] = {"card": card, "val_predictions": predictions}
 
-    def _loader(self, indices: Sequence[int], *, train: bool) -> DataLoader:
-        ds = ImageDataset(self.plan.collection, self.train_tf if train else self.eval_tf, indices=list(indices))
-        bs = int(self.settings["batch_size"])
-        return DataLoader(ds, batch_size=bs, shuffle=train, num_workers=self.plan.workers,
-                          generator=self.loader_gen if train else None,
-                          worker_init_fn=_seed_worker, pin_memory=pin_memory(self.plan.device),
-                          drop_last=train and len(indices) > bs and len(indices) % bs == 1,
-                          persistent_workers=False)
+    def checkpoint_record(self, which: str) -> dict:
+        """``card`` and ``val_predictions`` of ``best.pt`` or ``last.pt``: as this run saved them, or read back
+        (a checkpoint of an earlier session)."""
+        if which in self.saved:
+            return self.saved[which]
+        return ckpt.load_checkpoint(self.best_path if which == "best" else self.last_path)
 
-    def _batches(self, loader: DataLoader):
-        """(images, labels, indices) on the device; images unreadable now are dropped and recorded."""
+    def _batches(self, loader: DataLoader, timings: dict, wait: str):
+        """(images, labels, indices) on the device; images unreadable now are dropped and recorded.
+        ``timings[wait]`` adds up the time spent waiting for the loader."""
         device = self.plan.device
-        for images, index, error in loader:
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                images, index, error = next(it)
+            except StopIteration:
+                return
+            timings[wait] += time.perf_counter() - t0
             bad = [e for e in error if e]
             if bad:  # readable when scanned, unreadable now (changed on disk, or a transform failed)
                 if self.plan.strict:
@@ -208,53 +246,57 @@ class Trainer:
                     if i not in {j for j, _ in self.skipped}:
                         self.skipped.append((int(i), e))
                         ckpt.write_lists(self.plan.out, self.plan.collection, self.skipped, self.plan.provenance)
-                    # out of later epochs and of the validation metrics (the loader holds its own copy)
+                    # out of later epochs and of the validation metrics (this epoch's batches are drawn)
                     self.train_idx = [j for j in self.train_idx if j != i]
                     self.val_idx = [j for j in self.val_idx if j != i]
                 if not ok.any():
                     continue
                 images, index = images[ok], index[ok]
-            y = self.plan.y[index]
-            yield (images.to(device, non_blocking=True).contiguous(memory_format=self.fmt),
-                   y.to(device, non_blocking=True), index)
+            yield (to_device(images, device, self.mean, self.std, self.fmt),
+                   self.y[index.to(device, non_blocking=True)], index)
 
-    def _train_epoch(self, epoch: int) -> tuple[float, float]:
-        network, opt = self.network, self.optimizer
+    def _train_epoch(self, epoch: int, timings: dict) -> tuple[float, float]:
+        network, opt, device = self.network, self.optimizer, self.plan.device
         network.train()
-        loader = self._loader(self.train_idx, train=True)
-        total, correct, seen = 0.0, 0, 0
-        steps = len(loader)
-        for step, (x, y, _) in enumerate(self._batches(loader), start=1):
+        self.train_batches.indices = list(self.train_idx)
+        steps = len(self.train_batches)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        for step, (x, y, _) in enumerate(self._batches(self.train_loader, timings, "data_wait"), start=1):
             opt.zero_grad(set_to_none=True)
-            with autocast(self.plan.device):
+            with autocast(device):
                 logits = network(x)
             loss = self.criterion(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise FeatxError(f"training diverged at epoch {epoch}, step {step} (loss {loss.item()}); "
-                                 f"lower {arg('lr')} (now {self.settings['lr']})")
             self.scaler.scale(loss).backward()
             self.scaler.step(opt)
             self.scaler.update()
             n = y.numel()
-            total += float(loss.detach()) * n
-            correct += int((logits.detach().argmax(1) == y).sum())
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(1) == y).sum()
             seen += n
-            self._emit("batch", {"epoch": epoch, "step": step, "steps": steps, "loss": float(loss.detach())})
-        return total / max(seen, 1), correct / max(seen, 1)
+            value = float(loss.detach())  # the step's one wait for the device, once the step is queued
+            if not math.isfinite(value):
+                raise FeatxError(f"training diverged at epoch {epoch}, step {step} (loss {value}); "
+                                 f"lower {arg('lr')} (now {self.settings['lr']})")
+            self._emit("batch", {"epoch": epoch, "step": step, "steps": steps, "loss": value})
+        return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1)
 
     @torch.inference_mode()
-    def _validate(self) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    def _validate(self, timings: dict) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         """(mean unweighted cross-entropy, y_true, predicted class, class probabilities) on the val set."""
-        network = self.network
+        network, device = self.network, self.plan.device
         network.eval()
-        loss_sum, ys, probs = 0.0, [], []
-        for x, y, _ in self._batches(self._loader(self.val_idx, train=False)):
-            with autocast(self.plan.device):
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        ys, probs = [], []
+        self.val_batches.indices = list(self.val_idx)
+        for x, y, _ in self._batches(self.val_loader, timings, "validate_data_wait"):
+            with autocast(device):
                 logits = network(x)
             logits = logits.float()
-            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            ys.append(y.cpu())
-            probs.append(torch.softmax(logits, 1).cpu())
-        y_true = torch.cat(ys).numpy()
-        p = torch.cat(probs).numpy()
-        return loss_sum / max(len(y_true), 1), y_true, p.argmax(1), p
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            ys.append(y)
+            probs.append(torch.softmax(logits, 1))
+        y_true = torch.cat(ys).cpu().numpy()
+        p = torch.cat(probs).cpu().numpy()
+        return float(loss_sum) / max(len(y_true), 1), y_true, p.argmax(1), p

@@ -1,7 +1,6 @@
 """What a fine-tuning run is, fixed before its first step: :func:`plan_run` builds one :class:`RunPlan`."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from featx.data import Collection, discover
 from featx.device import resolve_device
 from featx.errors import FeatxError, arg
 from featx.evaluation import resolve_positive
+from featx.finetune.batches import default_workers
 from featx.finetune.checkpoint import (
                                        is_pruned_finished,
                                        kept_checkpoints,
@@ -77,7 +77,7 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
     check_settings(settings)
     check_input_size(backbone, int(settings["image_size"]))
     device_ = resolve_device(device)
-    workers = max(0, min(4, (os.cpu_count() or 1) - 1)) if workers is None else int(workers)
+    workers = default_workers(device_) if workers is None else int(workers)
     settings.update(device=str(device_), workers=workers, keep=keep)
     warning = preset_warning(backbone, settings)
     if warning:

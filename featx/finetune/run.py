@@ -128,14 +128,14 @@ def finished_summary(out: Path) -> RunSummary:
 def _write_outputs(trainer: Trainer) -> RunSummary:
     """card.json, results.json/.md/.csv, curves.png, confusion.png (and roc.png) of a finished run."""
     plan, state, out = trainer.plan, trainer.state, trainer.plan.out
-    best = ckpt.load_checkpoint(trainer.best_path)
+    best = trainer.checkpoint_record("best")
     card = dict(best["card"])  # the sample lists stay in the checkpoint (and provenance.csv)
     card["provenance"] = provenance.summary(card.get("provenance") or {})
     atomic_json(out / "card.json", card)
     # Without early stopping the run is a fixed number of epochs (the study's protocol): report the last
     # epoch, since choosing the best epoch on the validation set and scoring it there is optimistic.
     # best.pt (lowest validation loss) is still kept for `featx extract --weights`.
-    scored = best if plan.settings["early_stopping"] else ckpt.load_checkpoint(trainer.last_path)
+    scored = best if plan.settings["early_stopping"] else trainer.checkpoint_record("last")
     metrics = scored["card"]["metrics"]
     row = result_row(trainer, metrics, scored["val_predictions"], int(best["card"]["epoch"]),
                      int(scored["card"]["epoch"]))
