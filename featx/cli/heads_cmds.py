@@ -120,7 +120,7 @@ def classify(
     if tap and "," in tap:
         raise FeatxError(f"--tap {tap}: classify evaluates one tap (fuse taps with +, e.g. fc7+pool5); compare "
                          "takes a comma-separated list")
-    from featx.workflows.classify import default_out, run_classify
+    from featx.workflows.classify import default_out, run_classify  # deferred: sklearn
 
     params, nested = parse_search(param, [head], method=search, n_iter=n_iter, tune=tune, inner_folds=inner_folds,
                                   metric=search_metric)
@@ -190,7 +190,7 @@ def compare(
     select: Select = None,
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
-    from featx.workflows.classify import default_out, run_compare
+    from featx.workflows.classify import default_out, run_compare  # deferred: sklearn
 
     head_names = parse_name_list(heads)
     params, nested = parse_search(param, head_names, method=search, n_iter=n_iter, tune=tune,

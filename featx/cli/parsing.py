@@ -33,7 +33,7 @@ def parse_preprocess(text: str | None) -> tuple:
         else:
             raise FeatxError(f"{arg('preprocess', text)}: unknown step {token!r}; use standard, none, l2 or pca:N, "
                              "joined with '+' (e.g. standard+pca:128)")
-    from featx.heads import check_preprocess
+    from featx.heads import check_preprocess  # deferred: sklearn
 
     return check_preprocess(steps)
 
@@ -45,7 +45,7 @@ def parse_params(items: Sequence[str] | None, heads: Sequence[str]) -> dict[str,
     the parameter when none does). Values are read as JSON when they parse (numbers, true/false, null), else
     kept as text. The result has passed :func:`featx.heads.check_params`.
     """
-    from featx.heads import MANAGED_PARAMS, check_params, get_head, settable_params
+    from featx.heads import MANAGED_PARAMS, check_params, get_head, settable_params  # deferred: sklearn
 
     names = [get_head(h).name for h in heads if h.strip()]
     out: dict[str, dict[str, Any]] = {}
@@ -81,7 +81,7 @@ def _search_value(raw: str):
         return None
     low, colon, high = raw.partition(":")
     if colon:
-        from featx.evaluation.search import LogUniform
+        from featx.evaluation.search import LogUniform  # deferred: sklearn
 
         try:
             return LogUniform(float(low), float(high))
@@ -110,7 +110,7 @@ def parse_search(items: Sequence[str] | None, heads: Sequence[str], *, method: s
     selected heads (given lists replace a default; a fixed value removes it). The method defaults to grid
     when anything is searched; no search without lists, ranges or ``tune`` (None).
     """
-    from featx.evaluation.search import DEFAULT_SPACES, Search, check_search
+    from featx.evaluation.search import DEFAULT_SPACES, Search, check_search  # deferred: sklearn
     from featx.heads import get_head, settable_params
 
     names = [get_head(h).name for h in heads if h.strip()]
