@@ -21,7 +21,7 @@ import numpy as np
 
 from featx.errors import FeatxError, arg
 from featx.store.describe import MERGED_NOTE, VIRTUAL_NOTE, write_descriptions
-from featx.store.lock import acquire_writer_lock, is_disk_full
+from featx.store.lock import acquire_writer_lock
 from featx.store.schema import (
     SCHEMA_VERSION,
     damaged,
@@ -33,7 +33,7 @@ from featx.store.schema import (
     stored_taps,
 )
 from featx.store.shards import INDEX, SHARD_KEYS, Shard, parse_shard, shard_rows
-from featx.store.writer import FeatureStore, _bytes_needed, _close_quietly, _fit, _forget, _reserve
+from featx.store.writer import FeatureStore, _bytes_needed, _fit, write_whole
 
 # Root attributes that differ between the parts of one extraction (the rest must agree).
 PER_PART = ("created", "dataset_fingerprint", "shard", "description", "featx_version", "h5py_version")
@@ -202,30 +202,11 @@ def _write(out: Path, parts: list[_Part], owner: np.ndarray, virtual: bool) -> N
     attrs["merged"] = "virtual" if virtual else "copy"
     rows = [parts[k].rows[r] for k, r in owner]
     dtype = np.dtype(str(attrs.get("dtype", "float32")))
-    tmp = out.with_name(out.name + ".tmp")
     need = _bytes_needed(rows, {} if virtual else first.dims, dtype)
-    if _reserve(tmp, need):
-        raise FeatxError(f"disk full while creating {out} (the merged store needs about {need / 1e6:.1f} MB); "
-                         "free space and merge again (the parts are untouched)")
-    full = False
-    try:
-        h5 = h5py.File(tmp, "w")
-        try:
-            _fill(h5, out, parts, owner, attrs, rows, virtual)
-            h5.close()
-        except BaseException as exc:
-            full = isinstance(exc, (OSError, RuntimeError, ValueError)) and is_disk_full(exc)
-            _forget(exc)
-            _close_quietly(h5)
-            raise
-        os.replace(tmp, out)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if not full:
-            raise
-        _forget(exc)
-    if full:  # raised outside the handler, so no traceback keeps h5py objects of the failed file alive
-        raise FeatxError(f"disk full while writing {out}; free space and merge again (the parts are untouched)")
+    write_whole(out, need, lambda h5: _fill(h5, out, parts, owner, attrs, rows, virtual),
+                f"disk full while creating {out} (the merged store needs about {need / 1e6:.1f} MB); free space and "
+                "merge again (the parts are untouched)",
+                f"disk full while writing {out}; free space and merge again (the parts are untouched)")
 
 
 def _fill(h5: h5py.File, out: Path, parts: list[_Part], owner: np.ndarray, attrs: dict, rows: list[_Row],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -123,34 +123,18 @@ class FeatureStore:
                 tap_dims: dict[str, int], roles: Sequence[str] | None = None,
                 tap_descriptions: dict[str, str] | None = None, row_index=None) -> None:
         """Write the complete store (full size) to ``<path>.tmp`` and rename it: it exists whole or not at all."""
-        tmp = path.with_name(path.name + ".tmp")
         need = _bytes_needed(samples, tap_dims, np.dtype(settings.get("dtype", "float32")))
-        full = _reserve(tmp, need)  # a full disk is found here, by the OS, before HDF5 writes a byte
-        if not full:
-            try:
-                h5 = h5py.File(tmp, "w")
-                try:
-                    cls._initialise(h5, settings, samples, classes, tap_dims)
-                    if roles is not None:
-                        cls._write_roles(h5, roles, settings)
-                    write_descriptions(h5, classes, tap_descriptions, SCHEMA_VERSION)
-                    if row_index is not None:
-                        write_index(h5, row_index)
-                    h5.close()  # a failure here (the final flush) must not leave a half-written store behind
-                except BaseException as exc:
-                    full = isinstance(exc, (OSError, RuntimeError, ValueError)) and is_disk_full(exc)
-                    _forget(exc)
-                    _close_quietly(h5)
-                    raise
-                tmp.replace(path)
-            except BaseException as exc:
-                tmp.unlink(missing_ok=True)
-                if not full:
-                    raise
-                _forget(exc)
-        if full:  # raised outside the handler, so no traceback keeps h5py objects of the failed file alive
-            raise FeatxError(f"disk full while creating {path} (the store needs about {need / 1e6:.1f} MB); "
-                             "free space and run the same command again")
+
+        def fill(h5: h5py.File) -> None:
+            cls._initialise(h5, settings, samples, classes, tap_dims)
+            if roles is not None:
+                cls._write_roles(h5, roles, settings)
+            write_descriptions(h5, classes, tap_descriptions, SCHEMA_VERSION)
+            if row_index is not None:
+                write_index(h5, row_index)
+
+        write_whole(path, need, fill, f"disk full while creating {path} (the store needs about {need / 1e6:.1f} "
+                    "MB); free space and run the same command again")
 
     @staticmethod
     def _initialise(h5: h5py.File, settings: dict, samples: Sequence, classes: Sequence[str],
@@ -301,6 +285,38 @@ def _bytes_needed(samples: Sequence, tap_dims: dict[str, int], dtype: np.dtype) 
     text = sum(len(s.path.encode()) + len((s.subject or "").encode()) + len((s.split or "").encode()) for s in samples)
     total += text + n * (ERROR_BYTES + 8 * len(tap_dims) + 9 + 3 * 32)
     return int(total * 1.05) + (256 << 10)
+
+
+def write_whole(path: Path, need: int, fill: Callable[[h5py.File], None], full_before: str,
+                full_during: str | None = None) -> None:
+    """Write an HDF5 file with ``fill(h5)`` into ``<path>.tmp`` and rename it: it exists whole or not at all.
+
+    ``need`` bytes are reserved first, so that the OS, not HDF5, finds a full disk (FeatxError
+    ``full_before``); a full disk while writing or closing removes the temporary file and raises FeatxError
+    ``full_during`` (default ``full_before``). Any other failure also removes it and propagates.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    full = _reserve(tmp, need)
+    if full:
+        raise FeatxError(full_before)
+    try:
+        h5 = h5py.File(tmp, "w")
+        try:
+            fill(h5)
+            h5.close()  # a failure here (the final flush) must not leave a half-written file behind
+        except BaseException as exc:
+            full = isinstance(exc, (OSError, RuntimeError, ValueError)) and is_disk_full(exc)
+            _forget(exc)
+            _close_quietly(h5)
+            raise
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if not full:
+            raise
+        _forget(exc)
+    if full:  # raised outside the handler, so no traceback keeps h5py objects of the failed file alive
+        raise FeatxError(full_during or full_before)
 
 
 def _reserve(tmp: Path, size: int) -> bool:
