@@ -12,7 +12,6 @@ from torch import nn
 
 from featx.data import discover
 from featx.data.images import load_image, make_transform
-from featx.data.synth import synthesize
 from featx.finetune import batches as fb
 from featx.finetune import finetune
 from featx.finetune.loop import Trainer
@@ -25,11 +24,9 @@ OPTS = dict(backbone="cnn", weights="none", image_size=32, epochs=3, lr=1e-3, ba
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cnmc") / "data"
-    synthesize(root, subjects_all=3, subjects_hem=3, cells_per_subject=4, prelim_subjects_all=1,
-               prelim_subjects_hem=1, prelim_cells_per_subject=2, final_cells=2, image_size=40, seed=0)
-    return root
+def tree(cnmc_tree) -> Path:
+    """conftest's tiny C-NMC tree (read only here)."""
+    return cnmc_tree
 
 
 def test_device_batches_equal_the_evaluation_transform(tree):
