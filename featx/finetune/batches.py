@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
 from featx.data.collection import Collection
-from featx.data.images import load_image
+from featx.data.images import load_image, normalize_batch
 from featx.device import pin_memory
 from featx.errors import FeatxError
 
@@ -138,5 +138,5 @@ def to_device(images: torch.Tensor, device: torch.device, mean: torch.Tensor, st
               memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
     """uint8 N x H x W x 3 -> float32 N x 3 x H x W on ``device``: ``(x / 255 - mean) / std``, the same
     operations (and numbers) as ToTensor + Normalize. The copy is asynchronous from pinned memory."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float()  # the permuted view is channels-last
-    return x.div_(255).sub_(mean).div_(std).contiguous(memory_format=memory_format)
+    x = normalize_batch(images.to(device, non_blocking=True), mean, std)  # the permuted view is channels-last
+    return x.contiguous(memory_format=memory_format)
