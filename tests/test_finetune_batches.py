@@ -118,6 +118,11 @@ def test_training_is_channels_last(tree, tmp_path, monkeypatch):
     assert torch.utils.deterministic.fill_uninitialized_memory and not torch.are_deterministic_algorithms_enabled()
 
 
+def _loader_workers() -> list:
+    """Live child processes other than joblib's loky pool, which earlier tests in this process may leave."""
+    return [p for p in multiprocessing.active_children() if "Loky" not in type(p).__name__]
+
+
 def test_persistent_workers_change_nothing_and_resume_exactly(tree, tmp_path, monkeypatch):
     reference = finetune(tree, tmp_path / "ref", workers=0, **OPTS)
 
@@ -132,8 +137,7 @@ def test_persistent_workers_change_nothing_and_resume_exactly(tree, tmp_path, mo
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         finetune(tree, out, workers=1, callback=stop_after_epoch_1, **OPTS)
-    # the interrupted run's workers are gone (joblib's loky pool of earlier tests may still be alive)
-    assert not [p for p in multiprocessing.active_children() if 'Loky' not in type(p).__name__]
+    assert not _loader_workers()  # the interrupted run's workers are gone
 
     log, real_load = tmp_path / "pids.txt", fb.load_image
 
@@ -144,7 +148,7 @@ def test_persistent_workers_change_nothing_and_resume_exactly(tree, tmp_path, mo
 
     monkeypatch.setattr(fb, "load_image", load_and_log)
     resumed = finetune(tree, out, workers=1, resume=True, **OPTS)
-    assert not multiprocessing.active_children()
+    assert not _loader_workers()
     lines = [line.split() for line in log.read_text().splitlines()]
     train = [pid for pid, fold in lines if fold != "fold_2"]
     val = [pid for pid, fold in lines if fold == "fold_2"]
