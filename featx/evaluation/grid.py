@@ -347,7 +347,8 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                 if progress:
                     progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under {ev or p}")
                 rows.append(selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed,
-                                          jobs=cores() if where.n_jobs is None else where.n_jobs, positive=positive, preprocess=preprocess,
+                                          jobs=cores() if where.n_jobs is None else where.n_jobs,
+                                          positive=positive, preprocess=preprocess,
                                           class_weight=class_weight, device=device, params=params,
                                           n_boot=n_boot, metric=select, allow_optimistic=allow_optimistic,
                                           drop_unknown_subjects=drop_unknown_subjects))
