@@ -131,7 +131,9 @@ def main() -> None:
         print(f"before: {before_wall:.1f} s wall for {len(heads)} heads x {args.folds} folds (one head at a time, "
               "jobs=1)")
     if after_wall is not None:
-        print(f"after:  {after_wall:.1f} s wall for {len(heads)} heads x {args.folds} folds (one pool)")
+        pool = max(row.wall_seconds for row in after.values())
+        print(f"after:  {after_wall:.1f} s wall for {len(heads)} heads x {args.folds} folds (one pool: {pool:.1f} s; "
+              f"splits, metrics and bootstrap CIs: {after_wall - pool:.1f} s)")
 
 
 def _s(value) -> str:

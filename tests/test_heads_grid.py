@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.preprocessing import StandardScaler
 
 import featx.heads.svm as svm_module
 import featx.store.reader as reader
@@ -208,3 +209,22 @@ def test_rows_and_cards_record_every_head_parameter_as_built(tmp_path, two_store
                        plots=False, params={"xgboost": {"n_estimators": 12}})
     card = json.loads(out["model"].with_suffix(".json").read_text())
     assert card["head_params"]["learning_rate"] == 0.15 and card["head_params"]["n_estimators"] == 12
+
+
+# ---- trees skip a last standardisation -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["xgboost", "random-forest"])
+def test_tree_heads_pass_a_last_standard_step_through_and_predict_as_on_scaled_features(name):
+    fs = features(n_subjects=8, cells=40, d=10)
+    X = fs.X * np.linspace(0.5, 40, fs.X.shape[1]) + 3  # columns on very different scales
+    params = {"n_estimators": 20} if name == "xgboost" else {"n_estimators": 30}
+    skipped = make_head(name, device="cpu", **params)
+    assert skipped.steps[0] == ("standard", "passthrough")
+    scaled = make_head(name, device="cpu", preprocess=None, **params)  # the scaling done outside, as the step did
+    Z = (X - X[:240].mean(0)) / X[:240].std(0)
+    a = skipped.fit(X[:240], fs.y[:240]).predict_proba(X[240:])
+    b = scaled.fit(Z[:240], fs.y[:240]).predict_proba(Z[240:])
+    # the same trees (equal here; a split threshold falling on a rounding tie may move a row or two)
+    assert np.mean(np.abs(a - b).max(axis=1) < 1e-6) >= 0.95
+    # only a last step: before PCA or l2 the scaling changes what the head sees, so it runs
+    assert isinstance(make_head(name, preprocess=["standard", "l2"]).steps[0][1], StandardScaler)
+    assert isinstance(make_head("svm").steps[0][1], StandardScaler)

@@ -46,6 +46,7 @@ class HeadSpec:
     groups: bool = False                      # fit takes the subject of each row as ``groups``
     native: tuple[str, ...] = ()              # modules with thread pools the head loads on its first fit
     cost: float = 1.0                         # rough seconds of one fold on 10,000 x 4,096 (longest run first)
+    scale_free: bool = False                  # splits on thresholds: a last "standard" step changes nothing
 
 
 HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (
@@ -59,9 +60,9 @@ HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (
              "function as the score", RBFSVMClassifier, {"C": 1.0, "gamma": "scale"}, probability=False, cost=6.0),
     HeadSpec("xgboost", "gradient-boosted trees (XGBoost hist, up to 200 trees, early stopping on a subject-grouped "
              "tenth of the training rows); CUDA when present", XGBoostClassifier, groups=True,
-             native=("xgboost", "torch"), cost=10.0),
+             native=("xgboost", "torch"), cost=10.0, scale_free=True),
     HeadSpec("random-forest", "random forest (300 trees)", RandomForestClassifier,
-             {"n_estimators": 300, "n_jobs": 1}, cost=8.0),
+             {"n_estimators": 300, "n_jobs": 1}, cost=8.0, scale_free=True),
     HeadSpec("knn", "k nearest neighbours (k=5; no class weighting)", KNeighborsClassifier, {"n_neighbors": 5},
              class_weight=False),
 )}
@@ -93,7 +94,8 @@ def make_head(name: str, *, preprocess: Preprocess = ("standard",), class_weight
     none). ``class_weight`` is None, "balanced" or a dict; heads without class weighting (knn) ignore it.
     ``params`` go to the estimator, e.g. ``C=10``, after the checks of :func:`check_params`. The same call
     builds the head that is evaluated and the one that is saved; heads without ``predict_proba`` (svm,
-    linear-svm) score by their decision function.
+    linear-svm) score by their decision function. Tree heads (xgboost, random-forest) pass a last
+    ``"standard"`` step through: their splits are the same on standardised features.
     """
     spec = get_head(name)
     if class_weight not in (None, "balanced") and not isinstance(class_weight, dict):
@@ -103,6 +105,10 @@ def make_head(name: str, *, preprocess: Preprocess = ("standard",), class_weight
     given = {"random_state": seed, "device": device, "class_weight": class_weight if spec.class_weight else None}
     estimator = spec.estimator(**{**spec.defaults, **{k: v for k, v in given.items() if k in own}, **params})
     steps = preprocess_steps(preprocess) or [("identity", FunctionTransformer())]
+    if spec.scale_free and steps[-1][0] == "standard":
+        # a tree splits an increasingly rescaled feature at the rescaled threshold: same model, so the
+        # step stays in the pipeline by name but passes the features through (it would only cost time)
+        steps[-1] = ("standard", "passthrough")
     return Pipeline([*steps, ("clf", estimator)])
 
 
