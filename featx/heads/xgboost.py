@@ -40,7 +40,7 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
     (indices into the rows given to ``fit`` held out for early stopping; empty without).
     """
 
-    def __init__(self, n_estimators=200, max_depth=4, learning_rate=0.15, subsample=0.8, colsample_bytree=0.2,
+    def __init__(self, n_estimators=200, max_depth=4, learning_rate=0.15, subsample=0.8, colsample_bytree=0.3,
                  max_bin=32, early_stopping_rounds=5, validation_fraction=0.1, sketch_rows=2000,
                  class_weight=None, device="auto", n_jobs=None, random_state=0):
         self.n_estimators = n_estimators
