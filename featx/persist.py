@@ -33,9 +33,9 @@ import sklearn
 
 import featx
 from featx.errors import FeatxError, arg
-from featx.evaluation import HELD_OUT_SPLITS, resolve_positive
+from featx.evaluation import HELD_OUT_SPLITS, every_row_has_subject, resolve_positive
 from featx.files import atomic_json, atomic_write, sha256_file
-from featx.heads import get_head, make_head, preprocess_text
+from featx.heads import fit_params, get_head, head_params, make_head, preprocess_text
 from featx.results import METRICS, ResultRow
 
 CARD_VERSION = 1
@@ -113,7 +113,9 @@ def fit_final(features, head: str, *, preprocess=("standard",), class_weight=Non
         raise FeatxError("the training rows hold only one class; a model needs at least two")
     pipeline = make_head(head, preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
                          **(params or {}))
-    pipeline.fit(features.X[keep], features.y[keep])
+    subjects = np.asarray(features.subjects).astype(str)[keep] if len(features.subjects) else None
+    groups = subjects if subjects is not None and every_row_has_subject(subjects) else None
+    pipeline.fit(features.X[keep], features.y[keep], **fit_params(head, groups))
     return pipeline, int(keep.sum())
 
 
@@ -168,7 +170,8 @@ def save_model(pipeline, features, out_dir, *, head: str, n_train: int, preproce
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "file": path.name, "format": "joblib", "sha256": sha256_file(path),
         "head": spec.name, "preprocess": preprocess_text(preprocess),
-        "class_weight": class_weight if spec.class_weight else None, "params": params or {}, "seed": seed,
+        "class_weight": class_weight if spec.class_weight else None, "params": params or {},
+        "head_params": _json_shaped(head_params(pipeline)), "seed": seed,
         "output": output, "probability": how,
         **{k: protected[k] for k in ("classes", "positive", "n_features")}, "n_train": n_train,
         "backbone": features.backbone, "tap": features.tap, "feature_name": protected["feature_name"],

@@ -113,7 +113,9 @@ def test_each_head_is_its_estimator_with_featx_settings():
 def test_every_head_learns_separable_features(name):
     X, y = _data()
     labels = np.array(["hem", "all"])[y]  # string labels work for every head
-    model = make_head(name, device="cpu", seed=0)
+    # xgboost at 64 bins, as this test was written: on 180 rows its default 32 bins score 50 of these 60 rows
+    # (0.833) and 64 bins 51; over 8 draws of this data the two average the same (0.900 and 0.896)
+    model = make_head(name, device="cpu", seed=0, **({"max_bin": 64} if name == "xgboost" else {}))
     model.fit(X[:180], labels[:180])
     acc = float(np.mean(model.predict(X[180:]) == labels[180:]))
     assert acc >= 0.85, (name, acc)
@@ -185,7 +187,8 @@ def test_check_params_names_the_head_and_what_it_takes():
         "svm": {"C": 2}, "random-forest": {"max_depth": 3}}
     assert check_params(None) == {} and check_params({"knn": {"n_neighbors": 500}}) == {"knn": {"n_neighbors": 500}}
     for params, words in (({"vgg": {"C": 1}}, "unknown head 'vgg'; choose from: softmax"),
-                          ({"svm": {"probability": True}}, "svm takes C, cache_size, gamma, max_iter, tol$"),
+                          ({"svm": {"probability": True}},
+                           "svm takes C, cache_size, gamma, kernel_dtype, max_iter, tol$"),
                           ({"logistic": {"random_state": 1}}, "set it with seed"),
                           ({"logistic": 3}, "give a dict")):
         with pytest.raises(FeatxError, match=words) as err:
@@ -240,6 +243,8 @@ def test_balanced_class_weight_raises_minority_recall(name):
     # fully grown trees end in pure leaves, where class weights hardly act (whether they help then depends on
     # the scikit-learn release); leaves of 10 rows let the weighted vote show
     params = {"min_samples_leaf": 10} if name == "random-forest" else {}
+    if name == "xgboost":  # 64 bins as written: 32 bins raise recall by 0.03 on this draw; by 0.11 (64: 0.11) on 8
+        params = {"max_bin": 64}
     plain = make_head(name, device="cpu", **params).fit(X[train], y[train])
     weighted = make_head(name, device="cpu", class_weight="balanced", **params).fit(X[train], y[train])
     r_plain = recall_score(y[test], plain.predict(X[test]), pos_label=1)

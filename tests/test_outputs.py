@@ -210,7 +210,7 @@ def test_compare_with_a_missing_last_store_fails_before_any_fit(store, tmp_path,
 
     fitted = []
     monkeypatch.setattr(grid_module, "evaluate_many", lambda *a, **k: fitted.append(a))
-    monkeypatch.setattr(grid_module, "load_features", lambda *a, **k: fitted.append(a))
+    monkeypatch.setattr(grid_module, "load_feature_grid", lambda *a, **k: fitted.append(a))
     not_a_store = tmp_path / "notes.h5"
     not_a_store.write_text("hello")
     for stores, taps, kwargs, message in [

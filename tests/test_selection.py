@@ -62,7 +62,8 @@ def test_selection_picks_the_informative_candidate_in_every_fold_and_marks_other
 def test_compare_appends_one_selected_row_per_protocol_and_marks_the_others(tmp_path, monkeypatch):
     good, noise = _informative_and_noise()
     loads = {"good.h5": good, "noise.h5": noise}
-    monkeypatch.setattr("featx.evaluation.grid.load_features", lambda group, tap, **kw: loads[group[0]])
+    monkeypatch.setattr("featx.evaluation.grid.load_feature_grid", lambda groups, taps, **kw: (
+        ((i, j), loads[group[0]]) for i, group in enumerate(groups) for j, _ in enumerate(taps)))
     # compare checks every store before any fit: the in-memory stores' summaries
     monkeypatch.setattr("featx.evaluation.inputs.summarize", lambda path: {
         "done": len(good.y), "samples": len(good.y), "unfinished": 0, "counts": {}, "taps": {"fc": {}},
@@ -104,9 +105,9 @@ def test_inner_cv_sees_only_outer_training_rows_grouped_by_subject(monkeypatch):
     seen = []
     real = selection._inner_score
 
-    def spy(head, kwargs, X, y, rows, splits, scoring):
+    def spy(head, kwargs, X, y, rows, splits, scoring, groups=None):
         seen.append((np.asarray(rows), [(np.asarray(a), np.asarray(b)) for a, b in splits]))
-        return real(head, kwargs, X, y, rows, splits, scoring)
+        return real(head, kwargs, X, y, rows, splits, scoring, groups)
 
     monkeypatch.setattr(selection, "_inner_score", spy)
     protocol = make_splits(good.subjects, good.y, good.splits, cv="subject", n_folds=4, seed=0)

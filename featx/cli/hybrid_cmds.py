@@ -85,7 +85,7 @@ def hybrid(
         help="Stop each fold's fine-tune when this metric stops improving on its inner validation subjects, "
              "then score and extract at best.pt (else at the last epoch).", rich_help_panel=TRAINING)] = None,
     patience: Patience = 5,
-    jobs: Jobs = 1,
+    jobs: Jobs = None,
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = None,

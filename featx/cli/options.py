@@ -88,8 +88,9 @@ Folds = Annotated[int, typer.Option(help="Number of folds (subject-grouped unles
                                     rich_help_panel=EVALUATION)]
 Seed = Annotated[int, typer.Option(help="Seed of everything random: folds, initialisation, shuffling, heads, "
                                         "bootstrap.", rich_help_panel=RUN)]
-Jobs = Annotated[int, typer.Option(help="Heads x folds fitted in parallel (processes; -1: all cores).",
-                                   rich_help_panel=RUN)]
+Jobs = Annotated[int | None, typer.Option(
+    help="Heads x folds fitted in parallel (processes; -1: all cores). Default: one per core, fewer when memory "
+         "would not hold them, one for small feature sets.", rich_help_panel=RUN)]
 Backend = Annotated[str, typer.Option(
     help="Where heads x folds run: loky (processes here), dask or ray (a local cluster of --jobs workers, or "
          "--scheduler's; pip install 'featx\\[dask]' / 'featx\\[ray]'). Same results on each.",

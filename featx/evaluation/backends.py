@@ -67,15 +67,18 @@ def _require(module: str, extra: str):
                          f"pip install 'featx[{extra}]'") from None
 
 
-def local_workers(jobs: int) -> int:
-    """Workers of a local cluster for ``jobs`` (joblib's meaning: -1 all cores, -2 all but one, ...)."""
+def local_workers(jobs: int | None) -> int:
+    """Workers of a local cluster for ``jobs`` (joblib's meaning: -1 all cores, -2 all but one, ...; None:
+    every core)."""
+    if jobs is None:
+        return cpu_count()
     if jobs == 0:
         raise FeatxError(f"{arg('jobs', 0)}: give 1 or more processes, or -1 for all cores")
     return jobs if jobs > 0 else max(1, cpu_count() + 1 + jobs)
 
 
 @contextmanager
-def engine(backend: str = "loky", scheduler=None, jobs: int = 1) -> Iterator[Engine]:
+def engine(backend: str = "loky", scheduler=None, jobs: int | None = 1) -> Iterator[Engine]:
     """Open ``backend`` for the ``joblib.Parallel`` calls inside the block; yields the :class:`Engine`.
 
     ``loky``: joblib's default, ``jobs`` processes on this machine. ``dask``: a ``dask.distributed`` client
@@ -100,12 +103,12 @@ def engine(backend: str = "loky", scheduler=None, jobs: int = 1) -> Iterator[Eng
 
 
 @contextmanager
-def _loky(scheduler, jobs: int) -> Iterator[Engine]:
+def _loky(scheduler, jobs: int | None) -> Iterator[Engine]:
     yield Engine("loky", None, local_workers(jobs), True, jobs)
 
 
 @contextmanager
-def _dask(scheduler, jobs: int) -> Iterator[Engine]:
+def _dask(scheduler, jobs: int | None) -> Iterator[Engine]:
     from distributed import Client, LocalCluster  # deferred: an optional extra (featx[dask]), checked first
 
     opened = []
@@ -132,7 +135,7 @@ def _dask(scheduler, jobs: int) -> Iterator[Engine]:
 
 
 @contextmanager
-def _ray(scheduler, jobs: int) -> Iterator[Engine]:
+def _ray(scheduler, jobs: int | None) -> Iterator[Engine]:
     # deferred: an optional extra (featx[ray]), checked first; joblib.pool is the class ray rebases
     import ray
     from joblib.pool import PicklingPool

@@ -27,10 +27,20 @@ from featx.evaluation.splits import (
     tuned_protocol,
     without_unknown_subjects,
 )
-from featx.heads import Preprocess, check_params, get_head, make_head, positive_scores, preprocess_text
+from featx.evaluation.workers import cores, fit_bytes, plan_jobs, thread_limits
+from featx.heads import (
+    Preprocess,
+    check_params,
+    fit_params,
+    get_head,
+    head_params,
+    make_head,
+    predict_and_score,
+    preprocess_text,
+)
 from featx.provenance import UNSEEN_ROLES
 from featx.results import ResultRow
-from featx.store import load_features
+from featx.store.reader import load_feature_grid
 
 StorePath = str | Path
 Params = dict[str, dict]  # head name -> {parameter: value}
@@ -40,24 +50,27 @@ Params = dict[str, dict]  # head name -> {parameter: value}
 # heads x folds
 # --------------------------------------------------------------------------------------------------
 def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int, search: Search | None = None,
-              groups=None, fold: int = 0, inner_jobs: int = 1):
+              groups=None, fold: int = 0, inner_jobs: int = 1, threads: int | None = None,
+              grid_heads: Sequence[str] = ()):
     """Fit one head on one fold; returns predictions, positive-class scores, timings and, with a ``search``
     (nested), the inner search's record (chosen parameters, every inner score) else None. ``groups``: the
-    subject of every row (None when unknown)."""
+    subject of every row (None when unknown). ``threads``: the BLAS/OpenMP threads of a worker process
+    (None: as they are); the native libraries of every head of the grid (``grid_heads``) are then loaded on
+    the worker's first task, so that its memory does not grow later (loky restarts a worker that grows)."""
     pipeline = make_head(head, **head_kwargs)
     record = None
+    train_groups = None if groups is None else groups[train]
     try:
-        t0 = time.perf_counter()
-        if search is not None:
-            pipeline = fit_search(pipeline, X[train], y[train], None if groups is None else groups[train], search,
-                                  head, positive=positive, seed=head_kwargs.get("seed", 0), n_jobs=inner_jobs)
-            record = search_record(pipeline, fold + 1)
-        else:
-            pipeline.fit(X[train], y[train])
-        t1 = time.perf_counter()
-        Xt = X[test]
-        pred = pipeline.predict(Xt)
-        score = positive_scores(pipeline, Xt, positive)
+        with thread_limits(threads, [head, *grid_heads]):
+            t0 = time.perf_counter()
+            if search is not None:
+                pipeline = fit_search(pipeline, X[train], y[train], train_groups, search, head, positive=positive,
+                                      seed=head_kwargs.get("seed", 0), n_jobs=inner_jobs)
+                record = search_record(pipeline, fold + 1)
+            else:
+                pipeline.fit(X[train], y[train], **fit_params(head, train_groups))
+            t1 = time.perf_counter()
+            pred, score = predict_and_score(pipeline, X[test], positive)
     except ValueError as exc:  # a parameter that does not fit the data (pca:N > features, n_neighbors > rows, ...)
         raise FeatxError(f"head {head}: {' '.join(str(exc).split())}; change {arg('params')} or "
                          f"{arg('preprocess')}") from None
@@ -80,40 +93,53 @@ def _predictions(features, rows, fold_of, pooled, classes) -> dict:
             "score": np.asarray(pooled["y_score"], dtype=float).tolist()}
 
 
-def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: int, jobs: int = 1, seed: int = 0,
-             preprocess=None, class_weight=None, device: str = "auto", params: Params | None = None,
+def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: int, jobs: int | None = None,
+             seed: int = 0, preprocess=None, class_weight=None, device: str = "auto", params: Params | None = None,
              n_boot: int = 1000, search: Search | None = None, backend: str = "loky",
              scheduler=None) -> list[ResultRow]:
     """Fit every head on every fold of ``protocol`` over ``features`` (one joblib pool of heads x folds);
     one result row per head. ``positive`` is the index of the positive class. ``backend`` / ``scheduler``:
     where the pool runs (:func:`featx.evaluation.backends.engine`); the numbers do not depend on it.
 
+    ``jobs``: processes of the pool (-1: every core); None sizes it to the cores and the memory available
+    (:func:`featx.evaluation.workers.plan_jobs`). Each worker limits its BLAS/OpenMP threads to its share of
+    the cores. Every head's parameters as built (featx's defaults included) are recorded in the row's
+    ``settings["head_params"]``.
+
     With a ``search``, every head that has a space in it is nested: in each outer fold an inner search over
     that fold's training subjects (:func:`featx.evaluation.search.fit_search`) picks its parameters and the
     refit search is scored on the outer test fold. Inner searches run serially when the outer pool is
     parallel (``jobs`` other than 1, or a cluster), else with ``search.n_jobs`` processes."""
     X, y = features.X, features.y
-    if jobs == 0:
-        raise FeatxError(f"{arg('jobs', 0)}: give 1 or more processes, or -1 for all cores")
     specs = [get_head(h) for h in heads]
     params = check_params(params)
     kwargs = {s.name: dict(preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
                            **params.get(s.name, {})) for s in specs}
     tasks = [(s.name, k) for s in specs for k in range(protocol.n_folds)]
+    order = sorted(tasks, key=lambda t: -get_head(t[0]).cost)  # longest first: the pool ends on short tasks
     searched = {s.name for s in specs if search is not None and search.head_space(s.name)}
     if searched:
         check_search(search)
     groups = np.asarray(features.subjects).astype(str) if len(features.subjects) else None
     if groups is not None and not every_row_has_subject(groups):
         groups = None  # image-level inner folds (the row's note says so)
+    n_train = max((len(a) for a, _ in protocol.folds), default=0)
+    task_bytes = max(fit_bytes(s.name, kwargs[s.name], n_train, X.shape[1]) for s in specs)
+    names = [s.name for s in specs]
     t0 = time.perf_counter()
     with engine(backend, scheduler, jobs) as where:
-        inner_jobs = search.n_jobs if search is not None and where.n_jobs == 1 else 1
-        results = Parallel(n_jobs=where.n_jobs, prefer="processes")(
+        if where.backend == "loky":  # this machine: processes sized to its cores and memory
+            n_jobs = plan_jobs(jobs, len(tasks), X.nbytes, task_bytes)
+            threads = max(1, cores() // n_jobs) if n_jobs > 1 else None
+        else:  # a cluster's workers are single-threaded already
+            n_jobs, threads = where.n_jobs, None
+        inner_jobs = search.n_jobs if search is not None and n_jobs == 1 else 1
+        results = Parallel(n_jobs=n_jobs, prefer="processes")(
             delayed(_fit_fold)(name, kwargs[name], X, y, *protocol.folds[k], positive,
-                               search if name in searched else None, groups, k, inner_jobs) for name, k in tasks)
+                               search if name in searched else None, groups, k, inner_jobs, threads, names)
+            for name, k in order)
     wall = time.perf_counter() - t0
-    by_task = dict(zip(tasks, results))
+    by_task = dict(zip(order, results))
 
     classes = list(features.classes)
     test_rows = np.concatenate([test for _, test in protocol.folds])
@@ -149,8 +175,9 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
             fit_seconds=round(fit_s, 3), wall_seconds=round(wall, 3),
             settings={"preprocess": preprocess_text(preprocess),
                       "class_weight": class_weight if spec.class_weight else None,
-                      "params": params.get(spec.name, {}), "seed": seed, "device": device, "backend": where.backend,
-                      "n_boot": n_boot,
+                      "params": params.get(spec.name, {}),
+                      "head_params": _json_params(head_params(make_head(spec.name, **kwargs[spec.name]))),
+                      "seed": seed, "device": device, "backend": where.backend, "n_boot": n_boot,
                       "cv_note": protocol.note, **_settings_of(features)},
         )
         row.set_scores(summary)
@@ -158,6 +185,12 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
             _mark_nested(row, search, [by_task[(spec.name, k)][4] for k in range(protocol.n_folds)], groups is None)
         rows.append(row)
     return rows
+
+
+def _json_params(params: dict) -> dict:
+    """Parameters as JSON values (numpy scalars as numbers, anything else as its text)."""
+    return {k: v.item() if isinstance(v, np.generic) else v if isinstance(v, (str, int, float, bool, type(None)))
+            else str(v) for k, v in params.items()}
 
 
 def _mark_nested(row: ResultRow, search: Search, records: list, image_inner: bool) -> None:
@@ -177,7 +210,7 @@ def _mark_nested(row: ResultRow, search: Search, records: list, image_inner: boo
 # --------------------------------------------------------------------------------------------------
 # one feature set
 # --------------------------------------------------------------------------------------------------
-def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1,
+def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int | None = None,
              eval_set: str | None = None, positive: str | None = None, preprocess: Preprocess = ("standard",),
              class_weight=None, device: str = "auto", params: Params | None = None, n_boot: int = 1000,
              allow_optimistic: bool = False, drop_unknown_subjects: bool = False,
@@ -201,7 +234,7 @@ def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: i
 
 
 def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
-                  jobs: int = 1, eval_set: str | None = None, positive: str | None = None,
+                  jobs: int | None = None, eval_set: str | None = None, positive: str | None = None,
                   preprocess: Preprocess = ("standard",), class_weight=None, device: str = "auto",
                   params: Params | None = None, n_boot: int = 1000, allow_optimistic: bool = False,
                   drop_unknown_subjects: bool = False, search: Search | None = None, backend: str = "loky",
@@ -261,7 +294,7 @@ def _note_store(features, rows: list[ResultRow]) -> list[ResultRow]:
 # --------------------------------------------------------------------------------------------------
 def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[str],
             taps: Sequence[str | Sequence[str]] | None = None, *, cv: Sequence[str] | str | None = "auto",
-            n_folds: int = 5, seed: int = 0, jobs: int = 1, eval_set: str | None = None,
+            n_folds: int = 5, seed: int = 0, jobs: int | None = None, eval_set: str | None = None,
             positive: str | None = None, preprocess: Preprocess = ("standard",), class_weight=None,
             device: str = "auto", params: Params | None = None, n_boot: int = 1000,
             progress: Callable[[str], None] | None = None, allow_optimistic: bool = False,
@@ -294,20 +327,19 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     with engine(backend, scheduler, jobs) as where:  # one cluster for the whole grid
         rows: list[ResultRow] = []
         loaded = []
-        for group in plan.store_groups:
-            for tap in plan.tap_groups:
-                features = load_features(group, tap, labelled=True, allow_partial=allow_partial)
-                if select is not None:
-                    loaded.append(features)
-                for p, ev in runs:
-                    if progress:
-                        progress(f"{features.name}: {', '.join(heads)} under {ev or p}")
-                    rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
-                                              eval_set=ev, positive=positive, preprocess=preprocess,
-                                              class_weight=class_weight, device=device, params=params,
-                                              n_boot=n_boot, allow_optimistic=allow_optimistic,
-                                              drop_unknown_subjects=drop_unknown_subjects, search=search,
-                                              backend=backend, scheduler=scheduler))
+        for _, features in load_feature_grid(plan.store_groups, plan.tap_groups, labelled=True,
+                                             allow_partial=allow_partial):  # each store file read once
+            if select is not None:
+                loaded.append(features)
+            for p, ev in runs:
+                if progress:
+                    progress(f"{features.name}: {', '.join(heads)} under {ev or p}")
+                rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
+                                          eval_set=ev, positive=positive, preprocess=preprocess,
+                                          class_weight=class_weight, device=device, params=params,
+                                          n_boot=n_boot, allow_optimistic=allow_optimistic,
+                                          drop_unknown_subjects=drop_unknown_subjects, search=search,
+                                          backend=backend, scheduler=scheduler))
         if select is not None:
             for row in rows:
                 row.selection_uncorrected = True
@@ -315,7 +347,8 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                 if progress:
                     progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under {ev or p}")
                 rows.append(selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed,
-                                          jobs=where.n_jobs, positive=positive, preprocess=preprocess,
+                                          jobs=cores() if where.n_jobs is None else where.n_jobs,
+                                          positive=positive, preprocess=preprocess,
                                           class_weight=class_weight, device=device, params=params,
                                           n_boot=n_boot, metric=select, allow_optimistic=allow_optimistic,
                                           drop_unknown_subjects=drop_unknown_subjects))

@@ -71,7 +71,7 @@ def protocol_runs(cv, eval_set: str | None) -> list[tuple[str, str | None]]:
 
 
 def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: str | None = None,
-               n_folds: int = 5, jobs: int = 1, params=None, search: Search | None = None,
+               n_folds: int = 5, jobs: int | None = None, params=None, search: Search | None = None,
                select: str | None = None, allow_partial: bool = False, backend: str = "loky", scheduler=None,
                **_ignored) -> GridPlan:
     """Check every input of :func:`featx.evaluation.compare` (same arguments) and return the grid (the

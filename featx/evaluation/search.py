@@ -23,7 +23,7 @@ from sklearn.metrics import f1_score, make_scorer, precision_score, recall_score
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, StratifiedGroupKFold, StratifiedKFold
 
 from featx.errors import FeatxError, arg
-from featx.heads import check_params, get_head
+from featx.heads import check_params, fit_params, get_head
 from featx.results import METRICS
 
 SEARCH_METHODS = ("grid", "random")
@@ -164,7 +164,7 @@ def fit_search(pipeline, X, y, groups, search: Search, head: str, *, positive: i
         searcher = RandomizedSearchCV(pipeline, space, n_iter=search.n_iter, random_state=seed, **common)
     else:
         searcher = GridSearchCV(pipeline, space, **common)
-    return searcher.fit(X, y)
+    return searcher.fit(X, y, **fit_params(head, groups))
 
 
 def search_record(searcher, fold: int) -> tuple[dict, list[dict]]:

@@ -27,7 +27,7 @@ from featx.evaluation.splits import (
     tuned_protocol,
     without_unknown_subjects,
 )
-from featx.heads import make_head, positive_scores, preprocess_text
+from featx.heads import fit_params, make_head, positive_scores, preprocess_text
 from featx.results import METRICS, ResultRow
 
 SELECTED_NAME = "selected by inner {metric}"
@@ -63,21 +63,23 @@ def _inner_splits(y, groups, inner_folds: int, seed: int) -> list[tuple[np.ndarr
                          "folds") from None
 
 
-def _inner_score(head: str, kwargs: dict, X, y, rows, splits, scoring) -> float:
-    """Mean inner-CV score of one candidate on the outer training ``rows`` only (``splits`` index them)."""
+def _inner_score(head: str, kwargs: dict, X, y, rows, splits, scoring, groups=None) -> float:
+    """Mean inner-CV score of one candidate on the outer training ``rows`` only (``splits`` index them);
+    ``groups``: every row's subject (None when unknown), for the heads that split by it inside ``fit``."""
     try:
         scores = cross_val_score(make_head(head, **kwargs), X[rows], y[rows], cv=splits, scoring=scoring,
-                                 error_score="raise")
+                                 error_score="raise",
+                                 params=fit_params(head, None if groups is None else groups[rows]))
     except ValueError as exc:
         raise FeatxError(f"head {head}: {' '.join(str(exc).split())}; change {arg('params')} or "
                          f"{arg('preprocess')}") from None
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("-inf")
 
 
-def _fit_outer(head: str, kwargs: dict, X, y, train, test, positive: int):
+def _fit_outer(head: str, kwargs: dict, X, y, train, test, positive: int, groups=None):
     pipeline = make_head(head, **kwargs)
     t0 = time.perf_counter()
-    pipeline.fit(X[train], y[train])
+    pipeline.fit(X[train], y[train], **fit_params(head, None if groups is None else groups[train]))
     fit_s = time.perf_counter() - t0
     return pipeline.predict(X[test]), positive_scores(pipeline, X[test], positive), fit_s
 
@@ -130,11 +132,12 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
     t0 = time.perf_counter()
     scores = Parallel(n_jobs=jobs, prefer="processes")(
         delayed(_inner_score)(candidates[c][1], kwargs[c], candidates[c][0].X, y, protocol.folds[k][0], inner[k],
-                              scoring) for k, c in tasks)
+                              scoring, subjects if grouped else None) for k, c in tasks)
     by_task = dict(zip(tasks, scores))
     chosen = [max(range(len(candidates)), key=lambda c, k=k: (by_task[(k, c)], -c)) for k in range(protocol.n_folds)]
     outer = Parallel(n_jobs=jobs, prefer="processes")(
-        delayed(_fit_outer)(candidates[c][1], kwargs[c], candidates[c][0].X, y, train, test, positive)
+        delayed(_fit_outer)(candidates[c][1], kwargs[c], candidates[c][0].X, y, train, test, positive,
+                            subjects if grouped else None)
         for c, (train, test) in zip(chosen, protocol.folds))
     wall = time.perf_counter() - t0
 

@@ -16,16 +16,19 @@ from featx.heads.registry import (
                                   MANAGED_PARAMS,
                                   HeadSpec,
                                   check_params,
+                                  fit_params,
                                   get_head,
+                                  head_params,
                                   list_heads,
                                   make_head,
                                   settable_params,
 )
-from featx.heads.scores import has_probability, positive_scores
+from featx.heads.scores import has_probability, positive_scores, predict_and_score
 from featx.heads.softmax import SoftmaxClassifier
 from featx.heads.svm import RBFSVMClassifier
 from featx.heads.xgboost import XGBoostClassifier
 
 __all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "Preprocess", "RBFSVMClassifier", "SoftmaxClassifier", "Step",
-           "XGBoostClassifier", "check_params", "check_preprocess", "get_head", "has_probability", "settable_params",
-           "list_heads", "make_head", "positive_scores", "preprocess_steps", "preprocess_text"]
+           "XGBoostClassifier", "check_params", "check_preprocess", "fit_params", "get_head", "has_probability",
+           "head_params", "list_heads", "make_head", "positive_scores", "predict_and_score", "preprocess_steps",
+           "preprocess_text", "settable_params"]

@@ -27,8 +27,8 @@ from featx.heads.softmax import SoftmaxClassifier
 from featx.heads.svm import RBFSVMClassifier
 from featx.heads.xgboost import XGBoostClassifier
 
-__all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "check_params", "get_head", "list_heads", "make_head",
-           "settable_params"]
+__all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "check_params", "fit_params", "get_head", "head_params",
+           "list_heads", "make_head", "settable_params"]
 
 # Estimator parameters that make_head sets from its own arguments (on the estimators that have them).
 MANAGED_PARAMS = {"random_state": "seed", "device": "device", "class_weight": "class_weight"}
@@ -43,20 +43,26 @@ class HeadSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)   # where featx differs from the estimator
     class_weight: bool = True                 # takes class weights
     probability: bool = True                  # has predict_proba (else decision_function is the score)
+    groups: bool = False                      # fit takes the subject of each row as ``groups``
+    native: tuple[str, ...] = ()              # modules with thread pools the head loads on its first fit
+    cost: float = 1.0                         # rough seconds of one fold on 10,000 x 4,096 (longest run first)
+    scale_free: bool = False                  # splits on thresholds: a last "standard" step changes nothing
 
 
 HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (
     HeadSpec("softmax", "torch softmax head (linear, or hidden=N units with dropout); CUDA when present",
-             SoftmaxClassifier),
+             SoftmaxClassifier, native=("torch",), cost=1.5),
     HeadSpec("logistic", "multinomial logistic regression (lbfgs, C=1)", LogisticRegression,
-             {"C": 1.0, "max_iter": 1000}),
+             {"C": 1.0, "max_iter": 1000}, cost=1.0),
     HeadSpec("linear-svm", "linear SVM (LinearSVC, C=0.01); decision function as the score", LinearSVC,
              {"C": 0.01, "max_iter": 5000}, probability=False),
-    HeadSpec("svm", "RBF-kernel SVM (libsvm on a BLAS-computed kernel, C=1, gamma=scale); decision function "
-             "as the score", RBFSVMClassifier, {"C": 1.0, "gamma": "scale"}, probability=False),
-    HeadSpec("xgboost", "gradient-boosted trees (XGBoost hist, 200 trees); CUDA when present", XGBoostClassifier),
+    HeadSpec("svm", "RBF-kernel SVM (libsvm on a BLAS-computed float32 kernel, C=1, gamma=scale); decision "
+             "function as the score", RBFSVMClassifier, {"C": 1.0, "gamma": "scale"}, probability=False, cost=6.0),
+    HeadSpec("xgboost", "gradient-boosted trees (XGBoost hist, up to 200 trees, early stopping on a subject-grouped "
+             "tenth of the training rows); CUDA when present", XGBoostClassifier, groups=True,
+             native=("xgboost", "torch"), cost=10.0, scale_free=True),
     HeadSpec("random-forest", "random forest (300 trees)", RandomForestClassifier,
-             {"n_estimators": 300, "n_jobs": 1}),
+             {"n_estimators": 300, "n_jobs": 1}, cost=8.0, scale_free=True),
     HeadSpec("knn", "k nearest neighbours (k=5; no class weighting)", KNeighborsClassifier, {"n_neighbors": 5},
              class_weight=False),
 )}
@@ -88,7 +94,8 @@ def make_head(name: str, *, preprocess: Preprocess = ("standard",), class_weight
     none). ``class_weight`` is None, "balanced" or a dict; heads without class weighting (knn) ignore it.
     ``params`` go to the estimator, e.g. ``C=10``, after the checks of :func:`check_params`. The same call
     builds the head that is evaluated and the one that is saved; heads without ``predict_proba`` (svm,
-    linear-svm) score by their decision function.
+    linear-svm) score by their decision function. Tree heads (xgboost, random-forest) pass a last
+    ``"standard"`` step through: their splits are the same on standardised features.
     """
     spec = get_head(name)
     if class_weight not in (None, "balanced") and not isinstance(class_weight, dict):
@@ -98,7 +105,26 @@ def make_head(name: str, *, preprocess: Preprocess = ("standard",), class_weight
     given = {"random_state": seed, "device": device, "class_weight": class_weight if spec.class_weight else None}
     estimator = spec.estimator(**{**spec.defaults, **{k: v for k, v in given.items() if k in own}, **params})
     steps = preprocess_steps(preprocess) or [("identity", FunctionTransformer())]
+    if spec.scale_free and steps[-1][0] == "standard":
+        # a tree splits an increasingly rescaled feature at the rescaled threshold: same model, so the
+        # step stays in the pipeline by name but passes the features through (it would only cost time)
+        steps[-1] = ("standard", "passthrough")
     return Pipeline([*steps, ("clf", estimator)])
+
+
+def fit_params(name: str, groups) -> dict[str, Any]:
+    """What ``Pipeline.fit`` of head ``name`` takes besides ``X`` and ``y``: the subject of each row
+    (``groups``, None when unknown) for the heads that use it (xgboost's early-stopping split), else nothing."""
+    return {"clf__groups": groups} if groups is not None and get_head(name).groups else {}
+
+
+def head_params(pipeline) -> dict[str, Any]:
+    """Every parameter of a head's estimator (the last step of a pipeline from :func:`make_head`) as it is
+    built: featx's defaults, the estimator's own and those given, less those set from make_head's own
+    arguments (seed, device, class weights); what a result row and a model card record as ``head_params``."""
+    estimator = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    own = estimator.get_params(deep=False)
+    return {k: v for k, v in own.items() if k not in MANAGED_PARAMS}
 
 
 def check_params(params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:

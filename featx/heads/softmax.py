@@ -45,7 +45,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
     random_state : int seed for the weights, the dropout masks and the batch order.
     """
 
-    def __init__(self, hidden=0, dropout=0.5, lr=0.01, epochs=30, batch_size=256, weight_decay=1e-4,
+    def __init__(self, hidden=0, dropout=0.5, lr=0.01, epochs=10, batch_size=256, weight_decay=1e-4,
                  min_steps=200, optimizer="adamw", class_weight=None, device="auto", random_state=0):
         self.hidden = hidden
         self.dropout = dropout

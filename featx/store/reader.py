@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -65,21 +65,24 @@ class FeatureSet:
                        roles=None if self.roles is None else self.roles[rows])
 
 
-def _read_one(path: Path, taps: list[str] | None, allow_partial: bool = False) -> dict:
+def _read_one(path: Path, wanted: Sequence[list[str] | None], allow_partial: bool = False) -> dict:
+    """Open ``path`` once and read every tap of the tap lists ``wanted`` (None: the store's default tap),
+    each checked against its checksums once; :func:`_taps_of` then takes any of those lists from it."""
     with open_store(path, "r") as h5:
         require_store(path, h5)
         try:
-            return _read_open(path, h5, taps, allow_partial)
+            return _read_open(path, h5, wanted, allow_partial)
         except (OSError, RuntimeError, KeyError) as exc:
             raise FeatxError(damaged(path, exc)) from None
 
 
-def _read_open(path: Path, h5: h5py.File, taps: list[str] | None, allow_partial: bool) -> dict:
+def _read_open(path: Path, h5: h5py.File, wanted: Sequence[list[str] | None], allow_partial: bool) -> dict:
     check_virtual_sources(path, h5)
     attrs = read_attrs(h5)
     backbone = str(attrs.get("backbone", ""))
     available = [t for t in stored_taps(attrs) if t in h5["features"]] or sorted(h5["features"])
-    chosen = taps or [default_tap(path, attrs)]
+    default = default_tap(path, attrs)
+    chosen = list(dict.fromkeys(t for taps in wanted for t in (taps or [default])))
     for tap in chosen:
         if tap not in available:
             raise FeatxError(f"{path}: no tap {tap!r} in this store; it holds {', '.join(available) or 'none'} "
@@ -111,24 +114,34 @@ def _read_open(path: Path, h5: h5py.File, taps: list[str] | None, allow_partial:
             raise FeatxError(f"{path}: {bad.size} of the {rows.size} finished rows do not match their checksums "
                              f"(first: {paths[bad[0]]}); the store is damaged: run the same `featx extract` again "
                              "to recompute them")
-    blocks = [raw[tap].astype(np.float32, copy=False) for tap in chosen]
-    for tap, block in zip(chosen, blocks):  # e.g. a diverged fine-tuned network, or float16 overflow
+    blocks = {tap: raw[tap].astype(np.float32, copy=False) for tap in chosen}
+    for tap, block in blocks.items():  # e.g. a diverged fine-tuned network, or float16 overflow
         bad = rows[~np.isfinite(block).all(axis=1)]
         if bad.size:
             raise FeatxError(f"{path}: {bad.size} row(s) of tap {tap} hold NaN or infinite features (first: "
                              f"{paths[bad[0]]}); extract again with other weights, or {arg('dtype', 'float32')} if "
                              "the store is float16")
     return dict(
-        X=np.hstack(blocks) if len(blocks) > 1 else blocks[0],
+        blocks=blocks, default=default,
         paths=paths[rows],
         labels=s["label"][:][rows],
         classes=[str(c) for c in decode_attr(s.attrs["classes"])],
         subjects=s["subject"].asstr()[:][rows],
         splits=s["split"].asstr()[:][rows],
         roles=s["network_role"].asstr()[:][rows] if "network_role" in s else None,
-        attrs=attrs, taps=chosen, backbone=backbone,
+        attrs=attrs, backbone=backbone,
         n_samples=n, unfinished=unfinished, failed_paths=set(paths[failed]),
     )
+
+
+def _taps_of(read: dict, taps: list[str] | None) -> dict:
+    """One store's part for the tap list ``taps`` (None: its default tap), from what :func:`_read_one` read:
+    features ``X`` side by side in that order, the taps' names in ``taps``."""
+    chosen = taps or [read["default"]]
+    blocks = [read["blocks"][tap] for tap in chosen]
+    part = {k: v for k, v in read.items() if k not in ("blocks", "default")}
+    part.update(X=np.hstack(blocks) if len(blocks) > 1 else blocks[0], taps=list(chosen))
+    return part
 
 
 def _weights_label(attrs: dict) -> str:
@@ -160,7 +173,37 @@ def load_features(stores: str | Path | Sequence[str | Path], taps: str | Sequenc
     if not paths:
         raise FeatxError(f"{arg('stores')}: no feature store given; pass a file written by `featx extract`")
     names = None if taps is None else ([taps] if isinstance(taps, str) else list(taps))
-    parts = [_read_one(p, names or None, allow_partial) for p in paths]
+    parts = [_taps_of(_read_one(p, [names or None], allow_partial), names or None) for p in paths]
+    return _finish(paths, parts, splits, labelled)
+
+
+def load_feature_grid(store_groups: Sequence[Sequence[str | Path]], tap_groups: Sequence[Sequence[str] | None], *,
+                      labelled: bool | None = True, allow_partial: bool = False
+                      ) -> Iterator[tuple[tuple[int, int], FeatureSet]]:
+    """Yield ``((i, j), features)`` for every store group ``i`` x tap group ``j`` (a group of stores is fused
+    side by side; a tap group is concatenated, None: each store's default tap), as :func:`load_features`
+    would load each, in that order, but opening and reading each store file once: all the taps any group
+    needs are read (and checked against their checksums) together, and a store's rows are dropped after the
+    last group that uses it."""
+    groups = [[Path(p) for p in group] for group in store_groups]
+    taps = [None if t is None else list(t) for t in tap_groups]
+    last = {p: i for i, group in enumerate(groups) for p in group}
+    read: dict[Path, dict] = {}
+    for i, group in enumerate(groups):
+        if not group:
+            raise FeatxError(f"{arg('stores')}: no feature store given; pass a file written by `featx extract`")
+        for p in group:
+            if p not in read:
+                read[p] = _read_one(p, taps, allow_partial)
+        for j, names in enumerate(taps):
+            yield (i, j), _finish(group, [_taps_of(read[p], names) for p in group], None, labelled)
+        for p in group:
+            if last[p] == i:
+                read.pop(p, None)
+
+
+def _finish(paths: list[Path], parts: list[dict], splits, labelled: bool | None) -> FeatureSet:
+    """The FeatureSet of the stores' parts (aligned when several), filtered by ``splits`` and ``labelled``."""
     unfinished = any(part["unfinished"] for part in parts)
     failed = set().union(*(part["failed_paths"] for part in parts))
     if len(parts) > 1:

@@ -69,7 +69,7 @@ FINETUNE_OPTIONS = ("weights", "preset", "epochs", "lr", "batch_size", "optimize
 def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[str],
            taps: Sequence[str | Sequence[str]] | None = None, n_folds: int = 5, seed: int = 0,
            preprocess: Preprocess = ("standard",), params: dict | None = None, class_weight=None,
-           positive: str | None = None, jobs: int = 1, n_boot: int = 1000,
+           positive: str | None = None, jobs: int | None = None, n_boot: int = 1000,
            weights: str | None = None, preset: str | None = None, epochs: int | None = None,
            lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
            momentum: float | None = None, weight_decay: float | None = None, schedule: str | None = None,

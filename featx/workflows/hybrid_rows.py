@@ -53,8 +53,8 @@ def _stacked_features(out: Path, records: list[dict], folds, collection, taps: S
 
 
 def head_rows(out: Path, records: list[dict], folds, collection, taps: Sequence[str], heads: list[str], *,
-              backbone: str, pos: int, seed: int, preprocess, params, class_weight, device, jobs: int, n_boot: int,
-              note: str) -> list[ResultRow]:
+              backbone: str, pos: int, seed: int, preprocess, params, class_weight, device, jobs: int | None,
+              n_boot: int, note: str) -> list[ResultRow]:
     """Every head on every fold's own tuned features (``taps`` fused), through the grid `featx compare` runs."""
     stacked, protocol_folds = _stacked_features(out, records, folds, collection, taps, backbone)
     protocol = Protocol("hybrid", protocol_label(len(folds)), False, protocol_folds, seed, note, stacked.subjects)

@@ -1,0 +1,71 @@
+"""How many processes fit the heads x folds of a grid, and how many threads each may use.
+
+``jobs=None`` (auto) sizes the pool to the machine: one process per core, fewer when the memory available
+would not hold that many fits at once (each fit's estimate: the training rows copied and scaled, plus what
+the head itself allocates, e.g. the RBF SVM's n x n kernel), and one process when the feature matrix is so
+small that starting workers costs more than it saves. Inside a worker the BLAS and OpenMP pools (numpy,
+torch, xgboost) are limited to the worker's share of the cores, so that ``jobs`` processes never run more
+threads than there are cores.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Sequence
+
+from threadpoolctl import threadpool_limits
+
+from featx.errors import FeatxError, arg
+from featx.heads import get_head, make_head
+from featx.heads.memory import available_memory
+
+__all__ = ["SMALL_BYTES", "cores", "fit_bytes", "plan_jobs", "thread_limits"]
+
+SMALL_BYTES = 8 * 2**20  # below this feature matrix size, auto jobs fits serially (worker start-up dominates)
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def fit_bytes(head: str, head_kwargs: dict, n_rows: int, n_features: int) -> int:
+    """Estimated peak bytes of fitting ``head`` on ``n_rows`` x ``n_features``: the fold's rows copied and
+    scaled (float64 at worst), plus the estimator's own arrays where it states them (``fit_bytes``)."""
+    estimator = make_head(head, **head_kwargs).steps[-1][1]
+    own = estimator.fit_bytes(n_rows, n_features) if hasattr(estimator, "fit_bytes") else 0
+    return 3 * 8 * n_rows * n_features + own
+
+
+def plan_jobs(jobs: int | None, n_tasks: int, feature_bytes: int, task_bytes: int) -> int:
+    """The number of processes for ``n_tasks`` fits: ``jobs`` as given (-1: every core), or with None the
+    cores, capped by the tasks and by the memory available over ``task_bytes`` per fit; 1 when the feature
+    matrix (``feature_bytes``) is below :data:`SMALL_BYTES`."""
+    if jobs is not None:
+        if jobs == 0 or not isinstance(jobs, int):
+            raise FeatxError(f"{arg('jobs', jobs)}: give 1 or more processes, -1 for all cores, or leave it out "
+                             "to size it to the machine")
+        return cores() if jobs < 0 else jobs
+    if feature_bytes < SMALL_BYTES or n_tasks < 2:
+        return 1
+    free = available_memory()
+    by_memory = n_tasks if free is None else max(1, free // max(task_bytes, 1))
+    return int(max(1, min(cores(), n_tasks, by_memory)))
+
+
+@contextlib.contextmanager
+def thread_limits(threads: int | None, heads: Sequence[str] = ()):
+    """Limit the BLAS and OpenMP thread pools to ``threads`` (None: leave them as they are). The native
+    libraries the ``heads`` load are imported first, so that their pools exist to be limited."""
+    if threads is None:
+        yield
+        return
+    for head in heads:
+        for module in get_head(head).native:
+            importlib.import_module(module)
+    with threadpool_limits(limits=threads):
+        yield
