@@ -162,3 +162,27 @@ def test_persistent_workers_change_nothing_and_resume_exactly(tree, tmp_path, mo
     for key, value in ref["model"].items():
         assert torch.equal(last["model"][key], value), key
     assert [h["train_loss"] for h in last["history"]] == [h["train_loss"] for h in ref["history"]]
+
+
+class _Niceness(torch.utils.data.Dataset):
+    """Each item is the scheduling priority of the process that made it."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, item):
+        return torch.tensor(os.getpriority(os.PRIO_PROCESS, 0))
+
+
+@pytest.mark.parametrize(("device", "nice"), [("cpu", 19), ("cuda", None)])
+def test_cpu_decode_workers_yield_to_the_training_step(device, nice):
+    sampler = fb.EpochBatches(2)
+    sampler.indices = [0, 1, 2, 3]
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    loader = fb.make_loader(_Niceness(), sampler, workers=1, device=torch.device(device))
+    try:
+        seen = {int(v) for batch in loader for v in batch}
+    finally:
+        fb.close_loader(loader)
+    # on the CPU the worker takes the cycles the step's threads leave; on CUDA the cores are the worker's
+    assert seen == {nice if nice is not None else own}

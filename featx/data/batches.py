@@ -149,7 +149,7 @@ class LoaderBatches:
     def __init__(self, dataset: Dataset, batch_size: int, workers: int, *, pin: bool = False,
                  worker_init_fn: Callable[[int], None] | None = None, prefetch: int = 4,
                  lowest_priority: bool = False):
-        init = _WorkerInit(worker_init_fn, lowest_priority)
+        init = WorkerInit(worker_init_fn, lowest_priority)
         loader = DataLoader(dataset, batch_size=int(batch_size), shuffle=False, num_workers=int(workers),
                             pin_memory=pin, persistent_workers=False, prefetch_factor=int(prefetch),
                             worker_init_fn=init)
@@ -169,7 +169,7 @@ class LoaderBatches:
             shutdown()
 
 
-class _WorkerInit:
+class WorkerInit:
     """A DataLoader ``worker_init_fn`` (picklable): the caller's, then, when asked, the lowest CPU priority."""
 
     def __init__(self, then: Callable[[int], None] | None, lowest_priority: bool):

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
+from featx.data.batches import WorkerInit
 from featx.data.collection import Collection
 from featx.data.images import load_image, normalize_batch
 from featx.device import pin_memory
@@ -115,10 +116,12 @@ def make_loader(dataset: SeededImages, sampler: EpochBatches, *, workers: int, d
     """A DataLoader whose workers (``workers`` > 0) persist across epochs and prefetch; pinned memory on CUDA.
 
     It draws nothing from the global torch RNG (its own base seed comes from a private generator; the images'
-    seeds come from ``sampler``)."""
+    seeds come from ``sampler``). On the CPU the workers run at the lowest priority: they decode on the cycles
+    the training step's threads leave, instead of descheduling one of them (which stalls the whole step)."""
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory(device),
                       persistent_workers=workers > 0, prefetch_factor=PREFETCH if workers > 0 else None,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=WorkerInit(None, lowest_priority=device.type == "cpu") if workers > 0 else None)
 
 
 def close_loader(loader: DataLoader) -> None:
