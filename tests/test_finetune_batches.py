@@ -174,6 +174,7 @@ class _Niceness(torch.utils.data.Dataset):
         return torch.tensor(os.getpriority(os.PRIO_PROCESS, 0))
 
 
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true:UserWarning")  # cuda without a GPU
 @pytest.mark.parametrize(("device", "nice"), [("cpu", 19), ("cuda", None)])
 def test_cpu_decode_workers_yield_to_the_training_step(device, nice):
     sampler = fb.EpochBatches(2)
