@@ -29,7 +29,7 @@ from featx.backbones.generic import POOLINGS
 from featx.data import Collection, discover
 from featx.data.batches import LoaderBatches, ThreadBatches
 from featx.data.images import ImageDataset, ResizeUint8, describe_preprocessing, make_transform, normalize_batch
-from featx.device import autocast, memory_format, pin_memory, resolve_device
+from featx.device import autocast, cpu_cores, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError, arg
 from featx.store import FeatureStore, lock_path
 from featx.store.shards import parse_shard, shard_rows, shard_settings
@@ -38,18 +38,6 @@ DTYPES = ("float32", "float16")
 
 
 PREFETCH_BYTES = 64 << 20   # decoded images held ahead of the forward pass (threads), whatever the data's size
-
-
-def default_workers() -> int:
-    """Decode workers: all cores but one (the forward pass needs one), at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def decode_plan(device: torch.device, workers: int | None) -> tuple[str, int]:
@@ -61,8 +49,8 @@ def decode_plan(device: torch.device, workers: int | None) -> tuple[str, int]:
     (at most 32). ``0``: the main thread decodes; ``N``: N worker processes.
     """
     if workers is None:
-        if device.type == "cuda" and _cores() > 1:
-            return "processes", min(32, _cores() - 1)
+        if device.type == "cuda" and cpu_cores() > 1:
+            return "processes", min(32, cpu_cores() - 1)
         return "threads", max(1, torch.get_num_threads())
     return ("processes", int(workers)) if workers > 0 else ("threads", 0)
 

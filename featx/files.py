@@ -37,3 +37,9 @@ def atomic_text(path: str | Path, text: str) -> Path:
 def atomic_json(path: str | Path, obj) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return atomic_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def json_shaped(value):
+    """A JSON-shaped copy of ``value`` as written to a file (tuples -> lists, numpy values -> numbers or lists,
+    anything else JSON cannot hold -> its text)."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))

@@ -34,7 +34,7 @@ import sklearn
 import featx
 from featx.errors import FeatxError, arg
 from featx.evaluation import HELD_OUT_SPLITS, every_row_has_subject, resolve_positive
-from featx.files import atomic_json, atomic_write, sha256_file
+from featx.files import atomic_json, atomic_write, json_shaped, sha256_file
 from featx.heads import fit_params, get_head, head_params, make_head, preprocess_text
 from featx.results import METRICS, ResultRow
 
@@ -119,11 +119,6 @@ def fit_final(features, head: str, *, preprocess=("standard",), class_weight=Non
     return pipeline, int(keep.sum())
 
 
-def _json_shaped(value):
-    """JSON-shaped copy (tuples -> lists, numpy scalars -> numbers), as the card stores it."""
-    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
-
-
 def _describe_output(pipeline) -> tuple[str, str]:
     """(``probability`` or ``score``, how it is made) for the card and the CSV."""
     if not hasattr(pipeline, "predict_proba"):
@@ -158,7 +153,7 @@ def save_model(pipeline, features, out_dir, *, head: str, n_train: int, preproce
     path = out / f"{model_name(features, head)}.joblib"
     classes = [str(c) for c in features.classes]
     spec = get_head(head)
-    protected = _json_shaped({
+    protected = json_shaped({
         "classes": classes, "positive": classes[resolve_positive(classes, getattr(features, "positive", None))],
         "n_features": int(features.X.shape[1]), "head": spec.name, "feature_name": features.name,
         "stores": _store_parts(features),
@@ -171,13 +166,13 @@ def save_model(pipeline, features, out_dir, *, head: str, n_train: int, preproce
         "file": path.name, "format": "joblib", "sha256": sha256_file(path),
         "head": spec.name, "preprocess": preprocess_text(preprocess),
         "class_weight": class_weight if spec.class_weight else None, "params": params or {},
-        "head_params": _json_shaped(head_params(pipeline)), "seed": seed,
+        "head_params": json_shaped(head_params(pipeline)), "seed": seed,
         "output": output, "probability": how,
         **{k: protected[k] for k in ("classes", "positive", "n_features")}, "n_train": n_train,
         "backbone": features.backbone, "tap": features.tap, "feature_name": protected["feature_name"],
         "store_fingerprint": features.fingerprint, "stores": protected["stores"],
         "versions": _versions(), "metrics": _card_metrics(row),
-        **({"search": _json_shaped(search)} if search is not None else {}),
+        **({"search": json_shaped(search)} if search is not None else {}),
         "warning": "joblib files are pickles, which run code when loaded: load only models you made or trust; "
                    "share the .skops file instead",
     }
@@ -225,7 +220,7 @@ def _check_bundle(bundle, card: dict, path: Path) -> None:
             and all(k in bundle for k in BUNDLE_KEYS)):
         raise FeatxError(f"{path}: holds no featx model with its class names (saved by an older featx?); {RESAVE}")
     for key in BUNDLE_KEYS:
-        if _json_shaped(card.get(key)) != _json_shaped(bundle[key]):
+        if json_shaped(card.get(key)) != json_shaped(bundle[key]):
             raise FeatxError(f"{card_path(path)}: {key} is {card.get(key)!r} in the card but {bundle[key]!r} in "
                              f"{path.name}; the card was edited: restore it or re-save the model")
     fitted = getattr(bundle["model"], "classes_", None)

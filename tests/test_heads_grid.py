@@ -178,7 +178,7 @@ def test_parallel_folds_give_the_rows_of_serial_folds():
 
 
 def test_auto_jobs_follow_cores_memory_and_size(monkeypatch):
-    monkeypatch.setattr(workers_module, "cores", lambda: 8)
+    monkeypatch.setattr(workers_module, "cpu_cores", lambda: 8)
     monkeypatch.setattr(workers_module, "available_memory", lambda: 10 * 2**30)
     big = 4 * SMALL_BYTES
     assert plan_jobs(None, 20, big, 2**30) == 8
@@ -187,8 +187,27 @@ def test_auto_jobs_follow_cores_memory_and_size(monkeypatch):
     assert plan_jobs(None, 4, big, 2**30) == 4            # no more processes than fits
     assert plan_jobs(None, 20, SMALL_BYTES - 1, 1) == 1   # small features: serial
     assert plan_jobs(3, 20, big, 64 * 2**30) == 3 and plan_jobs(-1, 20, big, 1) == 8
-    with pytest.raises(FeatxError, match="jobs=0"):
-        plan_jobs(0, 20, big, 1)
+    assert plan_jobs(-2, 20, big, 1) == 7                  # joblib's meaning: all cores but one
+    for bad in (0, True, 2.5, "2"):
+        with pytest.raises(FeatxError, match="give 1 or more processes"):
+            plan_jobs(bad, 20, big, 1)
+
+
+def test_one_jobs_rule_for_the_pool_the_clusters_and_the_input_check(monkeypatch):
+    """``jobs`` is checked and turned into processes in one place (workers), for loky, dask and ray alike."""
+    from featx.evaluation import backends
+    from featx.evaluation.inputs import check_grid
+    monkeypatch.setattr(workers_module, "cpu_cores", lambda: 6)
+    assert [workers_module.cores_for(j) for j in (None, -1, -2, -10, 3)] == [6, 6, 5, 1, 3]
+    with backends.engine("loky", None, -2) as where:
+        assert where.workers == 5
+    messages = set()
+    for call in (lambda: workers_module.cores_for(0), lambda: backends.engine("loky", None, 0).__enter__(),
+                 lambda: check_grid(["x.h5"], "svm", jobs=0)):
+        with pytest.raises(FeatxError, match="give 1 or more processes") as caught:
+            call()
+        messages.add(str(caught.value))
+    assert len(messages) == 1
 
 
 # ---- recorded parameters ------------------------------------------------------------------------------
@@ -209,6 +228,7 @@ def test_rows_and_cards_record_every_head_parameter_as_built(tmp_path, two_store
                        plots=False, params={"xgboost": {"n_estimators": 12}})
     card = json.loads(out["model"].with_suffix(".json").read_text())
     assert card["head_params"]["learning_rate"] == 0.15 and card["head_params"]["n_estimators"] == 12
+    assert card["head_params"] == out["row"].settings["head_params"]  # one JSON shaping for both
 
 
 # ---- trees skip a last standardisation -------------------------------------------------------------------

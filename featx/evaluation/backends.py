@@ -17,9 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from joblib import cpu_count, parallel_config
+from joblib import parallel_config
 
 from featx.errors import FeatxError, arg
+from featx.evaluation.workers import cores_for
 
 BACKENDS = ("loky", "dask", "ray")
 CONNECT_TIMEOUT = 10.0  # seconds to reach a --scheduler before giving up
@@ -67,16 +68,6 @@ def _require(module: str, extra: str):
                          f"pip install 'featx[{extra}]'") from None
 
 
-def local_workers(jobs: int | None) -> int:
-    """Workers of a local cluster for ``jobs`` (joblib's meaning: -1 all cores, -2 all but one, ...; None:
-    every core)."""
-    if jobs is None:
-        return cpu_count()
-    if jobs == 0:
-        raise FeatxError(f"{arg('jobs', 0)}: give 1 or more processes, or -1 for all cores")
-    return jobs if jobs > 0 else max(1, cpu_count() + 1 + jobs)
-
-
 @contextmanager
 def engine(backend: str = "loky", scheduler=None, jobs: int | None = 1) -> Iterator[Engine]:
     """Open ``backend`` for the ``joblib.Parallel`` calls inside the block; yields the :class:`Engine`.
@@ -104,7 +95,7 @@ def engine(backend: str = "loky", scheduler=None, jobs: int | None = 1) -> Itera
 
 @contextmanager
 def _loky(scheduler, jobs: int | None) -> Iterator[Engine]:
-    yield Engine("loky", None, local_workers(jobs), True, jobs)
+    yield Engine("loky", None, cores_for(jobs), True, jobs)
 
 
 @contextmanager
@@ -121,7 +112,7 @@ def _dask(scheduler, jobs: int | None) -> Iterator[Engine]:
                                                                 set_as_default=False))
             opened.append(client)
         else:
-            cluster = LocalCluster(n_workers=local_workers(jobs), threads_per_worker=1, processes=True,
+            cluster = LocalCluster(n_workers=cores_for(jobs), threads_per_worker=1, processes=True,
                                    dashboard_address=None, silence_logs=logging.ERROR)
             opened.append(cluster)
             client = Client(cluster, set_as_default=False)
@@ -150,7 +141,7 @@ def _ray(scheduler, jobs: int | None) -> Iterator[Engine]:
             _connect("ray", scheduler, lambda: ray.init(address=str(scheduler), log_to_driver=False,
                                                         logging_level=logging.ERROR))
         elif started:
-            ray.init(num_cpus=local_workers(jobs), include_dashboard=False, log_to_driver=False,
+            ray.init(num_cpus=cores_for(jobs), include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR)
         register_ray()
         context = ray.get_runtime_context()

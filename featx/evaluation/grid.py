@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
+from featx.device import cpu_cores
 from featx.errors import FeatxError, arg
 from featx.evaluation.backends import engine
 from featx.evaluation.inputs import check_grid
@@ -27,7 +28,8 @@ from featx.evaluation.splits import (
     tuned_protocol,
     without_unknown_subjects,
 )
-from featx.evaluation.workers import cores, fit_bytes, plan_jobs, thread_limits
+from featx.evaluation.workers import fit_bytes, plan_jobs, thread_limits
+from featx.files import json_shaped
 from featx.heads import (
     Preprocess,
     check_params,
@@ -123,14 +125,15 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     groups = np.asarray(features.subjects).astype(str) if len(features.subjects) else None
     if groups is not None and not every_row_has_subject(groups):
         groups = None  # image-level inner folds (the row's note says so)
+    built = {s.name: make_head(s.name, **kwargs[s.name]) for s in specs}  # unfitted: sizes and parameters
     n_train = max((len(a) for a, _ in protocol.folds), default=0)
-    task_bytes = max(fit_bytes(s.name, kwargs[s.name], n_train, X.shape[1]) for s in specs)
+    task_bytes = max(fit_bytes(built[s.name], n_train, X.shape[1]) for s in specs)
     names = [s.name for s in specs]
     t0 = time.perf_counter()
     with engine(backend, scheduler, jobs) as where:
         if where.backend == "loky":  # this machine: processes sized to its cores and memory
             n_jobs = plan_jobs(jobs, len(tasks), X.nbytes, task_bytes)
-            threads = max(1, cores() // n_jobs) if n_jobs > 1 else None
+            threads = max(1, cpu_cores() // n_jobs) if n_jobs > 1 else None
         else:  # a cluster's workers are single-threaded already
             n_jobs, threads = where.n_jobs, None
         inner_jobs = search.n_jobs if search is not None and n_jobs == 1 else 1
@@ -176,7 +179,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
             settings={"preprocess": preprocess_text(preprocess),
                       "class_weight": class_weight if spec.class_weight else None,
                       "params": params.get(spec.name, {}),
-                      "head_params": _json_params(head_params(make_head(spec.name, **kwargs[spec.name]))),
+                      "head_params": json_shaped(head_params(built[spec.name])),
                       "seed": seed, "device": device, "backend": where.backend, "n_boot": n_boot,
                       "cv_note": protocol.note, **_settings_of(features)},
         )
@@ -185,12 +188,6 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
             _mark_nested(row, search, [by_task[(spec.name, k)][4] for k in range(protocol.n_folds)], groups is None)
         rows.append(row)
     return rows
-
-
-def _json_params(params: dict) -> dict:
-    """Parameters as JSON values (numpy scalars as numbers, anything else as its text)."""
-    return {k: v.item() if isinstance(v, np.generic) else v if isinstance(v, (str, int, float, bool, type(None)))
-            else str(v) for k, v in params.items()}
 
 
 def _mark_nested(row: ResultRow, search: Search, records: list, image_inner: bool) -> None:
@@ -347,7 +344,7 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                 if progress:
                     progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under {ev or p}")
                 rows.append(selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed,
-                                          jobs=cores() if where.n_jobs is None else where.n_jobs,
+                                          jobs=cpu_cores() if where.n_jobs is None else where.n_jobs,
                                           positive=positive, preprocess=preprocess,
                                           class_weight=class_weight, device=device, params=params,
                                           n_boot=n_boot, metric=select, allow_optimistic=allow_optimistic,

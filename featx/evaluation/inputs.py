@@ -17,6 +17,7 @@ from featx.evaluation.backends import check_backend
 from featx.evaluation.search import Search, check_search
 from featx.evaluation.selection import check_metric
 from featx.evaluation.splits import check_cv
+from featx.evaluation.workers import check_jobs
 from featx.heads import check_params, get_head
 from featx.store import summarize
 from featx.store.schema import default_tap
@@ -87,8 +88,7 @@ def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: 
     checked = check_params(params)
     if search is not None:
         check_search(search)
-    if jobs == 0:
-        raise FeatxError(f"{arg('jobs', 0)}: give 1 or more processes, or -1 for all cores")
+    check_jobs(jobs)
     check_backend(backend, scheduler)
     runs = protocol_runs(cv, eval_set)
     if n_folds < 2 and any(p in KFOLD and ev is None for p, ev in runs):

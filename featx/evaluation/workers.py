@@ -11,50 +11,57 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 from collections.abc import Sequence
 
 from threadpoolctl import threadpool_limits
 
+from featx.device import cpu_cores
 from featx.errors import FeatxError, arg
-from featx.heads import get_head, make_head
+from featx.heads import get_head
 from featx.heads.memory import available_memory
 
-__all__ = ["SMALL_BYTES", "cores", "fit_bytes", "plan_jobs", "thread_limits"]
+__all__ = ["SMALL_BYTES", "check_jobs", "cores_for", "fit_bytes", "plan_jobs", "thread_limits"]
 
 SMALL_BYTES = 8 * 2**20  # below this feature matrix size, auto jobs fits serially (worker start-up dominates)
 
 
-def cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+def check_jobs(jobs: int | None) -> int | None:
+    """``jobs`` if it is a number of processes joblib understands (N >= 1, or -1 all cores, -2 all but one,
+    ...) or None (auto); a one-line error otherwise."""
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0):
+        raise FeatxError(f"{arg('jobs', jobs)}: give 1 or more processes, -1 for all cores, or leave it out "
+                         "to size it to the machine")
+    return jobs
 
 
-def fit_bytes(head: str, head_kwargs: dict, n_rows: int, n_features: int) -> int:
-    """Estimated peak bytes of fitting ``head`` on ``n_rows`` x ``n_features``: the fold's rows copied and
-    scaled (float64 at worst), plus the estimator's own arrays where it states them (``fit_bytes``)."""
-    estimator = make_head(head, **head_kwargs).steps[-1][1]
+def cores_for(jobs: int | None) -> int:
+    """Processes for ``jobs`` on this machine: N as given, -1 every core, -2 all but one, ...; None every core."""
+    check_jobs(jobs)
+    if jobs is None:
+        return cpu_cores()
+    return jobs if jobs > 0 else max(1, cpu_cores() + 1 + jobs)
+
+
+def fit_bytes(pipeline, n_rows: int, n_features: int) -> int:
+    """Estimated peak bytes of fitting ``pipeline`` (from :func:`featx.heads.make_head`) on ``n_rows`` x
+    ``n_features``: the fold's rows copied and scaled (float64 at worst), plus the estimator's own arrays
+    where it states them (``fit_bytes``)."""
+    estimator = pipeline.steps[-1][1]
     own = estimator.fit_bytes(n_rows, n_features) if hasattr(estimator, "fit_bytes") else 0
     return 3 * 8 * n_rows * n_features + own
 
 
 def plan_jobs(jobs: int | None, n_tasks: int, feature_bytes: int, task_bytes: int) -> int:
-    """The number of processes for ``n_tasks`` fits: ``jobs`` as given (-1: every core), or with None the
+    """The number of processes for ``n_tasks`` fits: ``jobs`` as given (:func:`cores_for`), or with None the
     cores, capped by the tasks and by the memory available over ``task_bytes`` per fit; 1 when the feature
     matrix (``feature_bytes``) is below :data:`SMALL_BYTES`."""
     if jobs is not None:
-        if jobs == 0 or not isinstance(jobs, int):
-            raise FeatxError(f"{arg('jobs', jobs)}: give 1 or more processes, -1 for all cores, or leave it out "
-                             "to size it to the machine")
-        return cores() if jobs < 0 else jobs
+        return cores_for(jobs)
     if feature_bytes < SMALL_BYTES or n_tasks < 2:
         return 1
     free = available_memory()
     by_memory = n_tasks if free is None else max(1, free // max(task_bytes, 1))
-    return int(max(1, min(cores(), n_tasks, by_memory)))
+    return int(max(1, min(cpu_cores(), n_tasks, by_memory)))
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ workers kept from one epoch to the next, and after a resume (the generator's sta
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,7 +17,7 @@ from torchvision import transforms as T
 from featx.data.batches import WorkerInit
 from featx.data.collection import Collection
 from featx.data.images import load_image, normalize_batch
-from featx.device import pin_memory
+from featx.device import cpu_cores, pin_memory
 from featx.errors import FeatxError
 
 #: Batches each worker prepares ahead of the step.
@@ -31,7 +30,7 @@ def default_workers(device: torch.device, cpus: int | None = None) -> int:
     On the CPU the training step needs the cores: decoding and augmenting a 450 px cell costs about 3 ms of one
     core, a few percent of its AlexNet or VGG-16 step, so one worker keeps up on 2 cores. On CUDA the step is
     fast and decoding is the bound."""
-    cpus = (os.cpu_count() or 1) if cpus is None else cpus
+    cpus = cpu_cores() if cpus is None else cpus
     return max(0, min(8 if device.type == "cuda" else 4, cpus - 1))
 
 

@@ -44,9 +44,10 @@ from featx.data.images import ImageDataset, make_transform
 from featx.device import autocast, resolve_device
 from featx.errors import FeatxError, arg
 from featx.evaluation import make_splits, resolve_positive
-from featx.extract import default_workers, extract, select_taps
+from featx.extract import extract, select_taps
 from featx.files import atomic_json, sha256_file
 from featx.finetune import finetune, preset_warning, resolve_settings
+from featx.finetune.batches import default_workers
 from featx.finetune.checkpoint import has_run, new_root
 from featx.heads import Preprocess, check_params, get_head
 from featx.report import refuse_results_folder, write_results
@@ -314,7 +315,7 @@ def _network_proba(collection, indices: np.ndarray, checkpoint: Path, backbone: 
     ds = ImageDataset(collection, make_transform(size, network.config.mean, network.config.std),
                       indices=[int(i) for i in indices])
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
-                        num_workers=default_workers() if workers is None else int(workers))
+                        num_workers=default_workers(dev) if workers is None else int(workers))
     out: dict[int, np.ndarray] = {}
     with torch.inference_mode():
         for images, index, error in loader:
