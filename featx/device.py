@@ -2,21 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
 from featx.errors import FeatxError, arg
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def cpu_cores() -> int:
-    """The CPU cores this process may run on (its affinity where the system reports one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:

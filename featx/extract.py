@@ -29,8 +29,9 @@ from featx.backbones.generic import POOLINGS
 from featx.data import Collection, discover
 from featx.data.batches import LoaderBatches, ThreadBatches
 from featx.data.images import ImageDataset, ResizeUint8, describe_preprocessing, make_transform, normalize_batch
-from featx.device import autocast, cpu_cores, memory_format, pin_memory, resolve_device
+from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError, arg
+from featx.machine import cpu_cores
 from featx.store import FeatureStore, lock_path
 from featx.store.shards import parse_shard, shard_rows, shard_settings
 

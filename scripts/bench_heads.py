@@ -96,8 +96,8 @@ def main() -> None:
     args.jobs = None if args.jobs == "auto" else int(args.jobs)
     heads = args.heads.split(",")
 
-    from featx.device import cpu_cores as cores
     from featx.evaluation.workers import plan_jobs
+    from featx.machine import cpu_cores as cores
     from featx.store import FeatureSet
 
     t0 = time.perf_counter()

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
-from featx.device import cpu_cores
 from featx.errors import FeatxError, arg
 from featx.evaluation.backends import engine
 from featx.evaluation.inputs import check_grid
@@ -40,6 +39,7 @@ from featx.heads import (
     predict_and_score,
     preprocess_text,
 )
+from featx.machine import cpu_cores
 from featx.provenance import UNSEEN_ROLES
 from featx.results import ResultRow
 from featx.store.reader import load_feature_grid

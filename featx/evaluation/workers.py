@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 from threadpoolctl import threadpool_limits
 
-from featx.device import cpu_cores
 from featx.errors import FeatxError, arg
 from featx.heads import get_head
 from featx.heads.memory import available_memory
+from featx.machine import cpu_cores
 
 __all__ = ["SMALL_BYTES", "check_jobs", "cores_for", "fit_bytes", "plan_jobs", "thread_limits"]
 

@@ -17,8 +17,9 @@ from torchvision import transforms as T
 from featx.data.batches import WorkerInit
 from featx.data.collection import Collection
 from featx.data.images import load_image, normalize_batch
-from featx.device import cpu_cores, pin_memory
+from featx.device import pin_memory
 from featx.errors import FeatxError
+from featx.machine import cpu_cores
 
 #: Batches each worker prepares ahead of the step.
 PREFETCH = 2
