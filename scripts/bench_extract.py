@@ -53,6 +53,7 @@ from featx.data.images import ImageDataset, ResizeUint8, load_image, make_transf
 from featx.data.synth import synthesize  # noqa: E402
 from featx.device import autocast, resolve_device  # noqa: E402
 from featx.extract import decode_plan, extract  # noqa: E402
+from featx.machine import cpu_cores as cores  # noqa: E402
 
 # the acceptance on the CPU: (share of the ceiling, speed-up over the naive loop)
 CPU_TARGETS = {"alexnet": (0.75, 2.5), "vgg16": (0.95, 1.35)}
@@ -216,13 +217,6 @@ def steady_rate(marks: list[tuple[float, int]], n: int) -> float | None:
     if first is None or marks[-1][0] <= first[0]:
         return None
     return (marks[-1][1] - first[1]) / (marks[-1][0] - first[0])
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def decode_all_cores(collection, size: int, batch: int) -> float:

@@ -110,9 +110,9 @@ def test_decode_plan(monkeypatch):
     assert decode_plan(cpu, None) == ("threads", torch.get_num_threads())
     assert decode_plan(cpu, 0) == decode_plan(cuda, 0) == ("threads", 0)
     assert decode_plan(cpu, 3) == decode_plan(cuda, 3) == ("processes", 3)
-    monkeypatch.setattr(fx, "_cores", lambda: 16)
+    monkeypatch.setattr(fx, "cpu_cores", lambda: 16)
     assert decode_plan(cuda, None) == ("processes", 15)
-    monkeypatch.setattr(fx, "_cores", lambda: 64)
+    monkeypatch.setattr(fx, "cpu_cores", lambda: 64)
     assert decode_plan(cuda, None) == ("processes", 32)
 
 
