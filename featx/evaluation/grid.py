@@ -27,7 +27,7 @@ from featx.evaluation.splits import (
     tuned_protocol,
     without_unknown_subjects,
 )
-from featx.evaluation.workers import fit_bytes, plan_jobs, thread_limits
+from featx.evaluation.workers import fit_bytes, plan_jobs, process_pool, thread_limits
 from featx.files import json_shaped
 from featx.heads import (
     Preprocess,
@@ -52,18 +52,16 @@ Params = dict[str, dict]  # head name -> {parameter: value}
 # heads x folds
 # --------------------------------------------------------------------------------------------------
 def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int, search: Search | None = None,
-              groups=None, fold: int = 0, inner_jobs: int = 1, threads: int | None = None,
-              grid_heads: Sequence[str] = ()):
+              groups=None, fold: int = 0, inner_jobs: int = 1, threads: int | None = None):
     """Fit one head on one fold; returns predictions, positive-class scores, timings and, with a ``search``
     (nested), the inner search's record (chosen parameters, every inner score) else None. ``groups``: the
     subject of every row (None when unknown). ``threads``: the BLAS/OpenMP threads of a worker process
-    (None: as they are); the native libraries of every head of the grid (``grid_heads``) are then loaded on
-    the worker's first task, so that its memory does not grow later (loky restarts a worker that grows)."""
+    (None: as they are)."""
     pipeline = make_head(head, **head_kwargs)
     record = None
     train_groups = None if groups is None else groups[train]
     try:
-        with thread_limits(threads, [head, *grid_heads]):
+        with thread_limits(threads, [head]):
             t0 = time.perf_counter()
             if search is not None:
                 pipeline = fit_search(pipeline, X[train], y[train], train_groups, search, head, positive=positive,
@@ -128,9 +126,8 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     built = {s.name: make_head(s.name, **kwargs[s.name]) for s in specs}  # unfitted: sizes and parameters
     n_train = max((len(a) for a, _ in protocol.folds), default=0)
     task_bytes = max(fit_bytes(built[s.name], n_train, X.shape[1]) for s in specs)
-    names = [s.name for s in specs]
     t0 = time.perf_counter()
-    with engine(backend, scheduler, jobs) as where:
+    with engine(backend, scheduler, jobs) as where, process_pool(where.backend, heads):
         if where.backend == "loky":  # this machine: processes sized to its cores and memory
             n_jobs = plan_jobs(jobs, len(tasks), X.nbytes, task_bytes)
             threads = max(1, cpu_cores() // n_jobs) if n_jobs > 1 else None
@@ -139,7 +136,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
         inner_jobs = search.n_jobs if search is not None and n_jobs == 1 else 1
         results = Parallel(n_jobs=n_jobs, prefer="processes")(
             delayed(_fit_fold)(name, kwargs[name], X, y, *protocol.folds[k], positive,
-                               search if name in searched else None, groups, k, inner_jobs, threads, names)
+                               search if name in searched else None, groups, k, inner_jobs, threads)
             for name, k in order)
     wall = time.perf_counter() - t0
     by_task = dict(zip(order, results))
@@ -343,11 +340,12 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
             for p, ev in runs:
                 if progress:
                     progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under {ev or p}")
-                rows.append(selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed,
-                                          jobs=cpu_cores() if where.n_jobs is None else where.n_jobs,
-                                          positive=positive, preprocess=preprocess,
-                                          class_weight=class_weight, device=device, params=params,
-                                          n_boot=n_boot, metric=select, allow_optimistic=allow_optimistic,
-                                          drop_unknown_subjects=drop_unknown_subjects))
+                with process_pool(where.backend, heads):
+                    rows.append(selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed,
+                                              jobs=cpu_cores() if where.n_jobs is None else where.n_jobs,
+                                              positive=positive, preprocess=preprocess,
+                                              class_weight=class_weight, device=device, params=params,
+                                              n_boot=n_boot, metric=select, allow_optimistic=allow_optimistic,
+                                              drop_unknown_subjects=drop_unknown_subjects))
                 rows[-1].settings["backend"] = where.backend
         return rows

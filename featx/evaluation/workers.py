@@ -13,6 +13,7 @@ import contextlib
 import importlib
 from collections.abc import Sequence
 
+from joblib import parallel_config
 from threadpoolctl import threadpool_limits
 
 from featx.errors import FeatxError, arg
@@ -20,7 +21,8 @@ from featx.heads import get_head
 from featx.heads.memory import available_memory
 from featx.machine import cpu_cores
 
-__all__ = ["SMALL_BYTES", "check_jobs", "cores_for", "fit_bytes", "plan_jobs", "thread_limits"]
+__all__ = ["SMALL_BYTES", "check_jobs", "cores_for", "fit_bytes", "load_modules", "native_modules", "plan_jobs",
+           "process_pool", "thread_limits"]
 
 SMALL_BYTES = 8 * 2**20  # below this feature matrix size, auto jobs fits serially (worker start-up dominates)
 
@@ -64,6 +66,32 @@ def plan_jobs(jobs: int | None, n_tasks: int, feature_bytes: int, task_bytes: in
     return int(max(1, min(cpu_cores(), n_tasks, by_memory)))
 
 
+def native_modules(heads: Sequence[str]) -> tuple[str, ...]:
+    """The native libraries (modules with thread pools) that fitting ``heads`` loads, sorted."""
+    return tuple(sorted({module for head in heads for module in get_head(head).native}))
+
+
+def load_modules(modules: Sequence[str]) -> None:
+    """Import ``modules``: the initializer of a worker process."""
+    for module in modules:
+        importlib.import_module(module)
+
+
+@contextlib.contextmanager
+def process_pool(backend: str, heads: Sequence[str]):
+    """Inside the block, joblib's loky worker processes (``backend`` "loky"; a cluster's pool is left as
+    :func:`featx.evaluation.backends.engine` set it) import the native libraries of ``heads`` when they start.
+
+    loky restarts a reused worker whose memory grows by 300 MB after its first task, with a warning, and
+    importing torch grows it that much: a grid whose heads need a library the warm workers lack (softmax after
+    logistic) gets fresh workers instead, and a grid that needs what they have reuses them."""
+    if backend != "loky":
+        yield
+        return
+    with parallel_config(backend="loky", initializer=load_modules, initargs=(native_modules(heads),)):
+        yield
+
+
 @contextlib.contextmanager
 def thread_limits(threads: int | None, heads: Sequence[str] = ()):
     """Limit the BLAS and OpenMP thread pools to ``threads`` (None: leave them as they are). The native
@@ -71,8 +99,6 @@ def thread_limits(threads: int | None, heads: Sequence[str] = ()):
     if threads is None:
         yield
         return
-    for head in heads:
-        for module in get_head(head).native:
-            importlib.import_module(module)
+    load_modules(native_modules(heads))
     with threadpool_limits(limits=threads):
         yield
