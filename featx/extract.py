@@ -31,7 +31,7 @@ from featx.data.batches import LoaderBatches, ThreadBatches
 from featx.data.images import ImageDataset, ResizeUint8, describe_preprocessing, make_transform, normalize_batch
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError, arg
-from featx.machine import cpu_cores
+from featx.machine import cpu_cores, local_processes
 from featx.store import FeatureStore, lock_path
 from featx.store.shards import parse_shard, shard_rows, shard_settings
 
@@ -46,12 +46,14 @@ def decode_plan(device: torch.device, workers: int | None) -> tuple[str, int]:
     this process (0: the main thread alone), or ``("processes", n)``, n DataLoader worker processes.
 
     ``workers`` None: on the CPU, as many helper threads as torch's threads (they decode while the forward pass
-    waits: while the network is built and between batches); on CUDA, worker processes on every core but one
-    (at most 32). ``0``: the main thread decodes; ``N``: N worker processes.
+    waits: while the network is built and between batches); on CUDA, worker processes on every core but one of
+    this process's share of the node (the cores over torchrun's processes on it), at most 32. ``0``: the main
+    thread decodes; ``N``: N worker processes.
     """
     if workers is None:
-        if device.type == "cuda" and cpu_cores() > 1:
-            return "processes", min(32, cpu_cores() - 1)
+        share = cpu_cores() // local_processes()
+        if device.type == "cuda" and share > 1:
+            return "processes", min(32, share - 1)
         return "threads", max(1, torch.get_num_threads())
     return ("processes", int(workers)) if workers > 0 else ("threads", 0)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["cpu_cores"]
+__all__ = ["cpu_cores", "local_processes"]
 
 
 def cpu_cores() -> int:
@@ -12,3 +12,11 @@ def cpu_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def local_processes() -> int:
+    """The processes of this job that share this node's cores: torchrun's ``LOCAL_WORLD_SIZE``, else 1."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1

@@ -106,6 +106,7 @@ def test_loader_batches_in_worker_processes(mixed):
 
 
 def test_decode_plan(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert decode_plan(cpu, None) == ("threads", torch.get_num_threads())
     assert decode_plan(cpu, 0) == decode_plan(cuda, 0) == ("threads", 0)
@@ -114,6 +115,20 @@ def test_decode_plan(monkeypatch):
     assert decode_plan(cuda, None) == ("processes", 15)
     monkeypatch.setattr(fx, "cpu_cores", lambda: 64)
     assert decode_plan(cuda, None) == ("processes", 32)
+
+
+def test_decode_plan_under_torchrun_shares_the_node_among_its_ranks(monkeypatch):
+    """Each of torchrun's ranks on a node sized its decode workers to every core: 4 GPUs on 16 cores started
+    60 worker processes. A rank now takes its share (LOCAL_WORLD_SIZE)."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(fx, "cpu_cores", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert decode_plan(cuda, None) == ("processes", 3)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")   # one core per rank: it decodes in threads of its own
+    assert decode_plan(cuda, None) == ("threads", torch.get_num_threads())
+    assert decode_plan(cuda, 2) == ("processes", 2)  # as asked
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "x")
+    assert decode_plan(cuda, None) == ("processes", 15)
 
 
 def test_every_decoder_gives_the_naive_loops_features(mixed, tmp_path, monkeypatch):

@@ -38,7 +38,8 @@ ImageSize = Annotated[int | None, typer.Option(
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN)]
 Workers = Annotated[int | None, typer.Option(help="Decode worker processes; 0: the main thread decodes. Default "
                                                     "when extracting: threads on the CPU (they decode while the "
-                                                    "network waits), every core but one (at most 32) on CUDA; when "
+                                                    "network waits), every core but one (at most 32; under torchrun, "
+                                                    "of the rank's share) on CUDA; when "
                                                     "training: cores - 1, at most 4.", rich_help_panel=RUN)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUTPUT)]
 Positive = Annotated[str | None, typer.Option(
