@@ -1,5 +1,10 @@
 """featx command line: a thin Typer layer over the library (the library never imports this package)."""
-from featx.cli import (  # noqa: F401  (register commands)
+import gc
+
+_collecting = gc.isenabled()
+gc.disable()  # while the commands and their libraries load (see featx.cli.app.import_paused)
+
+from featx.cli import (  # noqa: E402, F401  (register commands)
     backbones_cmds,
     extract_cmds,
     finetune_cmds,
@@ -9,7 +14,11 @@ from featx.cli import (  # noqa: F401  (register commands)
     report_cmds,
     report_html_cmds,
 )
-from featx.cli.app import app
+from featx.cli.app import app  # noqa: E402
+
+gc.freeze()
+if _collecting:
+    gc.enable()
 
 
 def main() -> None:

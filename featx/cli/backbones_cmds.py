@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from featx.cli.app import app, console, user_errors
+from featx.cli.app import app, console, loads_torch, user_errors
 
 
 @app.command()
 @user_errors
+@loads_torch
 def backbones(
     name: Annotated[str | None, typer.Argument(
         help="Only this backbone, or the names matching a pattern (resnet*, vit: names containing it); "

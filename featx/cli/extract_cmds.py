@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from featx.cli.app import app, console, err_console, user_errors
+from featx.cli.app import app, console, err_console, loads_torch, user_errors
 from featx.cli.options import DATA, NETWORK, OUTPUT, RUN, Backbone, Device, Images, ImageSize, Quiet, Workers
 from featx.cli.parsing import parse_extract_taps
 from featx.data.synth import synthesize
@@ -51,6 +51,7 @@ def synth(
 
 @app.command()
 @user_errors
+@loads_torch
 def extract(
     data: Images,
     out: Annotated[Path, typer.Option("--out", "-o", help="HDF5 store to write (resumed if it exists).",

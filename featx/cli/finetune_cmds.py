@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from featx.cli.app import app, console, err_console, flag, user_errors
+from featx.cli.app import app, console, err_console, flag, loads_torch, user_errors
 from featx.cli.options import (
     DATA,
     EVALUATION,
@@ -43,6 +43,7 @@ from featx.report import results_table
 
 @app.command()
 @user_errors
+@loads_torch
 def finetune(
     data: Images,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, history, plots, results.",

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from featx.cli.app import app, console, user_errors
+from featx.cli.app import app, console, loads_torch, user_errors
 from featx.cli.options import (
     CV_HELP,
     DATA,
@@ -211,6 +211,7 @@ def compare(
 
 @app.command()
 @user_errors
+@loads_torch
 def predict(
     model: Annotated[Path, typer.Argument(help="A model saved by `featx classify --save`: .skops (safe to load; "
                                                "card NAME.skops.json) or .joblib (a pickle: only your own or "

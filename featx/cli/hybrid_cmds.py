@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from featx.cli.app import app, console, user_errors
+from featx.cli.app import app, console, loads_torch, user_errors
 from featx.cli.finetune_cmds import print_warning
 from featx.cli.options import (
     EVALUATION,
@@ -46,6 +46,7 @@ from featx.report import results_table
 
 @app.command()
 @user_errors
+@loads_torch
 def hybrid(
     data: Annotated[Path, typer.Argument(help="Image root (C-NMC, ROOT/<class>/...) or a CSV manifest "
                                               "path,label,subject[,split]; every labelled image needs a subject.")],
