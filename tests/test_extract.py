@@ -167,6 +167,31 @@ def test_interrupted_run_fills_in_only_missing_rows(cnmc_tree, tmp_path):
             np.testing.assert_allclose(a["features"][tap][:], b["features"][tap][:], rtol=1e-5, atol=1e-6)
 
 
+def test_a_run_resumed_under_other_library_versions_records_both(cnmc_tree, tmp_path, monkeypatch):
+    """A store resumed after torch was upgraded kept saying only the first version, although its later rows came
+    from the second; `featx merge` refused such parts. Every version that computed rows is now recorded."""
+    collection = discover(cnmc_tree, splits=["fold_0"])
+    part = tmp_path / "part.h5"
+
+    def stop_after_one_batch(done, total):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(collection, part, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0,
+                on_progress=stop_after_one_batch)
+    first = torch.__version__
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    extract(collection, part, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0)
+    assert store_settings(part)["torch_version"] == f"{first}, 9.9.9"
+    with h5py.File(part) as h5:
+        assert h5["samples/done"][:].all()
+    # a finished store run again computes nothing, and so records no other version
+    monkeypatch.setattr(torch, "__version__", "9.9.10")
+    extract(collection, part, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0)
+    assert store_settings(part)["torch_version"] == f"{first}, 9.9.9"
+
+
 def test_store_made_with_other_settings_is_refused(cnmc_tree, cnn_store, tmp_path):
     copy = tmp_path / "copy.h5"
     shutil.copy(cnn_store, copy)

@@ -17,7 +17,7 @@ from shard_helpers import BAD_ROWS, KW, assert_same_store, tree_with_bad_images
 from featx.data import discover
 from featx.errors import FeatxError
 from featx.extract import extract
-from featx.store import load_features, merge_stores, parse_shard, shard_rows, summarize, verify
+from featx.store import load_features, merge_stores, parse_shard, shard_rows, store_settings, summarize, verify
 from featx.store import merge as merge_module
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -141,6 +141,20 @@ def test_bad_shard_values_are_one_line(work, tmp_path, value, needle):
     assert result.exit_code == 1 and needle in text, text
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_parts_made_under_other_library_versions_merge_and_record_both(work, tmp_path, monkeypatch):
+    import torch
+
+    p0 = work["parts"][0]
+    first = str(store_settings(p0)["torch_version"])
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    later = extract(work["root"], tmp_path / "later-1.h5", shard="1/2", **KW)
+    out = merge_stores([p0, later], tmp_path / "all.h5")
+    assert store_settings(out)["torch_version"] == f"{first}, 9.9.9"
+    merged, single = load_features(out, labelled=None), load_features(work["single"], labelled=None)
+    np.testing.assert_array_equal(merged.paths, single.paths)
+    np.testing.assert_allclose(merged.X, single.X, rtol=0, atol=1e-6)
 
 
 def _one_line_refusal(args, needle, out):

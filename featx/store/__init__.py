@@ -5,7 +5,9 @@ Layout (schema version 2)::
     /                attrs: schema_version, featx_version, backbone, weights, weights_kind, weights_sha256,
                             weights_seed, input_size, mean, std, resize, dtype, taps (in extraction order),
                             default_tap (the tap read when none is named; absent in older stores: the last
-                            of taps), torch/torchvision versions, created, dataset_fingerprint, data_root, layout
+                            of taps), torch/torchvision versions (every version that computed rows, joined
+                            by ", ", when a run was resumed or shards merged under others), created,
+                            dataset_fingerprint, data_root, layout
     /samples/path    vlen utf-8 (N)    relative to data_root: the key that aligns stores
     /samples/label   int64 (N)         index into attrs["classes"], -1 = unlabelled
     /samples/subject vlen utf-8 (N)    "" when unknown

@@ -24,8 +24,10 @@ from featx.store.describe import MERGED_NOTE, VIRTUAL_NOTE, write_descriptions
 from featx.store.lock import acquire_writer_lock
 from featx.store.schema import (
     SCHEMA_VERSION,
+    VERSION_KEYS,
     damaged,
     decode_attr,
+    joined_versions,
     open_store,
     read_attrs,
     require_store,
@@ -35,7 +37,8 @@ from featx.store.schema import (
 from featx.store.shards import INDEX, SHARD_KEYS, Shard, parse_shard, shard_rows
 from featx.store.writer import FeatureStore, _bytes_needed, _fit, write_whole
 
-# Root attributes that differ between the parts of one extraction (the rest must agree).
+# Root attributes that differ between the parts of one extraction (the rest must agree, but the library
+# versions, which the merged store records all of).
 PER_PART = ("created", "dataset_fingerprint", "shard", "description", "featx_version", "h5py_version")
 BLOCK = 4096  # rows copied at a time
 
@@ -137,9 +140,10 @@ def _read_part(path: Path) -> _Part:
 
 def _check_same_settings(parts: list[_Part]) -> None:
     first = parts[0]
-    keys = [k for k in first.attrs if k not in PER_PART]
+    free = PER_PART + VERSION_KEYS
+    keys = [k for k in first.attrs if k not in free]
     for part in parts[1:]:
-        for key in keys + [k for k in part.attrs if k not in PER_PART and k not in first.attrs]:
+        for key in keys + [k for k in part.attrs if k not in free and k not in first.attrs]:
             have, want = part.attrs.get(key, ""), first.attrs.get(key, "")
             if str(have) != str(want):
                 raise FeatxError(f"{part.path} was made with {key}={_short(have)}, {first.path} with "
@@ -196,6 +200,9 @@ def _write(out: Path, parts: list[_Part], owner: np.ndarray, virtual: bool) -> N
     first = parts[0]
     attrs = {k: v for k, v in first.attrs.items() if k not in PER_PART and k not in SHARD_KEYS}
     attrs["dataset_fingerprint"] = str(first.attrs["shard_of_fingerprint"])
+    for key in VERSION_KEYS:
+        if key in first.attrs:
+            attrs[key] = joined_versions(*(decode_attr(p.attrs.get(key, "")) for p in parts))
     attrs["merged_from"] = json.dumps([{"file": os.path.relpath(p.path.resolve(), out.parent.resolve()),
                                         "shard": str(p.shard), "created": str(p.attrs.get("created", ""))}
                                        for p in parts])

@@ -20,6 +20,20 @@ ERROR_BYTES = 512  # room for an error message (longer ones are cut)
 IDENTITY_KEYS = ("backbone", "weights", "weights_sha256", "weights_seed", "input_size", "mean", "std",
                  "resize", "dtype", "precision", "taps", "dataset_fingerprint")
 STRING = h5py.string_dtype()
+# The libraries that computed the rows: a resumed or merged store may hold rows of several versions, and
+# records each of them (``joined_versions``) rather than refusing or keeping only the first.
+VERSION_KEYS = ("torch_version", "torchvision_version")
+
+
+def joined_versions(*versions) -> str:
+    """Every version in ``versions`` (each one version or several joined by ", "), in the order first seen,
+    joined by ", "."""
+    seen: list[str] = []
+    for value in versions:
+        for one in str(value).split(", "):
+            if one and one not in seen:
+                seen.append(one)
+    return ", ".join(seen)
 
 
 def encode_attr(value):

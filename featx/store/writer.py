@@ -31,9 +31,11 @@ from featx.store.schema import (
     IDENTITY_KEYS,
     SCHEMA_VERSION,
     STRING,
+    VERSION_KEYS,
     damaged,
     decode_attr,
     encode_attr,
+    joined_versions,
     open_store,
     require_store,
     row_checksums,
@@ -58,6 +60,7 @@ class FeatureStore:
         self._errored = h5["samples/error"].asstr()[:] != ""
         self.failed = False
         self.repaired = 0  # rows marked done whose checksums did not match when the store was reopened
+        self._versions: dict[str, str] = {}  # this run's library versions, recorded with its first rows
 
     @classmethod
     def open_for_extraction(cls, path: str | Path, settings: dict, samples: Sequence, classes: Sequence[str],
@@ -106,6 +109,7 @@ class FeatureStore:
             check_shard_resume(path, h5.attrs, settings)  # before the fingerprint, which differs per shard
             _check_resumable(path, h5, settings)
             store = cls(path, h5, lock)
+            store._versions = {k: str(settings[k]) for k in VERSION_KEYS if k in settings}
             bad = np.flatnonzero(store._done)[~rows_match(h5, np.flatnonzero(store._done))]
         except FeatxError:
             raise
@@ -199,6 +203,11 @@ class FeatureStore:
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
             return
+        for key, version in self._versions.items():  # a resumed store: rows of this run's versions follow
+            have = decode_attr(self.h5.attrs.get(key, ""))
+            if joined_versions(have, version) != have:
+                self.h5.attrs[key] = joined_versions(have, version)
+        self._versions = {}
         order = np.argsort(indices)
         indices = indices[order]
         # a contiguous run writes as one slice (fast); otherwise h5py takes increasing indices
