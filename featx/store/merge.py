@@ -37,8 +37,8 @@ from featx.store.schema import (
 from featx.store.shards import INDEX, SHARD_KEYS, Shard, parse_shard, shard_rows
 from featx.store.writer import FeatureStore, _bytes_needed, _fit, write_whole
 
-# Root attributes that differ between the parts of one extraction (the rest must agree, but the library
-# versions, which the merged store records all of).
+# Root attributes that differ between the parts of one extraction. The rest must agree, except the library
+# versions (VERSION_KEYS): the merged store records every one of them.
 PER_PART = ("created", "dataset_fingerprint", "shard", "description", "featx_version", "h5py_version")
 BLOCK = 4096  # rows copied at a time
 
