@@ -135,20 +135,25 @@ def test_a_store_without_a_default_tap_reads_the_last_tap_it_extracted(cnmc_tree
     np.testing.assert_array_equal(load_features(old).X, load_features(out, default).X)
     assert load_features(old).tap == load_features(out).tap == default
 
+def interrupt_after(collection, out, rows: int) -> None:
+    """Extract ``collection`` (cnn, 32 px, batches of 4) into ``out`` and interrupt it once ``rows`` are done."""
+
+    def stop(done, total):
+        if done >= rows:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(collection, out, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0,
+                on_progress=stop)
+
+
 def test_interrupted_run_fills_in_only_missing_rows(cnmc_tree, tmp_path):
     collection = discover(cnmc_tree, splits=["fold_0", "fold_1"])
     whole = tmp_path / "whole.h5"
     extract(collection, whole, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0)
 
     part = tmp_path / "part.h5"
-
-    def stop_after_two_batches(done, total):
-        if done >= 8:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        extract(collection, part, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0,
-                on_progress=stop_after_two_batches)
+    interrupt_after(collection, part, 8)
     with h5py.File(part) as h5:
         done_before = h5["samples/done"][:].copy()
         kept = h5["features/fc"][:8].copy()
@@ -172,14 +177,7 @@ def test_a_run_resumed_under_other_library_versions_records_both(cnmc_tree, tmp_
     from the second; `featx merge` refused such parts. Every version that computed rows is now recorded."""
     collection = discover(cnmc_tree, splits=["fold_0"])
     part = tmp_path / "part.h5"
-
-    def stop_after_one_batch(done, total):
-        if done >= 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        extract(collection, part, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0,
-                on_progress=stop_after_one_batch)
+    interrupt_after(collection, part, 4)
     first = torch.__version__
     monkeypatch.setattr(torch, "__version__", "9.9.9")
     extract(collection, part, backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0)

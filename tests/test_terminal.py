@@ -205,7 +205,7 @@ def test_the_cli_and_torch_load_without_full_collections():
     """Importing torch and torchvision with the collector running cost 0.6-1.2 s of every command's 3-4 s start:
     featx's CLI and then torch now load with it paused, and what they allocated is frozen."""
     code = ("import gc, sys; full = lambda: gc.get_stats()[2]['collections']; a = full(); import featx.cli; "
-            "from featx.cli.app import import_paused; b = full(); import_paused('torch', 'torchvision'); "
+            "from featx.imports import import_paused; b = full(); import_paused('torch', 'torchvision'); "
             "print(b - a, full() - b, gc.isenabled(), gc.get_freeze_count() > 200_000, 'torchvision' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                           capture_output=True, text=True, timeout=120)

@@ -1,9 +1,7 @@
 """featx command line: a thin Typer layer over the library (the library never imports this package)."""
-import gc
+from featx.imports import collector_paused
 
-_collecting = gc.isenabled()
-gc.disable()  # while the commands and their libraries load (see featx.cli.app.import_paused)
-try:
+with collector_paused():  # the commands and the libraries they import (see featx.imports)
     from featx.cli import (  # noqa: F401  (register commands)
         backbones_cmds,
         extract_cmds,
@@ -15,10 +13,6 @@ try:
         report_html_cmds,
     )
     from featx.cli.app import app
-finally:
-    gc.freeze()
-    if _collecting:
-        gc.enable()
 
 
 def main() -> None:

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import errno
 import functools
-import gc
-import importlib
 import inspect
 import platform
-import sys
 from collections.abc import Callable
 from importlib import metadata
 from typing import Annotated
@@ -19,6 +16,7 @@ from typer.core import TyperCommand, TyperGroup
 
 import featx
 from featx.errors import FeatxError
+from featx.imports import import_paused
 
 
 def _flags_as_flags(params: list) -> list:
@@ -117,27 +115,9 @@ def flag(name: str, value: str | None = None) -> str:
 err_console = Console(stderr=True)
 
 
-def import_paused(*modules: str) -> None:
-    """Import ``modules`` with the garbage collector paused, then freeze every object so far.
-
-    torch and torchvision allocate some 600,000 long-lived objects as they load, and the collector, seeing the
-    heap grow, walks all of them again and again: 0.6-1.2 s of their 3-4 s import on a 2-core machine. None of
-    them is garbage; frozen, later full collections skip them too."""
-    if all(m in sys.modules for m in modules):
-        return
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        for module in modules:
-            importlib.import_module(module)
-    finally:
-        gc.freeze()
-        if collecting:
-            gc.enable()
-
-
 def loads_torch(func: Callable) -> Callable:
-    """A command that runs a network: torch and torchvision are imported first (:func:`import_paused`)."""
+    """A command that runs a network: torch and torchvision are imported first, with the garbage collector
+    paused (:func:`featx.imports.import_paused`)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):

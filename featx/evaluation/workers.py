@@ -19,10 +19,11 @@ from threadpoolctl import threadpool_limits
 from featx.errors import FeatxError, arg
 from featx.heads import get_head
 from featx.heads.memory import available_memory
+from featx.imports import import_paused
 from featx.machine import cpu_cores
 
-__all__ = ["SMALL_BYTES", "check_jobs", "cores_for", "fit_bytes", "load_modules", "native_modules", "plan_jobs",
-           "process_pool", "thread_limits"]
+__all__ = ["SMALL_BYTES", "check_jobs", "cores_for", "fit_bytes", "native_modules", "plan_jobs", "process_pool",
+           "thread_limits"]
 
 SMALL_BYTES = 8 * 2**20  # below this feature matrix size, auto jobs fits serially (worker start-up dominates)
 
@@ -71,12 +72,6 @@ def native_modules(heads: Sequence[str]) -> tuple[str, ...]:
     return tuple(sorted({module for head in heads for module in get_head(head).native}))
 
 
-def load_modules(modules: Sequence[str]) -> None:
-    """Import ``modules``: the initializer of a worker process."""
-    for module in modules:
-        importlib.import_module(module)
-
-
 @contextlib.contextmanager
 def process_pool(backend: str, heads: Sequence[str]):
     """Inside the block, joblib's loky worker processes (``backend`` "loky"; a cluster's pool is left as
@@ -84,11 +79,12 @@ def process_pool(backend: str, heads: Sequence[str]):
 
     loky restarts a reused worker whose memory grows by 300 MB after its first task, with a warning, and
     importing torch grows it that much: a grid whose heads need a library the warm workers lack (softmax after
-    logistic) gets fresh workers instead, and a grid that needs what they have reuses them."""
+    logistic) gets fresh workers instead, and a grid that needs what they have reuses them. A worker imports
+    them with the garbage collector paused (:mod:`featx.imports`): the process is featx's own."""
     if backend != "loky":
         yield
         return
-    with parallel_config(backend="loky", initializer=load_modules, initargs=(native_modules(heads),)):
+    with parallel_config(backend="loky", initializer=import_paused, initargs=native_modules(heads)):
         yield
 
 
@@ -99,6 +95,7 @@ def thread_limits(threads: int | None, heads: Sequence[str] = ()):
     if threads is None:
         yield
         return
-    load_modules(native_modules(heads))
+    for module in native_modules(heads):
+        importlib.import_module(module)
     with threadpool_limits(limits=threads):
         yield
