@@ -198,7 +198,7 @@ def test_a_grid_after_a_grid_of_other_libraries_gets_workers_without_a_restart_w
 
 def test_grid_workers_import_torch_with_the_collector_paused():
     """A worker of a grid with softmax imports torch when it starts, the collector paused and its heap then
-    frozen (featx.imports): about 0.3-0.4 s less per worker start than with full collections over torch."""
+    frozen (featx.imports), as the CLI does."""
     with process_pool("loky", ["softmax"]):
         frozen = Parallel(n_jobs=2)(delayed(gc.get_freeze_count)() for _ in range(4))
     assert min(frozen) > 200_000
