@@ -103,10 +103,12 @@ def run_child(argv: list[str]) -> tuple[float, int, str]:
     return wall, usage.ru_maxrss * 1024, out
 
 
-# The featx CLI freezes the heap once torch is loaded (featx.cli.app.import_paused), so its exit skips the
+# `import torch, torchvision`, timed and reported on stderr (read back by own_import)
+TIMED_IMPORT = ("import sys, time; t = time.perf_counter(); import torch, torchvision; "
+                "print(f'featx-bench-import {time.perf_counter() - t:.6f}', file=sys.stderr); ")
+# The featx CLI freezes the heap once torch is loaded (featx.imports.import_paused), so its exit skips the
 # final collection over torch's objects (~0.5 s): the baseline freezes it too, and that saving is not counted.
-IMPORT_ONLY = ("import gc, sys, time; t = time.perf_counter(); import torch, torchvision; "
-               "print(f'featx-bench-import {time.perf_counter() - t:.6f}', file=sys.stderr); gc.freeze()")
+IMPORT_ONLY = TIMED_IMPORT + "import gc; gc.freeze()"
 
 
 def import_time(runs: int = 3) -> tuple[float, float]:
@@ -122,9 +124,8 @@ def import_time(runs: int = 3) -> tuple[float, float]:
 
 
 # `python -m featx ARGS` that also reports how long its own `import torch, torchvision` took (on stderr)
-RUN_FEATX = ("import runpy, sys, time; t = time.perf_counter(); import torch, torchvision; "
-             "print(f'featx-bench-import {time.perf_counter() - t:.6f}', file=sys.stderr); "
-             "sys.argv = ['featx', *sys.argv[1:]]; runpy.run_module('featx', run_name='__main__', alter_sys=True)")
+RUN_FEATX = TIMED_IMPORT + ("import runpy; sys.argv = ['featx', *sys.argv[1:]]; "
+                            "runpy.run_module('featx', run_name='__main__', alter_sys=True)")
 
 
 def own_import(output: str) -> float:

@@ -205,8 +205,8 @@ class FeatureStore:
             return
         for key, version in self._versions.items():  # a resumed store: rows of this run's versions follow
             have = decode_attr(self.h5.attrs.get(key, ""))
-            if joined_versions(have, version) != have:
-                self.h5.attrs[key] = joined_versions(have, version)
+            if (joined := joined_versions(have, version)) != have:
+                self.h5.attrs[key] = joined
         self._versions = {}
         order = np.argsort(indices)
         indices = indices[order]
