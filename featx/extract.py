@@ -199,6 +199,7 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     check_input_size(backbone, size)
     requested = None if taps is None else ([taps] if isinstance(taps, str) else list(taps))
     # default: the backbone's taps; a model resolved by name also takes its graph nodes (`featx backbones NAME --taps`)
+    cfg.check_taps(requested)    # a graph node whose channel axis is unclear: one line naming one that works
     widths = cfg.taps if requested is None or all(t in cfg.taps for t in requested) else cfg.tap_widths()
     tap_names = select_taps(requested, list(widths))
     tap_dims = {t: widths[t] for t in tap_names}

@@ -70,6 +70,18 @@ def list_rows(pattern: str | None = None) -> list[BackboneRow]:
     return [backbone_row(n) for n in names]
 
 
-def tap_rows(name: str) -> list[tuple[str, int]]:
-    """The taps of backbone ``name`` and their widths, in forward order (graph nodes, then ``pool``)."""
-    return list(get_config(name).tap_widths().items())
+def tap_rows(name: str) -> list[tuple[str, int, str]]:
+    """The usable taps of backbone ``name``: name, width and layout per image (``C,H,W``, ``H,W,C``, ``L,C``,
+    ``C,L`` or ``D`` for a graph node, "" for the backbone's own taps), in forward order (graph nodes, then
+    ``pool``)."""
+    cfg = get_config(name)
+    return [(tap, width, lay.layout if (lay := cfg.graph_layout(tap)) is not None else "")
+            for tap, width in cfg.tap_widths().items()]
+
+
+def refused_taps(name: str) -> list[str]:
+    """The graph nodes of backbone ``name`` featx refuses as taps: it cannot tell their channel axis (window
+    partitions, ...); ``extract --taps`` says why for each."""
+    cfg = get_config(name)
+    graph = cfg.graph_taps() if cfg.graph_taps is not None else {}
+    return [tap for tap, lay in graph.items() if not lay.usable]

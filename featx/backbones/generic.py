@@ -7,9 +7,10 @@ Taps:
   H, W; a flattened map (VGG's 512x7x7) is taken back as its map and averaged; a (B, D) input (ViT's class
   token, an already pooled vector) is kept as it is. The forward pass stops there.
 - any node of the model's graph (``layer3``, ``features.6``, ``encoder.layers.encoder_layer_3``), computed by
-  ``torchvision.models.feature_extraction.create_feature_extractor``: a (B, C, H, W) output is averaged over
-  H, W, a (B, N, C) token sequence over its N tokens, a (B, D) output is kept (``pooling = "max"``: the
-  maximum instead; ``pool`` keeps the model's own pooling).
+  ``torchvision.models.feature_extraction.create_feature_extractor``: a map, (B, C, H, W) or channels-last
+  (B, H, W, C), is averaged over H, W, a token sequence over its tokens, a (B, D) output is kept
+  (``pooling = "max"``: the maximum instead; ``pool`` keeps the model's own pooling). Which axes are the
+  channels was decided by probing (:mod:`featx.backbones.layouts`); a node whose layout is unclear is refused.
 
 The state dict is the model's own (torchvision's / timm's keys): weight files load unchanged. Stages for
 ``--freeze``: the model's top-level submodules in order, then ``head`` (the final layer).
@@ -210,17 +211,17 @@ class GraphNet(nn.Module):
         if not wanted:
             raise FeatxError(f"no taps requested; {self.name}'s default tap is {self.config.default_tap}")
         nodes = tuple(t for t in wanted if t not in self.config.taps)
-        if nodes:
-            known = self.config.tap_widths()
-            unknown = [t for t in nodes if t not in known]
-            if unknown:
-                raise FeatxError(f"unknown tap {unknown[0]!r} for {self.name}; `featx backbones {self.name} "
-                                 f"--taps` lists its taps ({arg('taps', unknown[0])})")
+        layouts = {t: self.config.graph_layout(t) for t in nodes}
+        unknown = [t for t in nodes if layouts[t] is None]
+        if unknown:
+            raise FeatxError(f"unknown tap {unknown[0]!r} for {self.name}; `featx backbones {self.name} "
+                             f"--taps` lists its taps ({arg('taps', unknown[0])})")
+        self.config.check_taps(nodes)
         self._check_input(x)
         out: dict[str, Tensor] = {}
         if nodes:
             feats = self._extractor(nodes)(x)
-            out.update({n: pooled(feats[n], self.pooling) for n in nodes})
+            out.update({n: layouts[n].pool(feats[n], self.pooling, n, x.shape[0]) for n in nodes})
         if POOL_TAP in wanted:
             out[POOL_TAP] = self.pool(x)
         return {t: out[t] for t in wanted}

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from torchvision.models import WeightsEnum
 
+from featx.backbones.layouts import NodeLayout
 from featx.errors import FeatxError, arg
 
 
@@ -39,12 +40,26 @@ class BackboneConfig:
     tap_descriptions: dict[str, str] = field(default_factory=dict)
     # Models resolved by name (any torchvision model, timm:NAME) fill these; the named backbones leave them None.
     check_size: Callable[[int], None] | None = None              # raises FeatxError when a side does not fit
-    graph_taps: Callable[[], dict[str, int]] | None = None       # more taps: graph nodes -> width (lazy)
+    graph_taps: Callable[[], dict[str, NodeLayout]] | None = None  # graph nodes -> layout, refused ones too (lazy)
     imagenet_state: Callable[[], tuple[Path, dict]] | None = None  # pretrained weights: (cached file, state dict)
 
     def tap_widths(self) -> dict[str, int]:
         """Every usable tap and its width: the graph nodes (for models resolved by name), then ``taps``."""
-        return {**(self.graph_taps() if self.graph_taps is not None else {}), **self.taps}
+        graph = self.graph_taps() if self.graph_taps is not None else {}
+        return {**{t: lay.width for t, lay in graph.items() if lay.usable}, **self.taps}
+
+    def graph_layout(self, tap: str) -> NodeLayout | None:
+        """The layout of graph node ``tap`` (refused ones too); None for the other taps and unknown names."""
+        if self.graph_taps is None or tap in self.taps:
+            return None
+        return self.graph_taps().get(tap)
+
+    def check_taps(self, taps) -> None:
+        """FeatxError (one line, naming a node that works) for the first of ``taps`` that is a refused graph node."""
+        for tap in [taps] if isinstance(taps, str) else list(taps or ()):
+            lay = self.graph_layout(str(tap).strip())
+            if lay is not None and not lay.usable:
+                raise FeatxError(lay.refusal)
 
     def __post_init__(self):
         if self.default_tap not in self.taps:   # pragma: no cover - a registration mistake
@@ -61,8 +76,10 @@ class BackboneConfig:
         if tap == "pool":
             return (f"the penultimate feature of {self.name}: the input of its classifier, feature maps averaged over "
                     f"their spatial positions (the class token for a ViT), {self.taps[tap]} values")
-        return (f"graph node {tap} of {self.name}, its maps pooled over the spatial positions (or tokens) as the "
-                f"store's pooling attribute says, {self.tap_widths().get(tap, '?')} values")
+        lay = self.graph_layout(tap)
+        layout = f" (layout {lay.layout})" if lay is not None and lay.usable else ""
+        return (f"graph node {tap} of {self.name}{layout}, its maps pooled over the spatial positions (or tokens) "
+                f"as the store's pooling attribute says, {self.tap_widths().get(tap, '?')} values")
 
     @property
     def imagenet_file(self) -> str | None:

@@ -5,7 +5,8 @@ A name that is not one of the named backbones (vgg16, alexnet, cnn) and is in
 
 - preprocessing (input size, mean, std) from the model's DEFAULT weights entry, and ``--weights imagenet``
   is that entry's file in the torch cache (torchvision itself reads it, fixing old key names as it does);
-- taps ``pool`` and every graph node (:class:`featx.backbones.generic.GraphNet`);
+- taps ``pool`` and every graph node whose output is per image (:class:`featx.backbones.generic.GraphNet`; its
+  layout, channels first or last, probed at two sizes: :mod:`featx.backbones.layouts`);
 - the final layer found in the module tree; stages are the top-level submodules, then ``head``;
 - image sizes are tried on the meta device: a model that needs a fixed size (ViT) says so in one line.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torchvision
@@ -22,7 +24,8 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from featx.backbones.generic import POOL_TAP, GraphNet, SizeProbe, final_layer, model_stages, on_meta, pooled
+from featx.backbones.generic import POOL_TAP, GraphNet, SizeProbe, final_layer, model_stages, on_meta
+from featx.backbones.layouts import NodeLayout, may_be_map, probe_layouts, with_refusals
 from featx.backbones.registry import BackboneConfig, list_backbones, preprocessing, register_resolver
 from featx.backbones.weights import imagenet_path
 from featx.errors import FeatxError
@@ -61,7 +64,7 @@ class TorchvisionModel(SizeProbe):
         self.parameters = sum(p.numel() for p in model.parameters())
         self._sizes: dict[int, str | None] = {}
         self.label = name
-        self._graph_taps: dict[str, int] | None = None
+        self._graph_taps: dict[str, NodeLayout] | None = None
 
     def config(self) -> BackboneConfig:
         layer = final_layer(self.model)
@@ -86,19 +89,41 @@ class TorchvisionModel(SizeProbe):
             model = get_model(self.name, weights=None, num_classes=int(num_classes), **self.kwargs)
         return GraphNet(config, model, num_classes=num_classes)
 
-    def graph_taps(self) -> dict[str, int]:
-        """Every graph node usable as a tap (its output is a batch of maps, tokens or vectors) -> width."""
+    def graph_taps(self) -> dict[str, NodeLayout]:
+        """Every graph node (and submodule) whose output is per image -> its layout and channel width, probed on
+        the meta device at two sizes (:mod:`featx.backbones.layouts`); refused nodes carry their message."""
         if self._graph_taps is not None:
             return self._graph_taps
         nodes = get_graph_node_names(self.model)[1][1:]             # [0] is the input
-        extractor = create_feature_extractor(self.model, return_nodes={n: n for n in nodes},
-                                             suppress_diff_warning=True)
-        with torch.no_grad():
-            out = extractor(torch.empty(2, 3, self.size, self.size, device="meta"))
-        widths = {n: int(pooled(v).shape[1]) for n, v in out.items()
-                  if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == 2 and n != POOL_TAP}
-        self._graph_taps = module_taps(nodes, widths)
+        probes: list[tuple[int, dict]] = []
+        for batch, model, size in self._probes():
+            # the second size only for nodes that may be maps (torchvision checks each node asked against all)
+            asked = nodes if not probes else [n for n in nodes if may_be_map(probes[0][1].get(n), probes[0][0])]
+            extractor = create_feature_extractor(model, return_nodes={n: n for n in asked},
+                                                 suppress_diff_warning=True)
+            with torch.no_grad():
+                probes.append((batch, extractor(torch.empty(batch, 3, size, size, device="meta"))))
+        layouts = {n: lay for n, lay in probe_layouts(probes).items() if n != POOL_TAP}
+        self._graph_taps = with_refusals(self.name, module_taps(nodes, layouts), POOL_TAP)
         return self._graph_taps
+
+    def _probes(self) -> list[tuple[int, nn.Module, int]]:
+        """(batch, model, image side) to probe layouts with: batch 2 at the default size, batch 3 at a second size
+        the model takes (built again for it when it is built for one size: ViT's image_size, MaxViT's
+        input_size); the default size alone when there is none."""
+        probes: list[tuple[int, nn.Module, int]] = [(2, self.model, self.size)]
+        for size in (self.size + 32, 2 * self.size):
+            if self._fails_at(size) is None:
+                return [*probes, (3, self.model, size)]
+            for kwargs in ({"image_size": size}, {"input_size": (size, size)}):
+                try:
+                    model = skeleton(self.name, **kwargs)
+                    with torch.no_grad():
+                        model(torch.empty(1, 3, size, size, device="meta"))
+                except Exception:   # no such argument, or the size does not fit it either
+                    continue
+                return [*probes, (3, model, size)]
+        return probes
 
     def imagenet_state(self) -> tuple[Path, dict]:
         """The DEFAULT weights' cached file, read by torchvision's own builder (which fixes old key names)."""
@@ -107,8 +132,11 @@ class TorchvisionModel(SizeProbe):
         return path, model.state_dict()
 
 
-def module_taps(nodes: list[str], widths: dict[str, int]) -> dict[str, int]:
-    """Node widths plus every submodule name (``layer3``: the output of its last node, as
+T = TypeVar("T")
+
+
+def module_taps(nodes: list[str], widths: dict[str, T]) -> dict[str, T]:
+    """Node widths (or layouts) plus every submodule name (``layer3``: the output of its last node, as
     ``create_feature_extractor`` reads a module name), in forward order, a module after its last node."""
     last: dict[str, str] = {}
     for node in nodes:
@@ -118,7 +146,7 @@ def module_taps(nodes: list[str], widths: dict[str, int]) -> dict[str, int]:
     after: dict[str, list[str]] = {}
     for module, node in last.items():
         after.setdefault(node, []).append(module)
-    taps: dict[str, int] = {}
+    taps: dict[str, T] = {}
     for node in nodes:
         for name in [node, *sorted(after.get(node, []), key=lambda m: -m.count("."))]:
             source = last.get(name, name) if name != node else node

@@ -30,23 +30,27 @@ def backbones(
     """
     # deferred: featx.backbones imports torch and torchvision, which would slow down every `featx --help`
     from featx.backbones import list_backbones
-    from featx.backbones.catalog import list_rows, tap_rows
+    from featx.backbones.catalog import list_rows, refused_taps, tap_rows
 
     if list_taps:
         if name is None:
             raise typer.BadParameter("--taps lists the taps of one backbone: give its NAME", param_hint="NAME")
         rows = tap_rows(name)
         if as_json:
-            print(json.dumps([{"tap": t, "width": w} for t, w in rows], indent=2))
+            print(json.dumps([{"tap": t, "width": w, "layout": lay} for t, w, lay in rows], indent=2))
             return
-        table = Table("tap", "width", title=f"taps of {name} (forward order)")
-        for tap, width in rows:
-            table.add_row(tap, str(width), end_section=False)
+        table = Table("tap", "width", "layout", title=f"taps of {name} (forward order)")
+        for tap, width, layout in rows:
+            table.add_row(tap, str(width), layout, end_section=False)
         console.print(table)
         if name.strip().lower() not in list_backbones():
-            console.print("Maps (B, C, H, W) are averaged over H, W and token sequences (B, N, C) over N; a module "
-                          "name gives the output of its last node. pool: the classifier's input, pooled.",
-                          highlight=False)
+            console.print("Maps are averaged over H, W, with channels first (C,H,W) or last (H,W,C), and token "
+                          "sequences over their tokens (L,C or C,L); a module name gives the output of its last "
+                          "node. pool: the classifier's input, pooled.", highlight=False)
+            refused = refused_taps(name)
+            if refused:
+                console.print(f"{len(refused)} graph nodes are left out: featx cannot tell which of their axes are "
+                              f"channels (e.g. {refused[0]}); `featx extract --taps NODE` says why.", highlight=False)
         return
     with console.status("building each model on the meta device to read its widths..."):
         rows = list_rows(name)

@@ -175,6 +175,7 @@ def _tap_specs(backbone: str, taps) -> tuple[list[list[str]], list[str]]:
         taps = [taps]
     specs = [[t] if isinstance(t, str) else list(t) for t in (taps or [config.default_tap])]
     needed = {t for spec in specs for t in spec}
+    config.check_taps(sorted(needed))
     available = config.taps if needed <= set(config.taps) else config.tap_widths()   # graph nodes: any model
     return specs, select_taps(sorted(needed), list(available))
 
