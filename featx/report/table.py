@@ -18,6 +18,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from featx.results import ResultRow
+from featx.row_names import TAG
 
 # (metric, header) of the columns of the study's Table 2, then the challenge's metric.
 TABLE_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
@@ -320,11 +321,13 @@ def chosen_params_markdown(rows: Sequence[ResultRow]) -> list[str]:
 
 
 def slug(row_or_text: ResultRow | str) -> str:
-    """A file-name-safe name of a row (backbone-tap-head-protocol; a fine-tuned network's own row keeps
-    ``finetune`` in the head's place, as its files were always named) or of a text."""
+    """A file-name-safe name of a row (backbone-tap-head-protocol, with the tag that tells it from rows of the
+    same name after the tap: :mod:`featx.row_names`; a fine-tuned network's own row keeps ``finetune`` in the
+    head's place, as its files were always named) or of a text."""
     if isinstance(row_or_text, ResultRow):
         r = row_or_text
-        text = "-".join(str(v) for v in (r.backbone, r.tap, r.head or "finetune", r.protocol) if v != "")
+        parts = (r.backbone, r.tap, r.settings.get(TAG) or "", r.head or "finetune", r.protocol)
+        text = "-".join(str(v) for v in parts if v != "")
     else:
         text = str(row_or_text)
     return re.sub(r"[^A-Za-z0-9.+_-]+", "_", text).strip("_") or "row"
