@@ -1,5 +1,5 @@
 """Row identity: a row's name is unique within a results set (three stores of one backbone give three names),
-and every row's files carry its own name."""
+the selected row names the store that won, and every row's files carry its own name."""
 from __future__ import annotations
 
 import csv
@@ -57,6 +57,24 @@ def test_three_stores_of_one_backbone_give_three_names_in_every_file(compared, s
         assert row.settings["stores"] == [str(store)]
 
 
+def test_the_selected_row_names_the_store_that_won_each_fold(compared, stores):
+    rows, out = compared["rows"], compared["out"]
+    selected = rows[-1]
+    assert selected.settings["candidates"] == TAGGED
+    chosen, chosen_stores = selected.settings["selected"], selected.settings["selected_stores"]
+    assert len(chosen) == len(chosen_stores) == 3 and set(chosen) <= set(TAGGED)
+    for name, store in zip(chosen, chosen_stores):  # the tag is the winning store's file name
+        assert store == [str(stores[TAGGED.index(name)])]
+    picks = {}
+    for k, name in enumerate(chosen, 1):
+        picks.setdefault(name, []).append(str(k))
+    line = "selected by inner accuracy (subject 3-fold) chose " + "; ".join(
+        f"{name} in fold{'s' if len(ks) > 1 else ''} {', '.join(ks)}" for name, ks in picks.items())
+    assert f"{line}." in (out / "results.md").read_text()
+    written = read_json(out / "results.json")[-1]
+    assert written.settings["selected"] == chosen and written.settings["selected_stores"] == chosen_stores
+
+
 def test_each_row_has_its_own_predictions_file(compared):
     rows, out = compared["rows"], compared["out"]
     files = sorted(p.name for p in (out / "predictions").iterdir())
@@ -81,6 +99,8 @@ def test_compare_cli_shows_three_names_and_which_store_won(stores, tmp_path):
         assert text.count(name) >= 1, name
     lines = [ln.split("†")[0].strip() for ln in result.output.splitlines() if "† subject 3-fold" in ln]
     assert lines == [*TAGGED, "selected by inner accuracy"][:3]  # one table line per store
+    chosen = json.loads((tmp_path / "results.json").read_text())[-1]["settings"]["selected"]
+    assert "selected by inner accuracy (subject 3-fold) chose " + chosen[0] in text
     assert [r["name"] for r in _csv(tmp_path / "results.csv")] == [*TAGGED, "selected by inner accuracy"]
 
 

@@ -45,6 +45,23 @@ def selection_note(rows: Sequence[ResultRow]) -> str | None:
             "(inner CV per outer fold)")
 
 
+def selection_choices(rows: Sequence[ResultRow]) -> list[str]:
+    """One line per selected row (``compare --select``): the candidate (store, tap and head) it chose in each
+    outer fold, e.g. ``selected by inner f1_weighted (subject 5-fold) chose cnn/fc [b] + logistic in folds
+    1, 3; cnn/fc [a] + logistic in fold 2``."""
+    lines = []
+    for r in rows:
+        chosen = r.settings.get("selected") if r.head == "selected" else None
+        if not isinstance(chosen, list) or not chosen:
+            continue
+        folds: dict[str, list[str]] = {}
+        for k, name in enumerate(chosen, 1):
+            folds.setdefault(str(name), []).append(str(k))
+        picks = [f"{name} in fold{'s' if len(ks) > 1 else ''} {', '.join(ks)}" for name, ks in folds.items()]
+        lines.append(f"{r.name} ({short_protocol(r)}) chose {'; '.join(picks)}")
+    return lines
+
+
 def format_pct(mean, std=None) -> str:
     """``0.9744, 0.012`` -> ``"97.44 ± 1.20"`` (percent); missing values -> ``"-"``."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
@@ -248,6 +265,7 @@ def _captions(rows: Sequence[ResultRow], metrics, width: int | None) -> list[str
         captions.append("* OPTIMISTIC: features tuned on test subjects (the fine-tuned network saw them)")
     if note := selection_note(rows):
         captions.append(escape(note))
+    captions += [escape(line) for line in selection_choices(rows)]
     captions += [f"PARTIAL: {escape(p)}" for p in partial_notes(rows)]
     captions += [escape(note) for note in excluded_notes(rows)]
     return captions
@@ -296,6 +314,7 @@ def results_markdown(rows: Sequence[ResultRow]) -> str:
         md += [f"\\* {OPTIMISTIC_NOTE}", ""]
     if note := selection_note(rows):
         md += [note, ""]
+    md += [f"{line}.\n" for line in selection_choices(rows)]
     md += [f"PARTIAL: {note}.\n" for note in partial_notes(rows)]
     md += [f"{note}.\n" for note in excluded_notes(rows)]
     md += [STATS_NOTE, ""]
