@@ -159,3 +159,10 @@ def test_table_over_two_folders_of_one_backbone_names_each_store(tmp_path):
     result, text = invoke("table", *folders)
     assert result.exit_code == 0, result.output
     assert "cnn/fc [a] + logistic" in text and "cnn/fc [b] + logistic" in text
+
+
+def test_a_tag_that_meets_another_rows_name_is_numbered():
+    rows = unique_names([_row(["/s/q.h5"], name="cnn/fc [x/a] + logistic"), _row(["/d/x/a.h5"]), _row(["/d/y/a.h5"])])
+    assert [r.name for r in rows] == ["cnn/fc [x/a] + logistic", "cnn/fc [x/a #2] + logistic",
+                                      "cnn/fc [y/a] + logistic"]
+    assert [r.name for r in unique_names(rows)] == [r.name for r in rows]
