@@ -68,7 +68,9 @@ def test_classify_after_compare_with_default_options_keeps_compare_results(store
     result, text = invoke("table", "results")
     assert result.exit_code == 0, result.output
     assert len(read_results(["results"])) == 4 + 1 + 1
-    assert text.count("cnn/fc + logistic") == 4 and text.count("cnn/fc + knn") == 2
+    assert text.count("cnn/fc + logistic") == 2 and text.count("cnn/fc + knn") == 2  # image and prelim rows
+    # compare's and classify's subject-level rows of one store: told apart by their folders
+    assert "cnn/fc [compare] + logistic" in text and "cnn/fc [classify-cnn-fc-logistic] + logistic" in text
 
 
 def test_default_out_names_fused_stores_and_taps_safely(store, tmp_path):

@@ -42,6 +42,7 @@ from featx.heads import (
 from featx.machine import cpu_cores
 from featx.provenance import UNSEEN_ROLES
 from featx.results import ResultRow
+from featx.row_names import unique_names
 from featx.store.reader import load_feature_grid
 
 StorePath = str | Path
@@ -311,6 +312,8 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     ``select`` (a metric): also one row per protocol of selecting the best store x tap x head by that metric
     inside each outer fold (:mod:`featx.evaluation.selection`); the other rows are then marked
     ``selection_uncorrected``.
+    Rows of one name and protocol (one backbone x tap x head from several stores) are told apart by their
+    stores' names (:func:`featx.row_names.unique_names`: ``cnn/fc [a] + logistic`` for a.h5).
     ``backend`` (loky, dask or ray) / ``scheduler``: where every pool of the grid runs, opened once for the
     whole grid (:func:`featx.evaluation.backends.engine`); the rows are the same on every backend.
     """
@@ -348,4 +351,4 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                                               n_boot=n_boot, metric=select, allow_optimistic=allow_optimistic,
                                               drop_unknown_subjects=drop_unknown_subjects))
                 rows[-1].settings["backend"] = where.backend
-        return rows
+        return unique_names(rows)

@@ -29,6 +29,7 @@ from featx.evaluation.splits import (
 )
 from featx.heads import fit_params, make_head, positive_scores, preprocess_text
 from featx.results import METRICS, ResultRow
+from featx.row_names import tag_names, with_tag
 
 SELECTED_NAME = "selected by inner {metric}"
 
@@ -111,7 +112,8 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
     """The row of the selection procedure among ``candidates`` ((feature set, head) pairs on the same rows in
     the same order, see :func:`check_same_rows`) under ``protocol``: per outer fold, the candidate with the
     best mean inner-CV ``metric`` over the outer training rows is fitted there and predicts the outer test
-    rows. ``settings["selected"]`` names the candidate chosen in each outer fold."""
+    rows. ``settings["selected"]`` names the candidate chosen in each outer fold as `compare` names its row
+    (the store's tag where candidates share a name), ``settings["selected_stores"]`` its store files."""
     check_metric(metric)
     if not candidates:
         raise FeatxError(f"{arg('select')}: no candidate to select among")
@@ -121,7 +123,7 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
     params = params or {}
     kwargs = [dict(preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
                    **params.get(head, {})) for _, head in candidates]
-    labels = [f"{fs.name} + {head}" for fs, head in candidates]
+    labels = _candidate_names(candidates)
     subjects = np.asarray(data.subjects).astype(str) if len(data.subjects) else None
     train_all = np.concatenate([a for a, _ in protocol.folds])
     grouped = subjects is not None and every_row_has_subject(subjects[train_all])
@@ -170,7 +172,8 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
                      "y_pred": names[np.asarray(pooled["y_pred"], dtype=int)].tolist(),
                      "score": np.asarray(pooled["y_score"], dtype=float).tolist()},
         fit_seconds=round(sum(o[2] for o in outer), 3), wall_seconds=round(wall, 3),
-        settings={"selected": [labels[c] for c in chosen], "select_metric": metric,
+        settings={"selected": [labels[c] for c in chosen],
+                  "selected_stores": [list(candidates[c][0].stores) for c in chosen], "select_metric": metric,
                   "inner_scores": [[round(by_task[(k, c)], 6) for c in range(len(candidates))]
                                    for k in range(protocol.n_folds)],
                   "candidates": labels, "n_candidates": len(candidates), "inner_cv": inner_cv,
@@ -179,6 +182,15 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
     )
     row.set_scores(summary)
     return row
+
+
+def _candidate_names(candidates: Sequence[tuple]) -> list[str]:
+    """Each candidate's name as `compare` names its row: ``<features> + <head>``, with the stores' tag where
+    candidates share a name (:mod:`featx.row_names`)."""
+    names = [f"{fs.name} + {head}" for fs, head in candidates]
+    tags = tag_names(names, [tuple(str(p) for p in fs.stores) for fs, _ in candidates])
+    return [name if tag is None else with_tag(name, tag, head)
+            for name, tag, (_, head) in zip(names, tags, candidates)]
 
 
 def selection_row(feature_sets: Sequence, heads: Sequence[str], *, cv: str = "auto", eval_set: str | None = None,

@@ -13,6 +13,7 @@ from featx.report.outputs import check_out, find_results, write_manifest
 from featx.report.plots import plot_bars, plot_confusion, plot_roc
 from featx.report.table import protocol_text, results_markdown, slug
 from featx.results import ResultRow, read_json, write_csv, write_json
+from featx.row_names import unique_names, untagged
 
 PREDICTION_COLUMNS = ("path", "subject", "fold", "y_true", "y_pred", "score")
 SEARCH_COLUMNS = ("fold", "params", "mean_test_score", "std_test_score", "rank_test_score", "chosen")
@@ -132,17 +133,19 @@ def read_results(sources: Sequence) -> list[ResultRow]:
 
 
 def merge_results(sources: Sequence, out=None, *, plots: bool = True, overwrite: bool = False) -> dict:
-    """``featx table``: the rows of every results.json ``sources`` name (:func:`read_results`) and, with
+    """``featx table``: the rows of every results.json ``sources`` name (:func:`read_results`; rows of one name
+    and protocol told apart by their stores or folders, :func:`featx.row_names.unique_names`) and, with
     ``out``, those rows written there as one results folder (refused when ``out`` holds another command's
     results, unless ``overwrite``). Returns ``{"rows", "paths"}``."""
     files = find_results(sources)
-    rows = read_results(files)
+    per_file = [(f, read_results([f])) for f in files]
+    rows = unique_names([r for _, rs in per_file for r in rs], origins=[f for f, rs in per_file for _ in rs])
     grid = {"sources": [str(f.resolve()) for f in files]}
     paths = {}
     if out is not None:
-        keys = [(r.name, r.protocol, r.n_test) for r in rows]
+        keys = [(untagged(r), r.protocol, r.n_test) for r in rows]  # names as written before rows had tags
         check_out(out, "table", grid, overwrite=overwrite,  # a merged table written before run.json: same rows
-                  same_rows=lambda old: [(r.name, r.protocol, r.n_test) for r in old] == keys)
+                  same_rows=lambda old: [(untagged(r), r.protocol, r.n_test) for r in old] == keys)
         paths = write_results(rows, out, plots=plots)
         write_manifest(out, "table", grid, len(rows))
     return {"rows": rows, "paths": paths}

@@ -18,6 +18,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from featx.results import ResultRow
+from featx.row_names import TAG
 
 # (metric, header) of the columns of the study's Table 2, then the challenge's metric.
 TABLE_METRICS = (("accuracy", "Accuracy"), ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"),
@@ -42,6 +43,23 @@ def selection_note(rows: Sequence[ResultRow]) -> str | None:
         r.selection_uncorrected for r in rows)
     return (f"\u2020 per-row scores are not corrected for selection among {n} rows; the 'selected' row is corrected "
             "(inner CV per outer fold)")
+
+
+def selection_choices(rows: Sequence[ResultRow]) -> list[str]:
+    """One line per selected row (``compare --select``): the candidate (store, tap and head) it chose in each
+    outer fold, e.g. ``selected by inner f1_weighted (subject 5-fold) chose cnn/fc [b] + logistic in folds
+    1, 3; cnn/fc [a] + logistic in fold 2``."""
+    lines = []
+    for r in rows:
+        chosen = r.settings.get("selected") if r.head == "selected" else None
+        if not isinstance(chosen, list) or not chosen:
+            continue
+        folds: dict[str, list[str]] = {}
+        for k, name in enumerate(chosen, 1):
+            folds.setdefault(str(name), []).append(str(k))
+        picks = [f"{name} in fold{'s' if len(ks) > 1 else ''} {', '.join(ks)}" for name, ks in folds.items()]
+        lines.append(f"{r.name} ({short_protocol(r)}) chose {'; '.join(picks)}")
+    return lines
 
 
 def format_pct(mean, std=None) -> str:
@@ -247,6 +265,7 @@ def _captions(rows: Sequence[ResultRow], metrics, width: int | None) -> list[str
         captions.append("* OPTIMISTIC: features tuned on test subjects (the fine-tuned network saw them)")
     if note := selection_note(rows):
         captions.append(escape(note))
+    captions += [escape(line) for line in selection_choices(rows)]
     captions += [f"PARTIAL: {escape(p)}" for p in partial_notes(rows)]
     captions += [escape(note) for note in excluded_notes(rows)]
     return captions
@@ -295,6 +314,7 @@ def results_markdown(rows: Sequence[ResultRow]) -> str:
         md += [f"\\* {OPTIMISTIC_NOTE}", ""]
     if note := selection_note(rows):
         md += [note, ""]
+    md += [f"{line}.\n" for line in selection_choices(rows)]
     md += [f"PARTIAL: {note}.\n" for note in partial_notes(rows)]
     md += [f"{note}.\n" for note in excluded_notes(rows)]
     md += [STATS_NOTE, ""]
@@ -320,11 +340,13 @@ def chosen_params_markdown(rows: Sequence[ResultRow]) -> list[str]:
 
 
 def slug(row_or_text: ResultRow | str) -> str:
-    """A file-name-safe name of a row (backbone-tap-head-protocol; a fine-tuned network's own row keeps
-    ``finetune`` in the head's place, as its files were always named) or of a text."""
+    """A file-name-safe name of a row (backbone-tap-head-protocol, with the tag that tells it from rows of the
+    same name after the tap: :mod:`featx.row_names`; a fine-tuned network's own row keeps ``finetune`` in the
+    head's place, as its files were always named) or of a text."""
     if isinstance(row_or_text, ResultRow):
         r = row_or_text
-        text = "-".join(str(v) for v in (r.backbone, r.tap, r.head or "finetune", r.protocol) if v != "")
+        parts = (r.backbone, r.tap, r.settings.get(TAG) or "", r.head or "finetune", r.protocol)
+        text = "-".join(str(v) for v in parts if v != "")
     else:
         text = str(row_or_text)
     return re.sub(r"[^A-Za-z0-9.+_-]+", "_", text).strip("_") or "row"
