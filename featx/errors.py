@@ -36,11 +36,8 @@ def _is_number(text: str) -> bool:
     return True
 
 
-class FeatxError(Exception):
-    """A user error: the CLI prints its message on one line and exits 1, without a traceback.
-
-    The message names the file or setting at fault and says how to fix it.
-    """
+class _Message:
+    """A message that names arguments with :func:`arg`: ``str()`` spells them as Python, ``render`` as asked."""
 
     @property
     def template(self) -> str:
@@ -52,3 +49,15 @@ class FeatxError(Exception):
     def render(self, spell: Callable[[str, str | None], str]) -> str:
         """The message with each argument written by ``spell(name, value)`` (the CLI passes its flags)."""
         return _ARG.sub(lambda m: spell(m.group(1), m.group(2)), self.template)
+
+
+class FeatxError(_Message, Exception):
+    """A user error: the CLI prints its message on one line and exits 1, without a traceback.
+
+    The message names the file or setting at fault and says how to fix it.
+    """
+
+
+class FeatxWarning(_Message, UserWarning):
+    """A warning about the user's input, raised with :func:`warnings.warn`; the CLI prints it as one yellow
+    line with arguments spelled as flags."""

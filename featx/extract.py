@@ -15,6 +15,7 @@ import functools
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -24,13 +25,13 @@ import torch
 import torchvision
 
 from featx import provenance
-from featx.backbones import check_input_size, create_backbone, get_config
+from featx.backbones import check_input_size, create_backbone, get_config, origin_of
 from featx.backbones.generic import POOLINGS
 from featx.data import Collection, discover
 from featx.data.batches import LoaderBatches, ThreadBatches
 from featx.data.images import ImageDataset, ResizeUint8, describe_preprocessing, make_transform, normalize_batch
 from featx.device import autocast, memory_format, pin_memory, resolve_device
-from featx.errors import FeatxError, arg
+from featx.errors import FeatxError, FeatxWarning, arg
 from featx.machine import cpu_cores, local_processes
 from featx.store import FeatureStore, lock_path
 from featx.store.shards import parse_shard, shard_rows, shard_settings
@@ -141,7 +142,7 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
             image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
             on_progress: Callable[[int, int], None] | None = None, strict: bool = False, pool: str = "avg",
-            shard: tuple[int, int] | str | None = None) -> Path:
+            shard: tuple[int, int] | str | None = None, weights_never_saw_images: bool = False) -> Path:
     """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
 
     ``taps`` (one name or a sequence, e.g. ``["fc7", "pool5"]``; default all) are computed in one forward
@@ -162,6 +163,10 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     stores record it (``pooling``). ``shard`` (``(i, n)`` or ``"i/n"``) extracts only the i-th of n contiguous
     blocks of the single-run order into a store that records its place (:mod:`featx.store.shards`);
     :func:`featx.store.merge_stores` joins the n parts into the single-run store.
+    Weights of unknown provenance (a file that is no featx checkpoint recording its images) warn
+    (:class:`featx.errors.FeatxWarning`) and the store records ``weights_provenance="unknown"``, which marks
+    every result row from it; ``weights_never_saw_images=True`` records the user's statement that they never
+    saw these images instead (``"stated-unseen"``; see :mod:`featx.provenance`).
     """
     if dtype not in DTYPES:
         raise FeatxError(f"{arg('dtype', dtype)}: choose one of {', '.join(DTYPES)}")
@@ -211,9 +216,14 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     settings["precision"] = "fp16-autocast" if device.type == "cuda" else "fp32"
     if hasattr(model, "pooling"):      # graph-node taps (models resolved by name): how their maps are pooled
         model.pooling = settings["pooling"] = pool
+    info = model.weights_info
+    origin = provenance.stated_origin(origin_of(cfg, info), weights_never_saw_images, info.source)
+    if origin == provenance.UNKNOWN:
+        warnings.warn(FeatxWarning(provenance.unknown_weights_warning(info.source, info.card)), stacklevel=2)
+    settings[provenance.WEIGHTS_ATTR] = origin
     # a fine-tuned featx checkpoint: which rows its network trained on, so that no score counts them as unseen
-    tuned = provenance.store_roles(model.weights_info.card, full, checkpoint=model.weights_info.source,
-                                   sha256=model.weights_info.sha256 or "")
+    tuned = provenance.store_roles(info.card, full, checkpoint=info.source, sha256=info.sha256 or "",
+                                   stated=weights_never_saw_images)
     roles = None
     if tuned is not None:
         roles, settings[provenance.ATTR] = tuned[0], provenance.attr_json(tuned[1])
@@ -225,6 +235,7 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
                                           default_tap=cfg.default_tap or None, extra_attrs=extra,
                                           roles=roles, row_index=rows,
                                           tap_descriptions={t: cfg.describe_tap(t) for t in tap_names}) as store:
+        store.h5.attrs[provenance.WEIGHTS_ATTR] = origin  # a resumed store records the latest statement
         pending = np.flatnonzero(~store.done)
         total = store.n
         if pending.size:

@@ -21,6 +21,8 @@ import numpy as np
 # Every metric a row reports, in table order.
 METRICS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
 _SUFFIXES = {"std": "_std", "ci_low": "_ci_low", "ci_high": "_ci_high"}
+# The mark of a row's weights_provenance (featx.provenance) in every output.
+WEIGHTS_MARKS = {"unknown": "weights of unknown provenance", "stated-unseen": "weights stated unseen by the user"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class ResultRow:
     excluded_images: int = 0
     dropped_unknown_subjects: int = 0
     selection_uncorrected: bool = False  # one of many rows compared with a selected row (compare --select)
+    # what featx knows of the weights behind the features: None (known), "unknown" (no featx provenance) or
+    # "stated-unseen" (the user stated that they never saw these images); see featx.provenance
+    weights_provenance: str | None = None
     # fine-tuned network rows
     best_epoch: int | None = None
     scored_epoch: int | None = None
@@ -114,6 +119,22 @@ class ResultRow:
         if self.optimistic:
             return "OPTIMISTIC"
         return "IMAGE-LEVEL" if self.image_level else ""
+
+    @property
+    def provenance_mark(self) -> str:
+        """``"weights of unknown provenance"``, ``"weights stated unseen by the user"`` or ``""``."""
+        return WEIGHTS_MARKS.get(self.weights_provenance or "", "")
+
+    @property
+    def marks(self) -> list[str]:
+        """Every mark the row carries into each output, in the order they are printed: its :attr:`flag`, then
+        its :attr:`provenance_mark`."""
+        return [m for m in (self.flag, self.provenance_mark) if m]
+
+    @property
+    def marked(self) -> bool:
+        """Whether outputs highlight the row: a :attr:`flag`, or weights of unknown provenance."""
+        return bool(self.flag) or self.weights_provenance == "unknown"
 
     def score(self, metric: str) -> Score:
         """The row's :class:`Score` of ``metric`` (all None when it was not computed)."""

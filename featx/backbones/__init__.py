@@ -18,10 +18,10 @@ from featx.backbones.factory import create_backbone
 from featx.backbones.generic import GraphNet
 from featx.backbones.network import FeatureNet, Step
 from featx.backbones.registry import BackboneConfig, check_input_size, get_config, list_backbones, register_backbone
-from featx.backbones.weights import CHECKPOINT_VERSION, DOWNLOAD_TIMEOUT_S, OFFLINE_ENV, WeightsInfo
+from featx.backbones.weights import CHECKPOINT_VERSION, DOWNLOAD_TIMEOUT_S, OFFLINE_ENV, WeightsInfo, origin_of
 
 __all__ = [
     "CHECKPOINT_VERSION", "DOWNLOAD_TIMEOUT_S", "OFFLINE_ENV", "BackboneConfig", "FeatureNet", "GraphNet", "Step",
-    "WeightsInfo",
+    "WeightsInfo", "origin_of",
     "check_input_size", "create_backbone", "get_config", "list_backbones", "register_backbone",
 ]

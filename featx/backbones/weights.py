@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from torchvision.models import WeightsEnum
 
 from featx.backbones.registry import BackboneConfig
 from featx.errors import FeatxError, arg
+from featx.provenance import weights_origin
 
 CHECKPOINT_VERSION = 1          # the "featx_checkpoint" value featx writes and reads
 DOWNLOAD_TIMEOUT_S = 15.0       # socket timeout of the ImageNet download attempt
@@ -72,6 +74,23 @@ def _try_download(weights: WeightsEnum) -> str | None:
     finally:
         socket.setdefaulttimeout(previous)
     return None
+
+
+_HASH_PREFIX = re.compile(r"-([a-f0-9]{8,})\.")  # torchvision's file names carry their sha256's first digits
+
+
+def is_imagenet_file(cfg: BackboneConfig, sha256: str | None) -> bool:
+    """Whether a file of this sha256 is torchvision's ImageNet file of ``cfg`` (as ``check_hash`` tells it:
+    the digest starts with the digits in the file name, e.g. ``vgg16-397923af.pth``)."""
+    found = _HASH_PREFIX.search(cfg.imagenet_file or "")
+    return bool(found and sha256 and sha256.startswith(found.group(1)))
+
+
+def origin_of(cfg: BackboneConfig, info: WeightsInfo) -> str:
+    """What featx knows of where the weights of ``info`` come from (:func:`featx.provenance.weights_origin`):
+    torchvision's own ImageNet file given as a path counts as ImageNet weights."""
+    return weights_origin(info.kind, info.card,
+                          imagenet_file=info.kind == "file" and is_imagenet_file(cfg, info.sha256))
 
 
 def read_weights(path: Path):

@@ -5,6 +5,7 @@ import errno
 import functools
 import inspect
 import platform
+import warnings
 from collections.abc import Callable
 from importlib import metadata
 from typing import Annotated
@@ -15,7 +16,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 import featx
-from featx.errors import FeatxError
+from featx.errors import FeatxError, FeatxWarning
 from featx.imports import import_paused
 
 
@@ -128,13 +129,29 @@ def loads_torch(func: Callable) -> Callable:
     return wrapper
 
 
+def _featx_warnings_as_lines(show: Callable) -> Callable:
+    """A ``warnings.showwarning`` that prints a :class:`FeatxWarning` as one yellow line, arguments as flags."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if isinstance(message, FeatxWarning):
+            err_console.print(f"[bold yellow]warning:[/] {escape(message.render(flag))}", highlight=False,
+                              soft_wrap=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def user_errors(func: Callable) -> Callable:
     """Run a command; print user errors as one red line and exit non-zero, without a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():  # restores showwarning afterwards
+                warnings.simplefilter("always", FeatxWarning)
+                warnings.showwarning = _featx_warnings_as_lines(warnings.showwarning)
+                return func(*args, **kwargs)
         except FeatxError as exc:
             err_console.print(f"[bold red]error:[/] {escape(exc.render(flag))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None

@@ -13,11 +13,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from featx.cli.app import app, console, err_console, loads_torch, user_errors
-from featx.cli.options import DATA, NETWORK, OUTPUT, RUN, Backbone, Device, Images, ImageSize, Quiet, Workers
+from featx.cli.options import (
+    DATA,
+    NETWORK,
+    OUTPUT,
+    RUN,
+    Backbone,
+    Device,
+    Images,
+    ImageSize,
+    Quiet,
+    WeightsNeverSawImages,
+    Workers,
+)
 from featx.cli.parsing import parse_extract_taps
 from featx.data.synth import synthesize
 from featx.errors import FeatxError
-from featx.provenance import ATTR, parse_attr
+from featx.provenance import ATTR, STATED, UNKNOWN, WEIGHTS_ATTR, parse_attr
+from featx.results import WEIGHTS_MARKS
 from featx.store import summarize
 from featx.store import verify as verify_store
 
@@ -61,6 +74,7 @@ def extract(
                                                      "random), or a state dict / featx checkpoint (best.pt); "
                                                      "default imagenet, none for cnn.",
                                                 rich_help_panel=NETWORK)] = None,
+    weights_never_saw_images: WeightsNeverSawImages = False,
     taps: Annotated[str | None, typer.Option("--taps", "--tap", help="Comma-separated taps, e.g. fc7,pool5 or "
                                                                       "layer3,pool (default: every named tap; "
                                                                       "`featx backbones NAME --taps` lists graph "
@@ -101,7 +115,7 @@ def extract(
     launch = launch_from_env()
     kwargs = dict(backbone=backbone, weights=weights, taps=parse_extract_taps(taps), image_size=image_size,
                   splits=split or None, device=device, batch_size=batch_size, workers=workers, dtype=dtype,
-                  seed=seed, strict=strict, pool=pool, shard=shard)
+                  seed=seed, strict=strict, pool=pool, shard=shard, weights_never_saw_images=weights_never_saw_images)
     with _ExtractBar(lambda: f"{get_config(backbone).name} -> {out.name}", quiet or bool(launch and launch.rank)) \
             as bar:
         if launch is None:
@@ -161,6 +175,9 @@ def _print_summary(s: dict) -> None:
     if st.get("merged") == "virtual":
         console.print("merged with --virtual: the features are read from the part files beside it "
                       "(merged_from); keep them there", highlight=False)
+    origin = st.get(WEIGHTS_ATTR)
+    if origin in (UNKNOWN, STATED):
+        console.print(f"{WEIGHTS_MARKS[origin]}: every result row from this store says so", highlight=False)
     roles = s.get("network_roles")
     if roles:  # features of a fine-tuned featx checkpoint: which rows its network saw
         counts = ", ".join(f"{k} {v}" for k, v in roles.items())

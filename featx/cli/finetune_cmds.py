@@ -35,6 +35,7 @@ from featx.cli.options import (
     StartWeights,
     TrainBatch,
     WeightDecay,
+    WeightsNeverSawImages,
     Workers,
 )
 from featx.errors import FeatxError
@@ -50,6 +51,7 @@ def finetune(
                                       rich_help_panel=OUTPUT)],
     backbone: Backbone = "vgg16",
     weights: StartWeights = None,
+    weights_never_saw_images: WeightsNeverSawImages = False,
     preset: Preset = None,
     epochs: Epochs = None,
     lr: LearningRate = None,
@@ -114,7 +116,8 @@ def finetune(
                 schedule=schedule, dropout=dropout, class_weight=class_weight, freeze=freeze,
                 image_size=image_size, augment=augment, color_jitter=color_jitter, val=val,
                 early_stopping=early_stopping, patience=patience, positive=positive, device=device,
-                workers=workers, seed=seed, resume=resume, callback=progress, strict=strict, keep=keep)
+                workers=workers, seed=seed, resume=resume, callback=progress, strict=strict, keep=keep,
+                weights_never_saw_images=weights_never_saw_images)
     except KeyboardInterrupt:
         if progress.last_epoch is None:
             raise
@@ -176,7 +179,8 @@ class _Progress:
             console.print(f"{head}fine-tuning [bold]{s['backbone']}[/] (weights {s['weights']}, "
                           f"preset {s['preset'] or 'none'}) on {info['n_train']} images, validating on "
                           f"{info['n_val']} ({s['protocol_label']}); {s['optimizer']} lr {s['lr']:g}, "
-                          f"{s['epochs']} epochs, {s['image_size']}px, batch {s['batch_size']}")
+                          f"{s['epochs']} epochs, {s['image_size']}px, batch {s['batch_size']}; "
+                          f"{s.get('val_choose', '')}", highlight=False)
         elif kind == "batch" and self.bar is not None:
             if self.task_epoch != info["epoch"]:
                 if self.task is not None:

@@ -33,6 +33,11 @@ Backbone = Annotated[str, typer.Option(help="vgg16, alexnet, cnn, any torchvisio
 StartWeights = Annotated[str | None, typer.Option(
     help="imagenet, none (seeded random) or a state dict / featx checkpoint (default imagenet; none for cnn).",
     rich_help_panel=NETWORK)]
+WeightsNeverSawImages = Annotated[bool, typer.Option(
+    "--weights-never-saw-images", help="State that --weights PATH (of unknown provenance: a plain state dict or "
+                                       "another tool's checkpoint) never saw these images; recorded, and result "
+                                       "rows say 'weights stated unseen by the user' instead of 'weights of "
+                                       "unknown provenance'.", rich_help_panel=NETWORK)]
 ImageSize = Annotated[int | None, typer.Option(
     help="Square input size (default: the backbone's, 224; AlexNet needs 63 or more).", rich_help_panel=NETWORK)]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN)]

@@ -40,7 +40,7 @@ from featx.heads import (
     preprocess_text,
 )
 from featx.machine import cpu_cores
-from featx.provenance import UNSEEN_ROLES
+from featx.provenance import UNSEEN_ROLES, rows_mark
 from featx.results import ResultRow
 from featx.row_names import unique_names
 from featx.store.reader import load_feature_grid
@@ -182,6 +182,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
                       "cv_note": protocol.note, **_settings_of(features)},
         )
         row.set_scores(summary)
+        row.weights_provenance = rows_mark(features.settings)
         if spec.name in searched:
             _mark_nested(row, search, [by_task[(spec.name, k)][4] for k in range(protocol.n_folds)], groups is None)
         rows.append(row)

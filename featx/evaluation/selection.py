@@ -28,6 +28,7 @@ from featx.evaluation.splits import (
     without_unknown_subjects,
 )
 from featx.heads import fit_params, make_head, positive_scores, preprocess_text
+from featx.provenance import rows_mark
 from featx.results import METRICS, ResultRow
 from featx.row_names import tag_names, with_tag
 
@@ -215,4 +216,5 @@ def selection_row(feature_sets: Sequence, heads: Sequence[str], *, cv: str = "au
     row = select_rows([(fs, h) for fs in sets for h in heads], protocol, positive=pos, seed=seed, **kwargs)
     row.dropped_unknown_subjects = dropped
     row.optimistic = bool(protocol.optimistic)
+    row.weights_provenance = rows_mark([attrs for fs in sets for attrs in fs.settings])
     return row

@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from featx.errors import FeatxError, arg
-from featx.provenance import UNSEEN_ROLES
+from featx.provenance import OLD_STORE_NOTE, UNSEEN_ROLES
 
 HELD_OUT_SPLITS = ("prelim", "final", "test")
 CV_CHOICES = ("auto", "subject", "image", "fold")
@@ -248,6 +248,8 @@ def _match_note(features) -> str:
             parts.append(f"{t.get('store', '')}: {t.get('match', 'the checkpoint records no samples')}")
         elif not t.get("same_root", True) or "differs" in str(t.get("match", "")):
             parts.append(f"{t.get('store', '')}: {t.get('match', '')}")
+        if "provenance_version" not in t and t.get("provenance") == "recorded":
+            parts.append(f"{t.get('store', '')}: {OLD_STORE_NOTE}")
     return "; ".join(parts)
 
 
@@ -324,7 +326,11 @@ def _tuned_holdout(features, y, roles, unseen, splits, groups, seed: int, note: 
     if groups is None:
         label += ", subjects unknown: may leak"
     prot = Protocol("tuned-holdout", label, groups is None, [(train, test)], seed, "", groups)
-    if np.any(roles[test] == "val"):
-        note = "; ".join(filter(None, [note, f"{int(np.sum(roles[test] == 'val'))} test rows were the "
-                                             "fine-tuning's validation images (used to pick best.pt's epoch)"]))
+    chose, scored = int(np.sum(roles == "val-choose")), int(np.sum(roles[test] == "val"))
+    if chose:
+        note = "; ".join(filter(None, [note, f"{chose} rows were validation images that chose the checkpoint's "
+                                             "epoch: seen, so never test rows"]))
+    if scored:
+        note = "; ".join(filter(None, [note, f"{scored} test rows were validation images that did not choose "
+                                             "the checkpoint's epoch"]))
     return prot, note

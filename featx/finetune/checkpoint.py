@@ -33,7 +33,7 @@ RUNTIME_KEYS = ("device", "workers", "keep")
 #: Recorded for information; never compared on resume.
 INFO_KEYS = ("sources", "notes", "featx_version", "torch_version", "torchvision_version", "data_root",
              "weights_sha256", "weights_source", "n_train", "n_val", "protocol_label", "class_weights", "strict",
-             "n_skipped", "warning")
+             "n_skipped", "warning", "weights_provenance")
 #: Files a run writes before its first checkpoint: removed again when it fails before saving one.
 EARLY_FILES = ("settings.json", "skipped.csv", "provenance.csv", "history.csv")
 #: Which checkpoints a finished run keeps (both exist while the run is in progress).
@@ -143,14 +143,18 @@ def write_settings(out: Path, settings: dict) -> None:
 
 
 def write_lists(out: Path, collection: Collection, skipped: Sequence[tuple[int, str]], provenance: dict) -> None:
-    """``skipped.csv`` (unreadable images) and ``provenance.csv`` (the role of every image the run used)."""
+    """``skipped.csv`` (unreadable images) and ``provenance.csv`` (the role of every image the run used:
+    ``train``, ``val-choose`` (a validation image that chooses best.pt's epoch), ``val`` (one that scores it),
+    ``skipped``)."""
     samples = collection.samples
     _write_csv(out / "skipped.csv", [("path", "subject", "error")]
                + [(samples[i].path, samples[i].subject or "", e) for i, e in skipped])
     rows = [("path", "subject", "role")]
+    chose = set((provenance.get("val_choose") or {}).get("paths", []))
     for role in ("train", "val", "skipped"):
         part = provenance.get(role) or {}
-        rows += [(p, s, role) for p, s in zip(part.get("paths", []), part.get("subjects", []))]
+        rows += [(p, s, "val-choose" if role == "val" and p in chose else role)
+                 for p, s in zip(part.get("paths", []), part.get("subjects", []))]
     _write_csv(out / "provenance.csv", rows)
 
 

@@ -1,6 +1,11 @@
 """The training loop: a :class:`Trainer` trains a :class:`~featx.finetune.plan.RunPlan`'s network epoch by
 epoch, validates, keeps ``best.pt`` and ``last.pt``, and stops early when asked.
 
+Every epoch is validated on the whole validation set; ``best.pt`` is chosen, and early stopping decided, on
+its choosing part (``split.choose``) alone, whose numbers are history.csv's ``val_*`` columns. A checkpoint's
+``val_predictions`` cover every validation image (``index``: the sample of each), so the result row can
+score the part that chose nothing.
+
 The network and its batches are channels-last; batches come from :mod:`featx.finetune.batches` (workers that
 persist across epochs, uint8 images normalised on the device). The host waits for the device once per step
 (the step's loss, for the ``"batch"`` event and the divergence check), after the step is queued.
@@ -36,6 +41,7 @@ from featx.finetune.events import Callback
 from featx.finetune.plan import RunPlan
 from featx.finetune.presets import improves
 from featx.finetune.split import balanced_weights, strict_stop
+from featx.provenance import FIXED
 from featx.results import jsonable
 
 
@@ -91,6 +97,7 @@ class Trainer:
         self.val_loader = make_loader(SeededImages(plan.collection, eval_tf, size), self.val_batches,
                                       workers=plan.workers, device=device)
         self.train_idx, self.val_idx = list(plan.split.train), list(plan.split.val)
+        self.choose = np.array(sorted(plan.split.choose), dtype=np.int64)  # the part of val_idx that chooses
         self.skipped = list(plan.split.skipped)
         self.best_path, self.last_path = plan.out / "best.pt", plan.out / "last.pt"
         self.state = TrainState()
@@ -163,25 +170,34 @@ class Trainer:
         lr = float(self.optimizer.param_groups[0]["lr"])
         train_loss, train_acc = self._train_epoch(epoch, timings)
         t1 = time.perf_counter()
-        val_loss, y_true, y_pred, proba = self._validate(timings)
+        losses, y_true, y_pred, proba, index = self._validate(timings)
         if self.scheduler is not None:
             self.scheduler.step()
         t2 = time.perf_counter()
-        subjects = [self.plan.collection.samples[i].subject or "" for i in self.val_idx]
-        raw = compute_metrics(y_true, y_pred, proba[:, self.plan.pos], classes=self.plan.classes,
-                              positive=self.plan.pos, subjects=subjects)
-        metrics = dict(jsonable(raw), loss=val_loss)
+        plan = self.plan
+        subjects = np.array([plan.collection.samples[i].subject or "" for i in index], dtype=object)
+        raw = compute_metrics(y_true, y_pred, proba[:, plan.pos], classes=plan.classes, positive=plan.pos,
+                              subjects=subjects)
+        metrics = dict(jsonable(raw), loss=float(losses.mean()))  # the whole validation set
+        pick = np.isin(index, self.choose)
+        if not pick.any():  # every choosing image turned unreadable during the run: all of them choose
+            pick[:] = True
+        chose = raw if pick.all() else compute_metrics(y_true[pick], y_pred[pick], proba[pick, plan.pos],
+                                                       classes=plan.classes, positive=plan.pos,
+                                                       subjects=subjects[pick])
+        val_loss = float(losses[pick].mean())
         predictions = {"y_true": torch.from_numpy(y_true.astype(np.int64)),
                        "y_pred": torch.from_numpy(y_pred.astype(np.int64)),
-                       "y_score": torch.from_numpy(proba[:, self.plan.pos].astype(np.float32))}
+                       "y_score": torch.from_numpy(proba[:, plan.pos].astype(np.float32)),
+                       "index": torch.from_numpy(index.astype(np.int64))}
         line = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                "val_acc": float(raw["accuracy"]), "val_f1_weighted": float(raw["f1_weighted"]),
+                "val_acc": float(chose["accuracy"]), "val_f1_weighted": float(chose["f1_weighted"]),
                 "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
         t3 = time.perf_counter()
         timings.update(train=t1 - t0, validate=t2 - t1, metrics=t3 - t2)
         state, monitor, epochs = self.state, self.settings["monitor"], int(self.settings["epochs"])
         state.history.append(line)
-        value = val_loss if monitor == "loss" else float(raw[monitor])
+        value = val_loss if monitor == "loss" else float(chose[monitor])
         if improves(monitor, value, state.best["value"]):
             state.best = {"value": value, "epoch": epoch}
             state.bad_epochs = 0
@@ -205,7 +221,9 @@ class Trainer:
                          "positive": self.plan.positive, "preprocessing": self.plan.preprocessing,
                          "settings": self.settings, "metrics": metrics, "epoch": epoch,
                          "featx_version": featx.__version__, "torch_version": str(torch.__version__),
-                         "provenance": self.plan.provenance})
+                         "provenance": self.plan.provenance,
+                         # whether the validation images of provenance "val_choose" chose this epoch
+                         "epoch_choice": FIXED if last and not self.settings["early_stopping"] else "val-choose"})
         extra = {}
         if last:
             s = self.state
@@ -283,20 +301,22 @@ class Trainer:
         return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1)
 
     @torch.inference_mode()
-    def _validate(self, timings: dict) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-        """(mean unweighted cross-entropy, y_true, predicted class, class probabilities) on the val set."""
+    def _validate(self, timings: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(unweighted cross-entropy, y_true, predicted class, class probabilities, sample index) of every
+        validation image."""
         network, device = self.network, self.plan.device
         network.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        ys, probs = [], []
+        losses, ys, probs, indices = [], [], [], []
         self.val_batches.indices = list(self.val_idx)
-        for x, y, _ in self._batches(self.val_loader, timings, "validate_data_wait"):
+        for x, y, index in self._batches(self.val_loader, timings, "validate_data_wait"):
             with autocast(device):
                 logits = network(x)
             logits = logits.float()
-            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            losses.append(nn.functional.cross_entropy(logits, y, reduction="none").double())
             ys.append(y)
             probs.append(torch.softmax(logits, 1))
+            indices.append(index)
         y_true = torch.cat(ys).cpu().numpy()
         p = torch.cat(probs).cpu().numpy()
-        return float(loss_sum) / max(len(y_true), 1), y_true, p.argmax(1), p
+        return (torch.cat(losses).cpu().numpy(), y_true, p.argmax(1), p,
+                torch.cat(indices).cpu().numpy().astype(np.int64))

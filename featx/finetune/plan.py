@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from featx import provenance
-from featx.backbones import FeatureNet, check_input_size, create_backbone
+from featx.backbones import FeatureNet, check_input_size, create_backbone, origin_of
 from featx.data import Collection, discover
 from featx.device import resolve_device
 from featx.errors import FeatxError, arg
@@ -50,6 +50,7 @@ class RunPlan:
     last: dict | None
     finished: bool = False
     warning: str | None = None  # a warning to report before training (with featx.errors.arg markers)
+    weights_warning: str | None = None  # likewise: the starting weights are of unknown provenance
 
     @property
     def positive(self) -> str:
@@ -58,9 +59,11 @@ class RunPlan:
 
 def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset: str | None, options: dict,
              val: str, early_stopping: str | None, patience: int, positive: str | None, freeze: str | None,
-             device: str, workers: int | None, seed: int, resume: bool, strict: bool, keep: str = "best") -> RunPlan:
+             device: str, workers: int | None, seed: int, resume: bool, strict: bool, keep: str = "best",
+             weights_never_saw_images: bool = False) -> RunPlan:
     """Resolve and check the settings, draw the split, scan the images, read ``last.pt`` (``resume``) and
-    build the starting network. Writes nothing."""
+    build the starting network. Writes nothing. ``weights_never_saw_images``: the user's statement about
+    starting weights of unknown provenance (:func:`featx.provenance.stated_origin`)."""
     collection = data if isinstance(data, Collection) else discover(data)
     classes = list(collection.classes)
     if len(classes) < 2:
@@ -87,7 +90,7 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
     skipped_paths = sorted(collection.samples[i].path for i, _ in split.skipped)
     settings.update(protocol=split.protocol, protocol_label=split.protocol_label, image_level=split.image_level,
                     n_train=len(split.train), n_val=len(split.val), strict=bool(strict),
-                    n_skipped=len(split.skipped), skipped=skipped_paths)
+                    n_skipped=len(split.skipped), skipped=skipped_paths, val_choose=choose_text(collection, split))
 
     refuse_results_folder(out, "finetune")
     last_path = out / "last.pt"
@@ -102,7 +105,7 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
         last = read_last(last_path)
         refuse_other_settings(last["card"]["settings"], settings, last_path)
         # what the first run recorded about its weights stays the truth for this run
-        for key in ("weights_source", "weights_sha256"):
+        for key in ("weights_source", "weights_sha256", "weights_provenance"):
             settings[key] = last["card"]["settings"].get(key)
     elif is_pruned_finished(out):
         raise FeatxError(f"{out} holds a finished run (results.json, {', '.join(kept_checkpoints(out)) or 'no .pt'}); "
@@ -115,11 +118,18 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
     network = create_backbone(backbone, "none" if last is not None else settings["weights"],
                               dropout=float(settings["dropout"]), seed=int(seed))
     skipped_idx = sorted(i for i, _ in split.skipped)
+    weights_warning = None
     if last is not None:  # what the first run recorded (including a starting checkpoint's samples) stays
-        prov = last["card"].get("provenance") or provenance.record(collection, split.train, split.val, skipped_idx)
+        prov = last["card"].get("provenance") or provenance.record(collection, split.train, split.val, skipped_idx,
+                                                                   choose=split.choose)
     else:
-        prov = provenance.record(collection, split.train, split.val, skipped_idx,
-                                 start_card=network.weights_info.card)
+        info = network.weights_info
+        origin = provenance.stated_origin(origin_of(network.config, info), weights_never_saw_images, info.source)
+        settings["weights_provenance"] = origin
+        if origin == provenance.UNKNOWN:
+            weights_warning = provenance.unknown_weights_warning(info.source, info.card)
+        prov = provenance.record(collection, split.train, split.val, skipped_idx, start_card=info.card,
+                                 choose=split.choose, start_weights=origin)
     if last is not None or network.classes != classes:  # keep the classifier of a checkpoint of these classes
         network.reset_classifier(len(classes), seed=int(seed))
     if last is None:
@@ -140,4 +150,17 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
                      "resize": f"resize to {size}x{size} (bilinear, antialias), ToTensor, normalise"}
     return RunPlan(out=out, collection=collection, classes=classes, pos=pos, y=y, split=split, settings=settings,
                    network=network, provenance=prov, preprocessing=preprocessing, device=device_, workers=workers,
-                   strict=bool(strict), last=last, warning=warning)
+                   strict=bool(strict), last=last, warning=warning, weights_warning=weights_warning)
+
+
+def choose_text(collection: Collection, split: Split) -> str:
+    """Which validation images choose best.pt's epoch, in words (``settings.json``, reports)."""
+    if split.unsplit:
+        return f"all {len(split.val)} validation images choose best.pt's epoch: {split.unsplit}"
+
+    def subjects(indices) -> str:
+        n = len({collection.samples[i].subject for i in indices if collection.samples[i].subject})
+        return f" of {n} subjects" if n else ""
+
+    return (f"{len(split.choose)} validation images{subjects(split.choose)} choose best.pt's epoch, the other "
+            f"{len(split.score)}{subjects(split.score)} score it")

@@ -11,7 +11,7 @@ import numpy as np
 from featx import provenance, report
 from featx.data import Collection
 from featx.errors import FeatxError
-from featx.evaluation import roc_points, summarize_folds
+from featx.evaluation import compute_metrics, roc_points, summarize_folds
 from featx.files import atomic_json
 from featx.finetune import checkpoint as ckpt
 from featx.finetune.events import Callback, RunSummary
@@ -29,7 +29,7 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
              val: str = "subject", early_stopping: str | None = None, patience: int = 5,
              positive: str | None = None, device: str = "auto", workers: int | None = None, seed: int = 0,
              resume: bool = False, callback: Callback | None = None, strict: bool = False,
-             keep: str = "best") -> RunSummary:
+             keep: str = "best", weights_never_saw_images: bool = False) -> RunSummary:
     """Fine-tune ``backbone`` on the labelled images of ``data``; write the run folder ``out``; return a summary.
 
     Settings left ``None`` come from ``preset`` (``"paper"``: the reference study) or from the backbone's
@@ -40,6 +40,9 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
     (train on all training folds, validate on C-NMC's preliminary test phase). ``early_stopping`` names the
     validation metric to watch (``loss``, ``accuracy``, ``f1``, ``f1_weighted``, ...; ``best.pt`` is the best
     epoch by it, by validation loss otherwise) and stops after ``patience`` epochs without improvement.
+    Half the validation subjects choose ``best.pt``'s epoch (and stop the run); a run stopped early is scored
+    at ``best.pt`` on the other half. A validation set too small to split (2 subjects of each class in each
+    half) chooses on every image, and then the early-stopped row is marked OPTIMISTIC.
     ``freeze``: ``"head"`` trains only the network's classifier layer; a stage name freezes every stage
     before it. ``callback(kind, info)`` reports progress (:mod:`featx.finetune.events`). ``resume=True``
     continues from ``out/last.pt`` and refuses other settings; on a finished run it trains nothing and returns
@@ -49,6 +52,10 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
     --weights`` reads; ``last.pt`` (the training state ``resume`` needs, 2-3x the network's size) exists only
     while the run is unfinished. ``"last"``: only ``last.pt`` (the scored epoch of a fixed-length run).
     ``"both"``: both.
+
+    ``weights`` of unknown provenance (a plain state dict, another tool's checkpoint) warn as the preset
+    warning does, and the run's row and checkpoints carry the mark ``weights of unknown provenance``;
+    ``weights_never_saw_images=True`` records the user's statement that they never saw these images instead.
 
     ``preset="paper"`` from random weights (``weights="none"``, or a backbone without ImageNet weights) with the
     preset's lr warns before training: through ``callback("warning", {"message", "template"})``, or
@@ -70,11 +77,13 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
     try:
         plan = plan_run(data, out, backbone=backbone, preset=preset, options=options, val=val,
                         early_stopping=early_stopping, patience=patience, positive=positive, freeze=freeze,
-                        device=device, workers=workers, seed=seed, resume=resume, strict=strict, keep=keep)
+                        device=device, workers=workers, seed=seed, resume=resume, strict=strict, keep=keep,
+                        weights_never_saw_images=weights_never_saw_images)
         if plan.finished:
             summary = finished_summary(out)
         else:
             _warn(plan.warning, callback)
+            _warn(plan.weights_warning, callback)
             trainer = Trainer(plan, callback)
             out.mkdir(parents=True, exist_ok=True)
             if plan.last is None:
@@ -133,12 +142,11 @@ def _write_outputs(trainer: Trainer) -> RunSummary:
     card["provenance"] = provenance.summary(card.get("provenance") or {})
     atomic_json(out / "card.json", card)
     # Without early stopping the run is a fixed number of epochs (the study's protocol): report the last
-    # epoch, since choosing the best epoch on the validation set and scoring it there is optimistic.
-    # best.pt (lowest validation loss) is still kept for `featx extract --weights`.
+    # epoch on every validation image (it chose nothing). best.pt (lowest validation loss on the choosing
+    # part) is still kept for `featx extract --weights`. With early stopping, best.pt is scored on the part
+    # that did not choose it.
     scored = best if plan.settings["early_stopping"] else trainer.checkpoint_record("last")
-    metrics = scored["card"]["metrics"]
-    row = result_row(trainer, metrics, scored["val_predictions"], int(best["card"]["epoch"]),
-                     int(scored["card"]["epoch"]))
+    row = result_row(trainer, scored["val_predictions"], int(best["card"]["epoch"]), int(scored["card"]["epoch"]))
     paths = {k: Path(v) for k, v in report.write_results([row], out, plots=False).items()}
     title = f"{row.name}: {row.protocol_label}"
     curves = report.plot_history(state.history, out / "curves.png", title=title, best_epoch=row.best_epoch,
@@ -159,31 +167,56 @@ def _write_outputs(trainer: Trainer) -> RunSummary:
             "skipped_csv": out / "skipped.csv"}
 
 
-def result_row(trainer: Trainer, metrics: dict, pred: dict, best_epoch: int, scored_epoch: int) -> ResultRow:
-    """The result row of the scored epoch: one validation set, the network's own softmax (``head=None``)."""
+def result_row(trainer: Trainer, pred: dict, best_epoch: int, scored_epoch: int) -> ResultRow:
+    """The result row of the scored epoch: one validation set, the network's own softmax (``head=None``).
+
+    An epoch chosen on validation images is scored on the others (``split.score``); when the validation set
+    was too small to split, on the images that chose it, and the row is OPTIMISTIC."""
     plan, s = trainer.plan, trainer.plan.settings
-    subjects = [plan.collection.samples[i].subject or "" for i in trainer.val_idx]
-    pooled = {"y_true": pred["y_true"].numpy(), "y_pred": pred["y_pred"].numpy(),
-              "y_score": pred["y_score"].numpy().astype(np.float64), "subjects": subjects, "classes": plan.classes,
-              "positive": plan.pos}
+    split, samples = plan.split, plan.collection.samples
+    chosen = bool(s["early_stopping"])
+    optimistic = chosen and bool(split.unsplit)
+    index = pred["index"].numpy()
+    keep = np.isin(index, split.score) if chosen and not split.unsplit else np.ones(len(index), dtype=bool)
+    subjects = [samples[i].subject or "" for i in index[keep]]
+    pooled = {"y_true": pred["y_true"].numpy()[keep], "y_pred": pred["y_pred"].numpy()[keep],
+              "y_score": pred["y_score"].numpy().astype(np.float64)[keep], "subjects": subjects,
+              "classes": plan.classes, "positive": plan.pos}
+    metrics = compute_metrics(pooled["y_true"], pooled["y_pred"], pooled["y_score"], classes=plan.classes,
+                              positive=plan.pos, subjects=subjects)
     summary = summarize_folds([metrics], pooled=pooled, seed=int(s["seed"]))
     epochs_run = trainer.state.epoch
-    selection = (f"epoch {scored_epoch} of {epochs_run}, chosen by validation {s['monitor']} on the set it is "
-                 "scored on (optimistic)" if s["early_stopping"] else
-                 f"last epoch ({scored_epoch}) of a fixed-length run; best.pt is epoch {best_epoch} by validation "
-                 f"{s['monitor']}")
+    unit = "subjects" if all(subjects) else "images"
+    if optimistic:
+        selection = (f"epoch {scored_epoch} of {epochs_run}, chosen by validation {s['monitor']} on the set it is "
+                     f"scored on (optimistic: {split.unsplit})")
+    elif chosen:
+        selection = (f"epoch {scored_epoch} of {epochs_run}, chosen by validation {s['monitor']} on "
+                     f"{len(split.choose)} validation images; scored on the other {int(keep.sum())} ({unit} that "
+                     "did not choose it)")
+    else:
+        selection = (f"last epoch ({scored_epoch}) of a fixed-length run; best.pt is epoch {best_epoch} by "
+                     f"validation {s['monitor']} ({s.get('val_choose', 'every validation image')})")
+    label = s["protocol_label"]
+    if optimistic:
+        label = f"OPTIMISTIC {label} (epoch chosen on the images it is scored on)"
+    elif chosen:
+        label = f"{label}, scored on the {unit} that did not choose the epoch"
+    name = (" (early-stopped on val)" if optimistic else
+            f" (early-stopped on other val {unit})" if chosen else "")
     row = ResultRow(
-        name=f"{s['backbone']} fine-tuned" + (" (early-stopped on val)" if s["early_stopping"] else ""),
+        name=f"{s['backbone']} fine-tuned{name}",
         backbone=s["backbone"], tap="logits", head=None, protocol=plan.split.protocol,
-        protocol_label=s["protocol_label"], image_level=bool(plan.split.image_level), n_folds=1,
-        n_train=len(trainer.train_idx), n_test=len(trainer.val_idx), n_subjects=len({x for x in subjects if x}),
+        protocol_label=label, image_level=bool(plan.split.image_level), n_folds=1,
+        n_train=len(trainer.train_idx), n_test=int(keep.sum()), n_subjects=len({x for x in subjects if x}),
         classes=list(plan.classes), positive=plan.positive, confusion=jsonable(summary["confusion"]),
         ci_unit=summary.get("ci_unit"), per_subject_accuracy=jsonable(summary.get("per_subject_accuracy")),
         roc=roc_points(pooled["y_true"] == plan.pos, pooled["y_score"]),
         fit_seconds=round(sum(float(h["seconds"]) for h in trainer.state.history), 3),
         settings=jsonable({k: v for k, v in s.items() if k not in ("notes", "classes")}),
         best_epoch=best_epoch, scored_epoch=scored_epoch, epochs_run=epochs_run, n_skipped=len(trainer.skipped),
-        selection=selection)
+        selection=selection, optimistic=optimistic,
+        weights_provenance=provenance.mark_of(s.get("weights_provenance")))
     row.set_scores(summary)
     # one validation set: there is no spread over folds (the bootstrap interval is the uncertainty)
     row.scores = {m: replace(score, std=None) for m, score in row.scores.items()}

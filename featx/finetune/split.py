@@ -1,4 +1,5 @@
-"""Which images a run trains and validates on: the validation split, and the scan for unreadable images."""
+"""Which images a run trains and validates on: the validation split, the part of it that chooses the epoch,
+and the scan for unreadable images."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch.utils.data import DataLoader, Dataset
 
 from featx.data import Collection
@@ -14,6 +16,7 @@ from featx.errors import FeatxError, arg
 from featx.evaluation import make_splits
 
 HOLDOUT_FOLDS = 5  # val "subject"/"image" hold out one fold of the 5-fold protocol of classify (20%)
+MIN_PER_CLASS = 2  # subjects (images when subjects are unknown) of each class in each part of a split val set
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,16 @@ class Split:
     protocol_label: str
     image_level: bool
     skipped: tuple[tuple[int, str], ...] = ()
+    # the part of ``val`` that chooses best.pt's epoch (and stops a run early); the rest scores it. When the
+    # validation set is too small to split, all of ``val``, and ``unsplit`` says why
+    choose: tuple[int, ...] = ()
+    unsplit: str = ""
+
+    @property
+    def score(self) -> tuple[int, ...]:
+        """The validation images that choose nothing: the ones that score an epoch chosen on ``choose``."""
+        chosen = set(self.choose)
+        return tuple(i for i in self.val if i not in chosen)
 
 
 def pick_split(collection: Collection, val: str, seed: int) -> Split:
@@ -61,8 +74,41 @@ def pick_split(collection: Collection, val: str, seed: int) -> Split:
     train, test = protocol.folds[0]
     if not len(test):
         raise FeatxError(f"{arg('val', val)}: the validation set is empty; choose another {arg('val')}")
-    return Split(tuple(labelled[i] for i in train), tuple(labelled[i] for i in test), name, label,
-                 bool(protocol.image_level))
+    val_idx = tuple(labelled[i] for i in test)
+    choose, unsplit = choose_part(collection, val_idx, seed)
+    return Split(tuple(labelled[i] for i in train), val_idx, name, label, bool(protocol.image_level),
+                 choose=choose, unsplit=unsplit)
+
+
+def choose_part(collection: Collection, val: Sequence[int], seed: int) -> tuple[tuple[int, ...], str]:
+    """The validation images that choose best.pt's epoch, and ``""``, or all of ``val`` and why it was not split.
+
+    Half the validation subjects (stratified by class, seeded; half the images when a validation image has no
+    subject) choose the epoch; the other half scores it, so a run stopped early is scored on images that did
+    not choose its epoch. A part needs :data:`MIN_PER_CLASS` subjects (images) of each class.
+    """
+    samples = collection.samples
+    y = np.array([collection.classes.index(samples[i].label) for i in val])
+    subjects = np.array([samples[i].subject or "" for i in val], dtype=object)
+    grouped = bool(len(val)) and not (subjects == "").any()
+    units = subjects if grouped else np.arange(len(val)).astype(str)
+    unit = "subjects" if grouped else "images"
+    need = {c: len(set(units[y == c])) for c in np.unique(y)}
+    short = [collection.classes[c] for c, n in need.items() if n < 2 * MIN_PER_CLASS]
+    if len(need) < 2 or short:
+        have = ", ".join(f"{n} of {collection.classes[c]}" for c, n in need.items())
+        return tuple(val), (f"the validation set ({unit}: {have}) is too small to split into a part that chooses "
+                            f"the epoch and a part that scores it ({MIN_PER_CLASS} {unit} of each class each)")
+    if grouped:
+        splitter = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
+        a, b = next(splitter.split(np.zeros(len(val)), y, units))
+    else:
+        a, b = next(StratifiedKFold(n_splits=2, shuffle=True, random_state=seed).split(np.zeros(len(val)), y))
+    for part in (a, b):
+        if any(len(set(units[part][y[part] == c])) < MIN_PER_CLASS for c in need):
+            return tuple(val), (f"the validation {unit} could not be split into two parts with {MIN_PER_CLASS} "
+                                f"{unit} of each class each")
+    return tuple(val[i] for i in sorted(a)), ""
 
 
 def select_images(collection: Collection, val: str, seed: int, *, workers: int, strict: bool) -> Split:
@@ -79,7 +125,13 @@ def select_images(collection: Collection, val: str, seed: int, *, workers: int, 
         side = "training" if not train else "validation"
         raise FeatxError(f"every {side} image of {collection.root} is unreadable ({len(bad)} skipped, first: "
                          f"{skipped[0][1]}); fix the files or choose another {arg('val')}")
-    return Split(train, test, split.protocol, split.protocol_label, split.image_level, tuple(skipped))
+    choose = tuple(i for i in split.choose if i not in bad)
+    if not choose or (not split.unsplit and len(choose) == len(test)):  # a part left without readable images
+        choose, unsplit = test, "every image of one part of the split validation set is unreadable"
+    else:
+        unsplit = split.unsplit
+    return Split(train, test, split.protocol, split.protocol_label, split.image_level, tuple(skipped),
+                 choose=choose, unsplit=unsplit)
 
 
 def strict_stop(error: str) -> FeatxError:

@@ -11,7 +11,7 @@ from featx.errors import FeatxError
 from featx.files import atomic_text, atomic_write
 from featx.report.outputs import check_out, find_results, write_manifest
 from featx.report.plots import plot_bars, plot_confusion, plot_roc
-from featx.report.table import protocol_text, results_markdown, slug
+from featx.report.table import protocol_text, provenance_suffix, results_markdown, slug
 from featx.results import ResultRow, read_json, write_csv, write_json
 from featx.row_names import unique_names, untagged
 
@@ -65,7 +65,7 @@ def _unique_slugs(rows: Sequence[ResultRow]) -> list[str]:
 def _plot_rows(rows: Sequence[ResultRow], plot_dir: Path) -> None:
     plot_dir.mkdir(exist_ok=True)
     for r, name in zip(rows, _unique_slugs(rows)):
-        title = f"{r.name}\n{protocol_text(r)}"
+        title = f"{r.name}\n{protocol_text(r)}{provenance_suffix(r)}"
         if r.confusion is not None:
             plot_confusion(r.confusion, r.classes or [str(i) for i in range(len(r.confusion))],
                            plot_dir / f"confusion-{name}.png", title=title)

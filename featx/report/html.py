@@ -20,13 +20,14 @@ from featx.report.files import read_results
 from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
 from featx.report.table import (
     IMAGE_LEVEL_NOTE,
-    OPTIMISTIC_NOTE,
     STATS_NOTE,
     TABLE_METRICS,
     excluded_notes,
     format_pct,
+    mark_notes,
     partial_notes,
     protocol_text,
+    provenance_suffix,
     selection_note,
 )
 from featx.results import METRICS, ResultRow
@@ -137,11 +138,16 @@ def _positive(rows: Sequence[ResultRow]) -> str | None:
 
 
 def _marked_protocol(r: ResultRow) -> str:
-    """The protocol cell: the row's protocol label, its mark (IMAGE-LEVEL, OPTIMISTIC) in bold, † and PARTIAL."""
+    """The protocol cell: the row's protocol label, its marks (IMAGE-LEVEL, OPTIMISTIC, weights of unknown
+    provenance) in bold, † and PARTIAL."""
     text = escape(protocol_text(r))
     if r.flag:
         label = text[len(r.flag):] if text.startswith(r.flag) else f" {text}"
         text = f'<span class="flag">* {escape(r.flag)}</span>{label}'
+    if r.provenance_mark:
+        star = "* " if r.marked and not r.flag else ""
+        cls = "flag" if r.weights_provenance == "unknown" else "note"
+        text += f'; <span class="{cls}">{star}{escape(r.provenance_mark)}</span>'
     if r.selection_uncorrected:
         text = f"\u2020 {text}"
     if r.partial:
@@ -168,7 +174,7 @@ def results_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str
                  *[f'<td class="num">{escape(format_pct(r.score(m).mean, r.score(m).std))}</td>'
                    for m, _ in TABLE_METRICS],
                  *[f'<td class="num">{v}</td>' for v in (ci, r.n_test, r.n_subjects)]]
-        cls = ' class="marked"' if r.flag or r.partial else ""
+        cls = ' class="marked"' if r.marked or r.partial else ""
         lines.append(f'<tr{cls} data-flag="{escape(r.flag)}">' + "".join(cells) + "</tr>")
     return "\n".join([*lines, "</tbody></table>"])
 
@@ -178,8 +184,7 @@ def notes_html(rows: Sequence[ResultRow]) -> str:
     notes = []
     if any(r.image_level for r in rows):
         notes.append(f"* {IMAGE_LEVEL_NOTE}")
-    if any(r.optimistic for r in rows):
-        notes.append(f"* {OPTIMISTIC_NOTE}")
+    notes += [f"* {note}" for note in mark_notes(rows)]
     if note := selection_note(rows):
         notes.append(note)
     notes += [f"PARTIAL: {n}." for n in partial_notes(rows)]
@@ -195,7 +200,7 @@ def _figure_html(fig: _Figure) -> str:
 
 
 def _row_section(i: int, r: ResultRow, draw) -> str:
-    title = f"{r.name}\n{protocol_text(r)}"
+    title = f"{r.name}\n{protocol_text(r)}{provenance_suffix(r)}"
     about = [f"{r.n_train} training and {r.n_test} test images, {r.n_subjects} subjects",
              f"positive class: {r.positive}"]
     if r.selection:

@@ -1,8 +1,10 @@
 """The results table (the study's Table 2 layout) for the terminal (rich) and for results.md (Markdown).
 
 Rows whose number is not an estimate for new patients are marked everywhere: IMAGE-LEVEL (one subject on
-both sides of the split, or subjects unknown) and OPTIMISTIC (scored on rows a fine-tuned network trained
-on); so are PARTIAL rows (an unfinished store) and stores that left unreadable images out.
+both sides of the split, or subjects unknown), OPTIMISTIC (scored on rows a fine-tuned network trained
+on, or on the validation images that chose a network's epoch) and rows from weights of unknown provenance
+(:attr:`featx.results.ResultRow.marks`); so are PARTIAL rows (an unfinished store) and stores that left
+unreadable images out.
 """
 from __future__ import annotations
 
@@ -33,6 +35,34 @@ STATS_NOTE = ("± is the sample standard deviation (ddof=1) of the per-fold valu
               "the per-fold curves. Precision, recall and F1 are those of the positive class.")
 OPTIMISTIC_NOTE = ("OPTIMISTIC rows test on images (or subjects) the fine-tuned network trained on: features "
                    "tuned on test subjects, not an estimate for new patients.")
+EPOCH_OPTIMISTIC_NOTE = ("OPTIMISTIC fine-tuned network rows are scored on the validation images that chose their "
+                         "epoch (early stopping on a validation set too small to split into a part that chooses "
+                         "and a part that scores): not an estimate for new patients.")
+UNKNOWN_WEIGHTS_NOTE = ("Weights of unknown provenance: the weights (a plain state dict, another tool's checkpoint, "
+                        "or one fine-tuned from such weights) record no images they were trained on, so they may "
+                        "have seen the test images; if they did not, state it with `featx extract` (or `featx "
+                        "finetune`) `--weights-never-saw-images`.")
+STATED_UNSEEN_NOTE = ("Weights stated unseen by the user: featx cannot tell which images these weights were "
+                      "trained on; the user stated that they never saw these images (--weights-never-saw-images).")
+
+
+def mark_notes(rows: Sequence[ResultRow]) -> list[str]:
+    """What the OPTIMISTIC and weights-provenance marks of ``rows`` mean (one note per kind present)."""
+    notes = []
+    if any(r.optimistic and r.kind == "head" for r in rows):
+        notes.append(OPTIMISTIC_NOTE)
+    if any(r.optimistic and r.kind == "network" for r in rows):
+        notes.append(EPOCH_OPTIMISTIC_NOTE)
+    if any(r.weights_provenance == "unknown" for r in rows):
+        notes.append(UNKNOWN_WEIGHTS_NOTE)
+    if any(r.weights_provenance == "stated-unseen" for r in rows):
+        notes.append(STATED_UNSEEN_NOTE)
+    return notes
+
+
+def provenance_suffix(row: ResultRow) -> str:
+    """``"; weights of unknown provenance"`` (or stated unseen) to put after a row's protocol; ``""`` otherwise."""
+    return f"; {row.provenance_mark}" if row.provenance_mark else ""
 
 
 def selection_note(rows: Sequence[ResultRow]) -> str | None:
@@ -106,7 +136,7 @@ def short_protocol(row: ResultRow) -> str:
         text += ", nested"
     if row.optimistic:
         text = "OPTIMISTIC " + text
-    return text
+    return text + provenance_suffix(row)
 
 
 def protocol_title(rows: Sequence[ResultRow]) -> str:
@@ -193,7 +223,7 @@ def _cell(row: ResultRow, metric: str, stacked: bool) -> str:
 
 
 def _protocol_cell(row: ResultRow) -> str:
-    text = ("* " if row.flag else "") + ("\u2020 " if row.selection_uncorrected else "") + short_protocol(row)
+    text = ("* " if row.marked else "") + ("\u2020 " if row.selection_uncorrected else "") + short_protocol(row)
     return text + (f" PARTIAL ({row.partial})" if row.partial else "")
 
 
@@ -231,7 +261,7 @@ def _build(cls, rows, title, metrics, *, stacked, width, force=False):
         table.add_column(header, justify="right", no_wrap=True, min_width=w)
     for r, name, protocol, row_cells in zip(rows, names, protocols, cells):
         table.add_row(escape(name), escape(protocol), *row_cells,
-                      style="yellow" if r.flag or r.partial else None)
+                      style="yellow" if r.marked or r.partial else None)
     return table
 
 
@@ -261,8 +291,15 @@ def _captions(rows: Sequence[ResultRow], metrics, width: int | None) -> list[str
     if any(r.image_level for r in rows):
         captions.append("* IMAGE-LEVEL: one subject's cells on both sides of the split, or subjects unknown "
                         "(optimistic)")
-    if any(r.optimistic for r in rows):
+    if any(r.optimistic and r.kind == "head" for r in rows):
         captions.append("* OPTIMISTIC: features tuned on test subjects (the fine-tuned network saw them)")
+    if any(r.optimistic and r.kind == "network" for r in rows):
+        captions.append("* OPTIMISTIC: epoch chosen on the validation images it is scored on (too few to split)")
+    if any(r.weights_provenance == "unknown" for r in rows):
+        captions.append("* weights of unknown provenance: they may have seen the test images (featx extract "
+                        "--weights-never-saw-images states they did not)")
+    if any(r.weights_provenance == "stated-unseen" for r in rows):
+        captions.append("weights stated unseen by the user: featx cannot check where they come from")
     if note := selection_note(rows):
         captions.append(escape(note))
     captions += [escape(line) for line in selection_choices(rows)]
@@ -292,7 +329,8 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
         protocol = protocol_text(r)
         if r.optimistic and "OPTIMISTIC" not in protocol:
             protocol = f"OPTIMISTIC {protocol}"
-        if r.flag:
+        protocol += provenance_suffix(r)
+        if r.marked:
             protocol = f"**\\* {protocol}**"
         if r.selection_uncorrected:
             protocol = f"\u2020 {protocol}"
@@ -310,8 +348,8 @@ def results_markdown(rows: Sequence[ResultRow]) -> str:
     md = ["# featx results", "", markdown_table(rows)]
     if any(r.image_level for r in rows):
         md += [f"\\* {IMAGE_LEVEL_NOTE}", ""]
-    if any(r.optimistic for r in rows):
-        md += [f"\\* {OPTIMISTIC_NOTE}", ""]
+    for note in mark_notes(rows):
+        md += [f"\\* {note}", ""]
     if note := selection_note(rows):
         md += [note, ""]
     md += [f"{line}.\n" for line in selection_choices(rows)]

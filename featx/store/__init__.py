@@ -16,8 +16,9 @@ Layout (schema version 2)::
     /samples/error   utf-8, 512 bytes (N) why a row could not be extracted ("" when fine)
     /samples/checksum uint64 (N, T)    per row and tap (column order: its attrs["taps"]): crc32 of the row's
                                        stored bytes and its index, plus 2**32; 0 = never written
-    /samples/network_role  vlen utf-8 (N)  only with fine-tuned weights: train, train-subject, val, "" (never
-                     seen) or unknown (see featx.provenance); attrs["tuned_provenance"] says what was matched
+    /samples/network_role  vlen utf-8 (N)  only with fine-tuned weights: train, train-subject, val-choose,
+                     val, "" (never seen) or unknown (see featx.provenance); attrs["tuned_provenance"] says what
+                     was matched, attrs["weights_provenance"] what featx knows of where the weights come from
     /features/<tap>  float32|float16 (N, D), chunked along rows, every chunk allocated (and zero-filled)
                      when the store is created
 

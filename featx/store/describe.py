@@ -52,7 +52,8 @@ SAMPLES = {
                 "little-endian bytes followed by the row's stored little-endian bytes, plus 2**32; 0 = never "
                 "written. featx refuses rows whose features do not match",
     "network_role": "only with fine-tuned weights: what the network did with the row (train, train-subject, "
-                    "val, \"\" = never seen, unknown); the root attribute tuned_provenance says what was matched",
+                    "val-choose = a validation image that chose the checkpoint's epoch, val = one that did not, "
+                    "\"\" = never seen, unknown); the root attribute tuned_provenance says what was matched",
 }
 
 

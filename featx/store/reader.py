@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from featx.errors import FeatxError, arg
-from featx.provenance import ATTR, ROLES, parse_attr
+from featx.provenance import ATTR, ROLES, parse_attr, read_roles
 from featx.store.schema import (
     damaged,
     decode_attr,
@@ -128,7 +128,8 @@ def _read_open(path: Path, h5: h5py.File, wanted: Sequence[list[str] | None], al
         classes=[str(c) for c in decode_attr(s.attrs["classes"])],
         subjects=s["subject"].asstr()[:][rows],
         splits=s["split"].asstr()[:][rows],
-        roles=s["network_role"].asstr()[:][rows] if "network_role" in s else None,
+        roles=read_roles(s["network_role"].asstr()[:][rows], parse_attr(attrs.get(ATTR))) if "network_role" in s
+        else None,
         attrs=attrs, backbone=backbone,
         n_samples=n, unfinished=unfinished, failed_paths=set(paths[failed]),
     )
@@ -305,7 +306,7 @@ def _fuse_roles(per_store: list) -> np.ndarray | None:
     have = [np.asarray(r).astype(str) for r in per_store if r is not None]
     if not have:
         return None
-    rank = {"train": 0, "train-subject": 1, "unknown": 2, "val": 3, "": 4}
+    rank = {"train": 0, "train-subject": 1, "unknown": 2, "val-choose": 3, "val": 4, "": 5}
     out = have[0].astype(object)
     for other in have[1:]:
         pick = np.array([rank.get(b, 0) < rank.get(a, 0) for a, b in zip(out, other)], dtype=bool)
