@@ -20,10 +20,10 @@ if [ "$W_ALEX" = none ] || [ "$W_VGG" = none ]; then
   echo "   Put alexnet-owt-7be5be79.pth / vgg16-397923af.pth / resnet18-f37072fd.pth there to run it with ImageNet weights."
 fi
 
-say "1. synthetic C-NMC data (shrunk: 16 training subjects x 12 cells at 128 px; the real set has 73 subjects, 450 px)"
+say "1. synthetic C-NMC data, featx synth's defaults (shrunk: 30 ALL + 15 HEM training subjects x 4 cells at 64 px,
+   enough for 3 subjects of each class in every subject-grouped test fold; the real set has 73 subjects, 450 px)"
 # the final phase is written last: when it is there, the tree is complete
-[ -d "$OUT/data/C-NMC_test_final_phase_data" ] || featx synth "$OUT/data" --subjects-all 10 --subjects-hem 6 \
-  --cells-per-subject 12 --image-size 128
+[ -d "$OUT/data/C-NMC_test_final_phase_data" ] || featx synth "$OUT/data"
 
 say "2. extract features (AlexNet at its 224 px; shrunk: cnn at 96 px, VGG-16 and ResNet-18 at 112 px instead of 224 px)"
 featx extract "$OUT/data" --backbone cnn --weights none --image-size 96 --out "$OUT/feats/cnn.h5"

@@ -222,19 +222,26 @@ def test_one_class_and_missing_subjects_are_refused():
 
 # ---- evaluate --------------------------------------------------------------------------------------
 def test_image_level_cv_scores_higher_than_subject_level_cv():
-    fs = subject_features()
-    rows = {cv: evaluate(fs, "logistic", cv=cv, n_boot=200) for cv in ("subject", "image")}
-    sub, img = rows["subject"], rows["image"]
-    assert img.mean("accuracy") > sub.mean("accuracy") + 0.15, (img.mean("accuracy"), sub.mean("accuracy"))
-    assert img.mean("f1_weighted") > sub.mean("f1_weighted") + 0.15
-    assert img.image_level and not sub.image_level
-    assert sub.protocol_label == "subject-level 5-fold"
-    for r in (sub, img):
-        acc = r.scores["accuracy"]
-        assert 0 <= acc.ci_low <= acc.mean + 0.1 and acc.ci_high <= 1
-        assert r.n_test == 280 and r.n_subjects == 14 and r.positive == "all"
-        assert np.sum(r.confusion) == 280 and set(r.per_subject_accuracy) == {f"S{i}" for i in range(14)}
-        assert set(r.scores) == set(METRICS) and all(r.scores[m].std is not None for m in METRICS)
+    """The leak, averaged over three seeds (data and folds): with 14 subjects and a strong tint the
+    subject-level score of one draw varies a lot (0.30-0.68 accuracy over seeds 0-7, sd about 0.1, against
+    0.96-0.99 image-level), so the claim is on the mean gap, whose sd over three seeds is about 0.06: the
+    required 0.15 sits far below the gap of about 0.45 the design gives and far above 0."""
+    gaps = {"accuracy": [], "f1_weighted": []}
+    for seed in (0, 1, 2):
+        fs = subject_features(seed=seed)
+        rows = {cv: evaluate(fs, "logistic", cv=cv, seed=seed, n_boot=200) for cv in ("subject", "image")}
+        sub, img = rows["subject"], rows["image"]
+        for metric, values in gaps.items():
+            values.append(img.mean(metric) - sub.mean(metric))
+        assert img.image_level and not sub.image_level
+        assert sub.protocol_label == "subject-level 5-fold"
+        for r in (sub, img):
+            acc = r.scores["accuracy"]
+            assert 0 <= acc.ci_low <= acc.mean + 0.1 and acc.ci_high <= 1
+            assert r.n_test == 280 and r.n_subjects == 14 and r.positive == "all"
+            assert np.sum(r.confusion) == 280 and set(r.per_subject_accuracy) == {f"S{i}" for i in range(14)}
+            assert set(r.scores) == set(METRICS) and all(r.scores[m].std is not None for m in METRICS)
+    assert np.mean(gaps["accuracy"]) > 0.15 and np.mean(gaps["f1_weighted"]) > 0.15, gaps
 
 
 def test_evaluate_row_fields_and_parallel_folds_give_identical_results():

@@ -25,7 +25,7 @@ README = ROOT / "README.md"
 SHRINK = (
     (r"^featx synth ", " --subjects-all 3 --subjects-hem 3 --cells-per-subject 4 --prelim-cells-per-subject 3 "
                        "--final-cells 4 --image-size 40",
-     "a tiny tree: 6 training subjects x 4 cells (the README's synth writes 10 x 12 cells at 96 px)"),
+     "a tiny tree: 6 training subjects x 4 cells (the README's synth writes 45 x 4 cells at 64 px)"),
     (r"^featx (extract|finetune|hybrid) .*--backbone vgg16", " --image-size 32",
      "VGG-16 at 32 px (its smallest) instead of 224 px: ~50 times cheaper"),
     (r"^featx (extract|finetune|hybrid) (?!.*--backbone vgg16)", " --image-size 64",

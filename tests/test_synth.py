@@ -12,9 +12,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from typer.testing import CliRunner
 
+from featx.cli import app
+from featx.data import discover
 from featx.data.synth import synthesize
 from featx.errors import FeatxError
+from featx.evaluation.splits import make_splits
 
 TRAIN_NAME = re.compile(r"^UID_(\d+|[Hh]\d+)_(\d+)_(\d+)_(all|hem)\.bmp$")
 PRELIM = "C-NMC_test_prelim_phase_data"
@@ -25,9 +29,35 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def test_default_tree_gives_every_subject_fold_and_prelim_three_subjects_of_each_class(tmp_path):
+    """`featx synth` with its defaults (the demo's and README's data): featx's own subject-grouped 5-fold CV
+    over the training subjects tests at least 3 subjects of each class in every fold (for several CV seeds),
+    and the preliminary phase holds at least 3 subjects of each class; the tree stays small."""
+    res = CliRunner().invoke(app, ["synth", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    samples = [s for s in discover(tmp_path / "d").samples if s.label is not None]
+    subjects = np.array([s.subject for s in samples])
+    labels = np.array([s.label for s in samples])
+    splits = np.array([s.split for s in samples])
+    train = ~np.isin(splits, ["prelim", "final"])
+    assert len(set(subjects[train])) >= 45 and train.sum() <= 200  # ~30 ALL + 15 HEM, a few cells each
+    y = (labels == "hem").astype(int)
+    for seed in range(5):
+        protocol = make_splits(subjects, y, splits, cv="subject", n_folds=5, seed=seed)
+        assert protocol.name == "subject" and protocol.n_folds == 5
+        for _, test in protocol.folds:
+            for cls in ("all", "hem"):
+                assert len(set(subjects[test][labels[test] == cls])) >= 3, (seed, cls, sorted(set(subjects[test])))
+    prelim = splits == "prelim"
+    for cls in ("all", "hem"):
+        assert len(set(subjects[prelim & (labels == cls)])) >= 3, cls
+    with Image.open(next((tmp_path / "d").rglob("*.bmp"))) as img:
+        assert max(img.size) <= 96
+
+
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
-    kw = dict(subjects_all=2, subjects_hem=2, cells_per_subject=3, prelim_cells_per_subject=2,
-              final_cells=3, image_size=32)
+    kw = dict(subjects_all=2, subjects_hem=2, cells_per_subject=3, prelim_subjects_all=2, prelim_subjects_hem=1,
+              prelim_cells_per_subject=2, final_cells=3, image_size=32)
     a = synthesize(tmp_path / "a", seed=7, **kw)
     b = synthesize(tmp_path / "b", seed=7, **kw)
     synthesize(tmp_path / "c", seed=8, **kw)
@@ -150,8 +180,8 @@ def test_image_level_split_leaks_subjects(tmp_path):
     image_acc, subject_acc, majority = [], [], []
     for seed in (0, 1, 2):
         root = tmp_path / f"leak{seed}"
-        synthesize(root, cells_per_subject=8, prelim_subjects_all=0, prelim_subjects_hem=0,
-                   final_cells=0, image_size=40, seed=seed)
+        synthesize(root, subjects_all=6, subjects_hem=4, cells_per_subject=8, prelim_subjects_all=0,
+                   prelim_subjects_hem=0, final_cells=0, image_size=40, seed=seed)
         X, y, groups = _colour_features(root)
         assert len(set(groups)) == 10 and len(y) == 80
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))

@@ -1,6 +1,7 @@
 """`featx synth`, `featx extract`, `featx info`."""
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -34,19 +35,30 @@ from featx.results import WEIGHTS_MARKS
 from featx.store import summarize
 from featx.store import verify as verify_store
 
+#: `featx synth`'s defaults are the library's (sized so that subject-grouped 5-fold CV has 3 subjects per class
+#: in every test fold): one place to change them.
+_SYNTH = {name: p.default for name, p in inspect.signature(synthesize).parameters.items()}
+
 
 @app.command()
 @user_errors
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the C-NMC-like tree into (created).")],
-    subjects_all: Annotated[int, typer.Option(help="Training subjects with ALL (leukemic) cells.")] = 6,
-    subjects_hem: Annotated[int, typer.Option(help="Training subjects with normal (HEM) cells.")] = 4,
-    cells_per_subject: Annotated[int, typer.Option(help="Cells per training subject.")] = 12,
-    prelim_subjects_all: Annotated[int, typer.Option(help="Preliminary-test subjects with ALL cells.")] = 2,
-    prelim_subjects_hem: Annotated[int, typer.Option(help="Preliminary-test subjects with HEM cells.")] = 1,
-    prelim_cells_per_subject: Annotated[int, typer.Option(help="Cells per preliminary-test subject.")] = 10,
-    final_cells: Annotated[int, typer.Option(help="Unlabelled images of the final test phase.")] = 20,
-    image_size: Annotated[int, typer.Option(help="Side of each square BMP in pixels (real data: 450).")] = 96,
+    subjects_all: Annotated[int, typer.Option(
+        help="Training subjects with ALL (leukemic) cells.")] = _SYNTH["subjects_all"],
+    subjects_hem: Annotated[int, typer.Option(
+        help="Training subjects with normal (HEM) cells.")] = _SYNTH["subjects_hem"],
+    cells_per_subject: Annotated[int, typer.Option(help="Cells per training subject.")] = _SYNTH["cells_per_subject"],
+    prelim_subjects_all: Annotated[int, typer.Option(
+        help="Preliminary-test subjects with ALL cells.")] = _SYNTH["prelim_subjects_all"],
+    prelim_subjects_hem: Annotated[int, typer.Option(
+        help="Preliminary-test subjects with HEM cells.")] = _SYNTH["prelim_subjects_hem"],
+    prelim_cells_per_subject: Annotated[int, typer.Option(
+        help="Cells per preliminary-test subject.")] = _SYNTH["prelim_cells_per_subject"],
+    final_cells: Annotated[int, typer.Option(
+        help="Unlabelled images of the final test phase.")] = _SYNTH["final_cells"],
+    image_size: Annotated[int, typer.Option(
+        help="Side of each square BMP in pixels (real data: 450).")] = _SYNTH["image_size"],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes identical files.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace C-NMC folders already in OUT.")] = False,
 ) -> None:

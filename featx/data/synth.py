@@ -40,14 +40,14 @@ _SUBJECT_RADIUS_SD = 0.05  # subject to subject (patients differ in morphology t
 def synthesize(
     out: str | Path,
     *,
-    subjects_all: int = 6,
-    subjects_hem: int = 4,
-    cells_per_subject: int = 12,
-    prelim_subjects_all: int = 2,
-    prelim_subjects_hem: int = 1,
-    prelim_cells_per_subject: int = 10,
+    subjects_all: int = 30,
+    subjects_hem: int = 15,
+    cells_per_subject: int = 4,
+    prelim_subjects_all: int = 3,
+    prelim_subjects_hem: int = 3,
+    prelim_cells_per_subject: int = 5,
     final_cells: int = 20,
-    image_size: int = 96,
+    image_size: int = 64,
     seed: int = 0,
     overwrite: bool = False,
 ) -> dict:
@@ -60,6 +60,11 @@ def synthesize(
         OUT/C-NMC_test_prelim_phase_data/C-NMC_test_prelim_phase_data_labels.csv
             (header ``Patient_ID,new_names,labels``; 1 = ALL, 0 = HEM)
         OUT/C-NMC_test_final_phase_data/C-NMC_test_final_phase_data/{1..M}.bmp   (unlabelled)
+
+    The defaults are sized for the statistics, not for realism: 30 ALL + 15 HEM training subjects (about two
+    thirds ALL, as in C-NMC) put at least 3 subjects of each class in every test fold of subject-grouped
+    5-fold CV, and the preliminary phase holds 3 subjects of each class; few cells per subject (4) and small
+    images (64 px) keep the data, and the demo on it, quick (180 training, 30 prelim and 20 final images).
 
     Options:
         subjects_all, subjects_hem: training subjects per class (ALL ids are numbers like ``11``; HEM ids
