@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-# Every metric a row reports, in table order.
-METRICS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
+from featx.scoring import METRICS  # every metric a row reports, in table order
+
 _SUFFIXES = {"std": "_std", "ci_low": "_ci_low", "ci_high": "_ci_high"}
 # The mark of a row's weights_provenance (featx.provenance) in every output.
 WEIGHTS_MARKS = {"unknown": "weights of unknown provenance", "stated-unseen": "weights stated unseen by the user"}
@@ -28,8 +28,8 @@ WEIGHTS_MARKS = {"unknown": "weights of unknown provenance", "stated-unseen": "w
 @dataclass(frozen=True)
 class Score:
     """One metric of a row: the mean over folds (None where the metric is undefined: NaN is stored as None),
-    the sample std of the fold values (ddof=1; None with one fold) and the 95% bootstrap interval of that
-    mean (None when it was not computed)."""
+    the sample std of the fold values (ddof=1; None with one fold) and the 95% interval of that mean (None
+    when the design supports none: the row's ``interval["na"]`` says why)."""
 
     mean: float | None
     std: float | None = None
@@ -72,6 +72,10 @@ class ResultRow:
     scores: dict[str, Score] = field(default_factory=dict)
     confusion: list[list[int]] | None = None
     ci_unit: str | None = None
+    # how the intervals were made: method, level, unit, n_units, and per metric why there is none ("na")
+    interval: dict | None = None
+    # the paired difference from the protocol's reference row (featx.evaluation.differences.compare_rows)
+    comparison: dict | None = None
     per_subject_accuracy: dict[str, float] | None = None
     roc: dict | None = None
     predictions: dict | None = None  # out-of-fold predictions: predictions/<row>.csv, never results.json
@@ -126,10 +130,16 @@ class ResultRow:
         return WEIGHTS_MARKS.get(self.weights_provenance or "", "")
 
     @property
+    def close_mark(self) -> str:
+        """``"≈ best"`` (or ``"≈ ref"``) when the row's paired difference from its protocol's reference row has an
+        interval holding 0 (:attr:`comparison`); ``""`` otherwise."""
+        return str((self.comparison or {}).get("mark") or "")
+
+    @property
     def marks(self) -> list[str]:
-        """Every mark the row carries into each output, in the order they are printed: its :attr:`flag`, then
-        its :attr:`provenance_mark`."""
-        return [m for m in (self.flag, self.provenance_mark) if m]
+        """Every mark the row carries into each output, in the order they are printed: its :attr:`flag`, its
+        :attr:`provenance_mark`, then its :attr:`close_mark`."""
+        return [m for m in (self.flag, self.provenance_mark, self.close_mark) if m]
 
     @property
     def marked(self) -> bool:
@@ -151,8 +161,9 @@ class ResultRow:
 
     def to_dict(self, *, predictions: bool = False) -> dict[str, Any]:
         """The flat, JSON-ready form written to results.json (``predictions`` and ``inner_scores``, written to
-        their own CSVs, left out unless asked)."""
-        out: dict[str, Any] = {}
+        their own CSVs, left out unless asked), with the row's :attr:`marks` (derived; read back from the fields
+        that make them)."""
+        out: dict[str, Any] = {"marks": self.marks}
         for f in fields(self):
             if f.name == "scores":
                 for m, s in self.scores.items():
@@ -167,6 +178,7 @@ class ResultRow:
     def from_dict(cls, data: dict) -> ResultRow:
         """A row from :meth:`to_dict` output (also reads results.json of featx before the typed rows)."""
         data = dict(data)
+        data.pop("marks", None)  # derived from the row's fields
         if "name" not in data and "model" in data:  # results.json before ResultRow
             data["name"] = data.pop("model")
         if data.get("head") == "finetune":
@@ -224,7 +236,7 @@ def jsonable(value):
 # --------------------------------------------------------------------------------------------------
 # JSON and CSV files
 # --------------------------------------------------------------------------------------------------
-_FIRST = ("name", "backbone", "tap", "head", "protocol", "protocol_label", "image_level", "n_folds",
+_FIRST = ("name", "backbone", "tap", "head", "protocol", "protocol_label", "marks", "image_level", "n_folds",
           "n_train", "n_test", "n_subjects", "positive")
 
 

@@ -47,7 +47,7 @@ def write_store(path: Path, rows: int, dim: int) -> None:
 
 def run(store: Path, out: Path, heads: str, folds: int, backend: str, jobs: int) -> float:
     cmd = [sys.executable, "-m", "featx", "compare", str(store), "--heads", heads, "--folds", str(folds),
-           "--jobs", str(jobs), "--backend", backend, "--boot", "200", "--no-plots", "--out", str(out)]
+           "--jobs", str(jobs), "--backend", backend, "--no-plots", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))  # this checkout's featx
     t = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -61,7 +61,7 @@ def _before(fs, heads, args) -> tuple[dict, float]:
     for head in heads:
         t = time.perf_counter()
         row, = evaluate_many(fs, [head], cv="subject", n_folds=args.folds, jobs=1, device=args.device,
-                             params={head: BEFORE[head]} if head in BEFORE else None, n_boot=args.boot)
+                             params={head: BEFORE[head]} if head in BEFORE else None)
         out[head] = (time.perf_counter() - t, row)
         print(f"  before {head:>9}: {out[head][0]:6.1f} s wall, fits {row.fit_seconds:6.1f} s, weighted F1 "
               f"{100 * row.mean('f1_weighted'):.2f} %", flush=True)
@@ -73,8 +73,7 @@ def _after(fs, heads, args) -> tuple[dict, float]:
     from featx.evaluation import evaluate_many
 
     t = time.perf_counter()
-    rows = evaluate_many(fs, heads, cv="subject", n_folds=args.folds, jobs=args.jobs, device=args.device,
-                         n_boot=args.boot)
+    rows = evaluate_many(fs, heads, cv="subject", n_folds=args.folds, jobs=args.jobs, device=args.device)
     wall = time.perf_counter() - t
     for row in rows:
         print(f"  after  {row.head:>9}: fits {row.fit_seconds:6.1f} s (in the shared pool), weighted F1 "
@@ -90,7 +89,6 @@ def main() -> None:
     parser.add_argument("--jobs", default="auto", help="processes of the after grid: a number, -1, or auto")
     parser.add_argument("--heads", default="softmax,logistic,svm,xgboost")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--boot", type=int, default=1000, help="bootstrap draws per row (as featx compare)")
     parser.add_argument("--only", choices=("before", "after"), help="run one side only")
     args = parser.parse_args()
     args.jobs = None if args.jobs == "auto" else int(args.jobs)
@@ -134,7 +132,7 @@ def main() -> None:
     if after_wall is not None:
         pool = max(row.wall_seconds for row in after.values())
         print(f"after:  {after_wall:.1f} s wall for {len(heads)} heads x {args.folds} folds (one pool: {pool:.1f} s; "
-              f"splits, metrics and bootstrap CIs: {after_wall - pool:.1f} s)")
+              f"splits, metrics and intervals: {after_wall - pool:.1f} s)")
 
 
 def _s(value) -> str:

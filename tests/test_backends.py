@@ -24,7 +24,7 @@ from featx.workflows.classify import run_classify
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 HEADS = "logistic,softmax,knn"
-GRID = ["--heads", HEADS, "--cv", "subject", "--folds", "3", "--boot", "50", "--no-plots"]
+GRID = ["--heads", HEADS, "--cv", "subject", "--folds", "3", "--no-plots"]
 needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
                                 reason="dask.distributed is not installed (pip install 'featx[dask]')")
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -92,10 +92,10 @@ def test_a_given_dask_client_runs_the_grid_and_is_left_open(store, default_table
 
     with LocalCluster(n_workers=1, threads_per_worker=3, processes=False, dashboard_address=None) as cluster, \
             Client(cluster, set_as_default=False) as client:
-        rows = compare([store], HEADS.split(","), cv="subject", n_folds=3, n_boot=50, backend="dask",
+        rows = compare([store], HEADS.split(","), cv="subject", n_folds=3, backend="dask",
                        scheduler=client)
         assert client.status == "running" and cluster.status.name == "running"
-        one = run_classify(store, "softmax", cv="subject", n_folds=3, n_boot=50, out=tmp_path, plots=False,
+        one = run_classify(store, "softmax", cv="subject", n_folds=3, out=tmp_path, plots=False,
                            backend="dask", scheduler=client)
         assert client.status == "running"
         address = client.scheduler.address

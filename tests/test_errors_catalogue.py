@@ -35,7 +35,7 @@ def test_nan_features_are_refused_naming_the_store_and_the_first_row(cnmc_tree, 
     extract(cnmc_tree, out, backbone="cnn", weights=weights, image_size=32, workers=0)
     with pytest.raises(FeatxError, match=r"hold NaN or infinite features \(first: C-NMC_training_data/"):
         load_features(out, "fc")
-    result, text = _invoke("classify", out, "--tap", "fc", "--out", tmp_path / "r", "--boot", "10", "--no-plots")
+    result, text = _invoke("classify", out, "--tap", "fc", "--out", tmp_path / "r", "--no-plots")
     assert result.exit_code == 1 and "NaN or infinite features" in text and "Traceback" not in result.output
     assert not (tmp_path / "r" / "results.json").exists()
     # pool5 comes before the NaN weights: that tap is still usable
@@ -62,8 +62,22 @@ def read_only_dir(tmp_path):
 
 def test_an_output_folder_that_cannot_be_written_is_one_line(store, read_only_dir):
     target = read_only_dir / "results"
-    result, text = _invoke("classify", store, "--out", target, "--boot", "10", "--no-plots")
+    result, text = _invoke("classify", store, "--out", target, "--no-plots")
     assert result.exit_code == 1, result.output
     assert f"cannot access {target}" in text and "Traceback" not in result.output
     result, text = _invoke("info", store, "--json")  # the store itself is untouched
     assert result.exit_code == 0
+
+
+def test_every_test_the_catalogue_names_exists():
+    """docs/errors.md names a test for each bad input: each one is a test function of that file."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    catalogue = (root / "docs" / "errors.md").read_text()
+    named = set(re.findall(r"`(test_[a-z0-9_]+)::(test_[a-z0-9_]+)`", catalogue))
+    assert len(named) > 50
+    missing = [f"{f}::{t}" for f, t in sorted(named)
+               if not (root / "tests" / f"{f}.py").is_file()
+               or not re.search(rf"^def {t}\(", (root / "tests" / f"{f}.py").read_text(), re.M)]
+    assert not missing, missing

@@ -1,5 +1,6 @@
 """Protocol and metrics: each metric against scikit-learn's own function, subject-grouped folds, refusals,
-the bootstrap, and image-level CV scoring higher than subject-level CV when subjects carry a signature."""
+intervals over subjects, and image-level CV scoring higher than subject-level CV when subjects carry a
+signature."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,17 +11,17 @@ from featx.cli.parsing import parse_params
 from featx.errors import FeatxError
 from featx.evaluation import (
     METRICS,
-    bootstrap_ci,
+    OutOfFold,
     compare,
     compute_metrics,
     evaluate,
     evaluate_many,
+    intervals,
     make_splits,
     resolve_positive,
     roc_points,
     summarize_folds,
 )
-from featx.evaluation.metrics import _confusion_metrics, _weighted_auc
 from featx.heads import make_head
 from featx.store import FeatureSet
 from featx.workflows.classify import run_classify, run_compare
@@ -97,42 +98,32 @@ def test_positive_defaults_to_all_and_unknown_positive_is_refused():
         resolve_positive(["all", "hem"], "blast")
 
 
-def test_vectorised_bootstrap_metrics_equal_sklearn_on_the_plain_sample():
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 3, 200)
-    p = np.where(rng.random(200) < 0.6, y, rng.integers(0, 3, 200))
-    C = skm.confusion_matrix(y, p)[None]
-    v = _confusion_metrics(C, pos=2)
-    assert v["accuracy"][0] == pytest.approx(skm.accuracy_score(y, p))
-    assert v["precision"][0] == pytest.approx(skm.precision_score(y, p, labels=[2], average="macro"))
-    assert v["recall"][0] == pytest.approx(skm.recall_score(y, p, labels=[2], average="macro"))
-    assert v["f1"][0] == pytest.approx(skm.f1_score(y, p, labels=[2], average="macro"))
-    assert v["f1_weighted"][0] == pytest.approx(skm.f1_score(y, p, average="weighted"))
-    assert v["f1_macro"][0] == pytest.approx(skm.f1_score(y, p, average="macro"))
-    assert v["balanced_accuracy"][0] == pytest.approx(skm.balanced_accuracy_score(y, p))
-    # weighted AUC (integer weights = repeated rows, ties included) equals sklearn's
-    score = np.round(rng.random(200), 1)
-    w = rng.integers(0, 4, 200).astype(float)
-    auc = _weighted_auc(y == 2, score, w[None])
-    assert auc[0] == pytest.approx(skm.roc_auc_score(y == 2, score, sample_weight=w))
+def test_a_metric_that_is_zero_over_zero_on_a_test_set_is_undefined_not_zero():
+    # no positive ("all", index 0) row: recall and F1 are 0/0; nothing predicted positive: precision is 0/0 too
+    m = compute_metrics([1, 1, 1], [1, 1, 1], [0.1, 0.2, 0.3], classes=["all", "hem"], positive="all")
+    assert np.isnan(m["recall"]) and np.isnan(m["f1"]) and np.isnan(m["precision"]) and np.isnan(m["roc_auc"])
+    assert m["accuracy"] == 1.0
+    m = compute_metrics([0, 1, 1], [1, 1, 1], None, classes=["all", "hem"], positive="all")
+    assert np.isnan(m["precision"]) and m["recall"] == 0.0 and m["f1"] == 0.0
 
 
-def test_bootstrap_interval_resamples_subjects_and_brackets_the_estimate():
+def test_interval_resamples_subjects_and_brackets_the_estimate():
     rng = np.random.default_rng(2)
     subjects = np.repeat([f"S{i}" for i in range(20)], 15)
-    y = np.repeat(rng.integers(0, 2, 20), 15)
+    y = np.repeat(np.r_[np.zeros(10, int), np.ones(10, int)], 15)
     error_rate = np.repeat(rng.uniform(0, 0.5, 20), 15)  # some subjects are much harder than others
     p = np.where(rng.random(300) >= error_rate, y, 1 - y)
-    ci = bootstrap_ci(y, p, rng.random(300), subjects, n_classes=2, positive=0, n_boot=500, seed=0)
+    score = np.where(y == 0, 1.0, 0.0) + rng.normal(0, 1, 300)
+    fold = np.zeros(300, dtype=int)
+    by_subject = intervals(OutOfFold(y, p, score, fold, subjects, 2, 0))
+    by_image = intervals(OutOfFold(y, p, score, fold, None, 2, 0))
     acc = skm.accuracy_score(y, p)
-    assert ci["accuracy"][0] < acc < ci["accuracy"][1]
-    per_image = bootstrap_ci(y, p, None, None, n_classes=2, positive=0, n_boot=500, seed=0)
-    # subjects as the resampling unit: a wider interval than pretending the 300 cells are independent
-    width = ci["f1_weighted"][1] - ci["f1_weighted"][0]
-    assert width > 1.3 * (per_image["f1_weighted"][1] - per_image["f1_weighted"][0]), width
-    assert np.isnan(per_image["roc_auc"][0])
-    # the same seed gives the same interval
-    assert bootstrap_ci(y, p, None, subjects, n_classes=2, positive=0, n_boot=500, seed=0)["accuracy"] == ci["accuracy"]
+    assert by_subject["accuracy"].low < acc < by_subject["accuracy"].high
+    # subjects as the unit: a wider interval than pretending the 300 cells are independent
+    width = by_subject["f1_weighted"].high - by_subject["f1_weighted"].low
+    assert width > 1.3 * (by_image["f1_weighted"].high - by_image["f1_weighted"].low), width
+    # deterministic (a jackknife, not a random resample)
+    assert intervals(OutOfFold(y, p, score, fold, subjects, 2, 0))["accuracy"] == by_subject["accuracy"]
 
 
 def test_summarize_folds_mean_std_and_summed_confusion():
@@ -229,15 +220,17 @@ def test_image_level_cv_scores_higher_than_subject_level_cv():
     gaps = {"accuracy": [], "f1_weighted": []}
     for seed in (0, 1, 2):
         fs = subject_features(seed=seed)
-        rows = {cv: evaluate(fs, "logistic", cv=cv, seed=seed, n_boot=200) for cv in ("subject", "image")}
+        rows = {cv: evaluate(fs, "logistic", cv=cv, seed=seed) for cv in ("subject", "image")}
         sub, img = rows["subject"], rows["image"]
         for metric, values in gaps.items():
             values.append(img.mean(metric) - sub.mean(metric))
         assert img.image_level and not sub.image_level
         assert sub.protocol_label == "subject-level 5-fold"
+        # 6 HEM subjects in 5 folds: some test fold holds one, too few for an interval over subjects (n/a, why)
+        assert sub.scores["accuracy"].ci_low is None and "subject of class hem" in sub.interval["na"]["accuracy"]
+        acc = img.scores["accuracy"]  # image-level folds hold every subject: an interval over subjects
+        assert 0 <= acc.ci_low <= acc.mean <= acc.ci_high <= 1 and img.interval["unit"] == "subject"
         for r in (sub, img):
-            acc = r.scores["accuracy"]
-            assert 0 <= acc.ci_low <= acc.mean + 0.1 and acc.ci_high <= 1
             assert r.n_test == 280 and r.n_subjects == 14 and r.positive == "all"
             assert np.sum(r.confusion) == 280 and set(r.per_subject_accuracy) == {f"S{i}" for i in range(14)}
             assert set(r.scores) == set(METRICS) and all(r.scores[m].std is not None for m in METRICS)
@@ -246,8 +239,8 @@ def test_image_level_cv_scores_higher_than_subject_level_cv():
 
 def test_evaluate_row_fields_and_parallel_folds_give_identical_results():
     fs = subject_features(n_all=5, n_hem=5, cells=10, d=12)
-    one, = evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, seed=1, jobs=1, n_boot=100)
-    two, = evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, seed=1, jobs=2, n_boot=100)
+    one, = evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, seed=1, jobs=1)
+    two, = evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, seed=1, jobs=2)
     for m in METRICS:
         assert one.mean(m) == pytest.approx(two.mean(m), nan_ok=True)
         assert one.scores[m].std == pytest.approx(two.scores[m].std)
@@ -260,7 +253,7 @@ def test_evaluate_row_fields_and_parallel_folds_give_identical_results():
 
 def test_prelim_evaluation_trains_on_folds_and_tests_once():
     fs = subject_features(prelim=4)
-    row = evaluate(fs, "svm", eval_set="prelim", n_boot=100)
+    row = evaluate(fs, "svm", eval_set="prelim")
     assert row.protocol == "prelim" and row.n_folds == 1 and row.n_test == 80
     assert row.n_train == 280 and row.scores["accuracy"].std is None  # one test set: no spread over folds
     train, test = fs.splits != "prelim", fs.splits == "prelim"
@@ -268,7 +261,7 @@ def test_prelim_evaluation_trains_on_folds_and_tests_once():
     assert row.mean("accuracy") == pytest.approx(skm.accuracy_score(fs.y[test], manual))
     unlabelled = subject_features()
     unlabelled.y[:20] = -1  # unlabelled rows are ignored, not treated as a class
-    assert evaluate(unlabelled, "logistic", n_boot=10).n_test == 260
+    assert evaluate(unlabelled, "logistic").n_test == 260
 
 
 def test_unscoped_params_go_only_to_heads_that_take_them_and_bad_values_are_user_errors():
@@ -276,26 +269,55 @@ def test_unscoped_params_go_only_to_heads_that_take_them_and_bad_values_are_user
     # the CLI's unscoped C=0.01 reaches only the heads that take it (the library takes parameters per head)
     params = parse_params(["C=0.01"], ["logistic", "knn"])
     assert params == {"logistic": {"C": 0.01}}
-    rows = evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params=params, n_boot=20)
+    rows = evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params=params)
     assert rows[0].settings["params"] == {"C": 0.01} and rows[1].settings["params"] == {}
     with pytest.raises(FeatxError, match="none of the heads logistic, knn takes 'Cee'"):
         parse_params(["Cee=1"], ["logistic", "knn"])
     with pytest.raises(FeatxError, match="head logistic: bad parameter"):
-        evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"logistic": {"Cee": 1}}, n_boot=20)
+        evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"logistic": {"Cee": 1}})
     with pytest.raises(FeatxError, match="unknown head 'C'"):
-        evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"C": 0.01}, n_boot=20)
+        evaluate_many(fs, ["logistic", "knn"], cv="subject", n_folds=5, params={"C": 0.01})
     with pytest.raises(FeatxError, match="head logistic: bad parameter"):
-        evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, params={"logistic": {"C": "abc"}}, n_boot=20)
+        evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, params={"logistic": {"C": "abc"}})
     with pytest.raises(FeatxError, match="head knn: .*n_neighbors"):
-        evaluate_many(fs, ["knn"], cv="subject", n_folds=5, params={"knn": {"n_neighbors": 500}}, n_boot=20)
+        evaluate_many(fs, ["knn"], cv="subject", n_folds=5, params={"knn": {"n_neighbors": 500}})
     with pytest.raises(FeatxError, match="jobs=0: give 1 or more"):
-        evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, jobs=0, n_boot=20)
+        evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, jobs=0)
 
 
 # ---- consistent statistics ------------------------------------------------------------------------
+def _jackknife_oracle(y_true, y_pred, fold, subjects, classes, positive, metric="accuracy"):
+    """The 95% interval recomputed from the predictions alone: each subject left out of its test fold, the
+    mean over folds of scikit-learn's metric, a jackknife stratified by each subject's class, t (Welch-
+    Satterthwaite degrees of freedom) on the logit scale (delta method). None when a test fold holds fewer
+    than 2 subjects of a class."""
+    from scipy import stats
+
+    def est(keep):
+        return np.mean([compute_metrics(y_true[keep & (fold == k)], y_pred[keep & (fold == k)], None,
+                                        classes=classes, positive=positive)[metric] for k in np.unique(fold)])
+    cls = {s: y_true[subjects == s][0] for s in np.unique(subjects)}
+    for k in np.unique(fold):
+        in_fold = np.unique(subjects[fold == k])
+        if any(sum(cls[s] == c for s in in_fold) < 2 for c in set(cls.values())):
+            return None
+    theta = est(np.ones(len(y_true), bool))
+    minus = {s: est(subjects != s) for s in cls}
+    var_of, df_of = {}, {}
+    for c in set(cls.values()):
+        t = np.array([minus[s] for s in cls if cls[s] == c])
+        var_of[c], df_of[c] = (len(t) - 1) / len(t) * np.sum((t - t.mean()) ** 2), len(t) - 1
+    var = sum(var_of.values())
+    df = var ** 2 / sum(var_of[c] ** 2 / df_of[c] for c in var_of)  # Welch-Satterthwaite
+    q = stats.t.ppf(0.975, df)
+    centre, se = np.log(theta / (1 - theta)), np.sqrt(var) / (theta * (1 - theta))
+    return tuple(1 / (1 + np.exp(-(centre + sign * q * se))) for sign in (-1, 1))
+
+
 def _check_row_statistics(row, classes):
-    """Every metric's estimate lies in its interval, and mean/std are those of per-fold metrics recomputed
-    from the row's own out-of-fold predictions."""
+    """Every metric's estimate lies in its interval (or the interval is n/a with a reason), mean/std are those
+    of per-fold metrics recomputed from the row's own out-of-fold predictions, and the accuracy's interval
+    equals one recomputed from those predictions by :func:`_jackknife_oracle`."""
     pred = row.predictions
     names = list(classes)
     fold = np.asarray(pred["fold"])
@@ -318,14 +340,24 @@ def _check_row_statistics(row, classes):
         else:
             assert score.std is None
         lo, hi = score.ci_low, score.ci_high
-        assert lo <= score.mean <= hi, (row.name, row.protocol, m, lo, score.mean, hi)
+        if lo is None:
+            assert row.interval["na"][m], (row.name, m)
+        else:
+            assert lo <= score.mean <= hi, (row.name, row.protocol, m, lo, score.mean, hi)
+    subjects = np.asarray(pred["subject"])
+    if row.ci_unit == "subject":
+        oracle = _jackknife_oracle(y_true, y_pred, fold, subjects, names, row.positive)
+        acc = row.scores["accuracy"]
+        if oracle is None:
+            assert acc.ci_low is None and row.interval["na"]["accuracy"]
+        else:
+            assert (acc.ci_low, acc.ci_high) == pytest.approx(oracle, abs=1e-9), row.name
 
 
 @pytest.mark.parametrize("cv, eval_set", [("subject", None), ("image", None), ("fold", None), ("auto", "prelim")])
 def test_every_estimate_lies_in_its_interval_and_std_is_the_sample_std(cv, eval_set):
-    fs = subject_features(n_all=6, n_hem=5, cells=8, d=12, prelim=4)
-    rows = evaluate_many(fs, ["logistic", "svm", "linear-svm", "knn"], cv=cv, n_folds=4, eval_set=eval_set,
-                         n_boot=300)
+    fs = subject_features(n_all=8, n_hem=8, cells=8, d=12, prelim=4)  # 2 subjects of each class in a test fold
+    rows = evaluate_many(fs, ["logistic", "svm", "linear-svm", "knn"], cv=cv, n_folds=4, eval_set=eval_set)
     for row in rows:
         _check_row_statistics(row, fs.classes)
         assert row.scores["accuracy"].ci_high - row.scores["accuracy"].ci_low > 0.01  # a real interval, not a point
@@ -345,7 +377,7 @@ def test_interval_is_that_of_the_mean_over_folds_not_of_the_pooled_predictions()
     y, p, subj, fold = map(np.asarray, (y, p, subj, fold))
     folds = [compute_metrics(y[fold == k], p[fold == k], None, classes=["all", "hem"], positive=0) for k in (0, 1)]
     s = summarize_folds(folds, pooled={"y_true": y, "y_pred": p, "y_score": None, "subjects": subj,
-                                       "classes": ["all", "hem"], "positive": 0, "fold": fold}, n_boot=500)
+                                       "classes": ["all", "hem"], "positive": 0, "fold": fold})
     pooled_acc = float(np.mean(y == p))
     assert abs(s["accuracy"] - pooled_acc) > 0.1
     assert s["accuracy_ci_low"] <= s["accuracy"] <= s["accuracy_ci_high"]
@@ -374,7 +406,7 @@ def test_auc_is_computed_within_folds_when_fold_scores_are_not_comparable():
     folds = [compute_metrics(y[fold == k], pred[fold == k], score[fold == k], classes=["all", "hem"], positive=0)
              for k in range(4)]
     s = summarize_folds(folds, pooled={"y_true": y, "y_pred": pred, "y_score": score, "subjects": subj,
-                                       "classes": ["all", "hem"], "positive": 0, "fold": fold}, n_boot=400)
+                                       "classes": ["all", "hem"], "positive": 0, "fold": fold})
     assert s["roc_auc"] == pytest.approx(np.mean(per_fold))
     assert s["roc_auc_ci_low"] <= s["roc_auc"] <= s["roc_auc_ci_high"] and s["roc_auc_ci_low"] > pooled_auc
     # the plotted curve averages the per-fold curves: its area is the mean per-fold AUC, not the pooled one
@@ -397,10 +429,10 @@ def test_some_rows_without_a_subject_refuse_subject_cv_and_name_the_files():
         assert "img/3.bmp, img/17.bmp, img/40.bmp and 1 more" in msg and "img/41.bmp" not in msg
         assert "fix those file names" in msg and "drop_unknown_subjects" in msg and "cv='image'" in msg
     with pytest.raises(FeatxError, match="rows have no subject id"):
-        evaluate(fs, "logistic", n_boot=10)
+        evaluate(fs, "logistic")
     image = make_splits(fs.subjects, fs.y, fs.splits, cv="image")  # asked for explicitly: allowed, and marked
     assert image.image_level and image.label == "IMAGE-LEVEL 5-fold (some subjects unknown)"
-    row = evaluate(fs, "logistic", n_boot=50, drop_unknown_subjects=True)
+    row = evaluate(fs, "logistic", drop_unknown_subjects=True)
     assert row.protocol == "subject" and row.n_test == 56 and row.dropped_unknown_subjects == 4
     assert row.protocol_label == "subject-level 5-fold; 4 rows without a subject id dropped"
     assert not set(row.predictions["path"]) & {"img/3.bmp", "img/17.bmp", "img/40.bmp", "img/41.bmp"}
@@ -417,11 +449,11 @@ def test_no_subject_at_all_falls_back_to_image_level_and_every_output_says_why(t
 
     fs = subject_features(n_all=5, n_hem=5, cells=6, d=8)
     fs.subjects[:] = ""
-    row = evaluate(fs, "logistic", n_boot=50)
+    row = evaluate(fs, "logistic")
     assert row.image_level and row.protocol_label == "IMAGE-LEVEL 5-fold (subjects unknown)"
     assert "no row has a subject id" in row.settings["cv_note"] and row.ci_unit == "image"
     with pytest.raises(FeatxError, match="drop_unknown_subjects=True: no row of demo/fc has a subject id"):
-        evaluate(fs, "logistic", n_boot=50, drop_unknown_subjects=True)
+        evaluate(fs, "logistic", drop_unknown_subjects=True)
     paths = write_results([row], tmp_path, plots=False)
     assert "**\\* IMAGE-LEVEL 5-fold (subjects unknown)**" in paths["md"].read_text()
     assert "IMAGE-LEVEL 5-fold (subjects unknown)" in paths["csv"].read_text()
@@ -444,7 +476,7 @@ def test_cnmc_tree_grid_estimates_lie_in_their_intervals(cnmc_store, cv, eval_se
     from featx.store import load_features
 
     rows = compare([cnmc_store], ["logistic", "svm", "linear-svm", "xgboost", "knn"], cv=cv if not eval_set else [],
-                   eval_set=eval_set, n_folds=3, n_boot=200, params={"xgboost": {"n_estimators": 20},
+                   eval_set=eval_set, n_folds=3, params={"xgboost": {"n_estimators": 20},
                                                                     "knn": {"n_neighbors": 3}})
     assert len(rows) == 5
     classes = load_features(cnmc_store).classes
@@ -463,7 +495,7 @@ def test_saved_model_makes_the_evaluated_predictions_row_for_row(cnmc_store, hea
     from featx.store import load_features
 
     params = {"xgboost": {"n_estimators": 20}, "softmax": {"epochs": 5, "min_steps": 20}}
-    result = run_classify(cnmc_store, head, eval_set="prelim", save=True, out=tmp_path, n_boot=50, plots=False,
+    result = run_classify(cnmc_store, head, eval_set="prelim", save=True, out=tmp_path, plots=False,
                           params=params, device="cpu")
     row, model_path = result["row"], result["model"]
     model, card = load_model(model_path)
@@ -503,18 +535,18 @@ def test_one_file_name_that_does_not_parse_refuses_subject_cv(cnmc_tree, tmp_pat
     rel = f"C-NMC_training_data/fold_0/all/{renamed.name}"
     assert list(load_features(store).subjects[load_features(store).paths == rel]) == [""]
     with pytest.raises(FeatxError) as err:
-        run_compare([store], ["logistic"], cv="subject", n_folds=3, n_boot=20)
+        run_compare([store], ["logistic"], cv="subject", n_folds=3)
     assert str(err.value).startswith(f"1 of 24 labelled rows have no subject id (their names do not parse): {rel};")
     with pytest.raises(FeatxError, match="rows have no subject id"):
-        run_compare([store], ["logistic"], n_folds=3, n_boot=20)  # auto: no silent image-level fallback
+        run_compare([store], ["logistic"], n_folds=3)  # auto: no silent image-level fallback
     out = tmp_path / "res"
-    rows = run_compare([store], ["logistic"], cv=["subject", "image"], n_folds=3, n_boot=20, out=out, plots=False,
+    rows = run_compare([store], ["logistic"], cv=["subject", "image"], n_folds=3, out=out, plots=False,
                        drop_unknown_subjects=True)["rows"]
     assert [r.dropped_unknown_subjects for r in rows] == [1, 1] and [r.n_test for r in rows] == [23, 23]
     assert all("1 row without a subject id dropped" in r.protocol_label for r in rows)
     assert "1 row without a subject id dropped" in (out / "results.md").read_text()
     assert (out / "results.csv").read_text().count("1 row without a subject id dropped") == 2
-    image = run_compare([store], ["logistic"], cv="image", n_folds=3, n_boot=20)["rows"][0]
+    image = run_compare([store], ["logistic"], cv="image", n_folds=3)["rows"][0]
     assert image.image_level and image.protocol_label.startswith("IMAGE-LEVEL 3-fold")
 
 
@@ -522,8 +554,8 @@ def test_grid_rows_are_result_rows_that_round_trip_through_results_json(tmp_path
     from featx.results import ResultRow, read_json, write_json
 
     fs = subject_features(n_all=5, n_hem=5, cells=6, d=8, prelim=2)
-    rows = evaluate_many(fs, ["logistic", "knn"], cv="subject", n_boot=20) + [
-        evaluate(fs, "logistic", eval_set="prelim", n_boot=20)]
+    rows = evaluate_many(fs, ["logistic", "knn"], cv="subject") + [
+        evaluate(fs, "logistic", eval_set="prelim")]
     assert all(isinstance(r, ResultRow) for r in rows) and [r.head for r in rows] == ["logistic", "knn", "logistic"]
     assert rows[2].scores["accuracy"].std is None and rows[0].scores["accuracy"].std is not None
     for r in rows:

@@ -58,7 +58,7 @@ def test_compare_reads_each_store_once_over_taps_heads_and_fused_groups(two_stor
 
     monkeypatch.setattr(reader, "_read_one", counted)
     taps = ["fc", "pool5", ["fc", "pool5"]]
-    rows = compare([a, b, [a, b]], ["logistic", "knn"], taps, cv="subject", n_folds=3, n_boot=10, jobs=1)
+    rows = compare([a, b, [a, b]], ["logistic", "knn"], taps, cv="subject", n_folds=3, jobs=1)
     assert len(rows) == 3 * 3 * 2
     assert sorted(reads) == sorted([str(a), str(b)])  # 18 rows, 9 feature sets: one read of each file
     # the same features as loading each store group x tap group alone
@@ -92,7 +92,7 @@ def test_svm_refuses_a_kernel_larger_than_the_memory_available_before_allocating
     assert "(703 KiB;" in msg and "1.0 MiB of memory is available" in msg and "linear-svm" in msg
     # through the grid the same one line, not wrapped as a parameter error
     with pytest.raises(FeatxError, match=r"head svm: the RBF kernel of \d+ training rows") as err:
-        evaluate(fs, "svm", cv="subject", n_folds=5, n_boot=10, jobs=1, params={"svm": {"cache_size": 1}})
+        evaluate(fs, "svm", cv="subject", n_folds=5, jobs=1, params={"svm": {"cache_size": 1}})
     assert "change" not in str(err.value)
 
 
@@ -131,7 +131,7 @@ def test_xgboost_early_stopping_holds_out_whole_training_subjects_never_test_row
         return out
 
     monkeypatch.setattr(XGBoostClassifier, "fit", spy)
-    row = evaluate(fs, "xgboost", cv="subject", n_folds=3, n_boot=10, jobs=1, preprocess=None,
+    row = evaluate(fs, "xgboost", cv="subject", n_folds=3, jobs=1, preprocess=None,
                    params={"xgboost": {"n_estimators": 60, "validation_fraction": 0.25}})
     fold_of = {int(p.split(".")[0]): f for p, f in zip(row.predictions["path"], row.predictions["fold"])}
     assert len(seen) == 3
@@ -170,8 +170,8 @@ def test_parallel_folds_give_the_rows_of_serial_folds():
     fs = features(n_subjects=10, cells=40, d=12)
     params = {"xgboost": {"n_estimators": 20}, "softmax": {"epochs": 5, "min_steps": 20}}
     heads = ["logistic", "svm", "xgboost", "softmax"]
-    serial = evaluate_many(fs, heads, cv="subject", n_folds=4, n_boot=50, jobs=1, params=params, device="cpu")
-    parallel = evaluate_many(fs, heads, cv="subject", n_folds=4, n_boot=50, jobs=2, params=params, device="cpu")
+    serial = evaluate_many(fs, heads, cv="subject", n_folds=4, jobs=1, params=params, device="cpu")
+    parallel = evaluate_many(fs, heads, cv="subject", n_folds=4, jobs=2, params=params, device="cpu")
     for s, p in zip(serial, parallel):
         assert s.head == p.head
         np.testing.assert_allclose(p.predictions["score"], s.predictions["score"], rtol=0, atol=1e-4)
@@ -188,7 +188,7 @@ def test_a_grid_after_a_grid_of_other_libraries_gets_workers_without_a_restart_w
     params = {"softmax": {"epochs": 5, "min_steps": 20}}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows = [evaluate_many(fs, [head], cv="subject", n_folds=4, n_boot=20, jobs=2, params=params,
+        rows = [evaluate_many(fs, [head], cv="subject", n_folds=4, jobs=2, params=params,
                               device="cpu")[0] for head in ("logistic", "softmax", "softmax")]
     assert [r.head for r in rows] == ["logistic", "softmax", "softmax"]
     assert rows[1].predictions["score"] == rows[2].predictions["score"]
@@ -240,7 +240,7 @@ def test_one_jobs_rule_for_the_pool_the_clusters_and_the_input_check(monkeypatch
 # ---- recorded parameters ------------------------------------------------------------------------------
 def test_rows_and_cards_record_every_head_parameter_as_built(tmp_path, two_stores):
     fs = features(n_subjects=6, cells=30)
-    rows = evaluate_many(fs, ["svm", "xgboost", "softmax"], cv="subject", n_folds=3, n_boot=10, jobs=1,
+    rows = evaluate_many(fs, ["svm", "xgboost", "softmax"], cv="subject", n_folds=3, jobs=1,
                          params={"xgboost": {"n_estimators": 12}})
     by_head = {r.head: r.settings for r in rows}
     assert by_head["svm"]["head_params"]["kernel_dtype"] == "float32"
@@ -251,7 +251,7 @@ def test_rows_and_cards_record_every_head_parameter_as_built(tmp_path, two_store
     assert by_head["xgboost"]["params"] == {"n_estimators": 12}
     assert by_head["softmax"]["head_params"]["epochs"] == 10
     assert "random_state" not in xgb and "device" not in xgb and "class_weight" not in xgb
-    out = run_classify(two_stores[0], "xgboost", n_folds=3, n_boot=10, jobs=1, out=tmp_path, save=True,
+    out = run_classify(two_stores[0], "xgboost", n_folds=3, jobs=1, out=tmp_path, save=True,
                        plots=False, params={"xgboost": {"n_estimators": 12}})
     card = json.loads(out["model"].with_suffix(".json").read_text())
     assert card["head_params"]["learning_rate"] == 0.15 and card["head_params"]["n_estimators"] == 12

@@ -24,7 +24,7 @@ from featx.workflows.hybrid import INNER_TRAIN, INNER_VAL, hybrid
 LABEL = "hybrid subject-level 3-fold (network fine-tuned per fold on training subjects)"
 # tiny and fast: cnn from scratch at 32 px, 2 epochs, no worker processes, no plots
 TINY = dict(backbone="cnn", heads=["svm", "logistic"], n_folds=3, weights="none", image_size=32, epochs=2, batch_size=8,
-            augment=False, device="cpu", workers=0, plots=False, n_boot=200)
+            augment=False, device="cpu", workers=0, plots=False)
 METRIC_KEYS = ("accuracy", "f1", "f1_weighted", "roc_auc", "accuracy_ci_low", "accuracy_ci_high", "confusion",
                "n_train", "n_test", "n_subjects", "roc", "per_subject_accuracy")
 
@@ -59,8 +59,14 @@ def test_rows_for_each_head_and_the_network_on_subject_folds(clean, cnmc_tree):
         assert (r["protocol"], r["protocol_label"], r["image_level"], r["n_folds"]) == ("hybrid", LABEL, False, 3)
         assert r["n_test"] == 24 and r["n_subjects"] == 6  # the 24 training images; prelim/final stay out
         assert sum(map(sum, r["confusion"])) == 24
-        assert 0 <= r["accuracy_ci_low"] <= r["accuracy_ci_high"] <= 1
+        # one subject of each class per test fold: no interval over subjects, and every output says why
+        assert r["accuracy_ci_low"] is None and "holds 1 subject of class" in r["interval"]["na"]["accuracy"]
     assert (rows["cnn fine-tuned"]["head"], rows["cnn fine-tuned"]["tap"]) == (None, "logits")
+    # the heads and the network share the outer folds: each row is paired with the best one
+    best = max(rows.values(), key=lambda r: r["f1_weighted"])
+    for r in rows.values():
+        c = r["comparison"]
+        assert c["reference"] == best["name"] and c["delta"] == pytest.approx(r["f1_weighted"] - best["f1_weighted"])
 
     col = discover(cnmc_tree)
     training = {s.subject for s in col.samples if s.label and s.split not in ("prelim", "final")}
@@ -198,7 +204,7 @@ def test_cli_hybrid_resumes_and_prints_the_table(clean, cnmc_tree, wide_console)
 
     args = ["hybrid", str(cnmc_tree), "--backbone", "cnn", "--heads", "svm,logistic", "--folds", "3", "--weights",
             "none", "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--no-augment", "--device", "cpu",
-            "--workers", "0", "--no-plots", "--boot", "200", "--out", str(clean["out"])]
+            "--workers", "0", "--no-plots", "--out", str(clean["out"])]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert res.output.count("finished earlier") == 3
@@ -222,7 +228,7 @@ def test_random_labels_on_real_images_give_chance(tmp_path):
         manifest = make_random_label_digits(root / "digits", n_subjects=12, per_subject=4, size=32, seed=seed)
         result = hybrid(manifest, root / "run", backbone="cnn", heads=["svm", "logistic"], n_folds=2, seed=seed,
                         weights="none", image_size=32, epochs=20, lr=3e-3, batch_size=8, dropout=0.0, augment=False,
-                        schedule="cosine", weight_decay=0.0, device="cpu", workers=0, plots=False, n_boot=20)
+                        schedule="cosine", weight_decay=0.0, device="cpu", workers=0, plots=False)
         col = discover(manifest)
         for f in result["folds"]:
             inner_train = set(f["train_subjects"]) - set(f["inner_val_subjects"])

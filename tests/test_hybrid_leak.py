@@ -100,15 +100,15 @@ def test_evaluate_marks_rows_and_plain_stores_are_unchanged():
     subjects = [s for s in "AABBCCDDEEFFGGHH"]
     roles = ["train"] * 10 + ["val"] * 2 + [""] * 4
     fs = _featureset(roles, subjects)
-    row = evaluate(fs, "logistic", n_boot=50)
+    row = evaluate(fs, "logistic")
     assert row.protocol == "tuned-holdout" and row.optimistic is False
     assert row.n_test == 6 and row.n_train == 10
     assert row.tuned["n_seen"] == 10 and row.tuned["n_unseen"] == 6
-    opt = evaluate(fs, "logistic", cv="subject", n_folds=4, n_boot=50, allow_optimistic=True)
+    opt = evaluate(fs, "logistic", cv="subject", n_folds=4, allow_optimistic=True)
     assert opt.optimistic is True and "OPTIMISTIC" in opt.protocol_label and opt.n_test == 16
     plain = _featureset(roles, subjects)
     plain.roles, plain.tuned = None, []
-    row = evaluate(plain, "logistic", n_folds=4, n_boot=50)
+    row = evaluate(plain, "logistic", n_folds=4)
     assert row.protocol == "subject" and row.optimistic is False and row.tuned is None
     # select() keeps the roles aligned
     sub = fs.select(np.array([0, 11, 15]))
@@ -167,7 +167,7 @@ def test_checkpoint_records_provenance_and_extract_copies_it(cnmc_tree, tuned_ru
 
     # default classify: heads on the 24 rows best.pt saw (16 trained on, 8 that chose its epoch), tested on
     # the 6 labelled prelim rows it never saw
-    result, out = _cli("classify", store, "--head", "logistic", "--out", tmp_path / "res", "--boot", "50")
+    result, out = _cli("classify", store, "--head", "logistic", "--out", tmp_path / "res")
     assert result.exit_code == 0, out
     row = json.loads((tmp_path / "res" / "results.json").read_text())[0]
     assert row["protocol"] == "tuned-holdout" and row["n_train"] == 16 + 8 and row["n_test"] == 6
@@ -176,10 +176,9 @@ def test_checkpoint_records_provenance_and_extract_copies_it(cnmc_tree, tuned_ru
     # last.pt of this fixed-length run: no validation image chose its epoch, so fold_2 is unseen
     store_last = extract(cnmc_tree, tmp_path / "last.h5", weights=tuned_run / "last.pt", **EXTRACT)
     assert summarize(store_last)["network_roles"] == {"train": 16, "val": 8, "unseen": 10}
-    assert evaluate(load_features(store_last), "logistic", n_boot=20).n_test == 8 + 6
+    assert evaluate(load_features(store_last), "logistic").n_test == 8 + 6
     # --eval prelim: never seen, so allowed and named as tuned
-    result, out = _cli("classify", store, "--head", "logistic", "--eval", "prelim", "--out", tmp_path / "p",
-                       "--boot", "50")
+    result, out = _cli("classify", store, "--head", "logistic", "--eval", "prelim", "--out", tmp_path / "p")
     assert result.exit_code == 0, out
     assert json.loads((tmp_path / "p" / "results.json").read_text())[0]["protocol"] == "tuned-prelim"
     # explicit CV over rows the network trained on: one line, exit 1
@@ -202,7 +201,7 @@ def test_other_root_subset_and_unrecorded_checkpoints(cnmc_tree, tuned_run, tmp_
         roles = list(h5["samples/network_role"].asstr()[:])
     assert attr["same_root"] is False and "data root differs" in attr["match"]
     assert roles.count("train") == 16 and roles.count("val") == 8
-    row = evaluate(load_features(store), "logistic", n_boot=20)
+    row = evaluate(load_features(store), "logistic")
     assert row.protocol == "tuned-holdout" and "data root differs" in row.settings["cv_note"]
 
     # a store of only the rows the network trained on: nothing to test, refused with what to do
@@ -223,14 +222,14 @@ def test_other_root_subset_and_unrecorded_checkpoints(cnmc_tree, tuned_run, tmp_
     assert set(load_features(old).roles) == {"unknown"}
     with pytest.raises(FeatxError, match="none is left to test on"):
         evaluate(load_features(old), "logistic")
-    row = evaluate(load_features(old), "logistic", cv="subject", n_folds=3, n_boot=20, allow_optimistic=True)
+    row = evaluate(load_features(old), "logistic", cv="subject", n_folds=3, allow_optimistic=True)
     assert row.optimistic and row.weights_provenance == "unknown"
     assert row.marks == ["OPTIMISTIC", "weights of unknown provenance"]
     # the user's statement replaces the lost record: no roles, plain subject CV, rows say what was stated
     stated = extract(cnmc_tree, tmp_path / "stated.h5", weights=tmp_path / "old.pt", weights_never_saw_images=True,
                      **EXTRACT)
     assert load_features(stated).roles is None
-    row = evaluate(load_features(stated), "logistic", n_folds=3, n_boot=20)
+    row = evaluate(load_features(stated), "logistic", n_folds=3)
     assert row.protocol == "subject" and not row.marked and row.marks == ["weights stated unseen by the user"]
     # a checkpoint that records its images refuses the statement (its record is what counts)
     with pytest.raises(FeatxError, match=r"weights_never_saw_images is for weights of unknown provenance; .*last.pt "
@@ -315,7 +314,7 @@ def test_random_labels_tuned_store_scores_chance_and_optimistic_cv_is_marked(mem
 
         # default options: only rows the network never saw are scored (last.pt of a fixed-length run: every
         # validation image, none of which chose its epoch)
-        result, out = _cli("classify", store, "--out", root / "default", "--no-plots", "--boot", "20")
+        result, out = _cli("classify", store, "--out", root / "default", "--no-plots")
         assert result.exit_code == 0, out
         row = json.loads((root / "default" / "results.json").read_text())[0]
         assert row["protocol"] == "tuned-holdout" and not row["optimistic"] and "tuned-holdout" in out
@@ -324,7 +323,7 @@ def test_random_labels_tuned_store_scores_chance_and_optimistic_cv_is_marked(mem
 
         # asked for explicitly: CV over rows the network memorised
         opt_dir = root / "optimistic"
-        result, out = _cli("classify", store, "--cv", "subject", "--optimistic", "--out", opt_dir, "--boot", "20")
+        result, out = _cli("classify", store, "--cv", "subject", "--optimistic", "--out", opt_dir)
         assert result.exit_code == 0, out
         opt = json.loads((opt_dir / "results.json").read_text())[0]
         assert opt["optimistic"] is True and opt["protocol_label"].startswith("OPTIMISTIC")
@@ -364,8 +363,7 @@ def test_random_labels_plain_state_dict_is_marked_unknown_provenance(memorised, 
         assert warning[0].endswith("say so with --weights-never-saw-images"), warning
         with h5py.File(store) as h5:
             assert h5.attrs["weights_provenance"] == "unknown" and "network_role" not in h5["samples"]
-        result, out = _cli("classify", store, "--out", run["root"] / "plain", "--boot", "20",
-                           *(["--no-plots"] if run["seed"] else []))
+        result, out = _cli("classify", store, "--out", run["root"] / "plain", *(["--no-plots"] if run["seed"] else []))
         assert result.exit_code == 0, out
         row = json.loads((run["root"] / "plain" / "results.json").read_text())[0]
         assert row["protocol"] == "subject" and row["weights_provenance"] == "unknown" and not row["optimistic"]
@@ -399,7 +397,7 @@ def test_random_labels_plain_state_dict_is_marked_unknown_provenance(memorised, 
     assert "weights stated unseen by the user: every result row from this store says so" in out
     with h5py.File(stated) as h5:
         assert h5.attrs["weights_provenance"] == "stated-unseen"
-    result, out = _cli("classify", stated, "--out", tmp_path / "stated", "--no-plots", "--boot", "20")
+    result, out = _cli("classify", stated, "--out", tmp_path / "stated", "--no-plots")
     assert result.exit_code == 0, out
     row = json.loads((tmp_path / "stated" / "results.json").read_text())[0]
     assert row["weights_provenance"] == "stated-unseen" and "unknown provenance" not in out
@@ -433,7 +431,7 @@ def test_random_labels_best_pt_never_tests_the_images_that_chose_its_epoch(memor
         roles = dict(zip(fs.paths, fs.roles))
         assert {p for p, r in roles.items() if r == "val-choose"} == chose
         assert {p for p, r in roles.items() if r == "val"} == val - chose
-        row = evaluate(fs, "svm", n_boot=20)
+        row = evaluate(fs, "svm")
         assert row.protocol == "tuned-holdout" and row.n_test == len(val - chose)
         assert row.n_train == len(prov["train"]["paths"]) + len(chose)  # the heads may train on seen rows
         tested = set(row.predictions["path"])
@@ -457,7 +455,7 @@ def test_plots_and_tables_mark_optimistic_rows(tmp_path, monkeypatch):
 
     monkeypatch.setattr(report_files, "plot_bars", bars)
     fs = _featureset(["train"] * 10 + ["val"] * 2 + [""] * 4, [s for s in "AABBCCDDEEFFGGHH"])
-    rows = [evaluate(fs, "logistic", n_boot=20), evaluate(fs, "logistic", cv="subject", n_folds=4, n_boot=20,
+    rows = [evaluate(fs, "logistic"), evaluate(fs, "logistic", cv="subject", n_folds=4,
                                                           allow_optimistic=True)]
     report.write_results(rows, tmp_path)
     assert "OPTIMISTIC" not in titles[0] and "OPTIMISTIC" in titles[1]
@@ -481,14 +479,14 @@ def test_fine_tuning_from_weights_of_unknown_provenance_carries_the_mark(cnmc_tr
     assert json.loads((tmp_path / "run" / "results.json").read_text())[0]["weights_provenance"] == "unknown"
     with pytest.warns(FeatxWarning, match="fine-tuned from weights of unknown provenance"):
         store = extract(cnmc_tree, tmp_path / "t.h5", weights=tmp_path / "run" / "best.pt", **EXTRACT)
-    row = evaluate(load_features(store), "logistic", n_boot=20)
+    row = evaluate(load_features(store), "logistic")
     assert row.protocol == "tuned-holdout" and row.weights_provenance == "unknown"
 
     stated = finetune(cnmc_tree, tmp_path / "stated", weights_never_saw_images=True, **opts)
     assert stated["row"].weights_provenance == "stated-unseen" and not stated["row"].marked
     store = extract(cnmc_tree, tmp_path / "s.h5", weights=tmp_path / "stated" / "best.pt", **EXTRACT)
     assert store_settings(store)["weights_provenance"] == "stated-unseen"
-    assert evaluate(load_features(store), "logistic", n_boot=20).marks == ["weights stated unseen by the user"]
+    assert evaluate(load_features(store), "logistic").marks == ["weights stated unseen by the user"]
 
 
 def test_weights_origin_of_files_checkpoints_and_older_stores():
@@ -539,23 +537,23 @@ def test_a_store_of_an_older_featx_counts_its_validation_rows_as_seen(cnmc_tree,
         h5.attrs["tuned_provenance"] = json.dumps(attr)
     fs = load_features(store)
     assert sorted(set(fs.roles)) == ["", "train", "val-choose"]
-    row = evaluate(fs, "logistic", n_boot=20)
+    row = evaluate(fs, "logistic")
     assert row.n_test == 6 and "did not record which validation images chose" in row.settings["cv_note"]
 
 
 def test_compare_mixes_frozen_and_tuned_stores_honestly(cnmc_tree, tuned_run, tmp_path):
     tuned = extract(cnmc_tree, tmp_path / "t.h5", weights=tuned_run / "last.pt", **EXTRACT)
     frozen = extract(cnmc_tree, tmp_path / "f.h5", weights="none", seed=0, **EXTRACT)
-    rows = compare([frozen, tuned, [frozen, tuned]], ["logistic"], n_folds=3, n_boot=20)
+    rows = compare([frozen, tuned, [frozen, tuned]], ["logistic"], n_folds=3)
     assert [r.protocol for r in rows] == ["subject", "tuned-holdout", "tuned-holdout"]
     assert rows[0].optimistic is False and rows[0].tuned is None and rows[1].optimistic is False
     assert rows[1].n_test == rows[2].n_test == 8 + 6  # a fused store keeps the tuned store's roles
     with pytest.raises(FeatxError, match="allow_optimistic"):
         compare([frozen, tuned], ["logistic"], cv="subject", n_folds=3)
-    rows = compare([frozen, tuned], ["logistic"], cv="subject", n_folds=3, n_boot=20, allow_optimistic=True)
+    rows = compare([frozen, tuned], ["logistic"], cv="subject", n_folds=3, allow_optimistic=True)
     assert [r.optimistic for r in rows] == [False, True]
     result, out = _cli("compare", frozen, tuned, "--heads", "logistic", "--cv", "subject", "--folds", "3",
-                       "--optimistic", "--boot", "20", "--no-plots", "--out", tmp_path / "cmp")
+                       "--optimistic", "--no-plots", "--out", tmp_path / "cmp")
     assert result.exit_code == 0, out
     assert "OPTIMISTIC subject 3-fold" in out and "features tuned on test subjects" in out
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())

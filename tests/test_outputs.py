@@ -21,8 +21,8 @@ from featx.workflows.classify import default_out, run_classify, run_compare
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
 
-FAST = ("--folds", "3", "--boot", "20", "--no-plots")
-LIB = dict(n_folds=3, n_boot=20, plots=False)
+FAST = ("--folds", "3", "--no-plots")
+LIB = dict(n_folds=3, plots=False)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_the_library_refuses_before_any_fit(store, tmp_path, monkeypatch):
     monkeypatch.setattr(grid_module, "evaluate_many", lambda *a, **k: calls.append(a))
     with pytest.raises(FeatxError, match=r"holds the results of `featx compare` \(1 row\); choose another out or "
                                          r"add overwrite=True"):
-        run_classify(store, "knn", out=out, n_folds=3, n_boot=20, plots=False)
+        run_classify(store, "knn", out=out, n_folds=3, plots=False)
     with pytest.raises(FeatxError, match="`featx compare` .1 row. over other stores, taps, heads or protocols"):
         run_compare([store], ["logistic", "knn"], cv="subject", out=out, **LIB)
     assert calls == []
@@ -157,7 +157,7 @@ def test_results_without_a_manifest_count_as_another_run_unless_they_are_this_gr
 def test_table_reads_every_results_json_under_a_folder(store, tmp_path):
     parent = tmp_path / "all"
     compare_rows = run_compare([store], ["logistic", "knn"], cv="subject", out=parent / "compare", **LIB)["rows"]
-    classify_row = run_classify(store, "logistic", cv="image", out=parent / "classify", n_folds=3, n_boot=20,
+    classify_row = run_classify(store, "logistic", cv="image", out=parent / "classify", n_folds=3,
                                 plots=False)["row"]
     hybrid = parent / "runs" / "hybrid-cnn"  # a hybrid run: its results at the top, fold work below
     write_results(compare_rows[:1], hybrid, plots=False)

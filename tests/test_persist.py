@@ -38,7 +38,7 @@ def models(cnmc_tree, tmp_path_factory) -> dict:
     saved = {}
     for head in list_heads():
         result = run_classify(str(store), head, eval_set="prelim", save=True, skops=True, out=root / f"res-{head}",
-                              plots=False, n_boot=10, device="cpu",
+                              plots=False, device="cpu",
                               params={head: SMALL[head]} if head in SMALL else None)
         saved[head] = (result["model"], result["skops"])
     return {"root": root, "store": store, "saved": saved, "data": cnmc_tree}

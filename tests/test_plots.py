@@ -62,7 +62,7 @@ def test_comparison_chart_is_sorted_zoomed_capped_and_says_what_the_bars_are(dra
     err_x = [x for coll in ax.collections for seg in coll.get_segments() for x, _ in seg]
     assert err_x and max(err_x) <= 100 and min(err_x) >= left
     xlabel = ax.get_xlabel()
-    assert "95% bootstrap CI" in xlabel and "sd over folds" in xlabel  # both kinds here, both named
+    assert "95% CI (subject jackknife)" in xlabel and "sd over folds" in xlabel  # both kinds here, both named
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert {"Accuracy", "F1 (ALL)", "Weighted F1"} <= set(legend) and "f1" not in legend
     assert any("IMAGE-LEVEL / OPTIMISTIC" in t for t in legend)
@@ -80,7 +80,7 @@ def test_comparison_chart_hatches_and_labels_image_level_and_optimistic_rows(dra
     bars = [p for p in ax.patches if p.get_width() > 0]
     hatched = {round(p.get_y() + p.get_height() / 2) for p in bars if p.get_hatch()}
     assert len(bars) == 6 and hatched == {0, 1}  # both bars of rows b and c, none of a
-    assert "sd" not in ax.get_xlabel() and "95% bootstrap CI" in ax.get_xlabel()
+    assert "sd over folds" not in ax.get_xlabel() and "95% CI (subject jackknife)" in ax.get_xlabel()
 
 
 def test_comparison_chart_names_sd_bars_and_leaves_undefined_scores_out(drawn, tmp_path):

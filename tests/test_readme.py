@@ -33,8 +33,7 @@ SHRINK = (
     (r"^featx compare ", " --folds 3", "3 folds instead of 5"),
     (r"^featx (extract|finetune|hybrid|predict) ", " --workers 0",
      "images decoded in the main process: a decode worker costs more to start than 40 tiny images take"),
-    (r"^featx (classify|compare|hybrid) ", " --boot 100 --no-plots",
-     "100 bootstrap draws instead of 1,000, and no per-row PNGs (featx report draws them again)"),
+    (r"^featx (classify|compare|hybrid) ", " --no-plots", "no per-row PNGs (featx report draws them again)"),
     (r"^featx (finetune|hybrid) ", " --epochs 1 --batch-size 8", "one epoch instead of the preset's 15"),
     (r"^featx hybrid ", " --folds 3", "3 outer folds instead of 5"),
 )

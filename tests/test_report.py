@@ -54,7 +54,8 @@ def test_table_has_the_study_columns_and_marks_image_level_rows():
                    "(mean ± sd over 5 folds, %)"):
         assert header in text
     flat = " ".join(text.split())
-    assert "± = sample std (ddof=1) over folds; 95% CIs (bootstrap of the mean over folds" in flat
+    assert ("± = sample std (ddof=1) over folds; 95% CIs of the mean over folds (jackknife over subjects, "
+            "t-interval on the logit scale)") in flat
     lines = [ln for ln in text.splitlines() if "vgg16/fc7 + svm" in ln]
     assert "87.12 ± 3.10" in lines[0] and "subject 5-fold" in lines[0] and "*" not in lines[0]
     assert "97.44 ± 1.20" in lines[1] and "* IMAGE-LEVEL 5-fold" in lines[1]
@@ -119,8 +120,10 @@ def test_rows_with_the_same_slug_get_their_own_plots(tmp_path):
 def test_markdown_says_what_the_plus_minus_and_the_interval_are(tmp_path):
     md = write_results(ROWS, tmp_path, plots=False)["md"].read_text()
     assert STATS_NOTE in md
-    for words in ("sample standard deviation (ddof=1)", "mean over folds", "percentile bootstrap of that same mean",
-                  "within each test fold", "ROC-AUC is computed within each fold and averaged"):
+    for words in ("sample standard deviation (ddof=1)", "mean over the folds where a metric is defined",
+                  "undefined, not 0", "delete-one-subject jackknife stratified by class", "logit scale",
+                  "scripts/interval_study.py", "n/a", "ROC-AUC is computed within each fold and averaged",
+                  "## 95% intervals"):
         assert words in md
 
 

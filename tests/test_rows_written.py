@@ -32,7 +32,7 @@ def cnn_store(cnmc_tree, tmp_path_factory):
 
 def test_compare_rows_round_trip_through_json_and_csv(cnn_store, tmp_path):
     result = run_compare([cnn_store], ["logistic", "knn"], [["fc"], ["fc", "pool5"]], cv=["subject", "image"],
-                         n_folds=3, n_boot=20, out=tmp_path, plots=False)
+                         n_folds=3, out=tmp_path, plots=False)
     rows = result["rows"]
     assert all(isinstance(r, ResultRow) for r in rows) and len(rows) == 2 * 2 * 2
     assert {r.flag for r in rows} == {"", "IMAGE-LEVEL"} and all(r.predictions for r in rows)
@@ -42,7 +42,7 @@ def test_compare_rows_round_trip_through_json_and_csv(cnn_store, tmp_path):
 
 def test_compare_cli_rows_read_back_equal_from_both_files(cnn_store, tmp_path):
     result, _ = invoke("compare", str(cnn_store), "--heads", "logistic", "--taps", "fc,fc+pool5", "--folds", "3",
-                       "--boot", "20", "--no-plots", "--out", str(tmp_path))
+                       "--no-plots", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     from_json = read_json(tmp_path / "results.json")
     assert [r.name for r in from_json] == ["cnn/fc + logistic", "cnn/fc+pool5 + logistic"]
@@ -60,7 +60,7 @@ def test_finetune_row_round_trips_and_table_reads_both_kinds(cnmc_tree, cnn_stor
     _same_rows(rows_from_csv(run / "results.csv"), [row])
 
     heads = tmp_path / "heads"
-    run_compare([cnn_store], ["logistic"], n_folds=3, n_boot=20, out=heads, plots=False)
+    run_compare([cnn_store], ["logistic"], n_folds=3, out=heads, plots=False)
     result, text = invoke("table", str(heads), str(run), "--out", str(tmp_path / "table"))
     assert result.exit_code == 0, result.output
     assert "cnn/fc + logistic" in text and "cnn fine-tuned" in text

@@ -64,9 +64,9 @@ def test_nested_score_stays_at_chance_where_the_best_plain_row_is_optimistic():
     nested, best = [], []
     for seed in SEEDS:
         features = noise_features(seed=seed)
-        nested.append(evaluate(features, "knn", cv="subject", n_folds=5, seed=seed, n_boot=20,
+        nested.append(evaluate(features, "knn", cv="subject", n_folds=5, seed=seed,
                                search=Search(space={"knn": {"n_neighbors": K_GRID}})))
-        plain = [evaluate(features, "knn", cv="subject", n_folds=5, seed=seed, n_boot=20,
+        plain = [evaluate(features, "knn", cv="subject", n_folds=5, seed=seed,
                           params={"knn": {"n_neighbors": k}}) for k in K_GRID]
         assert nested[-1].nested and not any(r.nested for r in plain)
         best.append(max(pooled_accuracy([r])[0] for r in plain))
@@ -86,7 +86,7 @@ def test_inner_folds_never_share_a_subject_with_the_outer_test_fold_or_each_othe
 
     monkeypatch.setattr(grid_module, "fit_search", spy)
     grid = [0.01, 1.0, 100.0]
-    row = evaluate(features, "logistic", cv="subject", n_folds=3, seed=0, n_boot=20, jobs=1,
+    row = evaluate(features, "logistic", cv="subject", n_folds=3, seed=0, jobs=1,
                    search=Search(space={"logistic": {"C": grid}}, inner_folds=3))
     outer = make_splits(features.subjects, features.y, features.splits, cv="subject", n_folds=3, seed=0)
     assert len(calls) == 3
@@ -112,7 +112,7 @@ def test_inner_folds_never_share_a_subject_with_the_outer_test_fold_or_each_othe
 
 def test_random_search_samples_a_log_uniform_range():
     features = signal_features()
-    row = evaluate(features, "logistic", cv="subject", n_folds=3, seed=0, n_boot=20,
+    row = evaluate(features, "logistic", cv="subject", n_folds=3, seed=0,
                    search=Search(space={"logistic": {"C": LogUniform(1e-3, 1e3)}}, method="random", n_iter=4))
     assert len(row.inner_scores) == 3 * 4
     assert all(1e-3 <= p["C"] <= 1e3 for p in row.chosen_params)
@@ -121,7 +121,7 @@ def test_random_search_samples_a_log_uniform_range():
 def test_image_level_inner_folds_when_subjects_are_unknown():
     features = signal_features()
     features.subjects = np.full(len(features.y), "")
-    row = evaluate(features, "logistic", cv="image", n_folds=3, seed=0, n_boot=20,
+    row = evaluate(features, "logistic", cv="image", n_folds=3, seed=0,
                    search=Search(space={"logistic": {"C": [0.1, 10.0]}}))
     assert row.nested and "stratified over images" in row.settings["cv_note"]
 
@@ -130,7 +130,7 @@ def test_save_with_a_search_records_the_chosen_parameters_in_the_card(tmp_path, 
     features = signal_features()
     # the store loader replaced by in-memory features
     monkeypatch.setattr(classify_workflow, "load_features", lambda store, tap, **kw: features)
-    result = run_classify(tmp_path / "dummy.h5", "logistic", cv="subject", n_folds=3, n_boot=20, out=tmp_path,
+    result = run_classify(tmp_path / "dummy.h5", "logistic", cv="subject", n_folds=3, out=tmp_path,
                           save=True, plots=False, search=Search(space={"logistic": {"C": [0.01, 1.0, 100.0]}}))
     card = json.loads(card_path(result["model"]).read_text())
     chosen = card["search"]["chosen_params"]
@@ -171,7 +171,7 @@ def cnn_store(cnmc_tree, tmp_path_factory):
 def test_cli_classify_with_a_param_list_is_nested_and_writes_search_csv(cnn_store, tmp_path):
     out = tmp_path / "res"
     result, text = invoke("classify", cnn_store, "--head", "logistic", "--param", "C=0.01,1,100", "--folds", "3",
-                          "--inner-folds", "2", "--boot", "20", "--no-plots", "--out", out)
+                          "--inner-folds", "2", "--no-plots", "--out", out)
     assert result.exit_code == 0, result.output
     assert "nested" in text
     files = list((out / "search").glob("*.csv"))
@@ -189,7 +189,7 @@ def test_cli_classify_with_a_param_list_is_nested_and_writes_search_csv(cnn_stor
 
 def test_compare_nests_only_the_heads_with_a_space_and_runs_the_outer_folds_in_parallel():
     features = signal_features()
-    rows = evaluate_many(features, ["logistic", "knn"], cv="subject", n_folds=3, seed=0, n_boot=20, jobs=2,
+    rows = evaluate_many(features, ["logistic", "knn"], cv="subject", n_folds=3, seed=0, jobs=2,
                          search=Search(space={"logistic": {"C": LogUniform(1e-2, 1e2)}}, method="random", n_iter=3))
     by_head = {r.head: r for r in rows}
     assert by_head["logistic"].nested and len(by_head["logistic"].chosen_params) == 3

@@ -16,7 +16,7 @@ from featx.evaluation.search import Search
 from featx.evaluation.selection import check_same_rows, selection_row
 from featx.extract import extract
 from featx.report import results_table
-from featx.report.table import markdown_table, results_markdown
+from featx.report.markdown import markdown_table, results_markdown
 from featx.results import read_json, rows_from_csv, write_csv, write_json
 from featx.store import FeatureSet
 
@@ -48,16 +48,18 @@ def _informative_and_noise(seed=0):
 
 def test_selection_picks_the_informative_candidate_in_every_fold_and_marks_other_rows():
     good, noise = _informative_and_noise()
-    row = selection_row([noise, good], ["logistic", "knn"], cv="subject", n_folds=4, n_boot=20, seed=0)
+    row = selection_row([noise, good], ["logistic", "knn"], cv="subject", n_folds=4, seed=0)
     assert row.name == "selected by inner f1_weighted" and row.backbone == "selected" and row.head == "selected"
     assert row.n_folds == 4 and len(row.settings["selected"]) == 4
     assert set(row.settings["selected"]) <= set(row.settings["candidates"])
     assert all(s.startswith("good/fc + ") for s in row.settings["selected"])
     assert row.mean("accuracy") > 0.8
     assert "StratifiedGroupKFold(3)" in row.settings["inner_cv"]
-    # the row is summarised like the others: estimate within its interval, predictions of every test row
+    # the row is summarised like the others: an interval over subjects (n/a here, and why: every cell right),
+    # predictions of every test row
     acc = row.score("accuracy")
-    assert acc.ci_low <= acc.mean <= acc.ci_high and len(row.predictions["y_pred"]) == len(good.y)
+    assert acc.mean == 1.0 and acc.ci_low is None and "no spread between subjects" in row.interval["na"]["accuracy"]
+    assert row.interval["unit"] == "subject" and len(row.predictions["y_pred"]) == len(good.y)
 
 
 def test_compare_appends_one_selected_row_per_protocol_and_marks_the_others(tmp_path, monkeypatch):
@@ -71,7 +73,7 @@ def test_compare_appends_one_selected_row_per_protocol_and_marks_the_others(tmp_
         "settings": {"default_tap": "fc"}, "classes": list(good.classes)})
     from featx.evaluation import compare
 
-    rows = compare(["noise.h5", "good.h5"], ["logistic", "knn"], cv=["subject", "image"], n_folds=3, n_boot=20,
+    rows = compare(["noise.h5", "good.h5"], ["logistic", "knn"], cv=["subject", "image"], n_folds=3,
                    select="f1_weighted")
     selected = [r for r in rows if r.head == "selected"]
     assert [r.protocol for r in selected] == ["subject", "image"]
@@ -91,7 +93,7 @@ def test_compare_appends_one_selected_row_per_protocol_and_marks_the_others(tmp_
 def test_unknown_metric_and_rows_that_differ_are_refused_in_one_line():
     good, noise = _informative_and_noise()
     with pytest.raises(FeatxError, match=r"select='nope' is not a metric"):
-        selection_row([good, noise], ["logistic"], metric="nope", n_boot=20)
+        selection_row([good, noise], ["logistic"], metric="nope")
     short = good.select(np.arange(len(good.y) - 10))
     with pytest.raises(FeatxError, match=r"do not cover the same rows \(good.h5, noise.h5\)") as err:
         check_same_rows([short, noise])
@@ -112,7 +114,7 @@ def test_inner_cv_sees_only_outer_training_rows_grouped_by_subject(monkeypatch):
 
     monkeypatch.setattr(selection, "_inner_score", spy)
     protocol = make_splits(good.subjects, good.y, good.splits, cv="subject", n_folds=4, seed=0)
-    selection.select_rows([(good, "logistic"), (noise, "logistic")], protocol, positive=0, n_boot=20, jobs=1)
+    selection.select_rows([(good, "logistic"), (noise, "logistic")], protocol, positive=0, jobs=1)
     assert len(seen) == 4 * 2
     subjects = np.asarray(good.subjects)
     for i, (rows, splits) in enumerate(seen):
@@ -127,7 +129,7 @@ def test_inner_cv_sees_only_outer_training_rows_grouped_by_subject(monkeypatch):
 def test_unknown_subjects_use_stratified_inner_folds_and_say_so():
     good, noise = _informative_and_noise()
     good, noise = (replace(fs, subjects=np.array([""] * len(fs.y))) for fs in (good, noise))
-    row = selection_row([good, noise], ["logistic"], n_folds=3, n_boot=20)
+    row = selection_row([good, noise], ["logistic"], n_folds=3)
     assert row.image_level and "StratifiedKFold(3): subjects unknown" in row.settings["inner_cv"]
     assert row.settings["selected"] == ["good/fc + logistic"] * 3
 
@@ -156,9 +158,9 @@ def test_random_labels_selected_row_stays_at_chance_while_the_best_row_is_optimi
         rng = np.random.default_rng(100 + seed)
         sets = [_features(rng.normal(0, 1, (len(y), 4)), y, subjects, f"noise{i}/fc") for i in range(8)]
         protocol = make_splits(subjects, y, sets[0].splits, cv="subject", n_folds=4, seed=seed)
-        per_row = [run_grid(fs, ["logistic"], protocol, positive=0, n_boot=20)[0] for fs in sets]
+        per_row = [run_grid(fs, ["logistic"], protocol, positive=0)[0] for fs in sets]
         selected.append(selection.select_rows([(fs, "logistic") for fs in sets], protocol, positive=0,
-                                              metric="accuracy", n_boot=20, seed=seed))
+                                              metric="accuracy", seed=seed))
         best.append(max(pooled_accuracy([r])[0] for r in per_row))
         leaky.append(_picked_on_test_rows(per_row))
     acc, tol = assert_at_chance(selected, cells=10, what="selected row on random labels")
@@ -180,7 +182,7 @@ def two_stores(tmp_path_factory) -> list:
 @pytest.mark.usefixtures("wide_console")
 def test_cli_compare_select_prints_the_selected_row_and_the_note(two_stores, tmp_path):
     result, text = invoke("compare", *two_stores, "--heads", "logistic,knn", "--select", "f1_weighted",
-                          "--folds", "3", "--boot", "20", "--no-plots", "--out", tmp_path / "out")
+                          "--folds", "3", "--no-plots", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "selected by inner f1_weighted" in text
     assert "per-row scores are not corrected for selection among 4 rows" in text

@@ -407,7 +407,7 @@ def test_bad_images_are_skipped_recorded_and_left_out_by_default(data_copy, tmp_
     features = load_features(out, labelled=None)  # failed rows do not make the store partial, nor are returned
     assert len(features) == s["samples"] - 2 and features.partial is None and features.excluded == 2
     assert not any(p.endswith(tuple(b.name for b in bad)) for p in features.paths)
-    res = runner.invoke(app, ["classify", str(out), "--head", "knn", "--folds", "3", "--boot", "20", "--no-plots",
+    res = runner.invoke(app, ["classify", str(out), "--head", "knn", "--folds", "3", "--no-plots",
                               "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert "2 unreadable image(s) left out" in " ".join(res.output.split())
@@ -534,19 +534,19 @@ def test_an_unfinished_store_is_refused_unless_allow_partial(partial_store, tmp_
     res = runner.invoke(app, ["classify", str(partial_store), "--head", "knn", "--out", str(tmp_path / "r")])
     assert res.exit_code == 1 and "--allow-partial" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
-    res = runner.invoke(app, ["classify", str(partial_store), "--head", "knn", "--folds", "3", "--boot", "20",
-                              "--no-plots", "--allow-partial", "--out", str(tmp_path / "r")])
+    res = runner.invoke(app, ["classify", str(partial_store), "--head", "knn", "--folds", "3", "--no-plots",
+                              "--allow-partial", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     assert f"PARTIAL ({done} of {n} rows)" in " ".join(res.output.split())
     row, = json.loads((tmp_path / "r" / "results.json").read_text())
     assert row["partial"] == f"{done} of {n} rows"
     assert f"{done} of {n} rows" in (tmp_path / "r" / "results.csv").read_text().splitlines()[1]
     assert "PARTIAL" in (tmp_path / "r" / "results.md").read_text()
-    res = runner.invoke(app, ["compare", str(partial_store), "--heads", "knn,logistic", "--folds", "3", "--boot",
-                              "20", "--no-plots", "--out", str(tmp_path / "c")])
+    res = runner.invoke(app, ["compare", str(partial_store), "--heads", "knn,logistic", "--folds", "3",
+                              "--no-plots", "--out", str(tmp_path / "c")])
     assert res.exit_code == 1 and "--allow-partial" in res.output
-    res = runner.invoke(app, ["compare", str(partial_store), "--heads", "knn,logistic", "--folds", "3", "--boot",
-                              "20", "--no-plots", "--allow-partial", "--out", str(tmp_path / "c")])
+    res = runner.invoke(app, ["compare", str(partial_store), "--heads", "knn,logistic", "--folds", "3",
+                              "--no-plots", "--allow-partial", "--out", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "c" / "results.json").read_text())
     assert len(rows) == 2 and all(r["partial"] == f"{done} of {n} rows" for r in rows)

@@ -244,8 +244,8 @@ def test_classify_and_compare_take_tap_and_taps(two_tap_store, tmp_path, command
     assert set(summarize(two_tap_store)["taps"]) == {"fc", "pool5"}
     head = ["--head", "logistic"] if command == "classify" else ["--heads", "logistic"]
     out = tmp_path / "o"
-    result = runner.invoke(app, [command, str(two_tap_store), spelling, "pool5", *head, "--folds", "3", "--boot",
-                                 "10", "--no-plots", "--device", "cpu", "--out", str(out)], env={"COLUMNS": "80"})
+    result = runner.invoke(app, [command, str(two_tap_store), spelling, "pool5", *head, "--folds", "3",
+                              "--no-plots", "--device", "cpu", "--out", str(out)], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     rows = json.loads(next(out.rglob("results.json")).read_text())
     assert [r["tap"] for r in rows] == ["pool5"]

@@ -104,7 +104,7 @@ def _main(
     network. Start with `featx synth demo/data` and `featx extract`."""
 
 # Library arguments whose flag is not ``--`` + the name with dashes.
-FLAGS = {"n_folds": "--folds", "eval_set": "--eval", "n_boot": "--boot", "params": "--param", "splits": "--split",
+FLAGS = {"n_folds": "--folds", "eval_set": "--eval", "params": "--param", "splits": "--split",
          "allow_optimistic": "--optimistic", "overwrite": "--force", "data": "DATA", "parts": "PARTS"}
 
 

@@ -16,7 +16,6 @@ from featx.cli.options import (
     RUN,
     AllowPartial,
     Backend,
-    Boot,
     ClassWeight,
     Device,
     DropUnknownSubjects,
@@ -36,8 +35,10 @@ from featx.cli.options import (
     SearchMetric,
     Seed,
     Select,
+    SortBy,
     Taps,
     Tune,
+    Versus,
     Workers,
 )
 from featx.cli.parsing import (
@@ -107,7 +108,6 @@ def classify(
     scheduler: Scheduler = None,
     seed: Seed = 0,
     device: Device = "auto",
-    boot: Boot = 1000,
     drop_unknown_subjects: DropUnknownSubjects = False,
     no_plots: NoPlots = False,
     optimistic: Optimistic = False,
@@ -130,24 +130,21 @@ def classify(
     result = run_classify(stores, head, tap=taps, cv=cv, n_folds=folds, seed=seed,
                           jobs=jobs, eval_set=eval_set, positive=positive, preprocess=parse_preprocess(preprocess),
                           class_weight=class_weight, device=device, params=params, search=nested,
-                          n_boot=boot, out=out, overwrite=force, save=save, skops=save and not no_skops,
+                          out=out, overwrite=force, save=save, skops=save and not no_skops,
                           plots=not no_plots, backend=backend, scheduler=scheduler,
                           allow_optimistic=optimistic, allow_partial=allow_partial,
                           drop_unknown_subjects=drop_unknown_subjects)
     row = result["row"]
     _print_rows([row], result["paths"], title="featx classify", run=result["run"])
     accuracy = row.scores["accuracy"]
+    if accuracy.ci_low is None:
+        ci = f"n/a ({(row.interval or {}).get('na', {}).get('accuracy', 'not computed')})"
+    else:
+        ci = f"{100 * accuracy.ci_low:.1f}-{100 * accuracy.ci_high:.1f}% ({row.interval['method']})"
     console.print(f"weighted F1 {100 * row.mean('f1_weighted'):.2f}%, balanced accuracy "
-                  f"{100 * row.mean('balanced_accuracy'):.2f}%, 95% CI of accuracy "
-                  f"{100 * _num(accuracy.ci_low):.1f}-{100 * _num(accuracy.ci_high):.1f}% "
-                  f"(bootstrap of the mean over folds, {row.ci_unit or 'subject'}s resampled within each "
-                  "test fold)")
+                  f"{100 * row.mean('balanced_accuracy'):.2f}%, 95% CI of accuracy {escape(ci)}")
     if result["model"]:
         console.print(f"saved model {result['model']}" + (f" and {result['skops']}" if result.get("skops") else ""))
-
-
-def _num(value: float | None) -> float:
-    return float("nan") if value is None else value
 
 
 @app.command()
@@ -182,14 +179,16 @@ def compare(
     scheduler: Scheduler = None,
     seed: Seed = 0,
     device: Device = "auto",
-    boot: Boot = 1000,
     drop_unknown_subjects: DropUnknownSubjects = False,
     no_plots: NoPlots = False,
     optimistic: Optimistic = False,
     allow_partial: AllowPartial = False,
     select: Select = None,
+    sort_by: SortBy = "f1_weighted",
+    vs: Versus = None,
 ) -> None:
-    """Every head on every store x tap under every protocol: the study's Table 2 for any grid."""
+    """Every head on every store x tap under every protocol: the study's Table 2 for any grid, each row with
+    its paired difference from its protocol's best row."""
     from featx.workflows.classify import default_out, run_compare  # deferred: sklearn
 
     head_names = parse_name_list(heads)
@@ -201,11 +200,11 @@ def compare(
     result = run_compare(groups, head_names, tap_groups, cv=protocols,
                          n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set, positive=positive,
                          preprocess=parse_preprocess(preprocess), class_weight=class_weight, device=device,
-                         params=params, search=nested, n_boot=boot, out=out, overwrite=force,
+                         params=params, search=nested, out=out, overwrite=force,
                          plots=not no_plots, progress=lambda msg: console.print(f"[dim]{msg}[/]"),
                          backend=backend, scheduler=scheduler,
                          allow_optimistic=optimistic, allow_partial=allow_partial,
-                         drop_unknown_subjects=drop_unknown_subjects, select=select)
+                         drop_unknown_subjects=drop_unknown_subjects, select=select, sort_by=sort_by, vs=vs)
     _print_rows(result["rows"], result["paths"], title="featx compare", run=result["run"])
 
 

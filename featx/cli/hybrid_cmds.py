@@ -15,7 +15,6 @@ from featx.cli.options import (
     TRAINING,
     Augment,
     Backbone,
-    Boot,
     ClassWeight,
     ColorJitter,
     Device,
@@ -90,7 +89,6 @@ def hybrid(
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = None,
-    boot: Boot = 1000,
     no_plots: NoPlots = False,
 ) -> None:
     """Fine-tune, extract and fit heads inside each outer subject fold: the honest hybrid protocol.
@@ -104,8 +102,8 @@ def hybrid(
         data, out, backbone=backbone, heads=parse_name_list(heads), taps=parse_tap_groups(taps), n_folds=folds,
         seed=seed,
         preprocess=parse_preprocess(preprocess), params=parse_params(param, parse_name_list(heads)),
-        class_weight=class_weight, positive=positive, jobs=jobs, n_boot=boot,
-        weights=weights, preset=preset, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+        class_weight=class_weight, positive=positive, jobs=jobs, weights=weights, preset=preset, epochs=epochs,
+        lr=lr, batch_size=batch_size, optimizer=optimizer,
         momentum=momentum, weight_decay=weight_decay, schedule=schedule, dropout=dropout,
         finetune_class_weight=finetune_class_weight, freeze=freeze, image_size=image_size, augment=augment,
         color_jitter=color_jitter, early_stopping=early_stopping, patience=patience, device=device,
@@ -113,7 +111,7 @@ def hybrid(
     rows = result["rows"]
     console.print(results_table(rows, title="featx hybrid"))
     note = rows[0].settings.get("cv_note")
-    lines = [rows[0].protocol_label + (f"; {note}" if note else ""), "95% CI of accuracy (bootstrap over subjects): "
+    lines = [rows[0].protocol_label + (f"; {note}" if note else ""), "95% CI of accuracy (subject jackknife): "
              + ", ".join(f"{r.name} {_pct(r.scores['accuracy'].ci_low)}-{_pct(r.scores['accuracy'].ci_high)}%"
                          for r in rows)]
     for line in lines:

@@ -92,8 +92,8 @@ Patience = Annotated[int, typer.Option(help="Epochs without improvement before e
 # ---- heads and evaluation (classify, compare, hybrid)
 Folds = Annotated[int, typer.Option(help="Number of folds (subject-grouped unless --cv image).",
                                     rich_help_panel=EVALUATION)]
-Seed = Annotated[int, typer.Option(help="Seed of everything random: folds, initialisation, shuffling, heads, "
-                                        "bootstrap.", rich_help_panel=RUN)]
+Seed = Annotated[int, typer.Option(help="Seed of everything random: folds, initialisation, shuffling, heads.",
+                                    rich_help_panel=RUN)]
 Jobs = Annotated[int | None, typer.Option(
     help="Heads x folds fitted in parallel (processes; -1: all cores). Default: one per core, fewer when memory "
          "would not hold them, one for small feature sets.", rich_help_panel=RUN)]
@@ -104,8 +104,6 @@ Backend = Annotated[str, typer.Option(
 Scheduler = Annotated[str | None, typer.Option(
     help="Run on this cluster: tcp://host:8786 (dask), ray://host:10001 or auto (ray). Default: a local one.",
     rich_help_panel=RUN)]
-Boot = Annotated[int, typer.Option(help="Bootstrap resamples (of subjects) for the 95% intervals.",
-                                   rich_help_panel=EVALUATION)]
 Preprocess = Annotated[str, typer.Option(help="Head preprocessing: standard, none, l2 or pca:N, joined with + "
                                               "(e.g. standard+pca:128).", rich_help_panel=EVALUATION)]
 Param = Annotated[list[str] | None, typer.Option(
@@ -131,6 +129,13 @@ Select = Annotated[str | None, typer.Option(
     help="Add a 'selected' row per protocol: the best store x tap x head by this metric (e.g. f1_weighted), "
          "chosen by inner CV in each outer fold; the other rows are marked as not corrected for selection.",
     rich_help_panel=TUNING)]
+SortBy = Annotated[str, typer.Option(
+    "--sort-by", help="Metric each row is compared on with its protocol's best row (paired difference, 95% CI, "
+                      "p-value; rows not distinguishable from the best are marked ≈ best).",
+    rich_help_panel=EVALUATION)]
+Versus = Annotated[str | None, typer.Option(
+    "--vs", help="Compare every row with this row (its name as the table prints it) instead of its protocol's "
+                 "best.", rich_help_panel=EVALUATION)]
 NoPlots = Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.", rich_help_panel=OUTPUT)]
 Optimistic = Annotated[bool, typer.Option(
     "--optimistic", help="Allow --cv or --eval over rows a fine-tuned network trained on; rows marked "

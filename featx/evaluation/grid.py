@@ -15,6 +15,7 @@ from joblib import Parallel, delayed
 
 from featx.errors import FeatxError, arg
 from featx.evaluation.backends import engine
+from featx.evaluation.differences import check_sort_metric, compare_rows
 from featx.evaluation.inputs import check_grid
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
 from featx.evaluation.search import Search, check_search, fit_search, search_record
@@ -96,7 +97,7 @@ def _predictions(features, rows, fold_of, pooled, classes) -> dict:
 
 def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: int, jobs: int | None = None,
              seed: int = 0, preprocess=None, class_weight=None, device: str = "auto", params: Params | None = None,
-             n_boot: int = 1000, search: Search | None = None, backend: str = "loky",
+             search: Search | None = None, backend: str = "loky",
              scheduler=None) -> list[ResultRow]:
     """Fit every head on every fold of ``protocol`` over ``features`` (one joblib pool of heads x folds);
     one result row per head. ``positive`` is the index of the positive class. ``backend`` / ``scheduler``:
@@ -146,7 +147,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     test_rows = np.concatenate([test for _, test in protocol.folds])
     subjects = np.asarray(features.subjects).astype(str) if len(features.subjects) else None
     if subjects is not None and not every_row_has_subject(subjects[test_rows]):
-        subjects = None  # the bootstrap resamples images then (ci_unit "image")
+        subjects = None  # intervals resample images then (ci_unit "image")
     fold_of = np.concatenate([np.full(len(test), k) for k, (_, test) in enumerate(protocol.folds)])
     used = np.unique(np.concatenate([test_rows, *[a for a, _ in protocol.folds]]))
     rows = []
@@ -161,7 +162,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
         pooled = {"y_true": y[test_rows], "y_pred": np.concatenate(preds), "y_score": np.concatenate(scores),
                   "classes": classes, "positive": positive, "fold": fold_of,
                   "subjects": None if subjects is None else subjects[test_rows]}
-        summary = summarize_folds(fold_metrics, pooled=pooled, n_boot=n_boot, seed=seed)
+        summary = summarize_folds(fold_metrics, pooled=pooled)
         row = ResultRow(
             name=f"{features.name} + {spec.name}", backbone=features.backbone, tap=features.tap, head=spec.name,
             protocol=protocol.name, protocol_label=protocol.label, image_level=bool(protocol.image_level),
@@ -169,7 +170,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
             n_test=int(len(test_rows)),
             n_subjects=int(len(np.unique(subjects[used]))) if subjects is not None else 0,
             classes=classes, positive=classes[positive],
-            confusion=summary["confusion"], ci_unit=summary.get("ci_unit"),
+            confusion=summary["confusion"], ci_unit=summary.get("ci_unit"), interval=summary.get("interval"),
             per_subject_accuracy=summary.get("per_subject_accuracy"),
             roc=roc_points(pooled["y_true"] == positive, pooled["y_score"], folds=fold_of),
             predictions=_predictions(features, test_rows, fold_of, pooled, classes),
@@ -178,7 +179,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
                       "class_weight": class_weight if spec.class_weight else None,
                       "params": params.get(spec.name, {}),
                       "head_params": json_shaped(head_params(built[spec.name])),
-                      "seed": seed, "device": device, "backend": where.backend, "n_boot": n_boot,
+                      "seed": seed, "device": device, "backend": where.backend,
                       "cv_note": protocol.note, **_settings_of(features)},
         )
         row.set_scores(summary)
@@ -208,8 +209,8 @@ def _mark_nested(row: ResultRow, search: Search, records: list, image_inner: boo
 # --------------------------------------------------------------------------------------------------
 def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int | None = None,
              eval_set: str | None = None, positive: str | None = None, preprocess: Preprocess = ("standard",),
-             class_weight=None, device: str = "auto", params: Params | None = None, n_boot: int = 1000,
-             allow_optimistic: bool = False, drop_unknown_subjects: bool = False,
+             class_weight=None, device: str = "auto", params: Params | None = None, allow_optimistic: bool = False,
+             drop_unknown_subjects: bool = False,
              search: Search | None = None, backend: str = "loky", scheduler=None) -> ResultRow:
     """Cross-validate (or hold out) one head on a :class:`featx.store.FeatureSet`; returns one result row.
 
@@ -224,7 +225,7 @@ def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: i
     """
     return evaluate_many(features, [head], cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                         params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
+                         params=params, allow_optimistic=allow_optimistic,
                          drop_unknown_subjects=drop_unknown_subjects, search=search, backend=backend,
                          scheduler=scheduler)[0]
 
@@ -232,7 +233,7 @@ def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: i
 def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
                   jobs: int | None = None, eval_set: str | None = None, positive: str | None = None,
                   preprocess: Preprocess = ("standard",), class_weight=None, device: str = "auto",
-                  params: Params | None = None, n_boot: int = 1000, allow_optimistic: bool = False,
+                  params: Params | None = None, allow_optimistic: bool = False,
                   drop_unknown_subjects: bool = False, search: Search | None = None, backend: str = "loky",
                   scheduler=None) -> list[ResultRow]:
     """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head."""
@@ -254,7 +255,7 @@ def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: 
         protocol.note = "; ".join(filter(None, [protocol.note, f"{dropped} rows without a subject id dropped "
                                                                 "(drop_unknown_subjects)"]))
     rows = run_grid(data, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
-                    class_weight=class_weight, device=device, params=params, n_boot=n_boot, search=search,
+                    class_weight=class_weight, device=device, params=params, search=search,
                     backend=backend, scheduler=scheduler)
     for row in rows:
         row.dropped_unknown_subjects = dropped
@@ -292,11 +293,11 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
             taps: Sequence[str | Sequence[str]] | None = None, *, cv: Sequence[str] | str | None = "auto",
             n_folds: int = 5, seed: int = 0, jobs: int | None = None, eval_set: str | None = None,
             positive: str | None = None, preprocess: Preprocess = ("standard",), class_weight=None,
-            device: str = "auto", params: Params | None = None, n_boot: int = 1000,
-            progress: Callable[[str], None] | None = None, allow_optimistic: bool = False,
+            device: str = "auto", params: Params | None = None, progress: Callable[[str], None] | None = None,
+            allow_optimistic: bool = False,
             allow_partial: bool = False, drop_unknown_subjects: bool = False,
             search: Search | None = None, select: str | None = None, backend: str = "loky",
-            scheduler=None) -> list[ResultRow]:
+            scheduler=None, sort_by: str = "f1_weighted", vs: str | None = None) -> list[ResultRow]:
     """Evaluate every head on every store x tap under every protocol; one row each.
 
     ``stores``: feature files; an item that is a sequence of files fuses them side by side. ``taps``: None
@@ -317,7 +318,11 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     stores' names (:func:`featx.row_names.unique_names`: ``cnn/fc [a] + logistic`` for a.h5).
     ``backend`` (loky, dask or ray) / ``scheduler``: where every pool of the grid runs, opened once for the
     whole grid (:func:`featx.evaluation.backends.engine`); the rows are the same on every backend.
+    Each row is then compared, paired, with its protocol's best row by ``sort_by`` (or the row named ``vs``):
+    :func:`featx.evaluation.differences.compare_rows` sets ``row.comparison`` (difference, 95% interval, p-value,
+    ``≈ best``).
     """
+    check_sort_metric(sort_by)
     plan = check_grid(stores, heads, taps, cv=cv, eval_set=eval_set, n_folds=n_folds, jobs=jobs, params=params,
                       search=search, select=select, allow_partial=allow_partial,
                       backend=backend, scheduler=scheduler)
@@ -335,7 +340,7 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                 rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
                                           eval_set=ev, positive=positive, preprocess=preprocess,
                                           class_weight=class_weight, device=device, params=params,
-                                          n_boot=n_boot, allow_optimistic=allow_optimistic,
+                                          allow_optimistic=allow_optimistic,
                                           drop_unknown_subjects=drop_unknown_subjects, search=search,
                                           backend=backend, scheduler=scheduler))
         if select is not None:
@@ -349,7 +354,7 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                                               jobs=cpu_cores() if where.n_jobs is None else where.n_jobs,
                                               positive=positive, preprocess=preprocess,
                                               class_weight=class_weight, device=device, params=params,
-                                              n_boot=n_boot, metric=select, allow_optimistic=allow_optimistic,
+                                              metric=select, allow_optimistic=allow_optimistic,
                                               drop_unknown_subjects=drop_unknown_subjects))
                 rows[-1].settings["backend"] = where.backend
-        return unique_names(rows)
+        return compare_rows(unique_names(rows), metric=sort_by, reference=vs)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from featx.errors import FeatxError, arg
 from featx.evaluation.backends import check_backend
+from featx.evaluation.differences import check_sort_metric
 from featx.evaluation.search import Search, check_search
 from featx.evaluation.selection import check_metric
 from featx.evaluation.splits import check_cv
@@ -74,9 +75,10 @@ def protocol_runs(cv, eval_set: str | None) -> list[tuple[str, str | None]]:
 def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: str | None = None,
                n_folds: int = 5, jobs: int | None = None, params=None, search: Search | None = None,
                select: str | None = None, allow_partial: bool = False, backend: str = "loky", scheduler=None,
-               **_ignored) -> GridPlan:
+               sort_by: str = "f1_weighted", **_ignored) -> GridPlan:
     """Check every input of :func:`featx.evaluation.compare` (same arguments) and return the grid (the
     ``backend`` is checked to be installed; its cluster is not contacted)."""
+    check_sort_metric(sort_by)
     if select is not None:
         check_metric(select)
         if search is not None:

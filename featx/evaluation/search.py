@@ -19,12 +19,11 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import f1_score, make_scorer, precision_score, recall_score
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, StratifiedGroupKFold, StratifiedKFold
 
 from featx.errors import FeatxError, arg
 from featx.heads import check_params, fit_params, get_head
-from featx.results import METRICS
+from featx.scoring import METRICS, get_metric
 
 SEARCH_METHODS = ("grid", "random")
 
@@ -128,13 +127,6 @@ def check_search(search: Search) -> Search:
     return search
 
 
-def _scorer(metric: str, positive: int):
-    if metric in ("precision", "recall", "f1"):
-        fn = {"precision": precision_score, "recall": recall_score, "f1": f1_score}[metric]
-        return make_scorer(fn, pos_label=positive, zero_division=0)
-    return metric  # accuracy, f1_weighted, f1_macro, balanced_accuracy, roc_auc: scikit-learn's own scorers
-
-
 def inner_splits(y, groups, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The inner (train, test) index pairs over the training rows: subject-grouped when ``groups`` is not
     None (no subject on both sides), else stratified over images."""
@@ -159,7 +151,8 @@ def fit_search(pipeline, X, y, groups, search: Search, head: str, *, positive: i
     space = {f"clf__{k}": (v.distribution() if isinstance(v, LogUniform) else list(v))
              for k, v in search.head_space(head).items()}
     cv = inner_splits(y, groups, search.inner_folds, seed)
-    common = dict(scoring=_scorer(search.metric, positive), cv=cv, refit=True, n_jobs=n_jobs, error_score="raise")
+    scoring = get_metric(search.metric).scorer(positive, int(np.max(y)) + 1)  # labels are class indices
+    common = dict(scoring=scoring, cv=cv, refit=True, n_jobs=n_jobs, error_score="raise")
     if search.method == "random":
         searcher = RandomizedSearchCV(pipeline, space, n_iter=search.n_iter, random_state=seed, **common)
     else:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from joblib import Parallel, delayed
-from sklearn import metrics as skm
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 
 from featx.errors import FeatxError, arg
@@ -29,8 +28,9 @@ from featx.evaluation.splits import (
 )
 from featx.heads import fit_params, make_head, positive_scores, preprocess_text
 from featx.provenance import rows_mark
-from featx.results import METRICS, ResultRow
+from featx.results import ResultRow
 from featx.row_names import tag_names, with_tag
+from featx.scoring import METRICS, get_metric
 
 SELECTED_NAME = "selected by inner {metric}"
 
@@ -40,18 +40,6 @@ def check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise FeatxError(f"{arg('select', metric)} is not a metric; choose one of {', '.join(METRICS)}")
     return metric
-
-
-def _scorer(metric: str, positive: int, n_classes: int):
-    """A scikit-learn scorer of ``metric`` with the same definitions as :func:`compute_metrics`."""
-    if metric in ("precision", "recall", "f1"):
-        fn = {"precision": skm.precision_score, "recall": skm.recall_score, "f1": skm.f1_score}[metric]
-        return skm.make_scorer(fn, labels=[positive], average="macro", zero_division=0)
-    if metric in ("f1_weighted", "f1_macro"):
-        return skm.make_scorer(skm.f1_score, average=metric[3:], zero_division=0)
-    if metric == "roc_auc":
-        return "roc_auc" if n_classes == 2 else "roc_auc_ovr"
-    return metric  # accuracy, balanced_accuracy
 
 
 def _inner_splits(y, groups, inner_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -109,7 +97,7 @@ def check_same_rows(feature_sets: Sequence) -> list:
 
 def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: int, metric: str = "f1_weighted",
                 inner_folds: int = 3, seed: int = 0, jobs: int = 1, preprocess=None, class_weight=None,
-                device: str = "auto", params: dict | None = None, n_boot: int = 1000) -> ResultRow:
+                device: str = "auto", params: dict | None = None) -> ResultRow:
     """The row of the selection procedure among ``candidates`` ((feature set, head) pairs on the same rows in
     the same order, see :func:`check_same_rows`) under ``protocol``: per outer fold, the candidate with the
     best mean inner-CV ``metric`` over the outer training rows is fitted there and predicts the outer test
@@ -128,7 +116,7 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
     subjects = np.asarray(data.subjects).astype(str) if len(data.subjects) else None
     train_all = np.concatenate([a for a, _ in protocol.folds])
     grouped = subjects is not None and every_row_has_subject(subjects[train_all])
-    scoring = _scorer(metric, positive, len(classes))
+    scoring = get_metric(metric).scorer(positive, len(classes))
     inner = [_inner_splits(y[train], subjects[train] if grouped else None, inner_folds, seed)
              for train, _ in protocol.folds]
     tasks = [(k, c) for k in range(protocol.n_folds) for c in range(len(candidates))]
@@ -153,7 +141,7 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
     pooled = {"y_true": y[test_rows], "y_pred": np.concatenate([o[0] for o in outer]),
               "y_score": np.concatenate([o[1] for o in outer]), "classes": classes, "positive": positive,
               "fold": fold_of, "subjects": None if ci_subjects is None else ci_subjects[test_rows]}
-    summary = summarize_folds(fold_metrics, pooled=pooled, n_boot=n_boot, seed=seed)
+    summary = summarize_folds(fold_metrics, pooled=pooled)
     used = np.unique(np.concatenate([test_rows, train_all]))
     names = np.asarray(classes, dtype=object)
     inner_cv = (f"StratifiedGroupKFold({inner_folds}) over training subjects" if grouped else
@@ -165,7 +153,8 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
         n_test=int(len(test_rows)),
         n_subjects=int(len(np.unique(ci_subjects[used]))) if ci_subjects is not None else 0,
         classes=classes, positive=classes[positive], confusion=summary["confusion"],
-        ci_unit=summary.get("ci_unit"), per_subject_accuracy=summary.get("per_subject_accuracy"),
+        ci_unit=summary.get("ci_unit"), interval=summary.get("interval"),
+        per_subject_accuracy=summary.get("per_subject_accuracy"),
         roc=roc_points(pooled["y_true"] == positive, pooled["y_score"], folds=fold_of),
         predictions={"path": [str(p) for p in np.asarray(data.paths)[test_rows]],
                      "subject": (subjects[test_rows].tolist() if subjects is not None else [""] * len(test_rows)),
@@ -179,7 +168,7 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
                                    for k in range(protocol.n_folds)],
                   "candidates": labels, "n_candidates": len(candidates), "inner_cv": inner_cv,
                   "preprocess": preprocess_text(preprocess), "class_weight": class_weight, "params": params,
-                  "seed": seed, "device": device, "n_boot": n_boot, "cv_note": protocol.note},
+                  "seed": seed, "device": device, "cv_note": protocol.note},
     )
     row.set_scores(summary)
     return row

@@ -6,14 +6,15 @@ from typing import Any
 
 from featx.backbones import get_config
 from featx.errors import FeatxError, arg
+from featx.scoring import METRIC_TABLE, METRICS
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "none")
 CLASS_WEIGHTS = ("none", "balanced")
-#: Validation metrics ``early_stopping`` may watch (``loss`` is the validation loss, lower is better).
-MONITORS = ("loss", "accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy",
-            "roc_auc")
-MONITORS_MIN = ("loss",)
+#: Validation metrics ``early_stopping`` may watch: ``loss`` (the validation loss, lower is better) and every
+#: metric of :data:`featx.scoring.METRIC_TABLE` (its direction from there).
+MONITORS = ("loss", *METRICS)
+MONITORS_MIN = ("loss", *(m.name for m in METRIC_TABLE.values() if not m.greater_is_better))
 
 #: The reference study's settings (Keras, ImageNet transfer learning). Values the study does not state
 #: are Keras' defaults; ``PRESET_NOTES`` says which and why, and the run records both.

@@ -184,7 +184,7 @@ def result_row(trainer: Trainer, pred: dict, best_epoch: int, scored_epoch: int)
               "classes": plan.classes, "positive": plan.pos}
     metrics = compute_metrics(pooled["y_true"], pooled["y_pred"], pooled["y_score"], classes=plan.classes,
                               positive=plan.pos, subjects=subjects)
-    summary = summarize_folds([metrics], pooled=pooled, seed=int(s["seed"]))
+    summary = summarize_folds([metrics], pooled=pooled)
     epochs_run = trainer.state.epoch
     unit = "subjects" if all(subjects) else "images"
     if optimistic:
@@ -210,7 +210,8 @@ def result_row(trainer: Trainer, pred: dict, best_epoch: int, scored_epoch: int)
         protocol_label=label, image_level=bool(plan.split.image_level), n_folds=1,
         n_train=len(trainer.train_idx), n_test=int(keep.sum()), n_subjects=len({x for x in subjects if x}),
         classes=list(plan.classes), positive=plan.positive, confusion=jsonable(summary["confusion"]),
-        ci_unit=summary.get("ci_unit"), per_subject_accuracy=jsonable(summary.get("per_subject_accuracy")),
+        ci_unit=summary.get("ci_unit"), interval=summary.get("interval"),
+        per_subject_accuracy=jsonable(summary.get("per_subject_accuracy")),
         roc=roc_points(pooled["y_true"] == plan.pos, pooled["y_score"]),
         fit_seconds=round(sum(float(h["seconds"]) for h in trainer.state.history), 3),
         settings=jsonable({k: v for k, v in s.items() if k not in ("notes", "classes")}),
@@ -218,6 +219,6 @@ def result_row(trainer: Trainer, pred: dict, best_epoch: int, scored_epoch: int)
         selection=selection, optimistic=optimistic,
         weights_provenance=provenance.mark_of(s.get("weights_provenance")))
     row.set_scores(summary)
-    # one validation set: there is no spread over folds (the bootstrap interval is the uncertainty)
+    # one validation set: there is no spread over folds (the interval over subjects is the uncertainty)
     row.scores = {m: replace(score, std=None) for m, score in row.scores.items()}
     return row

@@ -2,6 +2,20 @@
 of a results folder and PNG plots. Image-level, OPTIMISTIC and PARTIAL rows are marked everywhere."""
 from featx.report.files import PREDICTION_COLUMNS, merge_results, read_results, write_predictions, write_results
 from featx.report.html import write_html_report
+from featx.report.markdown import markdown_table, results_markdown
+from featx.report.notes import (
+    IMAGE_LEVEL_NOTE,
+    OPTIMISTIC_NOTE,
+    STATS_NOTE,
+    TABLE_METRICS,
+    excluded_notes,
+    format_pct,
+    partial_notes,
+    protocol_text,
+    protocol_title,
+    short_protocol,
+    slug,
+)
 from featx.report.outputs import (
     MANIFEST,
     check_out,
@@ -12,23 +26,7 @@ from featx.report.outputs import (
     write_manifest,
 )
 from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
-from featx.report.table import (
-    IMAGE_LEVEL_NOTE,
-    OPTIMISTIC_NOTE,
-    STATS_NOTE,
-    TABLE_METRICS,
-    TERMINAL_METRICS,
-    excluded_notes,
-    format_pct,
-    markdown_table,
-    partial_notes,
-    protocol_text,
-    protocol_title,
-    results_markdown,
-    results_table,
-    short_protocol,
-    slug,
-)
+from featx.report.table import TERMINAL_METRICS, results_table
 
 __all__ = ["IMAGE_LEVEL_NOTE", "MANIFEST", "OPTIMISTIC_NOTE", "PREDICTION_COLUMNS", "STATS_NOTE", "TABLE_METRICS",
            "TERMINAL_METRICS", "check_out", "clobber", "excluded_notes", "find_results", "format_pct", "free_folder",

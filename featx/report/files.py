@@ -9,9 +9,10 @@ from pathlib import Path
 
 from featx.errors import FeatxError
 from featx.files import atomic_text, atomic_write
+from featx.report.markdown import results_markdown
+from featx.report.notes import protocol_text, provenance_suffix, slug
 from featx.report.outputs import check_out, find_results, write_manifest
 from featx.report.plots import plot_bars, plot_confusion, plot_roc
-from featx.report.table import protocol_text, provenance_suffix, results_markdown, slug
 from featx.results import ResultRow, read_json, write_csv, write_json
 from featx.row_names import unique_names, untagged
 

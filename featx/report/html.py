@@ -17,19 +17,22 @@ import featx
 from featx.errors import FeatxError, arg
 from featx.files import atomic_text
 from featx.report.files import read_results
-from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
-from featx.report.table import (
+from featx.report.notes import (
     IMAGE_LEVEL_NOTE,
     STATS_NOTE,
     TABLE_METRICS,
+    difference_note,
+    difference_text,
     excluded_notes,
     format_pct,
+    interval_notes,
     mark_notes,
     partial_notes,
     protocol_text,
     provenance_suffix,
     selection_note,
 )
+from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
 from featx.results import METRICS, ResultRow
 
 _CSS = """
@@ -159,8 +162,10 @@ def results_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str
     """The results table as an HTML ``<table id="results">`` (rows in the given order; marked rows shaded)."""
     positive = _positive(rows)
     ci_name = metric_label(sort_by, positive)
+    compared = any(r.comparison for r in rows)
     head = ["#", "Model", "Protocol", *[f"{metric_label(m, positive)} (%)" for m, _ in TABLE_METRICS],
-            f"95% CI {ci_name}", "n test", "subjects"]
+            f"95% CI {ci_name}", *(["\u0394 vs best (points, 95% CI)", "p"] if compared else []), "n test",
+            "subjects"]
     folds = sorted({r.n_folds for r in rows})
     what = ("mean over folds ± sample sd (ddof=1) over folds, % (a single held-out split has no ±)"
             if any(k > 1 for k in folds) else "one held-out split, % (no ±: one split)")
@@ -173,14 +178,22 @@ def results_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str
                  f'<td class="protocol">{_marked_protocol(r)}</td>',
                  *[f'<td class="num">{escape(format_pct(r.score(m).mean, r.score(m).std))}</td>'
                    for m, _ in TABLE_METRICS],
-                 *[f'<td class="num">{v}</td>' for v in (ci, r.n_test, r.n_subjects)]]
+                 f'<td class="num">{ci}</td>',
+                 *([f'<td class="num">{escape(difference_text(r) or "-")}</td>',
+                    f'<td class="num">{_p_text(r)}</td>'] if compared else []),
+                 *[f'<td class="num">{v}</td>' for v in (r.n_test, r.n_subjects)]]
         cls = ' class="marked"' if r.marked or r.partial else ""
         lines.append(f'<tr{cls} data-flag="{escape(r.flag)}">' + "".join(cells) + "</tr>")
     return "\n".join([*lines, "</tbody></table>"])
 
 
+def _p_text(r: ResultRow) -> str:
+    p = (r.comparison or {}).get("p_value")
+    return "-" if p is None else f"{p:.3g}"
+
+
 def notes_html(rows: Sequence[ResultRow]) -> str:
-    """What the table's marks and numbers mean: the texts of results.md (:mod:`featx.report.table`)."""
+    """What the table's marks and numbers mean: the texts of results.md (:mod:`featx.report.notes`)."""
     notes = []
     if any(r.image_level for r in rows):
         notes.append(f"* {IMAGE_LEVEL_NOTE}")
@@ -189,7 +202,10 @@ def notes_html(rows: Sequence[ResultRow]) -> str:
         notes.append(note)
     notes += [f"PARTIAL: {n}." for n in partial_notes(rows)]
     notes += [f"{n}." for n in excluded_notes(rows)]
+    if note := difference_note(rows):
+        notes.append(note)
     notes.append(STATS_NOTE)
+    notes += [f"{n}." for n in interval_notes(rows)]
     return '<div class="notes">' + "".join(f"<p>{escape(n)}</p>" for n in notes) + "</div>"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from featx.errors import FeatxError, arg
 from featx.files import atomic_json
-from featx.report.table import slug
+from featx.report.notes import slug
 from featx.results import ResultRow, read_json
 
 MANIFEST = "run.json"

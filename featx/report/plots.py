@@ -1,7 +1,7 @@
 """PNG plots: a row's confusion matrix and ROC curve, a chart comparing rows, training curves.
 
 Every figure has a fixed width, wraps its title to that width (constrained layout keeps it inside the
-figure) and names what its numbers are: the comparison chart says whether its error bars are 95% bootstrap
+figure) and names what its numbers are: the comparison chart says whether its error bars are 95%
 intervals or ± sd over folds, the ROC plot names the positive class, the curves mark ``best.pt``'s epoch.
 """
 from __future__ import annotations
@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.report.table import TABLE_METRICS, short_protocol
+from featx.report.notes import short_protocol
 from featx.results import ResultRow
+from featx.scoring import METRIC_TABLE
 
 # Human names of the metrics (precision, recall and F1 are the positive class's: see metric_label).
-METRIC_NAMES = {**dict(TABLE_METRICS), "f1_macro": "Macro F1", "balanced_accuracy": "Balanced accuracy"}
-_OF_POSITIVE = ("precision", "recall", "f1")
 CHART_WIDTH_IN = 9.0  # the comparison chart's width; its height grows with the rows
 DPI = 120
 HATCH = "//"
@@ -36,8 +35,7 @@ def _plt():
 
 def metric_label(metric: str, positive: str | None = None) -> str:
     """``f1_weighted`` -> ``Weighted F1``; ``f1`` with ``positive="all"`` -> ``F1 (ALL)``."""
-    name = METRIC_NAMES.get(metric, metric)
-    return f"{name} ({positive.upper()})" if positive and metric in _OF_POSITIVE else name
+    return METRIC_TABLE[metric].label_for(positive) if metric in METRIC_TABLE else metric
 
 
 def wrap_title(title: str, width_in: float, fontsize: float) -> str:
@@ -108,7 +106,7 @@ def plot_roc(fpr, tpr, auc, path, *, title: str | None = None, folds: int = 1, p
 
 
 def _interval(row: ResultRow, metric: str) -> tuple[float, float, str] | None:
-    """(low, high, kind) in %, capped to 0-100: the 95% bootstrap CI when the row has one, else ± sd."""
+    """(low, high, kind) in %, capped to 0-100: the 95% CI when the row has one, else ± sd."""
     s = row.score(metric)
     if s.mean is None:
         return None
@@ -141,7 +139,7 @@ def plot_bars(rows: Sequence[ResultRow], path, metrics: Sequence[str] = ("accura
               sort_by: str = "f1_weighted", title: str | None = "featx comparison") -> Path:
     """A horizontal bar chart comparing rows on ``metrics`` (%), one group of bars per row, best ``sort_by``
     on top. Fixed width (:data:`CHART_WIDTH_IN`); the height grows with the rows. The axis is zoomed to
-    the scores (ticks say where it starts) and ends at 100. Error bars: a row's 95% bootstrap CI when it has
+    the scores (ticks say where it starts) and ends at 100. Error bars: a row's 95% CI when it has
     one, else ± sample sd over folds (grey); the legend says which. Image-level and OPTIMISTIC rows are
     hatched and their labels say so. Undefined scores are drawn as ``n/a``, not as 0."""
     plt = _plt()
@@ -181,7 +179,7 @@ def plot_bars(rows: Sequence[ResultRow], path, metrics: Sequence[str] = ("accura
             tick.set_color("darkred")
     ax.grid(axis="x", color="0.85", lw=0.6)
     ax.set_axisbelow(True)
-    what = {"ci": "95% bootstrap CI", "sd": "± sample sd over folds"}
+    what = {"ci": "95% CI (subject jackknife)", "sd": "± sample sd over folds"}
     bars_are = " / ".join(what[k] for k in ("ci", "sd") if k in kinds) or "no spread"
     ax.set_xlabel(f"score (%), axis from {left:g}; error bars: {bars_are}", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
@@ -198,7 +196,7 @@ def _legend(fig, metrics, colors, positive, kinds, hatched: bool) -> None:
 
     handles = [Patch(color=colors[i % 10], alpha=0.85, label=metric_label(m, positive)) for i, m in enumerate(metrics)]
     if "ci" in kinds:
-        handles.append(Line2D([], [], color="black", marker="|", label="error bar: 95% bootstrap CI"))
+        handles.append(Line2D([], [], color="black", marker="|", label="error bar: 95% CI (subject jackknife)"))
     if "sd" in kinds:
         handles.append(Line2D([], [], color="dimgrey", marker="|", label="error bar: ± sample sd over folds"))
     if hatched:

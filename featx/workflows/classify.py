@@ -34,7 +34,7 @@ from featx.store.schema import default_tap
 def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str | Sequence[str] | None = None,
                  cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1, eval_set: str | None = None,
                  positive: str | None = None, preprocess: Preprocess = ("standard",), class_weight=None,
-                 device: str = "auto", params: Params | None = None, n_boot: int = 1000, out=None,
+                 device: str = "auto", params: Params | None = None, out=None,
                  save: bool = False, skops: bool = False, plots: bool = True, allow_optimistic: bool = False,
                  allow_partial: bool = False, drop_unknown_subjects: bool = False,
                  search: Search | None = None, overwrite: bool = False, backend: str = "loky",
@@ -67,7 +67,7 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
     with engine(backend, scheduler, jobs) as where:
         row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                        positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                       params=params, n_boot=n_boot, allow_optimistic=allow_optimistic,
+                       params=params, allow_optimistic=allow_optimistic,
                        drop_unknown_subjects=drop_unknown_subjects, search=search, backend=backend,
                        scheduler=scheduler)
     result = {"row": row, "paths": {}, "model": None, "run": where.describe()}

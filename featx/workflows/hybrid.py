@@ -43,7 +43,7 @@ from featx.data import discover
 from featx.data.images import ImageDataset, make_transform
 from featx.device import autocast, resolve_device
 from featx.errors import FeatxError, arg
-from featx.evaluation import make_splits, resolve_positive
+from featx.evaluation import compare_rows, make_splits, resolve_positive
 from featx.extract import extract, select_taps
 from featx.files import atomic_json, sha256_file
 from featx.finetune import finetune, preset_warning, resolve_settings
@@ -70,8 +70,8 @@ FINETUNE_OPTIONS = ("weights", "preset", "epochs", "lr", "batch_size", "optimize
 def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[str],
            taps: Sequence[str | Sequence[str]] | None = None, n_folds: int = 5, seed: int = 0,
            preprocess: Preprocess = ("standard",), params: dict | None = None, class_weight=None,
-           positive: str | None = None, jobs: int | None = None, n_boot: int = 1000,
-           weights: str | None = None, preset: str | None = None, epochs: int | None = None,
+           positive: str | None = None, jobs: int | None = None, weights: str | None = None, preset: str | None = None,
+           epochs: int | None = None,
            lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
            momentum: float | None = None, weight_decay: float | None = None, schedule: str | None = None,
            dropout: float | None = None, finetune_class_weight: str | None = None, freeze: str | None = None,
@@ -84,7 +84,7 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
     ``heads``: head names (``["svm", "logistic"]``); ``taps``: one row set each, a tap name or a list of taps
     whose features are concatenated (``["fc7", ["fc7", "pool5"]]``; default the backbone's default tap);
     ``n_folds``/``seed``: the outer subject folds (as ``featx classify``);
-    ``preprocess``/``params``/``class_weight``/``jobs``/``n_boot``: as in :func:`featx.evaluation.compare`.
+    ``preprocess``/``params``/``class_weight``/``jobs``: as in :func:`featx.evaluation.compare`.
     The fine-tuning options are those of :func:`featx.finetune.finetune` (``finetune_class_weight`` is its
     ``class_weight``); the network is scored at ``last.pt`` for a fixed-length run, at ``best.pt`` (chosen on
     the inner holdout) with ``early_stopping``. ``callback(event, info)`` gets ``"fold"`` (info ``status``:
@@ -158,9 +158,10 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
         emit("heads", {"fold": None, "n_folds": len(folds), "tap": "+".join(spec), "heads": head_names})
         rows.extend(head_rows(out, records, folds, collection, spec, head_names, backbone=backbone, pos=pos,
                               seed=seed, preprocess=preprocess, params=params, class_weight=class_weight,
-                              device=device, jobs=jobs, n_boot=n_boot, note=outer.note))
-    rows.append(network_row(records, collection, folds, backbone=backbone, pos=pos, seed=seed, n_boot=n_boot,
+                              device=device, jobs=jobs, note=outer.note))
+    rows.append(network_row(records, collection, folds, backbone=backbone, pos=pos, seed=seed,
                             early_stopping=early_stopping, finetune_options=ft_options))
+    compare_rows(rows)  # every row on the same outer folds: paired differences from the best
     paths = write_results(rows, out, plots=plots)
     return {"rows": rows, "paths": paths, "folds": records, "out": out}
 

@@ -54,23 +54,23 @@ def _stacked_features(out: Path, records: list[dict], folds, collection, taps: S
 
 def head_rows(out: Path, records: list[dict], folds, collection, taps: Sequence[str], heads: list[str], *,
               backbone: str, pos: int, seed: int, preprocess, params, class_weight, device, jobs: int | None,
-              n_boot: int, note: str) -> list[ResultRow]:
+              note: str) -> list[ResultRow]:
     """Every head on every fold's own tuned features (``taps`` fused), through the grid `featx compare` runs."""
     stacked, protocol_folds = _stacked_features(out, records, folds, collection, taps, backbone)
     protocol = Protocol("hybrid", protocol_label(len(folds)), False, protocol_folds, seed, note, stacked.subjects)
     rows = run_grid(stacked, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
-                    class_weight=class_weight, device=device, params=params, n_boot=n_boot)
+                    class_weight=class_weight, device=device, params=params)
     for row in rows:
         row.settings["checkpoints"] = _checkpoints(records)
     return rows
 
 
-def network_row(records: list[dict], collection, folds, *, backbone: str, pos: int, seed: int, n_boot: int,
+def network_row(records: list[dict], collection, folds, *, backbone: str, pos: int, seed: int,
                 early_stopping: str | None, finetune_options: dict) -> ResultRow:
     """The tuned networks' own softmax on the same outer folds, summarised as the head rows are."""
     classes = list(collection.classes)
     subjects_of = {s.path: s.subject for s in collection.samples}
-    fold_metrics, trues, preds, scores, subj, fold_of = [], [], [], [], [], []
+    fold_metrics, trues, preds, scores, subj, fold_of, paths = [], [], [], [], [], [], []
     for k, record in enumerate(records):
         net = record["network"]
         y_true = np.asarray(net["y_true"], dtype=np.int64)
@@ -81,10 +81,11 @@ def network_row(records: list[dict], collection, folds, *, backbone: str, pos: i
                                             subjects=fold_subjects))
         trues.append(y_true), preds.append(y_pred), scores.append(proba[:, pos]), subj.append(fold_subjects)
         fold_of.append(np.full(len(y_true), k))
+        paths.extend(str(p) for p in net["paths"])
     pooled = {"y_true": np.concatenate(trues), "y_pred": np.concatenate(preds), "y_score": np.concatenate(scores),
               "classes": classes, "positive": pos, "subjects": np.concatenate(subj),
               "fold": np.concatenate(fold_of)}
-    summary = summarize_folds(fold_metrics, pooled=pooled, n_boot=n_boot, seed=seed)
+    summary = summarize_folds(fold_metrics, pooled=pooled)
     row = ResultRow(
         name=f"{backbone} fine-tuned" + (" (early-stopped on inner val)" if early_stopping else ""),
         backbone=backbone, tap="logits", head=None, protocol="hybrid", protocol_label=protocol_label(len(folds)),
@@ -92,12 +93,16 @@ def network_row(records: list[dict], collection, folds, *, backbone: str, pos: i
         n_test=int(len(pooled["y_true"])),
         n_subjects=len({collection.samples[int(i)].subject for a, b in folds for i in np.concatenate([a, b])}),
         classes=classes, positive=classes[pos], confusion=summary["confusion"], ci_unit=summary.get("ci_unit"),
+        interval=summary.get("interval"),
         per_subject_accuracy=summary.get("per_subject_accuracy"),
         roc=roc_points(pooled["y_true"] == pos, pooled["y_score"], folds=pooled["fold"]),
+        predictions={"path": paths, "subject": [str(s) for s in pooled["subjects"]],
+                     "fold": (pooled["fold"] + 1).tolist(), "y_true": [classes[i] for i in pooled["y_true"]],
+                     "y_pred": [classes[i] for i in pooled["y_pred"]], "score": pooled["y_score"].tolist()},
         fit_seconds=round(sum(r["finetune_seconds"] for r in records), 3),
         train_accuracy_last_epoch=[r["train_acc_last_epoch"] for r in records],
         scored_epochs=[r["scored_epoch"] for r in records],
-        settings={"finetune": finetune_options, "seed": seed, "n_boot": n_boot, "checkpoints": _checkpoints(records)},
+        settings={"finetune": finetune_options, "seed": seed, "checkpoints": _checkpoints(records)},
     )
     row.set_scores(summary)
     return row
