@@ -73,14 +73,14 @@ def test_the_difference_and_the_mark_are_in_every_file_and_the_terminal(compared
     assert json.loads(records[twin["name"]]["comparison"])["close"] is True
     md = (out / "results.md").read_text()
     assert "\u0394 wF1 (points, 95% CI)" in md and "paired delete-one-subject jackknife t-test" in md
-    assert f"| {twin['name']} |" in md and "+0.00 [+0.0, +0.0] \u2248" in md
+    assert f"| {twin['name']} |" in md and "+0.00 [+0.00, +0.00] \u2248" in md
     result, table = invoke("table", out)
     assert result.exit_code == 0, result.output
     assert "\u0394 wF1" in table and "\u2248" in table
     result, _ = invoke("report", out, "--out", tmp_path / "r.html")
     assert result.exit_code == 0, result.output
     html = (tmp_path / "r.html").read_text()
-    assert "\u0394 vs best (points, 95% CI)" in html and "+0.00 [+0.0, +0.0] \u2248" in html
+    assert "\u0394 vs best (points, 95% CI)" in html and "+0.00 [+0.00, +0.00] \u2248" in html
 
 
 def test_vs_picks_the_reference(stores, tmp_path):

@@ -110,7 +110,7 @@ def difference_text(row: ResultRow, *, interval: bool = True) -> str:
     if c.get("ci_low") is None:
         return f"{text} (n/a)"
     if interval:
-        text += f" [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]"
+        text += f" [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
     return f"{text} {c['mark'].split()[0]}" if c.get("mark") else text
 
 

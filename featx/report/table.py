@@ -98,7 +98,7 @@ def _cell(row: ResultRow, metric: str, stacked: bool) -> str:
         text = difference_text(row, interval=False)
         c = row.comparison or {}
         if c.get("ci_low") is not None:
-            bounds = f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]"
+            bounds = f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
             text = f"{text}\n{bounds}" if stacked else text.replace(" ≈", "") + f" {bounds}" + (
                 " ≈" if c.get("mark") else "")
         return text
