@@ -2,11 +2,11 @@
 results.json back (``featx table``)."""
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from featx import csvfiles
 from featx.errors import FeatxError
 from featx.files import atomic_text, atomic_write
 from featx.report.markdown import results_markdown
@@ -100,7 +100,7 @@ def _write_per_row(rows: Sequence[ResultRow], out_dir, field: str, write) -> Pat
 
 def _write_search_csv(scores: list[dict], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+        writer = csvfiles.writer(fh)
         writer.writerow(SEARCH_COLUMNS)
         for s in scores:
             writer.writerow([s["fold"], json.dumps(s["params"], sort_keys=True), f"{s['mean_test_score']:.9g}",
@@ -109,7 +109,7 @@ def _write_search_csv(scores: list[dict], path: Path) -> None:
 
 def _write_prediction_csv(pred: dict, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+        writer = csvfiles.writer(fh)
         writer.writerow(PREDICTION_COLUMNS)
         for values in zip(*(pred[c] for c in PREDICTION_COLUMNS)):
             writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in values])

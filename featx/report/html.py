@@ -5,7 +5,6 @@ row's confusion matrix and ROC curve (drawn again from the rows) and the trainin
 from __future__ import annotations
 
 import base64
-import csv
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from html import escape
 from pathlib import Path
 
 import featx
+from featx import csvfiles
 from featx.errors import FeatxError, arg
 from featx.files import atomic_text
 from featx.report.files import read_results
@@ -240,7 +240,7 @@ def _row_section(i: int, r: ResultRow, draw) -> str:
 def read_history(path: str | Path) -> list[dict]:
     """The lines of a run's history.csv, numbers as numbers (``epoch`` as int)."""
     with Path(path).open(newline="", encoding="utf-8") as fh:
-        lines = list(csv.DictReader(fh))
+        lines = list(csvfiles.DictReader(fh))
     out = []
     for line in lines:
         rec = {}

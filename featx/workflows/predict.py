@@ -2,7 +2,6 @@
 the features of new images with the settings in the model's card. One CSV row per requested image."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx import csvfiles
 from featx.errors import FeatxError, arg
 from featx.extract import extract
 from featx.persist import check_store_matches, load_model
@@ -114,7 +114,7 @@ def _decide(pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
 def _write_csv(out: Path, paths: list[str], errors: list[str], predicted: dict, output: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+        writer = csvfiles.writer(fh)
         writer.writerow(["path", "prediction", "probability"] + (["score"] if output == "score" else []) + ["error"])
         for j, (p, e) in enumerate(zip(paths, errors)):
             label, v = predicted.get(j, ("", None))
