@@ -8,7 +8,6 @@ settings spread over ``settings.<key>`` columns. Both read back to equal rows (:
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from featx import csvfiles
 from featx.scoring import METRICS  # every metric a row reports, in table order
 
 _SUFFIXES = {"std": "_std", "ci_low": "_ci_low", "ci_high": "_ci_high"}
@@ -314,7 +314,7 @@ def write_csv(rows: Sequence[ResultRow], path: str | Path) -> Path:
     path = Path(path)
     cols = csv_columns(rows)
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+        writer = csvfiles.writer(fh)
         writer.writerow(cols)
         for r in rows:
             flat = r.to_dict()
@@ -326,7 +326,7 @@ def write_csv(rows: Sequence[ResultRow], path: str | Path) -> Path:
 def rows_from_csv(path: str | Path) -> list[ResultRow]:
     """Rows of a results.csv written by :func:`write_csv`."""
     with Path(path).open(newline="", encoding="utf-8") as fh:
-        records = list(csv.DictReader(fh))
+        records = list(csvfiles.DictReader(fh))
     rows = []
     for rec in records:
         flat = {k: _uncell(v) for k, v in rec.items() if not k.startswith("settings.")}

@@ -13,7 +13,6 @@ Prints one line per run and a summary line ("compare, N x D, heads H, 5 folds: l
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import subprocess
@@ -58,8 +57,10 @@ def run(store: Path, out: Path, heads: str, folds: int, backend: str, jobs: int)
 
 
 def table(out: Path) -> dict[str, dict]:
+    from featx import csvfiles
+
     with (out / "results.csv").open(newline="") as fh:
-        return {r["name"]: r for r in csv.DictReader(fh)}
+        return {r["name"]: r for r in csvfiles.DictReader(fh)}
 
 
 def largest_difference(a: dict, b: dict) -> tuple[float, str]:

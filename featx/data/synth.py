@@ -8,7 +8,6 @@ with irregular, lobed nuclei; HEM (normal) cells are smaller and rounder, with o
 """
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from featx import csvfiles
 from featx.data.cnmc import CNMC_FINAL, CNMC_PRELIM, CNMC_PRELIM_LABELS, CNMC_TRAIN
 from featx.errors import FeatxError, arg
 
@@ -150,7 +150,7 @@ def synthesize(
         _save_bmp(img, prelim_root / CNMC_PRELIM / f"{number}.bmp")
         rows.append((name, f"{number}.bmp", 1 if cls == "all" else 0))
     with open(prelim_root / CNMC_PRELIM_LABELS, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
+        writer = csvfiles.writer(fh, lineterminator="\n")
         writer.writerow(["Patient_ID", "new_names", "labels"])
         writer.writerows(rows)
     summary["counts"]["prelim"] = {"all": sum(1 for r in rows if r[2] == 1),

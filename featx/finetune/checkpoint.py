@@ -12,7 +12,6 @@ over and ``resume=True`` reports it again.
 """
 from __future__ import annotations
 
-import csv
 import json
 import random
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from featx import csvfiles
 from featx.backbones import CHECKPOINT_VERSION
 from featx.data import Collection
 from featx.errors import FeatxError, arg
@@ -132,7 +132,7 @@ def set_rng_state(state: dict, loader_gen: torch.Generator) -> None:
 def _write_csv(path: Path, rows: Sequence[Sequence]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows(rows)
+            csvfiles.writer(fh).writerows(rows)
 
     atomic_write(path, write)
 

@@ -1,14 +1,13 @@
 """``finetune``: plan a run, train it, and write its result row, card and plots."""
 from __future__ import annotations
 
-import csv
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from featx import provenance, report
+from featx import csvfiles, provenance, report
 from featx.data import Collection
 from featx.errors import FeatxError
 from featx.evaluation import compute_metrics, roc_points, summarize_folds
@@ -117,9 +116,10 @@ def finished_summary(out: Path) -> RunSummary:
     row = read_json(out / "results.json")[0]
     settings = ckpt.read_settings(out)
     with open(out / "history.csv", newline="", encoding="utf-8") as fh:
-        history = [{k: int(v) if k == "epoch" else float(v) for k, v in line.items()} for line in csv.DictReader(fh)]
+        history = [{k: int(v) if k == "epoch" else float(v) for k, v in line.items()}
+                   for line in csvfiles.DictReader(fh)]
     with open(out / "skipped.csv", newline="", encoding="utf-8") as fh:
-        skipped = [{"path": r["path"], "error": r["error"]} for r in csv.DictReader(fh)]
+        skipped = [{"path": r["path"], "error": r["error"]} for r in csvfiles.DictReader(fh)]
     results = {kind: out / f"results.{kind}" for kind in ("json", "csv", "md")}
     if (out / "roc.png").exists():
         results["roc"] = out / "roc.png"

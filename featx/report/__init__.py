@@ -19,18 +19,20 @@ from featx.report.notes import (
 from featx.report.outputs import (
     MANIFEST,
     check_out,
+    claimed,
     clobber,
     find_results,
     free_folder,
     refuse_results_folder,
+    results_commit,
     write_manifest,
 )
 from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
 from featx.report.table import TERMINAL_METRICS, results_table
 
 __all__ = ["IMAGE_LEVEL_NOTE", "MANIFEST", "OPTIMISTIC_NOTE", "PREDICTION_COLUMNS", "STATS_NOTE", "TABLE_METRICS",
-           "TERMINAL_METRICS", "check_out", "clobber", "excluded_notes", "find_results", "format_pct", "free_folder",
-           "markdown_table", "merge_results", "metric_label", "partial_notes", "plot_bars", "plot_confusion",
-           "plot_history", "plot_roc", "protocol_text", "protocol_title", "read_results", "refuse_results_folder",
-           "results_markdown", "results_table", "short_protocol", "slug", "write_html_report", "write_manifest",
-           "write_predictions", "write_results"]
+           "TERMINAL_METRICS", "check_out", "claimed", "clobber", "excluded_notes", "find_results", "format_pct",
+           "free_folder", "markdown_table", "merge_results", "metric_label", "partial_notes", "plot_bars",
+           "plot_confusion", "plot_history", "plot_roc", "protocol_text", "protocol_title", "read_results",
+           "refuse_results_folder", "results_commit", "results_markdown", "results_table", "short_protocol", "slug",
+           "write_html_report", "write_manifest", "write_predictions", "write_results"]

@@ -2,16 +2,16 @@
 results.json back (``featx table``)."""
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from featx import csvfiles
 from featx.errors import FeatxError
-from featx.files import atomic_text, atomic_write
+from featx.files import atomic_text, atomic_write, remove_on_commit
 from featx.report.markdown import results_markdown
 from featx.report.notes import protocol_text, provenance_suffix, slug
-from featx.report.outputs import check_out, find_results, write_manifest
+from featx.report.outputs import claimed, find_results, results_commit, write_manifest
 from featx.report.plots import plot_bars, plot_confusion, plot_roc
 from featx.results import ResultRow, read_json, write_csv, write_json
 from featx.row_names import unique_names, untagged
@@ -27,19 +27,20 @@ def write_results(rows: Sequence[ResultRow], out_dir, *, plots: bool = True, ste
     Results already in ``out_dir`` are replaced, with their per-row files. Returns ``{kind: path}``."""
     rows = list(rows)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / f"{stem}.json").is_file():
-        _clear_row_files(out)
-    paths = {"csv": atomic_write(out / f"{stem}.csv", lambda tmp: write_csv(rows, tmp)),
-             "json": atomic_write(out / f"{stem}.json", lambda tmp: write_json(rows, tmp)),
-             "md": atomic_text(out / f"{stem}.md", results_markdown(rows))}
-    if any(r.predictions for r in rows):
-        paths["predictions"] = write_predictions(rows, out / "predictions")
-    if any(r.inner_scores for r in rows):
-        paths["search"] = write_search_scores(rows, out / "search")
-    if plots and rows:
-        _plot_rows(rows, out / "plots")
-        paths["plot"] = plot_bars(rows, out / "comparison.png")
+    with results_commit(out):  # every file, or (a full disk) none: the earlier results stay whole
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / f"{stem}.json").is_file():
+            _clear_row_files(out)
+        paths = {"csv": atomic_write(out / f"{stem}.csv", lambda tmp: write_csv(rows, tmp)),
+                 "json": atomic_write(out / f"{stem}.json", lambda tmp: write_json(rows, tmp)),
+                 "md": atomic_text(out / f"{stem}.md", results_markdown(rows))}
+        if any(r.predictions for r in rows):
+            paths["predictions"] = write_predictions(rows, out / "predictions")
+        if any(r.inner_scores for r in rows):
+            paths["search"] = write_search_scores(rows, out / "search")
+        if plots and rows:
+            _plot_rows(rows, out / "plots")
+            paths["plot"] = plot_bars(rows, out / "comparison.png")
     return paths
 
 
@@ -48,7 +49,7 @@ def _clear_row_files(out: Path) -> None:
     the earlier results that the new ones lack must not be left beside them."""
     for pattern in ("plots/*.png", "predictions/*.csv", "search/*.csv", "comparison.png"):
         for path in out.glob(pattern):
-            path.unlink(missing_ok=True)
+            remove_on_commit(path)  # when the new files are renamed in
 
 
 def _unique_slugs(rows: Sequence[ResultRow]) -> list[str]:
@@ -100,7 +101,7 @@ def _write_per_row(rows: Sequence[ResultRow], out_dir, field: str, write) -> Pat
 
 def _write_search_csv(scores: list[dict], path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+        writer = csvfiles.writer(fh)
         writer.writerow(SEARCH_COLUMNS)
         for s in scores:
             writer.writerow([s["fold"], json.dumps(s["params"], sort_keys=True), f"{s['mean_test_score']:.9g}",
@@ -109,7 +110,7 @@ def _write_search_csv(scores: list[dict], path: Path) -> None:
 
 def _write_prediction_csv(pred: dict, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
+        writer = csvfiles.writer(fh)
         writer.writerow(PREDICTION_COLUMNS)
         for values in zip(*(pred[c] for c in PREDICTION_COLUMNS)):
             writer.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in values])
@@ -145,8 +146,9 @@ def merge_results(sources: Sequence, out=None, *, plots: bool = True, overwrite:
     paths = {}
     if out is not None:
         keys = [(untagged(r), r.protocol, r.n_test) for r in rows]  # names as written before rows had tags
-        check_out(out, "table", grid, overwrite=overwrite,  # a merged table written before run.json: same rows
-                  same_rows=lambda old: [(untagged(r), r.protocol, r.n_test) for r in old] == keys)
-        paths = write_results(rows, out, plots=plots)
-        write_manifest(out, "table", grid, len(rows))
+        with claimed(out, "table", grid, overwrite=overwrite,  # a merged table written before run.json: same rows
+                     same_rows=lambda old: [(untagged(r), r.protocol, r.n_test) for r in old] == keys), \
+                results_commit(out):
+            paths = write_results(rows, out, plots=plots)
+            write_manifest(out, "table", grid, len(rows))
     return {"rows": rows, "paths": paths}

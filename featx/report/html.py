@@ -5,7 +5,6 @@ row's confusion matrix and ROC curve (drawn again from the rows) and the trainin
 from __future__ import annotations
 
 import base64
-import csv
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,8 +13,9 @@ from html import escape
 from pathlib import Path
 
 import featx
+from featx import csvfiles
 from featx.errors import FeatxError, arg
-from featx.files import atomic_text
+from featx.files import write_or_keep
 from featx.report.files import read_results
 from featx.report.notes import (
     IMAGE_LEVEL_NOTE,
@@ -63,14 +63,17 @@ def write_html_report(sources: Sequence[ResultRow | str | Path], out: str | Path
     training curves). Rows are sorted by ``sort_by`` in the comparison chart. Returns ``out``."""
     if sort_by not in METRICS:
         raise FeatxError(f"{arg('sort_by', sort_by)}: not a metric; choose one of {', '.join(METRICS)}")
+    out = Path(out)
+    if out.is_dir():
+        raise FeatxError(f"{out} is a folder; {arg('out')} is the HTML file to write, e.g. "
+                         f"{arg('out', out / 'report.html')}")
     rows, runs, names = _gather(sources)
     if not rows:
         raise FeatxError(f"no result rows in {', '.join(names) or 'the sources given'}; point to results.json "
                          "files written by `featx compare`, `featx classify` or `featx finetune` (or their folders)")
     html = render_html(rows, runs, title=title, sort_by=sort_by, sources=names)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_text(out, html)
+    return write_or_keep(out, lambda tmp: tmp.write_text(html, encoding="utf-8"))
 
 
 def _gather(sources) -> tuple[list[ResultRow], list[Path], list[str]]:
@@ -240,7 +243,7 @@ def _row_section(i: int, r: ResultRow, draw) -> str:
 def read_history(path: str | Path) -> list[dict]:
     """The lines of a run's history.csv, numbers as numbers (``epoch`` as int)."""
     with Path(path).open(newline="", encoding="utf-8") as fh:
-        lines = list(csv.DictReader(fh))
+        lines = list(csvfiles.DictReader(fh))
     out = []
     for line in lines:
         rec = {}

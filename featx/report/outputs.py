@@ -13,12 +13,14 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from featx.errors import FeatxError, arg
-from featx.files import atomic_json
+from featx.files import atomic_json, one_commit
 from featx.report.notes import slug
 from featx.results import ResultRow, read_json
+from featx.store.lock import acquire_writer_lock, is_disk_full
 
 MANIFEST = "run.json"
 RESULTS = "results.json"
@@ -112,6 +114,56 @@ def check_out(out, command: str, grid: dict, *, overwrite: bool = False, same_ro
     if not overwrite and (message := clobber(out, command, grid, same_rows)):
         raise FeatxError(message)
     return out
+
+
+@contextmanager
+def claimed(out, command: str, grid: dict, *, overwrite: bool = False,
+            same_rows: SameRows | None = None) -> Iterator[Path]:
+    """:func:`check_out`, then hold ``<out>.lock`` (beside the folder) until the block ends: one featx command
+    writes a results folder at a time. A second one is refused at once, in one line naming the folder and the
+    run that holds it (it does not wait: a queue of runs overwriting one folder is what this prevents).
+    ``out`` is checked again under the lock (a run that finished meanwhile may have written other results).
+    The lock file is removed at the end, and the parent folders made for it when nothing was written."""
+    out = check_out(out, command, grid, overwrite=overwrite, same_rows=same_rows)
+    made = out.parent
+    while not made.parent.exists() and made.parent != made.parent.parent:
+        made = made.parent
+    made = None if made.exists() else made
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = acquire_writer_lock(out, busy=lambda who: f"{out} is being written by another featx run ({who}); "
+                                   f"wait for it to finish, or choose another {arg('out')}")
+        try:
+            yield check_out(out, command, grid, overwrite=overwrite, same_rows=same_rows)
+        finally:
+            lock.release()
+    finally:
+        folder = out.parent
+        while made is not None and not out.exists() and folder.is_relative_to(made):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+            folder = folder.parent
+
+
+@contextmanager
+def results_commit(out) -> Iterator[None]:
+    """The results files the block writes into ``out`` (results.*, run.json, predictions/, search/, plots/) are
+    renamed onto their names together (:func:`featx.files.one_commit`): a failure leaves the earlier ones as
+    they were, and no cut file. A full disk is one line saying so."""
+    out = Path(out)
+    had = (out / RESULTS).exists() or (out / MANIFEST).exists()
+    try:
+        with one_commit(out):
+            yield
+    except (OSError, RuntimeError) as exc:
+        if not is_disk_full(exc):
+            raise
+        kept = (f"the results already in {out} are kept as they were (no file replaced, cut or removed)" if had
+                else f"no results file was written to {out} (none is left cut)")
+        raise FeatxError(f"disk full while writing {getattr(exc, 'filename', None) or out}; {kept}; free space "
+                         "and run the same command again") from None
 
 
 def free_folder(command: str, grid: dict, *, name: str | None = None, root=DEFAULT_ROOT,

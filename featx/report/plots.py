@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.files import atomic_write
 from featx.report.notes import short_protocol
 from featx.results import ResultRow
 from featx.scoring import METRIC_TABLE
@@ -50,11 +51,13 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path) -> Path:
-    """Write the PNG (creating its folder) and free the figure."""
+    """Write the PNG (creating its folder; atomically: a full disk never leaves a cut PNG) and free the figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    _plt().close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        _plt().close(fig)
     return path
 
 

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from filelock import FileLock
 
 from featx import __version__
 from featx.errors import FeatxError, arg
 from featx.store.describe import write_descriptions
-from featx.store.lock import acquire_writer_lock, is_disk_full
+from featx.store.lock import WriterLock, acquire_writer_lock, is_disk_full
 from featx.store.schema import (
     CHUNK_BYTES,
     ERROR_BYTES,
@@ -51,7 +50,7 @@ class FeatureStore:
     but closing the file.
     """
 
-    def __init__(self, path: Path, h5: h5py.File, lock: FileLock | None = None):
+    def __init__(self, path: Path, h5: h5py.File, lock: WriterLock | None = None):
         self.path = path
         self.h5 = h5
         self.lock = lock

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from featx.evaluation.backends import check_backend, engine
 from featx.evaluation.grid import Params, StorePath
 from featx.evaluation.search import Search, check_search, fit_search
 from featx.heads import Preprocess, check_params, get_head, make_head
-from featx.report import check_out, free_folder, write_manifest, write_results
+from featx.report import claimed, free_folder, results_commit, write_manifest, write_results
 from featx.report.outputs import DEFAULT_ROOT
 from featx.results import ResultRow
 from featx.store import load_features, store_settings
@@ -61,40 +62,42 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
 
     features = load_features(store, tap, allow_partial=allow_partial)
     grid = _classify_grid(features.stores, features.store_taps, head, cv, eval_set)
-    if out is not None:
-        check_out(out, "classify", grid, overwrite=overwrite,
-                  same_rows=_same_cells({(tuple(grid["stores"]), features.tap, grid["heads"][0])}, 1))
-    with engine(backend, scheduler, jobs) as where:
-        row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
-                       positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
-                       params=params, allow_optimistic=allow_optimistic,
-                       drop_unknown_subjects=drop_unknown_subjects, search=search, backend=backend,
-                       scheduler=scheduler)
-    result = {"row": row, "paths": {}, "model": None, "run": where.describe()}
-    if out is not None:
-        result["paths"] = write_results([row], out, plots=plots)
-        write_manifest(out, "classify", grid, 1, run=where.describe())
-    if save:
-        features.positive = row.positive
-        fit_on = without_unknown_subjects(features)[0] if drop_unknown_subjects else features
-        if row.protocol == "tuned-holdout":  # the scored model trained on the rows the network saw
-            fit_on = labelled_rows(fit_on)
-            fit_on = fit_on.select(tuned_protocol(fit_on, seed=seed).folds[0][0])
-        own = check_params(params).get(row.head, {})
-        searched = None
-        if row.nested:
-            chosen, searched = _search_all(fit_on, row.head, search, eval_set=eval_set, preprocess=preprocess,
-                                           class_weight=class_weight, seed=seed, device=device, params=own,
-                                           positive=features.classes.index(row.positive), jobs=jobs)
-            own = {**own, **chosen}
-        pipeline, n_train = persist.fit_final(fit_on, row.head, preprocess=preprocess, class_weight=class_weight,
-                                              seed=seed, device=device, params=own, eval_set=eval_set)
-        result["model"] = persist.save_model(pipeline, features, Path(out or ".") / "models", head=row.head,
-                                             n_train=n_train, preprocess=preprocess, class_weight=class_weight,
-                                             seed=seed, params=own, row=row, search=searched)
-        if skops:
-            result["skops"] = persist.export_skops(result["model"])
-    return result
+    claim = nullcontext() if out is None else claimed(
+        out, "classify", grid, overwrite=overwrite,
+        same_rows=_same_cells({(tuple(grid["stores"]), features.tap, grid["heads"][0])}, 1))
+    with claim:  # one writer of `out` until its files (and the model) are written
+        with engine(backend, scheduler, jobs) as where:
+            row = evaluate(features, head, cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
+                           positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
+                           params=params, allow_optimistic=allow_optimistic,
+                           drop_unknown_subjects=drop_unknown_subjects, search=search, backend=backend,
+                           scheduler=scheduler)
+        result = {"row": row, "paths": {}, "model": None, "run": where.describe()}
+        if out is not None:
+            with results_commit(out):  # the results and run.json together, or (a full disk) the earlier ones whole
+                result["paths"] = write_results([row], out, plots=plots)
+                write_manifest(out, "classify", grid, 1, run=where.describe())
+        if save:
+            features.positive = row.positive
+            fit_on = without_unknown_subjects(features)[0] if drop_unknown_subjects else features
+            if row.protocol == "tuned-holdout":  # the scored model trained on the rows the network saw
+                fit_on = labelled_rows(fit_on)
+                fit_on = fit_on.select(tuned_protocol(fit_on, seed=seed).folds[0][0])
+            own = check_params(params).get(row.head, {})
+            searched = None
+            if row.nested:
+                chosen, searched = _search_all(fit_on, row.head, search, eval_set=eval_set, preprocess=preprocess,
+                                               class_weight=class_weight, seed=seed, device=device, params=own,
+                                               positive=features.classes.index(row.positive), jobs=jobs)
+                own = {**own, **chosen}
+            pipeline, n_train = persist.fit_final(fit_on, row.head, preprocess=preprocess, class_weight=class_weight,
+                                                  seed=seed, device=device, params=own, eval_set=eval_set)
+            result["model"] = persist.save_model(pipeline, features, Path(out or ".") / "models", head=row.head,
+                                                 n_train=n_train, preprocess=preprocess, class_weight=class_weight,
+                                                 seed=seed, params=own, row=row, search=searched)
+            if skops:
+                result["skops"] = persist.export_skops(result["model"])
+        return result
 
 
 def _search_all(features, head: str, search: Search, *, eval_set, preprocess, class_weight, seed, device,
@@ -122,14 +125,16 @@ def run_compare(stores, heads: Sequence[str], taps=None, *, out=None, plots: boo
     holding the results of another command or grid is refused unless ``overwrite``. ``backend`` /
     ``scheduler``: where the grid runs (run.json records it). Returns ``{"rows", "paths", "run"}``."""
     plan = check_grid(stores, heads, taps, backend=backend, scheduler=scheduler, **kwargs)
-    if out is not None:
-        check_out(out, "compare", plan.describe(), overwrite=overwrite, same_rows=_plan_rows(plan))
-    with engine(backend, scheduler, kwargs.get("jobs", 1)) as where:
-        rows = compare(stores, heads, taps, backend=backend, scheduler=scheduler, **kwargs)
-    paths = {}
-    if out is not None:
-        paths = write_results(rows, out, plots=plots)
-        write_manifest(out, "compare", plan.describe(), len(rows), run=where.describe())
+    claim = nullcontext() if out is None else claimed(out, "compare", plan.describe(), overwrite=overwrite,
+                                                      same_rows=_plan_rows(plan))
+    with claim:  # one writer of `out` until its files are written
+        with engine(backend, scheduler, kwargs.get("jobs", 1)) as where:
+            rows = compare(stores, heads, taps, backend=backend, scheduler=scheduler, **kwargs)
+        paths = {}
+        if out is not None:
+            with results_commit(out):
+                paths = write_results(rows, out, plots=plots)
+                write_manifest(out, "compare", plan.describe(), len(rows), run=where.describe())
     return {"rows": rows, "paths": paths, "run": where.describe()}
 
 

@@ -2,7 +2,6 @@
 the features of new images with the settings in the model's card. One CSV row per requested image."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import tempfile
@@ -12,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from featx import csvfiles
 from featx.errors import FeatxError, arg
 from featx.extract import extract
+from featx.files import write_or_keep
 from featx.persist import check_store_matches, load_model
 from featx.store import load_features, sample_table, store_settings
 
@@ -112,17 +113,23 @@ def _decide(pipeline, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def _write_csv(out: Path, paths: list[str], errors: list[str], predicted: dict, output: str) -> None:
+    """The CSV, whole or not at all (a full disk keeps the earlier file); no cell a spreadsheet would run."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "prediction", "probability"] + (["score"] if output == "score" else []) + ["error"])
-        for j, (p, e) in enumerate(zip(paths, errors)):
-            label, v = predicted.get(j, ("", None))
-            if output == "probability":
-                values = ["" if v is None else f"{v:.6f}"]
-            else:
-                values = ["", "" if v is None else f"{v:.6g}"]
-            writer.writerow([p, label, *values, e])
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csvfiles.writer(fh)
+            writer.writerow(["path", "prediction", "probability"] + (["score"] if output == "score" else [])
+                            + ["error"])
+            for j, (p, e) in enumerate(zip(paths, errors)):
+                label, v = predicted.get(j, ("", None))
+                if output == "probability":
+                    values = ["" if v is None else f"{v:.6f}"]
+                else:
+                    values = ["", "" if v is None else f"{v:.6g}"]
+                writer.writerow([p, label, *values, e])
+
+    write_or_keep(out, write)
 
 
 def predict(model_path, data=None, *, split: str | None = None,
