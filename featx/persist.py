@@ -37,11 +37,13 @@ from featx.evaluation import HELD_OUT_SPLITS, every_row_has_subject, resolve_pos
 from featx.files import atomic_json, atomic_write, json_shaped, sha256_file
 from featx.heads import fit_params, get_head, head_params, make_head, preprocess_text
 from featx.results import METRICS, ResultRow
+from featx.store.schema import LEGACY_SETTINGS
 
 CARD_VERSION = 1
 # Extraction settings a store must share with the model's card (compared in this order).
 MATCH_KEYS = ("backbone", "weights_kind", "weights", "weights_sha256", "weights_seed", "input_size", "mean", "std",
-              "resize", "pooling")   # pooling: graph-node taps of models resolved by name (extract --pool)
+              "resize", "pooling",   # pooling: graph-node taps of models resolved by name (extract --pool)
+              "exif_orientation")    # "applied" since featx turns images upright; older stores have none
 STORE_KEYS = MATCH_KEYS + ("dtype", "dataset_fingerprint", "data_root", "layout", "featx_version")
 # What the model file itself holds besides the pipeline; the card must agree on each (an edited card is refused).
 BUNDLE_KEYS = ("classes", "positive", "n_features", "head", "feature_name", "stores")
@@ -297,8 +299,9 @@ def check_store_matches(card: dict, settings: Sequence[dict], stores: Sequence[s
                 continue
             if key == "weights" and want.get("weights_kind") == "file":
                 continue  # a checkpoint may live at another path; its sha256 decides
-            if not _setting_matches(have.get(key), want[key]):
-                raise FeatxError(f"{store}: {key} is {have.get(key)!r} in the store but {want[key]!r} in the model "
+            value = have.get(key, LEGACY_SETTINGS.get(key))  # a store made before featx recorded the setting
+            if not _setting_matches(value, want[key]):
+                raise FeatxError(f"{store}: {key} is {value!r} in the store but {want[key]!r} in the model "
                                  f"card ({card.get('file')}); features made with other settings do not fit the model: "
                                  f"extract with the model's settings, or predict without {arg('store')} to extract "
                                  "them")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from featx.data import Collection, Sample, discover, parse_cnmc_name
 from featx.data.images import ImageDataset, load_image, make_transform
-from featx.errors import FeatxError
+from featx.errors import FeatxError, FeatxWarning
 
 PRELIM = "C-NMC_test_prelim_phase_data"
 FINAL = "C-NMC_test_final_phase_data"
@@ -105,7 +105,8 @@ def test_discover_kaggle_mirror_gives_same_samples(cnmc_tree, tmp_path):
     assert discover(tmp_path / "download").samples[0].path.startswith("C-NMC_Leukemia/training_data/fold_0/")
     # Without the labels CSV the prelim images are unlabelled, not an error.
     (kaggle / "validation_data" / (PRELIM + "_labels.csv")).unlink()
-    prelim = discover(kaggle, splits=["prelim"]).samples
+    with pytest.warns(FeatxWarning, match=r"no labels file .* its 6 images are unlabelled and without subjects"):
+        prelim = discover(kaggle, splits=["prelim"]).samples
     assert len(prelim) == 6 and all(s.label is None and s.subject is None for s in prelim)
 
 

@@ -181,6 +181,9 @@ def _print_summary(s: dict) -> None:
     console.print(table)
     console.print(f"labels: {escape(s['labels']['meaning'])}; classify and compare use the labelled rows",
                   highlight=False)
+    exif = s.get("exif_orientation")
+    console.print(f"EXIF orientation: {exif}" + (" (a store made before featx turned photos upright by their EXIF "
+                                                 "tag)" if exif == "ignored" else ""), highlight=False)
     if st.get("shard"):
         console.print(f"shard {st['shard']} of a collection of {st.get('shard_of_samples')} images; join the parts "
                       "with `featx merge`", highlight=False)

@@ -8,14 +8,15 @@
 """
 from __future__ import annotations
 
-import csv
 import os
 import re
+import warnings
 from pathlib import Path
 
 from featx.data.collection import Sample, natural_key
 from featx.data.listing import images_under, is_dir, rel, subdirs
-from featx.errors import FeatxError
+from featx.data.text import read_csv
+from featx.errors import FeatxError, FeatxWarning
 
 CNMC_TRAIN = "C-NMC_training_data"
 CNMC_PRELIM = "C-NMC_test_prelim_phase_data"
@@ -89,44 +90,77 @@ def _cnmc_train(root: Path, train: Path, unreadable: list[str]) -> list[Sample]:
 
 
 def _cnmc_prelim(root: Path, prelim: Path, unreadable: list[str]) -> list[Sample]:
-    """Numbered test images; the labels CSV gives each its subject (Patient_ID) and label."""
-    table = {}
+    """Numbered test images; the labels CSV gives each its subject (Patient_ID) and label. Images the CSV does
+    not list (and rows for images that are not there) are named in a warning: those images are unlabelled."""
+    table = None
     csvs = sorted((p for p in prelim.rglob("*.csv") if not p.name.startswith(".")),
                   key=lambda p: ("label" not in p.name.lower(), len(p.parts), p.as_posix()))
     if not csvs and prelim.parent.is_dir():  # Kaggle keeps the CSV beside the image folder
         csvs = sorted(p for p in prelim.parent.glob("*prelim*labels*.csv"))
     if csvs:
         table = _read_prelim_labels(csvs[0])
-    samples = []
+    samples, unlisted = [], []
     for p in images_under(prelim, unreadable):
-        entry = table.get(p.name.lower())
+        entry = (table or {}).get(p.name.lower())
         if entry is None:
+            unlisted.append(p.name)
             samples.append(Sample(rel(p, root), None, None, "prelim"))
         else:
             samples.append(Sample(rel(p, root), entry[1], entry[0], "prelim"))
+    absent = sorted(set(table or {}) - {Path(s.path).name.lower() for s in samples}, key=natural_key)
+    if unlisted or absent:
+        warnings.warn(FeatxWarning(_prelim_note(prelim, csvs[0] if csvs else None, unlisted, absent, len(samples))),
+                      stacklevel=5)  # discover's caller
     return samples
 
 
+def _prelim_note(prelim: Path, labels: Path | None, unlisted: list[str], absent: list[str], n: int) -> str:
+    """The warning for prelim images without a row in the labels file, and rows without an image."""
+
+    def some(names: list[str]) -> str:
+        names = sorted(names, key=natural_key)
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    if labels is None:
+        return (f"no labels file (*labels*.csv, Patient_ID,new_names,labels) in or beside {prelim}: its {n} images "
+                f"are unlabelled and without subjects (left out of training and scoring); put {CNMC_PRELIM_LABELS} "
+                "there to label them")
+    parts = []
+    if unlisted:
+        parts.append(f"has no row for {len(unlisted)} of the {n} images in {prelim} ({some(unlisted)}): they are "
+                     "unlabelled and without a subject (left out of training and scoring)")
+    if absent:
+        parts.append(f"lists {len(absent)} image(s) that are not in {prelim} ({some(absent)})")
+    return f"labels file {labels} " + "; it ".join(parts) + "; add the missing rows or images"
+
+
 def _read_prelim_labels(path: Path) -> dict[str, tuple[str | None, str | None]]:
-    """new_names (lower-case) -> (subject, label) from a `Patient_ID,new_names,labels` file."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
-        if "new_names" not in fields or "patient_id" not in fields:
-            raise FeatxError(f"labels file {path} must have the header Patient_ID,new_names,labels "
-                             f"(found {','.join(reader.fieldnames or []) or 'nothing'})")
-        table = {}
-        for row in reader:
-            new = (row.get(fields["new_names"]) or "").strip()
-            if not new:
-                continue
-            parsed = parse_cnmc_name((row.get(fields["patient_id"]) or "").strip())
-            subject = parsed[0] if parsed else None
-            label = parsed[1] if parsed else None
-            raw = (row.get(fields["labels"]) or "").strip() if "labels" in fields else ""
-            if raw in ("1", "0"):
-                label = "all" if raw == "1" else "hem"
-            elif raw.lower() in ("all", "hem"):
-                label = raw.lower()
-            table[new.lower()] = (subject, label)
+    """new_names (lower-case) -> (subject, label) from a `Patient_ID,new_names,labels` file; an image listed
+    twice is refused (naming both lines), never decided by its last row."""
+    header, rows = read_csv(path, "labels file", "Patient_ID,new_names,labels")
+    fields = {f.strip().lower(): i for i, f in enumerate(header)}
+    if "new_names" not in fields or "patient_id" not in fields:
+        raise FeatxError(f"labels file {path} must have the header Patient_ID,new_names,labels "
+                         f"(found {','.join(header) or 'nothing'})")
+    table: dict[str, tuple[str | None, str | None]] = {}
+    first: dict[str, tuple[int, str]] = {}
+    for line, row in rows:
+        new = row[fields["new_names"]].strip()
+        if not new:
+            continue
+        patient = row[fields["patient_id"]].strip()
+        if new.lower() in first:
+            before, other = first[new.lower()]
+            raise FeatxError(f"labels file {path}: {new} is listed twice (line {before}: {other}, line {line}: "
+                             f"{patient}); keep the one row that is right: list each image once")
+        first[new.lower()] = (line, patient)
+        parsed = parse_cnmc_name(patient)
+        subject = parsed[0] if parsed else None
+        label = parsed[1] if parsed else None
+        raw = row[fields["labels"]].strip() if "labels" in fields else ""
+        if raw in ("1", "0"):
+            label = "all" if raw == "1" else "hem"
+        elif raw.lower() in ("all", "hem"):
+            label = raw.lower()
+        table[new.lower()] = (subject, label)
     return table

@@ -1,4 +1,5 @@
-"""Images as tensors: reading any image as 8-bit RGB, the transforms, and the torch Dataset of a Collection.
+"""Images as tensors: the transforms and the torch Dataset of a Collection (reading an image as upright 8-bit
+RGB is :mod:`featx.data.decode`'s ``load_image``, re-exported here).
 
 Extraction splits the evaluation transform in two: :class:`ResizeUint8` (the PIL resize, in the decoding
 threads or processes) and :func:`normalize_batch` (ToTensor + Normalize on whole uint8 batches, on the compute
@@ -7,7 +8,6 @@ device). Together they give exactly the tensors of :func:`make_transform`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,37 +15,11 @@ from PIL import Image
 from torchvision import transforms as T
 
 from featx.data.collection import Collection
+from featx.data.decode import EXIF_ORIENTATION, load_image
 from featx.errors import FeatxError, arg
 
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, fully decoded; FeatxError naming the file when it cannot be read.
-
-    16-bit, 32-bit integer and float images are scaled to 8 bits by their own range (minimum -> 0,
-    maximum -> 255), not clipped at 255.
-    """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except Image.UnidentifiedImageError:
-        raise FeatxError(f"cannot read image {path}: not an image file (or a format PIL does not know)") from None
-    except Exception as exc:  # PIL raises several types for broken files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FeatxError(f"cannot read image {path}: {reason}") from None
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """A PIL image as 8-bit RGB; high-bit-depth and float modes (I;16*, I, F) are scaled by their range."""
-    if img.mode.startswith("I") or img.mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        finite = np.isfinite(a)
-        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
-        a = np.where(finite, a, lo)
-        scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-    # an RGB image as it is: convert("RGB") would only copy it (about 5% of a 450 px BMP's decode)
-    return img if img.mode == "RGB" else img.convert("RGB")
+__all__ = ["ImageDataset", "RandomRotate90", "ResizeUint8", "describe_preprocessing", "load_image", "make_transform",
+           "normalize_batch"]
 
 
 class RandomRotate90:
@@ -85,22 +59,25 @@ def make_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
 def describe_preprocessing(transform: T.Compose) -> dict:
     """What an evaluation transform of :func:`make_transform` does, read from its steps, as attributes for a
     feature store: ``preprocessing`` (in words), ``transform`` (its repr), ``resize_interpolation``,
-    ``resize_antialias``, ``channel_order``, ``colour_conversion`` and ``value_range``."""
+    ``resize_antialias``, ``channel_order``, ``colour_conversion``, ``value_range`` and ``exif_orientation``
+    (``applied``: images turned upright by their EXIF tag; stores made before featx did so have no such
+    attribute and read as ``ignored``, :data:`featx.store.schema.LEGACY_SETTINGS`)."""
     steps = list(transform.transforms)
     resize = next(t for t in steps if isinstance(t, T.Resize))
     norm = next(t for t in steps if isinstance(t, T.Normalize))
     height, width = (resize.size, resize.size) if isinstance(resize.size, int) else resize.size
     mode = getattr(resize.interpolation, "value", str(resize.interpolation))
-    colour = ("decoded with PIL and converted to 8-bit RGB by Image.convert('RGB') (grey copied to the three "
-              "channels, palettes expanded, alpha dropped); 16-bit, 32-bit integer and float images are first "
-              "scaled to 8 bits by their own minimum and maximum")
+    colour = ("decoded with PIL, turned upright by its EXIF orientation (PIL.ImageOps.exif_transpose) and "
+              "converted to 8-bit RGB by Image.convert('RGB') (grey copied to the three channels, palettes expanded, "
+              "alpha dropped); 16-bit, 32-bit integer and float images are first scaled to 8 bits by their own "
+              "minimum and maximum")
     value_range = (f"ToTensor scales 0-255 to 0-1 (float32, channels first: 3 x {height} x {width}), then each "
                    f"channel becomes (x - mean) / std with mean {list(norm.mean)} and std {list(norm.std)}")
     words = (f"{colour}; resized to {width}x{height} px ({mode}, antialias={bool(resize.antialias)}; the whole "
              f"image, aspect ratio not kept, no crop); {value_range}")
     return {"preprocessing": words, "transform": repr(transform), "resize_interpolation": mode,
             "resize_antialias": bool(resize.antialias), "channel_order": "RGB", "colour_conversion": colour,
-            "value_range": value_range}
+            "value_range": value_range, "exif_orientation": EXIF_ORIENTATION}
 
 
 class ResizeUint8:

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from featx.data.cnmc import cnmc_parts, parse_cnmc_name, read_cnmc
 from featx.data.collection import Collection, Sample, make_collection
 from featx.data.listing import IMAGE_EXTENSIONS, images_under, unread_note
+from featx.data.text import read_csv
 from featx.errors import FeatxError
 
 MANIFEST_HEADER = "path,label[,subject][,split]"
@@ -100,17 +100,19 @@ def _discover_folder(root: Path) -> Collection:
 
 def _read_manifest(path: Path) -> Collection:
     root = path.parent
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        names = [(f or "").strip().lower() for f in reader.fieldnames or []]
-        if "path" not in names or "label" not in names:
-            raise FeatxError(f"manifest {path} must start with the header {MANIFEST_HEADER} "
-                             f"(found {','.join(reader.fieldnames or []) or 'an empty file'})")
-        reader.fieldnames = names
-        rows = list(reader)
-    samples, seen, missing = [], set(), []
-    for line, row in enumerate(rows, start=2):
-        raw = (row.get("path") or "").strip()
+    header, rows = read_csv(path, "manifest", MANIFEST_HEADER)
+    names = [f.strip().lower() for f in header]
+    if "path" not in names or "label" not in names:
+        raise FeatxError(f"manifest {path} must start with the header {MANIFEST_HEADER} "
+                         f"(found {','.join(header) or 'an empty file'})")
+    column = {name: names.index(name) for name in ("path", "label", "subject", "split") if name in names}
+
+    def field(fields: list[str], name: str) -> str:
+        return fields[column[name]].strip() if name in column else ""
+
+    samples, lines, seen, missing = [], [], set(), []
+    for line, fields in rows:
+        raw = field(fields, "path")
         if not raw:
             raise FeatxError(f"manifest {path} line {line}: empty path")
         file = Path(raw).expanduser()
@@ -129,17 +131,36 @@ def _read_manifest(path: Path) -> Collection:
         if rel in seen:
             raise FeatxError(f"manifest {path} line {line}: {raw} is listed twice; list each image once")
         seen.add(rel)
-        label = (row.get("label") or "").strip().lower() or None
-        subject = (row.get("subject") or "").strip().upper() or None
+        subject = field(fields, "subject").upper() or None
         if subject is None:
             parsed = parse_cnmc_name(file.name)
             subject = parsed[0] if parsed else None
-        split = (row.get("split") or "").strip() or None
-        samples.append(Sample(rel, label, subject, split))
+        samples.append(Sample(rel, field(fields, "label").lower() or None, subject, field(fields, "split") or None))
+        lines.append(line)
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise FeatxError(f"manifest {path}: image {missing[0]}{more} not found "
                          f"(paths are relative to {root} or absolute)")
     if not samples:
         raise FeatxError(f"manifest {path} lists no images; add rows {MANIFEST_HEADER}")
+    _refuse_blank_labels_among_labelled(path, samples, lines)
     return make_collection(root, "manifest", samples)
+
+
+def _refuse_blank_labels_among_labelled(path: Path, samples: list[Sample], lines: list[int]) -> None:
+    """A blank label beside labelled rows of the same split (the whole manifest without splits) is refused: it
+    would make the image unlabelled, left out of training and scoring without anyone deciding so. Images meant
+    to be unlabelled (to predict) have a split of their own, as the C-NMC final phase does."""
+    labelled = {s.split for s in samples if s.label is not None}
+    blank = [(line, s.split) for s, line in zip(samples, lines) if s.label is None and s.split in labelled]
+    if not blank:
+        return
+    shown = ", ".join(str(line) for line, _ in blank[:5]) + (f" and {len(blank) - 5} more" if len(blank) > 5 else "")
+    splits = sorted({str(split) for _, split in blank if split is not None})
+    where = [f"of split{'s' if len(splits) > 1 else ''} {', '.join(splits)}"] if splits else []
+    if any(split is None for _, split in blank) and any(s.split for s in samples):
+        where.append("without a split")
+    raise FeatxError(f"manifest {path}: {len(blank)} row(s) have a blank label beside labelled rows"
+                     f"{' ' if where else ''}{' and '.join(where)} (line {shown}); such an image would be left out of "
+                     "training and scoring: give every row its label, or give the images to predict a split of their "
+                     "own (a split column, e.g. predict)")

@@ -1,4 +1,5 @@
-"""Listing image files below a folder; folders that cannot be listed or entered are recorded, not fatal."""
+"""Listing image files below a folder, through symbolic links (loops are entered once); folders that cannot be
+listed or entered and dangling links are recorded, not fatal."""
 from __future__ import annotations
 
 import os
@@ -13,28 +14,71 @@ def is_image(path: Path) -> bool:
 
 
 def images_under(folder: Path, unreadable: list[str] | None = None) -> list[Path]:
-    """Image files below a folder (recursively), skipping hidden files and folders. Folders that cannot be
-    listed or entered are appended to ``unreadable`` (and skipped)."""
+    """Image files below a folder (recursively), skipping hidden files and folders.
+
+    Symbolic links to folders and files are followed; a link back to a folder above it (a loop) is not
+    entered again. A dangling link named like an image is listed (reading it fails, so it is counted and named
+    as an unreadable image); any other dangling link, and folders that cannot be listed or entered, are
+    appended to ``unreadable`` (and skipped).
+    """
     unreadable = [] if unreadable is None else unreadable
     found = []
+    top = os.fspath(folder)
+    above = {top: (_identity(top),)}  # each folder to list: the identities of it and the folders above it
 
     def cannot_list(exc: OSError) -> None:
         unreadable.append(str(exc.filename or folder))
 
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=cannot_list):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, dirnames, filenames in os.walk(top, onerror=cannot_list, followlinks=True):
+        chain = above.pop(dirpath, ())
+        kept = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            child = os.path.join(dirpath, name)
+            identity = _identity(child)
+            if identity is not None and identity in chain:  # a link to itself or a folder above it: a loop
+                continue
+            above[child] = chain + (identity,)
+            kept.append(name)
+        dirnames[:] = kept
         for name in filenames:
             p = Path(dirpath) / name
+            if name.startswith("."):
+                continue
             if not is_image(p):
+                if is_dangling(p):
+                    unreadable.append(dangling(p))
                 continue
             try:
-                if p.is_file():
+                if p.is_file() or is_dangling(p):
                     found.append(p)
             except OSError:  # listed but not entered (read without execute permission)
                 unreadable.append(dirpath)
                 dirnames[:] = []
                 break
     return found
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the folder ``path`` leads to (through links), or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def is_dangling(path: Path) -> bool:
+    """A symbolic link whose target does not exist."""
+    return os.path.islink(path) and not os.path.exists(path)
+
+
+def dangling(path: Path) -> str:
+    """How ``unreadable`` records a dangling link: ``PATH (dangling link to TARGET)``."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"{path} (dangling link to {target})"
 
 
 def is_dir(path: Path, unreadable: list[str]) -> bool:
@@ -47,12 +91,16 @@ def is_dir(path: Path, unreadable: list[str]) -> bool:
 
 
 def subdirs(folder: Path, unreadable: list[str]) -> list[Path]:
-    """Visible subfolders of ``folder``, or [] (and ``folder`` recorded) when it cannot be listed or entered."""
+    """Visible subfolders of ``folder`` (links to folders included), or [] (and ``folder`` recorded) when it
+    cannot be listed or entered; dangling links not named like images are recorded in ``unreadable``."""
     try:
-        return [d for d in folder.iterdir() if not d.name.startswith(".") and d.is_dir()]
+        entries = [d for d in folder.iterdir() if not d.name.startswith(".")]
+        found = [d for d in entries if d.is_dir()]
     except OSError:
         unreadable.append(str(folder))
         return []
+    unreadable.extend(dangling(d) for d in entries if not is_image(d) and is_dangling(d))
+    return found
 
 
 def rel(path: Path, root: Path) -> str:

@@ -10,7 +10,16 @@ import numpy as np
 from featx.errors import FeatxError, arg
 from featx.provenance import ROLES
 from featx.store.describe import read_descriptions
-from featx.store.schema import damaged, decode_attr, open_store, read_attrs, require_store, rows_match, stored_taps
+from featx.store.schema import (
+    damaged,
+    decode_attr,
+    open_store,
+    read_attrs,
+    require_store,
+    rows_match,
+    setting,
+    stored_taps,
+)
 from featx.store.shards import check_virtual_sources
 
 
@@ -66,6 +75,7 @@ def _summarize(path: Path, h5: h5py.File) -> dict:
         "classes": classes, "labels": described["labels"], "subjects": len(set(subjects) - {""}),
         "taps": taps, "counts": counts, "settings": attrs,
         "network_roles": None if roles is None else _role_counts(roles),
+        "exif_orientation": setting(h5.attrs, "exif_orientation"),  # "ignored" in stores made before featx applied it
     }
 
 

@@ -18,7 +18,9 @@ CHUNK_BYTES = 1 << 20
 ERROR_BYTES = 512  # room for an error message (longer ones are cut)
 # Settings that make two stores' features incomparable; a reopened store must match on each.
 IDENTITY_KEYS = ("backbone", "weights", "weights_sha256", "weights_seed", "input_size", "mean", "std",
-                 "resize", "dtype", "precision", "taps", "dataset_fingerprint")
+                 "resize", "dtype", "precision", "taps", "dataset_fingerprint", "exif_orientation")
+# What a store made before featx recorded a setting did: such a store has no attribute, and reads as this.
+LEGACY_SETTINGS = {"exif_orientation": "ignored"}  # featx applies EXIF orientation since it records it
 STRING = h5py.string_dtype()
 # The libraries that computed the rows: a resumed or merged store may hold rows of several versions, and
 # records each of them (``joined_versions``) rather than refusing or keeping only the first.
@@ -61,6 +63,12 @@ def decode_attr(value):
 def read_attrs(h5: h5py.File) -> dict:
     """The root attributes (the store's settings) as plain Python values."""
     return {k: decode_attr(v) for k, v in h5.attrs.items()}
+
+
+def setting(attrs, key: str):
+    """A store's setting ``key`` from its root attributes, or what a store made before featx recorded it did
+    (:data:`LEGACY_SETTINGS`; "" for others)."""
+    return decode_attr(attrs[key]) if key in attrs else LEGACY_SETTINGS.get(key, "")
 
 
 def open_store(path: Path, mode: str) -> h5py.File:

@@ -39,6 +39,7 @@ from featx.store.schema import (
     require_store,
     row_checksums,
     rows_match,
+    setting,
 )
 from featx.store.shards import check_shard_resume, check_writable, write_index
 
@@ -379,7 +380,7 @@ def _check_resumable(path: Path, h5: h5py.File, settings: dict) -> None:
     for key in IDENTITY_KEYS:
         if key not in wanted:
             continue
-        have = decode_attr(attrs.get(key, ""))
+        have = setting(attrs, key)
         if not _same_setting(have, wanted[key]):
             raise FeatxError(f"{path} was made with {key}={have!r}, this run asks for {key}={wanted[key]!r}; "
                              f"use another {arg('out')} for different settings (or delete the file to rebuild it)")
