@@ -127,8 +127,8 @@ def test_csv_cells_a_spreadsheet_would_run_get_a_quote_and_read_back_unchanged(t
 
 
 def test_every_csv_featx_writes_goes_through_the_neutralising_writer():
-    """No module writes a CSV with the csv module directly; only the readers of user files (manifests, C-NMC
-    labels) read one without :class:`featx.csvfiles.DictReader`."""
+    """No module writes a CSV with the csv module directly; only the reader of user files (manifests, C-NMC
+    labels: featx.data.text) reads one without :class:`featx.csvfiles.DictReader`."""
     writers, readers = [], []
     for path in sorted((REPO / "featx").rglob("*.py")):
         text = path.read_text()
@@ -136,7 +136,7 @@ def test_every_csv_featx_writes_goes_through_the_neutralising_writer():
             writers += [path.name for _ in re.finditer(r"\bcsv\.(writer|DictWriter)\(", text)]
             readers += [path.relative_to(REPO).as_posix() for _ in re.finditer(r"\bcsv\.(reader|DictReader)\(", text)]
     assert writers == []
-    assert sorted(set(readers)) == ["featx/data/cnmc.py", "featx/data/layouts.py"]
+    assert sorted(set(readers)) == ["featx/data/text.py"]
 
 
 def test_finetune_lists_and_history_keep_formula_paths_as_text(tmp_path):
