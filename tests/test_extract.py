@@ -80,7 +80,7 @@ def test_store_holds_every_image_once_with_label_subject_split(cnmc_tree, cnn_st
 
 def test_store_schema_and_settings(cnn_store, cnmc_tree):
     s = store_settings(cnn_store)
-    assert s["schema_version"] == 2 and s["backbone"] == "cnn" and s["input_size"] == 32
+    assert s["schema_version"] == 3 and s["backbone"] == "cnn" and s["input_size"] == 32
     assert s["weights"] == "none" and s["weights_seed"] == 0
     assert s["taps"] == ["pool5", "fc"] and s["default_tap"] == "fc"  # taps in extraction order
     assert s["data_root"] == str(cnmc_tree.resolve())
@@ -346,12 +346,12 @@ def test_disk_full_keeps_finished_rows(cnmc_tree, tmp_path, monkeypatch):
     real = FeatureStore._write_rows
     calls = []
 
-    def write_then_fill_disk(self, indices, features):
+    def write_then_fill_disk(self, indices, features, files):
         calls.append(len(indices))
         if len(calls) > 2:  # how h5py reports it: a RuntimeError with the errno in its text
             raise RuntimeError("Can't write data (file write failed: time = Sun Nov 29, filename = 'full.h5', "
                                "errno = 28, error message = 'No space left on device')")
-        real(self, indices, features)
+        real(self, indices, features, files)
 
     monkeypatch.setattr(FeatureStore, "_write_rows", write_then_fill_disk)
     res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--image-size",

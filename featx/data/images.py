@@ -6,6 +6,7 @@ device). Together they give exactly the tensors of :func:`make_transform`.
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from featx.data.collection import Collection
+from featx.data.content import UNKNOWN, FileId, read_file
 from featx.errors import FeatxError, arg
 
 
@@ -24,10 +26,21 @@ def load_image(path: str | Path) -> Image.Image:
     16-bit, 32-bit integer and float images are scaled to 8 bits by their own range (minimum -> 0,
     maximum -> 255), not clipped at 255.
     """
+    return read_image(path, identify=False)[0]
+
+
+def read_image(path: str | Path, identify: bool = True) -> tuple[Image.Image, FileId]:
+    """:func:`load_image` and, with ``identify``, the :class:`~featx.data.content.FileId` of the bytes it
+    decoded (one read of the file; ``UNKNOWN`` without)."""
     try:
-        with Image.open(path) as img:
+        if identify:
+            data, ident = read_file(path)
+            source = io.BytesIO(data)
+        else:
+            source, ident = path, UNKNOWN
+        with Image.open(source) as img:
             img.load()
-            return to_rgb(img)
+            return to_rgb(img), ident
     except Image.UnidentifiedImageError:
         raise FeatxError(f"cannot read image {path}: not an image file (or a format PIL does not know)") from None
     except Exception as exc:  # PIL raises several types for broken files
@@ -136,31 +149,38 @@ def normalize_batch(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Items are (image tensor, index into collection.samples, error message or "").
+    """Items are (image tensor, index into collection.samples, error message or ""), and with ``identify``
+    the :class:`~featx.data.content.FileId` of the bytes decoded (``UNKNOWN`` for an unreadable image).
 
     An unreadable image gives a zero tensor of the usual shape and a one-line message naming the file,
     so that a long extraction records it and goes on.
     """
 
-    def __init__(self, collection: Collection, transform, indices: Sequence[int] | None = None):
+    def __init__(self, collection: Collection, transform, indices: Sequence[int] | None = None, *,
+                 identify: bool = False):
         self.collection = collection
         self.transform = transform
         self.indices = list(range(len(collection.samples))) if indices is None else [int(i) for i in indices]
+        self.identify = identify
         self._blank_shape: tuple[tuple[int, ...], torch.dtype] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+    def __getitem__(self, i: int) -> tuple:
         index = self.indices[i]
         path = self.collection.abspath(index)
         try:
-            tensor = self.transform(load_image(path))
+            image, ident = read_image(path, self.identify)
+            tensor = self.transform(image)
         except FeatxError as exc:
-            return self._blank(), index, str(exc)
+            return self._item(self._blank(), index, str(exc), UNKNOWN)
         except Exception as exc:  # a transform failing on an odd image
-            return self._blank(), index, f"cannot transform image {path}: {exc}".splitlines()[0]
-        return tensor, index, ""
+            return self._item(self._blank(), index, f"cannot transform image {path}: {exc}".splitlines()[0], UNKNOWN)
+        return self._item(tensor, index, "", ident)
+
+    def _item(self, tensor: torch.Tensor, index: int, error: str, ident: FileId) -> tuple:
+        return (tensor, index, error, ident) if self.identify else (tensor, index, error)
 
     def _blank(self) -> torch.Tensor:
         if self._blank_shape is None:
