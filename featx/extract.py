@@ -4,8 +4,8 @@ Images are decoded and resized to uint8 while the network is built and between f
 normalised in whole batches on the compute device (see :mod:`featx.data.batches` for who decodes: threads
 of this process on the CPU, DataLoader worker processes for CUDA); HDF5 writes run in one writer thread.
 On CUDA, batches are copied from pinned memory without blocking, and a batch's features come back while the
-next batch runs. Re-running the same call resumes: only missing rows are computed. Progress leaves through a
-callback, ``on_progress(done, total)``; the CLI draws it as a bar.
+next batch runs. Re-running the same call resumes: only missing rows, and rows whose image file changed since
+(warned with their count), are computed. Progress: ``on_progress(done, total)``; the CLI draws it as a bar.
 Forked workers close their copies of the store's and its lock's file descriptors first thing, so they never
 hold the store open: after ``kill -9`` of the main process the next run can start at once.
 """
@@ -28,12 +28,14 @@ from featx import provenance
 from featx.backbones import check_input_size, create_backbone, get_config, origin_of
 from featx.backbones.generic import POOLINGS
 from featx.data import Collection, discover
-from featx.data.batches import LoaderBatches, ThreadBatches
+from featx.data.batches import LoaderBatches, ThreadBatches, close_inherited
+from featx.data.content import check_files, name_some
 from featx.data.images import ImageDataset, ResizeUint8, describe_preprocessing, make_transform, normalize_batch
 from featx.device import autocast, memory_format, pin_memory, resolve_device
 from featx.errors import FeatxError, FeatxWarning, arg
 from featx.machine import cpu_cores, local_processes
 from featx.store import FeatureStore, lock_path
+from featx.store.rowid import file_records, read_files
 from featx.store.shards import parse_shard, shard_rows, shard_settings
 
 DTYPES = ("float32", "float16")
@@ -117,18 +119,15 @@ class _Writer:
             if self.error is not None:
                 continue
             try:
-                kind, a, b = job
-                if kind == "rows":
-                    self.store.write_rows(a, b)
-                else:
-                    self.store.mark_errors(a, b)
+                kind, *args = job
+                (self.store.write_rows if kind == "rows" else self.store.mark_errors)(*args)
             except BaseException as exc:  # re-raised in the main thread by put()/close()
                 self.error = exc
 
-    def put(self, kind: str, a, b) -> None:
+    def put(self, kind: str, *args) -> None:
         if self.error is not None:
             raise self.error
-        self.jobs.put((kind, a, b))
+        self.jobs.put((kind, *args))
 
     def close(self) -> None:
         self.jobs.put(None)
@@ -236,6 +235,7 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
                                           roles=roles, row_index=rows,
                                           tap_descriptions={t: cfg.describe_tap(t) for t in tap_names}) as store:
         store.h5.attrs[provenance.WEIGHTS_ATTR] = origin  # a resumed store records the latest statement
+        _recheck_files(store, collection)
         pending = np.flatnonzero(~store.done)
         total = store.n
         if pending.size:
@@ -252,6 +252,28 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
                          f"{errors[failed[0]]}; the other {total - failed.size} rows are saved in {out}; fix or "
                          "replace those files and run the same command again")
     return out
+
+
+def _recheck_files(store: FeatureStore, collection: Collection) -> None:
+    """Mark for recomputing the finished rows of a resumed store whose image changed since it was extracted,
+    saying how many (FeatxWarning); rows that record no content (an older featx) cannot be checked: said too."""
+    files, done = read_files(store.h5), np.flatnonzero(store.done)
+    if files is None or not done.size:
+        return
+    paths = [collection.samples[i].path for i in done]
+    check = check_files(collection.root, paths, files[done])
+    if check.refreshed.size:  # same content, new times: recorded, so the next run need not read them again
+        store.record_files(done[check.refreshed], file_records(*zip(*check.ids)))
+    if (stale := np.union1d(check.changed, check.missing)).size:
+        store.recompute(done[stale])
+        gone = f"; {check.missing.size} of them can no longer be read" if check.missing.size else ""
+        warnings.warn(FeatxWarning(f"{stale.size} image(s) changed since they were extracted into {store.path} "
+                                   f"({name_some(paths, stale)}{gone}): recomputed"), stacklevel=3)
+    if check.unknown.size:
+        warnings.warn(FeatxWarning(f"{store.path}: {check.unknown.size} finished row(s) record no content of their "
+                                   "image files (written by an older featx), so featx cannot tell whether those "
+                                   "images changed since; delete the store and extract again to check them"),
+                      stacklevel=3)
 
 
 class _Early(NamedTuple):
@@ -287,32 +309,15 @@ def _decode_early(collection: Collection, out, cfg, weights, image_size: int | N
 def _start_batches(collection: Collection, indices: list[int], size: int, device: torch.device, batch_size: int,
                    workers: int | None, held: tuple[str, ...]) -> ThreadBatches | LoaderBatches:
     """Start decoding ``indices`` of ``collection`` as uint8 images of ``size`` px, as :func:`decode_plan` says."""
-    dataset = ImageDataset(collection, ResizeUint8(size), indices=indices)
+    dataset = ImageDataset(collection, ResizeUint8(size), indices=indices, identify=True)
     kind, n = decode_plan(device, workers)
     if kind == "threads":
         ahead = max(2, min(16, PREFETCH_BYTES // (batch_size * size * size * 3)))
         # on the CPU the forward pass uses every core: helpers decode while it waits, not while it runs
         return ThreadBatches(dataset, batch_size, n, ahead=ahead, pause=device.type == "cpu", pin=pin_memory(device))
     return LoaderBatches(dataset, batch_size, n, pin=pin_memory(device), prefetch=2 if n >= 4 else 4,
-                         worker_init_fn=functools.partial(_close_inherited, held),
+                         worker_init_fn=functools.partial(close_inherited, held),
                          lowest_priority=device.type == "cpu")
-
-
-def _close_inherited(paths: tuple[str, ...], worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: close the descriptors of ``paths`` a forked worker inherited.
-
-    Otherwise, after ``kill -9`` of the main process, orphaned workers keep the store's HDF5 lock and the
-    writer lock for seconds. Closing a copy in the child leaves the parent's locks in place.
-    """
-    fd_dir = "/proc/self/fd"
-    if not os.path.isdir(fd_dir):  # no /proc: not Linux, where workers are spawned and inherit nothing
-        return
-    for name in os.listdir(fd_dir):
-        try:
-            if os.readlink(f"{fd_dir}/{name}") in paths:
-                os.close(int(name))
-        except OSError:
-            pass
 
 
 def _overlaps_copies(device: torch.device) -> bool:
@@ -345,11 +350,11 @@ def _extract_pending(model, collection: Collection, store: FeatureStore, pending
 
     def finish(batch) -> None:
         nonlocal done
-        rows, feats, copied, count = batch
+        rows, feats, copied, count, files = batch
         if copied is not None:
             copied.synchronize()
         if len(rows):
-            writer.put("rows", rows, {t: v.numpy() for t, v in feats.items()})
+            writer.put("rows", rows, {t: v.numpy() for t, v in feats.items()}, files)
         done += count
         report(done, total)
 
@@ -357,7 +362,7 @@ def _extract_pending(model, collection: Collection, store: FeatureStore, pending
         model = model.to(device=device, memory_format=fmt)  # create_backbone returns it in eval mode
         report(done, total)
         with torch.inference_mode():
-            for images, index, error in batches:
+            for images, index, error, ids in batches:
                 ok = np.array([e == "" for e in error], dtype=bool)
                 index = index.numpy()
                 if not ok.all():
@@ -380,7 +385,7 @@ def _extract_pending(model, collection: Collection, store: FeatureStore, pending
                     if cuda:
                         copied = torch.cuda.Event()
                         copied.record()
-                batch = (index[ok], feats, copied, len(index))
+                batch = (index[ok], feats, copied, len(index), file_records(*ids)[ok])
                 if waiting is not None:
                     finish(waiting)
                     waiting = None

@@ -10,8 +10,8 @@ A model loads only when its card is present, records the sha256 of the model fil
 a .skops file loads only when every type it holds is on featx's allow-list (:data:`SKOPS_TRUSTED`). The
 settings that decide a prediction (classes, positive class, features) are checked between the file and its
 card, so an edited card cannot flip the labels. joblib files are pickles, which run code when loaded: the
-sha256 only proves the file is the one its card describes, not who wrote it, so load .joblib files only
-from people you trust.
+sha256 only proves the file is the one its card describes, not who wrote it, so featx loads a .joblib file
+only when asked to trust it (``trust_pickle``, ``featx predict --trust-pickle``).
 
 Predicting new images with a saved model is a workflow: :func:`featx.workflows.predict.predict`.
 """
@@ -220,7 +220,8 @@ def _check_bundle(bundle, card: dict, path: Path) -> None:
     """The file holds a featx model whose classes, features and settings are those of its card."""
     if not (isinstance(bundle, dict) and bundle.get("featx_model") == CARD_VERSION and "model" in bundle
             and all(k in bundle for k in BUNDLE_KEYS)):
-        raise FeatxError(f"{path}: holds no featx model with its class names (saved by an older featx?); {RESAVE}")
+        raise FeatxError(f"{path}: holds no featx model with its class names (a bare pipeline saved by an older "
+                         f"featx, or not a featx model at all); {RESAVE}")
     for key in BUNDLE_KEYS:
         if json_shaped(card.get(key)) != json_shaped(bundle[key]):
             raise FeatxError(f"{card_path(path)}: {key} is {card.get(key)!r} in the card but {bundle[key]!r} in "
@@ -231,8 +232,20 @@ def _check_bundle(bundle, card: dict, path: Path) -> None:
                          "stored with it; re-save the model")
 
 
-def _load_bundle(path) -> tuple[dict, dict]:
-    """``(bundle, card)`` of a model file, after every check (card, sha256, allow-list, classes)."""
+def _refuse_pickle(path: Path) -> None:
+    """The refusal of a .joblib file loaded without ``trust_pickle``, pointing to the .skops beside it."""
+    skops = path.with_suffix(".skops")
+    instead = (f"use {skops.name} beside it instead" if skops.is_file() else
+               f"use a .skops model (classify with {arg('save', True)} writes one beside the .joblib)")
+    raise FeatxError(f"{path}: not loading a .joblib model without {arg('trust_pickle', True)}: it is a pickle, which "
+                     "runs any code it holds when loaded, and its card's sha256 shows only that the two files belong "
+                     f"together, not who wrote them; {instead}, or pass {arg('trust_pickle', True)} if you made this "
+                     "file yourself")
+
+
+def _load_bundle(path, trust_pickle: bool = False) -> tuple[dict, dict]:
+    """``(bundle, card)`` of a model file, after every check (card, sha256, allow-list, classes); a .joblib
+    file is unpickled only with ``trust_pickle``."""
     path = Path(path)
     if not path.is_file():
         raise FeatxError(f"{path}: no such model file; save one with classify and {arg('save', True)}")
@@ -249,6 +262,8 @@ def _load_bundle(path) -> tuple[dict, dict]:
     if card.get("format", fmt) != fmt:
         raise FeatxError(f"{path}: a {path.suffix} file but its card says format {card.get('format')!r}; "
                          "restore the model's own card")
+    if fmt == "joblib" and not trust_pickle:
+        _refuse_pickle(path)
     types = _skops_types(path, data) if fmt == "skops" else None
     try:
         bundle = require_skops().loads(data, trusted=types) if fmt == "skops" else joblib.load(io.BytesIO(data))
@@ -259,14 +274,18 @@ def _load_bundle(path) -> tuple[dict, dict]:
     return bundle, card
 
 
-def load_model(path) -> tuple[object, dict]:
-    """The fitted pipeline of a saved model (.joblib or .skops) and its card, after checking both.
+def load_model(path, *, trust_pickle: bool = False) -> tuple[object, dict]:
+    """The fitted pipeline of a saved model (.skops, or .joblib with ``trust_pickle``) and its card, after
+    checking both.
 
     Refused with :class:`FeatxError` (one line) when the card is missing, damaged, has no sha256 or one that
     does not match the file, disagrees with the classes or settings stored in the file, or when a .skops
-    file holds a type outside :data:`SKOPS_TRUSTED`. The pipeline predicts indices into ``card["classes"]``.
+    file holds a type outside :data:`SKOPS_TRUSTED`. A .joblib file is a pickle: unpickling it runs whatever
+    code it holds (the sha256 in its card does not stop a file whose card was written with it), so it is
+    refused unless ``trust_pickle``; with it, after the same checks, it is unpickled (its code runs) and must
+    then hold a featx model. The pipeline predicts indices into ``card["classes"]``.
     """
-    bundle, card = _load_bundle(path)
+    bundle, card = _load_bundle(path, trust_pickle)
     return bundle["model"], card
 
 
@@ -287,8 +306,13 @@ def _setting_matches(have, want) -> bool:
     return str(have) == str(want)
 
 
-def check_store_matches(card: dict, settings: Sequence[dict], stores: Sequence[str]) -> None:
-    """Refuse stores whose extraction settings differ from the card's, naming the first differing setting."""
+def check_store_matches(card: dict, settings: Sequence[dict], stores: Sequence[str], *, extracted: bool = False
+                        ) -> None:
+    """Refuse stores whose extraction settings differ from the card's, naming the first differing setting.
+
+    ``extracted``: the stores were just extracted with the card's settings (predict without a store): the
+    message then says that extracting now gives other features, not which (possibly temporary) file holds them.
+    """
     expected = card.get("stores") or []
     if len(expected) != len(settings):
         raise FeatxError(f"the model was trained on {len(expected)} fused store(s) "
@@ -300,6 +324,11 @@ def check_store_matches(card: dict, settings: Sequence[dict], stores: Sequence[s
             if key == "weights" and want.get("weights_kind") == "file":
                 continue  # a checkpoint may live at another path; its sha256 decides
             value = have.get(key, LEGACY_SETTINGS.get(key))  # a store made before featx recorded the setting
+            if not _setting_matches(value, want[key]) and extracted:
+                raise FeatxError(f"{key} is {want[key]!r} in the model card ({card.get('file')}) but extracting with "
+                                 f"the card's settings now gives {key}={value!r}: the weights or featx changed "
+                                 "since the model was trained; restore them, or train the model again on features "
+                                 "extracted now")
             if not _setting_matches(value, want[key]):
                 raise FeatxError(f"{store}: {key} is {value!r} in the store but {want[key]!r} in the model "
                                  f"card ({card.get('file')}); features made with other settings do not fit the model: "
@@ -317,14 +346,15 @@ def require_skops():
     return sio
 
 
-def export_skops(model_path, out=None) -> Path:
+def export_skops(model_path, out=None, *, trust_pickle: bool = False) -> Path:
     """Write a saved model in the skops format (loads without running code) with its own card; returns its path.
 
     The .skops card is the model's card with this file's name, format and sha256. Refused when the model holds
-    a type outside :data:`SKOPS_TRUSTED` (featx could not load the export).
+    a type outside :data:`SKOPS_TRUSTED` (featx could not load the export). A .joblib model is read only with
+    ``trust_pickle`` (as :func:`load_model`).
     """
     sio = require_skops()
-    bundle, card = _load_bundle(model_path)
+    bundle, card = _load_bundle(model_path, trust_pickle)
     out = Path(out) if out else Path(model_path).with_suffix(".skops")
     data = sio.dumps(bundle)
     _skops_types(out, data)

@@ -12,8 +12,9 @@ Default mode, one run gives every ratio (same images, same random weights, one t
   and written at the end; timed from building the network to the written file.
 - ceiling: the forward pass alone on preloaded random tensors (channels-last, batches of --batch-size; fp16
   autocast on CUDA), as many images, no decoding, no writing, no set-up.
-- decode rate: the decode path alone (read, decode, resize to uint8: what featx's decoders run per image),
-  in one thread (images/s per core), and with DataLoader worker processes on every core (images/s, all cores).
+- decode rate: the decode path alone (read, sha256 of the bytes, decode, resize to uint8: what featx's decoders
+  run per image), in one thread (images/s per core), and with DataLoader worker processes on every core
+  (images/s, all cores).
 - on CUDA, the GPU's utilisation during the featx process, sampled by nvidia-smi.
 
 Images: synthetic C-NMC cells at the real data's size (450x450 BMP); --distinct cells are drawn and hard-linked
@@ -219,7 +220,8 @@ def naive_loop(collection, backbone: str, size: int, taps: list[str], out: Path,
 
 def decode_per_core(collection, size: int, count: int) -> float:
     """Images/s of the decode path alone (what featx's decoders run per image) in one thread."""
-    dataset = ImageDataset(collection, ResizeUint8(size), indices=range(min(count, len(collection.samples))))
+    dataset = ImageDataset(collection, ResizeUint8(size), indices=range(min(count, len(collection.samples))),
+                           identify=True)  # as extract: each file's sha256 from the bytes decoded
     dataset[0]
     start = time.perf_counter()
     for i in range(1, len(dataset)):
@@ -237,11 +239,11 @@ def steady_rate(marks: list[tuple[float, int]], n: int) -> float | None:
 
 def decode_all_cores(collection, size: int, batch: int) -> float:
     """Images/s of the decode path in DataLoader worker processes on every core (start-up included)."""
-    dataset = ImageDataset(collection, ResizeUint8(size))
+    dataset = ImageDataset(collection, ResizeUint8(size), identify=True)
     start = time.perf_counter()
     batches = LoaderBatches(dataset, batch, cores())
     try:
-        count = sum(len(index) for _, index, _ in batches)
+        count = sum(len(index) for _, index, _, _ in batches)
     finally:
         batches.close()
     return count / (time.perf_counter() - start)

@@ -47,6 +47,11 @@ def assert_same_store(single: Path, merged: Path) -> None:
             assert dict(x.attrs) == dict(y.attrs) or _same_attrs(x.attrs, y.attrs)
         done = b["samples/done"][:]
         assert ((b["samples/checksum"][:] != 0).all(axis=1) == done).all()  # written exactly where done
+        np.testing.assert_array_equal(a["samples/meta_checksum"][:], b["samples/meta_checksum"][:])
+        # each row's image file content, as the single run recorded it (unknown where no features were written)
+        for field in ("size", "sha256"):
+            np.testing.assert_array_equal(a["samples/file"][field], b["samples/file"][field], field)
+        assert (b["samples/file"]["size"][done] > 0).all() and (b["samples/file"]["sha256"][~done] == b"").all()
         attrs_a = {k: a.attrs[k] for k in a.attrs if k not in BOOKKEEPING}
         attrs_b = {k: b.attrs[k] for k in b.attrs if k not in BOOKKEEPING}
         assert sorted(attrs_a) == sorted(attrs_b), set(attrs_a) ^ set(attrs_b)
@@ -54,6 +59,7 @@ def assert_same_store(single: Path, merged: Path) -> None:
             assert str(attrs_a[key]) == str(attrs_b[key]), key
     check = verify(merged)
     assert check["bad"] == 0 and check["checked"] == int(done.sum())
+    assert check["metadata_checked"] and check["bad_metadata"] == 0
     fa, fb = load_features(single, labelled=None), load_features(merged, labelled=None)
     for name in ("paths", "y", "subjects", "splits"):
         np.testing.assert_array_equal(getattr(fa, name), getattr(fb, name))

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from featx.backbones import create_backbone
 from featx.cli import app
 from featx.data.synth import synthesize
-from featx.errors import FeatxError
+from featx.errors import FeatxError, FeatxWarning
 from featx.extract import extract
 from featx.heads import make_head
-from featx.persist import check_store_matches, fit_final, load_model, save_model
+from featx.persist import card_path, check_store_matches, export_skops, fit_final, load_model, save_model
 from featx.store import load_features, store_settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
@@ -106,7 +106,7 @@ def test_saved_model_reloads_and_predicts_the_same_labels(demo, tmp_path):
     assert n_train == 120  # labelled training rows; prelim (held out) and final (unlabelled) left out
     path = save_model(model, features, tmp_path, head="softmax", n_train=n_train, preprocess="standard")
     assert path.name == "cnn-fc-softmax.joblib"
-    loaded, card = load_model(path)
+    loaded, card = load_model(path, trust_pickle=True)
     np.testing.assert_array_equal(loaded.predict(features.X), model.predict(features.X))
     np.testing.assert_array_equal(loaded.predict_proba(features.X), model.predict_proba(features.X))
     assert card["classes"] == ["all", "hem"] and card["positive"] == "all" and card["n_features"] == 128
@@ -116,7 +116,7 @@ def test_saved_model_reloads_and_predicts_the_same_labels(demo, tmp_path):
     # a model file changed after saving is refused before it is unpickled
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(FeatxError, match="changed after it was saved"):
-        load_model(path)
+        load_model(path, trust_pickle=True)
 
 
 def _assert_same_predictions(a: list[dict], b: list[dict]) -> None:
@@ -148,7 +148,7 @@ def test_classify_save_then_predict_final_phase(demo, tmp_path):
     assert shared_card["sha256"] == hashlib.sha256(shared.read_bytes()).hexdigest() != card["sha256"]
     # extraction of the new images with the card's settings
     result, text = _invoke("predict", model, demo["data"], "--split", "final", "--out", tmp_path / "p1.csv",
-                           "--workers", "0")
+                           "--workers", "0", "--trust-pickle")
     assert result.exit_code == 0, result.output
     assert f"wrote {N_FINAL} rows" in text and f"{N_FINAL} predicted" in text and "0 could not be predicted" in text
     rows = _read_csv(tmp_path / "p1.csv")
@@ -161,7 +161,8 @@ def test_classify_save_then_predict_final_phase(demo, tmp_path):
         assert all(r["probability"] == "" and float(r["score"]) >= 0 for r in rows)
     # the same predictions from the store that holds those images (extracted in other batches: equal up to
     # rounding), and exactly the same from the .skops copy
-    result, _ = _invoke("predict", model, "--store", demo["store"], "--split", "final", "--out", tmp_path / "p2.csv")
+    result, _ = _invoke("predict", model, "--store", demo["store"], "--split", "final", "--out", tmp_path / "p2.csv",
+                        "--trust-pickle")
     assert result.exit_code == 0, result.output
     from_store = _read_csv(tmp_path / "p2.csv")
     _assert_same_predictions(from_store, rows)
@@ -263,7 +264,8 @@ def test_predict_with_a_model_without_probabilities_writes_the_score(demo, tmp_p
     model = make_head("svm").fit(features.X[train], features.y[train])
     path = save_model(model, features, tmp_path, head="svm", n_train=int(train.sum()), preprocess="standard")
     assert json.loads(path.with_suffix(".json").read_text())["output"] == "score"
-    result, text = _invoke("predict", path, "--store", demo["store"], "--split", "final", "--out", tmp_path / "p.csv")
+    result, text = _invoke("predict", path, "--store", demo["store"], "--split", "final", "--out", tmp_path / "p.csv",
+                           "--trust-pickle")
     assert result.exit_code == 0, result.output
     assert "column score" in text
     lines = (tmp_path / "p.csv").read_text().splitlines()
@@ -282,11 +284,11 @@ def test_predict_refuses_a_store_made_with_other_settings(demo, tmp_path):
     result, _ = _invoke("classify", demo["store"], "--head", "logistic", "--save", "--out", out, "--no-plots")
     assert result.exit_code == 0, result.output
     model = out / "models" / "cnn-fc-logistic.joblib"
-    result, text = _invoke("predict", model, "--store", demo["store_b"], "--out", tmp_path / "p.csv")
+    result, text = _invoke("predict", model, "--store", demo["store_b"], "--out", tmp_path / "p.csv", "--trust-pickle")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "weights_seed is 1 in the store but 0 in the model card" in text
     assert not (tmp_path / "p.csv").exists()
-    _, card = load_model(model)
+    _, card = load_model(model, trust_pickle=True)
     settings = store_settings(demo["store"])
     check_store_matches(card, [settings], [demo["store"]])  # the store it was trained on passes
     for key, value in (("input_size", 224), ("mean", [0.5, 0.5, 0.5]), ("backbone", "vgg16")):
@@ -335,11 +337,159 @@ def test_predict_with_a_model_trained_on_features_of_a_weights_file(demo, tmp_pa
     model = out / "models" / "cnn-fc-logistic.joblib"
     card = json.loads(model.with_suffix(".json").read_text())
     assert card["feature_name"] == "cnn[run/best.pt]/fc" and card["stores"][0]["taps"] == ["fc"]
-    result, _ = _invoke("predict", model, "--store", store, "--split", "final", "--out", tmp_path / "a.csv")
+    result, _ = _invoke("predict", model, "--store", store, "--split", "final", "--out", tmp_path / "a.csv",
+                        "--trust-pickle")
     assert result.exit_code == 0, result.output
     result, _ = _invoke("predict", model, demo["data"], "--split", "final", "--workers", "0", "--out",
-                        tmp_path / "b.csv")
+                        tmp_path / "b.csv", "--trust-pickle")
     assert result.exit_code == 0, result.output
     a, b = _read_csv(tmp_path / "a.csv"), _read_csv(tmp_path / "b.csv")
     assert len(a) == N_FINAL
     _assert_same_predictions(a, b)
+
+
+# -- issue 24: stale features, outputs that are inputs, a swapped best.pt ------------------------------------------
+def _replace_final_images(data: Path) -> list[Path]:
+    """Put other cells (training images, the same 40 px BMPs) under the final phase's names 1.bmp ... 4.bmp."""
+    finals = _final_images(data)
+    others = sorted((data / "C-NMC_training_data").rglob("*.bmp"))[::5]
+    for final, other in zip(finals, others):
+        assert final.stat().st_size == other.stat().st_size
+        final.write_bytes(other.read_bytes())
+    return finals
+
+
+def test_predict_cache_recomputes_images_replaced_under_their_names(cnmc_tree, logistic_model, tmp_path):
+    data = tmp_path / "inbox"
+    shutil.copytree(cnmc_tree, data)
+    common = ["--split", "final", "--workers", "0", "--cache", tmp_path / "cache"]
+    result, text = _invoke("predict", logistic_model, data, *common, "--out", tmp_path / "before.csv")
+    assert result.exit_code == 0 and "changed since" not in text, result.output
+    finals = _replace_final_images(data)
+    result, text = _invoke("predict", logistic_model, data, *common, "--out", tmp_path / "cached.csv")
+    assert result.exit_code == 0, result.output
+    names = ", ".join(f.relative_to(data).as_posix() for f in finals[:3])
+    assert f"warning: 4 image(s) changed since they were extracted into {tmp_path / 'cache'}" in text
+    assert f"({names} and 1 more): recomputed" in text
+    result, _ = _invoke("predict", logistic_model, data, "--split", "final", "--workers", "0", "--out",
+                        tmp_path / "fresh.csv")
+    assert result.exit_code == 0, result.output
+    before, cached, fresh = (_read_csv(tmp_path / f"{n}.csv") for n in ("before", "cached", "fresh"))
+    _assert_same_predictions(cached, fresh)  # the new images' predictions, not the old ones
+    assert max(abs(float(a["probability"]) - float(b["probability"])) for a, b in zip(before, fresh)) > 1e-3
+    # nothing changed since: the cache is used as it is
+    result, text = _invoke("predict", logistic_model, data, *common, "--out", tmp_path / "again.csv")
+    assert result.exit_code == 0 and "changed since" not in text and _read_csv(tmp_path / "again.csv") == cached
+
+
+def test_predict_store_refuses_images_changed_since_extraction_and_says_what_it_cannot_check(
+        cnmc_tree, logistic_model, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(cnmc_tree, data)
+    settings = dict(backbone="cnn", weights="none", image_size=64, workers=0)
+    store = extract(data, tmp_path / "s.h5", **settings)
+    finals = _replace_final_images(data)
+    result, text = _invoke("predict", logistic_model, "--store", store, "--split", "final", "--out", tmp_path / "p.csv")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "p.csv").exists()
+    names = ", ".join(f.relative_to(data).as_posix() for f in finals[:3])
+    assert (f"error: {store}: 4 image(s) changed since they were extracted ({names} and 1 more), so its features of "
+            f"them are stale; run the same `featx extract` into {store} again (it recomputes them), then predict"
+            ) in text
+    # rows whose images did not change are predicted (only the requested rows are checked)
+    result, text = _invoke("predict", logistic_model, "--store", store, "--split", "fold_0", "--out",
+                           tmp_path / "f0.csv")
+    assert result.exit_code == 0 and "warning" not in text, result.output
+    # the fix the message names: the extraction resumes, recomputes those four, and predict agrees with the images
+    with pytest.warns(FeatxWarning, match=r"4 image\(s\) changed since they were extracted .*: recomputed"):
+        extract(data, store, **settings)
+    result, _ = _invoke("predict", logistic_model, "--store", store, "--split", "final", "--out", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    result, _ = _invoke("predict", logistic_model, data, "--split", "final", "--workers", "0", "--out",
+                        tmp_path / "fresh.csv")
+    _assert_same_predictions(_read_csv(tmp_path / "p.csv"), _read_csv(tmp_path / "fresh.csv"))
+    # images no longer where the store says (moved data): predicted from the store, with one warning
+    moved = data.rename(tmp_path / "moved")
+    result, text = _invoke("predict", logistic_model, "--store", store, "--split", "final", "--out", tmp_path / "m.csv")
+    assert result.exit_code == 0, result.output
+    assert text.count("warning:") == 1 and (f"{store}: featx cannot tell whether 4 of the 4 images changed since they "
+                                            f"were extracted (first: {finals[0].relative_to(data).as_posix()}, not "
+                                            f"under {data}); predicting them from the stored features") in text
+    moved.rename(data)
+    # a store of an older featx (no content recorded): predicted, saying once that it cannot be checked
+    old = Path(shutil.copy(store, tmp_path / "old.h5"))
+    with h5py.File(old, "r+") as h5:
+        del h5["samples/file"], h5["samples/meta_checksum"]
+        h5.attrs["schema_version"] = 2
+    result, text = _invoke("predict", logistic_model, "--store", old, "--out", tmp_path / "o.csv")
+    assert result.exit_code == 0, result.output
+    assert text.count("warning:") == 1 and (f"warning: {old} was written by an older featx: its rows record no "
+                                            "content of their image files, so featx cannot tell whether the images "
+                                            "changed since they were extracted") in text
+
+
+def test_predict_refuses_an_out_that_is_one_of_its_inputs_or_a_folder(cnmc_tree, logistic_model, demo, tmp_path):
+    manifest = tmp_path / "man.csv"
+    manifest.write_text("path,label\n" + "".join(f"{f},\n" for f in _final_images(cnmc_tree)))
+    joblib_model = logistic_model.with_suffix(".joblib")
+    labels = next(cnmc_tree.rglob("*_labels.csv"))
+    cases = [
+        ([logistic_model, manifest], manifest, "is the data"),
+        ([logistic_model, manifest], logistic_model, "is the model"),
+        ([logistic_model, manifest], card_path(logistic_model), "is the model's card"),
+        ([joblib_model, manifest, "--trust-pickle"], joblib_model.with_suffix(".json"), "is the model's card"),
+        ([logistic_model, "--store", demo["store"]], demo["store"], "is a store it reads"),
+        ([logistic_model, cnmc_tree], labels, "is a labels file of the data"),
+        ([logistic_model, manifest], tmp_path / "cell.bmp", "names an image; give the CSV file to write"),
+    ]
+    for args, out, words in cases:
+        before = out.read_bytes() if out.exists() else None
+        result, text = _invoke("predict", *args, "--workers", "0", "--out", out)
+        assert result.exit_code == 1 and "Traceback" not in result.output, (out, result.output)
+        assert len(result.output.strip().splitlines()) == 1 and f"error: --out {out} {words}" in text, text
+        assert (out.read_bytes() if out.exists() else None) == before, out
+    # a folder (IsADirectoryError before), and a path under a file
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    result, text = _invoke("predict", logistic_model, "--store", demo["store"], "--out", folder)
+    assert result.exit_code == 1 and "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert f"error: --out {folder} is a folder; give the CSV file to write, e.g. --out {folder / 'predictions.csv'}" \
+        in text
+    result, text = _invoke("predict", logistic_model, "--store", demo["store"], "--out", manifest / "p.csv")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"--out {manifest / 'p.csv'}: {manifest} is a file, not a folder" in text
+    assert list(folder.iterdir()) == []
+
+
+def test_a_swapped_weights_file_is_named_without_a_temporary_store_or_store_advice(cnmc_tree, tmp_path):
+    weights = tmp_path / "run" / "best.pt"
+    weights.parent.mkdir()
+    torch.save(create_backbone("cnn", "none", seed=7).state_dict(), weights)
+    store = extract(cnmc_tree, tmp_path / "tuned.h5", backbone="cnn", weights=str(weights), image_size=32,
+                    workers=0, weights_never_saw_images=True)
+    features = load_features(store)
+    pipeline, n_train = fit_final(features, "logistic", device="cpu", eval_set="prelim")
+    model = export_skops(save_model(pipeline, features, tmp_path / "m", head="logistic", n_train=n_train),
+                         trust_pickle=True)
+    args = ["predict", model, cnmc_tree, "--split", "final", "--workers", "0", "--out", tmp_path / "p.csv"]
+    result, _ = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    torch.save(create_backbone("cnn", "none", seed=8).state_dict(), weights)  # another best.pt at the same path
+    card = json.loads(card_path(model).read_text())
+    for extra in ([], ["--cache", tmp_path / "cache"]):
+        result, text = _invoke(*args, *extra)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        assert (f"error: {weights}: the weights file the model's features came from changed since the model was "
+                f"trained (its sha256 is not the {card['stores'][0]['weights_sha256'][:12]}... that {model.name}'s "
+                "card records); put the original file back, or train a model on features of this one") in text
+        assert "--store" not in text and "featx-predict-" not in text
+    # any other setting that extraction now gives otherwise: said without the (temporary) store's name
+    settings = store_settings(store)
+    with pytest.raises(FeatxError) as err:
+        check_store_matches(card, [{**settings, "resize": "other"}], ["/tmp/featx-predict-x/0-cnn.h5"],
+                            extracted=True)
+    assert str(err.value) == (f"resize is {settings['resize']!r} in the model card ({model.name}) but extracting "
+                              "with the card's settings now gives resize='other': the weights or featx changed since "
+                              "the model was trained; restore them, or train the model again on features extracted "
+                              "now")

@@ -498,7 +498,7 @@ def test_saved_model_makes_the_evaluated_predictions_row_for_row(cnmc_store, hea
     result = run_classify(cnmc_store, head, eval_set="prelim", save=True, out=tmp_path, plots=False,
                           params=params, device="cpu")
     row, model_path = result["row"], result["model"]
-    model, card = load_model(model_path)
+    model, card = load_model(model_path, trust_pickle=True)
     assert type(joblib.load(model_path)["model"]) is type(model)  # the file holds the pipeline with its classes
     features = load_features(cnmc_store)
     prelim = np.flatnonzero(features.splits == "prelim")

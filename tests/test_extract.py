@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import pickle
 import re
 import shutil
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -75,7 +80,7 @@ def test_store_holds_every_image_once_with_label_subject_split(cnmc_tree, cnn_st
 
 def test_store_schema_and_settings(cnn_store, cnmc_tree):
     s = store_settings(cnn_store)
-    assert s["schema_version"] == 2 and s["backbone"] == "cnn" and s["input_size"] == 32
+    assert s["schema_version"] == 3 and s["backbone"] == "cnn" and s["input_size"] == 32
     assert s["weights"] == "none" and s["weights_seed"] == 0
     assert s["taps"] == ["pool5", "fc"] and s["default_tap"] == "fc"  # taps in extraction order
     assert s["data_root"] == str(cnmc_tree.resolve())
@@ -341,12 +346,12 @@ def test_disk_full_keeps_finished_rows(cnmc_tree, tmp_path, monkeypatch):
     real = FeatureStore._write_rows
     calls = []
 
-    def write_then_fill_disk(self, indices, features):
+    def write_then_fill_disk(self, indices, features, files):
         calls.append(len(indices))
         if len(calls) > 2:  # how h5py reports it: a RuntimeError with the errno in its text
             raise RuntimeError("Can't write data (file write failed: time = Sun Nov 29, filename = 'full.h5', "
                                "errno = 28, error message = 'No space left on device')")
-        real(self, indices, features)
+        real(self, indices, features, files)
 
     monkeypatch.setattr(FeatureStore, "_write_rows", write_then_fill_disk)
     res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--image-size",
@@ -429,3 +434,45 @@ def test_extract_names_its_arguments_not_flags(cnmc_tree, tmp_path):
     res = runner.invoke(app, ["extract", str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--taps", "fc9",
                               "--out", str(tmp_path / "x.h5")])
     assert res.exit_code == 1 and "error: --taps fc9: unknown tap fc9" in " ".join(res.output.split())
+
+
+class _System:
+    """Unpickling this runs ``os.system(command)``: a weights file that is really a program."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_weights_that_are_a_malicious_pickle_are_one_line_without_torch_warnings(cnmc_tree, tmp_path):
+    marker = tmp_path / "pwned"
+    plain = tmp_path / "evil_plain.pt"  # pickled by hand (protocol 4+): torch warns about the protocol, then refuses
+    plain.write_bytes(pickle.dumps({"model": _System(f"touch {marker}")}, protocol=pickle.HIGHEST_PROTOCOL))
+    saved = tmp_path / "evil_saved.pt"  # written by torch.save: refused naming the function it would call
+    torch.save({"model": _System(f"touch {marker}")}, saved)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(FeatxError) as err:
+            create_backbone("cnn", plain)
+    assert [str(w.message) for w in seen] == [] and not marker.exists()
+    assert str(err.value) == (f"{plain} is not a weights file featx can read (torch.load with weights_only=True "
+                              "failed: UnpicklingError); expected a state dict saved with "
+                              "torch.save(model.state_dict(), path) or a featx checkpoint")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(FeatxError, match=rf"{re.escape(str(saved))} is not a weights file featx can read \(it "
+                                             r"refers to posix.system, which no weights file holds; refused without "
+                                             r"running it\)"):
+            create_backbone("cnn", saved)
+    assert [str(w.message) for w in seen] == [] and not marker.exists()
+    # the CLI in a process of its own (pytest records warnings that would otherwise reach stderr): one line
+    for evil in (plain, saved):
+        res = subprocess.run([sys.executable, "-m", "featx", "extract", str(cnmc_tree), "--backbone", "cnn",
+                              "--weights", str(evil), "--out", str(tmp_path / "s.h5"), "-q"],
+                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+                             capture_output=True, text=True, timeout=300)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {evil} is not a weights file")
+        assert "Warning" not in res.stderr and not marker.exists() and not (tmp_path / "s.h5").exists()

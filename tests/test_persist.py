@@ -74,8 +74,11 @@ def _edit_card(path: Path, **changes) -> None:
 _DROP = object()
 
 
-def _predict_cli(model: Path, store: Path, out: Path):
-    result = runner.invoke(app, ["predict", str(model), "--store", str(store), "--out", str(out)])
+def _predict_cli(model: Path, store: Path, out: Path, *extra: str):
+    """`featx predict MODEL --store STORE --out OUT`; a .joblib model with --trust-pickle (every check before the
+    file is unpickled still applies) unless ``extra`` says otherwise."""
+    trust = ["--trust-pickle"] if model.suffix == ".joblib" and not extra else []
+    result = runner.invoke(app, ["predict", str(model), "--store", str(store), "--out", str(out), *trust, *extra])
     return result, re.sub(r"\s+", " ", result.output)
 
 
@@ -84,7 +87,7 @@ def test_every_head_round_trips_through_skops_with_identical_predictions(models)
     assert len(features) == 34  # training folds, prelim and final rows of the fixture
     for head, (joblib_path, skops_path) in models["saved"].items():
         assert skops_path == joblib_path.with_suffix(".skops") and card_path(skops_path).name.endswith(".skops.json")
-        from_joblib, card = load_model(joblib_path)
+        from_joblib, card = load_model(joblib_path, trust_pickle=True)
         from_skops, skops_card = load_model(skops_path)
         assert skops_card["format"] == "skops" and card["format"] == "joblib", head
         assert skops_card["sha256"] == _sha(skops_path) and card["sha256"] == _sha(joblib_path), head
@@ -124,8 +127,8 @@ def test_a_malicious_pickle_is_refused_before_it_runs(models, tmp_path, card_cha
         card_path(model).unlink()
     else:
         _edit_card(model, **card_change)
-    with pytest.raises(FeatxError, match=words):
-        load_model(model)
+    with pytest.raises(FeatxError, match=words):  # trusting the pickle skips none of the checks before it
+        load_model(model, trust_pickle=True)
     result, text = _predict_cli(model, models["store"], tmp_path / "p.csv")
     assert result.exit_code == 1 and words in text and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -133,6 +136,35 @@ def test_a_malicious_pickle_is_refused_before_it_runs(models, tmp_path, card_cha
     # the control: unpickling the same file without featx's checks does run its code
     joblib.load(model)
     assert marker.exists()
+
+
+def test_a_pickle_whose_card_matches_loads_only_with_trust_pickle(models, tmp_path):
+    """An attacker who writes the .joblib writes its card too: the sha256 matches, the file looks like a featx
+    model (every key of a real one) and carries code that runs when it is unpickled (it creates a file)."""
+    model = _copy_model(models["saved"]["logistic"][0], tmp_path / "m")
+    marker = tmp_path / "pwned"
+    real = joblib.load(model)
+    joblib.dump({**real, "payload": _RunsCode(marker)}, model)
+    _edit_card(model, sha256=_sha(model))
+    with pytest.raises(FeatxError, match=r"not loading a \.joblib model without trust_pickle=True: it is a pickle"):
+        load_model(model)
+    result, text = _predict_cli(model, models["store"], tmp_path / "p.csv", "--workers", "0")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "not loading a .joblib model without --trust-pickle: it is a pickle, which runs any code it holds" in text
+    assert "use cnn-fc-logistic.skops beside it instead" not in text  # only the .joblib was copied here
+    assert "use a .skops model (classify with --save writes one beside the .joblib)" in text
+    assert not marker.exists() and not (tmp_path / "p.csv").exists()
+    # the .skops beside it is named when it is there
+    shutil.copy(models["saved"]["logistic"][1], model.with_suffix(".skops"))
+    result, text = _predict_cli(model, models["store"], tmp_path / "p.csv", "--workers", "0")
+    assert result.exit_code == 1 and "use cnn-fc-logistic.skops beside it instead" in text
+    assert not marker.exists()
+    # --trust-pickle is the user's statement that they made the file: it is unpickled, so its code runs (as
+    # documented in --help and docs/errors.md), and a file that holds a featx model predicts
+    result, text = _predict_cli(model, models["store"], tmp_path / "p.csv", "--trust-pickle")
+    assert result.exit_code == 0, result.output
+    assert marker.exists() and "34 predicted" in text
 
 
 @pytest.mark.parametrize("key, value", [
@@ -144,7 +176,7 @@ def test_an_edited_card_is_refused(models, tmp_path, key, value, fmt):
     _edit_card(model, **{key: value})
     with pytest.raises(FeatxError, match=rf"{key} is .* in the card but .* in {re.escape(model.name)}; the card was "
                                          "edited"):
-        load_model(model)
+        load_model(model, trust_pickle=True)
 
 
 def test_swapped_classes_in_the_card_refused_by_predict(models, tmp_path):
@@ -161,7 +193,7 @@ def test_swapped_classes_in_the_card_refused_by_predict(models, tmp_path):
     card["stores"][0]["input_size"] = 64
     card_path(model).write_text(json.dumps(card))
     with pytest.raises(FeatxError, match="stores is .* in the card but"):
-        load_model(model)
+        load_model(model, trust_pickle=True)
 
 
 @pytest.mark.parametrize("fmt", [0, 1])
@@ -186,7 +218,7 @@ def test_damaged_model_or_card_is_one_line(models, tmp_path, fmt):
     cases["format"] = (model, "its card says format")
     for name, (model, words) in cases.items():
         with pytest.raises(FeatxError, match=re.escape(words)):
-            load_model(model)
+            load_model(model, trust_pickle=True)
         result, text = _predict_cli(model, models["store"], tmp_path / f"{name}.csv")
         assert result.exit_code == 1 and words in text, (name, result.output)
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, name
@@ -195,11 +227,11 @@ def test_damaged_model_or_card_is_one_line(models, tmp_path, fmt):
 def test_a_model_saved_without_its_class_names_is_refused(models, tmp_path):
     """A file holding a bare pipeline (as featx saved before) has no class names of its own."""
     model = _copy_model(models["saved"]["logistic"][0], tmp_path / "m")
-    pipeline, _ = load_model(model)
+    pipeline, _ = load_model(model, trust_pickle=True)
     joblib.dump(pipeline, model)
     _edit_card(model, sha256=_sha(model))
     with pytest.raises(FeatxError, match="holds no featx model with its class names"):
-        load_model(model)
+        load_model(model, trust_pickle=True)
 
 
 def test_a_skops_file_with_a_type_outside_the_allow_list_is_refused(models, tmp_path):
@@ -225,7 +257,7 @@ def test_skops_export_refuses_what_featx_could_not_load(models, tmp_path):
     joblib.dump(bundle, model)
     _edit_card(model, sha256=_sha(model))
     with pytest.raises(FeatxError, match="outside featx's allow-list: shutil.rmtree"):
-        export_skops(model)
+        export_skops(model, trust_pickle=True)
     assert not model.with_suffix(".skops").exists()
 
 
@@ -257,10 +289,10 @@ def test_the_card_records_the_evaluated_row_and_predict_takes_a_list_of_stores(m
     assert (metrics["accuracy"], metrics["accuracy_std"], metrics["accuracy_ci_low"], metrics["accuracy_ci_high"]) == (
         0.75, None, 0.5, 1.0)
     assert metrics["f1"] is None and metrics["roc_auc_ci_high"] is None  # every metric is named, absent ones None
-    one = predict(path, store=models["store"], out=tmp_path / "one.csv")
-    listed = predict(path, store=[models["store"]], out=tmp_path / "list.csv")
+    one = predict(path, store=models["store"], out=tmp_path / "one.csv", trust_pickle=True)
+    listed = predict(path, store=[models["store"]], out=tmp_path / "list.csv", trust_pickle=True)
     assert one["predicted"] == listed["predicted"] == 34
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "list.csv").read_text()
     with pytest.raises(FeatxError) as err:
-        predict(path, out=tmp_path / "none.csv")
+        predict(path, out=tmp_path / "none.csv", trust_pickle=True)
     assert str(err.value) == "give the images to predict (data) or a feature store (store)"

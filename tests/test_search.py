@@ -138,7 +138,7 @@ def test_save_with_a_search_records_the_chosen_parameters_in_the_card(tmp_path, 
     assert card["params"]["C"] == chosen["C"] and card["search"]["method"] == "grid"
     assert card["search"]["inner_folds"] == 3 and card["search"]["inner_groups"] == "subject"
     assert 0 <= card["search"]["best_score"] <= 1 and card["search"]["n_train"] == len(features.y)
-    pipeline, _ = load_model(result["model"])
+    pipeline, _ = load_model(result["model"], trust_pickle=True)
     assert pipeline.named_steps["clf"].C == chosen["C"]
 
 

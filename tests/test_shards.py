@@ -229,3 +229,23 @@ def test_a_failed_merge_leaves_no_output_and_keeps_the_parts(work, tmp_path, mon
     monkeypatch.undo()
     merge_stores(work["parts"], out)  # and the same merge then succeeds (no lock left behind)
     assert_same_store(work["single"], out)
+
+
+def test_merge_refuses_a_part_whose_metadata_do_not_match_their_checksums(work, tmp_path):
+    """A label flipped on disk in a part would get a fresh checksum in the merged store: refused, naming the row."""
+    p0, p1 = work["parts"]
+    flipped = Path(shutil.copy(p1, tmp_path / "flipped.h5"))
+    with h5py.File(flipped) as h5:
+        offset = h5["samples/label"].id.get_offset() + 8 * 2  # row 2 of the part, its label's low byte
+        name = h5["samples/path"].asstr()[2]
+        assert h5["samples/label"][2] in (0, 1)
+    with open(flipped, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([byte ^ 1]))
+    with h5py.File(flipped) as h5, h5py.File(p1) as ref:
+        assert h5["samples/label"][2] == 1 - ref["samples/label"][2]
+    _one_line_refusal([p0, flipped], f"{flipped}: the label, path, subject or split of 1 row(s) do not match their "
+                                     f"checksums (first: row 2, {name}); the store is damaged: delete it and extract "
+                                     "shard 1/2 again", tmp_path / "all.h5")

@@ -3,12 +3,15 @@ folders, unfinished stores. Each ends with a store equal to an uninterrupted run
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import h5py
@@ -18,9 +21,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featx.cli import app
+from featx.data import content as file_content
 from featx.data import discover
 from featx.data.images import load_image
-from featx.errors import FeatxError
+from featx.errors import FeatxError, FeatxWarning
 from featx.extract import extract
 from featx.store import FeatureStore, load_features, lock_path, summarize, verify
 
@@ -48,7 +52,7 @@ if mode == "create":  # the store's file is written (in .tmp) but not yet rename
         die()
     FeatureStore._initialise = staticmethod(init)
 elif mode == "first-write":  # the store exists, no row written
-    FeatureStore._write_rows = lambda self, indices, features: die()
+    FeatureStore._write_rows = lambda self, *args: die()
 elif mode.startswith("flush-"):  # right after the k-th flush: a batch's features on disk, its done flags not
     k, calls, real_flush = int(mode[6:]), [0], h5py.File.flush
     def flush(self):
@@ -167,6 +171,11 @@ def assert_same_store(a: Path, b: Path) -> None:
             np.testing.assert_allclose(x["features"][tap][:], y["features"][tap][:], rtol=1e-4, atol=1e-5)
             assert np.abs(x["features"][tap][:]).sum(axis=1).min() > 0  # no row left at its zero fill
     assert verify(a)["bad"] == 0 and verify(a)["checked"] == summarize(a)["samples"]
+    assert verify(a)["metadata_checked"] and verify(a)["bad_metadata"] == 0
+    with h5py.File(a, "r") as x, h5py.File(b, "r") as y:  # every row records the content it was computed from
+        for field in ("size", "sha256"):
+            np.testing.assert_array_equal(x["samples/file"][field], y["samples/file"][field], field)
+        assert (x["samples/file"]["size"] > 0).all()
 
 
 @pytest.fixture(scope="module")
@@ -550,3 +559,162 @@ def test_an_unfinished_store_is_refused_unless_allow_partial(partial_store, tmp_
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "c" / "results.json").read_text())
     assert len(rows) == 2 and all(r["partial"] == f"{done} of {n} rows" for r in rows)
+
+
+# -- images changed since they were extracted (issue 24 item 2) ------------------------------------------------
+def _replace_keeping_times(path: Path, data: bytes) -> None:
+    """Write ``data`` over ``path`` and put its times back, as `cp -p`, rsync -t or tar do: only ctime moves."""
+    st = path.stat()
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_images_replaced_under_their_names_are_recomputed_when_the_extraction_resumes(data_copy, tmp_path,
+                                                                                      monkeypatch):
+    # the copy was made a moment ago: record its files' times (data on disk for 2 s or more gets them anyway)
+    monkeypatch.setattr(file_content, "RACY_NS", 0)
+    reads = []
+    real_file_id = file_content.file_id
+    monkeypatch.setattr(file_content, "file_id", lambda path: reads.append(Path(path).name) or real_file_id(path))
+    out = tmp_path / "s.h5"
+    res = runner.invoke(app, ["extract", str(data_copy), *CLI_ARGS, "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    cells = sorted((data_copy / "C-NMC_training_data" / "fold_0").rglob("*.bmp"))
+    others = sorted((data_copy / "C-NMC_training_data" / "fold_2").rglob("*.bmp"))
+    replaced, touched = cells[:3], cells[3]
+    assert all(c.stat().st_size == o.stat().st_size for c, o in zip(replaced, others))  # every cell: 40 px BMP
+    for cell, other in zip(replaced[:2], others):
+        cell.write_bytes(other.read_bytes())
+    _replace_keeping_times(replaced[2], others[2].read_bytes())  # same size and mtime as the file it replaced
+    os.utime(touched)  # new times, same content: not recomputed
+    res = runner.invoke(app, ["extract", str(data_copy), *CLI_ARGS, "--workers", "0", "--out", str(out)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    names = [c.relative_to(data_copy).as_posix() for c in replaced]
+    assert f"warning: 3 image(s) changed since they were extracted into {out} ({', '.join(names)}): recomputed" \
+        in text
+    # one stat per finished row; read again: only the four files whose size or times moved
+    assert sorted(reads) == sorted(c.name for c in [*replaced, touched])
+    fresh = tmp_path / "fresh.h5"
+    extract(data_copy, fresh, workers=0, **ARGS)
+    assert_same_store(out, fresh)  # features and file records of the new images, as a fresh store has them
+    with h5py.File(out) as h5:
+        paths = list(h5["samples/path"].asstr()[:])
+        files = h5["samples/file"][:]
+    for cell in [*replaced, touched]:
+        rec = files[paths.index(cell.relative_to(data_copy).as_posix())]
+        st = cell.stat()
+        assert rec["sha256"].decode() == hashlib.sha256(cell.read_bytes()).hexdigest()
+        assert (rec["size"], rec["mtime_ns"], rec["ctime_ns"]) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    # the next run: nothing changed, nothing is read, computed or said
+    reads.clear()
+    res = runner.invoke(app, ["extract", str(data_copy), *CLI_ARGS, "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0 and "changed since" not in res.output and reads == []
+    assert_same_store(out, fresh)
+
+
+def test_a_file_changed_as_it_was_read_is_checked_by_its_content_next_time(data_copy, tmp_path):
+    """A file written less than RACY_NS before it was read may change again within the file system's timestamp
+    granularity without its times moving: its times are recorded as unknown, so a resume reads it."""
+    cell = sorted((data_copy / "C-NMC_training_data" / "fold_0").rglob("*.bmp"))[0]
+    other = sorted((data_copy / "C-NMC_training_data" / "fold_2").rglob("*.bmp"))[0]
+    out = tmp_path / "s.h5"
+    cell.write_bytes(cell.read_bytes())  # just written
+    extract(data_copy, out, workers=0, **ARGS)
+    rel = cell.relative_to(data_copy).as_posix()
+    with h5py.File(out) as h5:
+        rec = h5["samples/file"][list(h5["samples/path"].asstr()[:]).index(rel)]
+    assert (rec["mtime_ns"], rec["ctime_ns"]) == (0, 0) and rec["size"] == cell.stat().st_size
+    before = cell.stat()
+    cell.write_bytes(other.read_bytes())
+    os.utime(cell, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.warns(FeatxWarning, match=rf"1 image\(s\) changed since they were extracted into .*\({rel}\)"):
+        extract(data_copy, out, workers=0, **ARGS)
+
+
+def test_a_store_of_schema_2_still_loads_and_says_what_it_cannot_check(cnmc_tree, reference, tmp_path):
+    """Stores of featx before content ids and metadata checksums: read as before; a resume is refused and says
+    why (their rows' images cannot be checked), and verify says it checked their features only."""
+    out = tmp_path / "old.h5"
+    shutil.copy(reference, out)
+    with h5py.File(out, "r+") as h5:
+        del h5["samples/file"], h5["samples/meta_checksum"]
+        h5.attrs["schema_version"] = 2
+    assert len(load_features(out, labelled=None)) == summarize(out)["samples"]
+    report = verify(out)
+    assert report["bad"] == 0 and not report["metadata_checked"]
+    res = runner.invoke(app, ["info", str(out), "--verify"])
+    assert res.exit_code == 0 and "matches its checksums (their features: this store's schema is older" in \
+        " ".join(res.output.split())
+    with pytest.raises(FeatxError, match=r"schema version 2, this featx writes 3 \(rows that record their image "
+                                         r"files' content.*the rows of this store cannot be checked\); delete the "
+                                         "file to rebuild it"):
+        extract(cnmc_tree, out, workers=0, **ARGS)
+
+
+# -- a flipped byte in a row's metadata (issue 24 item 3) ------------------------------------------------------
+def _string_offset(path: Path, name: str, row: int) -> int:
+    """Where in the file the characters of ``row`` of the variable-length string dataset ``name`` are: its element
+    is (length, global heap collection address, object index); the collection ("GCOL") lists its objects."""
+    with h5py.File(path, "r") as h5:
+        base = h5[name].id.get_offset()
+    with open(path, "rb") as fh:
+        fh.seek(base + 16 * row)
+        length, collection, index = struct.unpack("<IQI", fh.read(16))
+        fh.seek(collection)
+        assert fh.read(4) == b"GCOL"
+        at = collection + 16
+        while True:
+            fh.seek(at)
+            number, _refs, _reserved, size = struct.unpack("<HHIQ", fh.read(16))
+            if number == index:
+                assert size == length
+                return at + 16
+            at += 16 + (size + 7) // 8 * 8
+
+
+def _flip(path: Path, offset: int, bits: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([byte ^ bits]))
+
+
+@pytest.mark.parametrize("field, bits", [("label", 0x01), ("path", 0x01), ("path", 0x80), ("subject", 0x01),
+                                         ("split", 0x02)], ids=["label", "path", "path-not-utf8", "subject", "split"])
+def test_a_flipped_byte_in_a_rows_label_path_subject_or_split_is_caught(cnmc_tree, reference, tmp_path, field,
+                                                                         bits, wide_console):
+    out = tmp_path / "s.h5"
+    shutil.copy(reference, out)
+    row = 5  # a labelled training image
+    with h5py.File(out) as h5:
+        s = h5["samples"]
+        before = s[field][:]
+        # the meta checksum as its description says, followed by hand on the plain h5py values of the row
+        text = "\0".join(s[k].asstr()[row] for k in ("path", "subject", "split")).encode()
+        head = row.to_bytes(8, "little") + int(s["label"][row]).to_bytes(8, "little", signed=True)
+        assert int(s["meta_checksum"][row]) == 2**32 + zlib.crc32(text, zlib.crc32(head))
+        label_at = s["label"].id.get_offset() + 8 * row  # int64, little-endian: the low byte first
+    assert before[row] in (0, 1) if field == "label" else True
+    _flip(out, label_at if field == "label" else _string_offset(out, f"samples/{field}", row), bits)
+    with h5py.File(out) as h5:  # the flip changed this row's value, and only it; h5py reads the file as usual
+        after = h5["samples"][field][:]
+        assert [i for i, (a, b) in enumerate(zip(before, after)) if a != b] == [row]
+        name = h5["samples/path"].asstr(errors="replace")[row]
+    message = (f"{out}: the label, path, subject or split of 1 row(s) do not match their checksums (first: row "
+               f"{row}, {name}); the store is damaged: delete it and run the same `featx extract` again")
+    res = runner.invoke(app, ["info", str(out), "--verify"])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines()[-1] == f"error: {message}"
+    report = verify(out)
+    assert report["bad"] == 0 and report["bad_metadata"] == 1
+    assert report["bad_metadata_rows"] == [{"row": row, "path": name}]
+    with pytest.raises(FeatxError) as err:
+        load_features(out, labelled=None)
+    assert str(err.value) == message
+    res = runner.invoke(app, ["classify", str(out), "--head", "knn", "--out", str(tmp_path / "r"), "--no-plots"])
+    assert res.exit_code == 1 and "Traceback" not in res.output and f"first: row {row}" in " ".join(res.output.split())
+    assert not (tmp_path / "r" / "results.json").exists()
+    with pytest.raises(FeatxError, match=rf"do not match their checksums \(first: row {row}, "):
+        extract(cnmc_tree, out, workers=0, **ARGS)

@@ -170,7 +170,7 @@ def test_formula_names_through_extract_classify_and_predict_stay_text(store, mod
     inbox = tmp_path / "inbox"
     shutil.copytree(tree / "=all", inbox)
     csv_out = tmp_path / "predictions.csv"
-    result, _ = invoke("predict", model, inbox, "--out", csv_out)
+    result, _ = invoke("predict", model, inbox, "--out", csv_out, "--trust-pickle")  # this test made the model
     assert result.exit_code == 0, result.output
     assert _formula_cells(csv_out) == []
     with open(csv_out, newline="", encoding="utf-8") as fh:
@@ -221,18 +221,19 @@ def test_predict_csv_on_a_full_disk_keeps_the_earlier_file(store, model, tree, t
     for name in ("=1+2.bmp", "-2+3.bmp"):
         shutil.copy(tree / "=all" / name, inbox / name)
     out = tmpfs / "predictions.csv"
-    predict(model, inbox, out=out)
+    predict(model, inbox, out=out, trust_pickle=True)
     before = out.read_bytes()
     filler = _fill(tmpfs, 0)
-    result, _ = invoke("predict", model, "--store", store, "--out", out)  # every row: over 4 KiB of CSV
+    # every row: over 4 KiB of CSV
+    result, _ = invoke("predict", model, "--store", store, "--out", out, "--trust-pickle")
     text = _one_line(result)
     assert f"disk full while writing {out}; the earlier predictions.csv is kept as it was" in text
     assert out.read_bytes() == before and not list(tmpfs.glob("*.tmp"))
     other = tmpfs / "other.csv"
-    result, _ = invoke("predict", model, "--store", store, "--out", other)
+    result, _ = invoke("predict", model, "--store", store, "--out", other, "--trust-pickle")
     assert "no other.csv was written" in _one_line(result) and not other.exists()
     filler.unlink()
-    result, _ = invoke("predict", model, "--store", store, "--out", out)
+    result, _ = invoke("predict", model, "--store", store, "--out", out, "--trust-pickle")
     assert result.exit_code == 0, result.output
     with open(out, newline="", encoding="utf-8") as fh:
         assert len(list(csvfiles.DictReader(fh))) == 2 * (len(FORMULAS) + LONG)

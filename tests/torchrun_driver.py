@@ -13,8 +13,8 @@ from featx.store import FeatureStore
 _write_rows = FeatureStore.write_rows
 
 
-def write_rows_then_maybe_die(self, indices, features):
-    _write_rows(self, indices, features)
+def write_rows_then_maybe_die(self, indices, features, files=None):
+    _write_rows(self, indices, features, files)
     rank = os.environ["RANK"]
     if os.environ.get("FEATX_TEST_LOG"):
         with open(os.environ["FEATX_TEST_LOG"], "a") as log:

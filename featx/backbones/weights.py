@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,14 +94,35 @@ def origin_of(cfg: BackboneConfig, info: WeightsInfo) -> str:
                           imagenet_file=info.kind == "file" and is_imagenet_file(cfg, info.sha256))
 
 
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+# torch's note on a pickle of another protocol than its own; the file is refused or loaded either way
+_PROTOCOL_NOTE = re.compile(r"Detected pickle protocol \d+ in the checkpoint")
+
+
 def read_weights(path: Path):
-    """The object saved in ``path`` (a state dict or a featx checkpoint), loaded as data only."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FeatxError(f"{path} is not a weights file featx can read (torch.load with weights_only=True "
-                         f"failed: {type(exc).__name__}); expected a state dict saved with "
-                         f"torch.save(model.state_dict(), path) or a featx checkpoint") from None
+    """The object saved in ``path`` (a state dict or a featx checkpoint), loaded as data only.
+
+    torch's warnings while reading a file that is no weights file are not shown (the refusal says it all);
+    those about a file it loads are shown, but for its note on the pickle protocol.
+    """
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            found = _GLOBAL.search(str(exc))
+            what = (f"it refers to {found.group(1)}, which no weights file holds; refused without running it"
+                    if found else f"torch.load with weights_only=True failed: {type(exc).__name__}")
+            failed = FeatxError(f"{path} is not a weights file featx can read ({what}); expected a state dict saved "
+                                "with torch.save(model.state_dict(), path) or a featx checkpoint")
+        else:
+            failed = None
+    if failed is not None:
+        raise failed
+    for w in seen:
+        if not _PROTOCOL_NOTE.search(str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj
 
 
 def is_checkpoint(obj) -> bool:

@@ -146,7 +146,8 @@ def extract(
 def info(
     store: Annotated[Path, typer.Argument(help="An HDF5 feature store written by `featx extract`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    verify: Annotated[bool, typer.Option("--verify", help="Also check every finished row against its "
+    verify: Annotated[bool, typer.Option("--verify", help="Also check every finished row's features, and every "
+                                                          "row's label, path, subject and split, against their "
                                                           "checksums; exit 1 when some do not match.")] = False,
 ) -> None:
     """Summarise a feature store: settings, taps, rows done, counts per split and class."""
@@ -158,12 +159,19 @@ def info(
         _print_summary(summary)
         _warn_skipped(summary)
     if checked is not None:
+        if checked["bad_metadata"]:
+            first = checked["bad_metadata_rows"][0]
+            raise FeatxError(f"{store}: the label, path, subject or split of {checked['bad_metadata']} row(s) do not "
+                             f"match their checksums (first: row {first['row']}, {first['path']}); the store is "
+                             "damaged: delete it and run the same `featx extract` again")
         if checked["bad"]:
             raise FeatxError(f"{store}: {checked['bad']} of {checked['checked']} finished rows do not match their "
                              f"checksums (first: {checked['bad_paths'][0]}); the store is damaged: run the same "
                              "`featx extract` again to recompute them")
         if not as_json:
-            console.print(f"verified {checked['checked']} finished rows: every one matches its checksums")
+            older = "" if checked["metadata_checked"] else (" (their features: this store's schema is older than "
+                                                             "featx's metadata checksums)")
+            console.print(f"verified {checked['checked']} finished rows: every one matches its checksums{older}")
 
 
 def _print_summary(s: dict) -> None:

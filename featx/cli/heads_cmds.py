@@ -213,8 +213,8 @@ def compare(
 @loads_torch
 def predict(
     model: Annotated[Path, typer.Argument(help="A model saved by `featx classify --save`: .skops (safe to load; "
-                                               "card NAME.skops.json) or .joblib (a pickle: only your own or "
-                                               "trusted ones; card NAME.json).")],
+                                               "card NAME.skops.json) or, with --trust-pickle, .joblib (a pickle; "
+                                               "card NAME.json).")],
     data: Annotated[Path | None, typer.Argument(help="Images to predict (any layout `featx extract` "
                                                         "reads); not needed with --store.")] = None,
     split: Annotated[str | None, typer.Option(help="Only this split, e.g. final.", rich_help_panel=DATA)] = None,
@@ -234,6 +234,10 @@ def predict(
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any requested image could not be "
                                                           "predicted (the CSV is still written).",
                                          rich_help_panel=OUTPUT)] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Load a .joblib model: a pickle, which runs "
+                                                                      "any code it holds when loaded; only for files "
+                                                                      "you made. Share and predict .skops instead.")]
+    = False,
 ) -> None:
     """Predict new images with a saved model; one CSV row per requested image.
 
@@ -242,7 +246,7 @@ def predict(
 
     stores = parse_stores(store) if store else None
     summary = run_predict(model, data, split=split, store=stores, out=out, device=device, batch_size=batch_size,
-                          workers=workers, cache=cache, strict=strict)
+                          workers=workers, cache=cache, strict=strict, trust_pickle=trust_pickle)
     counts = ", ".join(f"{c} {n}" for c, n in summary["counts"].items())
     console.print(f"wrote {summary['rows']} rows to [bold]{escape(str(summary['out']))}[/]: {summary['predicted']} "
                   f"predicted ({escape(counts)}; column {summary['output']}), {summary['failed']} could not be "

@@ -1,7 +1,8 @@
 """Decoded image batches in dataset order, from threads of this process or from DataLoader worker processes.
 
-The dataset's items are ``(image, index, error)`` (:class:`~featx.data.images.ImageDataset`); a batch is
-``(images, indices, errors)``, as the DataLoader's default collation gives it.
+The dataset's items are ``(image, index, error)`` (:class:`~featx.data.images.ImageDataset`), or with
+``identify`` ``(image, index, error, file_id)``; a batch is ``(images, indices, errors)`` (and the file ids,
+one tensor or list per field), as the DataLoader's default collation gives it.
 
 Threads suit a machine whose cores also run the forward pass (the CPU). PIL releases the GIL while it decodes
 and resizes, so the helper threads decode in parallel; with ``pause`` they wait while the consumer computes
@@ -20,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
 
@@ -119,8 +120,10 @@ class ThreadBatches:
         for k in range(self.batches):
             items = self._state.take(k)
             images = torch.stack([item[0] for item in items])
-            yield (images.pin_memory() if self.pin else images,
-                   torch.tensor([int(item[1]) for item in items], dtype=torch.int64), [item[2] for item in items])
+            batch = (images.pin_memory() if self.pin else images,
+                     torch.tensor([int(item[1]) for item in items], dtype=torch.int64), [item[2] for item in items])
+            # more fields (the FileIds of an identifying ImageDataset): collated as the DataLoader does
+            yield batch + tuple(default_collate([item[j] for item in items]) for j in range(3, len(items[0])))
 
     @contextlib.contextmanager
     def paused(self):
@@ -184,3 +187,20 @@ class WorkerInit:
                 os.nice(19)
             except OSError:
                 pass
+
+
+def close_inherited(paths: tuple[str, ...], worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: close the descriptors of ``paths`` a forked worker inherited.
+
+    Otherwise, after ``kill -9`` of the main process, orphaned workers keep the store's HDF5 lock and the
+    writer lock for seconds. Closing a copy in the child leaves the parent's locks in place.
+    """
+    fd_dir = "/proc/self/fd"
+    if not os.path.isdir(fd_dir):  # no /proc: not Linux, where workers are spawned and inherit nothing
+        return
+    for name in os.listdir(fd_dir):
+        try:
+            if os.readlink(f"{fd_dir}/{name}") in paths:
+                os.close(int(name))
+        except OSError:
+            pass

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from featx.data.content import UNKNOWN, FileId, read_file
 from featx.errors import FeatxError
 
 EXIF_ORIENTATION = "applied"      # the stores' attribute: images turned upright by their EXIF tag (before: "ignored")
@@ -31,11 +33,22 @@ def load_image(path: str | Path) -> Image.Image:
     16-bit, 32-bit integer and float images are scaled to 8 bits by their own range (minimum -> 0,
     maximum -> 255), not clipped at 255.
     """
+    return read_image(path, identify=False)[0]
+
+
+def read_image(path: str | Path, identify: bool = True) -> tuple[Image.Image, FileId]:
+    """:func:`load_image` and, with ``identify``, the :class:`~featx.data.content.FileId` of the bytes it
+    decoded (one read of the file; ``UNKNOWN`` without)."""
     try:
-        with _open(path) as img:
+        if identify:
+            data, ident = read_file(path)
+            source = io.BytesIO(data)
+        else:
+            source, ident = path, UNKNOWN
+        with _open(source, path) as img:
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
-            return to_rgb(img)
+            return to_rgb(img), ident
     except FeatxError:
         raise
     except Image.UnidentifiedImageError:
@@ -50,13 +63,13 @@ def load_image(path: str | Path) -> Image.Image:
         raise FeatxError(f"cannot read image {path}: {reason}") from None
 
 
-def _open(path: str | Path) -> Image.Image:
+def _open(source, path: str | Path) -> Image.Image:
     """``Image.open``, refusing (FeatxError) an image over ``PIL.Image.MAX_IMAGE_PIXELS`` from its header alone,
     instead of PIL's two-line DecompressionBombWarning that names no file."""
     with _OPENING, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)
+            img = Image.open(source)
         except Image.DecompressionBombError:  # over twice the limit: PIL refuses before featx sees the size
             img = None
     limit = Image.MAX_IMAGE_PIXELS

@@ -15,11 +15,12 @@ from PIL import Image
 from torchvision import transforms as T
 
 from featx.data.collection import Collection
-from featx.data.decode import EXIF_ORIENTATION, load_image
+from featx.data.content import UNKNOWN, FileId
+from featx.data.decode import EXIF_ORIENTATION, load_image, read_image
 from featx.errors import FeatxError, arg
 
 __all__ = ["ImageDataset", "RandomRotate90", "ResizeUint8", "describe_preprocessing", "load_image", "make_transform",
-           "normalize_batch"]
+           "normalize_batch", "read_image"]
 
 
 class RandomRotate90:
@@ -113,31 +114,38 @@ def normalize_batch(images: torch.Tensor, mean: Sequence[float] | torch.Tensor,
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Items are (image tensor, index into collection.samples, error message or "").
+    """Items are (image tensor, index into collection.samples, error message or ""), and with ``identify``
+    the :class:`~featx.data.content.FileId` of the bytes decoded (``UNKNOWN`` for an unreadable image).
 
     An unreadable image gives a zero tensor of the usual shape and a one-line message naming the file,
     so that a long extraction records it and goes on.
     """
 
-    def __init__(self, collection: Collection, transform, indices: Sequence[int] | None = None):
+    def __init__(self, collection: Collection, transform, indices: Sequence[int] | None = None, *,
+                 identify: bool = False):
         self.collection = collection
         self.transform = transform
         self.indices = list(range(len(collection.samples))) if indices is None else [int(i) for i in indices]
+        self.identify = identify
         self._blank_shape: tuple[tuple[int, ...], torch.dtype] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+    def __getitem__(self, i: int) -> tuple:
         index = self.indices[i]
         path = self.collection.abspath(index)
         try:
-            tensor = self.transform(load_image(path))
+            image, ident = read_image(path, self.identify)
+            tensor = self.transform(image)
         except FeatxError as exc:
-            return self._blank(), index, str(exc)
+            return self._item(self._blank(), index, str(exc), UNKNOWN)
         except Exception as exc:  # a transform failing on an odd image
-            return self._blank(), index, f"cannot transform image {path}: {exc}".splitlines()[0]
-        return tensor, index, ""
+            return self._item(self._blank(), index, f"cannot transform image {path}: {exc}".splitlines()[0], UNKNOWN)
+        return self._item(tensor, index, "", ident)
+
+    def _item(self, tensor: torch.Tensor, index: int, error: str, ident: FileId) -> tuple:
+        return (tensor, index, error, ident) if self.identify else (tensor, index, error)
 
     def _blank(self) -> torch.Tensor:
         if self._blank_shape is None:

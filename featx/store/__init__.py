@@ -1,6 +1,6 @@
 """The HDF5 feature store: one file per (dataset, backbone, weights, preprocessing), one dataset per tap.
 
-Layout (schema version 2)::
+Layout (schema version 3; version 2 had no meta_checksum and no file, and still loads)::
 
     /                attrs: schema_version, featx_version, backbone, weights, weights_kind, weights_sha256,
                             weights_seed, input_size, mean, std, resize, dtype, taps (in extraction order),
@@ -16,6 +16,9 @@ Layout (schema version 2)::
     /samples/error   utf-8, 512 bytes (N) why a row could not be extracted ("" when fine)
     /samples/checksum uint64 (N, T)    per row and tap (column order: its attrs["taps"]): crc32 of the row's
                                        stored bytes and its index, plus 2**32; 0 = never written
+    /samples/meta_checksum uint64 (N)  crc32 of the row's index, label, path, subject and split, plus 2**32
+    /samples/file    compound (N)      size, mtime_ns, ctime_ns, sha256 of the image file the row's features
+                                       came from (:mod:`~featx.store.rowid`): a resume recomputes changed ones
     /samples/network_role  vlen utf-8 (N)  only with fine-tuned weights: train, train-subject, val-choose,
                      val, "" (never seen) or unknown (see featx.provenance); attrs["tuned_provenance"] says what
                      was matched, attrs["weights_provenance"] what featx knows of where the weights come from

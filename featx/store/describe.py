@@ -18,7 +18,8 @@ UNLABELLED = -1
 
 README = (
     "featx feature store (schema version {version}), written by `featx extract`. /samples holds one row per "
-    "image: path (relative to the root attribute data_root), label, subject, split, done, error and checksum; "
+    "image: path (relative to the root attribute data_root), label, subject, split, done, error, checksum, "
+    "meta_checksum and file (what identified the image file's content); "
     "/features/<tap> holds the features of one layer (tap) of the backbone, row i belonging to /samples/path[i] "
     "and valid only where /samples/done[i] is True. Each dataset's `description` attribute says what it holds; "
     "/samples/label's `meaning` maps its integers to class names (-1 = unlabelled). Strings are variable-length "
@@ -51,6 +52,12 @@ SAMPLES = {
     "checksum": "per row and tap (column order: this dataset's `taps` attribute): crc32 of the row index as 8 "
                 "little-endian bytes followed by the row's stored little-endian bytes, plus 2**32; 0 = never "
                 "written. featx refuses rows whose features do not match",
+    "meta_checksum": "per row: crc32 of the row index and label (8 little-endian bytes each) and of its path, "
+                     "subject and split (UTF-8, joined by NUL bytes), plus 2**32 (see featx.store.rowid); featx "
+                     "refuses a store whose rows do not match",
+    "file": "per row: the image file's size, mtime_ns and ctime_ns when it was read (times 0 when it had just "
+            "changed) and the sha256 (hex) of the bytes its features were computed from; size -1 and sha256 \"\" "
+            "until then. A resume recomputes rows whose file changed",
     "network_role": "only with fine-tuned weights: what the network did with the row (train, train-subject, "
                     "val-choose = a validation image that chose the checkpoint's epoch, val = one that did not, "
                     "\"\" = never seen, unknown); the root attribute tuned_provenance says what was matched",

@@ -10,6 +10,7 @@ import numpy as np
 from featx.errors import FeatxError, arg
 from featx.provenance import ROLES
 from featx.store.describe import read_descriptions
+from featx.store.rowid import bad_metadata, check_metadata, read_files
 from featx.store.schema import (
     damaged,
     decode_attr,
@@ -50,9 +51,9 @@ def _summarize(path: Path, h5: h5py.File) -> dict:
     s = h5["samples"]
     classes = [str(c) for c in decode_attr(s.attrs["classes"])]
     labels = s["label"][:]
-    splits = s["split"].asstr()[:]
+    splits = s["split"].asstr(errors="replace")[:]  # a damaged byte shows as U+FFFD (--verify names the row)
     done = s["done"][:]
-    errors = s["error"].asstr()[:]
+    errors = s["error"].asstr(errors="replace")[:]
     order = [t for t in stored_taps(attrs) if t in h5["features"]] or sorted(h5["features"])
     described = read_descriptions(h5)
     taps = {tap: {"dim": int(ds.shape[1]), "rows": int(ds.shape[0]), "dtype": str(ds.dtype),
@@ -64,8 +65,9 @@ def _summarize(path: Path, h5: h5py.File) -> dict:
         row = {c: int(np.sum(labels[sel] == i)) for i, c in enumerate(classes)}
         row["unlabelled"] = int(np.sum(labels[sel] < 0))
         counts[split or "(none)"] = row
-    subjects = s["subject"].asstr()[:]
-    failed = [{"path": p, "error": e} for p, e, d in zip(s["path"].asstr()[:], errors, done) if e and not d]
+    subjects = s["subject"].asstr(errors="replace")[:]
+    failed = [{"path": p, "error": e} for p, e, d in zip(s["path"].asstr(errors="replace")[:], errors, done)
+              if e and not d]
     folders = attrs.get("unreadable_folders") or []
     roles = s["network_role"].asstr()[:] if "network_role" in s else None
     return {
@@ -85,10 +87,14 @@ def _role_counts(roles: np.ndarray) -> dict[str, int]:
 
 
 def verify(path: str | Path) -> dict:
-    """Check every finished row of a store against its checksums (what ``featx info --verify`` runs).
+    """Check every finished row of a store against its checksums (what ``featx info --verify`` runs), and
+    every row's label, path, subject and split against theirs (schema 3).
 
-    Returns ``{"file", "checked", "bad", "bad_paths"}`` (``bad_paths``: the first 20). Running the same
-    ``featx extract`` again recomputes the bad rows. Schema-1 stores have no checksums and are refused.
+    Returns ``{"file", "checked", "bad", "bad_paths", "metadata_checked", "bad_metadata", "bad_metadata_rows"}``
+    (``bad_paths``: the first 20; ``bad_metadata_rows``: the first 20 as ``{"row", "path"}``;
+    ``metadata_checked``: False for a store of schema < 3, which has no metadata checksums). Running the same
+    ``featx extract`` again recomputes rows whose features are bad; a bad metadata row means extracting again
+    into a new store. Schema-1 stores have no checksums and are refused.
     """
     path = Path(path)
     with open_store(path, "r") as h5:
@@ -100,11 +106,15 @@ def verify(path: str | Path) -> dict:
         try:
             rows = np.flatnonzero(h5["samples/done"][:])
             bad = rows[~rows_match(h5, rows)]
-            paths = h5["samples/path"].asstr()[:]
+            meta = bad_metadata(h5)
+            paths = h5["samples/path"].asstr(errors="replace")[:]
         except (OSError, RuntimeError, KeyError) as exc:
             raise FeatxError(damaged(path, exc)) from None
+    checked, meta = meta is not None, np.zeros(0, dtype=np.int64) if meta is None else meta
     return {"file": str(path), "checked": int(rows.size), "bad": int(bad.size),
-            "bad_paths": [str(paths[i]) for i in bad[:20]]}
+            "bad_paths": [str(paths[i]) for i in bad[:20]], "metadata_checked": checked,
+            "bad_metadata": int(meta.size),
+            "bad_metadata_rows": [{"row": int(i), "path": str(paths[i])} for i in meta[:20]]}
 
 
 def settings_json(settings: dict) -> str:
@@ -113,10 +123,13 @@ def settings_json(settings: dict) -> str:
 
 
 def sample_table(path: str | Path) -> dict:
-    """Every row of a store, finished or not, in store order: ``path``, ``split``, ``done``, ``error``."""
+    """Every row of a store, finished or not, in store order: ``path``, ``split``, ``done``, ``error`` and
+    ``file`` (each row's image file content, :mod:`featx.store.rowid`; None in stores of schema < 3). Rows
+    whose metadata do not match their checksums are refused."""
     path = Path(path)
     with open_store(path, "r") as h5:
         require_store(path, h5)
+        check_metadata(path, h5)
         s = h5["samples"]
         return {"path": s["path"].asstr()[:], "split": s["split"].asstr()[:], "done": s["done"][:].astype(bool),
-                "error": s["error"].asstr()[:]}
+                "error": s["error"].asstr()[:], "file": read_files(h5)}

@@ -22,6 +22,7 @@ import numpy as np
 from featx.errors import FeatxError, arg
 from featx.store.describe import MERGED_NOTE, VIRTUAL_NOTE, write_descriptions
 from featx.store.lock import acquire_writer_lock
+from featx.store.rowid import FILE, bad_metadata, metadata_message, read_files
 from featx.store.schema import (
     SCHEMA_VERSION,
     VERSION_KEYS,
@@ -35,7 +36,8 @@ from featx.store.schema import (
     stored_taps,
 )
 from featx.store.shards import INDEX, SHARD_KEYS, Shard, parse_shard, shard_rows
-from featx.store.writer import FeatureStore, _bytes_needed, _fit, write_whole
+from featx.store.whole import write_whole
+from featx.store.writer import FeatureStore, _bytes_needed, _fit
 
 # Root attributes that differ between the parts of one extraction. The rest must agree, except the library
 # versions (VERSION_KEYS): the merged store records every one of them.
@@ -60,6 +62,7 @@ class _Part:
     done: np.ndarray
     error: np.ndarray         # the raw fixed-length bytes
     roles: np.ndarray | None
+    files: np.ndarray | None  # each row's image file content (None: a part of schema < 3)
     classes: list[str]
     dims: dict[str, int]
     descriptions: dict[str, str]
@@ -117,6 +120,10 @@ def _read_part(path: Path) -> _Part:
             s = h5["samples"]
             done = s["done"][:].astype(bool)
             error = s["error"][:]
+            meta = bad_metadata(h5)  # copied into the merged store, a damaged label would get a fresh checksum
+            if meta is not None and meta.size:
+                raise FeatxError(metadata_message(path, h5, meta).replace("run the same `featx extract` again",
+                                                                          f"extract shard {attrs['shard']} again"))
             unfinished = int(np.sum(~done & (error == b"")))
             if unfinished:
                 raise FeatxError(f"{path}: shard {attrs['shard']} is unfinished ({unfinished} of {done.size} rows not "
@@ -129,7 +136,8 @@ def _read_part(path: Path) -> _Part:
             taps = [t for t in stored_taps(attrs) if t in h5["features"]]
             return _Part(path=path, attrs=attrs, shard=parse_shard(str(attrs["shard"])), index=s[INDEX][:],
                          rows=rows, done=done, error=error,
-                         roles=s["network_role"].asstr()[:] if "network_role" in s else None, classes=classes,
+                         roles=s["network_role"].asstr()[:] if "network_role" in s else None, files=read_files(h5),
+                         classes=classes,
                          dims={t: int(h5["features"][t].shape[1]) for t in taps},
                          descriptions={t: str(h5["features"][t].attrs.get("description", "")) for t in taps})
         except FeatxError:
@@ -226,8 +234,11 @@ def _fill(h5: h5py.File, out: Path, parts: list[_Part], owner: np.ndarray, attrs
     s = h5["samples"]
     done = np.zeros(len(rows), dtype=bool)
     error = s["error"]
+    files = s[FILE][:]  # unknown content for the rows of parts that record none
     for part in parts:
         done[part.index] = part.done
+        if part.files is not None:
+            files[part.index] = part.files
         for j in np.flatnonzero(part.error != b""):
             error[int(part.index[j])] = _fit(part.error[j].decode("utf-8", "ignore"), error.dtype)
     if virtual:
@@ -236,6 +247,7 @@ def _fill(h5: h5py.File, out: Path, parts: list[_Part], owner: np.ndarray, attrs
     for part in parts:
         _copy_part(h5, part, checksums, copy=not virtual)
     s["checksum"][:] = checksums
+    s[FILE][:] = files
     write_descriptions(h5, first.classes, first.descriptions, SCHEMA_VERSION)
     h5.attrs["description"] = h5.attrs["description"] + MERGED_NOTE.format(virtual=VIRTUAL_NOTE if virtual else "")
     h5.flush()  # features and checksums before the rows are marked done, as the writer does

@@ -11,6 +11,7 @@ import numpy as np
 
 from featx.errors import FeatxError, arg
 from featx.provenance import ATTR, ROLES, parse_attr, read_roles
+from featx.store.rowid import check_metadata
 from featx.store.schema import (
     damaged,
     decode_attr,
@@ -72,12 +73,13 @@ def _read_one(path: Path, wanted: Sequence[list[str] | None], allow_partial: boo
         require_store(path, h5)
         try:
             return _read_open(path, h5, wanted, allow_partial)
-        except (OSError, RuntimeError, KeyError) as exc:
+        except (OSError, RuntimeError, KeyError, UnicodeDecodeError) as exc:  # a store of schema < 3: unchecked text
             raise FeatxError(damaged(path, exc)) from None
 
 
 def _read_open(path: Path, h5: h5py.File, wanted: Sequence[list[str] | None], allow_partial: bool) -> dict:
     check_virtual_sources(path, h5)
+    check_metadata(path, h5)  # a label, path, subject or split that changed on disk (schema 3)
     attrs = read_attrs(h5)
     backbone = str(attrs.get("backbone", ""))
     available = [t for t in stored_taps(attrs) if t in h5["features"]] or sorted(h5["features"])
@@ -168,7 +170,7 @@ def load_features(stores: str | Path | Sequence[str | Path], taps: str | Sequenc
     row. When the labelled rows asked for are none, FeatxError says so (rather than an empty set). Images
     recorded as unreadable are left out (counted in ``excluded``). A store with rows not yet extracted is refused unless
     ``allow_partial``; then ``partial`` says how many rows there are (``"156 of 330 rows"``). Rows whose
-    features do not match their checksums are refused (the store is damaged).
+    features, label, path, subject or split do not match their checksums are refused (the store is damaged).
     """
     paths = [Path(p) for p in ([stores] if isinstance(stores, (str, Path)) else stores)]
     if not paths:

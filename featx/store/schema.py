@@ -13,7 +13,7 @@ import numpy as np
 from featx.errors import FeatxError, arg
 from featx.store.lock import is_disk_full, writer_active
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3   # 3: rows record their metadata checksums and their files' content (featx.store.rowid)
 CHUNK_BYTES = 1 << 20
 ERROR_BYTES = 512  # room for an error message (longer ones are cut)
 # Settings that make two stores' features incomparable; a reopened store must match on each.
@@ -172,3 +172,30 @@ def rows_match(h5: h5py.File, rows: np.ndarray, taps: Sequence[str] | None = Non
             block = blocks[tap][a:a + step] if blocks is not None else ds[part[0]:part[-1] + 1][part - part[0]]
             ok[a:a + step] &= row_checksums(block, part) == stored[a:a + step, j]
     return ok
+
+
+def check_resumable(path: Path, h5: h5py.File, settings: dict) -> None:
+    """FeatxError unless the store at ``path`` (open) may be resumed by a run of ``settings``: this schema
+    version and the same identity settings (the first differing one is named)."""
+    attrs = h5.attrs
+    version = decode_attr(attrs.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        raise FeatxError(f"{path}: store schema version {version}, this featx writes {SCHEMA_VERSION} (rows that "
+                         "record their image files' content, so that a resume sees images changed since; the rows "
+                         "of this store cannot be checked); delete the file to rebuild it, or choose another "
+                         f"{arg('out')}")
+    wanted = dict(settings)
+    for key in IDENTITY_KEYS:
+        if key not in wanted:
+            continue
+        have = setting(attrs, key)
+        if not _same_setting(have, wanted[key]):
+            raise FeatxError(f"{path} was made with {key}={have!r}, this run asks for {key}={wanted[key]!r}; "
+                             f"use another {arg('out')} for different settings (or delete the file to rebuild it)")
+
+
+def _same_setting(have, wanted) -> bool:
+    """Whether a stored setting equals the one asked for (lists element by element, compared as text)."""
+    if isinstance(have, (list, tuple)) or isinstance(wanted, (list, tuple)):
+        return [str(x) for x in np.atleast_1d(have)] == [str(x) for x in np.atleast_1d(wanted)]
+    return str(have) == str(wanted)

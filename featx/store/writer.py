@@ -10,10 +10,7 @@ One writer at a time: ``<out>.lock`` (``filelock``) is held from opening the sto
 """
 from __future__ import annotations
 
-import errno
-import os
-import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,16 +18,17 @@ import h5py
 import numpy as np
 
 from featx import __version__
-from featx.errors import FeatxError, arg
+from featx.errors import FeatxError
 from featx.store.describe import write_descriptions
 from featx.store.lock import WriterLock, acquire_writer_lock, is_disk_full
+from featx.store.rowid import FILE, bad_metadata, create_row_ids, metadata_message, read_files
 from featx.store.schema import (
     CHUNK_BYTES,
     ERROR_BYTES,
-    IDENTITY_KEYS,
     SCHEMA_VERSION,
     STRING,
     VERSION_KEYS,
+    check_resumable,
     damaged,
     decode_attr,
     encode_attr,
@@ -39,9 +37,9 @@ from featx.store.schema import (
     require_store,
     row_checksums,
     rows_match,
-    setting,
 )
 from featx.store.shards import check_shard_resume, check_writable, write_index
+from featx.store.whole import close_quietly, forget, write_whole
 
 
 class FeatureStore:
@@ -91,7 +89,7 @@ class FeatureStore:
                     require_store(path, h5)
                     store = cls._resume(path, h5, lock, dict(settings, taps=list(tap_dims)))
                 except BaseException:
-                    _close_quietly(h5)
+                    close_quietly(h5)
                     raise
                 return store
             attrs = dict(settings, default_tap=default_tap or next(reversed(tap_dims), ""))
@@ -107,7 +105,10 @@ class FeatureStore:
         try:
             check_writable(path, h5)
             check_shard_resume(path, h5.attrs, settings)  # before the fingerprint, which differs per shard
-            _check_resumable(path, h5, settings)
+            check_resumable(path, h5, settings)
+            meta = bad_metadata(h5)  # the sample table itself cannot be recomputed: refused
+            if meta is not None and meta.size:
+                raise FeatxError(metadata_message(path, h5, meta))
             store = cls(path, h5, lock)
             store._versions = {k: str(settings[k]) for k in VERSION_KEYS if k in settings}
             bad = np.flatnonzero(store._done)[~rows_match(h5, np.flatnonzero(store._done))]
@@ -153,11 +154,13 @@ class FeatureStore:
         grp = h5.create_group("samples")
         grp.attrs["classes"] = np.array(list(classes), dtype=STRING)
         index = {c: i for i, c in enumerate(classes)}
-        grp.create_dataset("path", data=np.array([s.path for s in samples], dtype=object), dtype=STRING)
-        grp.create_dataset("label", data=np.array([index[s.label] if s.label is not None else -1 for s in samples],
-                                                  dtype=np.int64))
-        grp.create_dataset("subject", data=np.array([s.subject or "" for s in samples], dtype=object), dtype=STRING)
-        grp.create_dataset("split", data=np.array([s.split or "" for s in samples], dtype=object), dtype=STRING)
+        paths, subjects, splits = ([getattr(s, key) or "" for s in samples] for key in ("path", "subject", "split"))
+        labels = np.array([index[s.label] if s.label is not None else -1 for s in samples], dtype=np.int64)
+        grp.create_dataset("path", data=np.array(paths, dtype=object), dtype=STRING)
+        grp.create_dataset("label", data=labels)
+        grp.create_dataset("subject", data=np.array(subjects, dtype=object), dtype=STRING)
+        grp.create_dataset("split", data=np.array(splits, dtype=object), dtype=STRING)
+        create_row_ids(grp, labels, paths, subjects, splits)
         grp.create_dataset("done", data=np.zeros(n, dtype=bool))
         # fixed size, so recording an error overwrites bytes already on disk (a vlen string would grow the file)
         grp.create_dataset("error", shape=(n,), dtype=h5py.string_dtype("utf-8", ERROR_BYTES), dcpl=_early(),
@@ -194,12 +197,34 @@ class FeatureStore:
     def done(self) -> np.ndarray:
         return self._done.copy()
 
-    def write_rows(self, indices: np.ndarray, features: dict[str, np.ndarray]) -> None:
-        """Write features of sample rows ``indices`` (sorted or not) with their checksums, flush, then mark
-        them done and flush again."""
-        self._checked(self._write_rows, indices, features)
+    def write_rows(self, indices: np.ndarray, features: dict[str, np.ndarray], files: np.ndarray | None = None
+                   ) -> None:
+        """Write features of sample rows ``indices`` (sorted or not) with their checksums and ``files`` (their
+        image files' content, :func:`featx.store.rowid.file_records`), flush, then mark them done and flush
+        again."""
+        self._checked(self._write_rows, indices, features, files)
 
-    def _write_rows(self, indices: np.ndarray, features: dict[str, np.ndarray]) -> None:
+    def files(self) -> np.ndarray | None:
+        """Every row's recorded image file content (:mod:`featx.store.rowid`); None for an older schema."""
+        return read_files(self.h5)
+
+    def recompute(self, rows: np.ndarray) -> None:
+        """Mark ``rows`` not done: their images changed, so this run computes them again."""
+        self._checked(self._set_rows, "done", np.asarray(rows, dtype=np.int64), np.zeros(len(rows), dtype=bool))
+
+    def record_files(self, rows: np.ndarray, files: np.ndarray) -> None:
+        """Record ``files`` (same content, other times) as the image files of ``rows``."""
+        self._checked(self._set_rows, FILE, np.asarray(rows, dtype=np.int64), np.asarray(files))
+
+    def _set_rows(self, name: str, rows: np.ndarray, values: np.ndarray) -> None:
+        if rows.size:
+            order = np.argsort(rows)
+            self.h5["samples"][name][rows[order]] = values[order]
+            if name == "done":
+                self._done[rows] = values
+            self.h5.flush()
+
+    def _write_rows(self, indices: np.ndarray, features: dict[str, np.ndarray], files: np.ndarray | None) -> None:
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
             return
@@ -219,6 +244,8 @@ class FeatureStore:
             ds[where] = values
             sums[:, j] = row_checksums(values, indices)
         self.h5["samples/checksum"][where] = sums
+        if files is not None:
+            self.h5["samples"][FILE][where] = np.asarray(files)[order]
         stale = indices[self._errored[indices]]
         if stale.size:  # a retried row that failed before; other rows keep "" (no string written per batch)
             err = self.h5["samples/error"]
@@ -251,7 +278,7 @@ class FeatureStore:
         except (OSError, RuntimeError, ValueError) as exc:
             self.failed = True
             full = is_disk_full(exc)
-            _forget(exc)
+            forget(exc)
             if not full:
                 raise
         if full:  # raised outside the handler: no traceback holds h5py objects of the failed write
@@ -260,7 +287,7 @@ class FeatureStore:
 
     def close(self) -> None:
         try:
-            _close_quietly(self.h5) if self.failed else self.h5.close() if self.h5.id.valid else None
+            close_quietly(self.h5) if self.failed else self.h5.close() if self.h5.id.valid else None
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -296,73 +323,6 @@ def _bytes_needed(samples: Sequence, tap_dims: dict[str, int], dtype: np.dtype) 
     return int(total * 1.05) + (256 << 10)
 
 
-def write_whole(path: Path, need: int, fill: Callable[[h5py.File], None], full_before: str,
-                full_during: str | None = None) -> None:
-    """Write an HDF5 file with ``fill(h5)`` into ``<path>.tmp`` and rename it: it exists whole or not at all.
-
-    ``need`` bytes are reserved first, so that the OS, not HDF5, finds a full disk (FeatxError
-    ``full_before``); a full disk while writing or closing removes the temporary file and raises FeatxError
-    ``full_during`` (default ``full_before``). Any other failure also removes it and propagates.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    full = _reserve(tmp, need)
-    if full:
-        raise FeatxError(full_before)
-    try:
-        h5 = h5py.File(tmp, "w")
-        try:
-            fill(h5)
-            h5.close()  # a failure here (the final flush) must not leave a half-written file behind
-        except BaseException as exc:
-            full = isinstance(exc, (OSError, RuntimeError, ValueError)) and is_disk_full(exc)
-            _forget(exc)
-            _close_quietly(h5)
-            raise
-        tmp.replace(path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if not full:
-            raise
-        _forget(exc)
-    if full:  # raised outside the handler, so no traceback keeps h5py objects of the failed file alive
-        raise FeatxError(full_during or full_before)
-
-
-def _reserve(tmp: Path, size: int) -> bool:
-    """Make ``tmp`` and allocate ``size`` bytes for it; True when the disk is full (``tmp`` is then removed).
-
-    HDF5 itself must never meet a full disk: after a failed write its state is broken and the process may
-    crash when the file is closed. Creating the store truncates ``tmp`` and reuses the space just freed.
-    """
-    try:
-        with open(tmp, "wb") as fh:
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fh.fileno(), 0, size)
-        return False
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if is_disk_full(exc) or exc.errno == errno.EDQUOT:
-            return True
-        raise FeatxError(f"cannot write {tmp} ({exc.strerror or exc}); choose an {arg('out')} in a folder you "
-                         "can write to") from None
-
-
-def _forget(exc: BaseException) -> None:
-    """Drop the local variables of the frames an exception went through (h5py objects of a failed write):
-    freed after their file is closed, HDF5 can crash the process."""
-    while exc is not None:
-        traceback.clear_frames(exc.__traceback__)
-        exc = exc.__context__
-
-
-def _close_quietly(h5: h5py.File) -> None:
-    try:
-        if h5.id.valid:
-            h5.close()
-    except (OSError, RuntimeError, ValueError):
-        pass
-
-
 def _fit(text: str, dtype):
     """``text`` as UTF-8 bytes cut to a fixed-length string dtype's size (whole characters)."""
     if dtype.kind != "S":
@@ -370,28 +330,5 @@ def _fit(text: str, dtype):
     return text.encode("utf-8")[:dtype.itemsize].decode("utf-8", errors="ignore").encode("utf-8")
 
 
-def _check_resumable(path: Path, h5: h5py.File, settings: dict) -> None:
-    attrs = h5.attrs
-    version = decode_attr(attrs.get("schema_version", -1))
-    if version != SCHEMA_VERSION:
-        raise FeatxError(f"{path}: store schema version {version}, this featx writes {SCHEMA_VERSION} (rows with "
-                         f"checksums); delete the file to rebuild it, or choose another {arg('out')}")
-    wanted = dict(settings)
-    for key in IDENTITY_KEYS:
-        if key not in wanted:
-            continue
-        have = setting(attrs, key)
-        if not _same_setting(have, wanted[key]):
-            raise FeatxError(f"{path} was made with {key}={have!r}, this run asks for {key}={wanted[key]!r}; "
-                             f"use another {arg('out')} for different settings (or delete the file to rebuild it)")
-
-
 def _contiguous(indices: np.ndarray) -> bool:
     return indices.size > 0 and int(indices[-1]) - int(indices[0]) + 1 == indices.size
-
-
-def _same_setting(have, wanted) -> bool:
-    """Whether a stored setting equals the one asked for (lists element by element, compared as text)."""
-    if isinstance(have, (list, tuple)) or isinstance(wanted, (list, tuple)):
-        return [str(x) for x in np.atleast_1d(have)] == [str(x) for x in np.atleast_1d(wanted)]
-    return str(have) == str(wanted)

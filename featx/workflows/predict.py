@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -12,11 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from featx import csvfiles
-from featx.errors import FeatxError, arg
+from featx.data import IMAGE_EXTENSIONS
+from featx.data.content import check_files, name_some
+from featx.errors import FeatxError, FeatxWarning, arg
 from featx.extract import extract
-from featx.files import write_or_keep
-from featx.persist import check_store_matches, load_model
-from featx.store import load_features, sample_table, store_settings
+from featx.files import sha256_file, write_or_keep
+from featx.persist import card_path, check_store_matches, load_model
+from featx.store import SCHEMA_VERSION, load_features, sample_table, store_settings
 
 UNFINISHED = "not extracted: the store is unfinished; run `featx extract` again to fill it"
 INTERRUPTED = "not extracted: extraction was interrupted; run the same command again"
@@ -30,9 +33,61 @@ def _store_list(store) -> list[Path]:
     return [Path(s) for s in stores]
 
 
-def _requested_rows(card: dict, stores: list[Path], split: str | None, unfinished: str):
-    """Every requested row of the store(s): ``(paths, errors, X)``; ``X`` holds the rows whose error is ""."""
-    check_store_matches(card, [store_settings(p) for p in stores], [str(p) for p in stores])
+def _check_out(out: Path, model_path: Path, card: dict, data, stores: list[Path]) -> None:
+    """Refuse an ``out`` that is a folder, or any file predict reads (model, card, data, store, weights)."""
+    if out.is_dir():
+        raise FeatxError(f"{arg('out', out)} is a folder; give the CSV file to write, e.g. "
+                         f"{arg('out', out / 'predictions.csv')}")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise FeatxError(f"{arg('out', out)}: {above} is a file, not a folder; give a CSV path in a folder")
+    if out.suffix.lower() in IMAGE_EXTENSIONS:
+        raise FeatxError(f"{arg('out', out)} names an image; give the CSV file to write, e.g. "
+                         f"{arg('out', out.with_suffix('.csv'))}")
+    inputs = [("the model", model_path), ("the model's card", card_path(model_path))]
+    inputs += [("a store it reads", p) for p in stores]
+    inputs += [("the weights of the model's features", Path(e["weights"])) for e in card.get("stores") or []
+               if e.get("weights_kind") == "file" and e.get("weights")]
+    target = out.resolve()
+    if data is not None:
+        inputs.append(("the data", Path(data)))
+        if Path(data).is_dir() and target.is_relative_to(Path(data).resolve()) and target.name.endswith("_labels.csv"):
+            inputs.append(("a labels file of the data", out))  # C-NMC's prelim labels (CNMC_PRELIM_LABELS) and kin
+    for what, path in inputs:
+        if path.resolve() == target:
+            raise FeatxError(f"{arg('out', out)} is {what} ({path}); predictions would replace it: write them to "
+                             f"another file, e.g. {arg('out', 'predictions.csv')}")
+
+
+def _check_files(store: Path, settings: dict, table: dict, rows: list[int]) -> None:
+    """Refuse a store whose rows ``rows`` (to predict) hold features of images changed since they were
+    extracted; say so when that cannot be checked (an older featx's store, images no longer there)."""
+    if table["file"] is None:
+        warnings.warn(FeatxWarning(f"{store} was written by an older featx: its rows record no content of their "
+                                   "image files, so featx cannot tell whether the images changed since they were "
+                                   "extracted; predicting from its stored features"), stacklevel=4)
+        return
+    root, paths = str(settings.get("data_root") or ""), table["path"][rows]
+    check = check_files(root, paths, table["file"][rows])
+    if check.changed.size:
+        raise FeatxError(f"{store}: {check.changed.size} image(s) changed since they were extracted "
+                         f"({name_some(paths, check.changed)}), so its features of them are stale; run the same "
+                         f"`featx extract` into {store} again (it recomputes them), then predict")
+    if check.missing.size or check.unknown.size:
+        n = check.missing.size + check.unknown.size
+        warnings.warn(FeatxWarning(f"{store}: featx cannot tell whether {n} of the {len(rows)} images changed since "
+                                   f"they were extracted (first: {paths[np.union1d(check.missing, check.unknown)[0]]}"
+                                   f"{', not under ' + root if check.missing.size else ''}); predicting them from "
+                                   "the stored features"), stacklevel=4)
+
+
+def _requested_rows(card: dict, stores: list[Path], split: str | None, unfinished: str, extracted: bool = False):
+    """Every requested row of the store(s): ``(paths, errors, X)``; ``X`` holds the rows whose error is "".
+
+    ``extracted``: the stores were just extracted for the model (else the user's stores, whose rows' image
+    files are compared with those they were extracted from)."""
+    settings = [store_settings(p) for p in stores]
+    check_store_matches(card, settings, [str(p) for p in stores], extracted=extracted)
     tables = [sample_table(p) for p in stores]
     first = tables[0]
     keep = first["split"] == split if split else np.ones(len(first["path"]), dtype=bool)
@@ -53,6 +108,9 @@ def _requested_rows(card: dict, stores: list[Path], split: str | None, unfinishe
                 errors[j] = f"not extracted: {table['error'][i]}"
             elif not table["done"][i]:
                 errors[j] = unfinished
+    for store, table, settings_of in ([] if extracted else zip(stores, tables, settings)):
+        row_of = {q: i for i, q in enumerate(table["path"])}
+        _check_files(store, settings_of, table, [row_of[paths[j]] for j, e in enumerate(errors) if not e])
     blocks, names = [], []
     for store, entry in zip(stores, card["stores"]):
         wanted = [j for j, e in enumerate(errors) if not e]
@@ -86,8 +144,15 @@ def _extract_for_model(card: dict, data, split: str | None, cache_dir: Path, *, 
         if entry.get("weights_kind") == "file" and not Path(weights).is_file():
             raise FeatxError(f"the model's features came from weights file {weights}, which is missing; "
                              f"put it back or extract a store yourself and pass it as {arg('store')}")
+        if entry.get("weights_kind") == "file" and entry.get("weights_sha256") and \
+                sha256_file(weights) != entry["weights_sha256"]:
+            raise FeatxError(f"{weights}: the weights file the model's features came from changed since the model "
+                             f"was trained (its sha256 is not the {entry['weights_sha256'][:12]}... that "
+                             f"{card.get('file')}'s card records); put the original file back, or train a model on "
+                             "features of this one")
         seed = entry.get("weights_seed")
-        key = hashlib.sha256(json.dumps([str(Path(data).resolve()), split, entry], sort_keys=True,
+        # the schema version too: a cache store of an older featx (rows without content) is not resumed
+        key = hashlib.sha256(json.dumps([str(Path(data).resolve()), split, entry, SCHEMA_VERSION], sort_keys=True,
                                         default=str).encode()).hexdigest()[:12]
         out = cache_dir / f"{i}-{entry.get('backbone')}-{key}.h5"
         extract(data, out, backbone=entry["backbone"], weights=weights, taps=entry.get("taps") or None,
@@ -135,7 +200,7 @@ def _write_csv(out: Path, paths: list[str], errors: list[str], predicted: dict, 
 def predict(model_path, data=None, *, split: str | None = None,
             store: str | Path | Sequence[str | Path] | None = None, out="predictions.csv", device: str = "auto",
             batch_size: int = 32, workers: int | None = None, cache=None, on_progress=None,
-            strict: bool = False) -> dict:
+            strict: bool = False, trust_pickle: bool = False) -> dict:
     """Predict every image of ``data`` (optionally one ``split``) with a saved model; write a CSV.
 
     With ``store`` (one path, or a list for a model trained on fused stores) the features are read from the
@@ -150,12 +215,20 @@ def predict(model_path, data=None, *, split: str | None = None,
     and the reason in ``error``. With ``strict`` any such row raises :class:`FeatxError` after the CSV is
     written; a request where no image could be predicted always does.
 
+    Images changed since their features were extracted: a ``cache`` store recomputes them (saying how many);
+    a ``store`` given is the user's and is not written: refused, naming the images and the fix (extract into
+    it again). Rows of a store of an older featx, or whose images are no longer there, cannot be checked
+    (warned). ``out`` may not be a folder, an image name, or a file predict reads (model, card, data, store,
+    weights). A .joblib model loads only with ``trust_pickle`` (:func:`featx.persist.load_model`).
+
     Returns ``{"out", "rows", "predicted", "failed", "errors" (first (path, error) pairs), "counts", "output",
     "source", "model"}``.
     """
-    pipeline, card = load_model(model_path)
+    pipeline, card = load_model(model_path, trust_pickle=trust_pickle)
     if store is None and data is None:
         raise FeatxError(f"give the images to predict ({arg('data')}) or a feature store ({arg('store')})")
+    out = Path(out)
+    _check_out(out, Path(model_path), card, data, _store_list(store) if store is not None else [])
     if store is not None:
         stores = _store_list(store)
         paths, errors, X = _requested_rows(card, stores, split, UNFINISHED)
@@ -167,7 +240,7 @@ def predict(model_path, data=None, *, split: str | None = None,
             cache_dir.mkdir(parents=True, exist_ok=True)
             stores = _extract_for_model(card, data, split, cache_dir, device=device, batch_size=batch_size,
                                         workers=workers, on_progress=on_progress)
-            paths, errors, X = _requested_rows(card, stores, None, INTERRUPTED)
+            paths, errors, X = _requested_rows(card, stores, None, INTERRUPTED, extracted=True)
         source = str(data)
     if not paths:
         raise FeatxError(f"{source}: no images to predict" + (f" in split {split!r}" if split else ""))
@@ -178,7 +251,6 @@ def predict(model_path, data=None, *, split: str | None = None,
     if ok:
         pred, value, output = _decide(pipeline, X)
         predicted = {j: (classes[int(k)], float(v)) for j, k, v in zip(ok, pred, value)}
-    out = Path(out)
     _write_csv(out, paths, errors, predicted, output)
     failed = [(p, e) for p, e in zip(paths, errors) if e]
     counts = {c: sum(1 for label, _ in predicted.values() if label == c) for c in classes}
