@@ -142,6 +142,30 @@ def _featx_warnings_as_lines(show: Callable) -> Callable:
     return showwarning
 
 
+# What a command can lower when memory runs out, in the order the hint names them.
+_MEMORY_KNOBS = ("batch_size", "image_size", "jobs", "workers")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed: MemoryError (numpy, PIL), or torch's RuntimeError from its
+    CPU allocator or CUDA (``torch.OutOfMemoryError``)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        needle in text for needle in ("can't allocate memory", "not enough memory", "out of memory"))
+
+
+def _memory_line(exc: BaseException, kwargs: dict) -> str:
+    """One line for an allocation that failed: what failed, and the options of this command that use less."""
+    what = " ".join(str(exc).split())
+    what = what[what.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in what else what
+    what = f"{type(exc).__name__}: {what[:160]}" if what else type(exc).__name__
+    knobs = [flag(k) for k in _MEMORY_KNOBS if k in kwargs]
+    fix = f"lower {' or '.join(knobs)}" if knobs else "use a smaller input"
+    return f"out of memory ({what}); {fix}, or free memory, then run the same command again"
+
+
 def user_errors(func: Callable) -> Callable:
     """Run a command; print user errors as one red line and exit non-zero, without a traceback."""
 
@@ -159,6 +183,12 @@ def user_errors(func: Callable) -> Callable:
             err_console.print("[bold red]interrupted:[/] work finished so far is kept on disk; "
                               "run the same command again to resume", highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        except (MemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(_memory_line(exc, kwargs))}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(1) from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 where = f" while writing {escape(str(exc.filename))}" if exc.filename else ""
