@@ -25,7 +25,7 @@ import torch
 import torchvision
 
 from featx import provenance
-from featx.backbones import check_input_size, create_backbone, get_config, origin_of
+from featx.backbones import check_image_size, check_input_size, create_backbone, get_config, origin_of
 from featx.backbones.generic import POOLINGS
 from featx.data import Collection, discover
 from featx.data.batches import LoaderBatches, ThreadBatches, close_inherited
@@ -173,6 +173,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         raise FeatxError(f"{arg('batch_size', batch_size)}: must be at least 1")
     if workers is not None and workers < 0:
         raise FeatxError(f"{arg('workers', workers)}: must be 0 (decode in the main process) or more")
+    if image_size is not None:  # before anything is decoded (0 is no size, not the default)
+        image_size = check_image_size(image_size)
     collection = data if isinstance(data, Collection) else discover(data, splits)
     if isinstance(data, Collection) and splits:
         collection = data.subset([i for i, s in enumerate(data.samples) if s.split in set(splits)])
@@ -199,7 +201,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
                          f"resolved by name, such as resnet18's layer3)")
     card = model.weights_info.card or {}
     # a fine-tuned checkpoint brings the input size it was trained at
-    size = int(image_size or card.get("preprocessing", {}).get("input_size") or cfg.input_size)
+    size = image_size if image_size is not None else int(card.get("preprocessing", {}).get("input_size")
+                                                         or cfg.input_size)
     check_input_size(backbone, size)
     requested = None if taps is None else ([taps] if isinstance(taps, str) else list(taps))
     # default: the backbone's taps; a model resolved by name also takes its graph nodes (`featx backbones NAME --taps`)
@@ -293,7 +296,7 @@ def _decode_early(collection: Collection, out, cfg, weights, image_size: int | N
     if Path(out).exists() or not (isinstance(weights, str) and weights.strip().lower() in ("none", "random",
                                                                                              "imagenet")):
         return None
-    size = int(image_size or cfg.input_size)
+    size = int(image_size if image_size is not None else cfg.input_size)
     try:
         dev = resolve_device(device)
         check_input_size(cfg.name, size)

@@ -205,9 +205,10 @@ def test_one_class_and_missing_subjects_are_refused():
         make_splits(fs.subjects, np.zeros(len(fs.y), dtype=int), fs.splits)
     with pytest.raises(FeatxError, match="cv='subject' needs a subject id.*cv='image'"):
         make_splits(np.array([""] * len(fs.y)), fs.y, fs.splits, cv="subject")
-    # one HEM subject cannot be both trained on and tested: some training fold has one class
+    # one HEM subject cannot be both trained on and tested, whatever the number of folds
     few = subject_features(n_all=4, n_hem=1, cells=5)
-    with pytest.raises(FeatxError, match="training part of fold .* only one class.*fewer folds than n_folds=5"):
+    with pytest.raises(FeatxError, match=r"subject-grouped CV is impossible here: only 1 subject \(S4\) has rows of "
+                                         r"class 1, .*use cv='image'"):
         make_splits(few.subjects, few.y, few.splits, cv="subject", n_folds=5)
 
 

@@ -476,3 +476,44 @@ def test_weights_that_are_a_malicious_pickle_are_one_line_without_torch_warnings
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: {evil} is not a weights file")
         assert "Warning" not in res.stderr and not marker.exists() and not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "4097", "30000"])
+def test_image_sizes_featx_cannot_take_are_one_line_before_anything_is_written(cnmc_tree, tmp_path, size):
+    # 0 was read as "the default" (224 stored), 30000 ran out of memory with a traceback
+    line = (f"error: --image-size {size}: give the image side in pixels, from 1 to 4096 (leave it out for the "
+            "backbone's own, e.g. 224)")
+    for command in ("extract", "finetune"):
+        out = tmp_path / command
+        res = runner.invoke(app, [command, str(cnmc_tree), "--backbone", "cnn", "--weights", "none", "--image-size",
+                                  size, "--workers", "0", "--out", str(out)])
+        assert res.exit_code == 1 and " ".join(res.output.split()) == line, res.output
+        assert not out.exists() and not list(tmp_path.glob(f"{command}*"))
+    with pytest.raises(FeatxError, match=rf"^image_size={size}: give the image side in pixels, from 1 to 4096"):
+        extract(cnmc_tree, tmp_path / "lib.h5", backbone="cnn", weights="none", image_size=int(size), workers=0)
+    # the bound itself is taken
+    extract(cnmc_tree, tmp_path / "one.h5", backbone="cnn", weights="none", image_size=16, workers=0,
+            splits=["prelim"])
+    assert store_settings(tmp_path / "one.h5")["input_size"] == 16
+
+
+def test_running_out_of_memory_is_one_line_naming_what_to_lower(cnmc_tree, tmp_path):
+    """A size inside the bound that still does not fit: a real failed allocation (the process limited to 4 GiB
+    of address space; a batch of 34 images of 4096 px is 1.7 GiB as uint8, 6.8 GiB as float32)."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    cli = "import sys; from featx.cli import main; sys.argv[0] = 'featx'; main()"
+    done = subprocess.run([sys.executable, "-c", cli, "extract", str(cnmc_tree), "--backbone", "cnn", "--weights",
+                           "none", "--image-size", "4096", "--batch-size", "64", "--workers", "0", "--device", "cpu",
+                           "--quiet", "--out", str(tmp_path / "big.h5")], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=600, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert re.fullmatch(r"error: out of memory \((MemoryError|RuntimeError)[^)]*\); lower --batch-size or "
+                        r"--image-size or --workers, or free memory, then run the same command again", lines[0])

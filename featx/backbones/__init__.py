@@ -17,11 +17,19 @@ from featx.backbones import cnn, timm_models, torchvision_any, torchvision_model
 from featx.backbones.factory import create_backbone
 from featx.backbones.generic import GraphNet
 from featx.backbones.network import FeatureNet, Step
-from featx.backbones.registry import BackboneConfig, check_input_size, get_config, list_backbones, register_backbone
+from featx.backbones.registry import (
+    MAX_INPUT_SIZE,
+    BackboneConfig,
+    check_image_size,
+    check_input_size,
+    get_config,
+    list_backbones,
+    register_backbone,
+)
 from featx.backbones.weights import CHECKPOINT_VERSION, DOWNLOAD_TIMEOUT_S, OFFLINE_ENV, WeightsInfo, origin_of
 
 __all__ = [
-    "CHECKPOINT_VERSION", "DOWNLOAD_TIMEOUT_S", "OFFLINE_ENV", "BackboneConfig", "FeatureNet", "GraphNet", "Step",
-    "WeightsInfo", "origin_of",
-    "check_input_size", "create_backbone", "get_config", "list_backbones", "register_backbone",
+    "CHECKPOINT_VERSION", "DOWNLOAD_TIMEOUT_S", "MAX_INPUT_SIZE", "OFFLINE_ENV", "BackboneConfig", "FeatureNet",
+    "GraphNet", "Step", "WeightsInfo", "origin_of",
+    "check_image_size", "check_input_size", "create_backbone", "get_config", "list_backbones", "register_backbone",
 ]

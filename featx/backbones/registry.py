@@ -152,8 +152,26 @@ def get_config(name: str) -> BackboneConfig:
                      f"torchvision classification model or timm:NAME (`featx backbones` lists them)")
 
 
+#: The largest image side featx takes (px). A network's input batch is batch x 3 x side^2 float32: at 4096 px
+#: one image is 192 MiB (32 of them 6 GiB), four times the side of any ImageNet model's input and of C-NMC's
+#: 450 px cells; 30000 px would need 10 GiB per image.
+MAX_INPUT_SIZE = 4096
+
+
+def check_image_size(size) -> int:
+    """``size`` as an int when it is a side featx takes (1 to :data:`MAX_INPUT_SIZE` px); FeatxError otherwise.
+    None (the backbone's default) is for the caller to resolve first."""
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size != int(size) \
+            or not 1 <= int(size) <= MAX_INPUT_SIZE:
+        raise FeatxError(f"{arg('image_size', size)}: give the image side in pixels, from 1 to {MAX_INPUT_SIZE} "
+                         f"(leave it out for the backbone's own, e.g. 224)")
+    return int(size)
+
+
 def check_input_size(name: str, size: int) -> None:
-    """FeatxError when ``size`` px images are too small for backbone ``name``."""
+    """FeatxError when ``size`` is no image side featx takes (:func:`check_image_size`) or ``size`` px images
+    are too small for backbone ``name``."""
+    size = check_image_size(size)
     cfg = get_config(name)
     if cfg.check_size is not None:
         cfg.check_size(int(size))

@@ -12,9 +12,10 @@ with collector_paused():  # the commands and the libraries they import (see feat
         report_cmds,
         report_html_cmds,
     )
-    from featx.cli.app import app
+    from featx.cli.app import app, stop_on_sigterm
 
 
 def main() -> None:
     """Console-script entry point."""
+    stop_on_sigterm()
     app()

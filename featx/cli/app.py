@@ -5,6 +5,8 @@ import errno
 import functools
 import inspect
 import platform
+import signal
+import sys
 import warnings
 from collections.abc import Callable
 from importlib import metadata
@@ -142,6 +144,76 @@ def _featx_warnings_as_lines(show: Callable) -> Callable:
     return showwarning
 
 
+# What a command can lower when memory runs out, in the order the hint names them.
+_MEMORY_KNOBS = ("batch_size", "image_size", "jobs", "workers")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed: MemoryError (numpy, PIL), or torch's RuntimeError from its
+    CPU allocator or CUDA (``torch.OutOfMemoryError``)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        needle in text for needle in ("can't allocate memory", "not enough memory", "out of memory"))
+
+
+def _memory_line(exc: BaseException, kwargs: dict) -> str:
+    """One line for an allocation that failed: what failed, and the options of this command that use less."""
+    what = " ".join(str(exc).split())
+    what = what[what.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in what else what
+    what = f"{type(exc).__name__}: {what[:160]}" if what else type(exc).__name__
+    knobs = [flag(k) for k in _MEMORY_KNOBS if k in kwargs]
+    fix = f"lower {' or '.join(knobs)}" if knobs else "use a smaller input"
+    return f"out of memory ({what}); {fix}, or free memory, then run the same command again"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (:func:`stop_on_sigterm`), so that it unwinds as an interrupt does."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn the next SIGTERM into :class:`Terminated` (a second one kills at once): the process stops its worker
+    processes and says what it kept, instead of dying and leaving joblib's workers to wait 300 s for work."""
+
+    def terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
+def stop_workers() -> None:
+    """Kill joblib's loky worker processes, if this process started any (an idle pool outlives its grid)."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(loky, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)
+
+
+#: What an interrupted command keeps, unless it says otherwise (:func:`on_interrupt`).
+RESUMES = "work finished so far is kept on disk; run the same command again to resume"
+
+
+def on_interrupt(line: str | Callable[[dict], str]) -> Callable:
+    """A command's own line for an interrupt: what it kept and whether a re-run resumes (default :data:`RESUMES`);
+    a callable gets the command's arguments."""
+
+    def mark(func: Callable) -> Callable:
+        func.interrupt_line = line
+        return func
+    return mark
+
+
+def interrupted(exc: KeyboardInterrupt, line: str) -> typer.Exit:
+    """Stop the worker processes and print ``line`` after "interrupted:" (SIGINT, exit 130) or "terminated:"
+    (SIGTERM, exit 143); returns the Exit to raise."""
+    stop_workers()
+    word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+    err_console.print(f"[bold red]{word}:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
 def user_errors(func: Callable) -> Callable:
     """Run a command; print user errors as one red line and exit non-zero, without a traceback."""
 
@@ -155,10 +227,15 @@ def user_errors(func: Callable) -> Callable:
         except FeatxError as exc:
             err_console.print(f"[bold red]error:[/] {escape(exc.render(flag))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted:[/] work finished so far is kept on disk; "
-                              "run the same command again to resume", highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            line = getattr(func, "interrupt_line", RESUMES)
+            raise interrupted(exc, line(kwargs) if callable(line) else line) from None
+        except (MemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(_memory_line(exc, kwargs))}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(1) from None
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 where = f" while writing {escape(str(exc.filename))}" if exc.filename else ""

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from featx.cli.app import app, console, err_console, flag, loads_torch, user_errors
+from featx.cli.app import app, console, err_console, flag, interrupted, loads_torch, on_interrupt, user_errors
 from featx.cli.options import (
     DATA,
     EVALUATION,
@@ -42,8 +42,17 @@ from featx.errors import FeatxError
 from featx.report import results_table
 
 
+def _nothing_saved(out: Path, resume: bool) -> str:
+    """What an interrupt before this run saved an epoch leaves: a resumed run's last.pt as it was, else nothing
+    (the library removes what the run wrote)."""
+    if resume and (out / "last.pt").is_file():
+        return f"{out / 'last.pt'} is kept as it was; run the same command again to resume from it"
+    return "no epoch was saved, so nothing of this run was kept; run the same command again to start over"
+
+
 @app.command()
 @user_errors
+@on_interrupt(lambda kwargs: _nothing_saved(Path(kwargs["out"]), kwargs["resume"]))
 @loads_torch
 def finetune(
     data: Images,
@@ -118,12 +127,11 @@ def finetune(
                 early_stopping=early_stopping, patience=patience, positive=positive, device=device,
                 workers=workers, seed=seed, resume=resume, callback=progress, strict=strict, keep=keep,
                 weights_never_saw_images=weights_never_saw_images)
-    except KeyboardInterrupt:
-        if progress.last_epoch is None:
+    except KeyboardInterrupt as exc:
+        if progress.last_epoch is None:  # no epoch of this run saved: _nothing_saved says what is left
             raise
-        err_console.print(f"[bold red]interrupted:[/] epoch {progress.last_epoch} is saved in {out / 'last.pt'}; "
-                          "run the same command with --resume to continue", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise interrupted(exc, f"epoch {progress.last_epoch} is saved in {out / 'last.pt'}; run the same command "
+                               "with --resume to continue") from None
     if summary.get("already_finished"):
         console.print(f"the run in [bold]{escape(str(summary['out']))}[/] finished earlier; nothing to train, its "
                       "results:", highlight=False)
@@ -175,6 +183,7 @@ class _Progress:
             print_warning(info)
         elif kind == "start":
             s = info["settings"]
+            self.last_epoch = info["epoch"] or None  # a resumed run's last.pt
             head = f"resuming after epoch {info['epoch']}; " if info["epoch"] else ""
             console.print(f"{head}fine-tuning [bold]{s['backbone']}[/] (weights {s['weights']}, "
                           f"preset {s['preset'] or 'none'}) on {info['n_train']} images, validating on "

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from featx.cli.app import app, console, loads_torch, user_errors
+from featx.cli.app import app, console, loads_torch, on_interrupt, user_errors
 from featx.cli.options import (
     CV_HELP,
     DATA,
@@ -55,6 +55,10 @@ from featx.report import results_table
 
 # featx.workflows.classify (scikit-learn, ~1 s) is imported by the commands that use it, not by `featx extract`
 
+# classify and compare fit in memory and write their results at the end: an interrupt keeps nothing to resume
+NOTHING_KEPT = ("{command} keeps nothing of an unfinished run (it writes its results once every model is fitted); "
+                "run the same command again to start over")
+
 
 def _print_rows(rows, paths=None, title="featx", run=None) -> None:
     console.print(results_table(rows, title=title))
@@ -73,6 +77,7 @@ def _print_rows(rows, paths=None, title="featx", run=None) -> None:
 
 @app.command()
 @user_errors
+@on_interrupt(NOTHING_KEPT.format(command="classify"))
 def classify(
     store: Annotated[str, typer.Argument(help="Feature store (HDF5 from `featx extract`); fuse stores with "
                                               "a.h5+b.h5 (aligned by image path).")],
@@ -149,6 +154,7 @@ def classify(
 
 @app.command()
 @user_errors
+@on_interrupt(NOTHING_KEPT.format(command="compare"))
 def compare(
     stores: Annotated[list[str], typer.Argument(help="Feature stores to compare; each may fuse stores as "
                                                      "a.h5+b.h5.")],

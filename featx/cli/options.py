@@ -39,7 +39,8 @@ WeightsNeverSawImages = Annotated[bool, typer.Option(
                                        "rows say 'weights stated unseen by the user' instead of 'weights of "
                                        "unknown provenance'.", rich_help_panel=NETWORK)]
 ImageSize = Annotated[int | None, typer.Option(
-    help="Square input size (default: the backbone's, 224; AlexNet needs 63 or more).", rich_help_panel=NETWORK)]
+    help="Square input size in px, 1 to 4096 (default: the backbone's, 224; AlexNet needs 63 or more).",
+    rich_help_panel=NETWORK)]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN)]
 Workers = Annotated[int | None, typer.Option(help="Decode worker processes; 0: the main thread decodes. Default "
                                                     "when extracting: threads on the CPU (they decode while the "

@@ -249,7 +249,7 @@ def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: 
                                   allow_optimistic=allow_optimistic)
     else:
         protocol = make_splits(data.subjects, data.y, data.splits, cv=cv, n_folds=n_folds, seed=seed,
-                               eval_set=eval_set, paths=data.paths)
+                               eval_set=eval_set, paths=data.paths, classes=data.classes)
     if dropped:
         protocol.label += f"; {dropped} row{'s' if dropped != 1 else ''} without a subject id dropped"
         protocol.note = "; ".join(filter(None, [protocol.note, f"{dropped} rows without a subject id dropped "

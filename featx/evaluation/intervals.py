@@ -256,6 +256,9 @@ def design_reason(oof: OutOfFold, class_names=None) -> str | None:
     unit, stratum = oof.units()
     names = class_names or [str(c) for c in range(oof.n_classes)]
     what = "subjects" if oof.subject is not None else "images"
+    if oof.subject is not None and len(np.unique(oof.subject)) == 1:  # e.g. image-level folds of one subject
+        return (f"only 1 test subject ({oof.subject[0]}): an interval over subjects needs "
+                f"{MIN_SUBJECTS_PER_CLASS} or more of each class")
     present = [c for c in range(oof.n_classes) if np.any(stratum == c)]
     for c in present:
         if np.sum(stratum == c) < 2:

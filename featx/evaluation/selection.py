@@ -201,7 +201,7 @@ def selection_row(feature_sets: Sequence, heads: Sequence[str], *, cv: str = "au
                                   allow_optimistic=allow_optimistic)
     else:
         protocol = make_splits(data.subjects, data.y, data.splits, cv=cv, n_folds=n_folds, seed=seed,
-                               eval_set=eval_set, paths=data.paths)
+                               eval_set=eval_set, paths=data.paths, classes=data.classes)
     row = select_rows([(fs, h) for fs in sets for h in heads], protocol, positive=pos, seed=seed, **kwargs)
     row.dropped_unknown_subjects = dropped
     row.optimistic = bool(protocol.optimistic)

@@ -75,15 +75,14 @@ def without_unknown_subjects(features):
 # plain protocols
 # --------------------------------------------------------------------------------------------------
 def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
-                eval_set: str | None = None, paths=None) -> Protocol:
+                eval_set: str | None = None, paths=None, classes=None) -> Protocol:
     """Build the train/test folds of one protocol over labelled rows.
 
-    ``subjects``/``splits`` are per-row strings ("" when unknown/none) or None; ``y`` class indices;
-    ``paths`` (optional) name the rows in messages. ``eval_set`` (e.g. "prelim") trains on the training rows
-    and tests on that split, ignoring ``cv``. When some cross-validation rows have a subject and others do
-    not, ``cv`` "auto"/"subject" refuse (naming those files) rather than fall back to image-level folds.
-    Impossible requests (one class, fewer subjects than folds, ...) raise :class:`FeatxError` saying what
-    to change.
+    ``subjects``/``splits`` are per-row strings ("" when unknown/none) or None; ``y`` class indices; ``paths`` and
+    ``classes`` (optional) name the rows and classes in messages. ``eval_set`` (e.g. "prelim") trains on the
+    training rows and tests on that split, ignoring ``cv``. When some cross-validation rows have a subject and
+    others do not, ``cv`` "auto"/"subject" refuse (naming those files) rather than fall back to image-level folds.
+    Impossible requests (one class, fewer subjects than folds, ...) raise :class:`FeatxError` saying what to change.
     """
     y = np.asarray(y)
     n = len(y)
@@ -124,10 +123,13 @@ def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed
             cv = "subject"
 
     if cv == "subject":
-        prot = _subject_folds(y, pool, groups, n_folds, seed, note)
+        prot = _subject_folds(y, pool, groups, n_folds, seed, note, classes)
     elif cv == "image":
         counts = np.bincount(y_pool)
         smallest = int(counts[counts > 0].min())
+        if smallest < 2:
+            raise FeatxError("the rarest class has 1 labelled row: cross-validation needs at least 2 rows of each "
+                             "class (one to test, one to train on); add rows of that class")
         if smallest < n_folds:
             raise FeatxError(f"the rarest class has {smallest} labelled rows, too few for {arg('n_folds', n_folds)}; "
                              f"use {arg('n_folds', max(2, smallest))} or fewer")
@@ -139,9 +141,14 @@ def make_splits(subjects, y, splits, *, cv: str = "auto", n_folds: int = 5, seed
     else:
         prot = _given_folds(splits, pool, groups, seed, note)
 
+    if prot.name == "fold":  # the data's own folds: --folds and --seed do not change them
+        fewer = f"that fold holds every row of a class; use {arg('cv', 'subject')} or {arg('cv', 'image')}"
+    elif prot.n_folds > 2:
+        fewer = f"use fewer folds than {arg('n_folds', prot.n_folds)}"
+    else:
+        fewer = f"its test fold holds every row of a class; try another {arg('seed')}"
     for k, (train, _test) in enumerate(prot.folds):
-        _require_two_classes(y[train], f"the training part of fold {k + 1} ({prot.label})",
-                             hint=f"use fewer folds than {arg('n_folds', prot.n_folds)}")
+        _require_two_classes(y[train], f"the training part of fold {k + 1} ({prot.label})", hint=fewer)
     if prot.name == "subject" and _leaks(prot.folds, groups):  # pragma: no cover - guaranteed by the splitter
         raise RuntimeError("subject-grouped folds share a subject")
     return prot
@@ -155,16 +162,25 @@ def check_cv(cv: str | None) -> str:
     return cv
 
 
-def _subject_folds(y, pool, groups, n_folds: int, seed: int, note: str) -> Protocol:
+def _subject_folds(y, pool, groups, n_folds: int, seed: int, note: str, classes=None) -> Protocol:
     if groups is None:
         raise FeatxError(f"{arg('cv', 'subject')} needs a subject id for every row, and no row of this data has "
                          f"one; use {arg('cv', 'image')} (image-level, optimistic) or a manifest with a subject "
                          "column")
     g = groups[pool]
     n_subj = len(np.unique(g))
-    if n_subj < n_folds:
+    # the fold that tests the only subject of a class trains without that class, whatever the number of folds
+    for c in np.unique(y[pool]):
+        holders = np.unique(g[y[pool] == c])
+        if len(holders) < 2:
+            name = c if classes is None else classes[c]
+            raise FeatxError(f"subject-grouped CV is impossible here: only 1 subject ({holders[0]}) has rows of "
+                             f"class {name}, and a fold that tests it would train without that class (each class "
+                             f"needs 2 or more subjects); add subjects, or use {arg('cv', 'image')} (image-level: "
+                             "one subject's cells on both sides, an optimistic estimate)")
+    if n_subj < n_folds:  # n_subj >= 2 here
         raise FeatxError(f"only {n_subj} subjects for {arg('n_folds', n_folds)}: subject-grouped CV needs at least "
-                         f"one subject per fold; use {arg('n_folds', max(2, n_subj))} (or {arg('cv', 'image')}, "
+                         f"one subject per fold; use {arg('n_folds', n_subj)} or fewer (or {arg('cv', 'image')}, "
                          "which leaks subjects)")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = [(pool[a], pool[b]) for a, b in splitter.split(np.zeros(len(pool)), y[pool], g)]

@@ -12,7 +12,9 @@ over and ``resume=True`` reports it again.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +54,30 @@ def save_checkpoint(path: Path, *, backbone: str, classes: list[str], network: n
     """Write a featx checkpoint (``training_state``: the extra entries of ``last.pt``)."""
     obj = {"featx_checkpoint": CHECKPOINT_VERSION, "backbone": backbone, "classes": classes,
            "model": cpu_state(network), "card": card, "val_predictions": val_predictions, **training_state}
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+    def write(tmp: Path) -> None:
+        # through a Python file: a full disk then shows as the OSError behind torch's RuntimeError (saving to
+        # a path, torch reports it only as "[enforce fail at inline_container.cc] unexpected pos ...")
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
+    try:
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as exc:
+        if not _disk_full(exc):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it was raised while handling is ENOSPC / EDQUOT."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -118,6 +118,13 @@ class Trainer:
                                 finished=bool(last["finished"]))
         self.rng_to_restore = last["rng"]
 
+    def saved_epoch(self, which: str = "last") -> int:
+        """The epoch ``last.pt`` (``which="best"``: ``best.pt``) holds now; 0: none yet."""
+        if which in self.saved:
+            return int(self.saved[which]["card"]["epoch"])
+        last = self.plan.last
+        return 0 if last is None else int(last["epoch"] if which == "last" else last["best"]["epoch"])
+
     def _emit(self, kind: str, info: dict) -> None:
         if self.callback is not None:
             self.callback(kind, info)

@@ -1,6 +1,7 @@
 """``finetune``: plan a run, train it, and write its result row, card and plots."""
 from __future__ import annotations
 
+import errno
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -9,7 +10,7 @@ import numpy as np
 
 from featx import csvfiles, provenance, report
 from featx.data import Collection
-from featx.errors import FeatxError
+from featx.errors import FeatxError, arg
 from featx.evaluation import compute_metrics, roc_points, summarize_folds
 from featx.files import atomic_json
 from featx.finetune import checkpoint as ckpt
@@ -73,6 +74,7 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
                    optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
                    dropout=dropout, class_weight=class_weight, image_size=image_size, augment=augment,
                    color_jitter=color_jitter)
+    trainer = None
     try:
         plan = plan_run(data, out, backbone=backbone, preset=preset, options=options, val=val,
                         early_stopping=early_stopping, patience=patience, positive=positive, freeze=freeze,
@@ -92,12 +94,26 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
             summary = _write_outputs(trainer)
             summary.update(ckpt.prune(out, keep))
             summary["already_finished"] = plan.last is not None and bool(plan.last["finished"])
-    except BaseException:
+    except BaseException as exc:
         ckpt.remove_unsaved_run(out, existed, root)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise FeatxError(disk_full_message(out, exc, trainer)) from None
         raise
     if callback is not None:
         callback("end", summary)
     return summary
+
+
+def disk_full_message(out: Path, exc: OSError, trainer: Trainer | None) -> str:
+    """One line: the file a full disk stopped, what the run folder keeps, and how to go on."""
+    where = f" while writing {exc.filename}" if exc.filename else ""
+    epoch = trainer.saved_epoch() if trainer is not None else 0
+    if epoch and (out / "last.pt").exists():
+        best = f", best.pt of epoch {trainer.saved_epoch('best')}" if (out / "best.pt").exists() else ""
+        return (f"disk full{where}; {out} keeps last.pt of epoch {epoch}{best}; free space, then run the same "
+                f"command with {arg('resume', True)} (it resumes after epoch {epoch})")
+    return (f"disk full{where}; no epoch was saved, so nothing of this run was kept; free space, then run the "
+            "same command again")
 
 
 def _warn(template: str | None, callback: Callback | None) -> None:
