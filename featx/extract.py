@@ -11,7 +11,6 @@ hold the store open: after ``kill -9`` of the main process the next run can star
 """
 from __future__ import annotations
 
-import functools
 import os
 import queue
 import threading
@@ -28,37 +27,17 @@ from featx import provenance
 from featx.backbones import check_image_size, check_input_size, create_backbone, get_config, origin_of
 from featx.backbones.generic import POOLINGS
 from featx.data import Collection, discover
-from featx.data.batches import LoaderBatches, ThreadBatches, close_inherited
+from featx.data.batches import LoaderBatches, ThreadBatches
 from featx.data.content import check_files, name_some
-from featx.data.images import ImageDataset, ResizeUint8, describe_preprocessing, make_transform, normalize_batch
-from featx.device import autocast, memory_format, pin_memory, resolve_device
+from featx.data.decoders import decode_plan, start_batches
+from featx.data.images import describe_preprocessing, make_transform, normalize_batch
+from featx.device import autocast, memory_format, resolve_device
 from featx.errors import FeatxError, FeatxWarning, arg
-from featx.machine import cpu_cores, local_processes
 from featx.store import FeatureStore, lock_path
 from featx.store.rowid import file_records, read_files
 from featx.store.shards import parse_shard, shard_rows, shard_settings
 
 DTYPES = ("float32", "float16")
-
-
-PREFETCH_BYTES = 64 << 20   # decoded images held ahead of the forward pass (threads), whatever the data's size
-
-
-def decode_plan(device: torch.device, workers: int | None) -> tuple[str, int]:
-    """Who decodes images for extraction on ``device``: ``("threads", n)``, n helper threads of
-    this process (0: the main thread alone), or ``("processes", n)``, n DataLoader worker processes.
-
-    ``workers`` None: on the CPU, as many helper threads as torch's threads (they decode while the forward pass
-    waits: while the network is built and between batches); on CUDA, worker processes on every core but one of
-    this process's share of the node (the cores over torchrun's processes on it), at most 32. ``0``: the main
-    thread decodes; ``N``: N worker processes.
-    """
-    if workers is None:
-        share = cpu_cores() // local_processes()
-        if device.type == "cuda" and share > 1:
-            return "processes", min(32, share - 1)
-        return "threads", max(1, torch.get_num_threads())
-    return ("processes", int(workers)) if workers > 0 else ("threads", 0)
 
 
 def select_taps(taps: Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -305,22 +284,8 @@ def _decode_early(collection: Collection, out, cfg, weights, image_size: int | N
     if decode_plan(dev, workers) == ("threads", 0):
         return None
     indices = list(range(len(collection.samples)))
-    return _Early(collection, indices, size, dev, _start_batches(collection, indices, size, dev, batch_size,
+    return _Early(collection, indices, size, dev, start_batches(collection, indices, size, dev, batch_size,
                                                                  workers, held=()))
-
-
-def _start_batches(collection: Collection, indices: list[int], size: int, device: torch.device, batch_size: int,
-                   workers: int | None, held: tuple[str, ...]) -> ThreadBatches | LoaderBatches:
-    """Start decoding ``indices`` of ``collection`` as uint8 images of ``size`` px, as :func:`decode_plan` says."""
-    dataset = ImageDataset(collection, ResizeUint8(size), indices=indices, identify=True)
-    kind, n = decode_plan(device, workers)
-    if kind == "threads":
-        ahead = max(2, min(16, PREFETCH_BYTES // (batch_size * size * size * 3)))
-        # on the CPU the forward pass uses every core: helpers decode while it waits, not while it runs
-        return ThreadBatches(dataset, batch_size, n, ahead=ahead, pause=device.type == "cpu", pin=pin_memory(device))
-    return LoaderBatches(dataset, batch_size, n, pin=pin_memory(device), prefetch=2 if n >= 4 else 4,
-                         worker_init_fn=functools.partial(close_inherited, held),
-                         lowest_priority=device.type == "cpu")
 
 
 def _overlaps_copies(device: torch.device) -> bool:
@@ -341,7 +306,7 @@ def _extract_pending(model, collection: Collection, store: FeatureStore, pending
         if early is not None:
             early.batches.close()
         held = tuple(os.path.realpath(p) for p in (store.path, lock_path(store.path)))
-        batches = _start_batches(collection, indices, size, device, batch_size, workers, held)
+        batches = start_batches(collection, indices, size, device, batch_size, workers, held)
     fmt = memory_format(device)
     cuda = device.type == "cuda"
     deferred = _overlaps_copies(device)

@@ -52,10 +52,11 @@ import torch  # noqa: E402
 from featx.backbones import create_backbone  # noqa: E402
 from featx.data import discover  # noqa: E402
 from featx.data.batches import LoaderBatches  # noqa: E402
+from featx.data.decoders import decode_plan  # noqa: E402
 from featx.data.images import ImageDataset, ResizeUint8, load_image, make_transform  # noqa: E402
 from featx.data.synth import synthesize  # noqa: E402
 from featx.device import autocast, resolve_device  # noqa: E402
-from featx.extract import decode_plan, extract  # noqa: E402
+from featx.extract import extract  # noqa: E402
 from featx.machine import cpu_cores as cores  # noqa: E402
 
 # the acceptance on the CPU: (share of the ceiling, speed-up over the naive loop)

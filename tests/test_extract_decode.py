@@ -14,12 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
+import featx.data.decoders as decoders
 import featx.extract as fx
 from featx.backbones import create_backbone
 from featx.data import discover
 from featx.data.batches import LoaderBatches, ThreadBatches
+from featx.data.decoders import decode_plan
 from featx.data.images import ImageDataset, ResizeUint8, load_image, make_transform, normalize_batch
-from featx.extract import decode_plan, extract
+from featx.extract import extract
 from featx.store import load_features, summarize
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -111,9 +113,9 @@ def test_decode_plan(monkeypatch):
     assert decode_plan(cpu, None) == ("threads", torch.get_num_threads())
     assert decode_plan(cpu, 0) == decode_plan(cuda, 0) == ("threads", 0)
     assert decode_plan(cpu, 3) == decode_plan(cuda, 3) == ("processes", 3)
-    monkeypatch.setattr(fx, "cpu_cores", lambda: 16)
+    monkeypatch.setattr(decoders, "cpu_cores", lambda: 16)
     assert decode_plan(cuda, None) == ("processes", 15)
-    monkeypatch.setattr(fx, "cpu_cores", lambda: 64)
+    monkeypatch.setattr(decoders, "cpu_cores", lambda: 64)
     assert decode_plan(cuda, None) == ("processes", 32)
 
 
@@ -121,7 +123,7 @@ def test_decode_plan_under_torchrun_shares_the_node_among_its_ranks(monkeypatch)
     """Each of torchrun's ranks on a node sized its decode workers to every core: 4 GPUs on 16 cores started
     60 worker processes. A rank now takes its share (LOCAL_WORLD_SIZE)."""
     cuda = torch.device("cuda")
-    monkeypatch.setattr(fx, "cpu_cores", lambda: 16)
+    monkeypatch.setattr(decoders, "cpu_cores", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert decode_plan(cuda, None) == ("processes", 3)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")   # one core per rank: it decodes in threads of its own
@@ -133,8 +135,8 @@ def test_decode_plan_under_torchrun_shares_the_node_among_its_ranks(monkeypatch)
 
 def test_every_decoder_gives_the_naive_loops_features(mixed, tmp_path, monkeypatch):
     events = []
-    start, build = fx._start_batches, fx.create_backbone
-    monkeypatch.setattr(fx, "_start_batches", lambda *a, **k: events.append("decode") or start(*a, **k))
+    start, build = fx.start_batches, fx.create_backbone
+    monkeypatch.setattr(fx, "start_batches", lambda *a, **k: events.append("decode") or start(*a, **k))
     monkeypatch.setattr(fx, "create_backbone", lambda *a, **k: events.append("build") or build(*a, **k))
     stores = {}
     for workers in (0, None, 1):
@@ -174,8 +176,8 @@ def test_a_resumed_store_decodes_only_its_missing_rows(mixed, tmp_path, monkeypa
                 on_progress=interrupt)
     assert 0 < summarize(out)["done"] < 7
     started = []
-    start = fx._start_batches
-    monkeypatch.setattr(fx, "_start_batches", lambda *a, **k: started.append(list(a[1])) or start(*a, **k))
+    start = fx.start_batches
+    monkeypatch.setattr(fx, "start_batches", lambda *a, **k: started.append(list(a[1])) or start(*a, **k))
     stop["after"] = 0
     extract(mixed, out, backbone="cnn", weights="none", image_size=32, batch_size=3, workers=None,
             on_progress=interrupt)

@@ -204,6 +204,21 @@ def test_grid_workers_import_torch_with_the_collector_paused():
     assert min(frozen) > 200_000
 
 
+def _sigint_handler() -> str:
+    import signal
+    return repr(signal.getsignal(signal.SIGINT))
+
+
+def test_grid_workers_leave_ctrl_c_to_the_featx_process():
+    """Ctrl-C reaches the terminal's whole process group: a grid worker ignores it (the featx process stops
+    the workers), where a plain loky worker would print a KeyboardInterrupt traceback of its own."""
+    with process_pool("loky", ["logistic"]):
+        handlers = Parallel(n_jobs=2)(delayed(_sigint_handler)() for _ in range(4))
+    assert set(handlers) == {"<Handlers.SIG_IGN: 1>"}
+    plain = Parallel(n_jobs=2, backend="loky")(delayed(_sigint_handler)() for _ in range(2))
+    assert "<Handlers.SIG_IGN: 1>" not in plain
+
+
 def test_auto_jobs_follow_cores_memory_and_size(monkeypatch):
     monkeypatch.setattr(workers_module, "cpu_cores", lambda: 8)
     monkeypatch.setattr(workers_module, "available_memory", lambda: 10 * 2**30)

@@ -95,9 +95,14 @@ def _stop(proc: subprocess.Popen, pids) -> None:
     proc.wait(timeout=30)
 
 
-@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
-                         ids=["SIGTERM", "SIGINT"])
-def test_a_signal_during_compare_stops_its_workers_and_says_nothing_was_kept(store, tmp_path, sig, code, word):
+@pytest.mark.parametrize("sig, code, word, group", [(signal.SIGTERM, 143, "terminated", False),
+                                                    (signal.SIGINT, 130, "interrupted", False),
+                                                    (signal.SIGINT, 130, "interrupted", True)],
+                         ids=["SIGTERM", "SIGINT", "Ctrl-C to the process group"])
+def test_a_signal_during_compare_stops_its_workers_and_says_nothing_was_kept(store, tmp_path, sig, code, word,
+                                                                             group):
+    """``group``: the signal goes to the whole process group, as a terminal sends Ctrl-C (the workers get it too
+    and must not print tracebacks of their own)."""
     # a nested search long enough to be running when the signal comes (minutes), on 2 loky workers
     out = tmp_path / "results"
     proc, _, stderr = _start(["compare", store, "--heads", "logistic", "--search", "random", "--param",
@@ -109,7 +114,7 @@ def test_a_signal_during_compare_stops_its_workers_and_says_nothing_was_kept(sto
         time.sleep(1.0)  # the workers are fitting
         started = _children(proc.pid)  # the workers and the resource trackers
         assert set(workers) <= set(started) and proc.poll() is None
-        os.kill(proc.pid, sig)
+        (os.killpg if group else os.kill)(proc.pid, sig)  # its own session: the group's id is its pid
         rc = proc.wait(timeout=60)
         # the workers used to stay, re-parented, until loky's 300 s idle timeout
         left = _alive(started)

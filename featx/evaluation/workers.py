@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import signal
 from collections.abc import Sequence
 
 from joblib import parallel_config
@@ -80,12 +81,20 @@ def process_pool(backend: str, heads: Sequence[str]):
     loky restarts a reused worker whose memory grows by 300 MB after its first task, with a warning, and
     importing torch grows it that much: a grid whose heads need a library the warm workers lack (softmax after
     logistic) gets fresh workers instead, and a grid that needs what they have reuses them. A worker imports
-    them with the garbage collector paused (:mod:`featx.imports`): the process is featx's own."""
+    them with the garbage collector paused (:mod:`featx.imports`): the process is featx's own. Workers ignore
+    SIGINT: Ctrl-C in a terminal reaches the whole process group, and the featx process alone handles it (the
+    CLI stops its workers); a worker interrupted mid-task would only print its own traceback."""
     if backend != "loky":
         yield
         return
-    with parallel_config(backend="loky", initializer=import_paused, initargs=native_modules(heads)):
+    with parallel_config(backend="loky", initializer=start_worker, initargs=native_modules(heads)):
         yield
+
+
+def start_worker(*modules: str) -> None:
+    """A grid worker's start: SIGINT ignored, then ``modules`` imported with the collector paused."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import_paused(*modules)
 
 
 @contextlib.contextmanager
