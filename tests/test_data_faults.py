@@ -9,42 +9,28 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import invoke
-from PIL import Image
+from image_helpers import CLI_ARGS, png, two_classes
 
 from featx.data import discover
 from featx.data.images import load_image
 from featx.errors import FeatxError, FeatxWarning
 from featx.store import summarize
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-CLI_ARGS = ["--backbone", "cnn", "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0",
-            "-q"]
 PRELIM = "C-NMC_test_prelim_phase_data"
 
-
-def _png(path: Path, colour=(200, 100, 50), size=(12, 10)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-    return path
-
-
-def _two_classes(root: Path) -> Path:
-    for i in range(2):
-        _png(root / "all" / f"a{i}.png", (200, 40 * i, 50))
-        _png(root / "hem" / f"h{i}.png", (40 * i, 100, 200))
-    return root
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- symbolic links (items 9, 10, 11) ---------------------------------------------------------------------------
 def test_symlinked_folders_and_files_are_followed_and_a_loop_is_listed_once(cnmc_tree, tmp_path):
     outside = tmp_path / "outside"
     for i in range(12):
-        _png(outside / "batch1" / f"b{i}.png")
-    _png(outside / "hem_cells" / "h0.png")
-    _png(outside / "hem_cells" / "h1.png")
-    _png(outside / "single.png")
+        png(outside / "batch1" / f"b{i}.png")
+    png(outside / "hem_cells" / "h0.png")
+    png(outside / "hem_cells" / "h1.png")
+    png(outside / "single.png")
     root = tmp_path / "cells"
-    _png(root / "all" / "a0.png")
+    png(root / "all" / "a0.png")
     (root / "all" / "batch1").symlink_to(outside / "batch1", target_is_directory=True)  # 12 images behind a link
     (root / "all" / "linked.png").symlink_to(outside / "single.png")
     (root / "hem").symlink_to(outside / "hem_cells", target_is_directory=True)          # a linked class folder
@@ -70,7 +56,7 @@ def test_symlinked_folders_and_files_are_followed_and_a_loop_is_listed_once(cnmc
     (fold0 / "hem").symlink_to(tmp_path / "fold0_hem", target_is_directory=True)
     extra = tmp_path / "extra"
     for i in range(3):
-        _png(extra / f"UID_77_{i}_1_all.bmp")
+        png(extra / f"UID_77_{i}_1_all.bmp")
     (fold0 / "all" / "extra").symlink_to(extra, target_is_directory=True)
     fold = [s for s in discover(data).samples if s.split == "fold_0"]
     assert len(fold) == 8 + 3 and sum(s.label == "hem" for s in fold) == 4
@@ -78,10 +64,10 @@ def test_symlinked_folders_and_files_are_followed_and_a_loop_is_listed_once(cnmc
 
 
 def test_dangling_links_are_counted_as_errors_and_named(tmp_path):
-    root = _two_classes(tmp_path / "cells")
+    root = two_classes(tmp_path / "cells")
     (root / "all" / "gone.png").symlink_to(tmp_path / "deleted.png")                       # a dangling image
     (root / "hem" / "batch2").symlink_to(tmp_path / "deleted_folder", target_is_directory=True)  # a dangling folder
-    _png(root / "all" / "._a0.png")  # a hidden file (a macOS resource fork) is no image of the data set
+    png(root / "all" / "._a0.png")  # a hidden file (a macOS resource fork) is no image of the data set
     col = discover(root)
     assert [(s.path, s.label) for s in col.samples if "gone" in s.path] == [("all/gone.png", "all")]
     folder_note = f"{root / 'hem' / 'batch2'} (dangling link to {tmp_path / 'deleted_folder'})"
@@ -106,7 +92,7 @@ def test_dangling_links_are_counted_as_errors_and_named(tmp_path):
 # -- manifests and the C-NMC labels file (items 12, 13) ---------------------------------------------------------
 def test_blank_labels_beside_labelled_rows_and_ragged_rows_are_refused(tmp_path):
     for i in range(56):
-        _png(tmp_path / f"x{i}.png")
+        png(tmp_path / f"x{i}.png")
     blank = {3, 18, 39}  # rows (0-based) without a label: lines 5, 20 and 41
     rows = [f"x{i}.png,{'' if i in blank else ('all' if i % 2 else 'hem')}" for i in range(56)]
     manifest = tmp_path / "m.csv"
@@ -194,7 +180,7 @@ def _expected(kind: str, what: str, path: Path, field: str) -> str:
 
 
 def test_a_latin_1_random_bytes_or_nul_csv_is_one_line_naming_the_file_and_the_fix(prelim, tmp_path):
-    _png(tmp_path / "data" / "x0.png")
+    png(tmp_path / "data" / "x0.png")
     for kind, path in _bad_csvs(tmp_path / "data", "path,label", "x0.png,LABEL").items():
         expected = _expected(kind, "manifest", path, "label")
         with pytest.raises(FeatxError) as err:

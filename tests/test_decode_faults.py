@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 from cli_helpers import invoke
+from image_helpers import CLI_ARGS, png, two_classes
 from PIL import Image
 
 from featx.data.images import load_image
@@ -27,25 +28,10 @@ from featx.store import load_features, store_settings, summarize
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parents[1]
 ARGS = dict(backbone="cnn", weights="none", image_size=32, batch_size=4, workers=0)
-CLI_ARGS = ["--backbone", "cnn", "--weights", "none", "--image-size", "32", "--batch-size", "4", "--workers", "0",
-            "-q"]
-
-
-def _png(path: Path, colour=(200, 100, 50), size=(12, 10)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-    return path
-
-
-def _two_classes(root: Path) -> Path:
-    for i in range(2):
-        _png(root / "all" / f"a{i}.png", (200, 40 * i, 50))
-        _png(root / "hem" / f"h{i}.png", (40 * i, 100, 200))
-    return root
 
 
 def test_an_all_nan_float_tiff_is_unreadable_not_a_black_image(tmp_path):
-    root = _two_classes(tmp_path / "cells")
+    root = two_classes(tmp_path / "cells")
     nan = root / "all" / "nan.tif"
     Image.fromarray(np.full((16, 16), np.nan, np.float32), mode="F").save(nan)
     assert np.isnan(np.asarray(Image.open(nan))).all()
@@ -98,7 +84,7 @@ print(json.dumps({"outcome": outcome, "added_mb": added / 1024, "warnings": [str
 
 
 def test_a_decompression_bomb_is_one_line_naming_the_file_and_is_never_decoded(tmp_path, monkeypatch):
-    root = _two_classes(tmp_path / "cells")
+    root = two_classes(tmp_path / "cells")
     bomb = _bomb(root / "all" / "big.png")
     message = (f"cannot read image {bomb}: 10000x10000 px, over the 89,478,485 px limit that guards against "
                "decompression bombs (PIL.Image.MAX_IMAGE_PIXELS), so featx does not decode it; downscale the file "
@@ -115,12 +101,12 @@ def test_a_decompression_bomb_is_one_line_naming_the_file_and_is_never_decoded(t
     assert f"warning: 1 image(s) could not be read and were skipped: all/big.png (first error: {message})" in text
     assert summarize(tmp_path / "s.h5")["errors"] == 1
     # the limit is PIL's setting, read at each image (None: no limit)
-    small = _png(tmp_path / "small.png", size=(12, 10))
+    small = png(tmp_path / "small.png", size=(12, 10))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(FeatxError, match=r"small\.png: 12x10 px, over the 100 px limit"):
         load_image(small)
     with pytest.raises(FeatxError, match=r"twice\.png: over the 100 px limit"):
-        load_image(_png(tmp_path / "twice.png", size=(30, 10)))  # over twice the limit: PIL refuses at once
+        load_image(png(tmp_path / "twice.png", size=(30, 10)))  # over twice the limit: PIL refuses at once
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 120)
     assert load_image(small).size == (12, 10)
 
@@ -146,7 +132,7 @@ def test_exif_orientation_is_applied_and_recorded_and_an_older_store_says_it_was
     np.testing.assert_array_equal(upright, np.rot90(stored, k=-1))  # turned 90 degrees clockwise
     Image.fromarray(np.rot90(stored, k=-1).copy()).save(root / "a" / "upright.png")
     Image.fromarray(stored).save(root / "a" / "as_stored.png")
-    _png(root / "b" / "other.png")
+    png(root / "b" / "other.png")
     out = tmp_path / "s.h5"
     extract(root, out, **ARGS)
     fs = load_features(out, "fc")

@@ -2,9 +2,7 @@
 refuses in one line, and no checkpoint is ever left half-written."""
 from __future__ import annotations
 
-import gc
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from disk_helpers import tmpfs_mounter
 
 from featx.data.synth import synthesize
 from featx.errors import FeatxError
@@ -137,24 +136,8 @@ CLI = "import sys, torch; torch.set_num_threads(1); from featx.cli import main; 
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    """A tmpfs to size (root only); unmounted afterwards."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-
-    def mount(size: int, remount: bool = False) -> Path:
-        opts = f"{'remount,' if remount else ''}size={size}"
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        return mnt
-
-    yield mount
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-        gc.collect()  # a file a failed save left open (old torch writers hold it until collected)
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
+    """``tmpfs(size, remount=False)``: a tmpfs to size (root only); unmounted afterwards."""
+    yield from tmpfs_mounter(tmp_path / "mnt")
 
 
 def test_real_full_disk_in_a_checkpoint_save_is_one_line_and_the_run_resumes(tree, reference, reference_run, tmpfs):

@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from disk_helpers import fill, tmpfs_mounter
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -267,32 +268,13 @@ def _locked(out: Path) -> bool:
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A 1 MiB tmpfs (root only); unmounted afterwards."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
-
-
-def _fill(folder: Path, leave: int) -> Path:
-    """Write a filler file until only about ``leave`` bytes are free."""
-    filler = folder / "filler"
-    free = shutil.disk_usage(folder).free - leave
-    with open(filler, "wb") as fh:
-        try:
-            fh.write(b"\0" * max(free, 0))
-        except OSError:
-            pass
-    return filler
+    for mount in tmpfs_mounter(tmp_path / "mnt"):
+        yield mount(1 << 20)
 
 
 def test_real_full_disk_is_one_line_and_the_store_completes_after_freeing_space(cnmc_tree, reference, tiny_tmpfs):
     out = tiny_tmpfs / "s.h5"
-    filler = _fill(tiny_tmpfs, 64 << 10)
+    filler = fill(tiny_tmpfs, 64 << 10)
     res = _cli("extract", cnmc_tree, *CLI_ARGS, "--workers", "0", "--out", out)
     assert res.returncode == 1, res.stderr  # not a crash (the bug: rc 139 after the message)
     assert res.stderr.strip().startswith("error: disk full while creating") and "Traceback" not in res.stderr
@@ -310,7 +292,7 @@ def test_disk_filling_up_during_extraction_does_not_hurt_the_store(cnmc_tree, re
 
     def fill_after_two_batches(done, total):
         if done >= 8 and not filled:
-            filled.append(_fill(tiny_tmpfs, 0))
+            filled.append(fill(tiny_tmpfs, 0))
             assert shutil.disk_usage(tiny_tmpfs).free < 8192
 
     extract(cnmc_tree, out, workers=0, on_progress=fill_after_two_batches, **ARGS)

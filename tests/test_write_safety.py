@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import invoke
+from disk_helpers import fill, tmpfs_mounter
 from filelock import Timeout
 from PIL import Image
 
@@ -69,26 +70,8 @@ def model(store) -> Path:
 @pytest.fixture
 def tmpfs(tmp_path):
     """A 1 MiB tmpfs (root only); unmounted afterwards."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
-
-
-def _fill(folder: Path, leave: int) -> Path:
-    """A filler file that leaves about ``leave`` bytes free."""
-    filler = folder / "filler"
-    with open(filler, "wb") as fh:
-        try:
-            fh.write(b"\0" * max(shutil.disk_usage(folder).free - leave, 0))
-        except OSError:
-            pass
-    return filler
+    for mount in tmpfs_mounter(tmp_path / "mnt"):
+        yield mount(1 << 20)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -189,7 +172,7 @@ def test_classify_into_a_nearly_full_disk_keeps_the_earlier_results_whole(store,
     assert {"results.csv", "results.json", "results.md", "run.json", "comparison.png"} <= set(before)
     # the new results need about 110 KB: the disk fills at results.*, a PNG of a row, or the comparison chart
     for leave in (4 << 10, 40 << 10, 80 << 10):
-        filler = _fill(tmpfs, leave)
+        filler = fill(tmpfs, leave)
         result, _ = invoke("classify", store, "--head", "knn", "--folds", "3", "--out", out, "--force")
         text = _one_line(result)
         assert f"disk full while writing {out}/" in text, text
@@ -199,7 +182,7 @@ def test_classify_into_a_nearly_full_disk_keeps_the_earlier_results_whole(store,
         filler.unlink()
 
     fresh = tmpfs / "fresh"
-    filler = _fill(tmpfs, 40 << 10)
+    filler = fill(tmpfs, 40 << 10)
     result, _ = invoke("classify", store, "--head", "knn", "--folds", "3", "--out", fresh)
     assert f"no results file was written to {fresh} (none is left cut)" in _one_line(result)
     assert not fresh.exists() and not lock_path(fresh).exists()
@@ -223,7 +206,7 @@ def test_predict_csv_on_a_full_disk_keeps_the_earlier_file(store, model, tree, t
     out = tmpfs / "predictions.csv"
     predict(model, inbox, out=out, trust_pickle=True)
     before = out.read_bytes()
-    filler = _fill(tmpfs, 0)
+    filler = fill(tmpfs, 0)
     # every row: over 4 KiB of CSV
     result, _ = invoke("predict", model, "--store", store, "--out", out, "--trust-pickle")
     text = _one_line(result)
