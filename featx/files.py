@@ -67,8 +67,10 @@ _COMMIT: ContextVar[_Commit | None] = ContextVar("featx_commit", default=None)
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """True for an OSError that says the disk (or the user's quota) is full."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    """True when ``exc`` says the disk (or the user's quota) is full, however it surfaces: an OSError's errno,
+    or the text of h5py's and torch's RuntimeErrors, which carry the errno only in their message."""
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        needle in str(exc) for needle in ("No space left", "Disk quota exceeded", "errno = 28", "errno 28"))
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:

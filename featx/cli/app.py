@@ -19,6 +19,7 @@ from typer.core import TyperCommand, TyperGroup
 
 import featx
 from featx.errors import FeatxError, FeatxWarning
+from featx.files import is_disk_full
 from featx.imports import import_paused
 
 
@@ -237,7 +238,7 @@ def user_errors(func: Callable) -> Callable:
                               soft_wrap=True)
             raise typer.Exit(1) from None
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(exc):
                 where = f" while writing {escape(str(exc.filename))}" if exc.filename else ""
                 err_console.print(f"[bold red]error:[/] disk full{where}; free space and run the same "
                                   "command again (finished work is kept)", highlight=False, soft_wrap=True)

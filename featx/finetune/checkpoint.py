@@ -27,7 +27,7 @@ from featx import csvfiles
 from featx.backbones import CHECKPOINT_VERSION
 from featx.data import Collection
 from featx.errors import FeatxError, arg
-from featx.files import atomic_json, atomic_write
+from featx.files import atomic_json, atomic_write, is_disk_full
 from featx.results import jsonable
 
 #: Options that affect only speed or what is kept, not the numbers: they may differ when a run is resumed.
@@ -73,7 +73,7 @@ def _disk_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` or an exception it was raised while handling is ENOSPC / EDQUOT."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and is_disk_full(exc):
             return True
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__

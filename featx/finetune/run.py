@@ -1,7 +1,6 @@
 """``finetune``: plan a run, train it, and write its result row, card and plots."""
 from __future__ import annotations
 
-import errno
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +11,7 @@ from featx import csvfiles, provenance, report
 from featx.data import Collection
 from featx.errors import FeatxError, arg
 from featx.evaluation import compute_metrics, roc_points, summarize_folds
-from featx.files import atomic_json
+from featx.files import atomic_json, is_disk_full
 from featx.finetune import checkpoint as ckpt
 from featx.finetune.events import Callback, RunSummary
 from featx.finetune.loop import Trainer
@@ -96,7 +95,7 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
             summary["already_finished"] = plan.last is not None and bool(plan.last["finished"])
     except BaseException as exc:
         ckpt.remove_unsaved_run(out, existed, root)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(exc, OSError) and is_disk_full(exc):
             raise FeatxError(disk_full_message(out, exc, trainer)) from None
         raise
     if callback is not None:

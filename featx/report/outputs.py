@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from featx.errors import FeatxError, arg
-from featx.files import atomic_json, one_commit
+from featx.files import atomic_json, is_disk_full, one_commit
 from featx.report.notes import slug
 from featx.results import ResultRow, read_json
-from featx.store.lock import acquire_writer_lock, is_disk_full
+from featx.store.lock import acquire_writer_lock
 
 MANIFEST = "run.json"
 RESULTS = "results.json"

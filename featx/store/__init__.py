@@ -33,8 +33,9 @@ A store is reopened, never rebuilt: finished rows are kept and a store made with
 :mod:`~featx.store.shards`: a shard store (``extract(shard=...)``), one block of the single-run order, with
 ``/samples/index``; :mod:`~featx.store.merge`: ``merge_stores`` joins the shards into the single-run store.
 """
+from featx.files import is_disk_full
 from featx.store.inspect import sample_table, settings_json, store_settings, summarize, verify
-from featx.store.lock import is_disk_full, lock_path, writer_active
+from featx.store.lock import lock_path, writer_active
 from featx.store.merge import merge_stores
 from featx.store.reader import FeatureSet, load_features
 from featx.store.schema import CHUNK_BYTES, ERROR_BYTES, IDENTITY_KEYS, SCHEMA_VERSION, row_checksums

@@ -8,7 +8,6 @@ gets the lock (filelock checks) and is refused instead of sharing the folder wit
 """
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from featx.errors import FeatxError, arg
+from featx.files import is_disk_full
 
 _MARK = "featx writer: "
 
@@ -106,12 +106,6 @@ def writer_active(path: str | Path) -> bool:
         return False
     probe.release()
     return False
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True for ENOSPC however it surfaces (h5py reports write failures as RuntimeError text)."""
-    return getattr(exc, "errno", None) == errno.ENOSPC or any(
-        needle in str(exc) for needle in ("No space left", "errno = 28", "errno 28"))
 
 
 def acquire_writer_lock(path: Path, busy: Callable[[str], str] | None = None) -> WriterLock:

@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 
 from featx.errors import FeatxError, arg
-from featx.store.lock import is_disk_full, writer_active
+from featx.files import is_disk_full
+from featx.store.lock import writer_active
 
 SCHEMA_VERSION = 3   # 3: rows record their metadata checksums and their files' content (featx.store.rowid)
 CHUNK_BYTES = 1 << 20

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 
 from featx.errors import FeatxError, arg
-from featx.store.lock import is_disk_full
+from featx.files import is_disk_full
 
 
 def write_whole(path: Path, need: int, fill: Callable[[h5py.File], None], full_before: str,

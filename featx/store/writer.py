@@ -19,8 +19,9 @@ import numpy as np
 
 from featx import __version__
 from featx.errors import FeatxError
+from featx.files import is_disk_full
 from featx.store.describe import write_descriptions
-from featx.store.lock import WriterLock, acquire_writer_lock, is_disk_full
+from featx.store.lock import WriterLock, acquire_writer_lock
 from featx.store.rowid import FILE, bad_metadata, create_row_ids, metadata_message, read_files
 from featx.store.schema import (
     CHUNK_BYTES,
