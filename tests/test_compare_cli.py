@@ -61,11 +61,8 @@ def test_compare_shows_image_level_above_subject_level_in_one_table(demo, tmp_pa
     assert [(r["head"], r["protocol"]) for r in rows] == [
         ("softmax", "subject"), ("svm", "subject"), ("xgboost", "subject"),
         ("softmax", "image"), ("svm", "image"), ("xgboost", "image")]
-    acc = {(r["head"], r["protocol"]): float(r["accuracy"]) for r in rows}
-    for head in ("softmax", "svm", "xgboost"):  # the stain tint leaks through image-level folds
-        assert acc[(head, "image")] > acc[(head, "subject")], (head, acc)
-    gap = np.mean([acc[(h, "image")] - acc[(h, "subject")] for h in ("softmax", "svm", "xgboost")])
-    assert gap > 0.02, acc
+    # that image-level folds score higher (the stain leaks) is a claim over seeds, which one draw cannot show:
+    # test_evaluate::test_image_level_cv_scores_higher_than_subject_level_cv and test_synth pool three
     for r in rows:
         assert r["image_level"] == str(r["protocol"] == "image")
         assert int(r["n_test"]) == 120 and int(r["n_subjects"]) == 10 and r["positive"] == "all"
