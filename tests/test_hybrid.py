@@ -2,6 +2,7 @@
 noise."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from featx.backbones import create_backbone
 from featx.data import Collection, discover
 from featx.data.images import ImageDataset, make_transform
-from featx.errors import FeatxError
+from featx.errors import FeatxError, FeatxWarning
 from featx.heads import make_head
 from featx.store import load_features
 from featx.workflows.hybrid import INNER_TRAIN, INNER_VAL, hybrid
@@ -211,6 +212,33 @@ def test_cli_hybrid_resumes_and_prints_the_table(clean, cnmc_tree, wide_console)
     assert "cnn fine-tuned" in res.output and "hybrid 3-fold" in res.output
     res = CliRunner().invoke(app, [*args[:-2], "--epochs", "5", "--out", str(clean["out"])])
     assert res.exit_code == 1 and "'epochs'" in res.output and "Traceback" not in res.output
+
+
+def test_weights_of_unknown_provenance_mark_every_row_unless_stated_unseen(cnmc_tree, tmp_path, wide_console):
+    """A plain state dict as the starting weights: the heads' rows and the network's own row are marked (the
+    network row was not); --weights-never-saw-images records the statement instead, on every row."""
+    from featx.cli import app
+
+    plain = tmp_path / "plain.pt"
+    torch.save(create_backbone("cnn", "none").state_dict(), plain)
+    opts = dict(TINY, heads=["logistic"], epochs=1, weights=str(plain))
+    with pytest.warns(FeatxWarning, match="weights of unknown provenance"):
+        unknown = hybrid(cnmc_tree, tmp_path / "unknown", **opts)
+    assert [(r.name, r.weights_provenance) for r in unknown["rows"]] == [
+        ("cnn[fine-tuned per fold]/fc + logistic", "unknown"), ("cnn fine-tuned", "unknown")]
+    with (tmp_path / "unknown" / "results.csv").open(newline="") as fh:
+        assert [json.loads(r["marks"]) for r in csv.DictReader(fh)] == [["weights of unknown provenance"]] * 2
+
+    args = ["hybrid", str(cnmc_tree), "--backbone", "cnn", "--heads", "logistic", "--folds", "3", "--weights",
+            str(plain), "--weights-never-saw-images", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+            "--no-augment", "--device", "cpu", "--workers", "0", "--no-plots", "--out", str(tmp_path / "stated")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "weights of unknown provenance" not in res.output
+    rows = json.loads((tmp_path / "stated" / "results.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert [r["weights_provenance"] for r in rows] == ["stated-unseen", "stated-unseen"]
+    assert json.loads((tmp_path / "stated" / "settings.json").read_text())["finetune"]["weights_never_saw_images"]
 
 
 def test_random_labels_on_real_images_give_chance(tmp_path):

@@ -37,6 +37,7 @@ from featx.cli.options import (
     StartWeights,
     Taps,
     WeightDecay,
+    WeightsNeverSawImages,
     Workers,
 )
 from featx.cli.parsing import parse_name_list, parse_params, parse_preprocess, parse_tap_groups
@@ -85,6 +86,7 @@ def hybrid(
         help="Stop each fold's fine-tune when this metric stops improving on its inner validation subjects, "
              "then score and extract at best.pt (else at the last epoch).", rich_help_panel=TRAINING)] = None,
     patience: Patience = 5,
+    weights_never_saw_images: WeightsNeverSawImages = False,
     jobs: Jobs = None,
     seed: Seed = 0,
     device: Device = "auto",
@@ -106,7 +108,8 @@ def hybrid(
         lr=lr, batch_size=batch_size, optimizer=optimizer,
         momentum=momentum, weight_decay=weight_decay, schedule=schedule, dropout=dropout,
         finetune_class_weight=finetune_class_weight, freeze=freeze, image_size=image_size, augment=augment,
-        color_jitter=color_jitter, early_stopping=early_stopping, patience=patience, device=device,
+        color_jitter=color_jitter, early_stopping=early_stopping, patience=patience,
+        weights_never_saw_images=weights_never_saw_images, device=device,
         workers=workers, plots=not no_plots, callback=_progress)
     rows = result["rows"]
     console.print(results_table(rows, title="featx hybrid"))

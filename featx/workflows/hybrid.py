@@ -64,7 +64,7 @@ INNER_FOLDS = 5  # the inner holdout is fold 1 of a subject-grouped 5-fold split
 #: Fine-tuning options passed through to :func:`featx.finetune.finetune` (``None`` = its default).
 FINETUNE_OPTIONS = ("weights", "preset", "epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
                     "schedule", "dropout", "finetune_class_weight", "freeze", "image_size", "augment",
-                    "color_jitter", "early_stopping", "patience")
+                    "color_jitter", "early_stopping", "patience", "weights_never_saw_images")
 
 
 def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[str],
@@ -76,7 +76,8 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
            momentum: float | None = None, weight_decay: float | None = None, schedule: str | None = None,
            dropout: float | None = None, finetune_class_weight: str | None = None, freeze: str | None = None,
            image_size: int | None = None, augment: bool | None = None, color_jitter: bool | None = None,
-           early_stopping: str | None = None, patience: int = 5, device: str = "auto",
+           early_stopping: str | None = None, patience: int = 5, weights_never_saw_images: bool = False,
+           device: str = "auto",
            workers: int | None = None, plots: bool = True,
            callback: Callable[[str, dict], None] | None = None) -> dict:
     """Run the hybrid protocol on the images of ``data`` and write its run folder ``out``.
@@ -123,13 +124,15 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
                       schedule=schedule, dropout=dropout, finetune_class_weight=finetune_class_weight, freeze=freeze,
                       image_size=image_size, augment=augment, color_jitter=color_jitter,
                       early_stopping=early_stopping, patience=int(patience))
+    if weights_never_saw_images:  # only then: run folders of an earlier featx resume with the same settings
+        ft_options["weights_never_saw_images"] = True
     settings = {"kind": "featx hybrid", "backbone": backbone, "taps": extract_taps, "n_folds": int(n_folds),
                 "seed": int(seed), "positive": classes[pos], "classes": classes,
                 "dataset_fingerprint": collection.fingerprint(), "finetune": ft_options,
                 "data_root": str(collection.root), "featx_version": featx.__version__}
     warning = preset_warning(backbone, resolve_settings(backbone, preset, **{
         ("class_weight" if key == "finetune_class_weight" else key): value for key, value in ft_options.items()
-        if key not in ("preset", "freeze", "early_stopping", "patience")}))
+        if key not in ("preset", "freeze", "early_stopping", "patience", "weights_never_saw_images")}))
     if warning:
         settings["warning"] = str(FeatxError(warning))
     refuse_results_folder(out, "hybrid")
@@ -159,7 +162,7 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
         rows.extend(head_rows(out, records, folds, collection, spec, head_names, backbone=backbone, pos=pos,
                               seed=seed, preprocess=preprocess, params=params, class_weight=class_weight,
                               device=device, jobs=jobs, note=outer.note))
-    rows.append(network_row(records, collection, folds, backbone=backbone, pos=pos, seed=seed,
+    rows.append(network_row(out, records, collection, folds, backbone=backbone, pos=pos, seed=seed,
                             early_stopping=early_stopping, finetune_options=ft_options))
     compare_rows(rows)  # every row on the same outer folds: paired differences from the best
     paths = write_results(rows, out, plots=plots)

@@ -11,8 +11,9 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.evaluation import Protocol, compute_metrics, roc_points, run_grid, summarize_folds
+from featx.provenance import rows_mark
 from featx.results import ResultRow
-from featx.store import load_features
+from featx.store import load_features, store_settings
 
 __all__ = ["head_rows", "network_row", "protocol_label"]
 
@@ -65,9 +66,10 @@ def head_rows(out: Path, records: list[dict], folds, collection, taps: Sequence[
     return rows
 
 
-def network_row(records: list[dict], collection, folds, *, backbone: str, pos: int, seed: int,
+def network_row(out: Path, records: list[dict], collection, folds, *, backbone: str, pos: int, seed: int,
                 early_stopping: str | None, finetune_options: dict) -> ResultRow:
-    """The tuned networks' own softmax on the same outer folds, summarised as the head rows are."""
+    """The tuned networks' own softmax on the same outer folds, summarised as the head rows are; marked as the
+    head rows are when the weights it started from are of unknown provenance (or stated to be unseen)."""
     classes = list(collection.classes)
     subjects_of = {s.path: s.subject for s in collection.samples}
     fold_metrics, trues, preds, scores, subj, fold_of, paths = [], [], [], [], [], [], []
@@ -105,4 +107,5 @@ def network_row(records: list[dict], collection, folds, *, backbone: str, pos: i
         settings={"finetune": finetune_options, "seed": seed, "checkpoints": _checkpoints(records)},
     )
     row.set_scores(summary)
+    row.weights_provenance = rows_mark([store_settings(out / f"fold_{r['fold']}" / r["store"]) for r in records])
     return row
