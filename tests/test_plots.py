@@ -83,6 +83,21 @@ def test_comparison_chart_hatches_and_labels_image_level_and_optimistic_rows(dra
     assert "sd over folds" not in ax.get_xlabel() and "95% CI (subject jackknife)" in ax.get_xlabel()
 
 
+def test_comparison_chart_hatches_rows_from_weights_of_unknown_provenance(drawn, tmp_path):
+    rows = [make_row("a/fc7 + svm", 0.9), make_row("plain/fc7 + svm", 0.95, weights_provenance="unknown"),
+            make_row("said/fc7 + svm", 0.92, weights_provenance="stated-unseen")]
+    plot_bars(rows, tmp_path / "c.png", metrics=("accuracy",))
+    fig = drawn[-1]
+    ax = fig.axes[0]
+    labels = [" ".join(t.get_text().split()) for t in ax.get_yticklabels()]
+    assert labels[0].startswith("plain/") and labels[0].count("weights of unknown provenance") == 1
+    assert labels[1].startswith("said/") and "weights stated unseen by the user" in labels[1]
+    hatched = [round(p.get_y() + p.get_height() / 2) for p in ax.patches if p.get_width() > 0 and p.get_hatch()]
+    assert hatched == [0]  # the statement of the user is recorded, not hatched
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "weights of unknown provenance: not an estimate for new patients" in legend
+
+
 def test_comparison_chart_names_sd_bars_and_leaves_undefined_scores_out(drawn, tmp_path):
     rows = [make_row("a/fc7 + svm", 0.9, ci=False), make_row("b/fc7 + svm", 0.8, ci=False)]
     rows[1].scores["roc_auc"] = Score(None)  # undefined (one class in a fold)

@@ -143,8 +143,9 @@ def plot_bars(rows: Sequence[ResultRow], path, metrics: Sequence[str] = ("accura
     """A horizontal bar chart comparing rows on ``metrics`` (%), one group of bars per row, best ``sort_by``
     on top. Fixed width (:data:`CHART_WIDTH_IN`); the height grows with the rows. The axis is zoomed to
     the scores (ticks say where it starts) and ends at 100. Error bars: a row's 95% CI when it has
-    one, else ± sample sd over folds (grey); the legend says which. Image-level and OPTIMISTIC rows are
-    hatched and their labels say so. Undefined scores are drawn as ``n/a``, not as 0."""
+    one, else ± sample sd over folds (grey); the legend says which. Image-level and OPTIMISTIC rows, and rows
+    from weights of unknown provenance, are hatched and their labels say so. Undefined scores are drawn as
+    ``n/a``, not as 0."""
     plt = _plt()
     rows = sorted(rows, key=lambda r: -r.mean(sort_by) if not math.isnan(r.mean(sort_by)) else math.inf)
     metrics = list(metrics)
@@ -167,8 +168,8 @@ def plot_bars(rows: Sequence[ResultRow], path, metrics: Sequence[str] = ("accura
             mean = 100 * r.score(m).mean
             bounds.append(iv[:2])
             kinds.add(iv[2])
-            ax.barh(yi, mean, bar_h, color=colors[i % 10], alpha=0.85, edgecolor="white" if not r.flag else "black",
-                    hatch=HATCH if r.flag else None, linewidth=0.5)
+            ax.barh(yi, mean, bar_h, color=colors[i % 10], alpha=0.85, edgecolor="black" if r.marked else "white",
+                    hatch=HATCH if r.marked else None, linewidth=0.5)
             if iv[2] != "none":
                 ax.errorbar(mean, yi, xerr=[[mean - iv[0]], [iv[1] - mean]], fmt="none", capsize=2, lw=0.9,
                             ecolor="black" if iv[2] == "ci" else "dimgrey")
@@ -178,7 +179,7 @@ def plot_bars(rows: Sequence[ResultRow], path, metrics: Sequence[str] = ("accura
     ax.set_ylim(len(rows) - 0.5, -0.5)  # best on top
     ax.set_yticks(range(len(rows)), [_row_label(r) for r in rows], fontsize=7)
     for tick, r in zip(ax.get_yticklabels(), rows):
-        if r.flag:
+        if r.marked:
             tick.set_color("darkred")
     ax.grid(axis="x", color="0.85", lw=0.6)
     ax.set_axisbelow(True)
@@ -186,14 +187,14 @@ def plot_bars(rows: Sequence[ResultRow], path, metrics: Sequence[str] = ("accura
     bars_are = " / ".join(what[k] for k in ("ci", "sd") if k in kinds) or "no spread"
     ax.set_xlabel(f"score (%), axis from {left:g}; error bars: {bars_are}", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
-    _legend(fig, metrics, colors, positive, kinds, any(r.flag for r in rows))
+    _legend(fig, metrics, colors, positive, kinds, [r for r in rows if r.marked])
     head = f"{title}: {len(rows)} rows, sorted by {metric_label(sort_by, positive)}" if title else None
     if head:
         fig.suptitle(wrap_title(head, CHART_WIDTH_IN, 10), fontsize=10)
     return _save(fig, path)
 
 
-def _legend(fig, metrics, colors, positive, kinds, hatched: bool) -> None:
+def _legend(fig, metrics, colors, positive, kinds, hatched: Sequence[ResultRow]) -> None:
     from matplotlib.lines import Line2D  # deferred: matplotlib (see _plt)
     from matplotlib.patches import Patch  # deferred: matplotlib (see _plt)
 
@@ -203,8 +204,10 @@ def _legend(fig, metrics, colors, positive, kinds, hatched: bool) -> None:
     if "sd" in kinds:
         handles.append(Line2D([], [], color="dimgrey", marker="|", label="error bar: ± sample sd over folds"))
     if hatched:
+        why = [text for text, shown in (("IMAGE-LEVEL / OPTIMISTIC", any(r.flag for r in hatched)),
+                                        ("weights of unknown provenance", any(not r.flag for r in hatched))) if shown]
         handles.append(Patch(facecolor="white", edgecolor="black", hatch=HATCH,
-                             label="IMAGE-LEVEL / OPTIMISTIC: not an estimate for new patients"))
+                             label=f"{' or '.join(why)}: not an estimate for new patients"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=7, frameon=False)
 
 
