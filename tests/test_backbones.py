@@ -114,6 +114,7 @@ def test_register_backbone_adds_a_network_to_the_one_registry(monkeypatch):
 
 # ------------------------------------------------------------------------------------------- taps
 
+@pytest.mark.slow
 def test_vgg16_taps_equal_torchvision_modules(vgg16):
     # the state dict has torchvision's keys and shapes
     with torch.device("meta"):

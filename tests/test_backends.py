@@ -21,7 +21,7 @@ from featx.heads import make_head
 from featx.results import METRICS
 from featx.workflows.classify import run_classify
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 HEADS = "logistic,softmax,knn"
 GRID = ["--heads", HEADS, "--cv", "subject", "--folds", "3", "--no-plots"]

@@ -51,6 +51,7 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_compare_shows_image_level_above_subject_level_in_one_table(demo, tmp_path):
     out = tmp_path / "results"
     result, text = _invoke("compare", demo["store"], "--heads", "softmax,svm,xgboost", "--cv", "subject,image",

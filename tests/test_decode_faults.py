@@ -83,6 +83,7 @@ print(json.dumps({"outcome": outcome, "added_mb": added / 1024, "warnings": [str
 '''
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_is_one_line_naming_the_file_and_is_never_decoded(tmp_path, monkeypatch):
     root = two_classes(tmp_path / "cells")
     bomb = _bomb(root / "all" / "big.png")

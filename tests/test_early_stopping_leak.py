@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cli_helpers import invoke as _cli  # noqa: E402
 from digits_data import make_random_label_digits  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "wide_console")]
 
 SEEDS = (0, 1, 2, 3)
 # 40 subjects: the 1/5 validation holdout has 8 subjects of both (random) classes, split 4/4

@@ -355,6 +355,7 @@ def _check_row_statistics(row, classes):
             assert (acc.ci_low, acc.ci_high) == pytest.approx(oracle, abs=1e-9), row.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cv, eval_set", [("subject", None), ("image", None), ("fold", None), ("auto", "prelim")])
 def test_every_estimate_lies_in_its_interval_and_std_is_the_sample_std(cv, eval_set):
     fs = subject_features(n_all=8, n_hem=8, cells=8, d=12, prelim=4)  # 2 subjects of each class in a test fold

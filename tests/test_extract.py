@@ -97,6 +97,7 @@ def test_store_schema_and_settings(cnn_store, cnmc_tree):
 
 @pytest.mark.parametrize("name,size,dims", [("vgg16", 32, {"pool5": 512, "fc7": 4096}),
                                             ("alexnet", 64, {"pool5": 256, "fc7": 4096})])
+@pytest.mark.slow
 def test_taps_equal_a_direct_forward_pass(cnmc_tree, tmp_path, name, size, dims):
     collection = discover(cnmc_tree, splits=["fold_0"])
     collection = collection.subset(range(5))
@@ -386,6 +387,7 @@ def test_every_option_has_help():
                 assert param.opts[0] in sub.output, f"{name} --help does not show {param.opts[0]}"
 
 
+@pytest.mark.slow
 def test_library_never_imports_the_cli():
     import subprocess
     import sys
@@ -446,6 +448,7 @@ class _System:
         return (os.system, (self.command,))
 
 
+@pytest.mark.slow
 def test_weights_that_are_a_malicious_pickle_are_one_line_without_torch_warnings(cnmc_tree, tmp_path):
     marker = tmp_path / "pwned"
     plain = tmp_path / "evil_plain.pt"  # pickled by hand (protocol 4+): torch warns about the protocol, then refuses
@@ -497,6 +500,7 @@ def test_image_sizes_featx_cannot_take_are_one_line_before_anything_is_written(c
     assert store_settings(tmp_path / "one.h5")["input_size"] == 16
 
 
+@pytest.mark.slow
 def test_running_out_of_memory_is_one_line_naming_what_to_lower(cnmc_tree, tmp_path):
     """A size inside the bound that still does not fit: a real failed allocation (the process limited to 4 GiB
     of address space; a batch of 34 images of 4096 px is 1.7 GiB as uint8, 6.8 GiB as float32)."""

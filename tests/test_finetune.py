@@ -22,6 +22,8 @@ from featx.finetune import split as ft_split
 from featx.finetune.loop import Trainer
 from featx.results import ResultRow
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+
 # small and fast: 32 px for cnn, 64 px for AlexNet (it needs >= 63), no worker processes unless tested
 TINY = dict(workers=0, device="cpu", val="fold_2")
 

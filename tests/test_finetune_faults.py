@@ -16,6 +16,8 @@ from featx.data.synth import synthesize
 from featx.errors import FeatxError
 from featx.finetune import finetune
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+
 OPTS = dict(backbone="cnn", weights="none", image_size=32, epochs=3, lr=1e-3, batch_size=8, dropout=0.3,
             augment=True, schedule="cosine", optimizer="adamw", seed=3, workers=0, device="cpu", val="fold_2",
             keep="both")

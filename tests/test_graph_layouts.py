@@ -25,7 +25,7 @@ from featx.errors import FeatxError
 from featx.extract import extract
 from tests.cli_helpers import invoke
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -44,6 +44,7 @@ _XGB_EXPECTED = {"check_sample_weight_equivalence_on_dense_data":
 @parametrize_with_checks([SoftmaxClassifier(device="cpu"), RBFSVMClassifier(),
                           XGBoostClassifier(n_estimators=20, device="cpu", n_jobs=1)],
                          expected_failed_checks=lambda est: _XGB_EXPECTED if isinstance(est, XGBoostClassifier) else {})
+@pytest.mark.slow
 def test_softmax_rbf_svm_and_xgboost_pass_sklearn_checks(estimator, check):
     check(estimator)
 

@@ -166,6 +166,7 @@ def test_xgboost_is_deterministic_and_small_data_trains_every_tree():
 
 
 # ---- parallel folds -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_parallel_folds_give_the_rows_of_serial_folds():
     fs = features(n_subjects=10, cells=40, d=12)
     params = {"xgboost": {"n_estimators": 20}, "softmax": {"epochs": 5, "min_steps": 20}}
@@ -180,6 +181,7 @@ def test_parallel_folds_give_the_rows_of_serial_folds():
         assert p.mean("f1_weighted") == pytest.approx(s.mean("f1_weighted"), abs=0.01)
 
 
+@pytest.mark.slow
 def test_a_grid_after_a_grid_of_other_libraries_gets_workers_without_a_restart_warning():
     """A notebook user runs logistic, then softmax, on two processes: loky reused the logistic workers, which
     then imported torch, grew by more than 300 MB and were restarted with a "worker stopped" warning (12 s
@@ -209,6 +211,7 @@ def _sigint_handler() -> str:
     return repr(signal.getsignal(signal.SIGINT))
 
 
+@pytest.mark.slow
 def test_grid_workers_leave_ctrl_c_to_the_featx_process():
     """Ctrl-C reaches the terminal's whole process group: a grid worker ignores it (the featx process stops
     the workers), where a plain loky worker would print a KeyboardInterrupt traceback of its own."""

@@ -22,6 +22,8 @@ from featx.heads import make_head
 from featx.store import load_features
 from featx.workflows.hybrid import INNER_TRAIN, INNER_VAL, hybrid
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+
 LABEL = "hybrid subject-level 3-fold (network fine-tuned per fold on training subjects)"
 # tiny and fast: cnn from scratch at 32 px, 2 epochs, no worker processes, no plots
 TINY = dict(backbone="cnn", heads=["svm", "logistic"], n_folds=3, weights="none", image_size=32, epochs=2, batch_size=8,

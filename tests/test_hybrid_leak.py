@@ -34,7 +34,7 @@ EXTRACT = dict(backbone="cnn", taps="fc", **CPU)
 
 
 # small fits: one thread is faster on a busy CPU
-pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread", "wide_console")]
 
 
 

@@ -14,6 +14,8 @@ import pytest
 from featx.data.synth import synthesize
 from featx.extract import extract
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+
 # the console script's entry point (it turns SIGTERM into an interrupt), run by this interpreter
 CLI = "import sys; from featx.cli import main; sys.argv[0] = 'featx'; main()"
 COMPARE_LINE = ("compare keeps nothing of an unfinished run (it writes its results once every model is fitted); "

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "interval_study.py"
 REPS = 200
 

@@ -37,6 +37,7 @@ def _inside(fig, text) -> bool:
     return box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
 
 
+@pytest.mark.slow
 def test_comparison_chart_has_a_fixed_width_and_grows_with_the_rows(tmp_path):
     small = Image.open(plot_bars(many_rows(2), tmp_path / "two.png")).size
     large = Image.open(plot_bars(many_rows(40), tmp_path / "forty.png")).size

@@ -29,6 +29,7 @@ def _same(a, b) -> bool:
     return (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b, abs=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # balanced accuracy with a class absent from y_true
 def test_function_and_batched_form_equal_sklearn_on_random_and_degenerate_test_sets():
     rng = np.random.default_rng(0)

@@ -53,6 +53,7 @@ K_GRID = [1, 3, 5, 7, 9, 11, 15, 21, 31, 45, 61, 81]
 SEEDS = (0, 1, 2)  # pooled: never one hand-picked draw
 
 
+@pytest.mark.slow
 def test_nested_score_stays_at_chance_where_the_best_plain_row_is_optimistic():
     """Acceptance: random labels, a wide grid (knn's k: exact distances, no BLAS-dependent solver), three
     seeds (data, folds and inner folds each). The nested rows' test counts, pooled over the seeds (720 rows),

@@ -143,6 +143,7 @@ def _picked_on_test_rows(rows) -> tuple[int, int]:
     return sum(max(int(c[fold == k].sum()) for c in correct) for k in np.unique(fold)), len(fold)
 
 
+@pytest.mark.slow
 def test_random_labels_selected_row_stays_at_chance_while_the_best_row_is_optimistic():
     """8 pure-noise candidates, random labels balanced within subjects of 10 cells, three seeds (data and
     folds each). The selected rows' test counts pooled over the seeds (600 rows) stay within 3 chance

@@ -106,6 +106,7 @@ def test_every_registered_tap_is_described_with_its_size():
                 assert "global average" in text and "max-pool" in text, (name, tap)
 
 
+@pytest.mark.slow
 def test_vgg16_fc_taps_are_post_relu_and_pool5_is_the_mean_of_the_last_max_pool(cnmc_tree, tmp_path):
     collection = discover(cnmc_tree, splits=["fold_0"]).subset(range(3))
     out = extract(collection, tmp_path / "vgg.h5", backbone="vgg16", weights="none", image_size=32, batch_size=3,

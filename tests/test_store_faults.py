@@ -272,6 +272,7 @@ def tiny_tmpfs(tmp_path):
         yield mount(1 << 20)
 
 
+@pytest.mark.slow
 def test_real_full_disk_is_one_line_and_the_store_completes_after_freeing_space(cnmc_tree, reference, tiny_tmpfs):
     out = tiny_tmpfs / "s.h5"
     filler = fill(tiny_tmpfs, 64 << 10)
@@ -301,6 +302,7 @@ def test_disk_filling_up_during_extraction_does_not_hurt_the_store(cnmc_tree, re
 
 
 # -- one writer ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_writer_is_refused_even_with_hdf5_locking_disabled(cnmc_tree, reference, tmp_path):
     out = tmp_path / "s.h5"
     # the first writer takes no HDF5 lock: without featx's own lock nothing would keep a second one out

@@ -201,6 +201,7 @@ def test_version_does_not_import_torch():
     assert proc.stdout.split() == ["0", "False"], proc.stderr
 
 
+@pytest.mark.slow
 def test_the_cli_and_torch_load_without_full_collections():
     """Importing torch and torchvision with the collector running cost 0.6-1.2 s of every command's 3-4 s start:
     featx's CLI and then torch now load with it paused, and what they allocated is frozen."""

@@ -16,7 +16,7 @@ from shard_helpers import KW, assert_same_store, tree_with_bad_images
 from featx.errors import FeatxError
 from featx.extract import extract
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -271,6 +271,7 @@ def _heads_written(out: Path) -> set[str]:
     return heads | {re.sub(r"^cnn-fc-|-image$", "", p.stem) for p in (out / "predictions").glob("*.csv")}
 
 
+@pytest.mark.slow
 def test_a_second_classify_into_a_folder_being_written_is_refused_naming_the_run(store, tmp_path):
     out = tmp_path / "r"
     running, go = tmp_path / "running", tmp_path / "go"
@@ -373,6 +374,7 @@ while time.time() < until:
 '''
 
 
+@pytest.mark.slow
 def test_removing_lock_files_keeps_one_writer_at_a_time(tmp_path):
     """Three processes take and release one lock as fast as they can, its file removed each time: no two ever
     hold it at once (a process that opened the file just before it was removed is refused, not let in)."""
