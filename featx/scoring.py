@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn import metrics as skm
 
+from featx.errors import FeatxError, arg
+
 # Every metric a row reports, in table order.
 METRICS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
 
@@ -109,15 +111,6 @@ def _confusion_metric(C: np.ndarray, pos: int, name: str) -> np.ndarray:
     raise ValueError(f"no confusion form for {name}")
 
 
-def _of_confusion(name: str) -> Callable:
-    def metric(y_true, y_pred, _score, pos, k):
-        if len(y_true) == 0:
-            return float("nan")
-        C = skm.confusion_matrix(y_true, y_pred, labels=list(range(k)))
-        return float(_confusion_metric(C[None].astype(float), pos, name)[0])
-    return metric
-
-
 def _accuracy(y_true, y_pred, _score, _pos, _k):
     return float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else float("nan")
 
@@ -186,3 +179,11 @@ def get_metric(name: str) -> Metric:
         return METRIC_TABLE[name]
     except KeyError:
         raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}") from None
+
+
+def check_metric(metric: str, option: str) -> str:
+    """``metric`` when it names a metric, else a one-line :class:`FeatxError` naming the argument ``option`` that
+    gave it (``sort_by``, ``select``) and listing the metrics."""
+    if metric not in METRICS:
+        raise FeatxError(f"{arg(option, metric)} is not a metric; choose one of {', '.join(METRICS)}")
+    return metric

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from featx.errors import FeatxError, FeatxWarning, arg
+from featx.errors import FeatxWarning, arg
 from featx.evaluation.intervals import DIFFERENCE_METHOD, LEVEL, OutOfFold, difference
 from featx.results import ResultRow
-from featx.scoring import METRICS, get_metric
+from featx.scoring import check_metric, get_metric
 
 CLOSE_MARK = "\u2248 best"        # the row is not distinguishable from its protocol's best row
 CLOSE_TO_REFERENCE = "\u2248 ref"  # ... from the row named by ``reference``
@@ -56,13 +56,6 @@ def _aligned(a: tuple[OutOfFold, np.ndarray], b: tuple[OutOfFold, np.ndarray]) -
                      ob.fold[take], None if ob.subject is None else ob.subject[take], ob.n_classes, ob.positive)
 
 
-def check_sort_metric(metric: str) -> str:
-    """``metric`` when it names a metric, else a one-line :class:`FeatxError` listing them."""
-    if metric not in METRICS:
-        raise FeatxError(f"{arg('sort_by', metric)} is not a metric; choose one of {', '.join(METRICS)}")
-    return metric
-
-
 def _is_estimate(row: ResultRow) -> bool:
     """Whether a row may serve as its protocol's best: a number for new patients."""
     return not (row.marked or row.partial)
@@ -86,7 +79,7 @@ def compare_rows(rows: Sequence[ResultRow], *, metric: str = "f1_weighted", refe
     ``comparison``: ``{"metric", "reference", "chosen_by" ("best" or "vs"), "is_reference", "delta", "ci_low",
     "ci_high", "p_value", "level", "method", "close", "mark", "reason"}``; ``close`` is True when the interval
     holds 0 (the row's mark is ``≈ best``), None when there is no interval (``reason`` says why)."""
-    check_sort_metric(metric)
+    check_metric(metric, "sort_by")
     rows = list(rows)
     if reference is not None and not any(r.name == reference for r in rows):
         names = ", ".join(dict.fromkeys(r.name for r in rows))

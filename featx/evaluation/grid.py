@@ -15,7 +15,7 @@ from joblib import Parallel, delayed
 
 from featx.errors import FeatxError, arg
 from featx.evaluation.backends import engine
-from featx.evaluation.differences import check_sort_metric, compare_rows
+from featx.evaluation.differences import compare_rows
 from featx.evaluation.inputs import check_grid
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
 from featx.evaluation.search import Search, check_search, fit_search, search_record
@@ -322,10 +322,9 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     :func:`featx.evaluation.differences.compare_rows` sets ``row.comparison`` (difference, 95% interval, p-value,
     ``≈ best``).
     """
-    check_sort_metric(sort_by)
     plan = check_grid(stores, heads, taps, cv=cv, eval_set=eval_set, n_folds=n_folds, jobs=jobs, params=params,
                       search=search, select=select, allow_partial=allow_partial,
-                      backend=backend, scheduler=scheduler)
+                      backend=backend, scheduler=scheduler, sort_by=sort_by)
     heads, params, runs = plan.heads, plan.params, plan.runs
     with engine(backend, scheduler, jobs) as where:  # one cluster for the whole grid
         rows: list[ResultRow] = []

@@ -14,12 +14,11 @@ from pathlib import Path
 
 from featx.errors import FeatxError, arg
 from featx.evaluation.backends import check_backend
-from featx.evaluation.differences import check_sort_metric
 from featx.evaluation.search import Search, check_search
-from featx.evaluation.selection import check_metric
 from featx.evaluation.splits import check_cv
 from featx.evaluation.workers import check_jobs
 from featx.heads import check_params, get_head
+from featx.scoring import check_metric
 from featx.store import summarize
 from featx.store.schema import default_tap
 
@@ -78,9 +77,9 @@ def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: 
                sort_by: str = "f1_weighted", **_ignored) -> GridPlan:
     """Check every input of :func:`featx.evaluation.compare` (same arguments) and return the grid (the
     ``backend`` is checked to be installed; its cluster is not contacted)."""
-    check_sort_metric(sort_by)
+    check_metric(sort_by, "sort_by")
     if select is not None:
-        check_metric(select)
+        check_metric(select, "select")
         if search is not None:
             raise FeatxError(f"{arg('select', select)} compares rows at their fixed parameters and cannot be "
                              f"combined with a parameter search ({arg('search')}) yet; run them separately")

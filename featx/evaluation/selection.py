@@ -30,16 +30,9 @@ from featx.heads import fit_params, make_head, positive_scores, preprocess_text
 from featx.provenance import rows_mark
 from featx.results import ResultRow
 from featx.row_names import tag_names, with_tag
-from featx.scoring import METRICS, get_metric
+from featx.scoring import check_metric, get_metric
 
 SELECTED_NAME = "selected by inner {metric}"
-
-
-def check_metric(metric: str) -> str:
-    """``metric`` if it is one of :data:`featx.results.METRICS`, else a one-line :class:`FeatxError`."""
-    if metric not in METRICS:
-        raise FeatxError(f"{arg('select', metric)} is not a metric; choose one of {', '.join(METRICS)}")
-    return metric
 
 
 def _inner_splits(y, groups, inner_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -103,7 +96,7 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
     best mean inner-CV ``metric`` over the outer training rows is fitted there and predicts the outer test
     rows. ``settings["selected"]`` names the candidate chosen in each outer fold as `compare` names its row
     (the store's tag where candidates share a name), ``settings["selected_stores"]`` its store files."""
-    check_metric(metric)
+    check_metric(metric, "select")
     if not candidates:
         raise FeatxError(f"{arg('select')}: no candidate to select among")
     data = candidates[0][0]

@@ -33,7 +33,8 @@ from featx.report.notes import (
     selection_note,
 )
 from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
-from featx.results import METRICS, ResultRow
+from featx.results import ResultRow
+from featx.scoring import check_metric
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1150px;margin:24px auto;
@@ -61,8 +62,7 @@ def write_html_report(sources: Sequence[ResultRow | str | Path], out: str | Path
     """Write ``out`` (one HTML file) for the result rows of ``sources``: :class:`ResultRow` objects, or
     results.json files or folders (read by :func:`read_results`; a fine-tuning run folder also gives its
     training curves). Rows are sorted by ``sort_by`` in the comparison chart. Returns ``out``."""
-    if sort_by not in METRICS:
-        raise FeatxError(f"{arg('sort_by', sort_by)}: not a metric; choose one of {', '.join(METRICS)}")
+    check_metric(sort_by, "sort_by")
     out = Path(out)
     if out.is_dir():
         raise FeatxError(f"{out} is a folder; {arg('out')} is the HTML file to write, e.g. "
