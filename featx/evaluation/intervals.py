@@ -145,24 +145,50 @@ def leave_one_out(oof: OutOfFold, metric: str) -> np.ndarray:
     """The estimate with each unit (subject, or row when subjects are unknown) left out of its test folds:
     one value per unit (the models are kept: only the test rows change)."""
     unit, _ = oof.units()
-    n_units = unit.max() + 1
     m = get_metric(metric)
-    rows_of = _fold_rows(oof)
-    base = np.array([v for v in fold_values(oof, metric)])
     # values[u, f]: fold f's metric without unit u (the fold's own value where u has no row in it)
-    values = np.tile(base, (n_units, 1))
-    for f, rows in enumerate(rows_of):
+    values = np.tile(fold_values(oof, metric), (unit.max() + 1, 1))
+    for f, rows in enumerate(_fold_rows(oof)):
         present, local = np.unique(unit[rows], return_inverse=True)
         if m.needs_score:
             values[present, f] = _auc_without(oof.y_true[rows] == oof.positive,
                                               None if oof.score is None else oof.score[rows], local, len(present))
         else:
-            k = oof.n_classes
-            per_unit = np.zeros((len(present), k * k))
-            np.add.at(per_unit, (local, oof.y_true[rows] * k + oof.y_pred[rows]), 1.0)
-            whole = per_unit.sum(axis=0)
-            values[present, f] = m.batched((whole[None] - per_unit).reshape(-1, k, k), oof.positive)
+            whole, per_unit = _unit_counts(oof, rows, local, len(present))
+            values[present, f] = m.batched(_as_matrices(whole - per_unit, oof.n_classes), oof.positive)
     return _mean_of_repeats(values, _fold_repeat(oof))
+
+
+def _unit_counts(oof: OutOfFold, rows: np.ndarray, local: np.ndarray, n_local: int) -> tuple[np.ndarray, np.ndarray]:
+    """The flattened confusion counts of the test fold ``rows`` (1, K*K) and of each of its units (``local``:
+    the unit of each row, 0..n_local-1) (n_local, K*K)."""
+    k = oof.n_classes
+    per_unit = np.zeros((n_local, k * k))
+    np.add.at(per_unit, (local, oof.y_true[rows] * k + oof.y_pred[rows]), 1.0)
+    return per_unit.sum(axis=0)[None], per_unit
+
+
+def _as_matrices(counts: np.ndarray, k: int) -> np.ndarray:
+    return counts.reshape(-1, k, k)
+
+
+def _pair_counts(is_pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each positive's negatives scored below it, and each negative's positives scored above it (ties half):
+    the Mann-Whitney pair counts of ROC-AUC."""
+    neg_sorted, pos_sorted = np.sort(score[~is_pos]), np.sort(score[is_pos])
+    below = (np.searchsorted(neg_sorted, score[is_pos], "left")
+             + np.searchsorted(neg_sorted, score[is_pos], "right")) / 2
+    above = len(pos_sorted) - (np.searchsorted(pos_sorted, score[~is_pos], "left")
+                               + np.searchsorted(pos_sorted, score[~is_pos], "right")) / 2
+    return below, above
+
+
+def _own_pairs(is_pos, unit, n_units: int, below, above) -> np.ndarray:
+    """The ordered pairs that involve each unit's rows (a unit with rows on both sides counts its own twice)."""
+    own = np.zeros(n_units)
+    np.add.at(own, unit[is_pos], below)
+    np.add.at(own, unit[~is_pos], above)
+    return own
 
 
 def _auc_without(is_pos: np.ndarray, score: np.ndarray | None, unit: np.ndarray, n_units: int, *,
@@ -171,16 +197,9 @@ def _auc_without(is_pos: np.ndarray, score: np.ndarray | None, unit: np.ndarray,
     every unit kept (the fold's own AUC, once per unit)."""
     if score is None:
         return np.full(n_units, np.nan)
-    neg_sorted, pos_sorted = np.sort(score[~is_pos]), np.sort(score[is_pos])
-    # each positive's negatives below it, each negative's positives above it (ties half)
-    below = (np.searchsorted(neg_sorted, score[is_pos], "left")
-             + np.searchsorted(neg_sorted, score[is_pos], "right")) / 2
-    above = len(pos_sorted) - (np.searchsorted(pos_sorted, score[~is_pos], "left")
-                               + np.searchsorted(pos_sorted, score[~is_pos], "right")) / 2
+    below, above = _pair_counts(is_pos, score)
     pairs = below.sum()
-    own = np.zeros(n_units)  # pairs that involve a unit's rows
-    np.add.at(own, unit[is_pos], below)
-    np.add.at(own, unit[~is_pos], above)
+    own = _own_pairs(is_pos, unit, n_units, below, above)
     n_pos = np.bincount(unit[is_pos], minlength=n_units).astype(float)
     n_neg = np.bincount(unit[~is_pos], minlength=n_units).astype(float)
     mixed = np.flatnonzero((n_pos > 0) & (n_neg > 0))
@@ -211,12 +230,9 @@ def influence(oof: OutOfFold, metric: str, eps: float = 1e-4) -> np.ndarray:
         if m.needs_score:
             slopes[present, f] = _auc_slope(oof.y_true[rows] == oof.positive, oof.score[rows], local, len(present))
         else:
-            k = oof.n_classes
-            per_unit = np.zeros((len(present), k * k))
-            np.add.at(per_unit, (local, oof.y_true[rows] * k + oof.y_pred[rows]), 1.0)
-            whole = per_unit.sum(axis=0)[None]
-            up = m.batched((whole + eps * per_unit).reshape(-1, k, k), oof.positive)
-            down = m.batched((whole - eps * per_unit).reshape(-1, k, k), oof.positive)
+            whole, per_unit = _unit_counts(oof, rows, local, len(present))
+            up = m.batched(_as_matrices(whole + eps * per_unit, oof.n_classes), oof.positive)
+            down = m.batched(_as_matrices(whole - eps * per_unit, oof.n_classes), oof.positive)
             slopes[present, f] = (up - down) / (2 * eps)
     # the estimate is the mean over repeats of the mean over each repeat's defined folds
     fold_repeat = _fold_repeat(oof)
@@ -231,18 +247,12 @@ def influence(oof: OutOfFold, metric: str, eps: float = 1e-4) -> np.ndarray:
 
 def _auc_slope(is_pos: np.ndarray, score: np.ndarray, unit: np.ndarray, n_units: int) -> np.ndarray:
     """d AUC / d (weight of each unit) for one fold: (own pairs - AUC * own share of all pairs) / pairs."""
-    neg_sorted, pos_sorted = np.sort(score[~is_pos]), np.sort(score[is_pos])
-    below = (np.searchsorted(neg_sorted, score[is_pos], "left")
-             + np.searchsorted(neg_sorted, score[is_pos], "right")) / 2
-    above = len(pos_sorted) - (np.searchsorted(pos_sorted, score[~is_pos], "left")
-                               + np.searchsorted(pos_sorted, score[~is_pos], "right")) / 2
+    below, above = _pair_counts(is_pos, score)
     P, N = is_pos.sum(), (~is_pos).sum()
     if P == 0 or N == 0:
         return np.zeros(n_units)
     auc = below.sum() / (P * N)
-    own = np.zeros(n_units)
-    np.add.at(own, unit[is_pos], below)
-    np.add.at(own, unit[~is_pos], above)
+    own = _own_pairs(is_pos, unit, n_units, below, above)
     n_pos = np.bincount(unit[is_pos], minlength=n_units)
     n_neg = np.bincount(unit[~is_pos], minlength=n_units)
     return (own - auc * (n_pos * N + n_neg * P)) / (P * N)
@@ -281,8 +291,14 @@ def design_reason(oof: OutOfFold, class_names=None) -> str | None:
 # --------------------------------------------------------------------------------------------------
 def _jackknife_se(theta_minus: np.ndarray, stratum: np.ndarray) -> tuple[float, float]:
     """Stratified jackknife standard error and its degrees of freedom (:func:`_satterthwaite`)."""
-    parts = [((len(t) - 1) / len(t) * float(np.sum((t - t.mean()) ** 2)), len(t) - 1)
-             for t in (theta_minus[stratum == h] for h in np.unique(stratum)) if len(t) >= 2]
+    return _stratified_se(theta_minus, stratum, lambda n: (n - 1) / n)
+
+
+def _stratified_se(values: np.ndarray, stratum: np.ndarray, scale) -> tuple[float, float]:
+    """The standard error from each stratum's sum of squared deviations of ``values``, times ``scale(n)`` for a
+    stratum of n units (strata of one unit add nothing), and its degrees of freedom (:func:`_satterthwaite`)."""
+    parts = [(scale(len(t)) * float(np.sum((t - t.mean()) ** 2)), len(t) - 1)
+             for t in (values[stratum == h] for h in np.unique(stratum)) if len(t) >= 2]
     return _satterthwaite(parts)
 
 
@@ -303,9 +319,7 @@ def _logit(p):
 def _linearized_se(z: np.ndarray, stratum: np.ndarray) -> tuple[float, float]:
     """Stratified linearization (infinitesimal jackknife) standard error from each unit's influence, and its
     degrees of freedom (:func:`_satterthwaite`)."""
-    parts = [(len(t) / (len(t) - 1) * float(np.sum((t - t.mean()) ** 2)), len(t) - 1)
-             for t in (z[stratum == h] for h in np.unique(stratum)) if len(t) >= 2]
-    return _satterthwaite(parts)
+    return _stratified_se(z, stratum, lambda n: n / (n - 1))
 
 
 def interval(oof: OutOfFold, metric: str, *, level: float = LEVEL, reason: str | None = None,
