@@ -26,7 +26,9 @@ from featx.report.notes import (
     excluded_notes,
     format_pct,
     interval_notes,
+    interval_text,
     mark_notes,
+    p_value_text,
     partial_notes,
     protocol_text,
     provenance_suffix,
@@ -175,24 +177,18 @@ def results_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str
     lines = ['<table id="results">', f"<caption>{escape(what)}</caption>",
              "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
     for i, r in enumerate(rows, 1):
-        s = r.score(sort_by)
-        ci = "-" if s.ci_low is None or s.ci_high is None else f"{100 * s.ci_low:.1f} - {100 * s.ci_high:.1f}"
+        ci = interval_text(r.score(sort_by))
         cells = [f'<td class="num">{i}</td>', f'<td class="name">{escape(r.name)}</td>',
                  f'<td class="protocol">{_marked_protocol(r)}</td>',
                  *[f'<td class="num">{escape(format_pct(r.score(m).mean, r.score(m).std))}</td>'
                    for m, _ in TABLE_METRICS],
                  f'<td class="num">{ci}</td>',
                  *([f'<td class="num">{escape(difference_text(r) or "-")}</td>',
-                    f'<td class="num">{_p_text(r)}</td>'] if compared else []),
+                    f'<td class="num">{p_value_text(r)}</td>'] if compared else []),
                  *[f'<td class="num">{v}</td>' for v in (r.n_test, r.n_subjects)]]
         cls = ' class="marked"' if r.marked or r.partial else ""
         lines.append(f'<tr{cls} data-flag="{escape(r.flag)}">' + "".join(cells) + "</tr>")
     return "\n".join([*lines, "</tbody></table>"])
-
-
-def _p_text(r: ResultRow) -> str:
-    p = (r.comparison or {}).get("p_value")
-    return "-" if p is None else f"{p:.3g}"
 
 
 def notes_html(rows: Sequence[ResultRow]) -> str:

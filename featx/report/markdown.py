@@ -12,7 +12,9 @@ from featx.report.notes import (
     excluded_notes,
     format_pct,
     interval_notes,
+    interval_text,
     mark_notes,
+    p_value_text,
     partial_notes,
     protocol_text,
     provenance_suffix,
@@ -47,12 +49,9 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
             protocol = f"\u2020 {protocol}"
         if r.partial:
             protocol += f" **PARTIAL ({r.partial})**"
-        acc = r.score("accuracy")
-        ci = "-" if acc.ci_low is None or acc.ci_high is None else f"{100 * acc.ci_low:.1f} - {100 * acc.ci_high:.1f}"
-        cells = [r.name, protocol, *[_pct(r, m) for m, _ in TABLE_METRICS], ci]
+        cells = [r.name, protocol, *[_pct(r, m) for m, _ in TABLE_METRICS], interval_text(r.score("accuracy"))]
         if delta:
-            p = (r.comparison or {}).get("p_value")
-            cells += [difference_text(r) or "-", "-" if p is None else f"{p:.3g}"]
+            cells += [difference_text(r) or "-", p_value_text(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -63,10 +62,7 @@ def intervals_table(rows: Sequence[ResultRow]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r.name, short_protocol(r)]
-        for m, _ in TABLE_METRICS:
-            s = r.score(m)
-            cells.append("n/a" if s.ci_low is None or s.ci_high is None else
-                         f"{100 * s.ci_low:.1f} - {100 * s.ci_high:.1f}")
+        cells += [interval_text(r.score(m), missing="n/a") for m, _ in TABLE_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     methods = sorted({str((r.interval or {}).get("method")) for r in rows if r.interval})
     return "\n".join(lines) + "\n" + (f"\nMethod: {'; '.join(methods)}.\n" if methods else "")

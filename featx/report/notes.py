@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from featx.results import ResultRow
+from featx.results import ResultRow, Score
 from featx.row_names import TAG
 from featx.scoring import METRIC_TABLE
 
@@ -96,9 +96,30 @@ def selection_choices(rows: Sequence[ResultRow]) -> list[str]:
     return lines
 
 
+def interval_text(score: Score, missing: str = "-") -> str:
+    """A score's 95% interval in percent, ``91.2 - 97.4``; ``missing`` when it has none."""
+    if score.ci_low is None or score.ci_high is None:
+        return missing
+    return f"{100 * score.ci_low:.1f} - {100 * score.ci_high:.1f}"
+
+
+def difference_bounds(row: ResultRow) -> str | None:
+    """The 95% interval of the row's Δ in points, ``[-2.90, +0.44]``; None when it has none."""
+    c = row.comparison or {}
+    if c.get("ci_low") is None:
+        return None
+    return f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
+
+
+def p_value_text(row: ResultRow) -> str:
+    """The p-value of the row's Δ (``0.0312``), or ``-``."""
+    p = (row.comparison or {}).get("p_value")
+    return "-" if p is None else f"{p:.3g}"
+
+
 def difference_text(row: ResultRow, *, interval: bool = True) -> str:
     """The row's Δ from its reference (points): ``best`` (or ``ref``) for the reference itself,
-    ``-1.23 [-2.90, +0.44] ≈``, ``-4.10 [-6.0, -2.2]``, ``-1.23 (n/a)``; ``""`` without a comparison."""
+    ``-1.23 [-2.90, +0.44] ≈``, ``-4.10 [-6.02, -2.20]``, ``-1.23 (n/a)``; ``""`` without a comparison."""
     c = row.comparison
     if not c:
         return ""
@@ -107,10 +128,11 @@ def difference_text(row: ResultRow, *, interval: bool = True) -> str:
     if c.get("delta") is None:
         return "n/a"
     text = f"{100 * c['delta']:+.2f}"
-    if c.get("ci_low") is None:
+    bounds = difference_bounds(row)
+    if bounds is None:
         return f"{text} (n/a)"
     if interval:
-        text += f" [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
+        text += f" {bounds}"
     return f"{text} {c['mark'].split()[0]}" if c.get("mark") else text
 
 
@@ -208,6 +230,8 @@ def _row_phrase(row: ResultRow) -> str:
 
 
 _FOLD_KINDS = {"subject": "subject-grouped", "hybrid": "subject-grouped", "image": "image-level", "fold": "given"}
+
+
 def excluded_notes(rows: Sequence[ResultRow]) -> list[str]:
     """One line per distinct name whose store recorded unreadable images (left out of its rows)."""
     seen = dict.fromkeys((r.name, r.excluded_images) for r in rows if r.excluded_images)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from featx.report.notes import (
     TABLE_METRICS,
+    difference_bounds,
     difference_text,
     excluded_notes,
     format_pct,
@@ -96,11 +97,9 @@ def _delta_column(rows: Sequence[ResultRow]) -> list[tuple[str, str]]:
 def _cell(row: ResultRow, metric: str, stacked: bool) -> str:
     if metric == DELTA:
         text = difference_text(row, interval=False)
-        c = row.comparison or {}
-        if c.get("ci_low") is not None:
-            bounds = f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
+        if bounds := difference_bounds(row):
             text = f"{text}\n{bounds}" if stacked else text.replace(" ≈", "") + f" {bounds}" + (
-                " ≈" if c.get("mark") else "")
+                " ≈" if row.close_mark else "")
         return text
     score = row.score(metric)
     text = format_pct(score.mean, score.std)
