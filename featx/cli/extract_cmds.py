@@ -34,6 +34,7 @@ from featx.provenance import ATTR, STATED, UNKNOWN, WEIGHTS_ATTR, parse_attr
 from featx.results import WEIGHTS_MARKS
 from featx.store import summarize
 from featx.store import verify as verify_store
+from featx.store.rowid import bad_metadata_text
 
 #: `featx synth`'s defaults are the library's (sized so that subject-grouped 5-fold CV has 3 subjects per class
 #: in every test fold): one place to change them.
@@ -161,9 +162,7 @@ def info(
     if checked is not None:
         if checked["bad_metadata"]:
             first = checked["bad_metadata_rows"][0]
-            raise FeatxError(f"{store}: the label, path, subject or split of {checked['bad_metadata']} row(s) do not "
-                             f"match their checksums (first: row {first['row']}, {first['path']}); the store is "
-                             "damaged: delete it and run the same `featx extract` again")
+            raise FeatxError(bad_metadata_text(store, checked["bad_metadata"], first["row"], first["path"]))
         if checked["bad"]:
             raise FeatxError(f"{store}: {checked['bad']} of {checked['checked']} finished rows do not match their "
                              f"checksums (first: {checked['bad_paths'][0]}); the store is damaged: run the same "

@@ -62,9 +62,13 @@ def bad_metadata(h5: h5py.File) -> np.ndarray | None:
 def metadata_message(path: Path, h5: h5py.File, bad: np.ndarray) -> str:
     """The one-line refusal of a store whose rows ``bad`` do not match their metadata checksums."""
     first = int(bad[0])
-    name = h5["samples/path"].asstr(errors="replace")[first]
-    return (f"{path}: the label, path, subject or split of {bad.size} row(s) do not match their checksums "
-            f"(first: row {first}, {name}); the store is damaged: delete it and run the same `featx extract` "
+    return bad_metadata_text(path, bad.size, first, h5["samples/path"].asstr(errors="replace")[first])
+
+
+def bad_metadata_text(path, n_bad: int, first: int, first_path: str) -> str:
+    """:func:`metadata_message` from its counts (``featx info --verify`` has them from :func:`verify`)."""
+    return (f"{path}: the label, path, subject or split of {n_bad} row(s) do not match their checksums "
+            f"(first: row {first}, {first_path}); the store is damaged: delete it and run the same `featx extract` "
             "again")
 
 
