@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from featx.data.collection import Sample, natural_key
+from featx.data.content import name_some
 from featx.data.listing import images_under, is_dir, rel, subdirs
 from featx.data.text import read_csv
 from featx.errors import FeatxError, FeatxWarning
@@ -119,7 +120,7 @@ def _prelim_note(prelim: Path, labels: Path | None, unlisted: list[str], absent:
 
     def some(names: list[str]) -> str:
         names = sorted(names, key=natural_key)
-        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return name_some(names, range(len(names)))
 
     if labels is None:
         return (f"no labels file (*labels*.csv, Patient_ID,new_names,labels) in or beside {prelim}: its {n} images "
