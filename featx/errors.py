@@ -1,7 +1,10 @@
 """The one exception class for mistakes a user can fix, and how its messages name arguments.
 
 Library messages name the argument at fault with :func:`arg`; ``str(error)`` spells it as Python
-(``n_folds=3``) and the CLI as its flag (``--folds 3``), so one message serves both.
+(``n_folds=3``) and the CLI as its flag (``--folds 3``), so one message serves both. A step to take next is
+named with :func:`command`, which carries both spellings: ``str(error)`` shows the Python call
+(``featx.extract(...)``), the CLI the command line (``featx extract``). The library never spells a flag or a
+command itself.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import re
 from collections.abc import Callable
 
 _ARG = re.compile(r"\u27e6([A-Za-z_][A-Za-z0-9_]*)(?:=(.*?))?\u27e7")
+_COMMAND = re.compile(r"\u27ea(.*?)\u2016(.*?)\u27eb")
 
 
 def arg(name: str, value=None) -> str:
@@ -18,6 +22,15 @@ def arg(name: str, value=None) -> str:
     if value is True:
         value = "True"
     return f"\u27e6{name}={value}\u27e7"
+
+
+def command(cli: str, python: str) -> str:
+    """A reference to a step the user can take, in both spellings, inside a :class:`FeatxError` message.
+
+    ``cli``: the command line after ``featx`` (``"extract --shard i/n"``); ``python``: the call that does the
+    same (``"featx.extract(..., shard=(i, n))"``). ``str(error)`` shows the call, the CLI the command line.
+    """
+    return f"\u27ea{cli}\u2016{python}\u27eb"
 
 
 def _python(name: str, value: str | None) -> str:
@@ -44,11 +57,14 @@ class _Message:
         return str(self.args[0]) if self.args else ""
 
     def __str__(self) -> str:
-        return _ARG.sub(lambda m: _python(m.group(1), m.group(2)), self.template)
+        text = _COMMAND.sub(lambda m: f"`{m.group(2)}`", self.template)
+        return _ARG.sub(lambda m: _python(m.group(1), m.group(2)), text)
 
     def render(self, spell: Callable[[str, str | None], str]) -> str:
-        """The message with each argument written by ``spell(name, value)`` (the CLI passes its flags)."""
-        return _ARG.sub(lambda m: spell(m.group(1), m.group(2)), self.template)
+        """The message as the command line reads it: each argument written by ``spell(name, value)`` (the CLI
+        passes its flags) and each :func:`command` as ``featx <command>``."""
+        text = _COMMAND.sub(lambda m: f"`featx {m.group(1)}`", self.template)
+        return _ARG.sub(lambda m: spell(m.group(1), m.group(2)), text)
 
 
 class FeatxError(_Message, Exception):
