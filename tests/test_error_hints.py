@@ -1,4 +1,4 @@
-"""Library errors carry structured hints: arguments and commands, spelled as Python by str() and as the CLI by render()."""
+"""Library errors carry structured hints: arguments and commands, in Python by str() and as the CLI by render()."""
 from featx.cli.app import flag
 from featx.errors import FeatxError, arg, command
 
