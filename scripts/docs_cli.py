@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import re
 
+import typer.main
+from rich.errors import MarkupError
+from rich.text import Text
+
+from featx.cli import app
+
 MARKER = "<!-- featx-cli-reference -->"
 
 
 def _plain(text: str | None) -> str:
     """Help text as the terminal shows it: rich markup resolved (the app's rich_markup_mode), one paragraph a line."""
-    from rich.errors import MarkupError
-    from rich.text import Text
-
     text = (text or "").strip()
     try:
         text = Text.from_markup(text).plain
@@ -65,10 +68,6 @@ def _command_section(name: str, command, parent) -> list[str]:
 
 def _root():
     """The click group behind ``featx.cli.app`` (typer's own click) and its context."""
-    import typer.main
-
-    from featx.cli import app
-
     group = typer.main.get_command(app)
     return group, group.context_class(group, info_name="featx")
 

@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer.main
+
+from featx.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -47,10 +50,6 @@ def test_readme_names_the_study_data_set_and_where_to_download_it():
 
 def registered_commands() -> dict[str, list[str]]:
     """Every command of the Typer app with its option flags, read from the app itself (not from the docs hook)."""
-    import typer.main
-
-    from featx.cli import app
-
     group = typer.main.get_command(app)
     ctx = group.context_class(group, info_name="featx")
     found = {}
