@@ -1,11 +1,11 @@
-# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Two commands do all set-up on a fresh machine: `make demo` and `make test` (`make docs` builds the site).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.featx-installed
 DEMO ?= demo
 
-.PHONY: demo test test-fast install bench clean-demo
+.PHONY: demo test test-fast install docs bench clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 # the tests not marked slow: a quick check while working (make test before a commit)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# the documentation site into site/ (the dev extra includes the docs extra); any warning fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh $(DEMO)

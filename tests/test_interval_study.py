@@ -4,7 +4,7 @@ intervals cover the truth, the paired test keeps its level, and intervals that i
 Each bound allows 3 binomial standard deviations of the replicate count below its target (coverage) or above
 it (false positives), so a correct method fails it with a chance under 0.2%; the targets are the issue's (0.90
 at 30 subjects; 6% false positives). The full study (1,000 replicates per design, C-NMC size included) is the
-script; its table is in README."""
+script; its table is in docs/guide/intervals.md."""
 from __future__ import annotations
 
 import importlib.util
