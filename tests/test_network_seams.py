@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from featx.extract import extract
 from featx.backbones import (
     FeatureNet,
     GraphNet,
@@ -20,6 +19,7 @@ from featx.backbones import (
 )
 from featx.data import discover
 from featx.errors import FeatxError
+from featx.extract import extract
 from featx.finetune.plan import plan_run
 from featx.store import store_settings
 
@@ -103,8 +103,9 @@ def test_a_weights_spec_builds_what_its_text_builds(cnmc_tree, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     torch.save(a.state_dict(), tmp_path / "w.pt")
     data = discover(cnmc_tree, splits=["fold_2"])
+    given = [WeightsSpec.parse(str(tmp_path / "w.pt")), str(tmp_path / "w.pt")]
     stores = [extract(data, tmp_path / f"{i}.h5", backbone="cnn", weights=w, image_size=16, workers=0,
-                      weights_never_saw_images=True) for i, w in enumerate([WeightsSpec.parse(str(tmp_path / "w.pt")), str(tmp_path / "w.pt")])]
+                      weights_never_saw_images=True) for i, w in enumerate(given)]
     s0, s1 = (store_settings(s) for s in stores)
     assert s0["weights"] == s1["weights"] == str((tmp_path / "w.pt").resolve())
     assert s0["weights_kind"] == s1["weights_kind"] == "file" and s0["weights_sha256"] == s1["weights_sha256"]
