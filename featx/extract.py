@@ -24,7 +24,15 @@ import torch
 import torchvision
 
 from featx import provenance
-from featx.backbones import check_image_size, check_input_size, create_backbone, get_config, origin_of
+from featx.backbones import (
+    TappedNetwork,
+    WeightsSpec,
+    check_image_size,
+    create_backbone,
+    get_config,
+    input_size,
+    origin_of,
+)
 from featx.backbones.generic import POOLINGS
 from featx.data import Collection, discover
 from featx.data.batches import LoaderBatches, ThreadBatches
@@ -54,13 +62,13 @@ def select_taps(taps: Sequence[str] | None, available: Sequence[str]) -> list[st
     return [t for t in available if t in names]
 
 
-def store_settings_for(collection: Collection, model, image_size: int, dtype: str) -> dict:
-    """The root attributes that identify a store made from ``collection`` with ``model`` (and the versions
+def store_settings_for(collection: Collection, network: TappedNetwork, image_size: int, dtype: str) -> dict:
+    """The root attributes that identify a store made from ``collection`` with ``network`` (and the versions
     of torch and torchvision that computed its features)."""
-    info = model.weights_info
-    cfg = model.config
+    info = network.weights_info
+    cfg = network.config
     return {
-        "backbone": model.name,
+        "backbone": network.name,
         "weights": info.source,
         "weights_kind": info.kind,
         "weights_sha256": info.sha256 or "",
@@ -116,7 +124,7 @@ class _Writer:
 
 
 def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "vgg16",
-            weights: str | Path | None = None, taps: str | Sequence[str] | None = None,
+            weights: str | Path | WeightsSpec | None = None, taps: str | Sequence[str] | None = None,
             image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
             batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
             on_progress: Callable[[int, int], None] | None = None, strict: bool = False, pool: str = "avg",
@@ -170,19 +178,14 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         raise FeatxError(f"cannot read folder {folders[0]}{more} ({arg('strict', True)}); make it readable, or "
                          f"drop {arg('strict')} to extract the images featx can read")
     cfg = get_config(backbone)
-    if weights is None:
-        weights = "none" if cfg.imagenet is None else "imagenet"
+    weights = WeightsSpec.default_for(cfg) if weights is None else WeightsSpec.parse(weights)
     # a new store computes every row: its images are decoded while the network is built
     early = _decode_early(collection, out, cfg, weights, image_size, device, batch_size, workers)
-    model = create_backbone(backbone, weights, seed=seed)
-    if pool not in POOLINGS or (pool != "avg" and not hasattr(model, "pooling")):
+    network = create_backbone(backbone, weights, seed=seed)
+    if pool not in POOLINGS or (pool != "avg" and not hasattr(network, "pooling")):
         raise FeatxError(f"{arg('pool', pool)}: choose avg or max (max applies to graph-node taps of models "
                          f"resolved by name, such as resnet18's layer3)")
-    card = model.weights_info.card or {}
-    # a fine-tuned checkpoint brings the input size it was trained at
-    size = image_size if image_size is not None else int(card.get("preprocessing", {}).get("input_size")
-                                                         or cfg.input_size)
-    check_input_size(backbone, size)
+    size = network.input_size(image_size)   # a fine-tuned checkpoint brings the input size it was trained at
     requested = None if taps is None else ([taps] if isinstance(taps, str) else list(taps))
     # default: the backbone's taps; a model resolved by name also takes its graph nodes (`featx backbones NAME --taps`)
     cfg.check_taps(requested)    # a graph node whose channel axis is unclear: one line naming one that works
@@ -190,14 +193,14 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     tap_names = select_taps(requested, list(widths))
     tap_dims = {t: widths[t] for t in tap_names}
     device = resolve_device(device)
-    settings = store_settings_for(collection, model, size, dtype)
+    settings = store_settings_for(collection, network, size, dtype)
     if shard is not None:
         settings.update(shard_settings(shard, full.fingerprint(), len(full.samples)))
     # fp16 autocast on CUDA changes the features slightly: a store never mixes the two precisions
     settings["precision"] = "fp16-autocast" if device.type == "cuda" else "fp32"
-    if hasattr(model, "pooling"):      # graph-node taps (models resolved by name): how their maps are pooled
-        model.pooling = settings["pooling"] = pool
-    info = model.weights_info
+    if hasattr(network, "pooling"):      # graph-node taps (models resolved by name): how their maps are pooled
+        network.pooling = settings["pooling"] = pool
+    info = network.weights_info
     origin = provenance.stated_origin(origin_of(cfg, info), weights_never_saw_images, info.source)
     if origin == provenance.UNKNOWN:
         warnings.warn(FeatxWarning(provenance.unknown_weights_warning(info.source, info.card)), stacklevel=2)
@@ -221,7 +224,7 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         pending = np.flatnonzero(~store.done)
         total = store.n
         if pending.size:
-            _extract_pending(model, collection, store, pending, tap_names, size=size, device=device,
+            _extract_pending(network, collection, store, pending, tap_names, size=size, device=device,
                              batch_size=batch_size, workers=workers, on_progress=on_progress, total=total,
                              early=early)
         elif early is not None:
@@ -267,18 +270,16 @@ class _Early(NamedTuple):
     batches: ThreadBatches | LoaderBatches
 
 
-def _decode_early(collection: Collection, out, cfg, weights, image_size: int | None, device: str,
+def _decode_early(collection: Collection, out, cfg, weights: WeightsSpec, image_size: int | None, device: str,
                   batch_size: int, workers: int | None) -> _Early | None:
     """Start decoding every image of ``collection`` when ``out`` does not exist yet (a new store computes every
     row) and the input size is known before the network is built (weights none or imagenet); else None.
     ``_extract_pending`` uses it when it asks for the same rows, and closes it otherwise."""
-    if Path(out).exists() or not (isinstance(weights, str) and weights.strip().lower() in ("none", "random",
-                                                                                             "imagenet")):
+    if Path(out).exists() or weights.kind == "file":
         return None
-    size = int(image_size if image_size is not None else cfg.input_size)
     try:
         dev = resolve_device(device)
-        check_input_size(cfg.name, size)
+        size = input_size(cfg, image_size)   # weights none or imagenet: no checkpoint card to bring another
     except FeatxError:
         return None  # reported by extract itself, after the network is built
     if decode_plan(dev, workers) == ("threads", 0):
@@ -294,10 +295,10 @@ def _overlaps_copies(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def _extract_pending(model, collection: Collection, store: FeatureStore, pending: np.ndarray, taps: list[str], *,
-                     size: int, device: torch.device, batch_size: int, workers: int | None,
+def _extract_pending(network: TappedNetwork, collection: Collection, store: FeatureStore, pending: np.ndarray,
+                     taps: list[str], *, size: int, device: torch.device, batch_size: int, workers: int | None,
                      on_progress: Callable[[int, int], None] | None, total: int, early: _Early | None = None) -> None:
-    cfg = model.config
+    cfg = network.config
     indices = pending.tolist()
     if early is not None and (early.collection is collection and early.indices == indices and early.size == size
                               and early.device == device):
@@ -327,7 +328,7 @@ def _extract_pending(model, collection: Collection, store: FeatureStore, pending
         report(done, total)
 
     try:
-        model = model.to(device=device, memory_format=fmt)  # create_backbone returns it in eval mode
+        network = network.to(device=device, memory_format=fmt)  # create_backbone returns it in eval mode
         report(done, total)
         with torch.inference_mode():
             for images, index, error, ids in batches:
@@ -343,7 +344,7 @@ def _extract_pending(model, collection: Collection, store: FeatureStore, pending
                     x = normalize_batch(x, mean, std).contiguous(memory_format=fmt)
                     try:
                         with batches.paused(), autocast(device):
-                            out = model.forward_taps(x, taps)
+                            out = network.forward_taps(x, taps)
                     except torch.cuda.OutOfMemoryError:
                         if waiting is not None:  # the batch before is computed: keep it
                             finish(waiting)

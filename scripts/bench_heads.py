@@ -94,7 +94,7 @@ def main() -> None:
     args.jobs = None if args.jobs == "auto" else int(args.jobs)
     heads = args.heads.split(",")
 
-    from featx.evaluation.workers import plan_jobs
+    from featx.evaluation.pool import plan_jobs
     from featx.machine import cpu_cores as cores
     from featx.store import FeatureSet
 

@@ -15,8 +15,8 @@ import featx.heads.svm as svm_module
 import featx.store.reader as reader
 from featx.errors import FeatxError
 from featx.evaluation import compare, evaluate, evaluate_many
-from featx.evaluation import workers as workers_module
-from featx.evaluation.workers import SMALL_BYTES, plan_jobs, process_pool
+from featx.evaluation import pool as pool_module
+from featx.evaluation.pool import SMALL_BYTES, plan_jobs, process_pool
 from featx.extract import extract
 from featx.heads import RBFSVMClassifier, XGBoostClassifier, make_head
 from featx.heads.xgboost import MIN_VALIDATION_ROWS, validation_split
@@ -223,8 +223,8 @@ def test_grid_workers_leave_ctrl_c_to_the_featx_process():
 
 
 def test_auto_jobs_follow_cores_memory_and_size(monkeypatch):
-    monkeypatch.setattr(workers_module, "cpu_cores", lambda: 8)
-    monkeypatch.setattr(workers_module, "available_memory", lambda: 10 * 2**30)
+    monkeypatch.setattr(pool_module, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(pool_module, "available_memory", lambda: 10 * 2**30)
     big = 4 * SMALL_BYTES
     assert plan_jobs(None, 20, big, 2**30) == 8
     assert plan_jobs(None, 20, big, 3 * 2**30) == 3       # three fits fit in memory
@@ -239,15 +239,15 @@ def test_auto_jobs_follow_cores_memory_and_size(monkeypatch):
 
 
 def test_one_jobs_rule_for_the_pool_the_clusters_and_the_input_check(monkeypatch):
-    """``jobs`` is checked and turned into processes in one place (workers), for loky, dask and ray alike."""
+    """``jobs`` is checked and turned into processes in one place (evaluation.pool), for loky, dask and ray alike."""
     from featx.evaluation import backends
     from featx.evaluation.inputs import check_grid
-    monkeypatch.setattr(workers_module, "cpu_cores", lambda: 6)
-    assert [workers_module.cores_for(j) for j in (None, -1, -2, -10, 3)] == [6, 6, 5, 1, 3]
+    monkeypatch.setattr(pool_module, "cpu_cores", lambda: 6)
+    assert [pool_module.cores_for(j) for j in (None, -1, -2, -10, 3)] == [6, 6, 5, 1, 3]
     with backends.engine("loky", None, -2) as where:
-        assert where.workers == 5
+        assert where.cores == 5
     messages = set()
-    for call in (lambda: workers_module.cores_for(0), lambda: backends.engine("loky", None, 0).__enter__(),
+    for call in (lambda: pool_module.cores_for(0), lambda: backends.engine("loky", None, 0).__enter__(),
                  lambda: check_grid(["x.h5"], "svm", jobs=0)):
         with pytest.raises(FeatxError, match="give 1 or more processes") as caught:
             call()

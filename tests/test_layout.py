@@ -69,7 +69,7 @@ def test_data_layouts_need_no_torch():
 def test_the_grid_and_its_workers_need_no_torch():
     """A grid's worker process imports featx.evaluation.grid first: torch (1.7 s) must wait for a head that
     needs it (softmax), or every worker start pays for it."""
-    code = ("import sys, featx.evaluation.grid, featx.evaluation.workers, featx.evaluation.backends; "
+    code = ("import sys, featx.evaluation.grid, featx.evaluation.pool, featx.evaluation.backends; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

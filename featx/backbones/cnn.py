@@ -6,7 +6,7 @@ from collections import OrderedDict
 from torch import nn
 from torchvision.models import VGG16_Weights
 
-from featx.backbones.network import FeatureNet, Step
+from featx.backbones.network import FeatureNet, ForwardStep
 from featx.backbones.registry import BackboneConfig, register_backbone
 
 
@@ -50,9 +50,9 @@ def build_cnn(config: BackboneConfig, num_classes: int, dropout: float) -> Featu
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-    plan = [Step("run", f"features.block{i}", f"block{i}") for i in range(1, 5)]
-    plan += [Step("run", "avgpool", "block4"), Step("flatten", "", "block4", "pool5")]
-    plan += [Step("run", "classifier.0", "fc"), Step("run", "classifier.1", "fc"),
-             Step("run", "classifier.2", "fc", "fc"),
-             Step("run", "classifier.3", "head"), Step("run", "classifier.4", "head")]
+    plan = [ForwardStep("run", f"features.block{i}", f"block{i}") for i in range(1, 5)]
+    plan += [ForwardStep("run", "avgpool", "block4"), ForwardStep("flatten", "", "block4", "pool5")]
+    plan += [ForwardStep("run", "classifier.0", "fc"), ForwardStep("run", "classifier.1", "fc"),
+             ForwardStep("run", "classifier.2", "fc", "fc"),
+             ForwardStep("run", "classifier.3", "head"), ForwardStep("run", "classifier.4", "head")]
     return FeatureNet(config, features, nn.AdaptiveAvgPool2d(1), classifier, plan=plan, num_classes=num_classes)

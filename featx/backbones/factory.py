@@ -6,16 +6,25 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from featx.backbones.network import FeatureNet, seeded
+from featx.backbones.network import seeded
 from featx.backbones.registry import BackboneConfig, get_config
-from featx.backbones.weights import WeightsInfo, imagenet_path, is_checkpoint, read_weights, unpack_checkpoint
+from featx.backbones.tapped import TappedNetwork
+from featx.backbones.weights import (
+    WeightsInfo,
+    WeightsSpec,
+    imagenet_path,
+    is_checkpoint,
+    read_weights,
+    unpack_checkpoint,
+)
 from featx.errors import FeatxError, arg
 from featx.files import sha256_file
 
 
-def create_backbone(name: str, weights: str | Path | None = "none", *, num_classes: int | None = None,
-                    dropout: float = 0.5, seed: int = 0) -> FeatureNet:
-    """Build backbone ``name`` with ``weights`` ("none", "imagenet" or a file path), in eval mode.
+def create_backbone(name: str, weights: str | Path | WeightsSpec | None = "none", *, num_classes: int | None = None,
+                    dropout: float = 0.5, seed: int = 0) -> TappedNetwork:
+    """Build backbone ``name`` with ``weights`` ("none", "imagenet", a file path or a :class:`WeightsSpec`), in
+    eval mode.
 
     - ``"none"``: seeded random initialisation (the same seed gives the same weights; the global RNG is
       untouched);
@@ -33,13 +42,13 @@ def create_backbone(name: str, weights: str | Path | None = "none", *, num_class
         raise FeatxError(f"dropout must be in [0, 1), got {dropout}")
     if num_classes is not None and int(num_classes) < 1:
         raise FeatxError(f"num_classes must be at least 1, got {num_classes}")
-    spec = "none" if weights is None else weights
+    spec = WeightsSpec.parse(weights)
     classes = None
-    if isinstance(spec, str) and spec.strip().lower() in ("none", "random"):
+    if spec.kind == "none":
         with seeded(seed):
             net = cfg.builder(cfg, int(num_classes or cfg.default_num_classes), dropout)
         info = WeightsInfo(kind="none", source="none", sha256=None, seed=int(seed))
-    elif isinstance(spec, str) and spec.strip().lower() == "imagenet":
+    elif spec.kind == "imagenet":
         if cfg.imagenet_state is not None:      # a model resolved by name loads its weights its own way
             path, state = cfg.imagenet_state()
         else:
@@ -49,7 +58,7 @@ def create_backbone(name: str, weights: str | Path | None = "none", *, num_class
         info = WeightsInfo(kind="imagenet", source="imagenet", sha256=sha256_file(path), seed=None,
                            file=str(path))
     else:
-        path = Path(spec).expanduser().resolve()
+        path = spec.path
         if not path.is_file():
             raise FeatxError(f"weights file {path} does not exist; give {arg('weights', 'none')}, imagenet or the "
                              f"path of a saved {cfg.name} state dict / featx checkpoint")
@@ -72,7 +81,7 @@ def create_backbone(name: str, weights: str | Path | None = "none", *, num_class
     return net.eval()
 
 
-def _from_state_dict(cfg: BackboneConfig, state, path: Path, dropout: float) -> FeatureNet:
+def _from_state_dict(cfg: BackboneConfig, state, path: Path, dropout: float) -> TappedNetwork:
     """A network of ``cfg`` holding ``state`` (its classifier layer size is read from the state)."""
     expect = f"expected a {cfg.name} state dict (torchvision layout) or a featx checkpoint of {cfg.name}"
     if not isinstance(state, dict) or not state or not all(

@@ -18,7 +18,7 @@ The state dict is the model's own (torchvision's / timm's keys): weight files lo
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from featx.backbones.network import replace_classifier
 from featx.backbones.registry import BackboneConfig, check_input_size
-from featx.backbones.weights import WeightsInfo
+from featx.backbones.tapped import TappedNetwork
 from featx.errors import FeatxError, arg
 
 POOL_TAP = "pool"
@@ -153,24 +153,17 @@ def pool_input(x: Tensor, last: Tensor | None) -> Tensor:
     return pooled(x)
 
 
-class GraphNet(nn.Module):
+class GraphNet(TappedNetwork):
     """A classification model with taps ``pool`` and its graph nodes (see the module docstring).
 
-    The same interface as :class:`featx.backbones.FeatureNet`: ``name``, ``config``, ``weights_info``,
-    ``num_classes``, ``classes``, ``stages``, ``forward`` (logits), ``forward_taps``, ``freeze``,
-    ``reset_classifier``. ``state_dict``/``load_state_dict`` are the wrapped model's.
+    The interface is :class:`~featx.backbones.tapped.TappedNetwork`'s, as :class:`featx.backbones.FeatureNet`'s.
+    ``state_dict``/``load_state_dict`` are the wrapped model's.
     """
 
     def __init__(self, config: BackboneConfig, model: nn.Module, *, num_classes: int):
-        super().__init__()
+        super().__init__(config, num_classes=num_classes)
         self.model = model
-        self.name = config.name
-        self.config = config
-        self.num_classes = int(num_classes)
-        self.classes: list[str] | None = None
-        self.weights_info = WeightsInfo(kind="none", source="none", sha256=None, seed=None)
         self.pooling = "avg"            # how graph-node maps and tokens are pooled: avg or max
-        self._frozen: tuple[str, ...] = ()
         self._extractors: dict[tuple[str, ...], nn.Module] = {}   # a plain dict: not submodules
 
     # -- the wrapped model's state ---------------------------------------------------------------------
@@ -187,13 +180,7 @@ class GraphNet(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # -- forward ---------------------------------------------------------------------------------------
-    @property
-    def stages(self) -> list[str]:
-        return list(self.config.stages)
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise FeatxError(f"{self.name} expects a batch of images (B, 3, H, W), got shape {tuple(x.shape)}")
+    def _check_size(self, x: Tensor) -> None:
         if int(x.shape[-2]) != int(x.shape[-1]):
             raise FeatxError(f"{self.name} expects square images, got {tuple(x.shape[-2:])}")
         if int(x.shape[-1]) != self.config.input_size:
@@ -207,7 +194,7 @@ class GraphNet(nn.Module):
 
     def forward_taps(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
         """Features (B, D) of each requested tap, in the order asked."""
-        wanted = [taps] if isinstance(taps, str) else list(taps)
+        wanted = self._wanted(taps)
         if not wanted:
             raise FeatxError(f"no taps requested; {self.name}'s default tap is {self.config.default_tap}")
         nodes = tuple(t for t in wanted if t not in self.config.taps)
@@ -275,30 +262,16 @@ class GraphNet(nn.Module):
                 return stage
         return self.config.stages[0]   # parameters of the model itself (ViT's class token) and the like
 
-    def freeze(self, up_to: str) -> None:
-        """Train only stage ``up_to`` and the stages after it (``head``: only the final layer)."""
-        if up_to not in self.config.stages:
-            raise FeatxError(f"unknown stage {up_to!r} for {self.name}; its stages are: "
-                             f"{', '.join(self.config.stages)}")
-        k = self.config.stages.index(up_to)
-        self._frozen = self.config.stages[:k]
+    def _set_trainable(self, frozen: tuple[str, ...]) -> None:
         for name, p in self.model.named_parameters():
-            p.requires_grad_(self._stage_of(name) not in self._frozen)
-        self.train(self.training)
+            p.requires_grad_(self._stage_of(name) not in frozen)
 
-    def train(self, mode: bool = True) -> GraphNet:
-        """Like ``nn.Module.train``, but batch-norm layers of frozen stages stay in eval mode."""
-        super().train(mode)
-        for name, m in self.model.named_modules():
-            if isinstance(m, _BatchNorm) and self._stage_of(name) in getattr(self, "_frozen", ()):
-                m.eval()
-        return self
+    def _frozen_batch_norms(self) -> Iterator[nn.Module]:
+        return (m for name, m in self.model.named_modules()
+                if isinstance(m, _BatchNorm) and self._stage_of(name) in self._frozen)
 
     def reset_classifier(self, num_classes: int, seed: int = 0) -> None:
         """Replace the final layer by a new one with ``num_classes`` outputs (seeded)."""
         self.num_classes = replace_classifier(self.model, self.config.classifier_layer, num_classes, seed)
         self._extractors.clear()
         self.classes = None
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, num_classes={self.num_classes}, weights={self.weights_info.source!r}"

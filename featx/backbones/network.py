@@ -1,26 +1,25 @@
-"""FeatureNet: a classification network whose intermediate layers (taps) can be read by name.
+"""FeatureNet: a :class:`~featx.backbones.tapped.TappedNetwork` whose forward pass is a plan of steps.
 
-A backbone's forward pass is a plan of :class:`Step`s over submodules ``features``, ``avgpool`` and
+A backbone's forward pass is a plan of :class:`ForwardStep`s over submodules ``features``, ``avgpool`` and
 ``classifier`` (torchvision's names, so state dict keys are torchvision's); each step belongs to a stage
 (for freezing) and may record a tap.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from featx.backbones.registry import BackboneConfig, check_input_size
-from featx.backbones.weights import WeightsInfo
+from featx.backbones.tapped import TappedNetwork, batch_norms
 from featx.errors import FeatxError
 
 
-class Step(NamedTuple):
+class ForwardStep(NamedTuple):
     """One step of a backbone's forward pass.
 
     op "run" calls submodule ``target``; "flatten" flattens to (B, D); "gap" records the global average pool
@@ -34,40 +33,26 @@ class Step(NamedTuple):
     tap: str | None = None
 
 
-class FeatureNet(nn.Module):
-    """A classification network whose intermediate layers can be read by name (taps).
+class FeatureNet(TappedNetwork):
+    """A network whose forward pass is a plan of :class:`ForwardStep`s (the named backbones: vgg16, alexnet, cnn).
 
-    Attributes: ``name``, ``config`` (:class:`BackboneConfig`), ``weights_info`` (:class:`WeightsInfo`),
-    ``num_classes``, ``classes`` (class names from a featx checkpoint, else None), ``stages``.
     Submodules ``features``, ``avgpool``, ``classifier`` follow torchvision's layout, so state dict keys are
-    torchvision's. Build one with :func:`featx.backbones.create_backbone`.
+    torchvision's. The interface is :class:`~featx.backbones.tapped.TappedNetwork`'s. Build one with
+    :func:`featx.backbones.create_backbone`.
     """
 
     def __init__(self, config: BackboneConfig, features: nn.Module, avgpool: nn.Module, classifier: nn.Module,
-                 *, plan: Sequence[Step], num_classes: int):
-        super().__init__()
+                 *, plan: Sequence[ForwardStep], num_classes: int):
+        super().__init__(config, num_classes=num_classes)
         self.features = features
         self.avgpool = avgpool
         self.classifier = classifier
-        self.name = config.name
-        self.config = config
-        self.num_classes = int(num_classes)
-        self.classes: list[str] | None = None
-        self.weights_info = WeightsInfo(kind="none", source="none", sha256=None, seed=None)
         self._plan = tuple(plan)
-        self._frozen: tuple[str, ...] = ()
         if tuple(s.stage for s in _unique_stages(self._plan)) != config.stages:   # pragma: no cover
             raise AssertionError(f"{config.name}: plan stages differ from the config")
 
     # -- forward ------------------------------------------------------------------------------------------
-    @property
-    def stages(self) -> list[str]:
-        """Stage names for :meth:`freeze`, in forward order; the last one, ``head``, is the classifier layer."""
-        return list(self.config.stages)
-
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4:
-            raise FeatxError(f"{self.name} expects a batch of images (B, 3, H, W), got shape {tuple(x.shape)}")
+    def _check_size(self, x: Tensor) -> None:
         size = min(int(x.shape[-2]), int(x.shape[-1]))
         if size < self.config.min_input_size:
             check_input_size(self.name, size)
@@ -88,7 +73,7 @@ class FeatureNet(nn.Module):
         The pass stops after the last requested tap, so the later layers (and the classifier layer) are not
         computed when not needed. Unknown tap: FeatxError listing the backbone's taps.
         """
-        wanted = [taps] if isinstance(taps, str) else list(taps)
+        wanted = self._wanted(taps)
         if not wanted:
             raise FeatxError(f"no taps requested; {self.name} has: {', '.join(self.config.taps)}")
         for tap in wanted:
@@ -115,40 +100,21 @@ class FeatureNet(nn.Module):
     def _stage_modules(self, stage: str) -> list[nn.Module]:
         return [self.get_submodule(s.target) for s in self._plan if s.stage == stage and s.op == "run"]
 
-    def freeze(self, up_to: str) -> None:
-        """Freeze every stage before ``up_to``; ``up_to`` and the stages after it train.
-
-        ``freeze("head")`` trains only the classifier layer; ``freeze(stages[0])`` trains everything.
-        Batch-norm layers of frozen stages stay in eval mode (their running statistics do not move).
-        """
-        if up_to not in self.config.stages:
-            raise FeatxError(f"unknown stage {up_to!r} for {self.name}; its stages are: "
-                             f"{', '.join(self.config.stages)}")
-        k = self.config.stages.index(up_to)
-        for i, stage in enumerate(self.config.stages):
+    def _set_trainable(self, frozen: tuple[str, ...]) -> None:
+        for stage in self.config.stages:
             for module in self._stage_modules(stage):
                 for p in module.parameters():
-                    p.requires_grad_(i >= k)
-        self._frozen = self.config.stages[:k]
-        self.train(self.training)
+                    p.requires_grad_(stage not in frozen)
 
-    def train(self, mode: bool = True) -> FeatureNet:
-        """Like ``nn.Module.train``, but batch-norm layers of frozen stages stay in eval mode."""
-        super().train(mode)
-        for stage in getattr(self, "_frozen", ()):
+    def _frozen_batch_norms(self) -> Iterator[nn.Module]:
+        for stage in self._frozen:
             for module in self._stage_modules(stage):
-                for m in module.modules():
-                    if isinstance(m, _BatchNorm):
-                        m.eval()
-        return self
+                yield from batch_norms(module)
 
     def reset_classifier(self, num_classes: int, seed: int = 0) -> None:
         """Replace the classifier layer (the final Linear) by a new one with ``num_classes`` outputs (seeded)."""
         self.num_classes = replace_classifier(self, self.config.classifier_layer, num_classes, seed)
         self.classes = None
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, num_classes={self.num_classes}, weights={self.weights_info.source!r}"
 
 
 def replace_classifier(root: nn.Module, layer: str, num_classes: int, seed: int) -> int:
@@ -166,8 +132,8 @@ def replace_classifier(root: nn.Module, layer: str, num_classes: int, seed: int)
     return num_classes
 
 
-def _unique_stages(plan: Sequence[Step]) -> list[Step]:
-    seen: dict[str, Step] = {}
+def _unique_stages(plan: Sequence[ForwardStep]) -> list[ForwardStep]:
+    seen: dict[str, ForwardStep] = {}
     for step in plan:
         seen.setdefault(step.stage, step)
     return list(seen.values())

@@ -23,7 +23,7 @@ class BackboneConfig:
     """Everything featx knows about one backbone: how to build it, its taps, preprocessing and weights."""
 
     name: str
-    builder: Callable                       # builder(config, num_classes, dropout) -> FeatureNet
+    builder: Callable                       # builder(config, num_classes, dropout) -> TappedNetwork
     taps: dict[str, int]                    # tap name -> feature dimension, in forward order
     default_tap: str                        # the tap used when none is chosen
     input_size: int                         # default image side (224)
@@ -104,7 +104,7 @@ def register_backbone(name: str, *, preprocessed_as: WeightsEnum, imagenet: Weig
                       default_tap: str, stages: tuple[str, ...], min_input_size: int, default_num_classes: int,
                       classifier_layer: str, description: str,
                       tap_descriptions: dict[str, str] | None = None) -> Callable:
-    """Decorator registering a builder ``(config, num_classes, dropout) -> FeatureNet`` as backbone ``name``.
+    """Decorator registering a builder ``(config, num_classes, dropout) -> TappedNetwork`` as backbone ``name``.
 
     ``preprocessed_as``: the torchvision weights whose transforms give the input size, mean and std (the
     backbone's own ImageNet weights, or those of another network for one trained from scratch).
@@ -179,3 +179,18 @@ def check_input_size(name: str, size: int) -> None:
     if int(size) < cfg.min_input_size:
         raise FeatxError(f"image size {size} is too small for {cfg.name}: it needs at least "
                          f"{cfg.min_input_size} px (default {cfg.input_size}); raise {arg('image_size')}")
+
+
+def input_size(config: BackboneConfig, requested: int | None = None, card: dict | None = None) -> int:
+    """The one input-size rule: the image side (px) a network of ``config`` computes at.
+
+    ``requested`` (a caller's ``image_size``) when given; else the side a fine-tuned featx checkpoint was
+    trained at (its ``card``'s ``preprocessing.input_size``); else the backbone's own (``config.input_size``).
+    FeatxError (:func:`check_input_size`) when the side is no size featx takes or too small for the backbone.
+    """
+    if requested is not None:
+        size = requested
+    else:
+        size = int((card or {}).get("preprocessing", {}).get("input_size") or config.input_size)
+    check_input_size(config.name, size)
+    return int(size)

@@ -12,16 +12,16 @@ import torchvision
 from torch import nn
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
-from featx.backbones.network import FeatureNet, Step
+from featx.backbones.network import FeatureNet, ForwardStep
 from featx.backbones.registry import BackboneConfig, register_backbone
 
 # torchvision's 7-module classifier: Linear/Dropout/ReLU of fc6, of fc7, then the classifier layer
 _FC_STAGES = ("fc6", "fc6", "fc6", "fc7", "fc7", "fc7", "head")
 
 
-def _fc_steps(stages: Sequence[str], taps: dict[int, str]) -> list[Step]:
+def _fc_steps(stages: Sequence[str], taps: dict[int, str]) -> list[ForwardStep]:
     """Steps running ``classifier.0..n-1``; ``stages[i]`` is the stage of module i, ``taps[i]`` its tap."""
-    return [Step("run", f"classifier.{i}", stage, taps.get(i)) for i, stage in enumerate(stages)]
+    return [ForwardStep("run", f"classifier.{i}", stage, taps.get(i)) for i, stage in enumerate(stages)]
 
 
 @register_backbone(
@@ -43,10 +43,10 @@ def build_vgg16(config: BackboneConfig, num_classes: int, dropout: float) -> Fea
     tv = torchvision.models.vgg16(weights=None, num_classes=num_classes, dropout=dropout)
     plan, block = [], 1
     for i, m in enumerate(tv.features):
-        plan.append(Step("run", f"features.{i}", f"block{block}"))
+        plan.append(ForwardStep("run", f"features.{i}", f"block{block}"))
         block += isinstance(m, nn.MaxPool2d)
-    plan += [Step("gap", "", "block5", "pool5"), Step("run", "avgpool", "block5"),
-             Step("flatten", "", "block5")]
+    plan += [ForwardStep("gap", "", "block5", "pool5"), ForwardStep("run", "avgpool", "block5"),
+             ForwardStep("flatten", "", "block5")]
     # classifier: Linear ReLU Dropout | Linear ReLU Dropout | Linear  (fc6 / fc7 taps after the ReLUs)
     plan += _fc_steps(_FC_STAGES, {1: "fc6", 4: "fc7"})
     return FeatureNet(config, tv.features, tv.avgpool, tv.classifier, plan=plan, num_classes=num_classes)
@@ -71,9 +71,9 @@ def build_alexnet(config: BackboneConfig, num_classes: int, dropout: float) -> F
     plan, conv = [], 0
     for i, m in enumerate(tv.features):
         conv += isinstance(m, nn.Conv2d)
-        plan.append(Step("run", f"features.{i}", f"conv{conv}"))
-    plan += [Step("gap", "", "conv5", "pool5"), Step("run", "avgpool", "conv5"),
-             Step("flatten", "", "conv5")]
+        plan.append(ForwardStep("run", f"features.{i}", f"conv{conv}"))
+    plan += [ForwardStep("gap", "", "conv5", "pool5"), ForwardStep("run", "avgpool", "conv5"),
+             ForwardStep("flatten", "", "conv5")]
     # classifier: Dropout Linear ReLU | Dropout Linear ReLU | Linear  (fc6 / fc7 taps after the ReLUs)
     plan += _fc_steps(_FC_STAGES, {2: "fc6", 5: "fc7"})
     return FeatureNet(config, tv.features, tv.avgpool, tv.classifier, plan=plan, num_classes=num_classes)

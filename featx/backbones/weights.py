@@ -40,6 +40,44 @@ class WeightsInfo:
     file: str | None = None     # absolute path of the file read (the cache file for imagenet)
 
 
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Which weights a network starts from, as asked (what :class:`WeightsInfo` records once they are loaded).
+
+    ``kind``: ``"none"`` (seeded random initialisation), ``"imagenet"`` (torchvision's cached file) or
+    ``"file"`` (``path``: a state dict or a featx checkpoint). Parse a user's text once with :meth:`parse`.
+    """
+
+    kind: str                   # "none" | "imagenet" | "file", the words WeightsInfo.kind records
+    path: Path | None = None    # the file (absolute), for kind "file"
+
+    KINDS = ("none", "imagenet", "file")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS or (self.kind == "file") != (self.path is not None):
+            raise ValueError(f"WeightsSpec(kind={self.kind!r}, path={self.path!r}): kind is one of "
+                             f"{', '.join(self.KINDS)}, with a path exactly for 'file'")
+
+    @classmethod
+    def parse(cls, weights: str | Path | WeightsSpec | None) -> WeightsSpec:
+        """``"none"``/``"random"`` (or None), ``"imagenet"`` (any case, spaces ignored), else a file path."""
+        if isinstance(weights, WeightsSpec):
+            return weights
+        if weights is None:
+            return cls("none")
+        if isinstance(weights, str) and weights.strip().lower() in ("none", "random", "imagenet"):
+            return cls("imagenet" if weights.strip().lower() == "imagenet" else "none")
+        return cls("file", Path(weights).expanduser().resolve())
+
+    @classmethod
+    def default_for(cls, cfg: BackboneConfig) -> WeightsSpec:
+        """ImageNet weights where the backbone has them, else random ones (the cnn)."""
+        return cls("none" if cfg.imagenet is None else "imagenet")
+
+    def __str__(self) -> str:
+        return str(self.path) if self.kind == "file" else self.kind
+
+
 def imagenet_path(cfg: BackboneConfig) -> Path:
     """torchvision's cached ImageNet file for ``cfg``, downloaded by torchvision when possible."""
     if cfg.imagenet is None:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from joblib import parallel_config
 
 from featx.errors import FeatxError, arg
-from featx.evaluation.workers import cores_for
+from featx.evaluation.pool import cores_for
 
 BACKENDS = ("loky", "dask", "ray")
 CONNECT_TIMEOUT = 10.0  # seconds to reach a --scheduler before giving up
@@ -30,18 +30,18 @@ _active = threading.local()  # the engine open in this thread (joblib's backend 
 
 @dataclass
 class Engine:
-    """An open engine: ``backend`` name, ``scheduler`` address (None for loky), ``workers`` (cores it offers),
+    """An open engine: ``backend`` name, ``scheduler`` address (None for loky), ``cores`` (CPU cores it offers),
     ``started`` (whether featx started the cluster) and ``n_jobs`` for ``joblib.Parallel`` under it."""
 
     backend: str
     scheduler: str | None
-    workers: int
+    cores: int
     started: bool
     n_jobs: int
 
     def describe(self) -> dict:
-        """Where the grid ran, as run.json and every row's settings record it."""
-        return {"backend": self.backend, "scheduler": self.scheduler, "workers": self.workers,
+        """Where the grid ran, as run.json and every row's settings record it (``workers``: the cores)."""
+        return {"backend": self.backend, "scheduler": self.scheduler, "workers": self.cores,
                 "cluster": "local" if self.started else "given"}
 
 
@@ -117,9 +117,9 @@ def _dask(scheduler, jobs: int | None) -> Iterator[Engine]:
             opened.append(cluster)
             client = Client(cluster, set_as_default=False)
             opened.append(client)
-        workers = sum(client.ncores().values())
+        cores = sum(client.ncores().values())
         with parallel_config(backend="dask", client=client):
-            yield Engine("dask", client.scheduler.address, workers, scheduler is None, -1)
+            yield Engine("dask", client.scheduler.address, cores, scheduler is None, -1)
     finally:
         for thing in reversed(opened):
             thing.close()
@@ -146,9 +146,9 @@ def _ray(scheduler, jobs: int | None) -> Iterator[Engine]:
         register_ray()
         context = ray.get_runtime_context()
         address = getattr(context, "gcs_address", None) or str(scheduler or "local")
-        workers = int(ray.cluster_resources().get("CPU", 0))
+        cores = int(ray.cluster_resources().get("CPU", 0))
         with parallel_config(backend="ray"):
-            yield Engine("ray", address, workers, started and scheduler is None, -1)
+            yield Engine("ray", address, cores, started and scheduler is None, -1)
     finally:
         PicklingPool.__bases__ = bases
         if started and ray.is_initialized():

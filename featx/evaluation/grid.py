@@ -18,6 +18,7 @@ from featx.evaluation.backends import engine
 from featx.evaluation.differences import compare_rows
 from featx.evaluation.inputs import check_grid
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
+from featx.evaluation.pool import fit_bytes, plan_jobs, process_pool, thread_limits
 from featx.evaluation.search import Search, check_search, fit_search, search_record
 from featx.evaluation.selection import selection_row
 from featx.evaluation.splits import (
@@ -28,7 +29,6 @@ from featx.evaluation.splits import (
     tuned_protocol,
     without_unknown_subjects,
 )
-from featx.evaluation.workers import fit_bytes, plan_jobs, process_pool, thread_limits
 from featx.files import json_shaped
 from featx.heads import (
     Preprocess,
@@ -104,7 +104,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     where the pool runs (:func:`featx.evaluation.backends.engine`); the numbers do not depend on it.
 
     ``jobs``: processes of the pool (-1: every core); None sizes it to the cores and the memory available
-    (:func:`featx.evaluation.workers.plan_jobs`). Each worker limits its BLAS/OpenMP threads to its share of
+    (:func:`featx.evaluation.pool.plan_jobs`). Each worker limits its BLAS/OpenMP threads to its share of
     the cores. Every head's parameters as built (featx's defaults included) are recorded in the row's
     ``settings["head_params"]``.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from featx import provenance
-from featx.backbones import FeatureNet, check_input_size, create_backbone, origin_of
+from featx.backbones import TappedNetwork, create_backbone, get_config, input_size, origin_of
 from featx.data import Collection, discover
 from featx.device import resolve_device
 from featx.errors import FeatxError, arg
@@ -41,7 +41,7 @@ class RunPlan:
     y: torch.Tensor  # class index of every sample (-1: unlabelled)
     split: Split
     settings: dict
-    network: FeatureNet | None  # on the CPU, classifier layer sized to ``classes``, frozen stages set
+    network: TappedNetwork | None  # on the CPU, classifier layer sized to ``classes``, frozen stages set
     provenance: dict
     preprocessing: dict
     device: torch.device
@@ -78,7 +78,7 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
     settings["loss"] = "softmax cross-entropy" + (" (class-weighted)" if settings["class_weight"] == "balanced"
                                                   else "")
     check_settings(settings)
-    check_input_size(backbone, int(settings["image_size"]))
+    size = input_size(get_config(backbone), int(settings["image_size"]))
     device_ = resolve_device(device)
     workers = default_workers(device_) if workers is None else int(workers)
     settings.update(device=str(device_), workers=workers, keep=keep)
@@ -145,7 +145,6 @@ def plan_run(data: str | Path | Collection, out: Path, *, backbone: str, preset:
     settings["class_weights"] = (None if settings["class_weight"] != "balanced" else
                                  [round(float(w), 6) for w in balanced_weights(y, split.train, len(classes))])
     cfg = network.config
-    size = int(settings["image_size"])
     preprocessing = {"input_size": size, "mean": [float(v) for v in cfg.mean], "std": [float(v) for v in cfg.std],
                      "resize": f"resize to {size}x{size} (bilinear, antialias), ToTensor, normalise"}
     return RunPlan(out=out, collection=collection, classes=classes, pos=pos, y=y, split=split, settings=settings,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from featx.backbones import get_config
+from featx.backbones import get_config, input_size
 from featx.errors import FeatxError, arg
 from featx.scoring import METRIC_TABLE, METRICS
 
@@ -56,7 +56,7 @@ def default_settings(backbone: str) -> dict[str, Any]:
     pretrained = cfg.imagenet is not None
     return {
         "weights": "imagenet" if pretrained else "none",
-        "image_size": int(cfg.input_size),
+        "image_size": input_size(cfg),
         "optimizer": "adamw",
         "lr": 1e-4 if pretrained else 1e-3,
         "momentum": 0.9,

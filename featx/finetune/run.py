@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from featx import csvfiles, provenance, report
+from featx.backbones import WeightsSpec
 from featx.data import Collection
 from featx.errors import FeatxError, arg
 from featx.evaluation import compute_metrics, roc_points, summarize_folds
@@ -20,7 +21,7 @@ from featx.results import ResultRow, jsonable, read_json
 
 
 def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = "vgg16",
-             weights: str | Path | None = None, preset: str | None = None, epochs: int | None = None,
+             weights: str | Path | WeightsSpec | None = None, preset: str | None = None, epochs: int | None = None,
              lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
              momentum: float | None = None, weight_decay: float | None = None, schedule: str | None = None,
              dropout: float | None = None, class_weight: str | None = None, freeze: str | None = None,

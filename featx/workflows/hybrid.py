@@ -313,8 +313,7 @@ def _network_proba(collection, indices: np.ndarray, checkpoint: Path, backbone: 
     network = create_backbone(backbone, checkpoint)
     if network.classes is not None and list(network.classes) != list(collection.classes):
         raise FeatxError(f"{checkpoint}: classes {network.classes} differ from the data's {collection.classes}")
-    card = network.weights_info.card or {}
-    size = int(card.get("preprocessing", {}).get("input_size") or network.config.input_size)
+    size = network.input_size()   # the side the checkpoint was trained at
     dev = resolve_device(device)
     network = network.to(dev).eval()
     ds = ImageDataset(collection, make_transform(size, network.config.mean, network.config.std),
