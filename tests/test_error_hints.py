@@ -1,4 +1,5 @@
-"""Library errors carry structured hints: arguments and commands, spelled as Python by str() and as the CLI by render()."""
+"""Library errors carry structured hints: arguments and commands, spelled as Python by str(), as the CLI by
+render()."""
 from featx.cli.app import flag
 from featx.errors import FeatxError, arg, command
 

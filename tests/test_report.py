@@ -9,12 +9,12 @@ import re
 import pytest
 from rich.console import Console
 
+from featx.cli.tables import results_table
 from featx.report import (
     STATS_NOTE,
     format_pct,
     plot_confusion,
     plot_history,
-    results_table,
     short_protocol,
     slug,
     write_results,
