@@ -1,5 +1,5 @@
 """The results table drawn with rich for the terminal, fitted to its width; what it shows comes from
-:mod:`featx.report.table` (text), marked and PARTIAL rows in yellow."""
+:mod:`featx.report.table` (text, its notes naming flags and commands), marked and PARTIAL rows in yellow."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,6 +11,8 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
+from featx.cli.app import flag
+from featx.errors import spoken_as
 from featx.report.notes import protocol_title
 from featx.report.table import TERMINAL_METRICS, cell_text, delta_column, layouts, protocol_cell, table_captions
 from featx.results import ResultRow
@@ -81,7 +83,8 @@ def _build(cls, rows, title, metrics, *, stacked, width, force=False):
             need_n, need_p = name_w - name_min, proto_w - proto_min
             add_n = extra * need_n // max(need_n + need_p, 1)
             name_col, proto_col = name_min + add_n, proto_min + extra - add_n
-    captions = [escape(line) for line in table_captions(rows, metrics, width)]
+    with spoken_as(flag):  # the terminal's table names flags and commands, wherever it is drawn
+        captions = [escape(line) for line in table_captions(rows, metrics, width)]
     table = cls(title=f"{title}  [dim]({protocol_title(rows)}, %)[/]" if title else None,
                 caption="\n".join(captions), caption_style="dim", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("Model", style="bold", overflow="fold", width=name_col)
