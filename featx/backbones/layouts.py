@@ -37,7 +37,7 @@ def listing_taps(model: str = "NAME") -> str:
     """The step that lists the taps of ``model`` (:func:`featx.errors.command`: ``featx backbones MODEL --taps``
     on the command line, :func:`featx.backbones.catalog.tap_rows` in Python)."""
     python = "NAME" if model == "NAME" else repr(model)
-    return command(f"backbones {model} --taps", f"featx.backbones.catalog.tap_rows({python})")
+    return command(f"backbones {model} {arg('taps')}", f"featx.backbones.catalog.tap_rows({python})")
 
 
 @dataclasses.dataclass(frozen=True)

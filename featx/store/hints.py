@@ -11,11 +11,6 @@ def extracting(data: str = "", *, shard: object = None, out: str | Path | None =
     """The step that writes (or finishes) a feature store: ``featx extract [DATA] [--shard i/n] [--out OUT]`` on
     the command line, ``featx.extract(..., shard="i/n", out=OUT)`` in Python. ``data``: ``"DATA"`` or ``"..."``
     where the command line shows the data argument."""
+    named = [arg(name, value) for name, value in (("shard", shard), ("out", out)) if value is not None]
     cli, python = ["extract"] + ([data] if data else []), ["data" if data == "DATA" else "..."]
-    if shard is not None:
-        cli.append(f"--shard {shard}")
-        python.append(f"shard={str(shard)!r}")
-    if out is not None:
-        cli.append(arg("out", out))
-        python.append(arg("out", out))
-    return command(" ".join(cli), f"featx.extract({', '.join(python)})")
+    return command(" ".join(cli + named), f"featx.extract({', '.join(python + named)})")
