@@ -122,7 +122,8 @@ def _read_part(path: Path) -> _Part:
             error = s["error"][:]
             meta = bad_metadata(h5)  # copied into the merged store, a damaged label would get a fresh checksum
             if meta is not None and meta.size:
-                raise FeatxError(metadata_message(path, h5, meta, fix=f"delete it and extract shard {attrs['shard']} again"))
+                again = f"delete it and extract shard {attrs['shard']} again"
+                raise FeatxError(metadata_message(path, h5, meta, fix=again))
             unfinished = int(np.sum(~done & (error == b"")))
             if unfinished:
                 raise FeatxError(f"{path}: shard {attrs['shard']} is unfinished ({unfinished} of {done.size} rows not "
