@@ -100,8 +100,8 @@ def extract_ranks(data: str | Path | Collection, out: str | Path, *, device: str
     it). ``on_progress(done, total)`` is called on rank 0 only, with the whole job's rows."""
     launch = launch or launch_from_env()
     if launch is None:
-        raise FeatxError("not started by torchrun (no RANK and WORLD_SIZE > 1 in the environment); run "
-                         "`torchrun --nproc-per-node N -m featx extract ...`, or call featx.extract.extract")
+        raise FeatxError("not started by torchrun (no RANK and WORLD_SIZE > 1 in the environment); start the "
+                         "program with `torchrun --nproc-per-node N`, or call `featx.extract(...)` in one process")
     if options.get("shard") is not None:
         raise FeatxError(f"{arg('shard')} and torchrun choose the shard both; drop {arg('shard')} (torchrun gives "
                          "each rank its own)")

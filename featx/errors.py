@@ -5,11 +5,16 @@ Library messages name the argument at fault with :func:`arg`; ``str(error)`` spe
 named with :func:`command`, which carries both spellings: ``str(error)`` shows the Python call
 (``featx.extract(...)``), the CLI the command line (``featx extract``). The library never spells a flag or a
 command itself.
+
+Text that is no exception but is printed or written (report notes, a CSV cell) is spelled by :func:`speak`:
+as Python, or as the command line while the CLI runs a command (:func:`spoken_as`).
 """
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 _ARG = re.compile(r"\u27e6([A-Za-z_][A-Za-z0-9_]*)(?:=(.*?))?\u27e7")
 _COMMAND = re.compile(r"\u27ea(.*?)\u2016(.*?)\u27eb")
@@ -49,6 +54,44 @@ def _is_number(text: str) -> bool:
     return True
 
 
+Spelling = Callable[[str, str | None], str]  # (argument name, value) -> how a front end writes it
+
+
+def as_python(template: str) -> str:
+    """A template with :func:`arg` and :func:`command` references as Python reads it (``n_folds=3``,
+    ```featx.extract(...)```)."""
+    text = _COMMAND.sub(lambda m: f"`{m.group(2)}`", template)
+    return _ARG.sub(lambda m: _python(m.group(1), m.group(2)), text)
+
+
+def as_command_line(template: str, spell: Spelling) -> str:
+    """A template as the command line reads it: each argument written by ``spell(name, value)`` (the CLI's
+    flags) and each :func:`command` as ``featx <command>``."""
+    text = _COMMAND.sub(lambda m: f"`featx {m.group(1)}`", template)
+    return _ARG.sub(lambda m: spell(m.group(1), m.group(2)), text)
+
+
+_SPELLING: ContextVar[Spelling | None] = ContextVar("featx_spelling", default=None)
+
+
+@contextlib.contextmanager
+def spoken_as(spell: Spelling) -> Iterator[None]:
+    """While the block runs, :func:`speak` writes arguments with ``spell`` and steps as ``featx <command>``:
+    the CLI wraps each command in it, so the text a command prints or writes names flags, not arguments."""
+    token = _SPELLING.set(spell)
+    try:
+        yield
+    finally:
+        _SPELLING.reset(token)
+
+
+def speak(template: str) -> str:
+    """A template for text that is printed or written rather than raised (a report note, a CSV cell): as
+    Python (:func:`as_python`), or as the command line inside :func:`spoken_as`."""
+    spell = _SPELLING.get()
+    return as_python(template) if spell is None else as_command_line(template, spell)
+
+
 class _Message:
     """A message that names arguments with :func:`arg`: ``str()`` spells them as Python, ``render`` as asked."""
 
@@ -57,14 +100,12 @@ class _Message:
         return str(self.args[0]) if self.args else ""
 
     def __str__(self) -> str:
-        text = _COMMAND.sub(lambda m: f"`{m.group(2)}`", self.template)
-        return _ARG.sub(lambda m: _python(m.group(1), m.group(2)), text)
+        return as_python(self.template)
 
-    def render(self, spell: Callable[[str, str | None], str]) -> str:
+    def render(self, spell: Spelling) -> str:
         """The message as the command line reads it: each argument written by ``spell(name, value)`` (the CLI
         passes its flags) and each :func:`command` as ``featx <command>``."""
-        text = _COMMAND.sub(lambda m: f"`featx {m.group(1)}`", self.template)
-        return _ARG.sub(lambda m: spell(m.group(1), m.group(2)), text)
+        return as_command_line(self.template, spell)
 
 
 class FeatxError(_Message, Exception):

@@ -34,6 +34,7 @@ from featx.backbones import (
     origin_of,
 )
 from featx.backbones.generic import POOLINGS
+from featx.backbones.layouts import listing_taps
 from featx.data import Collection, discover
 from featx.data.batches import LoaderBatches, ThreadBatches
 from featx.data.content import check_files, name_some
@@ -56,7 +57,8 @@ def select_taps(taps: Sequence[str] | None, available: Sequence[str]) -> list[st
     unknown = [t for t in names if t not in available]
     if unknown or not names:
         listed = ", ".join(available) if len(available) <= 12 else \
-            f"{', '.join(available[-6:])} and {len(available) - 6} more (`featx backbones NAME --taps` lists them)"
+            f"{', '.join(available[-6:])} and {len(available) - 6} more " \
+            f"({listing_taps()} lists them)"
         raise FeatxError(f"{arg('taps', ','.join(names))}: unknown tap {', '.join(unknown) or '(none named)'}; "
                          f"this backbone has: {listed}")
     return [t for t in available if t in names]

@@ -18,6 +18,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 from featx.backbones import check_input_size, create_backbone, get_config
 from featx.backbones.timm_models import timm_module
+from featx.cli.app import flag
 from featx.data import discover
 from featx.data.images import load_image, make_transform
 from featx.errors import FeatxError
@@ -161,7 +162,8 @@ def test_unknown_model_suggests_close_names_in_one_line():
         get_config("resnt50")
     message = str(err.value)
     assert "\n" not in message and message.startswith("unknown backbone 'resnt50'; did you mean resnet50")
-    assert "`featx backbones` lists them" in message
+    assert "`featx.backbones.catalog.list_rows()` lists them" in message  # the CLI: `featx backbones`
+    assert "`featx backbones` lists them" in err.value.render(flag)
     result, out = invoke("backbones", "efficientnet_b9", "--taps")
     assert result.exit_code == 1 and "did you mean efficientnet_b" in out and "Traceback" not in out
 

@@ -19,6 +19,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from featx.backbones import create_backbone, get_config
 from featx.backbones.catalog import refused_taps
 from featx.backbones.layouts import decide_layout
+from featx.cli.app import flag
 from featx.data import discover
 from featx.data.images import load_image, make_transform
 from featx.errors import FeatxError
@@ -128,10 +129,11 @@ def test_maxvit_t_maps_equal_create_feature_extractor_and_partitions_are_refused
     suggested = "blocks.0.layers.0.layers.window_attention"
     message = (f"graph node {MAXVIT_PARTITION} of maxvit_t gives (B, 64, 49, 64) at its default size: featx cannot "
                f"tell its channel axis (not a (C, H, W) or (H, W, C) map), so featx cannot store one vector per "
-               f"image; use taps='{suggested}' (`featx backbones maxvit_t --taps` lists the taps)")
+               f"image; use taps='{suggested}' (`featx.backbones.catalog.tap_rows('maxvit_t')` lists the taps)")
     with pytest.raises(FeatxError) as err:
         net.forward_taps(x, [MAXVIT_PARTITION])
     assert str(err.value) == message
+    assert err.value.render(flag).endswith(f"use --taps {suggested} (`featx backbones maxvit_t --taps` lists the taps)")
     assert get_config("maxvit_t").tap_widths()[suggested] == 64 and MAXVIT_PARTITION not in \
         get_config("maxvit_t").tap_widths()
     out = tmp_path / "maxvit.h5"

@@ -13,6 +13,7 @@ from cli_helpers import invoke
 
 import featx.evaluation.grid as grid_module
 import featx.workflows.classify as classify_workflow
+from featx.cli.app import flag
 from featx.errors import FeatxError
 from featx.extract import extract
 from featx.report import MANIFEST, read_results, write_results
@@ -125,11 +126,13 @@ def test_the_library_refuses_before_any_fit(store, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(classify_workflow, "evaluate", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(grid_module, "evaluate_many", lambda *a, **k: calls.append(a))
-    with pytest.raises(FeatxError, match=r"holds the results of `featx compare` \(1 row\); choose another out or "
-                                         r"add overwrite=True"):
+    with pytest.raises(FeatxError, match=r"holds the results of `featx.compare\(...\)` \(1 row\); choose another out "
+                                         r"or add overwrite=True"):
         run_classify(store, "knn", out=out, n_folds=3, plots=False)
-    with pytest.raises(FeatxError, match="`featx compare` .1 row. over other stores, taps, heads or protocols"):
+    with pytest.raises(FeatxError, match=r"`featx.compare\(...\)` .1 row. over other stores, taps, heads or "
+                                         "protocols") as err:
         run_compare([store], ["logistic", "knn"], cv="subject", out=out, **LIB)
+    assert "holds the results of `featx compare` (1 row) over other" in err.value.render(flag)
     assert calls == []
 
 

@@ -9,12 +9,12 @@ import re
 import pytest
 from rich.console import Console
 
+from featx.cli.tables import results_table
 from featx.report import (
     STATS_NOTE,
     format_pct,
     plot_confusion,
     plot_history,
-    results_table,
     short_protocol,
     slug,
     write_results,
@@ -197,7 +197,8 @@ def test_featx_table_names_the_file_that_is_not_a_results_json(tmp_path, content
     if content is not None:
         (tmp_path / "results.json").write_text(content)
     source = tmp_path if content is not None else tmp_path / "results.json"  # a folder with none: test_outputs
-    with pytest.raises(FeatxError, match=re.escape(f"{tmp_path / 'results.json'}: {message}")):
+    python = message.replace("`featx compare`", "`featx.compare(...)`")  # the library speaks Python
+    with pytest.raises(FeatxError, match=re.escape(f"{tmp_path / 'results.json'}: {python}")):
         read_results([source])
     result, text = invoke("table", source)
     assert result.exit_code == 1 and message in text and "Traceback" not in text

@@ -9,13 +9,13 @@ import pytest
 from chance_helpers import assert_at_chance, pooled_accuracy
 from cli_helpers import invoke
 
+from featx.cli.tables import results_table
 from featx.data.synth import synthesize
 from featx.errors import FeatxError
 from featx.evaluation import compare, make_splits, selection
 from featx.evaluation.search import Search
 from featx.evaluation.selection import check_same_rows, selection_row
 from featx.extract import extract
-from featx.report import results_table
 from featx.report.markdown import markdown_table, results_markdown
 from featx.results import read_json, rows_from_csv, write_csv, write_json
 from featx.store import FeatureSet

@@ -14,6 +14,7 @@ import pytest
 from cli_helpers import invoke
 from shard_helpers import BAD_ROWS, KW, assert_same_store, tree_with_bad_images
 
+from featx.cli.app import flag
 from featx.data import discover
 from featx.errors import FeatxError
 from featx.extract import extract
@@ -112,8 +113,9 @@ def test_a_merged_store_resumes_like_a_single_run_and_a_virtual_one_is_read_only
     seen = []
     extract(work["root"], copy, on_progress=lambda done, total: seen.append((done, total)), **KW)
     assert seen[0] == (32, 34) and seen[-1] == (34, 34)  # only the two unreadable images are tried again
-    with pytest.raises(FeatxError, match=r"virtual merged store .*--shard i/n"):
+    with pytest.raises(FeatxError, match=r"virtual merged store .*`featx.extract\(..., shard='i/n'\)`") as err:
         extract(work["root"], virtual, **KW)
+    assert "with `featx extract --shard i/n` and merge again" in err.value.render(flag)
 
 
 def test_a_store_is_resumed_only_as_the_same_shard(work, tmp_path):

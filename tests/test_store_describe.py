@@ -173,7 +173,7 @@ def test_load_features_leaves_unlabelled_rows_out_unless_asked(store):
     assert load_features(store, splits=["final"], labelled=None).paths.tolist() == unlabelled.paths.tolist()
     # asking for labelled rows of a split that has none is refused, not answered with an empty set
     with pytest.raises(FeatxError, match=r"no labelled rows to load: the 4 rows of split final are unlabelled "
-                                         r"\(label -1\).*featx predict"):
+                                         r"\(label -1\).*`featx.predict\(...\)`"):
         load_features(store, splits=["final"])
     with pytest.raises(FeatxError, match="no unlabelled rows of split prelim"):
         load_features(store, splits=["prelim"], labelled=False)

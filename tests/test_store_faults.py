@@ -22,6 +22,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featx.cli import app
+from featx.cli.app import flag
 from featx.data import content as file_content
 from featx.data import discover
 from featx.data.images import load_image
@@ -520,7 +521,7 @@ def test_an_unfinished_store_is_refused_unless_allow_partial(partial_store, tmp_
     done = summarize(partial_store)["done"]
     assert 0 < done < n
     with pytest.raises(FeatxError, match=f"{done} of {n} rows extracted; finish it by running the same "
-                                         "`featx extract` again, or pass allow_partial=True"):
+                                         r"`featx.extract\(...\)` again, or pass allow_partial=True"):
         load_features(partial_store)
     fs = load_features(partial_store, allow_partial=True)
     assert len(fs) == done and fs.partial == f"{done} of {n} rows"
@@ -696,7 +697,8 @@ def test_a_flipped_byte_in_a_rows_label_path_subject_or_split_is_caught(cnmc_tre
     assert report["bad_metadata_rows"] == [{"row": row, "path": name}]
     with pytest.raises(FeatxError) as err:
         load_features(out, labelled=None)
-    assert str(err.value) == message
+    assert str(err.value) == message.replace("`featx extract`", "`featx.extract(...)`")
+    assert err.value.render(flag) == message
     res = runner.invoke(app, ["classify", str(out), "--head", "knn", "--out", str(tmp_path / "r"), "--no-plots"])
     assert res.exit_code == 1 and "Traceback" not in res.output and f"first: row {row}" in " ".join(res.output.split())
     assert not (tmp_path / "r" / "results.json").exists()

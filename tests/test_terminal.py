@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from featx.cli import app
 from featx.cli.app import console as cli_console
-from featx.report import protocol_title, results_table, write_results
+from featx.cli.tables import results_table
+from featx.report import protocol_title, write_results
 from featx.report.table import TERMINAL_METRICS
 from featx.results import METRICS, ResultRow, Score
 from featx.store import summarize

@@ -12,7 +12,7 @@ from featx.backbones.registry import get_config, list_backbones
 from featx.backbones.timm_models import PREFIX as TIMM_PREFIX
 from featx.backbones.timm_models import timm_model
 from featx.backbones.torchvision_any import torchvision_model, torchvision_names
-from featx.errors import FeatxError
+from featx.errors import FeatxError, command
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,8 @@ def list_rows(pattern: str | None = None) -> list[BackboneRow]:
         glob = pattern.lower() if any(c in pattern for c in "*?[") else f"*{pattern.lower()}*"
         names = [n for n in names if fnmatch.fnmatchcase(n, glob)]
         if not names:
-            raise FeatxError(f"no backbone matches {pattern!r}; `featx backbones` lists them all")
+            raise FeatxError(f"no backbone matches {pattern!r}; "
+                             f"{command('backbones', 'featx.backbones.catalog.list_rows()')} lists them all")
     return [backbone_row(n) for n in names]
 
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from featx.backbones.layouts import listing_taps
 from featx.backbones.network import replace_classifier
 from featx.backbones.registry import BackboneConfig, check_input_size
 from featx.backbones.tapped import TappedNetwork
@@ -201,8 +202,8 @@ class GraphNet(TappedNetwork):
         layouts = {t: self.config.graph_layout(t) for t in nodes}
         unknown = [t for t in nodes if layouts[t] is None]
         if unknown:
-            raise FeatxError(f"unknown tap {unknown[0]!r} for {self.name}; `featx backbones {self.name} "
-                             f"--taps` lists its taps ({arg('taps', unknown[0])})")
+            raise FeatxError(f"unknown tap {unknown[0]!r} for {self.name}; {listing_taps(self.name)} lists its taps "
+                             f"({arg('taps', unknown[0])})")
         self.config.check_taps(nodes)
         self._check_input(x)
         out: dict[str, Tensor] = {}

@@ -27,10 +27,17 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-from featx.errors import FeatxError, arg
+from featx.errors import FeatxError, arg, command
 
 #: each layout featx pools -> the axes it averages over (axis 0 is the batch)
 LAYOUTS = {"C,H,W": (2, 3), "H,W,C": (1, 2), "L,C": (1,), "C,L": (2,), "D": ()}
+
+
+def listing_taps(model: str = "NAME") -> str:
+    """The step that lists the taps of ``model`` (:func:`featx.errors.command`: ``featx backbones MODEL --taps``
+    on the command line, :func:`featx.backbones.catalog.tap_rows` in Python)."""
+    python = "NAME" if model == "NAME" else repr(model)
+    return command(f"backbones {model} {arg('taps')}", f"featx.backbones.catalog.tap_rows({python})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +65,7 @@ class NodeLayout:
         if x.dim() != len(self.shape) or tuple(y.shape) != (batch, self.width):
             raise FeatxError(f"graph node {node} gave shape {tuple(x.shape)} at this image size, which does not fit "
                              f"the {self.layout} layout of width {self.width} featx probed; choose another "
-                             f"{arg('taps')} (`featx backbones NAME --taps` lists them)")
+                             f"{arg('taps')} ({listing_taps()} lists them)")
         return y
 
 
@@ -139,6 +146,6 @@ def with_refusals(model: str, layouts: Mapping[str, NodeLayout], fallback: str) 
             shape = "(B, " + ", ".join(str(v) for v in lay.shape[1:]) + ")"
             lay = dataclasses.replace(lay, refusal=(
                 f"graph node {tap} of {model} gives {shape} at its default size: {lay.why}, so featx cannot store "
-                f"one vector per image; use {arg('taps', near)} (`featx backbones {model} --taps` lists the taps)"))
+                f"one vector per image; use {arg('taps', near)} ({listing_taps(model)} lists the taps)"))
         out[tap] = lay
     return out

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from torchvision.models import WeightsEnum
 
 from featx.backbones.layouts import NodeLayout
-from featx.errors import FeatxError, arg
+from featx.errors import FeatxError, arg, command
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,8 @@ def get_config(name: str) -> BackboneConfig:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise FeatxError(f"unknown backbone {name!r}; {hint}choose one of: {', '.join(list_backbones())}, any "
-                     f"torchvision classification model or timm:NAME (`featx backbones` lists them)")
+                     f"torchvision classification model or timm:NAME "
+                     f"({command('backbones', 'featx.backbones.catalog.list_rows()')} lists them)")
 
 
 #: The largest image side featx takes (px). A network's input batch is batch x 3 x side^2 float32: at 4096 px

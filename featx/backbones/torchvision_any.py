@@ -28,7 +28,7 @@ from featx.backbones.generic import POOL_TAP, GraphNet, SizeProbe, final_layer, 
 from featx.backbones.layouts import NodeLayout, may_be_map, probe_layouts, with_refusals
 from featx.backbones.registry import BackboneConfig, list_backbones, preprocessing, register_resolver
 from featx.backbones.weights import imagenet_path
-from featx.errors import FeatxError
+from featx.errors import FeatxError, command
 
 #: torchvision models featx leaves out, and why.
 EXCLUDED = {
@@ -160,7 +160,8 @@ _MODELS: dict[str, TorchvisionModel] = {}
 
 def _resolve(name: str) -> BackboneConfig | None:
     if name in EXCLUDED:
-        raise FeatxError(f"featx does not support {name}: {EXCLUDED[name]}; `featx backbones` lists the models")
+        raise FeatxError(f"featx does not support {name}: {EXCLUDED[name]}; "
+                         f"{command('backbones', 'featx.backbones.catalog.list_rows()')} lists the models")
     if name not in _MODELS:
         if name not in list_models(module=torchvision.models) or name in list_backbones():
             return None

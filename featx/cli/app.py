@@ -18,7 +18,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 import featx
-from featx.errors import FeatxError, FeatxWarning
+from featx.errors import FeatxError, FeatxWarning, spoken_as
 from featx.files import is_disk_full
 from featx.imports import import_paused
 
@@ -216,12 +216,13 @@ def interrupted(exc: KeyboardInterrupt, line: str) -> typer.Exit:
 
 
 def user_errors(func: Callable) -> Callable:
-    """Run a command; print user errors as one red line and exit non-zero, without a traceback."""
+    """Run a command; print user errors as one red line and exit non-zero, without a traceback. Library text the
+    command prints or writes (:func:`featx.errors.speak`) names flags and commands."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            with warnings.catch_warnings():  # restores showwarning afterwards
+            with warnings.catch_warnings(), spoken_as(flag):  # restores showwarning afterwards
                 warnings.simplefilter("always", FeatxWarning)
                 warnings.showwarning = _featx_warnings_as_lines(warnings.showwarning)
                 return func(*args, **kwargs)

@@ -38,8 +38,8 @@ from featx.cli.options import (
     WeightsNeverSawImages,
     Workers,
 )
+from featx.cli.tables import results_table
 from featx.errors import FeatxError
-from featx.report import results_table
 
 
 def _nothing_saved(out: Path, resume: bool) -> str:

@@ -50,8 +50,8 @@ from featx.cli.parsing import (
     parse_tap_groups,
     parse_taps,
 )
+from featx.cli.tables import results_table
 from featx.errors import FeatxError
-from featx.report import results_table
 
 # featx.workflows.classify (scikit-learn, ~1 s) is imported by the commands that use it, not by `featx extract`
 

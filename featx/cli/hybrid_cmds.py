@@ -41,7 +41,7 @@ from featx.cli.options import (
     Workers,
 )
 from featx.cli.parsing import parse_name_list, parse_params, parse_preprocess, parse_tap_groups
-from featx.report import results_table
+from featx.cli.tables import results_table
 
 
 @app.command()

@@ -11,7 +11,7 @@ from featx.errors import FeatxError
 from featx.files import atomic_text, atomic_write, remove_on_commit
 from featx.report.markdown import results_markdown
 from featx.report.notes import protocol_text, provenance_suffix, slug
-from featx.report.outputs import claimed, find_results, results_commit, write_manifest
+from featx.report.outputs import claimed, find_results, results_commit, write_manifest, written_by
 from featx.report.plots import plot_bars, plot_confusion, plot_roc
 from featx.results import ResultRow, read_json, write_csv, write_json
 from featx.row_names import unique_names, untagged
@@ -126,7 +126,7 @@ def read_results(sources: Sequence) -> list[ResultRow]:
             rows.extend(read_json(path))
         except FileNotFoundError:
             raise FeatxError(f"{path}: no such results file; point to a results.json written by "
-                             "`featx compare`, `featx classify` or `featx finetune` (or a folder above it)") from None
+                             f"{written_by('compare', 'classify', 'finetune')} (or a folder above it)") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise FeatxError(f"{path}: not a featx results.json (not JSON)") from None
         except ValueError as exc:

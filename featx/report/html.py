@@ -34,6 +34,7 @@ from featx.report.notes import (
     provenance_suffix,
     selection_note,
 )
+from featx.report.outputs import written_by
 from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
 from featx.results import ResultRow
 from featx.scoring import check_metric
@@ -72,7 +73,7 @@ def write_html_report(sources: Sequence[ResultRow | str | Path], out: str | Path
     rows, runs, names = _gather(sources)
     if not rows:
         raise FeatxError(f"no result rows in {', '.join(names) or 'the sources given'}; point to results.json "
-                         "files written by `featx compare`, `featx classify` or `featx finetune` (or their folders)")
+                         f"files written by {written_by('compare', 'classify', 'finetune')} (or their folders)")
     html = render_html(rows, runs, title=title, sort_by=sort_by, sources=names)
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_or_keep(out, lambda tmp: tmp.write_text(html, encoding="utf-8"))

@@ -5,7 +5,8 @@ both sides of the split, or subjects unknown), OPTIMISTIC (scored on rows a fine
 on, or on the validation images that chose a network's epoch) and rows from weights of unknown provenance
 (:attr:`featx.results.ResultRow.marks`); so are PARTIAL rows (an unfinished store) and stores that left
 unreadable images out. The terminal table (:mod:`featx.report.table`), results.md
-(:mod:`featx.report.markdown`) and the HTML report take their texts from here.
+(:mod:`featx.report.markdown`) and the HTML report take their texts from here; a note that names an argument
+or a step is spoken by :func:`featx.errors.speak` (flags and commands while the CLI runs).
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import math
 import re
 from collections.abc import Sequence
 
+from featx.errors import arg, command, speak
 from featx.results import ResultRow, Score
 from featx.row_names import TAG
 from featx.scoring import METRIC_TABLE
+from featx.store.hints import extracting
 
 # (metric, header) of the columns of the study's Table 2, then the challenge's metric.
 TABLE_METRICS = tuple((m, METRIC_TABLE[m].label) for m in ("accuracy", "precision", "recall", "f1", "f1_weighted",
@@ -32,8 +35,8 @@ STATS_NOTE = ("± is the sample standard deviation (ddof=1) of the per-fold valu
               "averaged (scores of different folds are not comparable); the ROC plot is the vertical average of "
               "the per-fold curves. Precision, recall and F1 are those of the positive class.")
 DIFFERENCE_NOTE = ("Δ: each row's paired difference from its protocol's reference row (the best by {metric} among "
-                   "rows that estimate new patients, or the row given by --vs), both scored on the same folds and "
-                   "subjects: the difference, its 95% interval and p-value from a paired delete-one-subject "
+                   f"rows that estimate new patients, or the row given by {arg('vs')}), both scored on the same "
+                   "folds and subjects: the difference, its 95% interval and p-value from a paired delete-one-subject "
                    "jackknife t-test. {close}: the interval holds 0, so the row is not distinguishable from the "
                    "reference; these are not corrected for comparing many rows, and the best row's own estimate "
                    "is the highest of several (optimistic when rows are many).")
@@ -44,10 +47,11 @@ EPOCH_OPTIMISTIC_NOTE = ("OPTIMISTIC fine-tuned network rows are scored on the v
                          "and a part that scores): not an estimate for new patients.")
 UNKNOWN_WEIGHTS_NOTE = ("Weights of unknown provenance: the weights (a plain state dict, another tool's checkpoint, "
                         "or one fine-tuned from such weights) record no images they were trained on, so they may "
-                        "have seen the test images; if they did not, state it with `featx extract` (or `featx "
-                        "finetune`) `--weights-never-saw-images`.")
+                        "have seen the test images; if they did not, state it with "
+                        f"{arg('weights_never_saw_images', True)} when extracting (or fine-tuning).")
 STATED_UNSEEN_NOTE = ("Weights stated unseen by the user: featx cannot tell which images these weights were "
-                      "trained on; the user stated that they never saw these images (--weights-never-saw-images).")
+                      "trained on; the user stated that they never saw these images "
+                      f"({arg('weights_never_saw_images', True)}).")
 
 
 def mark_notes(rows: Sequence[ResultRow]) -> list[str]:
@@ -61,7 +65,7 @@ def mark_notes(rows: Sequence[ResultRow]) -> list[str]:
         notes.append(UNKNOWN_WEIGHTS_NOTE)
     if any(r.weights_provenance == "stated-unseen" for r in rows):
         notes.append(STATED_UNSEEN_NOTE)
-    return notes
+    return [speak(note) for note in notes]
 
 
 def provenance_suffix(row: ResultRow) -> str:
@@ -143,7 +147,7 @@ def difference_note(rows: Sequence[ResultRow]) -> str | None:
         return None
     metric = compared[0].get("metric", "f1_weighted")
     marks = sorted({c["mark"] for c in compared if c.get("mark")}) or ["≈ best"]
-    return DIFFERENCE_NOTE.format(metric=metric, close=" / ".join(marks))
+    return speak(DIFFERENCE_NOTE.format(metric=metric, close=" / ".join(marks)))
 
 
 def interval_notes(rows: Sequence[ResultRow], *, names: bool = True) -> list[str]:
@@ -235,12 +239,13 @@ _FOLD_KINDS = {"subject": "subject-grouped", "hybrid": "subject-grouped", "image
 def excluded_notes(rows: Sequence[ResultRow]) -> list[str]:
     """One line per distinct name whose store recorded unreadable images (left out of its rows)."""
     seen = dict.fromkeys((r.name, r.excluded_images) for r in rows if r.excluded_images)
-    return [f"{name}: {n} unreadable image(s) left out (listed by `featx info`)" for name, n in seen]
+    listed = command("info", "featx.store.summarize(...)")
+    return [speak(f"{name}: {n} unreadable image(s) left out (listed by {listed})") for name, n in seen]
 
 
 def partial_notes(rows: Sequence[ResultRow]) -> list[str]:
     """One line per distinct name computed on an unfinished store."""
-    notes = [f"{r.name} used {r.partial} of an unfinished store; finish it with the same `featx extract`"
+    notes = [speak(f"{r.name} used {r.partial} of an unfinished store; finish it with the same {extracting()}")
              for r in rows if r.partial]
     return list(dict.fromkeys(notes))
 

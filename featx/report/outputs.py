@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from featx.errors import FeatxError, arg
+from featx.errors import command as step  # `command` names a command's name below
 from featx.files import atomic_json, is_disk_full, one_commit
 from featx.report.notes import slug
 from featx.results import ResultRow, read_json
@@ -26,6 +27,21 @@ MANIFEST = "run.json"
 RESULTS = "results.json"
 DEFAULT_ROOT = Path("results")
 _HYBRID_FOLD = re.compile(r"fold_\d+")
+# The library call of each command that writes a results folder (the names run.json records).
+_CALLS = {"compare": "featx.compare(...)", "classify": "featx.evaluate(...)", "finetune": "featx.finetune(...)",
+          "hybrid": "featx.hybrid(...)", "table": "featx.report.merge_results(...)"}
+
+
+def writer(name: str) -> str:
+    """The command ``name`` (as run.json records it) that wrote a results folder, in both spellings
+    (:func:`featx.errors.command`)."""
+    return step(name, _CALLS.get(name, f"featx.{name}(...)"))
+
+
+def written_by(*names: str) -> str:
+    """``a, b or c``: the commands ``names`` as :func:`writer` spells each."""
+    steps = [writer(n) for n in names]
+    return f"{', '.join(steps[:-1])} or {steps[-1]}" if len(steps) > 1 else steps[0]
 
 SameRows = Callable[[list[ResultRow]], bool]
 
@@ -58,7 +74,7 @@ def clobber(out, command: str, grid: dict, same_rows: SameRows | None = None) ->
         if manifest.get("command") == command and manifest.get("grid") == _plain(grid):
             return None
         other = "" if manifest.get("command") != command else " over other stores, taps, heads or protocols"
-        return _message(out, f"`featx {manifest.get('command')}` ({_rows(manifest.get('rows', '?'))}){other}")
+        return _message(out, f"{writer(str(manifest.get('command')))} ({_rows(manifest.get('rows', '?'))}){other}")
     if not (out / RESULTS).is_file():
         return None
     try:
@@ -89,12 +105,12 @@ def refuse_results_folder(out, command: str) -> None:
     out = Path(out)
     manifest = read_manifest(out)
     if manifest is not None and manifest.get("command") not in (None, command):
-        what = f"`featx {manifest.get('command')}` ({_rows(manifest.get('rows', '?'))})"
+        what = f"{writer(str(manifest.get('command')))} ({_rows(manifest.get('rows', '?'))})"
     elif (out / RESULTS).is_file() and not (out / "settings.json").is_file():
         what = f"an earlier featx run ({RESULTS} with no settings.json)"
     else:
         return
-    raise FeatxError(f"{out} holds the results of {what}, not a `featx {command}` run; choose another {arg('out')}")
+    raise FeatxError(f"{out} holds the results of {what}, not a {writer(command)} run; choose another {arg('out')}")
 
 
 def check_out(out, command: str, grid: dict, *, overwrite: bool = False, same_rows: SameRows | None = None) -> Path:
@@ -193,7 +209,7 @@ def find_results(sources: Sequence) -> list[Path]:
             files = sorted(_walk(path, top=True, visited=set()))
             if not files:
                 raise FeatxError(f"{path}: no {RESULTS} in this folder or below it; point to a results folder "
-                                 "written by `featx compare`, `featx classify`, `featx finetune` or `featx hybrid`")
+                                 f"written by {written_by('compare', 'classify', 'finetune', 'hybrid')}")
         else:
             files = [path]
         for f in files:

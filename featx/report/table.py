@@ -1,19 +1,14 @@
-"""The results table (the study's Table 2 layout) for the terminal (rich), fitted to the terminal's width.
+"""What the terminal's results table (the study's Table 2 layout) shows, as text: its columns, the cell of
+each row and metric, and the notes under it. :mod:`featx.cli.tables` draws it (rich) at the terminal's width.
 
-Marked rows (:attr:`featx.results.ResultRow.marks`) are yellow with a ``*``; the notes under the table say
-what the marks, the ± and the intervals are (:mod:`featx.report.notes`).
+Marked rows (:attr:`featx.results.ResultRow.marks`) get a ``*``; the notes under the table say what the
+marks, the ± and the intervals are (:mod:`featx.report.notes`).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from rich import box
-from rich.cells import cell_len
-from rich.console import Console
-from rich.markup import escape
-from rich.measure import Measurement
-from rich.table import Table
-
+from featx.errors import arg, speak
 from featx.report.notes import (
     TABLE_METRICS,
     difference_bounds,
@@ -22,7 +17,6 @@ from featx.report.notes import (
     format_pct,
     interval_notes,
     partial_notes,
-    protocol_title,
     selection_choices,
     selection_note,
     short_protocol,
@@ -35,58 +29,18 @@ TERMINAL_METRICS = tuple((m, METRIC_TABLE[m].short if m == "f1_weighted" else ME
                          for m, _ in TABLE_METRICS)
 # Dropped first when a narrow terminal cannot show every column (accuracy and wF1 always stay).
 DROP_ORDER = ("roc_auc", "precision", "recall", "f1")
-_MARKER_WIDTH = len("IMAGE-LEVEL")  # the protocol column never splits a marker
-_NAME_MIN = 14
+DELTA = "delta"  # the column of each row's paired difference from its protocol's reference row
 
 
-def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare", *, width: int | None = None
-                  ) -> Table:
-    """A rich Table: name, protocol, then accuracy, precision, recall, F1, the weighted F1 (the challenge's
-    metric) and ROC-AUC (%, ``mean ± sd`` over folds; the title says which protocol), and, for compared rows,
-    Δ: the paired difference from the protocol's reference row with its 95% interval and ``≈`` when the
-    interval holds 0; marked rows in yellow with a ``*``.
-
-    No number is ever cut: at ``width`` columns (default: the width of the console it is printed on) the
-    table stacks ``± sd`` under the mean when one line does not fit, then leaves out ROC-AUC, precision,
-    recall and F1 in that order and says so under the table. Names and protocols wrap; numbers never do.
-    """
-    rows = list(rows)
-    delta = _delta_column(rows)
-    if width is None:  # every column on one line; laid out again for the console that prints it
-        table = _build(_FitsConsole, rows, title, [*TERMINAL_METRICS, *delta], stacked=False, width=None)
-        table.fit_args = (rows, title)
-        return table
-    for stacked, metrics in _layouts():
-        table = _build(Table, rows, title, [*metrics, *delta], stacked=stacked, width=width)
-        if table is not None:
-            return table
-    # narrower than accuracy and wF1 with the shortest names (about 50 columns): the narrowest layout
-    return _build(Table, rows, title, [*metrics, *delta], stacked=True, width=width, force=True)
-
-
-def _layouts():
-    """(stacked, metrics) from the widest layout to the narrowest."""
+def layouts() -> Iterator[tuple[bool, list[tuple[str, str]]]]:
+    """(stacked, metric columns) from the widest layout to the narrowest: every column on one line, then
+    ``± sd`` stacked under the mean, then :data:`DROP_ORDER` left out one by one."""
     yield False, list(TERMINAL_METRICS)
     for k in range(len(DROP_ORDER) + 1):
         yield True, [(m, h) for m, h in TERMINAL_METRICS if m not in DROP_ORDER[:k]]
 
 
-class _FitsConsole(Table):
-    """A results table laid out again for the width of the console it is printed on."""
-
-    fit_args: tuple = ()
-
-    def __rich_console__(self, console, options):
-        yield results_table(*self.fit_args, width=options.max_width)
-
-    def __rich_measure__(self, console, options):
-        return Measurement.get(console, options, results_table(*self.fit_args, width=options.max_width))
-
-
-DELTA = "delta"  # the column of each row's paired difference from its protocol's reference row
-
-
-def _delta_column(rows: Sequence[ResultRow]) -> list[tuple[str, str]]:
+def delta_column(rows: Sequence[ResultRow]) -> list[tuple[str, str]]:
     """``[(DELTA, "Δ wF1")]`` when a row was compared with its protocol's reference row, else ``[]``."""
     metrics = {r.comparison["metric"] for r in rows if r.comparison}
     if not metrics:
@@ -94,7 +48,9 @@ def _delta_column(rows: Sequence[ResultRow]) -> list[tuple[str, str]]:
     return [(DELTA, f"Δ {get_metric(metrics.pop()).short}" if len(metrics) == 1 else "Δ (own metric)")]
 
 
-def _cell(row: ResultRow, metric: str, stacked: bool) -> str:
+def cell_text(row: ResultRow, metric: str, stacked: bool) -> str:
+    """The cell of ``row`` under ``metric`` (or :data:`DELTA`): ``mean ± sd`` in %, on two lines when
+    ``stacked``."""
     if metric == DELTA:
         text = difference_text(row, interval=False)
         if bounds := difference_bounds(row):
@@ -106,61 +62,15 @@ def _cell(row: ResultRow, metric: str, stacked: bool) -> str:
     return text.replace(" ± ", "\n± ") if stacked else text
 
 
-def _protocol_cell(row: ResultRow) -> str:
+def protocol_cell(row: ResultRow) -> str:
+    """The protocol column of ``row``: its short protocol, ``*`` when marked, ``†`` when uncorrected for a
+    selection, and ``PARTIAL (...)`` for an unfinished store."""
     text = ("* " if row.marked else "") + ("\u2020 " if row.selection_uncorrected else "") + short_protocol(row)
     return text + (f" PARTIAL ({row.partial})" if row.partial else "")
 
 
-def _width(texts) -> int:
-    return max((cell_len(line) for t in texts for line in t.split("\n")), default=1)
-
-
-def _build(cls, rows, title, metrics, *, stacked, width, force=False):
-    """The table of ``rows`` with these metric columns, or None when it does not fit in ``width``."""
-    cells = [[_cell(r, m, stacked) for m, _ in metrics] for r in rows]
-    num_widths = [_width([h, *(c[i] for c in cells)]) for i, (_, h) in enumerate(metrics)]
-    names, protocols = [r.name for r in rows], [_protocol_cell(r) for r in rows]
-    name_w, proto_w = _width(["Model", *names]), _width(["Protocol", *protocols])
-    name_col, proto_col = None, None  # fixed widths of the wrapping columns when the natural ones do not fit
-    if width is not None:
-        spare = width - sum(num_widths) - _overhead(len(metrics) + 2)
-        longest = max((cell_len(w) for p in protocols for w in p.split()), default=1)
-        name_min, proto_min = _NAME_MIN, max(_MARKER_WIDTH, min(longest, 16))
-        if not stacked:  # one line per row only while names and protocols stay readable
-            name_min, proto_min = 2 * name_min, 2 * proto_min
-        name_min, proto_min = min(name_w, name_min), min(proto_w, proto_min)
-        if spare < name_w + proto_w:
-            if spare < name_min + proto_min and not force:
-                return None
-            extra = max(spare - name_min - proto_min, 0)
-            need_n, need_p = name_w - name_min, proto_w - proto_min
-            add_n = extra * need_n // max(need_n + need_p, 1)
-            name_col, proto_col = name_min + add_n, proto_min + extra - add_n
-    table = cls(title=f"{title}  [dim]({protocol_title(rows)}, %)[/]" if title else None,
-                caption="\n".join(_captions(rows, metrics, width)), caption_style="dim", box=box.SIMPLE_HEAD,
-                pad_edge=False)
-    table.add_column("Model", style="bold", overflow="fold", width=name_col)
-    table.add_column("Protocol", overflow="fold", width=proto_col)
-    for (_, header), w in zip(metrics, num_widths):
-        table.add_column(header, justify="right", no_wrap=True, min_width=w)
-    for r, name, protocol, row_cells in zip(rows, names, protocols, cells):
-        table.add_row(escape(name), escape(protocol), *row_cells,
-                      style="yellow" if r.marked or r.partial else None)
-    return table
-
-
-def _overhead(n_columns: int) -> int:
-    """Characters a table with ``n_columns`` spends outside its cells: edges, separators and padding."""
-    probe = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for _ in range(n_columns):
-        probe.add_column(width=1)
-    return Measurement.get(_PROBE, _PROBE.options, probe).maximum - n_columns
-
-
-_PROBE = Console(width=1000)
-
-
-def _captions(rows: Sequence[ResultRow], metrics, width: int | None) -> list[str]:
+def table_captions(rows: Sequence[ResultRow], metrics: Sequence[tuple[str, str]], width: int | None) -> list[str]:
+    """The lines under the table of ``rows`` with these metric columns at ``width`` columns (plain text)."""
     unit = "images" if any(r.ci_unit == "image" for r in rows) else "subjects"
     method = f"jackknife over {unit}, t-interval on the logit scale"
     if any(r.n_folds > 1 for r in rows):
@@ -174,7 +84,7 @@ def _captions(rows: Sequence[ResultRow], metrics, width: int | None) -> list[str
                         "(paired subject jackknife, 95% CI); ≈: the CI holds 0, not distinguishable from it")
     shown = {m for m, _ in metrics}
     hidden = [h for m, h in TERMINAL_METRICS if m not in shown]
-    captions += [escape(note) for note in interval_notes(rows, names=False)]
+    captions += interval_notes(rows, names=False)
     if hidden:
         captions.insert(0, f"{', '.join(hidden)} not shown at {width} columns; all metrics are in "
                            "results.md/.csv")
@@ -186,15 +96,13 @@ def _captions(rows: Sequence[ResultRow], metrics, width: int | None) -> list[str
     if any(r.optimistic and r.kind == "network" for r in rows):
         captions.append("* OPTIMISTIC: epoch chosen on the validation images it is scored on (too few to split)")
     if any(r.weights_provenance == "unknown" for r in rows):
-        captions.append("* weights of unknown provenance: they may have seen the test images (featx extract "
-                        "--weights-never-saw-images states they did not)")
+        captions.append(speak("* weights of unknown provenance: they may have seen the test images (extracting "
+                              f"with {arg('weights_never_saw_images', True)} states they did not)"))
     if any(r.weights_provenance == "stated-unseen" for r in rows):
         captions.append("weights stated unseen by the user: featx cannot check where they come from")
     if note := selection_note(rows):
-        captions.append(escape(note))
-    captions += [escape(line) for line in selection_choices(rows)]
-    captions += [f"PARTIAL: {escape(p)}" for p in partial_notes(rows)]
-    captions += [escape(note) for note in excluded_notes(rows)]
+        captions.append(note)
+    captions += selection_choices(rows)
+    captions += [f"PARTIAL: {p}" for p in partial_notes(rows)]
+    captions += excluded_notes(rows)
     return captions
-
-

@@ -21,6 +21,7 @@ import numpy as np
 
 from featx.errors import FeatxError, arg
 from featx.store.describe import MERGED_NOTE, VIRTUAL_NOTE, write_descriptions
+from featx.store.hints import extracting
 from featx.store.lock import acquire_writer_lock
 from featx.store.rowid import FILE, bad_metadata, metadata_message, read_files
 from featx.store.schema import (
@@ -82,7 +83,7 @@ def merge_stores(parts: Sequence[str | Path], out: str | Path, *, virtual: bool 
     paths = [Path(p) for p in parts]
     out = Path(out)
     if not paths:
-        raise FeatxError(f"{arg('parts')}: no shard store given; pass the files of `featx extract --shard i/n`")
+        raise FeatxError(f"{arg('parts')}: no shard store given; pass the files of {extracting(shard='i/n')}")
     if len({p.resolve() for p in paths}) < len(paths):
         twice = next(p for i, p in enumerate(paths) if p.resolve() in {q.resolve() for q in paths[:i]})
         raise FeatxError(f"{twice} is given twice; pass each shard once")
@@ -95,8 +96,7 @@ def merge_stores(parts: Sequence[str | Path], out: str | Path, *, virtual: bool 
     try:
         for p in paths:  # no part changes while it is read
             if not p.exists():
-                raise FeatxError(f"{p}: no such shard store; extract it with `featx extract DATA --shard i/n "
-                                 f"{arg('out', p)}`")
+                raise FeatxError(f"{p}: no such shard store; extract it with {extracting('DATA', shard='i/n', out=p)}")
             locks.append(acquire_writer_lock(p))
         # in the single-run order (stable: of two parts starting at the same row, the later given is named)
         loaded = sorted((_read_part(p) for p in paths), key=lambda part: int(part.index[0]) if part.index.size else 0)
@@ -115,19 +115,19 @@ def _read_part(path: Path) -> _Part:
         attrs = read_attrs(h5)
         if not attrs.get("shard") or INDEX not in h5["samples"]:
             raise FeatxError(f"{path} is not a shard store (no shard attribute); merge the files written by "
-                             "`featx extract --shard i/n`")
+                             f"{extracting(shard='i/n')}")
         try:
             s = h5["samples"]
             done = s["done"][:].astype(bool)
             error = s["error"][:]
             meta = bad_metadata(h5)  # copied into the merged store, a damaged label would get a fresh checksum
             if meta is not None and meta.size:
-                raise FeatxError(metadata_message(path, h5, meta).replace("run the same `featx extract` again",
-                                                                          f"extract shard {attrs['shard']} again"))
+                again = f"delete it and extract shard {attrs['shard']} again"
+                raise FeatxError(metadata_message(path, h5, meta, fix=again))
             unfinished = int(np.sum(~done & (error == b"")))
             if unfinished:
                 raise FeatxError(f"{path}: shard {attrs['shard']} is unfinished ({unfinished} of {done.size} rows not "
-                                 f"extracted); run its `featx extract ... --shard {attrs['shard']}` again, then merge")
+                                 f"extracted); run its {extracting('...', shard=attrs['shard'])} again, then merge")
             names = s["path"].asstr()[:]
             classes = [c.decode() if isinstance(c, bytes) else str(c) for c in s.attrs["classes"]]
             labels = s["label"][:]
@@ -176,7 +176,7 @@ def _check_rows(parts: list[_Part]) -> np.ndarray:
             j = int(np.flatnonzero(held >= 0)[0]) if (held >= 0).any() else 0
             other = parts[int(held[j])].path if held[j] >= 0 else part.path
             raise FeatxError(f"{part.path} and {other} both hold row {int(idx[j])} ({part.rows[j].path}): the parts "
-                             "overlap; pass each shard once (one --shard i/n per part, the same n)")
+                             f"overlap; pass each shard once (one {arg('shard', 'i/n')} per part, the same n)")
         owner[idx, 0] = k
         owner[idx, 1] = np.arange(idx.size)
     missing = np.flatnonzero(owner[:, 0] < 0)
@@ -187,8 +187,8 @@ def _check_rows(parts: list[_Part]) -> np.ndarray:
                 and np.isin(shard_rows(total, Shard(i, n)), missing).any()] if n <= total else []
         which = ", ".join(f"{i}/{n}" for i in lost) or "I/N"
         raise FeatxError(f"{missing.size} of the {total} rows are in none of the parts given (first: row "
-                         f"{int(missing[0])}): shard {which} missing; extract it with `featx extract DATA --shard "
-                         f"{which.split(',')[0]}` and merge all the parts again")
+                         f"{int(missing[0])}): shard {which} missing; extract it with "
+                         f"{extracting('DATA', shard=which.split(',')[0])} and merge all the parts again")
     fingerprint = _fingerprint([parts[k].rows[r] for k, r in owner])
     if fingerprint != str(parts[0].attrs["shard_of_fingerprint"]):
         raise FeatxError(f"the rows of {parts[0].path} and the other parts do not make up the collection they were "
@@ -270,8 +270,8 @@ def _copy_part(h5: h5py.File, part: _Part, checksums: np.ndarray, copy: bool) ->
                 bad = local[row_checksums(block[done], local) != stored[local, j]]
                 if bad.size:
                     raise FeatxError(f"{part.path}: finished rows do not match their checksums (first: "
-                                     f"{part.rows[int(bad[0])].path}); run its `featx extract ... --shard "
-                                     f"{part.shard}` again to recompute them, then merge")
+                                     f"{part.rows[int(bad[0])].path}); run its {extracting('...', shard=part.shard)} "
+                                     "again to recompute them, then merge")
                 block[~done] = 0  # as a single run leaves rows it could not read
                 where = part.index[a:a + BLOCK]
                 if copy:

@@ -9,8 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featx.errors import FeatxError, arg
+from featx.errors import FeatxError, arg, command
 from featx.provenance import ATTR, ROLES, parse_attr, read_roles
+from featx.store.hints import extracting
 from featx.store.rowid import check_metadata
 from featx.store.schema import (
     damaged,
@@ -87,8 +88,9 @@ def _read_open(path: Path, h5: h5py.File, wanted: Sequence[list[str] | None], al
     chosen = list(dict.fromkeys(t for taps in wanted for t in (taps or [default])))
     for tap in chosen:
         if tap not in available:
+            fill = command(f"extract {arg('taps')}", f"featx.extract(..., taps={tap!r})")
             raise FeatxError(f"{path}: no tap {tap!r} in this store; it holds {', '.join(available) or 'none'} "
-                             f"(extract it with `featx extract {arg('taps')}`)")
+                             f"(extract it with {fill})")
     s = h5["samples"]
     done = s["done"][:]
     errors = s["error"].asstr()[:]
@@ -99,9 +101,9 @@ def _read_open(path: Path, h5: h5py.File, wanted: Sequence[list[str] | None], al
     if unfinished and not allow_partial:
         more = f" ({int(failed.sum())} unreadable images excluded)" if failed.any() else ""
         raise FeatxError(f"{path}: {rows.size} of {n} rows extracted{more}; finish it by running the same "
-                         f"`featx extract` again, or pass {arg('allow_partial', True)}")
+                         f"{extracting()} again, or pass {arg('allow_partial', True)}")
     if not rows.size:
-        raise FeatxError(f"{path}: no finished rows yet; run `featx extract` to fill the store")
+        raise FeatxError(f"{path}: no finished rows yet; run {extracting()} to fill the store")
     raw = {}
     for tap in chosen:
         ds = h5["features"][tap]
@@ -114,7 +116,7 @@ def _read_open(path: Path, h5: h5py.File, wanted: Sequence[list[str] | None], al
         bad = rows[~rows_match(h5, rows, chosen, blocks=raw)]
         if bad.size:
             raise FeatxError(f"{path}: {bad.size} of the {rows.size} finished rows do not match their checksums "
-                             f"(first: {paths[bad[0]]}); the store is damaged: run the same `featx extract` again "
+                             f"(first: {paths[bad[0]]}); the store is damaged: run the same {extracting()} again "
                              "to recompute them")
     blocks = {tap: raw[tap].astype(np.float32, copy=False) for tap in chosen}
     for tap, block in blocks.items():  # e.g. a diverged fine-tuned network, or float16 overflow
@@ -174,7 +176,7 @@ def load_features(stores: str | Path | Sequence[str | Path], taps: str | Sequenc
     """
     paths = [Path(p) for p in ([stores] if isinstance(stores, (str, Path)) else stores)]
     if not paths:
-        raise FeatxError(f"{arg('stores')}: no feature store given; pass a file written by `featx extract`")
+        raise FeatxError(f"{arg('stores')}: no feature store given; pass a file written by {extracting()}")
     names = None if taps is None else ([taps] if isinstance(taps, str) else list(taps))
     parts = [_taps_of(_read_one(p, [names or None], allow_partial), names or None) for p in paths]
     return _finish(paths, parts, splits, labelled)
@@ -194,7 +196,7 @@ def load_feature_grid(store_groups: Sequence[Sequence[str | Path]], tap_groups: 
     read: dict[Path, dict] = {}
     for i, group in enumerate(groups):
         if not group:
-            raise FeatxError(f"{arg('stores')}: no feature store given; pass a file written by `featx extract`")
+            raise FeatxError(f"{arg('stores')}: no feature store given; pass a file written by {extracting()}")
         for p in group:
             if p not in read:
                 read[p] = _read_one(p, taps, allow_partial)
@@ -235,8 +237,9 @@ def _none_left(path: Path, fs: FeatureSet, keep: np.ndarray, labelled: bool, spl
     where = f" of split {', '.join(splits)}" if splits else ""
     n = int(keep.sum())
     if labelled:
+        predict = command("predict", "featx.predict(...)")
         return (f"{path}: no labelled rows to load: the {n} rows{where} are unlabelled (label -1); heads need labelled "
-                "rows to train and test; predict these with a saved model (`featx predict`)")
+                f"rows to train and test; predict these with a saved model ({predict})")
     return f"{path}: no unlabelled rows{where}: all {n} rows have a label; load them with the default labelled=True"
 
 

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.store.hints import extracting
 
 META = "meta_checksum"
 FILE = "file"
@@ -59,17 +60,18 @@ def bad_metadata(h5: h5py.File) -> np.ndarray | None:
     return np.flatnonzero(meta_checksums(s["label"][:], *text) != stored)
 
 
-def metadata_message(path: Path, h5: h5py.File, bad: np.ndarray) -> str:
-    """The one-line refusal of a store whose rows ``bad`` do not match their metadata checksums."""
+def metadata_message(path: Path, h5: h5py.File, bad: np.ndarray, *, fix: str | None = None) -> str:
+    """The one-line refusal of a store whose rows ``bad`` do not match their metadata checksums (a template,
+    :mod:`featx.errors`); ``fix``: what to do instead of extracting the store again."""
     first = int(bad[0])
-    return bad_metadata_text(path, bad.size, first, h5["samples/path"].asstr(errors="replace")[first])
+    return bad_metadata_text(path, bad.size, first, h5["samples/path"].asstr(errors="replace")[first], fix=fix)
 
 
-def bad_metadata_text(path, n_bad: int, first: int, first_path: str) -> str:
+def bad_metadata_text(path, n_bad: int, first: int, first_path: str, *, fix: str | None = None) -> str:
     """:func:`metadata_message` from its counts (``featx info --verify`` has them from :func:`verify`)."""
+    fix = fix or f"delete it and run the same {extracting()} again"
     return (f"{path}: the label, path, subject or split of {n_bad} row(s) do not match their checksums "
-            f"(first: row {first}, {first_path}); the store is damaged: delete it and run the same `featx extract` "
-            "again")
+            f"(first: row {first}, {first_path}); the store is damaged: {fix}")
 
 
 def check_metadata(path: Path, h5: h5py.File) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from featx.errors import FeatxError, arg
 from featx.files import is_disk_full
+from featx.store.hints import extracting
 from featx.store.lock import writer_active
 
 SCHEMA_VERSION = 3   # 3: rows record their metadata checksums and their files' content (featx.store.rowid)
@@ -77,8 +78,7 @@ def open_store(path: Path, mode: str) -> h5py.File:
     try:
         return h5py.File(path, mode)
     except FileNotFoundError:
-        raise FeatxError(f"{path}: no such feature store; create it with `featx extract DATA "
-                         f"{arg('out', path)}`") from None
+        raise FeatxError(f"{path}: no such feature store; create it with {extracting('DATA', out=path)}") from None
     except OSError as exc:
         text = str(exc).lower()
         if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
@@ -96,7 +96,7 @@ def open_store(path: Path, mode: str) -> h5py.File:
                 path.is_file() and path.stat().st_size >= 8 and _has_hdf5_signature(path)):
             raise FeatxError(damaged(path, exc)) from None
         raise FeatxError(f"{path}: not a readable HDF5 feature store ({exc.__class__.__name__}); "
-                         "point to a file written by `featx extract`") from None
+                         f"point to a file written by {extracting()}") from None
 
 
 def _has_hdf5_signature(path: Path) -> bool:
@@ -111,7 +111,7 @@ def damaged(path: Path, exc: BaseException | str) -> str:
     """The message for a store whose file cannot be read as written (``exc``: what h5py said)."""
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     reason = reason.split("(", 1)[-1].split(",")[0].rstrip(")") if "(" in reason else reason
-    return (f"{path}: the feature store is damaged ({reason}); delete it and run the same `featx extract` "
+    return (f"{path}: the feature store is damaged ({reason}); delete it and run the same {extracting()} "
             f"again, or extract into another {arg('out')}")
 
 
@@ -119,7 +119,7 @@ def require_store(path: Path, h5: h5py.File) -> None:
     """FeatxError unless the open HDF5 file is a featx feature store."""
     if "schema_version" not in h5.attrs or "samples" not in h5 or "features" not in h5:
         raise FeatxError(f"{path}: HDF5 file is not a featx feature store (no samples/features groups); "
-                         "create one with `featx extract`")
+                         f"create one with {extracting()}")
 
 
 def default_tap(path: Path, attrs: dict) -> str:

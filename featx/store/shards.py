@@ -18,6 +18,7 @@ import numpy as np
 
 from featx.errors import FeatxError, arg
 from featx.store.describe import SHARD_NOTE
+from featx.store.hints import extracting
 
 SHARD_KEYS = ("shard", "shard_of_fingerprint", "shard_of_samples")  # root attributes of a shard store
 INDEX = "index"  # /samples/index: each row's index in the single-run order
@@ -107,7 +108,7 @@ def check_writable(path: Path, h5: h5py.File) -> None:
     """A store merged with ``--virtual`` only points into its parts: refuse to write into it."""
     if any(ds.is_virtual for ds in h5["features"].values()):
         raise FeatxError(f"{path} is a virtual merged store (its features live in its part files); extract "
-                         "into the parts with `featx extract --shard i/n` and merge again, or choose another "
+                         f"into the parts with {extracting(shard='i/n')} and merge again, or choose another "
                          f"{arg('out')}")
 
 

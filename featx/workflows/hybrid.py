@@ -42,7 +42,7 @@ from featx.backbones import create_backbone, get_config
 from featx.data import discover
 from featx.data.images import ImageDataset, make_transform
 from featx.device import autocast, resolve_device
-from featx.errors import FeatxError, arg
+from featx.errors import FeatxError, arg, command
 from featx.evaluation import compare_rows, make_splits, resolve_positive
 from featx.extract import extract, select_taps
 from featx.files import atomic_json, sha256_file
@@ -197,7 +197,8 @@ def _check_or_write_settings(out: Path, settings: dict) -> None:
         return
     if not path.exists():
         raise FeatxError(f"{out} holds fold work ({work[0].relative_to(out)}) but no settings.json; it is not a "
-                         f"`featx hybrid` run folder (or it was damaged): choose another {arg('out')}")
+                         f"{command('hybrid', 'featx.hybrid(...)')} run folder (or it was damaged): choose another "
+                         f"{arg('out')}")
     try:
         before = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

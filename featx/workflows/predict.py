@@ -15,13 +15,15 @@ import numpy as np
 from featx import csvfiles
 from featx.data import IMAGE_EXTENSIONS
 from featx.data.content import check_files, name_some
-from featx.errors import FeatxError, FeatxWarning, arg
+from featx.errors import FeatxError, FeatxWarning, arg, speak
 from featx.extract import extract
 from featx.files import sha256_file, write_or_keep
 from featx.persist import card_path, check_store_matches, load_model
 from featx.store import SCHEMA_VERSION, load_features, sample_table, store_settings
+from featx.store.hints import extracting
 
-UNFINISHED = "not extracted: the store is unfinished; run `featx extract` again to fill it"
+# the error cell of a row not predicted (templates, featx.errors.speak: the CLI names its command)
+UNFINISHED = f"not extracted: the store is unfinished; run {extracting()} again to fill it"
 INTERRUPTED = "not extracted: extraction was interrupted; run the same command again"
 
 __all__ = ["predict"]
@@ -72,7 +74,7 @@ def _check_files(store: Path, settings: dict, table: dict, rows: list[int]) -> N
     if check.changed.size:
         raise FeatxError(f"{store}: {check.changed.size} image(s) changed since they were extracted "
                          f"({name_some(paths, check.changed)}), so its features of them are stale; run the same "
-                         f"`featx extract` into {store} again (it recomputes them), then predict")
+                         f"{extracting()} into {store} again (it recomputes them), then predict")
     if check.missing.size or check.unknown.size:
         n = check.missing.size + check.unknown.size
         warnings.warn(FeatxWarning(f"{store}: featx cannot tell whether {n} of the {len(rows)} images changed since "
@@ -231,7 +233,7 @@ def predict(model_path, data=None, *, split: str | None = None,
     _check_out(out, Path(model_path), card, data, _store_list(store) if store is not None else [])
     if store is not None:
         stores = _store_list(store)
-        paths, errors, X = _requested_rows(card, stores, split, UNFINISHED)
+        paths, errors, X = _requested_rows(card, stores, split, speak(UNFINISHED))
         source = ", ".join(map(str, stores))
     else:
         folder = tempfile.TemporaryDirectory(prefix="featx-predict-") if cache is None else nullcontext(cache)

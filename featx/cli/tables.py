@@ -1,0 +1,108 @@
+"""The results table drawn with rich for the terminal, fitted to its width; what it shows comes from
+:mod:`featx.report.table` (text, its notes naming flags and commands), marked and PARTIAL rows in yellow."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
+
+from featx.cli.app import flag
+from featx.errors import spoken_as
+from featx.report.notes import protocol_title
+from featx.report.table import TERMINAL_METRICS, cell_text, delta_column, layouts, protocol_cell, table_captions
+from featx.results import ResultRow
+
+_MARKER_WIDTH = len("IMAGE-LEVEL")  # the protocol column never splits a marker
+_NAME_MIN = 14
+
+
+def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare", *, width: int | None = None
+                  ) -> Table:
+    """A rich Table: name, protocol, then accuracy, precision, recall, F1, the weighted F1 (the challenge's
+    metric) and ROC-AUC (%, ``mean ± sd`` over folds; the title says which protocol), and, for compared rows,
+    Δ: the paired difference from the protocol's reference row with its 95% interval and ``≈`` when the
+    interval holds 0; marked rows in yellow with a ``*``.
+
+    No number is ever cut: at ``width`` columns (default: the width of the console it is printed on) the
+    table stacks ``± sd`` under the mean when one line does not fit, then leaves out ROC-AUC, precision,
+    recall and F1 in that order and says so under the table. Names and protocols wrap; numbers never do.
+    """
+    rows = list(rows)
+    delta = delta_column(rows)
+    if width is None:  # every column on one line; laid out again for the console that prints it
+        table = _build(_FitsConsole, rows, title, [*TERMINAL_METRICS, *delta], stacked=False, width=None)
+        table.fit_args = (rows, title)
+        return table
+    for stacked, metrics in layouts():
+        table = _build(Table, rows, title, [*metrics, *delta], stacked=stacked, width=width)
+        if table is not None:
+            return table
+    # narrower than accuracy and wF1 with the shortest names (about 50 columns): the narrowest layout
+    return _build(Table, rows, title, [*metrics, *delta], stacked=True, width=width, force=True)
+
+
+class _FitsConsole(Table):
+    """A results table laid out again for the width of the console it is printed on."""
+
+    fit_args: tuple = ()
+
+    def __rich_console__(self, console, options):
+        yield results_table(*self.fit_args, width=options.max_width)
+
+    def __rich_measure__(self, console, options):
+        return Measurement.get(console, options, results_table(*self.fit_args, width=options.max_width))
+
+
+def _width(texts) -> int:
+    return max((cell_len(line) for t in texts for line in t.split("\n")), default=1)
+
+
+def _build(cls, rows, title, metrics, *, stacked, width, force=False):
+    """The table of ``rows`` with these metric columns, or None when it does not fit in ``width``."""
+    cells = [[cell_text(r, m, stacked) for m, _ in metrics] for r in rows]
+    num_widths = [_width([h, *(c[i] for c in cells)]) for i, (_, h) in enumerate(metrics)]
+    names, protocols = [r.name for r in rows], [protocol_cell(r) for r in rows]
+    name_w, proto_w = _width(["Model", *names]), _width(["Protocol", *protocols])
+    name_col, proto_col = None, None  # fixed widths of the wrapping columns when the natural ones do not fit
+    if width is not None:
+        spare = width - sum(num_widths) - _overhead(len(metrics) + 2)
+        longest = max((cell_len(w) for p in protocols for w in p.split()), default=1)
+        name_min, proto_min = _NAME_MIN, max(_MARKER_WIDTH, min(longest, 16))
+        if not stacked:  # one line per row only while names and protocols stay readable
+            name_min, proto_min = 2 * name_min, 2 * proto_min
+        name_min, proto_min = min(name_w, name_min), min(proto_w, proto_min)
+        if spare < name_w + proto_w:
+            if spare < name_min + proto_min and not force:
+                return None
+            extra = max(spare - name_min - proto_min, 0)
+            need_n, need_p = name_w - name_min, proto_w - proto_min
+            add_n = extra * need_n // max(need_n + need_p, 1)
+            name_col, proto_col = name_min + add_n, proto_min + extra - add_n
+    with spoken_as(flag):  # the terminal's table names flags and commands, wherever it is drawn
+        captions = [escape(line) for line in table_captions(rows, metrics, width)]
+    table = cls(title=f"{title}  [dim]({protocol_title(rows)}, %)[/]" if title else None,
+                caption="\n".join(captions), caption_style="dim", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("Model", style="bold", overflow="fold", width=name_col)
+    table.add_column("Protocol", overflow="fold", width=proto_col)
+    for (_, header), w in zip(metrics, num_widths):
+        table.add_column(header, justify="right", no_wrap=True, min_width=w)
+    for r, name, protocol, row_cells in zip(rows, names, protocols, cells):
+        table.add_row(escape(name), escape(protocol), *row_cells,
+                      style="yellow" if r.marked or r.partial else None)
+    return table
+
+
+def _overhead(n_columns: int) -> int:
+    """Characters a table with ``n_columns`` spends outside its cells: edges, separators and padding."""
+    probe = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for _ in range(n_columns):
+        probe.add_column(width=1)
+    return Measurement.get(_PROBE, _PROBE.options, probe).maximum - n_columns
+
+
+_PROBE = Console(width=1000)
