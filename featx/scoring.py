@@ -13,7 +13,7 @@ value), so that an undefined fold never favours a candidate.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +21,34 @@ from sklearn import metrics as skm
 
 from featx.errors import FeatxError, arg
 
+
+class _MetricNames(Sequence):
+    """The names of :data:`METRIC_TABLE`, in table order, read when used: a metric added by
+    :func:`register_metric` is in every row, summary, interval and results file from then on."""
+
+    def __getitem__(self, i):
+        return tuple(METRIC_TABLE)[i]
+
+    def __len__(self) -> int:
+        return len(METRIC_TABLE)
+
+    def __iter__(self):
+        return iter(tuple(METRIC_TABLE))
+
+    def __contains__(self, name) -> bool:
+        return name in METRIC_TABLE
+
+    def __eq__(self, other) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, (tuple, list, _MetricNames)) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 # Every metric a row reports, in table order.
-METRICS = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
+METRICS = _MetricNames()
 
 
 @dataclass(frozen=True)
@@ -31,6 +57,8 @@ class Metric:
 
     ``of_positive``: precision, recall and F1 are those of the positive class (their label names it);
     ``needs_score``: computed from a score of the positive class (ROC-AUC), not from predicted classes.
+    ``function``: for a metric added by :func:`register_metric`, a scikit-learn style ``function(y_true, y_pred,
+    sample_weight=None)`` of class indices (e.g. ``sklearn.metrics.matthews_corrcoef``); None for featx's own.
     """
 
     name: str
@@ -39,10 +67,13 @@ class Metric:
     of_positive: bool = False
     needs_score: bool = False
     greater_is_better: bool = True
+    function: Callable | None = None
 
     def __call__(self, y_true, y_pred, y_score=None, *, positive: int, n_classes: int) -> float:
         """The metric of one test set (class indices ``y_true``/``y_pred``, ``y_score`` of the positive class);
         NaN where it is undefined (see the module docstring)."""
+        if self.function is not None:
+            return _weighted(self.function, np.asarray(y_true), np.asarray(y_pred))
         return _FUNCTIONS[self.name](np.asarray(y_true), np.asarray(y_pred), y_score, positive, n_classes)
 
     def batched(self, confusion: np.ndarray, positive: int) -> np.ndarray:
@@ -50,6 +81,11 @@ class Metric:
         Same definitions as :meth:`__call__`. Not for ROC-AUC (it needs scores)."""
         if self.needs_score:
             raise ValueError(f"{self.name} needs scores, not confusion matrices")
+        if self.function is not None:  # each matrix as its K*K (true, predicted) pairs weighted by their counts
+            C = np.asarray(confusion, dtype=float)
+            k = C.shape[-1]
+            true, pred = np.divmod(np.arange(k * k), k)
+            return np.array([_weighted(self.function, true, pred, c.ravel()) for c in C])
         return _confusion_metric(np.asarray(confusion, dtype=float), positive, self.name)
 
     def scorer(self, positive: int, n_classes: int):
@@ -64,6 +100,21 @@ class Metric:
     def label_for(self, positive: str | None = None) -> str:
         """``Weighted F1``; ``F1 (ALL)`` for a metric of the positive class ``"all"``."""
         return f"{self.label} ({positive.upper()})" if positive and self.of_positive else self.label
+
+
+def _weighted(function: Callable, y_true, y_pred, weight=None) -> float:
+    """``function`` of (weighted) rows; NaN with no row, or where scikit-learn finds it undefined (ValueError)."""
+    if weight is not None:
+        keep = weight > 0
+        y_true, y_pred, weight = y_true[keep], y_pred[keep], weight[keep]
+    if len(y_true) == 0:
+        return float("nan")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return float(function(y_true, y_pred, sample_weight=weight))
+    except ValueError:
+        return float("nan")
 
 
 def _scored_by_prediction(y_true, y_pred, *, metric: str, positive: int, n_classes: int) -> float:
@@ -170,7 +221,21 @@ METRIC_TABLE: dict[str, Metric] = {m.name: m for m in (
     Metric("balanced_accuracy", "Balanced accuracy", "BAcc"),
     Metric("roc_auc", "ROC-AUC", "ROC-AUC", needs_score=True),
 )}
-assert tuple(METRIC_TABLE) == METRICS
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add ``metric`` (with a ``function``, e.g. ``Metric("mcc", "Matthews correlation", "MCC",
+    function=sklearn.metrics.matthews_corrcoef)``) to :data:`METRIC_TABLE`: every row then reports it (mean, std
+    over folds and its interval over subjects, which is sized on the logit scale: a metric outside [0, 1] such as
+    MCC gets one only where its estimate lies in (0, 1)), results.json/csv carry it, and ``sort_by``/``select``/
+    search metrics may name it. Remove it with ``METRIC_TABLE.pop(name)``."""
+    if metric.function is None or metric.needs_score:
+        raise FeatxError(f"{arg('metric', metric.name)}: a metric added to featx needs a function(y_true, y_pred, "
+                         "sample_weight=None) of predicted classes (metrics of scores are featx's own)")
+    if metric.name in METRIC_TABLE:
+        raise FeatxError(f"{arg('metric', metric.name)}: a metric of that name exists; choose another name")
+    METRIC_TABLE[metric.name] = metric
+    return metric
 
 
 def get_metric(name: str) -> Metric:

@@ -25,8 +25,8 @@ from featx.evaluation.splits import (
     Protocol,
     every_row_has_subject,
     labelled_rows,
-    make_splits,
-    tuned_protocol,
+    protocol_name,
+    split_features,
     without_unknown_subjects,
 )
 from featx.files import json_shaped
@@ -166,7 +166,8 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
         row = ResultRow(
             name=f"{features.name} + {spec.name}", backbone=features.backbone, tap=features.tap, head=spec.name,
             protocol=protocol.name, protocol_label=protocol.label, image_level=bool(protocol.image_level),
-            n_folds=protocol.n_folds, n_train=int(round(np.mean([len(a) for a, _ in protocol.folds]))),
+            protocol_short=protocol.short or None, n_folds=protocol.n_folds,
+            n_train=int(round(np.mean([len(a) for a, _ in protocol.folds]))),
             n_test=int(len(test_rows)),
             n_subjects=int(len(np.unique(subjects[used]))) if subjects is not None else 0,
             classes=classes, positive=classes[positive],
@@ -244,12 +245,8 @@ def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: 
         data, dropped = without_unknown_subjects(data)
     pos = resolve_positive(data.classes, positive)
     tuned = data.roles is not None
-    if tuned:
-        protocol = tuned_protocol(data, cv=cv, eval_set=eval_set, n_folds=n_folds, seed=seed,
-                                  allow_optimistic=allow_optimistic)
-    else:
-        protocol = make_splits(data.subjects, data.y, data.splits, cv=cv, n_folds=n_folds, seed=seed,
-                               eval_set=eval_set, paths=data.paths, classes=data.classes)
+    protocol = split_features(data, cv, n_folds=n_folds, seed=seed, eval_set=eval_set,
+                              allow_optimistic=allow_optimistic)
     if dropped:
         protocol.label += f"; {dropped} row{'s' if dropped != 1 else ''} without a subject id dropped"
         protocol.note = "; ".join(filter(None, [protocol.note, f"{dropped} rows without a subject id dropped "
@@ -335,7 +332,7 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                 loaded.append(features)
             for p, ev in runs:
                 if progress:
-                    progress(f"{features.name}: {', '.join(heads)} under {ev or p}")
+                    progress(f"{features.name}: {', '.join(heads)} under {ev or protocol_name(p)}")
                 rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
                                           eval_set=ev, positive=positive, preprocess=preprocess,
                                           class_weight=class_weight, device=device, params=params,
@@ -347,7 +344,8 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                 row.selection_uncorrected = True
             for p, ev in runs:
                 if progress:
-                    progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under {ev or p}")
+                    progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under "
+                             f"{ev or protocol_name(p)}")
                 with process_pool(where.backend, heads):
                     rows.append(selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed,
                                               jobs=cpu_cores() if where.n_jobs is None else where.n_jobs,

@@ -15,14 +15,12 @@ from pathlib import Path
 from featx.errors import FeatxError, arg
 from featx.evaluation.backends import check_backend
 from featx.evaluation.search import Search, check_search
-from featx.evaluation.splits import check_cv
+from featx.evaluation.splits import check_cv, protocol_from, protocol_name
 from featx.evaluation.workers import check_jobs
 from featx.heads import check_params, get_head
 from featx.scoring import check_metric
 from featx.store import summarize
 from featx.store.schema import default_tap
-
-KFOLD = ("auto", "subject", "image")  # protocols that take n_folds
 
 
 @dataclass
@@ -35,14 +33,14 @@ class GridPlan:
     tap_groups: list[list[str] | None]
     heads: list[str]
     params: dict
-    runs: list[tuple[str, str | None]]
+    runs: list[tuple]  # (protocol name or object, held-out split or None)
     row_taps: dict[tuple[int, int], str]
 
     def describe(self) -> dict:
         """The grid as recorded in a results folder's manifest (stores resolved to absolute paths)."""
         return {"stores": [[str(Path(p).resolve()) for p in g] for g in self.store_groups],
                 "taps": None if self.tap_groups == [None] else self.tap_groups, "heads": self.heads,
-                "protocols": [ev and f"eval={ev}" or cv for cv, ev in self.runs]}
+                "protocols": [ev and f"eval={ev}" or protocol_name(cv) for cv, ev in self.runs]}
 
     def cells(self) -> set[tuple[tuple[str, ...], str, str]]:
         """``(resolved stores, tap, head)`` of every row the grid computes under each protocol."""
@@ -63,9 +61,12 @@ def tap_groups(taps) -> list[list[str] | None]:
     return [[t] if isinstance(t, str) else list(t) for t in taps] if taps else [None]
 
 
-def protocol_runs(cv, eval_set: str | None) -> list[tuple[str, str | None]]:
-    """``(cv, eval_set)`` of every protocol of a grid: each CV protocol, then the held-out one."""
-    protocols = [check_cv(p) for p in ([cv] if isinstance(cv, str) else list(cv or []))]
+def protocol_runs(cv, eval_set: str | None) -> list[tuple]:
+    """``(cv, eval_set)`` of every protocol of a grid: each CV protocol (a name checked and in lower case, or a
+    protocol object or scikit-learn splitter), then the held-out one."""
+    one = cv is None or isinstance(cv, str) or not isinstance(cv, (list, tuple))
+    protocols = [check_cv(p) if p is None or isinstance(p, str) else protocol_from(p)
+                 for p in ([cv] if one and cv is not None else list(cv or []))]
     if not protocols and not eval_set:
         protocols = ["auto"]
     return [(p, None) for p in protocols] + ([("auto", eval_set)] if eval_set else [])
@@ -92,7 +93,7 @@ def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: 
     check_jobs(jobs)
     check_backend(backend, scheduler)
     runs = protocol_runs(cv, eval_set)
-    if n_folds < 2 and any(p in KFOLD and ev is None for p, ev in runs):
+    if n_folds < 2 and any(ev is None and isinstance(p, str) and protocol_from(p, n_folds=2).kfold for p, ev in runs):
         raise FeatxError(f"{arg('n_folds', n_folds)}: cross-validation needs at least 2 folds")
     groups = store_groups(stores)
     if not groups or not all(groups):

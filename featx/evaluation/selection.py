@@ -22,8 +22,7 @@ from featx.evaluation.splits import (
     Protocol,
     every_row_has_subject,
     labelled_rows,
-    make_splits,
-    tuned_protocol,
+    split_features,
     without_unknown_subjects,
 )
 from featx.heads import fit_params, make_head, positive_scores, preprocess_text
@@ -142,7 +141,8 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
     row = ResultRow(
         name=SELECTED_NAME.format(metric=metric), backbone="selected", tap="", head="selected",
         protocol=protocol.name, protocol_label=protocol.label, image_level=bool(protocol.image_level),
-        n_folds=protocol.n_folds, n_train=int(round(np.mean([len(a) for a, _ in protocol.folds]))),
+        protocol_short=protocol.short or None, n_folds=protocol.n_folds,
+        n_train=int(round(np.mean([len(a) for a, _ in protocol.folds]))),
         n_test=int(len(test_rows)),
         n_subjects=int(len(np.unique(ci_subjects[used]))) if ci_subjects is not None else 0,
         classes=classes, positive=classes[positive], confusion=summary["confusion"],
@@ -189,12 +189,8 @@ def selection_row(feature_sets: Sequence, heads: Sequence[str], *, cv: str = "au
     sets = check_same_rows(sets)
     data = sets[0]
     pos = resolve_positive(data.classes, positive)
-    if data.roles is not None:
-        protocol = tuned_protocol(data, cv=cv, eval_set=eval_set, n_folds=n_folds, seed=seed,
-                                  allow_optimistic=allow_optimistic)
-    else:
-        protocol = make_splits(data.subjects, data.y, data.splits, cv=cv, n_folds=n_folds, seed=seed,
-                               eval_set=eval_set, paths=data.paths, classes=data.classes)
+    protocol = split_features(data, cv, n_folds=n_folds, seed=seed, eval_set=eval_set,
+                              allow_optimistic=allow_optimistic)
     row = select_rows([(fs, h) for fs in sets for h in heads], protocol, positive=pos, seed=seed, **kwargs)
     row.dropped_unknown_subjects = dropped
     row.optimistic = bool(protocol.optimistic)

@@ -184,7 +184,21 @@ def protocol_text(row: ResultRow) -> str:
 
 
 def short_protocol(row: ResultRow) -> str:
-    """A compact protocol name for the terminal: ``subject 5-fold``, ``IMAGE-LEVEL 5-fold``, ``prelim``."""
+    """A compact protocol name for the terminal: ``subject 5-fold``, ``IMAGE-LEVEL 5-fold``, ``prelim``: the
+    protocol's own compact name (``row.protocol_short``, set from its protocol object), then the row's marks."""
+    text = row.protocol_short or _short_of_unmarked(row)
+    if n := row.dropped_unknown_subjects:
+        text += f", {n} row{'s' if n != 1 else ''} w/o subject dropped"
+    if row.nested:
+        text += ", nested"
+    if row.optimistic:
+        text = "OPTIMISTIC " + text
+    return text + provenance_suffix(row)
+
+
+def _short_of_unmarked(row: ResultRow) -> str:
+    """The compact name of a row without ``protocol_short``: a fine-tuned network's row, or a row of a
+    results.json written before protocols were objects (the facts then only in its label)."""
     name, k = row.protocol, row.n_folds
     if name in ("subject", "image", "hybrid"):
         text = f"{name} {k}-fold"
@@ -199,13 +213,7 @@ def short_protocol(row: ResultRow) -> str:
         text = "IMAGE-LEVEL " + text.replace("image ", "")
         if "subjects unknown" in protocol_text(row):
             text += " (subjects unknown)"
-    if n := row.dropped_unknown_subjects:
-        text += f", {n} row{'s' if n != 1 else ''} w/o subject dropped"
-    if row.nested:
-        text += ", nested"
-    if row.optimistic:
-        text = "OPTIMISTIC " + text
-    return text + provenance_suffix(row)
+    return text
 
 
 def protocol_title(rows: Sequence[ResultRow]) -> str:

@@ -12,12 +12,12 @@ from featx.errors import FeatxError, arg
 from featx.evaluation import (
     HELD_OUT_SPLITS,
     GridPlan,
-    check_cv,
     check_grid,
     compare,
     evaluate,
     every_row_has_subject,
     labelled_rows,
+    protocol_name,
     tuned_protocol,
     without_unknown_subjects,
 )
@@ -159,7 +159,8 @@ def default_out(command: str, stores, heads: Sequence[str] | str, taps=None, *, 
     store_taps = [named or [default_tap(p, a)] for p, a in zip(paths, attrs)]
     grid = _classify_grid(paths, store_taps, head, cv, eval_set)
     tap = "+".join("+".join(t) for t in store_taps)
-    protocol = eval_set or (cv if cv != "auto" else None)
+    named = cv if cv is None or isinstance(cv, str) else protocol_name(cv)  # a protocol object: its name
+    protocol = eval_set or (named if named != "auto" else None)
     name = f"{'+'.join(p.stem for p in paths)}-{tap}-{grid['heads'][0]}" + (f"-{protocol}" if protocol else "")
     return free_folder("classify", grid, name=name, root=root,
                        same_rows=_same_cells({(tuple(grid["stores"]), tap, grid["heads"][0])}, 1))
@@ -168,7 +169,7 @@ def default_out(command: str, stores, heads: Sequence[str] | str, taps=None, *, 
 def _classify_grid(stores, store_taps, head: str, cv: str, eval_set: str | None) -> dict:
     """The grid of one classify run as its run.json records it."""
     return {"stores": [str(Path(p).resolve()) for p in stores], "taps": [list(t) for t in store_taps],
-            "heads": [get_head(head).name], "protocols": [f"eval={eval_set}" if eval_set else check_cv(cv)]}
+            "heads": [get_head(head).name], "protocols": [f"eval={eval_set}" if eval_set else protocol_name(cv)]}
 
 
 def _plan_rows(plan: GridPlan):

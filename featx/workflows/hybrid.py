@@ -43,7 +43,7 @@ from featx.data import discover
 from featx.data.images import ImageDataset, make_transform
 from featx.device import autocast, resolve_device
 from featx.errors import FeatxError, arg, command
-from featx.evaluation import compare_rows, make_splits, resolve_positive
+from featx.evaluation import Hybrid, SubjectKFold, compare_rows, resolve_positive
 from featx.extract import extract, select_taps
 from featx.files import atomic_json, sha256_file
 from featx.finetune import finetune, preset_warning, resolve_settings
@@ -116,7 +116,7 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
                          "names or use a manifest with a subject column")
     y = np.array([classes.index(collection.samples[i].label) for i in labelled], dtype=np.int64)
     splits = np.array([collection.samples[i].split or "" for i in labelled], dtype=object)
-    outer = make_splits(subjects, y, splits, cv="subject", n_folds=n_folds, seed=seed)
+    outer = Hybrid(n_folds, seed).split_rows(subjects, y, splits)
     folds = [(np.array([labelled[i] for i in a]), np.array([labelled[i] for i in b])) for a, b in outer.folds]
 
     ft_options = dict(weights=None if weights is None else str(weights), preset=preset, epochs=epochs, lr=lr,
@@ -242,7 +242,7 @@ def _inner_collection(collection, train: np.ndarray, seed: int, fold: int):
     inner = None
     for k in range(min(INNER_FOLDS, n_subjects), 1, -1):  # fewer inner folds when few subjects allow no other
         try:
-            inner = make_splits(subjects, y, None, cv="subject", n_folds=k, seed=seed)
+            inner = SubjectKFold(k, seed).split_rows(subjects, y, None)
             break
         except FeatxError:
             continue

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.evaluation import Protocol, compute_metrics, roc_points, run_grid, summarize_folds
+from featx.evaluation import Hybrid, Protocol, compute_metrics, roc_points, run_grid, summarize_folds
+from featx.evaluation.protocols import hybrid_label
 from featx.provenance import rows_mark
 from featx.results import ResultRow
 from featx.store import load_features, store_settings
@@ -19,7 +20,7 @@ __all__ = ["head_rows", "network_row", "protocol_label"]
 
 
 def protocol_label(n_folds: int) -> str:
-    return f"hybrid subject-level {n_folds}-fold (network fine-tuned per fold on training subjects)"
+    return hybrid_label(n_folds)
 
 
 def _checkpoints(records: list[dict]) -> list[str]:
@@ -58,7 +59,8 @@ def head_rows(out: Path, records: list[dict], folds, collection, taps: Sequence[
               note: str) -> list[ResultRow]:
     """Every head on every fold's own tuned features (``taps`` fused), through the grid `featx compare` runs."""
     stacked, protocol_folds = _stacked_features(out, records, folds, collection, taps, backbone)
-    protocol = Protocol("hybrid", protocol_label(len(folds)), False, protocol_folds, seed, note, stacked.subjects)
+    protocol = Hybrid(len(folds), seed).named(Protocol("hybrid", "", False, protocol_folds, seed, note,
+                                                       stacked.subjects))
     rows = run_grid(stacked, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
                     class_weight=class_weight, device=device, params=params)
     for row in rows:
