@@ -16,6 +16,7 @@ import torch
 
 from featx.backbones import create_backbone
 from featx.cli import app
+from featx.cli.app import flag
 from featx.data import discover
 from featx.data.images import ImageDataset, make_transform
 from featx.errors import FeatxError, FeatxWarning
@@ -68,7 +69,8 @@ def test_tuned_holdout_trains_on_seen_rows_and_tests_only_unseen_ones():
     for cv in ("subject", "image", "fold"):
         with pytest.raises(FeatxError, match="allow_optimistic") as err:
             tuned_protocol(fs, cv=cv, n_folds=2)
-        assert "\n" not in str(err.value) and "featx hybrid" in str(err.value)
+        assert "\n" not in str(err.value) and "use `featx.hybrid(...)`" in str(err.value)
+        assert "use `featx hybrid`, or add --optimistic" in err.value.render(flag)
     opt = tuned_protocol(fs, cv="subject", n_folds=3, allow_optimistic=True)
     assert opt.optimistic and opt.label.startswith("OPTIMISTIC subject-level 3-fold")
     assert "features tuned on test subjects" in opt.label
@@ -89,7 +91,7 @@ def test_tuned_holdout_trains_on_seen_rows_and_tests_only_unseen_ones():
     assert list(odd.folds[0][1]) == [9, 10, 11] and "1 rows never trained on count as seen" in odd.note
 
     # nothing unseen: refused, saying what to do
-    with pytest.raises(FeatxError, match=r"none is left to test on.*featx hybrid.*val='subject'"):
+    with pytest.raises(FeatxError, match=r"none is left to test on.*featx\.hybrid\(\.\.\.\).*val='subject'"):
         tuned_protocol(_featureset(["train"] * 10 + ["train-subject"] * 2, subjects))
     # a checkpoint that recorded nothing: every row counts as seen
     with pytest.raises(FeatxError, match="none is left to test on"):

@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from featx.errors import FeatxError, arg
+from featx.errors import FeatxError, arg, command
 from featx.evaluation.backends import check_backend
+from featx.evaluation.pool import check_jobs
 from featx.evaluation.search import Search, check_search
 from featx.evaluation.splits import check_cv, protocol_from, protocol_name
-from featx.evaluation.workers import check_jobs
 from featx.heads import check_params, get_head
 from featx.scoring import check_metric
 from featx.store import summarize
+from featx.store.hints import extracting
 from featx.store.schema import default_tap
 
 
@@ -97,7 +98,7 @@ def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: 
         raise FeatxError(f"{arg('n_folds', n_folds)}: cross-validation needs at least 2 folds")
     groups = store_groups(stores)
     if not groups or not all(groups):
-        raise FeatxError("no feature store given; pass files written by `featx extract`")
+        raise FeatxError(f"no feature store given; pass files written by {extracting()}")
     tgroups = tap_groups(taps)
     summaries: dict[str, dict] = {}
     row_taps = {}
@@ -113,9 +114,9 @@ def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: 
                 wanted = tgroup or [default_tap(Path(p), info["settings"])]
                 for tap in wanted:
                     if tap not in info["taps"]:
+                        fill = command(f"extract {arg('taps')}", f"featx.extract(..., taps={tap!r})")
                         raise FeatxError(f"{p}: no tap {tap!r} in this store; it holds "
-                                         f"{', '.join(info['taps']) or 'none'} (extract it with `featx extract "
-                                         f"{arg('taps')}`)")
+                                         f"{', '.join(info['taps']) or 'none'} (extract it with {fill})")
                 parts.append("+".join(wanted))
             row_taps[(i, j)] = "+".join(parts)
     return GridPlan(groups, tgroups, names, checked, runs, row_taps)
@@ -126,10 +127,10 @@ def _check_store(path: Path, allow_partial: bool, eval_set: str | None) -> dict:
     info = summarize(path)
     done, total = info["done"], info["samples"]
     if info["unfinished"] and not allow_partial:
-        raise FeatxError(f"{path}: {done} of {total} rows extracted; finish it by running the same `featx "
-                         f"extract` again, or pass {arg('allow_partial', True)}")
+        raise FeatxError(f"{path}: {done} of {total} rows extracted; finish it by running the same "
+                         f"{extracting()} again, or pass {arg('allow_partial', True)}")
     if not done:
-        raise FeatxError(f"{path}: no finished rows yet; run `featx extract` to fill the store")
+        raise FeatxError(f"{path}: no finished rows yet; run {extracting()} to fill the store")
     if eval_set is not None:
         labelled = {split: sum(n for c, n in counts.items() if c != "unlabelled")
                     for split, counts in info["counts"].items()}

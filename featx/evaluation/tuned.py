@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featx.errors import FeatxError, arg
+from featx.errors import FeatxError, arg, command
 from featx.evaluation.protocols import (
     HELD_OUT_SPLITS,
     AutoProtocol,
@@ -22,6 +22,8 @@ from featx.evaluation.protocols import (
     short_name,
 )
 from featx.provenance import OLD_STORE_NOTE, UNSEEN_ROLES
+
+HYBRID = command("hybrid", "featx.hybrid(...)")  # fine-tunes per outer fold: no row of a test fold seen
 
 _OPTIMISTIC_REASON = "features tuned on test subjects"  # in OPTIMISTIC labels
 
@@ -79,7 +81,7 @@ def tuned_split(features, protocol: BaseProtocol, *, allow_optimistic: bool = Fa
             raise FeatxError(f"{arg('cv', protocol.name)}: the fine-tuned network of these features saw "
                              f"{int((~unseen).sum())} of the {len(y)} labelled rows, so its test folds would score "
                              f"images it trained on; leave {arg('cv')} out for the tuned-holdout protocol (tests "
-                             f"only rows it never saw), use `featx hybrid`, or add {arg('allow_optimistic')} to run "
+                             f"only rows it never saw), use {HYBRID}, or add {arg('allow_optimistic')} to run "
                              "it anyway (marked OPTIMISTIC)")
         prot = protocol.split_rows(subjects, y, splits, paths=features.paths)
         optimistic_label = f"OPTIMISTIC {prot.label} ({_OPTIMISTIC_REASON})"
@@ -95,7 +97,7 @@ def tuned_split(features, protocol: BaseProtocol, *, allow_optimistic: bool = Fa
 def _no_unseen_message(features, what: str) -> str:
     stores = ", ".join(t.get("store", "") for t in features.tuned) or "this store"
     return (f"{stores}: {what}; its features come from a fine-tuned network, so no row it saw may be scored: "
-            f"use `featx hybrid` (fine-tunes per outer fold), or fine-tune with a validation split "
+            f"use {HYBRID} (fine-tunes per outer fold), or fine-tune with a validation split "
             f"({arg('val', 'subject')} or {arg('eval_set', 'prelim')}) and extract again, or pass "
             f"{arg('allow_optimistic')} to cross-validate anyway (marked OPTIMISTIC)")
 
