@@ -1,6 +1,13 @@
 """Reports of result rows (:class:`featx.results.ResultRow`): the terminal and Markdown tables, the files
 of a results folder and PNG plots. Image-level, OPTIMISTIC and PARTIAL rows are marked everywhere."""
-from featx.report.files import PREDICTION_COLUMNS, merge_results, read_results, write_predictions, write_results
+from featx.report.files import (
+    PREDICTION_COLUMNS,
+    MergedResults,
+    merge_results,
+    read_results,
+    write_predictions,
+    write_results,
+)
 from featx.report.html import write_html_report
 from featx.report.markdown import markdown_table, results_markdown
 from featx.report.notes import (
@@ -31,8 +38,8 @@ from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_his
 from featx.report.table import TERMINAL_METRICS, results_table
 
 __all__ = ["IMAGE_LEVEL_NOTE", "MANIFEST", "OPTIMISTIC_NOTE", "PREDICTION_COLUMNS", "STATS_NOTE", "TABLE_METRICS",
-           "TERMINAL_METRICS", "check_out", "claimed", "clobber", "excluded_notes", "find_results", "format_pct",
-           "free_folder", "markdown_table", "merge_results", "metric_label", "partial_notes", "plot_bars",
-           "plot_confusion", "plot_history", "plot_roc", "protocol_text", "protocol_title", "read_results",
-           "refuse_results_folder", "results_commit", "results_markdown", "results_table", "short_protocol", "slug",
-           "write_html_report", "write_manifest", "write_predictions", "write_results"]
+           "TERMINAL_METRICS", "MergedResults", "check_out", "claimed", "clobber", "excluded_notes", "find_results",
+           "format_pct", "free_folder", "markdown_table", "merge_results", "metric_label", "partial_notes",
+           "plot_bars", "plot_confusion", "plot_history", "plot_roc", "protocol_text", "protocol_title",
+           "read_results", "refuse_results_folder", "results_commit", "results_markdown", "results_table",
+           "short_protocol", "slug", "write_html_report", "write_manifest", "write_predictions", "write_results"]
