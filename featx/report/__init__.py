@@ -1,5 +1,6 @@
 """Reports of result rows (:class:`featx.results.ResultRow`): the terminal and Markdown tables, the files
 of a results folder and PNG plots. Image-level, OPTIMISTIC and PARTIAL rows are marked everywhere."""
+from featx.imports import callable_module
 from featx.report.files import (
     PREDICTION_COLUMNS,
     MergedResults,
@@ -43,3 +44,5 @@ __all__ = ["IMAGE_LEVEL_NOTE", "MANIFEST", "OPTIMISTIC_NOTE", "PREDICTION_COLUMN
            "plot_bars", "plot_confusion", "plot_history", "plot_roc", "protocol_text", "protocol_title",
            "read_results", "refuse_results_folder", "results_commit", "results_markdown", "results_table",
            "short_protocol", "slug", "write_html_report", "write_manifest", "write_predictions", "write_results"]
+
+callable_module(__name__, "write_html_report")  # featx.report(...) (see featx/__init__.py)
