@@ -42,6 +42,7 @@ from featx.data.decoders import decode_plan, start_batches
 from featx.data.images import describe_preprocessing, make_transform, normalize_batch
 from featx.device import autocast, memory_format, resolve_device
 from featx.errors import FeatxError, FeatxWarning, arg
+from featx.imports import callable_module
 from featx.store import FeatureStore, lock_path
 from featx.store.rowid import file_records, read_files
 from featx.store.shards import parse_shard, shard_rows, shard_settings
@@ -369,3 +370,5 @@ def _extract_pending(network: TappedNetwork, collection: Collection, store: Feat
     finally:
         batches.close()
         writer.close()
+
+callable_module(__name__, "extract")  # featx.extract(...) (see featx/__init__.py)

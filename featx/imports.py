@@ -12,8 +12,9 @@ import contextlib
 import gc
 import importlib
 import sys
+import types
 
-__all__ = ["collector_paused", "import_paused"]
+__all__ = ["callable_module", "collector_paused", "import_paused"]
 
 
 @contextlib.contextmanager
@@ -36,3 +37,19 @@ def import_paused(*modules: str) -> None:
     with collector_paused():
         for module in modules:
             importlib.import_module(module)
+
+
+class _CallableModule(types.ModuleType):
+    """A module that is also its main function (see :func:`callable_module`)."""
+
+    def __call__(self, *args, **kwargs):
+        return getattr(self, self._featx_function)(*args, **kwargs)
+
+
+def callable_module(name: str, function: str) -> None:
+    """Make module ``name`` callable as its function ``function``: ``featx.extract(...)`` is
+    ``featx.extract.extract(...)``, where the top-level name and the module's are one (the module stays a
+    module: ``from featx.extract import ...`` and ``import featx.extract as fx`` are unchanged)."""
+    module = sys.modules[name]
+    module._featx_function = function
+    module.__class__ = _CallableModule

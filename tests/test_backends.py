@@ -101,7 +101,7 @@ def test_a_given_dask_client_runs_the_grid_and_is_left_open(store, default_table
         address = client.scheduler.address
     assert _manifest(tmp_path)["run"] == {"backend": "dask", "scheduler": address, "workers": 3, "cluster": "given"}
     expected = default_table["cnn/fc + softmax"]
-    assert one["row"].scores["f1_weighted"].mean == pytest.approx(float(expected["f1_weighted"]), abs=1e-9)
+    assert one.row.scores["f1_weighted"].mean == pytest.approx(float(expected["f1_weighted"]), abs=1e-9)
     got = {r.name: r for r in rows}
     for name, expected in default_table.items():
         for m in METRICS:

@@ -500,7 +500,7 @@ def test_saved_model_makes_the_evaluated_predictions_row_for_row(cnmc_store, hea
     params = {"xgboost": {"n_estimators": 20}, "softmax": {"epochs": 5, "min_steps": 20}}
     result = run_classify(cnmc_store, head, eval_set="prelim", save=True, out=tmp_path, plots=False,
                           params=params, device="cpu")
-    row, model_path = result["row"], result["model"]
+    row, model_path = result.row, result.model
     model, card = load_model(model_path, trust_pickle=True)
     assert type(joblib.load(model_path)["model"]) is type(model)  # the file holds the pipeline with its classes
     features = load_features(cnmc_store)
@@ -544,12 +544,12 @@ def test_one_file_name_that_does_not_parse_refuses_subject_cv(cnmc_tree, tmp_pat
         run_compare([store], ["logistic"], n_folds=3)  # auto: no silent image-level fallback
     out = tmp_path / "res"
     rows = run_compare([store], ["logistic"], cv=["subject", "image"], n_folds=3, out=out, plots=False,
-                       drop_unknown_subjects=True)["rows"]
+                       drop_unknown_subjects=True).rows
     assert [r.dropped_unknown_subjects for r in rows] == [1, 1] and [r.n_test for r in rows] == [23, 23]
     assert all("1 row without a subject id dropped" in r.protocol_label for r in rows)
     assert "1 row without a subject id dropped" in (out / "results.md").read_text()
     assert (out / "results.csv").read_text().count("1 row without a subject id dropped") == 2
-    image = run_compare([store], ["logistic"], cv="image", n_folds=3)["rows"][0]
+    image = run_compare([store], ["logistic"], cv="image", n_folds=3).rows[0]
     assert image.image_level and image.protocol_label.startswith("IMAGE-LEVEL 3-fold")
 
 

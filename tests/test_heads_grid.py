@@ -271,9 +271,9 @@ def test_rows_and_cards_record_every_head_parameter_as_built(tmp_path, two_store
     assert "random_state" not in xgb and "device" not in xgb and "class_weight" not in xgb
     out = run_classify(two_stores[0], "xgboost", n_folds=3, jobs=1, out=tmp_path, save=True,
                        plots=False, params={"xgboost": {"n_estimators": 12}})
-    card = json.loads(out["model"].with_suffix(".json").read_text())
+    card = json.loads(out.model.with_suffix(".json").read_text())
     assert card["head_params"]["learning_rate"] == 0.15 and card["head_params"]["n_estimators"] == 12
-    assert card["head_params"] == out["row"].settings["head_params"]  # one JSON shaping for both
+    assert card["head_params"] == out.row.settings["head_params"]  # one JSON shaping for both
 
 
 # ---- trees skip a last standardisation -------------------------------------------------------------------

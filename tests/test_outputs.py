@@ -138,10 +138,10 @@ def test_the_library_refuses_before_any_fit(store, tmp_path, monkeypatch):
 
 def test_same_grid_rerun_replaces_and_force_replaces_another_grid(store, tmp_path):
     out = tmp_path / "cmp"
-    first = run_compare([store], ["logistic"], cv="subject", out=out, **LIB)["rows"]
-    again = run_compare([str(store)], ["logistic"], cv="subject", out=out, **LIB)["rows"]  # same grid: a re-run
+    first = run_compare([store], ["logistic"], cv="subject", out=out, **LIB).rows
+    again = run_compare([str(store)], ["logistic"], cv="subject", out=out, **LIB).rows  # same grid: a re-run
     assert len(first) == len(again) == 1 and len(read_json(out / "results.json")) == 1
-    rows = run_compare([store], ["logistic", "knn"], cv="subject", out=out, overwrite=True, **LIB)["rows"]
+    rows = run_compare([store], ["logistic", "knn"], cv="subject", out=out, overwrite=True, **LIB).rows
     assert [r.head for r in rows] == [r.head for r in read_json(out / "results.json")] == ["logistic", "knn"]
     assert _manifest(out)["grid"]["heads"] == ["logistic", "knn"] and _manifest(out)["rows"] == 2
 
@@ -159,9 +159,9 @@ def test_results_without_a_manifest_count_as_another_run_unless_they_are_this_gr
 
 def test_table_reads_every_results_json_under_a_folder(store, tmp_path):
     parent = tmp_path / "all"
-    compare_rows = run_compare([store], ["logistic", "knn"], cv="subject", out=parent / "compare", **LIB)["rows"]
+    compare_rows = run_compare([store], ["logistic", "knn"], cv="subject", out=parent / "compare", **LIB).rows
     classify_row = run_classify(store, "logistic", cv="image", out=parent / "classify", n_folds=3,
-                                plots=False)["row"]
+                                plots=False).row
     hybrid = parent / "runs" / "hybrid-cnn"  # a hybrid run: its results at the top, fold work below
     write_results(compare_rows[:1], hybrid, plots=False)
     (hybrid / "settings.json").write_text("{}")

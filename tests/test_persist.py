@@ -40,7 +40,7 @@ def models(cnmc_tree, tmp_path_factory) -> dict:
         result = run_classify(str(store), head, eval_set="prelim", save=True, skops=True, out=root / f"res-{head}",
                               plots=False, device="cpu",
                               params={head: SMALL[head]} if head in SMALL else None)
-        saved[head] = (result["model"], result["skops"])
+        saved[head] = (result.model, result.skops)
     return {"root": root, "store": store, "saved": saved, "data": cnmc_tree}
 
 
@@ -291,7 +291,7 @@ def test_the_card_records_the_evaluated_row_and_predict_takes_a_list_of_stores(m
     assert metrics["f1"] is None and metrics["roc_auc_ci_high"] is None  # every metric is named, absent ones None
     one = predict(path, store=models["store"], out=tmp_path / "one.csv", trust_pickle=True)
     listed = predict(path, store=[models["store"]], out=tmp_path / "list.csv", trust_pickle=True)
-    assert one["predicted"] == listed["predicted"] == 34
+    assert one.predicted == listed.predicted == 34
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "list.csv").read_text()
     with pytest.raises(FeatxError) as err:
         predict(path, out=tmp_path / "none.csv", trust_pickle=True)

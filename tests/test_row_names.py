@@ -36,7 +36,7 @@ def compared(stores, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("compared")
     result = run_compare(stores, ["logistic"], cv="subject", n_folds=3, out=out, plots=False,
                          select="accuracy")
-    return {"rows": result["rows"], "out": out}
+    return {"rows": result.rows, "out": out}
 
 
 def _csv(path: Path) -> list[dict]:
@@ -154,8 +154,8 @@ def test_table_over_two_folders_of_one_backbone_names_each_store(tmp_path):
         write_results([_row([str(tmp_path / "stores" / f"{store}.h5")])], folder, plots=False)
     assert [r.name for r in read_json(folders[0] / "results.json")] == ["cnn/fc + logistic"]
     merged = merge_results(folders, tmp_path / "table", plots=False)
-    assert [r.name for r in merged["rows"]] == ["cnn/fc [a] + logistic", "cnn/fc [b] + logistic"]
-    assert [r.name for r in read_json(tmp_path / "table" / "results.json")] == [r.name for r in merged["rows"]]
+    assert [r.name for r in merged.rows] == ["cnn/fc [a] + logistic", "cnn/fc [b] + logistic"]
+    assert [r.name for r in read_json(tmp_path / "table" / "results.json")] == [r.name for r in merged.rows]
     result, text = invoke("table", *folders)
     assert result.exit_code == 0, result.output
     assert "cnn/fc [a] + logistic" in text and "cnn/fc [b] + logistic" in text

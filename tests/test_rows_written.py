@@ -33,7 +33,7 @@ def cnn_store(cnmc_tree, tmp_path_factory):
 def test_compare_rows_round_trip_through_json_and_csv(cnn_store, tmp_path):
     result = run_compare([cnn_store], ["logistic", "knn"], [["fc"], ["fc", "pool5"]], cv=["subject", "image"],
                          n_folds=3, out=tmp_path, plots=False)
-    rows = result["rows"]
+    rows = result.rows
     assert all(isinstance(r, ResultRow) for r in rows) and len(rows) == 2 * 2 * 2
     assert {r.flag for r in rows} == {"", "IMAGE-LEVEL"} and all(r.predictions for r in rows)
     _same_rows(read_json(tmp_path / "results.json"), rows)

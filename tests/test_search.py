@@ -133,13 +133,13 @@ def test_save_with_a_search_records_the_chosen_parameters_in_the_card(tmp_path, 
     monkeypatch.setattr(classify_workflow, "load_features", lambda store, tap, **kw: features)
     result = run_classify(tmp_path / "dummy.h5", "logistic", cv="subject", n_folds=3, out=tmp_path,
                           save=True, plots=False, search=Search(space={"logistic": {"C": [0.01, 1.0, 100.0]}}))
-    card = json.loads(card_path(result["model"]).read_text())
+    card = json.loads(card_path(result.model).read_text())
     chosen = card["search"]["chosen_params"]
     assert set(chosen) == {"C"} and chosen["C"] in (0.01, 1.0, 100.0)
     assert card["params"]["C"] == chosen["C"] and card["search"]["method"] == "grid"
     assert card["search"]["inner_folds"] == 3 and card["search"]["inner_groups"] == "subject"
     assert 0 <= card["search"]["best_score"] <= 1 and card["search"]["n_train"] == len(features.y)
-    pipeline, _ = load_model(result["model"], trust_pickle=True)
+    pipeline, _ = load_model(result.model, trust_pickle=True)
     assert pipeline.named_steps["clf"].C == chosen["C"]
 
 

@@ -64,7 +64,7 @@ def store(tree) -> Path:
 
 @pytest.fixture(scope="module")
 def model(store) -> Path:
-    return run_classify(store, "logistic", n_folds=3, out=store.parent / "trained", save=True, plots=False)["model"]
+    return run_classify(store, "logistic", n_folds=3, out=store.parent / "trained", save=True, plots=False).model
 
 
 @pytest.fixture

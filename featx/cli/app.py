@@ -227,7 +227,8 @@ def user_errors(func: Callable) -> Callable:
                 warnings.showwarning = _featx_warnings_as_lines(warnings.showwarning)
                 return func(*args, **kwargs)
         except FeatxError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(exc.render(flag))}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(exc.render(flag))}", highlight=False, soft_wrap=True,
+                              emoji=False)  # a value like module:x: stays as typed
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
             line = getattr(func, "interrupt_line", RESUMES)

@@ -81,7 +81,9 @@ def _print_rows(rows, paths=None, title="featx", run=None) -> None:
 def classify(
     store: Annotated[str, typer.Argument(help="Feature store (HDF5 from `featx extract`); fuse stores with "
                                               "a.h5+b.h5 (aligned by image path).")],
-    head: Annotated[str, typer.Option(help="softmax, logistic, linear-svm, svm, xgboost, random-forest or knn.",
+    head: Annotated[str, typer.Option(help="softmax, logistic, linear-svm, svm, xgboost, random-forest or knn; or "
+                                           "any scikit-learn classifier as package.module:Class (e.g. "
+                                           "sklearn.ensemble:HistGradientBoostingClassifier).",
                                       rich_help_panel=EVALUATION)] = "svm",
     tap: Annotated[str | None, typer.Option(
         "--tap", "--taps", help="Tap to use, e.g. fc7, or fused taps fc7+pool5 (default: the backbone's, fc7; "
@@ -139,8 +141,8 @@ def classify(
                           plots=not no_plots, backend=backend, scheduler=scheduler,
                           allow_optimistic=optimistic, allow_partial=allow_partial,
                           drop_unknown_subjects=drop_unknown_subjects)
-    row = result["row"]
-    _print_rows([row], result["paths"], title="featx classify", run=result["run"])
+    row = result.row
+    _print_rows([row], result.paths, title="featx classify", run=result.run)
     accuracy = row.scores["accuracy"]
     if accuracy.ci_low is None:
         ci = f"n/a ({(row.interval or {}).get('na', {}).get('accuracy', 'not computed')})"
@@ -148,8 +150,8 @@ def classify(
         ci = f"{100 * accuracy.ci_low:.1f}-{100 * accuracy.ci_high:.1f}% ({row.interval['method']})"
     console.print(f"weighted F1 {100 * row.mean('f1_weighted'):.2f}%, balanced accuracy "
                   f"{100 * row.mean('balanced_accuracy'):.2f}%, 95% CI of accuracy {escape(ci)}")
-    if result["model"]:
-        console.print(f"saved model {result['model']}" + (f" and {result['skops']}" if result.get("skops") else ""))
+    if result.model:
+        console.print(f"saved model {result.model}" + (f" and {result.skops}" if result.skops else ""))
 
 
 @app.command()
@@ -158,7 +160,8 @@ def classify(
 def compare(
     stores: Annotated[list[str], typer.Argument(help="Feature stores to compare; each may fuse stores as "
                                                      "a.h5+b.h5.")],
-    heads: Annotated[str, typer.Option(help="Comma-separated heads.", rich_help_panel=EVALUATION)]
+    heads: Annotated[str, typer.Option(help="Comma-separated heads (package.module:Class for a scikit-learn "
+                                            "classifier of your own).", rich_help_panel=EVALUATION)]
     = "softmax,logistic,svm,xgboost",
     taps: Taps = None,
     cv: Annotated[str | None, typer.Option(help=CV_HELP + " Several, comma-separated (subject,image), give one "
@@ -211,7 +214,7 @@ def compare(
                          backend=backend, scheduler=scheduler,
                          allow_optimistic=optimistic, allow_partial=allow_partial,
                          drop_unknown_subjects=drop_unknown_subjects, select=select, sort_by=sort_by, vs=vs)
-    _print_rows(result["rows"], result["paths"], title="featx compare", run=result["run"])
+    _print_rows(result.rows, result.paths, title="featx compare", run=result.run)
 
 
 @app.command()
@@ -253,11 +256,11 @@ def predict(
     stores = parse_stores(store) if store else None
     summary = run_predict(model, data, split=split, store=stores, out=out, device=device, batch_size=batch_size,
                           workers=workers, cache=cache, strict=strict, trust_pickle=trust_pickle)
-    counts = ", ".join(f"{c} {n}" for c, n in summary["counts"].items())
-    console.print(f"wrote {summary['rows']} rows to [bold]{escape(str(summary['out']))}[/]: {summary['predicted']} "
-                  f"predicted ({escape(counts)}; column {summary['output']}), {summary['failed']} could not be "
+    counts = ", ".join(f"{c} {n}" for c, n in summary.counts.items())
+    console.print(f"wrote {summary.rows} rows to [bold]{escape(str(summary.out))}[/]: {summary.predicted} "
+                  f"predicted ({escape(counts)}; column {summary.output}), {summary.failed} could not be "
                   "predicted", soft_wrap=True)
-    if summary["failed"]:
-        path, error = summary["errors"][0]
-        console.print(f"[yellow]warning:[/] {summary['failed']} image(s) could not be predicted (see the error "
+    if summary.failed:
+        path, error = summary.errors[0]
+        console.print(f"[yellow]warning:[/] {summary.failed} image(s) could not be predicted (see the error "
                       f"column), first: {escape(path)}: {escape(error)}", highlight=False, soft_wrap=True)

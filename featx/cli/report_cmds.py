@@ -25,6 +25,6 @@ def table(
 ) -> None:
     """Print one table (the study's Table 2 layout) over the rows of several results files."""
     merged = merge_results(results, out, overwrite=force)
-    console.print(results_table(merged["rows"], title=title))
-    if merged["paths"]:
-        console.print("wrote " + ", ".join(str(p) for p in merged["paths"].values()))
+    console.print(results_table(merged.rows, title=title))
+    if merged.paths:
+        console.print("wrote " + ", ".join(str(p) for p in merged.paths.values()))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator
 
 from featx.errors import FeatxError, arg
 from featx.evaluation.backends import engine
@@ -31,6 +32,7 @@ from featx.evaluation.splits import (
 )
 from featx.files import json_shaped
 from featx.heads import (
+    HeadSpec,
     Preprocess,
     check_params,
     fit_params,
@@ -53,12 +55,12 @@ Params = dict[str, dict]  # head name -> {parameter: value}
 # --------------------------------------------------------------------------------------------------
 # heads x folds
 # --------------------------------------------------------------------------------------------------
-def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int, search: Search | None = None,
+def _fit_fold(head: HeadSpec, head_kwargs: dict, X, y, train, test, positive: int, search: Search | None = None,
               groups=None, fold: int = 0, inner_jobs: int = 1, threads: int | None = None):
-    """Fit one head on one fold; returns predictions, positive-class scores, timings and, with a ``search``
-    (nested), the inner search's record (chosen parameters, every inner score) else None. ``groups``: the
-    subject of every row (None when unknown). ``threads``: the BLAS/OpenMP threads of a worker process
-    (None: as they are)."""
+    """Fit one head (its spec: it travels to a worker process whole) on one fold; returns predictions,
+    positive-class scores, timings and, with a ``search`` (nested), the inner search's record (chosen
+    parameters, every inner score) else None. ``groups``: the subject of every row (None when unknown).
+    ``threads``: the BLAS/OpenMP threads of a worker process (None: as they are)."""
     pipeline = make_head(head, **head_kwargs)
     record = None
     train_groups = None if groups is None else groups[train]
@@ -74,7 +76,7 @@ def _fit_fold(head: str, head_kwargs: dict, X, y, train, test, positive: int, se
             t1 = time.perf_counter()
             pred, score = predict_and_score(pipeline, X[test], positive)
     except ValueError as exc:  # a parameter that does not fit the data (pca:N > features, n_neighbors > rows, ...)
-        raise FeatxError(f"head {head}: {' '.join(str(exc).split())}; change {arg('params')} or "
+        raise FeatxError(f"head {head.name}: {' '.join(str(exc).split())}; change {arg('params')} or "
                          f"{arg('preprocess')}") from None
     return pred, score, t1 - t0, time.perf_counter() - t1, record
 
@@ -114,22 +116,23 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     parallel (``jobs`` other than 1, or a cluster), else with ``search.n_jobs`` processes."""
     X, y = features.X, features.y
     specs = [get_head(h) for h in heads]
+    by_name = {s.name: s for s in specs}
     params = check_params(params)
     kwargs = {s.name: dict(preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
                            **params.get(s.name, {})) for s in specs}
     tasks = [(s.name, k) for s in specs for k in range(protocol.n_folds)]
-    order = sorted(tasks, key=lambda t: -get_head(t[0]).cost)  # longest first: the pool ends on short tasks
+    order = sorted(tasks, key=lambda t: -by_name[t[0]].cost)  # longest first: the pool ends on short tasks
     searched = {s.name for s in specs if search is not None and search.head_space(s.name)}
     if searched:
         check_search(search)
     groups = np.asarray(features.subjects).astype(str) if len(features.subjects) else None
     if groups is not None and not every_row_has_subject(groups):
         groups = None  # image-level inner folds (the row's note says so)
-    built = {s.name: make_head(s.name, **kwargs[s.name]) for s in specs}  # unfitted: sizes and parameters
+    built = {s.name: make_head(s, **kwargs[s.name]) for s in specs}  # unfitted: sizes and parameters
     n_train = max((len(a) for a, _ in protocol.folds), default=0)
     task_bytes = max(fit_bytes(built[s.name], n_train, X.shape[1]) for s in specs)
     t0 = time.perf_counter()
-    with engine(backend, scheduler, jobs) as where, process_pool(where.backend, heads):
+    with engine(backend, scheduler, jobs) as where, process_pool(where.backend, specs):
         if where.backend == "loky":  # this machine: processes sized to its cores and memory
             n_jobs = plan_jobs(jobs, len(tasks), X.nbytes, task_bytes)
             threads = max(1, cpu_cores() // n_jobs) if n_jobs > 1 else None
@@ -137,7 +140,7 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
             n_jobs, threads = where.n_jobs, None
         inner_jobs = search.n_jobs if search is not None and n_jobs == 1 else 1
         results = Parallel(n_jobs=n_jobs, prefer="processes")(
-            delayed(_fit_fold)(name, kwargs[name], X, y, *protocol.folds[k], positive,
+            delayed(_fit_fold)(by_name[name], kwargs[name], X, y, *protocol.folds[k], positive,
                                search if name in searched else None, groups, k, inner_jobs, threads)
             for name, k in order)
     wall = time.perf_counter() - t0
@@ -208,10 +211,10 @@ def _mark_nested(row: ResultRow, search: Search, records: list, image_inner: boo
 # --------------------------------------------------------------------------------------------------
 # one feature set
 # --------------------------------------------------------------------------------------------------
-def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int | None = None,
-             eval_set: str | None = None, positive: str | None = None, preprocess: Preprocess = ("standard",),
-             class_weight=None, device: str = "auto", params: Params | None = None, allow_optimistic: bool = False,
-             drop_unknown_subjects: bool = False,
+def evaluate(features, head: str | HeadSpec | BaseEstimator, *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
+             jobs: int | None = None, eval_set: str | None = None, positive: str | None = None,
+             preprocess: Preprocess = ("standard",), class_weight=None, device: str = "auto",
+             params: Params | None = None, allow_optimistic: bool = False, drop_unknown_subjects: bool = False,
              search: Search | None = None, backend: str = "loky", scheduler=None) -> ResultRow:
     """Cross-validate (or hold out) one head on a :class:`featx.store.FeatureSet`; returns one result row.
 
@@ -223,6 +226,11 @@ def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: i
     saw (see :func:`featx.evaluation.tuned_protocol`; ``allow_optimistic`` permits CV, marked OPTIMISTIC).
     ``params``: ``{head: {parameter: value}}``. ``search``: a nested parameter search, ``backend`` /
     ``scheduler`` where the folds run (see :func:`run_grid`).
+
+    ``head``: a registered head's name, or any scikit-learn classifier of your own (an instance, a class, a
+    ``Pipeline``, or ``"package.module:Class"``): it is scored under the same folds and intervals, named after
+    its class (a Pipeline's last step's), behind the same ``preprocess`` as any head (``preprocess=()`` to
+    use a Pipeline as it is); see :func:`featx.heads.make_head`.
     """
     return evaluate_many(features, [head], cv=cv, n_folds=n_folds, seed=seed, jobs=jobs, eval_set=eval_set,
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
@@ -231,14 +239,14 @@ def evaluate(features, head: str, *, cv: str = "auto", n_folds: int = 5, seed: i
                          scheduler=scheduler)[0]
 
 
-def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: int = 5, seed: int = 0,
-                  jobs: int | None = None, eval_set: str | None = None, positive: str | None = None,
+def evaluate_many(features, heads: Sequence[str | HeadSpec | BaseEstimator], *, cv: str = "auto", n_folds: int = 5,
+                  seed: int = 0, jobs: int | None = None, eval_set: str | None = None, positive: str | None = None,
                   preprocess: Preprocess = ("standard",), class_weight=None, device: str = "auto",
                   params: Params | None = None, allow_optimistic: bool = False,
                   drop_unknown_subjects: bool = False, search: Search | None = None, backend: str = "loky",
                   scheduler=None) -> list[ResultRow]:
     """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head."""
-    heads = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]  # unknown names fail now
+    heads = _head_specs(heads)  # unknown names fail now
     data = labelled_rows(features)
     dropped = 0
     if drop_unknown_subjects:
@@ -259,6 +267,16 @@ def evaluate_many(features, heads: Sequence[str], *, cv: str = "auto", n_folds: 
     if tuned:
         _mark_tuned(rows, data, protocol)
     return _note_store(features, rows)
+
+
+def _head_specs(heads) -> list[HeadSpec]:
+    """The specs of ``heads`` (one head, or a list of them); two different heads of one name are refused."""
+    specs = [get_head(h) for h in (heads if isinstance(heads, (list, tuple)) else [heads])]
+    for i, spec in enumerate(specs):
+        if any(s.name == spec.name and s != spec for s in specs[:i]):
+            raise FeatxError(f"{arg('heads')}: two different heads are named {spec.name}; score them in "
+                             "separate calls")
+    return specs
 
 
 def _mark_tuned(rows: list[ResultRow], data, protocol: Protocol) -> None:

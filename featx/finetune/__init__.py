@@ -32,7 +32,10 @@ from featx.finetune.presets import (
 )
 from featx.finetune.run import finetune
 from featx.finetune.split import HOLDOUT_FOLDS
+from featx.imports import callable_module
 
 __all__ = ["CLASS_WEIGHTS", "HOLDOUT_FOLDS", "KEEP", "OPTIMIZERS", "PRESETS", "PRESET_NOTES", "SCHEDULES",
            "BatchInfo", "Callback", "EpochInfo", "EventKind", "RunSummary", "StartInfo", "WarningInfo",
            "default_settings", "finetune", "preset_warning", "resolve_settings"]
+
+callable_module(__name__, "finetune")  # featx.finetune(...) (see featx/__init__.py)

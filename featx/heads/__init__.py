@@ -6,10 +6,15 @@ into ``cross_validate`` or ``GridSearchCV`` like any scikit-learn classifier. Th
 ``SoftmaxClassifier`` is the study's fully connected softmax head (optionally one hidden layer with
 dropout); it trains on CUDA when present.
 
-Modules: ``registry`` (:class:`HeadSpec`, :func:`make_head`, :func:`check_params`), ``preprocess`` (the
+Any scikit-learn classifier of your own is a head too (:func:`head_of`, :func:`import_head`; ``get_head``
+and ``make_head`` take it in place of a name).
+
+Modules: ``spec`` (:class:`HeadSpec`), ``registry`` (:func:`make_head`, :func:`check_params`), ``custom``
+(your own estimator as a head), ``preprocess`` (the
 steps before a head, as a typed value), ``softmax``, ``svm``, ``xgboost`` (featx's own estimators),
 ``scores`` (what a fitted head ranks rows by).
 """
+from featx.heads.custom import head_of, import_head
 from featx.heads.preprocess import Preprocess, Step, check_preprocess, preprocess_steps, preprocess_text
 from featx.heads.registry import (
                                   HEADS,
@@ -30,5 +35,5 @@ from featx.heads.xgboost import XGBoostClassifier
 
 __all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "Preprocess", "RBFSVMClassifier", "SoftmaxClassifier", "Step",
            "XGBoostClassifier", "check_params", "check_preprocess", "fit_params", "get_head", "has_probability",
-           "head_params", "list_heads", "make_head", "positive_scores", "predict_and_score", "preprocess_steps",
-           "preprocess_text", "settable_params"]
+           "head_of", "head_params", "import_head", "list_heads", "make_head", "positive_scores",
+           "predict_and_score", "preprocess_steps", "preprocess_text", "settable_params"]

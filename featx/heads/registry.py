@@ -9,7 +9,7 @@ the estimator's own validation (see :func:`check_params`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,10 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import LinearSVC
 
 from featx.errors import FeatxError, arg
+from featx.heads.custom import head_of, import_head, is_import_path
 from featx.heads.preprocess import Preprocess, preprocess_steps
 from featx.heads.softmax import SoftmaxClassifier
+from featx.heads.spec import HeadSpec
 from featx.heads.svm import RBFSVMClassifier
 from featx.heads.xgboost import XGBoostClassifier
 
@@ -32,21 +34,8 @@ __all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "check_params", "fit_params", 
 
 # Estimator parameters that make_head sets from its own arguments (on the estimators that have them).
 MANAGED_PARAMS = {"random_state": "seed", "device": "device", "class_weight": "class_weight"}
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """One head of the registry: its estimator, featx's settings for it, and what it offers."""
-    name: str
-    description: str
-    estimator: type[BaseEstimator]            # make_head builds estimator(**{**defaults, **params})
-    defaults: Mapping[str, Any] = field(default_factory=dict)   # where featx differs from the estimator
-    class_weight: bool = True                 # takes class weights
-    probability: bool = True                  # has predict_proba (else decision_function is the score)
-    groups: bool = False                      # fit takes the subject of each row as ``groups``
-    native: tuple[str, ...] = ()              # modules with thread pools the head loads on its first fit
-    cost: float = 1.0                         # rough seconds of one fold on 10,000 x 4,096 (longest run first)
-    scale_free: bool = False                  # splits on thresholds: a last "standard" step changes nothing
+# Those make_head sets on a user's estimator (where the estimator leaves them None).
+_MANAGED_OWN = ("random_state", "class_weight")
 
 
 HEADS: dict[str, HeadSpec] = {spec.name: spec for spec in (
@@ -73,20 +62,48 @@ def list_heads() -> list[str]:
     return list(HEADS)
 
 
-def get_head(name: str) -> HeadSpec:
-    """The registry entry for ``name``; :class:`FeatxError` listing the known heads otherwise."""
-    key = (name or "").strip().lower().replace("_", "-")
-    if key not in HEADS:
-        raise FeatxError(f"unknown head {name!r}; choose from: {', '.join(HEADS)}")
-    return HEADS[key]
+def get_head(head) -> HeadSpec:
+    """The :class:`HeadSpec` of ``head``: a registry name, a :class:`HeadSpec`, or a scikit-learn classifier of
+    your own (an instance, a class, a ``Pipeline``, or its import path ``package.module:Class``; see
+    :mod:`featx.heads.custom`). A head of your own is then known by its name (its class's) in this process,
+    so that parameters and rows can name it. :class:`FeatxError` listing the known heads otherwise."""
+    if isinstance(head, HeadSpec):
+        return head
+    if not isinstance(head, str):
+        return _remember(head_of(head))
+    if is_import_path(head):
+        return _remember(import_head(head))
+    key = (head or "").strip().lower().replace("_", "-")
+    if key in HEADS:
+        return HEADS[key]
+    if key in _YOURS:
+        return _YOURS[key]
+    raise FeatxError(f"unknown head {head!r}; choose from: {', '.join(HEADS)}")
 
 
-def settable_params(name: str) -> list[str]:
+_YOURS: dict[str, HeadSpec] = {}  # the heads of your own estimators met in this process, by name
+
+
+def _remember(spec: HeadSpec) -> HeadSpec:
+    key = spec.name.lower().replace("_", "-")
+    if key in HEADS:  # a class named like a registry head keeps its module in its name
+        spec = replace(spec, name=f"{spec.estimator.__module__}.{spec.name}")
+        key = spec.name.lower().replace("_", "-")
+    _YOURS[key] = spec
+    return spec
+
+
+def settable_params(name) -> list[str]:
     """The parameters one may set on head ``name``: its estimator's, less those make_head sets itself."""
-    return [p for p in get_head(name).estimator().get_params(deep=False) if p not in MANAGED_PARAMS]
+    spec = get_head(name)
+    return [p for p in spec.own_params() if p.rpartition("__")[2] not in _managed(spec)]
 
 
-def make_head(name: str, *, preprocess: Preprocess = ("standard",), class_weight=None, seed: int = 0,
+def _managed(spec: HeadSpec):
+    return MANAGED_PARAMS if spec.template is None else _MANAGED_OWN
+
+
+def make_head(head, *, preprocess: Preprocess = ("standard",), class_weight=None, seed: int = 0,
               device: str = "auto", **params) -> Pipeline:
     """Build an unfitted head: ``Pipeline([*preprocessing, ("clf", estimator)])``.
 
@@ -96,14 +113,24 @@ def make_head(name: str, *, preprocess: Preprocess = ("standard",), class_weight
     builds the head that is evaluated and the one that is saved; heads without ``predict_proba`` (svm,
     linear-svm) score by their decision function. Tree heads (xgboost, random-forest) pass a last
     ``"standard"`` step through: their splits are the same on standardised features.
+
+    ``head``: anything :func:`get_head` takes. A scikit-learn classifier of your own (a Pipeline too) goes
+    behind the same preprocessing as any head (``preprocess=()`` for none); the seed and the class weights
+    fill its ``random_state`` / ``class_weight`` (a Pipeline's steps' too) where it leaves them None.
     """
-    spec = get_head(name)
+    spec = get_head(head)
     if class_weight not in (None, "balanced") and not isinstance(class_weight, dict):
         raise FeatxError(f"{arg('class_weight', class_weight)}: use 'balanced' or leave it out")
     _check(spec, params)
-    own = spec.estimator().get_params(deep=False)
-    given = {"random_state": seed, "device": device, "class_weight": class_weight if spec.class_weight else None}
-    estimator = spec.estimator(**{**spec.defaults, **{k: v for k, v in given.items() if k in own}, **params})
+    own = spec.own_params()
+    if spec.template is None:
+        given = {"random_state": seed, "device": device, "class_weight": class_weight if spec.class_weight else None}
+        given = {k: v for k, v in given.items() if k in own}
+    else:  # a user's estimator: fill what it leaves unset
+        wanted = {"random_state": seed, "class_weight": class_weight}
+        given = {k: wanted[k.rpartition("__")[2]] for k, v in own.items()
+                 if k.rpartition("__")[2] in wanted and v is None and wanted[k.rpartition("__")[2]] is not None}
+    estimator = spec.build(**{**given, **params})
     steps = preprocess_steps(preprocess) or [("identity", FunctionTransformer())]
     if spec.scale_free and steps[-1][0] == "standard":
         # a tree splits an increasingly rescaled feature at the rescaled threshold: same model, so the
@@ -112,7 +139,7 @@ def make_head(name: str, *, preprocess: Preprocess = ("standard",), class_weight
     return Pipeline([*steps, ("clf", estimator)])
 
 
-def fit_params(name: str, groups) -> dict[str, Any]:
+def fit_params(name, groups) -> dict[str, Any]:
     """What ``Pipeline.fit`` of head ``name`` takes besides ``X`` and ``y``: the subject of each row
     (``groups``, None when unknown) for the heads that use it (xgboost's early-stopping split), else nothing."""
     return {"clf__groups": groups} if groups is not None and get_head(name).groups else {}
@@ -123,8 +150,11 @@ def head_params(pipeline) -> dict[str, Any]:
     built: featx's defaults, the estimator's own and those given, less those set from make_head's own
     arguments (seed, device, class weights); what a result row and a model card record as ``head_params``."""
     estimator = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
-    own = estimator.get_params(deep=False)
-    return {k: v for k, v in own.items() if k not in MANAGED_PARAMS}
+    if hasattr(estimator, "steps"):  # a user's Pipeline as the head: its steps' parameters (step__parameter)
+        own = {k: v for k, v in estimator.get_params(deep=True).items() if "__" in k}
+    else:
+        own = estimator.get_params(deep=False)
+    return {k: v for k, v in own.items() if k.rpartition("__")[2] not in MANAGED_PARAMS}
 
 
 def check_params(params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
@@ -147,15 +177,15 @@ def check_params(params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, di
 
 
 def _check(spec: HeadSpec, params: Mapping[str, Any]) -> None:
-    own = spec.estimator().get_params(deep=False)
+    own = spec.own_params()
     for key, value in params.items():
         where = f"head {spec.name}: bad parameter {arg('params', f'{spec.name}.{key}={value}')}"
-        if key in MANAGED_PARAMS and key in own:
-            raise FeatxError(f"{where}: set it with {arg(MANAGED_PARAMS[key])}")
+        if key.rpartition("__")[2] in _managed(spec) and key in own:
+            raise FeatxError(f"{where}: set it with {arg(MANAGED_PARAMS[key.rpartition('__')[2]])}")
         if key not in own:
-            raise FeatxError(f"{where}: {spec.name} takes {', '.join(settable_params(spec.name))}")
-        refused = _refusal(spec.estimator(**{**spec.defaults, key: value}))
-        if refused != _refusal(spec.estimator(**spec.defaults)):
+            raise FeatxError(f"{where}: {spec.name} takes {', '.join(settable_params(spec))}")
+        refused = _refusal(spec.build(**{key: value}))
+        if refused != _refusal(spec.build()):
             raise FeatxError(f"{where}: {refused}")
 
 

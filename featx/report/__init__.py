@@ -1,7 +1,15 @@
 """Reports of result rows (:class:`featx.results.ResultRow`): what the terminal table shows (drawn by
 :mod:`featx.cli.tables`), the Markdown table, the files of a results folder and PNG plots. Image-level,
 OPTIMISTIC and PARTIAL rows are marked everywhere."""
-from featx.report.files import PREDICTION_COLUMNS, merge_results, read_results, write_predictions, write_results
+from featx.imports import callable_module
+from featx.report.files import (
+    PREDICTION_COLUMNS,
+    MergedResults,
+    merge_results,
+    read_results,
+    write_predictions,
+    write_results,
+)
 from featx.report.html import write_html_report
 from featx.report.markdown import markdown_table, results_markdown
 from featx.report.notes import (
@@ -32,8 +40,10 @@ from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_his
 from featx.report.table import TERMINAL_METRICS
 
 __all__ = ["IMAGE_LEVEL_NOTE", "MANIFEST", "OPTIMISTIC_NOTE", "PREDICTION_COLUMNS", "STATS_NOTE", "TABLE_METRICS",
-           "TERMINAL_METRICS", "check_out", "claimed", "clobber", "excluded_notes", "find_results", "format_pct",
-           "free_folder", "markdown_table", "merge_results", "metric_label", "partial_notes", "plot_bars",
-           "plot_confusion", "plot_history", "plot_roc", "protocol_text", "protocol_title", "read_results",
-           "refuse_results_folder", "results_commit", "results_markdown", "short_protocol", "slug",
+           "TERMINAL_METRICS", "MergedResults", "check_out", "claimed", "clobber", "excluded_notes", "find_results",
+           "format_pct", "free_folder", "markdown_table", "merge_results", "metric_label", "partial_notes",
+           "plot_bars", "plot_confusion", "plot_history", "plot_roc", "protocol_text", "protocol_title",
+           "read_results", "refuse_results_folder", "results_commit", "results_markdown", "short_protocol", "slug",
            "write_html_report", "write_manifest", "write_predictions", "write_results"]
+
+callable_module(__name__, "write_html_report")  # featx.report(...) (see featx/__init__.py)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from featx import csvfiles
@@ -134,11 +135,18 @@ def read_results(sources: Sequence) -> list[ResultRow]:
     return rows
 
 
-def merge_results(sources: Sequence, out=None, *, plots: bool = True, overwrite: bool = False) -> dict:
+@dataclass(frozen=True)
+class MergedResults:
+    """What :func:`merge_results` returns."""
+    rows: list[ResultRow]                                   # every row read, told apart by name
+    paths: dict[str, Path] = field(default_factory=dict)    # the files written to ``out`` by kind ({}: none)
+
+
+def merge_results(sources: Sequence, out=None, *, plots: bool = True, overwrite: bool = False) -> MergedResults:
     """``featx table``: the rows of every results.json ``sources`` name (:func:`read_results`; rows of one name
     and protocol told apart by their stores or folders, :func:`featx.row_names.unique_names`) and, with
     ``out``, those rows written there as one results folder (refused when ``out`` holds another command's
-    results, unless ``overwrite``). Returns ``{"rows", "paths"}``."""
+    results, unless ``overwrite``). Returns a :class:`MergedResults`."""
     files = find_results(sources)
     per_file = [(f, read_results([f])) for f in files]
     rows = unique_names([r for _, rs in per_file for r in rs], origins=[f for f, rs in per_file for _ in rs])
@@ -151,4 +159,4 @@ def merge_results(sources: Sequence, out=None, *, plots: bool = True, overwrite:
                 results_commit(out):
             paths = write_results(rows, out, plots=plots)
             write_manifest(out, "table", grid, len(rows))
-    return {"rows": rows, "paths": paths}
+    return MergedResults(rows=rows, paths=paths)

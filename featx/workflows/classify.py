@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +33,37 @@ from featx.store import load_features, store_settings
 from featx.store.schema import default_tap
 
 
-def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str | Sequence[str] | None = None,
+@dataclass(frozen=True)
+class ClassifyResult:
+    """What :func:`run_classify` returns."""
+    row: ResultRow                                   # the evaluated head's result row
+    paths: dict[str, Path] = field(default_factory=dict)  # the files written to ``out`` by kind ({}: none)
+    model: Path | None = None                        # the saved model (.joblib), with ``save``
+    run: dict = field(default_factory=dict)          # where the folds ran (backend, cluster, workers)
+    skops: Path | None = None                        # its .skops copy, with ``skops``
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """What :func:`run_compare` returns."""
+    rows: list[ResultRow]                            # one per store x tap x head x protocol (and selection)
+    paths: dict[str, Path] = field(default_factory=dict)  # the files written to ``out`` by kind ({}: none)
+    run: dict = field(default_factory=dict)          # where the grid ran (backend, cluster, workers)
+
+
+def run_classify(store: StorePath | Sequence[StorePath], head, *, tap: str | Sequence[str] | None = None,
                  cv: str = "auto", n_folds: int = 5, seed: int = 0, jobs: int = 1, eval_set: str | None = None,
                  positive: str | None = None, preprocess: Preprocess = ("standard",), class_weight=None,
                  device: str = "auto", params: Params | None = None, out=None,
                  save: bool = False, skops: bool = False, plots: bool = True, allow_optimistic: bool = False,
                  allow_partial: bool = False, drop_unknown_subjects: bool = False,
                  search: Search | None = None, overwrite: bool = False, backend: str = "loky",
-                 scheduler=None) -> dict:
+                 scheduler=None) -> ClassifyResult:
     """Load a store (a sequence of stores is fused side by side; a sequence of taps concatenated), evaluate
     one head, write the reports to ``out`` and, with ``save``, the model to ``out/models`` (``skops`` adds a
-    .skops copy). Returns ``{"row", "paths", "model", "run"}`` (and ``"skops"``); ``run``: where the folds ran.
+    .skops copy). Returns a :class:`ClassifyResult` (the row, the files, the model; ``run``: where the folds
+    ran). ``head``: a registered head or a scikit-learn classifier of your own (see
+    :func:`featx.evaluation.evaluate`).
 
     The saved model is the evaluated pipeline (head, parameters, preprocessing, seed) fitted on the rows the
     protocol trains on: with ``eval_set`` exactly the model that was scored on that split; under
@@ -72,10 +93,10 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
                            params=params, allow_optimistic=allow_optimistic,
                            drop_unknown_subjects=drop_unknown_subjects, search=search, backend=backend,
                            scheduler=scheduler)
-        result = {"row": row, "paths": {}, "model": None, "run": where.describe()}
+        paths, model, skops_copy = {}, None, None
         if out is not None:
             with results_commit(out):  # the results and run.json together, or (a full disk) the earlier ones whole
-                result["paths"] = write_results([row], out, plots=plots)
+                paths = write_results([row], out, plots=plots)
                 write_manifest(out, "classify", grid, 1, run=where.describe())
         if save:
             features.positive = row.positive
@@ -92,12 +113,12 @@ def run_classify(store: StorePath | Sequence[StorePath], head: str, *, tap: str 
                 own = {**own, **chosen}
             pipeline, n_train = persist.fit_final(fit_on, row.head, preprocess=preprocess, class_weight=class_weight,
                                                   seed=seed, device=device, params=own, eval_set=eval_set)
-            result["model"] = persist.save_model(pipeline, features, Path(out or ".") / "models", head=row.head,
-                                                 n_train=n_train, preprocess=preprocess, class_weight=class_weight,
-                                                 seed=seed, params=own, row=row, search=searched)
+            model = persist.save_model(pipeline, features, Path(out or ".") / "models", head=row.head,
+                                       n_train=n_train, preprocess=preprocess, class_weight=class_weight,
+                                       seed=seed, params=own, row=row, search=searched)
             if skops:
-                result["skops"] = persist.export_skops(result["model"], trust_pickle=True)  # this run wrote it
-        return result
+                skops_copy = persist.export_skops(model, trust_pickle=True)  # this run wrote it
+        return ClassifyResult(row=row, paths=paths, model=model, run=where.describe(), skops=skops_copy)
 
 
 def _search_all(features, head: str, search: Search, *, eval_set, preprocess, class_weight, seed, device,
@@ -119,11 +140,11 @@ def _search_all(features, head: str, search: Search, *, eval_set, preprocess, cl
 
 
 def run_compare(stores, heads: Sequence[str], taps=None, *, out=None, plots: bool = True, overwrite: bool = False,
-                backend: str = "loky", scheduler=None, **kwargs) -> dict:
+                backend: str = "loky", scheduler=None, **kwargs) -> CompareResult:
     """:func:`featx.evaluation.compare` (same arguments), then the reports in ``out`` (None: nothing written).
     Every input, ``out`` included, is checked before the first fit (and before a cluster is started): a folder
     holding the results of another command or grid is refused unless ``overwrite``. ``backend`` /
-    ``scheduler``: where the grid runs (run.json records it). Returns ``{"rows", "paths", "run"}``."""
+    ``scheduler``: where the grid runs (run.json records it). Returns a :class:`CompareResult`."""
     plan = check_grid(stores, heads, taps, backend=backend, scheduler=scheduler, **kwargs)
     claim = nullcontext() if out is None else claimed(out, "compare", plan.describe(), overwrite=overwrite,
                                                       same_rows=_plan_rows(plan))
@@ -135,7 +156,7 @@ def run_compare(stores, heads: Sequence[str], taps=None, *, out=None, plots: boo
             with results_commit(out):
                 paths = write_results(rows, out, plots=plots)
                 write_manifest(out, "compare", plan.describe(), len(rows), run=where.describe())
-    return {"rows": rows, "paths": paths, "run": where.describe()}
+    return CompareResult(rows=rows, paths=paths, run=where.describe())
 
 
 def default_out(command: str, stores, heads: Sequence[str] | str, taps=None, *, cv="auto", eval_set=None,

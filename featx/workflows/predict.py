@@ -8,6 +8,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -199,10 +200,24 @@ def _write_csv(out: Path, paths: list[str], errors: list[str], predicted: dict, 
     write_or_keep(out, write)
 
 
+@dataclass(frozen=True)
+class PredictResult:
+    """What :func:`predict` returns."""
+    out: Path                          # the CSV written
+    rows: int                          # requested images (CSV rows)
+    predicted: int                     # of which predicted
+    failed: int                        # of which not (the reason in the CSV's error column)
+    errors: list[tuple[str, str]]      # the first (path, error) pairs
+    counts: dict[str, int]             # predictions per class
+    output: str                        # "probability" or "score": the CSV's value column
+    source: str                        # the data folder or the store(s) read
+    model: str | None                  # the model's file name (from its card)
+
+
 def predict(model_path, data=None, *, split: str | None = None,
             store: str | Path | Sequence[str | Path] | None = None, out="predictions.csv", device: str = "auto",
             batch_size: int = 32, workers: int | None = None, cache=None, on_progress=None,
-            strict: bool = False, trust_pickle: bool = False) -> dict:
+            strict: bool = False, trust_pickle: bool = False) -> PredictResult:
     """Predict every image of ``data`` (optionally one ``split``) with a saved model; write a CSV.
 
     With ``store`` (one path, or a list for a model trained on fused stores) the features are read from the
@@ -223,8 +238,7 @@ def predict(model_path, data=None, *, split: str | None = None,
     (warned). ``out`` may not be a folder, an image name, or a file predict reads (model, card, data, store,
     weights). A .joblib model loads only with ``trust_pickle`` (:func:`featx.persist.load_model`).
 
-    Returns ``{"out", "rows", "predicted", "failed", "errors" (first (path, error) pairs), "counts", "output",
-    "source", "model"}``.
+    Returns a :class:`PredictResult`.
     """
     pipeline, card = load_model(model_path, trust_pickle=trust_pickle)
     if store is None and data is None:
@@ -256,8 +270,8 @@ def predict(model_path, data=None, *, split: str | None = None,
     _write_csv(out, paths, errors, predicted, output)
     failed = [(p, e) for p, e in zip(paths, errors) if e]
     counts = {c: sum(1 for label, _ in predicted.values() if label == c) for c in classes}
-    summary = {"out": out, "rows": len(paths), "predicted": len(predicted), "failed": len(failed),
-               "errors": failed[:5], "counts": counts, "output": output, "source": source, "model": card.get("file")}
+    summary = PredictResult(out=out, rows=len(paths), predicted=len(predicted), failed=len(failed),
+                            errors=failed[:5], counts=counts, output=output, source=source, model=card.get("file"))
     if failed and (strict or not predicted):
         p, e = failed[0]
         raise FeatxError(f"{len(failed)} of {len(paths)} requested image(s) could not be predicted (first: {p}: {e}); "
