@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import typer.main
 
+import featx
 from featx.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +83,9 @@ def test_site_builds_strict_with_every_command_and_the_api(tmp_path):
     api = (site / "api" / "evaluation" / "index.html").read_text()
     for name in ("featx.evaluation.evaluate", "featx.evaluation.compare", "featx.evaluation.make_splits"):
         assert f'id="{name}"' in api, f"the API page of featx.evaluation does not document {name}"
+    top = (site / "api" / "index.html").read_text()  # every curated name, under its own heading
+    for name in (n for n in featx.__all__ if n != "__version__"):
+        assert f'id="featx{name.lower()}"' in top, f"the API page of the top level does not document featx.{name}"
     for page in ("index.html", "guide/flow/index.html", "guide/intervals/index.html", "architecture/index.html",
                  "errors/index.html"):
         assert (site / page).is_file(), page
