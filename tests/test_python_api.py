@@ -181,3 +181,17 @@ def test_rows_to_frame_without_pandas_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
     with pytest.raises(FeatxError, match=r"^rows_to_frame needs pandas, which is not installed; install it"):
         featx.rows_to_frame([])
+
+
+def test_a_skops_copy_of_your_own_estimator_is_refused_before_any_fit(store, tmp_path):
+    out = tmp_path / "skops"
+    with pytest.raises(FeatxError, match=r"skops: a .skops copy holds only the types of featx's registered "
+                                         r"heads, and HistGradientBoostingClassifier is an estimator of your own"):
+        featx.classify(store, HistGradientBoostingClassifier(**HGB_PARAMS), save=True, skops=True, out=out)
+    assert not out.exists()  # refused before the folds ran and before anything was written
+    # the CLI saves such a model as .joblib only and says so (--save asks for .skops only by default)
+    result, text = invoke("classify", store, "--head", HGB, "--param", "max_iter=5", "--save", "--out", out,
+                          "--no-plots")
+    assert result.exit_code == 0 and "saved as .joblib only" in text
+    assert [p.suffix for p in sorted((out / "models").glob("*.joblib"))] == [".joblib"]
+    assert not list((out / "models").glob("*.skops"))

@@ -127,17 +127,22 @@ def classify(
     if tap and "," in tap:
         raise FeatxError(f"--tap {tap}: classify evaluates one tap (fuse taps with +, e.g. fc7+pool5); compare "
                          "takes a comma-separated list")
-    from featx.workflows.classify import default_out, run_classify  # deferred: sklearn
+    from featx.heads import get_head  # deferred: sklearn
+    from featx.workflows.classify import default_out, run_classify
 
     params, nested = parse_search(param, [head], method=search, n_iter=n_iter, tune=tune, inner_folds=inner_folds,
                                   metric=search_metric)
     stores, taps = parse_stores(store), parse_taps(tap)
     if out is None:
         out = default_out("classify", stores, head, taps, cv=cv, eval_set=eval_set)
+    own = get_head(head).template is not None  # an estimator of the user's: not on the .skops allow-list
+    if save and own and not no_skops:
+        console.print(f"[yellow]note:[/] {escape(get_head(head).name)} is an estimator of your own: the model is "
+                      "saved as .joblib only (a .skops copy holds only the types of featx's registered heads)")
     result = run_classify(stores, head, tap=taps, cv=cv, n_folds=folds, seed=seed,
                           jobs=jobs, eval_set=eval_set, positive=positive, preprocess=parse_preprocess(preprocess),
                           class_weight=class_weight, device=device, params=params, search=nested,
-                          out=out, overwrite=force, save=save, skops=save and not no_skops,
+                          out=out, overwrite=force, save=save, skops=save and not no_skops and not own,
                           plots=not no_plots, backend=backend, scheduler=scheduler,
                           allow_optimistic=optimistic, allow_partial=allow_partial,
                           drop_unknown_subjects=drop_unknown_subjects)

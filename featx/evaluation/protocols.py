@@ -15,6 +15,7 @@ Rows of the held-out phases (``prelim``, ``final``, ``test``) never enter cross-
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -264,8 +265,10 @@ class SplitterProtocol(_CrossValidation):
     def _folds(self, rows, pool, note):
         groups = _groups(rows, pool, False)
         try:
-            folds = [(pool[a], pool[b]) for a, b in self.splitter.split(
-                np.zeros((len(pool), 1)), rows.y[pool], None if groups is None else groups[pool])]
+            with warnings.catch_warnings():  # KFold & co. ignore the subjects; the leak check below says so
+                warnings.filterwarnings("ignore", message="The groups parameter is ignored", category=UserWarning)
+                folds = [(pool[a], pool[b]) for a, b in self.splitter.split(
+                    np.zeros((len(pool), 1)), rows.y[pool], None if groups is None else groups[pool])]
         except ValueError as exc:
             raise FeatxError(f"{arg('cv', self.name)}: {' '.join(str(exc).split())}") from None
         leak = groups is None or _leaks(folds, groups)

@@ -80,6 +80,10 @@ def run_classify(store: StorePath | Sequence[StorePath], head, *, tap: str | Seq
         if not save:
             raise FeatxError(f"{arg('skops')} exports the saved model; add {arg('save')}")
         persist.require_skops()
+        if get_head(head).template is not None:  # its fitted parts (e.g. HGB's TreePredictor) are not allow-listed
+            raise FeatxError(f"{arg('skops')}: a .skops copy holds only the types of featx's registered heads, and "
+                             f"{get_head(head).name} is an estimator of your own; drop {arg('skops')} (the "
+                             ".joblib model is saved)")
 
     features = load_features(store, tap, allow_partial=allow_partial)
     grid = _classify_grid(features.stores, features.store_taps, head, cv, eval_set)
