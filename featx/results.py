@@ -5,19 +5,21 @@ them. ``results.json`` holds :meth:`ResultRow.to_dict` of each row (flat: each m
 ``<metric>_std``, ``<metric>_ci_low``, ``<metric>_ci_high``); ``results.csv`` one line per row with the
 settings spread over ``settings.<key>`` columns. Both read back to equal rows (:meth:`from_dict`,
 :func:`rows_from_csv`): a row holds JSON-ready values (numpy made plain, NaN as None) from construction on.
+A row is frozen: built once with everything it says (its sub-records in :mod:`featx.row_records`), never changed.
 """
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from featx import csvfiles
+from featx.row_records import NETWORK_KEYS, FrozenDict, NetworkRecord, SearchRecord, TunedRecord
 from featx.scoring import METRICS  # every metric a row reports, in table order
 
 _SUFFIXES = {"std": "_std", "ci_low": "_ci_low", "ci_high": "_ci_high"}
@@ -48,12 +50,19 @@ def _number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResultRow:
-    """What one evaluated combination scored, how, and on which rows.
+    """What one evaluated combination scored, how, and on which rows: a value, built once with everything it
+    says (its attributes cannot be set and its mappings are read-only :class:`FrozenDict`; a changed row is a
+    new one, ``dataclasses.replace(row, ...)``).
 
     ``head`` is the classifier trained on stored features (``"svm"``, ...), or None for a fine-tuned
-    network scored with its own softmax (then ``tap`` is ``"logits"``). ``name`` is the display name.
+    network scored with its own softmax (then ``tap`` is ``"logits"``, and ``network`` says which epoch). ``name``
+    is the display name. The protocol's facts are fields (``protocol``, ``protocol_label``, ``image_level``,
+    ``optimistic``, ``dropped_unknown_subjects``): readers decide marks from them, never from the label's text.
+    Rows of some kinds carry a sub-record: ``network`` (:class:`NetworkRecord`), ``nested_search``
+    (:class:`SearchRecord`), ``tuned_store`` (:class:`TunedRecord`); their results.json keys (``best_epoch``,
+    ``nested``, ``chosen_params``, ``search``, ``tuned``, ...) read as properties of the row.
     """
 
     name: str
@@ -87,7 +96,7 @@ class ResultRow:
     protocol_short: str | None = None
     # why a number may not be an estimate for new patients, and what the data lacked
     optimistic: bool = False
-    tuned: dict | None = None
+    tuned_store: TunedRecord | None = None  # features of fine-tuned weights (results.json: ``tuned``)
     partial: str | None = None
     excluded_images: int = 0
     dropped_unknown_subjects: int = 0
@@ -95,25 +104,60 @@ class ResultRow:
     # what featx knows of the weights behind the features: None (known), "unknown" (no featx provenance) or
     # "stated-unseen" (the user stated that they never saw these images); see featx.provenance
     weights_provenance: str | None = None
-    # fine-tuned network rows
-    best_epoch: int | None = None
-    scored_epoch: int | None = None
-    epochs_run: int | None = None
-    n_skipped: int | None = None
-    selection: str | None = None
-    scored_epochs: list[int] | None = None
-    train_accuracy_last_epoch: list[float] | None = None
-    # nested parameter search (featx.evaluation.search): settings, the choice of each outer fold
-    nested: bool = False
-    chosen_params: list[dict] | None = None   # one dict per outer fold
-    search: dict | None = None                # method, metric, inner_folds, n_iter, space as text
-    inner_scores: list[dict] | None = None    # every inner candidate per outer fold: search/<row>.csv only
+    network: NetworkRecord | None = None        # a fine-tuned network's own row
+    nested_search: SearchRecord | None = None   # parameters searched inside each outer fold
 
     def __post_init__(self):
         for f in fields(self):
-            if f.name not in ("scores", "predictions"):
-                setattr(self, f.name, jsonable(getattr(self, f.name)))
-        self.scores = _all_metrics(self.scores)
+            value = getattr(self, f.name)
+            if f.name == "scores":
+                value = FrozenDict(_all_metrics(value))
+            elif f.name == "predictions":  # arrays stay as they are (written to their own CSV)
+                value = FrozenDict(value) if isinstance(value, dict) else value
+            elif f.name not in _RECORDS:
+                value = jsonable(value)
+                value = FrozenDict(value) if isinstance(value, dict) else value
+            object.__setattr__(self, f.name, value)
+        if self.network == NetworkRecord():  # an empty record reads back as none
+            object.__setattr__(self, "network", None)
+
+    # results.json keys of the sub-records, as plain values (None where the row has no such record)
+    @property
+    def tuned(self) -> dict | None:
+        """``{"n_seen", "n_unseen", "checkpoints"}`` of :attr:`tuned_store` (results.json ``tuned``)."""
+        return None if self.tuned_store is None else jsonable(asdict(self.tuned_store))
+
+    best_epoch = property(lambda self: self._network("best_epoch"), doc="``network.best_epoch``")
+    scored_epoch = property(lambda self: self._network("scored_epoch"), doc="``network.scored_epoch``")
+    epochs_run = property(lambda self: self._network("epochs_run"), doc="``network.epochs_run``")
+    n_skipped = property(lambda self: self._network("n_skipped"), doc="``network.n_skipped``")
+    selection = property(lambda self: self._network("selection"), doc="``network.selection``")
+    scored_epochs = property(lambda self: self._network("scored_epochs"), doc="``network.scored_epochs``")
+    train_accuracy_last_epoch = property(lambda self: self._network("train_accuracy_last_epoch"),
+                                         doc="``network.train_accuracy_last_epoch``")
+
+    def _network(self, key: str):
+        return None if self.network is None else jsonable(getattr(self.network, key))
+
+    @property
+    def nested(self) -> bool:
+        """Whether the row's parameters were searched inside each outer fold (:attr:`nested_search`)."""
+        return self.nested_search is not None
+
+    @property
+    def chosen_params(self) -> list[dict] | None:
+        """The parameters chosen in each outer fold (None for a row without a nested search)."""
+        return None if self.nested_search is None else jsonable(self.nested_search.chosen_params)
+
+    @property
+    def search(self) -> dict | None:
+        """The nested search's settings: method, metric, inner_folds, n_iter, space as text."""
+        return None if self.nested_search is None else jsonable(self.nested_search.settings)
+
+    @property
+    def inner_scores(self) -> list[dict] | None:
+        """Every inner candidate per outer fold (``search/<row>.csv`` only)."""
+        return None if self.nested_search is None else jsonable(self.nested_search.inner_scores)
 
     @property
     def kind(self) -> str:
@@ -158,23 +202,19 @@ class ResultRow:
         mean = self.score(metric).mean
         return float("nan") if mean is None else mean
 
-    def set_scores(self, summary: dict) -> None:
-        """Take ``<metric>``, ``<metric>_std``, ``_ci_low``, ``_ci_high`` of a fold summary as scores."""
-        self.scores = _all_metrics(_scores_from_flat(summary))
-
     def to_dict(self, *, predictions: bool = False) -> dict[str, Any]:
         """The flat, JSON-ready form written to results.json (``predictions`` and ``inner_scores``, written to
         their own CSVs, left out unless asked), with the row's :attr:`marks` (derived; read back from the fields
-        that make them)."""
+        that make them). The sub-records' keys are flat, where featx always wrote them."""
         out: dict[str, Any] = {"marks": self.marks}
-        for f in fields(self):
-            if f.name == "scores":
+        for key in _FLAT:
+            if key == "scores":
                 for m, s in self.scores.items():
                     out[m] = s.mean
                     for attr, suffix in _SUFFIXES.items():
                         out[m + suffix] = getattr(s, attr)
-            elif f.name not in _OWN_FILES or predictions:
-                out[f.name] = getattr(self, f.name)
+            elif key not in _OWN_FILES or predictions:
+                out[key] = getattr(self, key)
         return jsonable(out)
 
     @classmethod
@@ -186,16 +226,26 @@ class ResultRow:
             data["name"] = data.pop("model")
         if data.get("head") == "finetune":
             data["head"] = None
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names - _metric_keys()
+        unknown = set(data) - set(_FLAT) - _metric_keys()
         if unknown:
             raise ValueError(f"not a result row: unknown keys {sorted(unknown)}")
-        missing = [f.name for f in fields(cls) if f.name not in data and _default(f) is _REQUIRED]
+        missing = [k for k, default in _FLAT.items() if k not in data and default is _REQUIRED]
         if missing:
             raise ValueError(f"not a result row: missing keys {missing}")
-        kwargs = {k: v for k, v in data.items() if k in names and k != "scores"}
-        kwargs["scores"] = _scores_from_flat(data)
-        return cls(**kwargs)
+        kwargs = {k: v for k, v in data.items() if k in _PLAIN}
+        tuned = data.get("tuned")
+        search = {k: data.get(k) for k in ("chosen_params", "search", "inner_scores")}
+        return cls(**kwargs, scores=_scores_from_flat(data),
+                   tuned_store=None if tuned is None else TunedRecord(**tuned),
+                   network=NetworkRecord(**{k: data.get(k) for k in NETWORK_KEYS}),
+                   nested_search=(SearchRecord.of(search["search"], search["chosen_params"], search["inner_scores"])
+                                  if data.get("nested") or any(v is not None for v in search.values()) else None))
+
+
+def summary_scores(summary: dict) -> dict[str, Score]:
+    """The scores of a fold summary (``<metric>``, ``<metric>_std``, ``_ci_low``, ``_ci_high``), for a row's
+    ``scores``."""
+    return _scores_from_flat(summary)
 
 
 _REQUIRED = object()
@@ -206,6 +256,13 @@ def _default(f):
     if f.default is not MISSING:
         return f.default
     return f.default_factory() if f.default_factory is not MISSING else _REQUIRED
+
+
+# The sub-records and the flat keys (with their defaults) they are written as, in results.json's order.
+_RECORDS = {"tuned_store": {"tuned": None}, "network": dict.fromkeys(NETWORK_KEYS),
+            "nested_search": {"nested": False, "chosen_params": None, "search": None, "inner_scores": None}}
+_PLAIN = tuple(f.name for f in fields(ResultRow) if f.name not in (*_RECORDS, "scores"))  # fields = keys
+_FLAT = {k: v for f in fields(ResultRow) for k, v in _RECORDS.get(f.name, {f.name: _default(f)}).items()}
 
 
 def _metric_keys() -> set[str]:
@@ -223,7 +280,7 @@ def _scores_from_flat(flat: dict) -> dict[str, Score]:
 
 def jsonable(value):
     """``value`` with numpy types made plain and non-finite floats as None (JSON has no NaN)."""
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # a FrozenDict too: JSON-ready values are plain dicts and lists
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
@@ -269,9 +326,8 @@ def csv_columns(rows: Iterable[ResultRow]) -> list[str]:
     default in every row left out), then ``settings.<key>`` of every setting any row has."""
     rows = list(rows)
     metric_cols = [m + s for m in METRICS for s in ("", *_SUFFIXES.values())]
-    rest = [f.name for f in fields(ResultRow)
-            if f.name not in (*_FIRST, "scores", "settings", *_OWN_FILES)
-            and (_default(f) is _REQUIRED or any(getattr(r, f.name) != _default(f) for r in rows))]
+    rest = [k for k, default in _FLAT.items() if k not in (*_FIRST, "scores", "settings", *_OWN_FILES)
+            and (default is _REQUIRED or any(getattr(r, k) != default for r in rows))]
     settings: list[str] = []
     for r in rows:
         settings += [f"settings.{k}" for k in r.settings if f"settings.{k}" not in settings]

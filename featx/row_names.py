@@ -11,6 +11,7 @@ named after it (:func:`featx.report.slug`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from featx.results import ResultRow
@@ -19,30 +20,27 @@ TAG = "tag"  # the settings key of a row's tag
 
 
 def unique_names(rows: list[ResultRow], origins: Sequence[str | Path] | None = None) -> list[ResultRow]:
-    """Give every row that shares its name and protocol with another a tag (in place); returns ``rows``.
+    """``rows`` (new rows, in their order) with a tag on every row that shares its name and protocol with another.
 
     ``origins``: where each row was read from (``featx table``: its results.json), a tag when that is shorter
     than the stores' or the stores do not tell the rows apart. Applying it again changes nothing."""
     groups = [(r.name, r.protocol) for r in rows]
     stores = [tuple(str(p) for p in r.settings.get("stores") or []) for r in rows]
     folders = None if origins is None else [str(Path(o).resolve().parent) for o in origins]
-    for r, tag in zip(rows, tag_names(groups, stores, folders)):
-        if tag is not None:
-            _retag(r, tag)
+    rows = [r if tag is None else _retag(r, tag) for r, tag in zip(rows, tag_names(groups, stores, folders))]
     n = 1
     while len({(r.name, r.protocol) for r in rows}) < len(rows):  # a new name met another row's: number it
         seen = set()
-        for r in rows:
+        for i, r in enumerate(rows):
             if (r.name, r.protocol) in seen:
                 n += 1
-                _retag(r, f"{r.settings.get(TAG) or ''} #{n}".strip())
+                rows[i] = r = _retag(r, f"{r.settings.get(TAG) or ''} #{n}".strip())
             seen.add((r.name, r.protocol))
     return rows
 
 
-def _retag(row: ResultRow, tag: str) -> None:
-    row.name = with_tag(untagged(row), tag, row.head)
-    row.settings[TAG] = tag
+def _retag(row: ResultRow, tag: str) -> ResultRow:
+    return replace(row, name=with_tag(untagged(row), tag, row.head), settings={**row.settings, TAG: tag})
 
 
 def tag_names(groups: Sequence, stores: Sequence[tuple[str, ...]],

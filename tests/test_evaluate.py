@@ -3,6 +3,8 @@ intervals over subjects, and image-level CV scoring higher than subject-level CV
 signature."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -561,7 +563,6 @@ def test_grid_rows_are_result_rows_that_round_trip_through_results_json(tmp_path
         evaluate(fs, "logistic", eval_set="prelim")]
     assert all(isinstance(r, ResultRow) for r in rows) and [r.head for r in rows] == ["logistic", "knn", "logistic"]
     assert rows[2].scores["accuracy"].std is None and rows[0].scores["accuracy"].std is not None
-    for r in rows:
-        assert r.predictions is not None
-        r.predictions = None  # written to predictions/<row>.csv, never results.json
+    assert all(r.predictions is not None for r in rows)
+    rows = [replace(r, predictions=None) for r in rows]  # written to predictions/<row>.csv, never results.json
     assert read_json(write_json(rows, tmp_path / "results.json")) == rows

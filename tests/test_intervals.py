@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 from featx.errors import FeatxError, FeatxWarning
 from featx.evaluation import OutOfFold, compare_rows, difference, interval, intervals
 from featx.evaluation.intervals import design_reason, estimate, influence, leave_one_out
-from featx.results import ResultRow
+from featx.results import ResultRow, summary_scores
 
 STUDIED = ("accuracy", "precision", "recall", "f1", "f1_weighted", "f1_macro", "balanced_accuracy", "roc_auc")
 
@@ -120,16 +120,15 @@ def test_paired_difference_of_equal_and_of_different_rows():
 # compare_rows: each protocol's rows against its best row
 # --------------------------------------------------------------------------------------------------
 def _row(name, oof: OutOfFold, paths, protocol="subject", **marks) -> ResultRow:
+    from featx.evaluation.intervals import fold_values
     classes = ["all", "hem"]
-    row = ResultRow(name=name, backbone=name.split("/")[0], tap="fc", head="logistic", protocol=protocol,
+    return ResultRow(name=name, backbone=name.split("/")[0], tap="fc", head="logistic", protocol=protocol,
                     protocol_label=protocol, image_level=False, n_folds=3, n_train=1, n_test=len(paths),
                     n_subjects=0, classes=classes, positive="all",
                     predictions={"path": list(paths), "subject": list(oof.subject), "fold": (oof.fold + 1).tolist(),
                                  "y_true": [classes[i] for i in oof.y_true],
-                                 "y_pred": [classes[i] for i in oof.y_pred], "score": oof.score.tolist()}, **marks)
-    from featx.evaluation.intervals import fold_values
-    row.set_scores({m: float(np.nanmean(fold_values(oof, m))) for m in STUDIED})
-    return row
+                                 "y_pred": [classes[i] for i in oof.y_pred], "score": oof.score.tolist()},
+                     scores=summary_scores({m: float(np.nanmean(fold_values(oof, m))) for m in STUDIED}), **marks)
 
 
 def _rows_of_three(rng, n=900, n_subjects=45):
@@ -151,7 +150,7 @@ def test_rows_are_compared_with_their_protocols_best_row_and_close_ones_are_mark
     rows = [_row("a/fc + logistic", base, paths), _row("b/fc + logistic", good, paths),
             _row("c/fc + logistic", reordered, paths[order]),
             _row("d/fc + logistic", good, paths, protocol="prelim")]
-    compare_rows(rows, metric="accuracy")
+    rows = compare_rows(rows, metric="accuracy")
     a, b, c, d = (r.comparison for r in rows)
     assert b["is_reference"] and b["reference"] == "b/fc + logistic" and b["delta"] == 0
     assert a["reference"] == c["reference"] == "b/fc + logistic"
@@ -169,7 +168,7 @@ def test_marked_rows_are_not_the_reference_and_unpaired_rows_say_why():
                       base.fold, base.subject, 2, 0)
     rows = [_row("a/fc + logistic", base, paths), _row("b/fc + logistic", good, paths, optimistic=True),
             _row("c/fc + logistic", worse, paths[::-1])]  # other paths: not the same test rows
-    compare_rows(rows, metric="accuracy")
+    rows = compare_rows(rows, metric="accuracy")
     assert rows[0].comparison["is_reference"]  # the OPTIMISTIC row scores higher but is no estimate
     assert rows[1].comparison["reference"] == "a/fc + logistic" and rows[1].comparison["delta"] > 0
     assert rows[2].comparison["reason"] == "not scored on the same test rows and folds as the reference"
@@ -180,12 +179,12 @@ def test_vs_names_the_reference_and_an_unknown_name_warns_and_keeps_the_best():
     rng = np.random.default_rng(10)
     base, good, close, paths = _rows_of_three(rng)
     rows = [_row("a/fc + logistic", base, paths), _row("b/fc + logistic", good, paths)]
-    compare_rows(rows, metric="accuracy", reference="a/fc + logistic")
+    rows = compare_rows(rows, metric="accuracy", reference="a/fc + logistic")
     assert rows[0].comparison["is_reference"] and rows[0].comparison["chosen_by"] == "vs"
     assert rows[1].comparison["delta"] > 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compare_rows(rows, metric="accuracy", reference="nope")
+        rows = compare_rows(rows, metric="accuracy", reference="nope")
     assert any(isinstance(w.message, FeatxWarning) and "vs='nope' names no row" in str(w.message) for w in caught)
     assert rows[1].comparison["is_reference"]
     with pytest.raises(FeatxError, match="sort_by='auc' is not a metric"):

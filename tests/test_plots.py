@@ -1,6 +1,8 @@
 """Figures a reviewer would put in a paper: the comparison chart, training curves, confusion and ROC plots."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
@@ -101,7 +103,7 @@ def test_comparison_chart_hatches_rows_from_weights_of_unknown_provenance(drawn,
 
 def test_comparison_chart_names_sd_bars_and_leaves_undefined_scores_out(drawn, tmp_path):
     rows = [make_row("a/fc7 + svm", 0.9, ci=False), make_row("b/fc7 + svm", 0.8, ci=False)]
-    rows[1].scores["roc_auc"] = Score(None)  # undefined (one class in a fold)
+    rows[1] = dataclasses.replace(rows[1], scores={**rows[1].scores, "roc_auc": Score(None)})  # one class in a fold
     plot_bars(rows, tmp_path / "c.png", metrics=("accuracy", "roc_auc"), sort_by="accuracy")
     ax = drawn[-1].axes[0]
     assert "± sample sd over folds" in ax.get_xlabel() and "CI" not in ax.get_xlabel()

@@ -111,7 +111,7 @@ def test_table_shows_model_names_with_brackets_verbatim():
 def test_rows_with_the_same_slug_get_their_own_plots(tmp_path):
     rows = [_row("vgg16/fc7 + svm", "subject", "subject-level 5-fold", False, 0.9, 0.1),
             _row("vgg16[run/best.pt]/fc7 + svm", "subject", "subject-level 5-fold", False, 0.8, 0.1)]
-    rows[1].backbone = "vgg16"
+    rows[1] = dataclasses.replace(rows[1], backbone="vgg16")
     write_results(rows, tmp_path)
     assert sorted(p.name for p in (tmp_path / "plots").glob("confusion-*.png")) == [
         "confusion-vgg16-fc7-svm-subject-2.png", "confusion-vgg16-fc7-svm-subject.png"]

@@ -21,6 +21,7 @@ from featx import report
 from featx.finetune import finetune
 from featx.report import IMAGE_LEVEL_NOTE, STATS_NOTE, write_html_report, write_results
 from featx.report import html as report_html
+from featx.results import NetworkRecord
 
 IMG = re.compile(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -37,8 +38,9 @@ def sources(tmp_path):
     write_results(rows, tmp_path / "cmp", plots=False)
     run = tmp_path / "run"
     tuned = make_row("resnet18 fine-tuned", 0.9, ci=True, head=None, tap="logits", protocol="val", n_folds=1,
-                     label="subject-level holdout", best_epoch=2, scored_epoch=3, epochs_run=3,
-                     selection="last epoch (3) of a fixed-length run; best.pt is epoch 2 by validation loss",
+                     label="subject-level holdout",
+                     network=NetworkRecord(best_epoch=2, scored_epoch=3, epochs_run=3, selection="last epoch (3) of "
+                                           "a fixed-length run; best.pt is epoch 2 by validation loss"),
                      settings={"monitor": "loss"})
     write_results([tuned], run, plots=False)
     with (run / "history.csv").open("w", newline="") as fh:

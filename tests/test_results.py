@@ -9,7 +9,18 @@ import math
 import numpy as np
 import pytest
 
-from featx.results import METRICS, ResultRow, Score, csv_columns, read_json, rows_from_csv, write_csv, write_json
+from featx.results import (
+    METRICS,
+    NetworkRecord,
+    ResultRow,
+    Score,
+    TunedRecord,
+    csv_columns,
+    read_json,
+    rows_from_csv,
+    write_csv,
+    write_json,
+)
 
 NAN = float("nan")
 
@@ -32,8 +43,8 @@ def _head_row(**extra) -> ResultRow:
                   "text_true": "True", "quoted": '"q"', "nested": [{"a": None, "b": [1, "2", NAN]}, [], {}],
                   "lr": 3e-4, "epochs": 30, "nan_text": "NaN"},
         optimistic=True, partial="156 of 330 rows", excluded_images=2, dropped_unknown_subjects=1,
-        tuned={"n_seen": 12, "n_unseen": 4, "checkpoints": [{"store": "t.h5", "checkpoint": "run/last.pt",
-                                                             "sha256": "ab" * 32, "provenance": None}]})
+        tuned_store=TunedRecord(12, 4, [{"store": "t.h5", "checkpoint": "run/last.pt", "sha256": "ab" * 32,
+                                         "provenance": None}]))
     return dataclasses.replace(row, **extra)
 
 
@@ -44,12 +55,13 @@ def _network_row(**extra) -> ResultRow:
         protocol_label="held-out val", image_level=True, n_folds=1, n_train=40, n_test=10, n_subjects=0,
         classes=["all", "hem"], positive="hem",
         scores={m: Score(0.6, None, 0.4, 0.8) for m in METRICS}, confusion=[[3, 2], [2, 3]], ci_unit="image",
-        best_epoch=3, scored_epoch=4, epochs_run=4, n_skipped=0, selection="last epoch (4) of a fixed-length run",
+        network=NetworkRecord(best_epoch=3, scored_epoch=4, epochs_run=4, n_skipped=0,
+                              selection="last epoch (4) of a fixed-length run"),
         settings={"backbone": "cnn", "early_stopping": None, "monitor": "val_loss", "lr": 0.001})
     return dataclasses.replace(row, **extra)
 
 
-ROWS = [_head_row(), _network_row(), _head_row(name="1", head="null", partial=None, tuned=None, optimistic=False,
+ROWS = [_head_row(), _network_row(), _head_row(name="1", head="null", partial=None, tuned_store=None, optimistic=False,
                                                settings={"other": "x"})]
 
 
@@ -105,7 +117,7 @@ def test_csv_leaves_out_fields_no_row_sets(tmp_path):
     assert cols[:2] == ["name", "backbone"] and "best_epoch" not in cols and "predictions" not in cols
     assert {"per_subject_accuracy", "roc", "tuned", "confusion", "optimistic"} <= set(cols)
     assert "best_epoch" in csv_columns(ROWS) and "settings.other" in csv_columns(ROWS)
-    plain = _head_row(optimistic=False, tuned=None, partial=None, excluded_images=0, dropped_unknown_subjects=0)
+    plain = _head_row(optimistic=False, tuned_store=None, partial=None, excluded_images=0, dropped_unknown_subjects=0)
     path = write_csv([plain], tmp_path / "r.csv")
     assert "optimistic" not in path.read_text().splitlines()[0]
     assert rows_from_csv(path) == [plain]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -72,9 +73,9 @@ def _best(rows: Sequence[ResultRow], metric: str) -> ResultRow | None:
 
 def compare_rows(rows: Sequence[ResultRow], *, metric: str = "f1_weighted", reference: str | None = None,
                  level: float = LEVEL) -> list[ResultRow]:
-    """Set each row's ``comparison``: its paired difference on ``metric`` from the reference row of its
-    protocol (the best, or the row named ``reference`` where that protocol has one; a ``reference`` that names no
-    row warns and the best rows are used: the rows are kept). Returns ``rows``.
+    """``rows`` (new rows, in their order) each with its ``comparison``: its paired difference on ``metric`` from
+    the reference row of its protocol (the best, or the row named ``reference`` where that protocol has one; a
+    ``reference`` that names no row warns and the best rows are used: the rows are kept).
 
     ``comparison``: ``{"metric", "reference", "chosen_by" ("best" or "vs"), "is_reference", "delta", "ci_low",
     "ci_high", "p_value", "level", "method", "close", "mark", "reason"}``; ``close`` is True when the interval
@@ -85,19 +86,21 @@ def compare_rows(rows: Sequence[ResultRow], *, metric: str = "f1_weighted", refe
         names = ", ".join(dict.fromkeys(r.name for r in rows))
         warnings.warn(FeatxWarning(f"{arg('vs', reference)} names no row, so each protocol's rows are compared "
                                    f"with its best row; rows: {names}"), stacklevel=2)
-    groups: dict[str, list[ResultRow]] = {}
-    for r in rows:
-        groups.setdefault(r.protocol, []).append(r)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r.protocol, []).append(i)
+    compared = list(rows)
     for group in groups.values():
-        named = [r for r in group if reference is not None and r.name == reference]
-        ref = named[0] if named else _best(group, metric)
+        named = [rows[i] for i in group if reference is not None and rows[i].name == reference]
+        ref = named[0] if named else _best([rows[i] for i in group], metric)
         if ref is None:
             continue
         mark = CLOSE_TO_REFERENCE if named else CLOSE_MARK
         ref_oof = out_of_fold(ref)
-        for r in group:
-            r.comparison = {**_comparison(r, ref, ref_oof, metric, mark, level), "chosen_by": "vs" if named else "best"}
-    return rows
+        for i in group:
+            compared[i] = replace(rows[i], comparison={**_comparison(rows[i], ref, ref_oof, metric, mark, level),
+                                                       "chosen_by": "vs" if named else "best"})
+    return compared
 
 
 def _comparison(row: ResultRow, ref: ResultRow, ref_oof, metric: str, mark: str, level: float) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ from featx.heads import (
 )
 from featx.machine import cpu_cores
 from featx.provenance import UNSEEN_ROLES, rows_mark
-from featx.results import ResultRow
+from featx.results import ResultRow, SearchRecord, TunedRecord, summary_scores
 from featx.row_names import unique_names
 from featx.store.reader import load_feature_grid
 
@@ -166,7 +167,9 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
                   "classes": classes, "positive": positive, "fold": fold_of,
                   "subjects": None if subjects is None else subjects[test_rows]}
         summary = summarize_folds(fold_metrics, pooled=pooled)
-        row = ResultRow(
+        nested = (_nested_search(search, [by_task[(spec.name, k)][4] for k in range(protocol.n_folds)])
+                  if spec.name in searched else None)
+        rows.append(ResultRow(
             name=f"{features.name} + {spec.name}", backbone=features.backbone, tap=features.tap, head=spec.name,
             protocol=protocol.name, protocol_label=protocol.label, image_level=bool(protocol.image_level),
             protocol_short=protocol.short or None, n_folds=protocol.n_folds,
@@ -184,28 +187,27 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
                       "params": params.get(spec.name, {}),
                       "head_params": json_shaped(head_params(built[spec.name])),
                       "seed": seed, "device": device, "backend": where.backend,
-                      "cv_note": protocol.note, **_settings_of(features)},
-        )
-        row.set_scores(summary)
-        row.weights_provenance = rows_mark(features.settings)
-        if spec.name in searched:
-            _mark_nested(row, search, [by_task[(spec.name, k)][4] for k in range(protocol.n_folds)], groups is None)
-        rows.append(row)
+                      "cv_note": _nested_note(protocol.note, search, groups is None) if nested else protocol.note,
+                      **_settings_of(features)},
+            scores=summary_scores(summary), weights_provenance=rows_mark(features.settings), nested_search=nested,
+        ))
     return rows
 
 
-def _mark_nested(row: ResultRow, search: Search, records: list, image_inner: bool) -> None:
-    """A nested row: the search's settings, the parameters chosen per outer fold, every inner score."""
-    row.nested = True
-    row.search = search.describe()
-    row.chosen_params = [chosen for chosen, _ in records]
-    row.inner_scores = [s for _, scores in records for s in scores]
+def _nested_search(search: Search, records: list) -> SearchRecord:
+    """A nested row's record: the search's settings, the parameters chosen per outer fold, every inner score."""
+    return SearchRecord.of(search.describe(), [chosen for chosen, _ in records],
+                           [s for _, scores in records for s in scores])
+
+
+def _nested_note(cv_note: str, search: Search, image_inner: bool) -> str:
+    """The protocol's note with how a nested row's inner folds split."""
     if image_inner:
         note = (f"nested: inner {search.inner_folds}-fold search stratified over images (subjects unknown: "
                 "IMAGE-LEVEL inner folds)")
     else:
         note = f"nested: inner {search.inner_folds}-fold search grouped by subject (StratifiedGroupKFold)"
-    row.settings["cv_note"] = "; ".join(filter(None, [row.settings.get("cv_note"), note]))
+    return "; ".join(filter(None, [cv_note, note]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,11 +264,9 @@ def evaluate_many(features, heads: Sequence[str | HeadSpec | BaseEstimator], *, 
     rows = run_grid(data, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
                     class_weight=class_weight, device=device, params=params, search=search,
                     backend=backend, scheduler=scheduler)
-    for row in rows:
-        row.dropped_unknown_subjects = dropped
-    if tuned:
-        _mark_tuned(rows, data, protocol)
-    return _note_store(features, rows)
+    facts = {"dropped_unknown_subjects": dropped, **(_tuned_facts(data, protocol) if tuned else {}),
+             **_store_facts(features)}
+    return [replace(row, **facts) for row in rows]
 
 
 def _head_specs(heads) -> list[HeadSpec]:
@@ -279,26 +279,21 @@ def _head_specs(heads) -> list[HeadSpec]:
     return specs
 
 
-def _mark_tuned(rows: list[ResultRow], data, protocol: Protocol) -> None:
-    """Every row of tuned features says so: the roles it used and, for CV over seen rows, OPTIMISTIC."""
+def _tuned_facts(data, protocol: Protocol) -> dict:
+    """What every row of tuned features says: the roles it used and, for CV over seen rows, OPTIMISTIC."""
     roles = np.asarray(data.roles).astype(str)
     unseen = np.isin(roles, UNSEEN_ROLES)
-    for row in rows:
-        row.optimistic = bool(protocol.optimistic)
-        row.tuned = {"n_seen": int((~unseen).sum()), "n_unseen": int(unseen.sum()),
-                     "checkpoints": [{k: t.get(k) for k in ("store", "checkpoint", "sha256", "provenance")}
-                                     for t in data.tuned]}
+    return {"optimistic": bool(protocol.optimistic),
+            "tuned_store": TunedRecord(int((~unseen).sum()), int(unseen.sum()),
+                                       [{k: t.get(k) for k in ("store", "checkpoint", "sha256", "provenance")}
+                                        for t in data.tuned])}
 
 
-def _note_store(features, rows: list[ResultRow]) -> list[ResultRow]:
-    """Mark rows computed on an unfinished store (``partial``: "156 of 330 rows") and say how many
-    unreadable images were left out (``excluded_images``)."""
-    for row in rows:
-        if features.partial:
-            row.partial = features.partial
-        if features.excluded:
-            row.excluded_images = int(features.excluded)
-    return rows
+def _store_facts(features) -> dict:
+    """Rows computed on an unfinished store say so (``partial``: "156 of 330 rows"), and how many unreadable
+    images were left out (``excluded_images``)."""
+    return {**({"partial": features.partial} if features.partial else {}),
+            **({"excluded_images": int(features.excluded)} if features.excluded else {})}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,18 +353,17 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                                           drop_unknown_subjects=drop_unknown_subjects, search=search,
                                           backend=backend, scheduler=scheduler))
         if select is not None:
-            for row in rows:
-                row.selection_uncorrected = True
+            rows = [replace(row, selection_uncorrected=True) for row in rows]
             for p, ev in runs:
                 if progress:
                     progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under "
                              f"{ev or protocol_name(p)}")
                 with process_pool(where.backend, heads):
-                    rows.append(selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed,
-                                              jobs=cpu_cores() if where.n_jobs is None else where.n_jobs,
-                                              positive=positive, preprocess=preprocess,
-                                              class_weight=class_weight, device=device, params=params,
-                                              metric=select, allow_optimistic=allow_optimistic,
-                                              drop_unknown_subjects=drop_unknown_subjects))
-                rows[-1].settings["backend"] = where.backend
+                    selected = selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed,
+                                             jobs=cpu_cores() if where.n_jobs is None else where.n_jobs,
+                                             positive=positive, preprocess=preprocess,
+                                             class_weight=class_weight, device=device, params=params,
+                                             metric=select, allow_optimistic=allow_optimistic,
+                                             drop_unknown_subjects=drop_unknown_subjects)
+                rows.append(replace(selected, settings={**selected.settings, "backend": where.backend}))
         return compare_rows(unique_names(rows), metric=sort_by, reference=vs)

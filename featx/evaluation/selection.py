@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -27,7 +28,7 @@ from featx.evaluation.splits import (
 )
 from featx.heads import fit_params, make_head, positive_scores, preprocess_text
 from featx.provenance import rows_mark
-from featx.results import ResultRow
+from featx.results import ResultRow, summary_scores
 from featx.row_names import tag_names, with_tag
 from featx.scoring import check_metric, get_metric
 
@@ -162,8 +163,8 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
                   "candidates": labels, "n_candidates": len(candidates), "inner_cv": inner_cv,
                   "preprocess": preprocess_text(preprocess), "class_weight": class_weight, "params": params,
                   "seed": seed, "device": device, "cv_note": protocol.note},
+        scores=summary_scores(summary),
     )
-    row.set_scores(summary)
     return row
 
 
@@ -192,7 +193,5 @@ def selection_row(feature_sets: Sequence, heads: Sequence[str], *, cv: str = "au
     protocol = split_features(data, cv, n_folds=n_folds, seed=seed, eval_set=eval_set,
                               allow_optimistic=allow_optimistic)
     row = select_rows([(fs, h) for fs in sets for h in heads], protocol, positive=pos, seed=seed, **kwargs)
-    row.dropped_unknown_subjects = dropped
-    row.optimistic = bool(protocol.optimistic)
-    row.weights_provenance = rows_mark([attrs for fs in sets for attrs in fs.settings])
-    return row
+    return replace(row, dropped_unknown_subjects=dropped, optimistic=bool(protocol.optimistic),
+                   weights_provenance=rows_mark([attrs for fs in sets for attrs in fs.settings]))

@@ -17,7 +17,7 @@ from featx.finetune import checkpoint as ckpt
 from featx.finetune.events import Callback, RunSummary
 from featx.finetune.loop import Trainer
 from featx.finetune.plan import plan_run
-from featx.results import ResultRow, jsonable, read_json
+from featx.results import NetworkRecord, ResultRow, jsonable, read_json, summary_scores
 
 
 def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = "vgg16",
@@ -201,6 +201,8 @@ def result_row(trainer: Trainer, pred: dict, best_epoch: int, scored_epoch: int)
     metrics = compute_metrics(pooled["y_true"], pooled["y_pred"], pooled["y_score"], classes=plan.classes,
                               positive=plan.pos, subjects=subjects)
     summary = summarize_folds([metrics], pooled=pooled)
+    # one validation set: there is no spread over folds (the interval over subjects is the uncertainty)
+    scores = {m: replace(score, std=None) for m, score in summary_scores(summary).items()}
     epochs_run = trainer.state.epoch
     unit = "subjects" if all(subjects) else "images"
     if optimistic:
@@ -220,7 +222,7 @@ def result_row(trainer: Trainer, pred: dict, best_epoch: int, scored_epoch: int)
         label = f"{label}, scored on the {unit} that did not choose the epoch"
     name = (" (early-stopped on val)" if optimistic else
             f" (early-stopped on other val {unit})" if chosen else "")
-    row = ResultRow(
+    return ResultRow(
         name=f"{s['backbone']} fine-tuned{name}",
         backbone=s["backbone"], tap="logits", head=None, protocol=plan.split.protocol,
         protocol_label=label, image_level=bool(plan.split.image_level), n_folds=1,
@@ -231,10 +233,7 @@ def result_row(trainer: Trainer, pred: dict, best_epoch: int, scored_epoch: int)
         roc=roc_points(pooled["y_true"] == plan.pos, pooled["y_score"]),
         fit_seconds=round(sum(float(h["seconds"]) for h in trainer.state.history), 3),
         settings=jsonable({k: v for k, v in s.items() if k not in ("notes", "classes")}),
-        best_epoch=best_epoch, scored_epoch=scored_epoch, epochs_run=epochs_run, n_skipped=len(trainer.skipped),
-        selection=selection, optimistic=optimistic,
+        scores=scores, optimistic=optimistic,
+        network=NetworkRecord(best_epoch=best_epoch, scored_epoch=scored_epoch, epochs_run=epochs_run,
+                              n_skipped=len(trainer.skipped), selection=selection),
         weights_provenance=provenance.mark_of(s.get("weights_provenance")))
-    row.set_scores(summary)
-    # one validation set: there is no spread over folds (the interval over subjects is the uncertainty)
-    row.scores = {m: replace(score, std=None) for m, score in row.scores.items()}
-    return row

@@ -24,6 +24,7 @@ from featx.report.notes import (
     difference_note,
     difference_text,
     excluded_notes,
+    flagged_protocol,
     format_pct,
     interval_notes,
     interval_text,
@@ -149,10 +150,8 @@ def _positive(rows: Sequence[ResultRow]) -> str | None:
 def _marked_protocol(r: ResultRow) -> str:
     """The protocol cell: the row's protocol label, its marks (IMAGE-LEVEL, OPTIMISTIC, weights of unknown
     provenance) in bold, † and PARTIAL."""
-    text = escape(protocol_text(r))
-    if r.flag:
-        label = text[len(r.flag):] if text.startswith(r.flag) else f" {text}"
-        text = f'<span class="flag">* {escape(r.flag)}</span>{label}'
+    flag, rest = flagged_protocol(r)
+    text = f'<span class="flag">* {escape(flag)}</span>{escape(rest)}' if flag else escape(rest)
     if r.provenance_mark:
         star = "* " if r.marked and not r.flag else ""
         cls = "flag" if r.weights_provenance == "unknown" else "note"

@@ -10,6 +10,7 @@ from featx.report.notes import (
     difference_note,
     difference_text,
     excluded_notes,
+    flagged_protocol,
     format_pct,
     interval_notes,
     interval_text,
@@ -39,9 +40,8 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
     head = ["Model", "Protocol", *[f"{h} (%)" for _, h in TABLE_METRICS], "95% CI accuracy", *delta]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        protocol = protocol_text(r)
-        if r.optimistic and "OPTIMISTIC" not in protocol:
-            protocol = f"OPTIMISTIC {protocol}"
+        flag, rest = flagged_protocol(r)
+        protocol = flag + rest if r.optimistic else protocol_text(r)  # IMAGE-LEVEL: the ``*`` and the note
         protocol += provenance_suffix(r)
         if r.marked:
             protocol = f"**\\* {protocol}**"

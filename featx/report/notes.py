@@ -183,6 +183,17 @@ def protocol_text(row: ResultRow) -> str:
     return f"{text}, nested" if row.nested else text
 
 
+def flagged_protocol(row: ResultRow) -> tuple[str, str]:
+    """The row's :attr:`~featx.results.ResultRow.flag` (decided by its fields ``optimistic`` and ``image_level``,
+    never by its label's words) and the :func:`protocol_text` to write after it: a label that starts with the
+    flag (featx's protocols write it first) goes on after it (``" 5-fold (...)"``), any other after a space;
+    ``("", text)`` for a row without a flag."""
+    text = protocol_text(row)
+    if not row.flag:
+        return "", text
+    return row.flag, text[len(row.flag):] if text.startswith(row.flag) else f" {text}"
+
+
 def short_protocol(row: ResultRow) -> str:
     """A compact protocol name for the terminal: ``subject 5-fold``, ``IMAGE-LEVEL 5-fold``, ``prelim``: the
     protocol's own compact name (``row.protocol_short``, set from its protocol object), then the row's marks."""

@@ -164,7 +164,7 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
                               device=device, jobs=jobs, note=outer.note))
     rows.append(network_row(out, records, collection, folds, backbone=backbone, pos=pos, seed=seed,
                             early_stopping=early_stopping, finetune_options=ft_options))
-    compare_rows(rows)  # every row on the same outer folds: paired differences from the best
+    rows = compare_rows(rows)  # every row on the same outer folds: paired differences from the best
     paths = write_results(rows, out, plots=plots)
     return {"rows": rows, "paths": paths, "folds": records, "out": out}
 

@@ -13,7 +13,7 @@ from featx.errors import FeatxError
 from featx.evaluation import Hybrid, Protocol, compute_metrics, roc_points, run_grid, summarize_folds
 from featx.evaluation.protocols import hybrid_label
 from featx.provenance import rows_mark
-from featx.results import ResultRow
+from featx.results import NetworkRecord, ResultRow, summary_scores
 from featx.store import load_features, store_settings
 
 __all__ = ["head_rows", "network_row", "protocol_label"]
@@ -63,9 +63,7 @@ def head_rows(out: Path, records: list[dict], folds, collection, taps: Sequence[
                                                        stacked.subjects))
     rows = run_grid(stacked, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
                     class_weight=class_weight, device=device, params=params)
-    for row in rows:
-        row.settings["checkpoints"] = _checkpoints(records)
-    return rows
+    return [replace(row, settings={**row.settings, "checkpoints": _checkpoints(records)}) for row in rows]
 
 
 def network_row(out: Path, records: list[dict], collection, folds, *, backbone: str, pos: int, seed: int,
@@ -90,7 +88,7 @@ def network_row(out: Path, records: list[dict], collection, folds, *, backbone: 
               "classes": classes, "positive": pos, "subjects": np.concatenate(subj),
               "fold": np.concatenate(fold_of)}
     summary = summarize_folds(fold_metrics, pooled=pooled)
-    row = ResultRow(
+    return ResultRow(
         name=f"{backbone} fine-tuned" + (" (early-stopped on inner val)" if early_stopping else ""),
         backbone=backbone, tap="logits", head=None, protocol="hybrid", protocol_label=protocol_label(len(folds)),
         image_level=False, n_folds=len(folds), n_train=int(round(np.mean([len(a) for a, _ in folds]))),
@@ -104,10 +102,9 @@ def network_row(out: Path, records: list[dict], collection, folds, *, backbone: 
                      "fold": (pooled["fold"] + 1).tolist(), "y_true": [classes[i] for i in pooled["y_true"]],
                      "y_pred": [classes[i] for i in pooled["y_pred"]], "score": pooled["y_score"].tolist()},
         fit_seconds=round(sum(r["finetune_seconds"] for r in records), 3),
-        train_accuracy_last_epoch=[r["train_acc_last_epoch"] for r in records],
-        scored_epochs=[r["scored_epoch"] for r in records],
+        network=NetworkRecord(scored_epochs=[r["scored_epoch"] for r in records],
+                              train_accuracy_last_epoch=[r["train_acc_last_epoch"] for r in records]),
         settings={"finetune": finetune_options, "seed": seed, "checkpoints": _checkpoints(records)},
+        scores=summary_scores(summary),
+        weights_provenance=rows_mark([store_settings(out / f"fold_{r['fold']}" / r["store"]) for r in records]),
     )
-    row.set_scores(summary)
-    row.weights_provenance = rows_mark([store_settings(out / f"fold_{r['fold']}" / r["store"]) for r in records])
-    return row
