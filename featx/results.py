@@ -92,7 +92,7 @@ class ResultRow:
     wall_seconds: float | None = None
     settings: dict = field(default_factory=dict)
     # the protocol's compact name as its protocol object gives it ("subject 5-fold", "IMAGE-LEVEL C-NMC folds (3)");
-    # None on rows of fine-tuned networks and in results.json of featx before protocol objects
+    # None in results.json of featx before protocol objects
     protocol_short: str | None = None
     # why a number may not be an estimate for new patients, and what the data lacked
     optimistic: bool = False

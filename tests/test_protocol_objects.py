@@ -28,6 +28,7 @@ from featx.evaluation import (
 from featx.evaluation.protocols import hybrid_label
 from featx.report.notes import short_protocol
 from featx.results import ResultRow, csv_columns
+from featx.row_records import SearchRecord
 from featx.scoring import METRIC_TABLE, METRICS, Metric, register_metric
 from featx.store import FeatureSet
 
@@ -175,7 +176,8 @@ def test_short_names_are_fields_and_read_as_the_label_text_read_before(cv, eval_
     assert short_protocol(row) == SHORT[(cv, eval_set, with_subjects)]
     # a row written before protocol_short (its facts only in the label) reads the same
     assert short_protocol(dataclasses.replace(row, protocol_short=None)) == short_protocol(row)
-    marked = dataclasses.replace(row, optimistic=True, nested=True, dropped_unknown_subjects=2)
+    marked = dataclasses.replace(row, optimistic=True, dropped_unknown_subjects=2,
+                                 nested_search=SearchRecord(method="grid", inner_folds=3))
     assert short_protocol(marked) == f"OPTIMISTIC {SHORT[(cv, eval_set, with_subjects)]}, 2 rows w/o subject " \
                                      "dropped, nested"
 
@@ -187,3 +189,17 @@ def test_protocol_from_maps_the_cli_strings_and_keeps_their_errors():
     assert protocol_from(SubjectKFold(3)) == SubjectKFold(3)
     with pytest.raises(FeatxError, match=r"^cv='bogus': choose one of auto, subject, image, fold$"):
         protocol_from("bogus")
+
+
+@pytest.mark.parametrize("val", ["subject", "image", "prelim"])
+def test_a_fine_tuned_networks_row_carries_its_short_protocol_name_as_the_label_read_before(cnmc_tree, val):
+    from featx.data import discover  # deferred: the other tests need no image tree
+    from featx.finetune.split import pick_split
+
+    split = pick_split(discover(cnmc_tree), val, seed=0)
+    row = ResultRow(name="cnn fine-tuned", backbone="cnn", tap="logits", head=None, protocol=split.protocol,
+                    protocol_label=split.protocol_label, image_level=split.image_level, protocol_short=split.short,
+                    n_folds=1, n_train=1, n_test=1, n_subjects=0, classes=["all", "hem"], positive="all")
+    assert split.short == {"subject": "held-out 1/5 of subjects", "image": "IMAGE-LEVEL held-out 1/5 of images",
+                           "prelim": "held-out prelim"}[val]
+    assert short_protocol(row) == short_protocol(dataclasses.replace(row, protocol_short=None))

@@ -83,7 +83,7 @@ def classify(
                                               "a.h5+b.h5 (aligned by image path).")],
     head: Annotated[str, typer.Option(help="softmax, logistic, linear-svm, svm, xgboost, random-forest or knn; or "
                                            "any scikit-learn classifier as package.module:Class (e.g. "
-                                           "sklearn.ensemble:HistGradientBoostingClassifier).",
+                                           "sklearn.naive_bayes:GaussianNB).",
                                       rich_help_panel=EVALUATION)] = "svm",
     tap: Annotated[str | None, typer.Option(
         "--tap", "--taps", help="Tap to use, e.g. fc7, or fused taps fc7+pool5 (default: the backbone's, fc7; "

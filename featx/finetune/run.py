@@ -226,6 +226,7 @@ def result_row(trainer: Trainer, pred: dict, best_epoch: int, scored_epoch: int)
         name=f"{s['backbone']} fine-tuned{name}",
         backbone=s["backbone"], tap="logits", head=None, protocol=plan.split.protocol,
         protocol_label=label, image_level=bool(plan.split.image_level), n_folds=1,
+        protocol_short=plan.split.short or None,
         n_train=len(trainer.train_idx), n_test=int(keep.sum()), n_subjects=len({x for x in subjects if x}),
         classes=list(plan.classes), positive=plan.positive, confusion=jsonable(summary["confusion"]),
         ci_unit=summary.get("ci_unit"), interval=summary.get("interval"),

@@ -14,6 +14,7 @@ from featx.data import Collection
 from featx.data.images import load_image
 from featx.errors import FeatxError, arg
 from featx.evaluation import make_splits
+from featx.evaluation.protocols import short_name
 
 HOLDOUT_FOLDS = 5  # val "subject"/"image" hold out one fold of the 5-fold protocol of classify (20%)
 MIN_PER_CLASS = 2  # subjects (images when subjects are unknown) of each class in each part of a split val set
@@ -34,6 +35,7 @@ class Split:
     # validation set is too small to split, all of ``val``, and ``unsplit`` says why
     choose: tuple[int, ...] = ()
     unsplit: str = ""
+    short: str = ""  # the row's compact protocol name (ResultRow.protocol_short), e.g. "held-out 1/5 of subjects"
 
     @property
     def score(self) -> tuple[int, ...]:
@@ -76,8 +78,9 @@ def pick_split(collection: Collection, val: str, seed: int) -> Split:
         raise FeatxError(f"{arg('val', val)}: the validation set is empty; choose another {arg('val')}")
     val_idx = tuple(labelled[i] for i in test)
     choose, unsplit = choose_part(collection, val_idx, seed)
+    short = short_name(f"held-out {name}", bool(protocol.image_level), protocol.groups is None)
     return Split(tuple(labelled[i] for i in train), val_idx, name, label, bool(protocol.image_level),
-                 choose=choose, unsplit=unsplit)
+                 choose=choose, unsplit=unsplit, short=short)
 
 
 def choose_part(collection: Collection, val: Sequence[int], seed: int) -> tuple[tuple[int, ...], str]:
@@ -131,7 +134,7 @@ def select_images(collection: Collection, val: str, seed: int, *, workers: int, 
     else:
         unsplit = split.unsplit
     return Split(train, test, split.protocol, split.protocol_label, split.image_level, tuple(skipped),
-                 choose=choose, unsplit=unsplit)
+                 choose=choose, unsplit=unsplit, short=split.short)
 
 
 def strict_stop(error: str) -> FeatxError:

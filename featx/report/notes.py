@@ -208,8 +208,8 @@ def short_protocol(row: ResultRow) -> str:
 
 
 def _short_of_unmarked(row: ResultRow) -> str:
-    """The compact name of a row without ``protocol_short``: a fine-tuned network's row, or a row of a
-    results.json written before protocols were objects (the facts then only in its label)."""
+    """The compact name of a row without ``protocol_short``: a row of a results.json written before protocols
+    were objects (the facts then only in its label). Every row featx builds now carries its own."""
     name, k = row.protocol, row.n_folds
     if name in ("subject", "image", "hybrid"):
         text = f"{name} {k}-fold"

@@ -91,6 +91,7 @@ def network_row(out: Path, records: list[dict], collection, folds, *, backbone: 
     return ResultRow(
         name=f"{backbone} fine-tuned" + (" (early-stopped on inner val)" if early_stopping else ""),
         backbone=backbone, tap="logits", head=None, protocol="hybrid", protocol_label=protocol_label(len(folds)),
+        protocol_short=f"hybrid {len(folds)}-fold",
         image_level=False, n_folds=len(folds), n_train=int(round(np.mean([len(a) for a, _ in folds]))),
         n_test=int(len(pooled["y_true"])),
         n_subjects=len({collection.samples[int(i)].subject for a, b in folds for i in np.concatenate([a, b])}),
