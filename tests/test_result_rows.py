@@ -34,7 +34,8 @@ KEYS = ["marks", "name", "backbone", "tap", "head", "protocol", "protocol_label"
         "n_test", "n_subjects", "classes", "positive",
         *[m + s for m in METRICS for s in ("", "_std", "_ci_low", "_ci_high")],
         "confusion", "ci_unit", "interval", "comparison", "per_subject_accuracy", "roc", "fit_seconds",
-        "wall_seconds", "settings", "protocol_short", "optimistic", "tuned", "partial", "excluded_images", "dropped_unknown_subjects",
+        "wall_seconds", "settings", "protocol_short", "optimistic", "tuned", "partial", "excluded_images",
+        "dropped_unknown_subjects",
         "selection_uncorrected", "weights_provenance", "best_epoch", "scored_epoch", "epochs_run", "n_skipped",
         "selection", "scored_epochs", "train_accuracy_last_epoch", "nested", "chosen_params", "search"]
 
