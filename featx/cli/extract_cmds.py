@@ -123,6 +123,8 @@ def extract(
     # deferred: these import torch, which would slow down every `featx --help`
     from featx.backbones import get_config
     from featx.distributed import extract_ranks, launch_from_env
+
+    # deferred: as above (the settings check their weights and sizes with featx.backbones)
     from featx.extract import ExtractRun, ExtractSettings
     from featx.extract import extract as run_extract
 

@@ -102,6 +102,8 @@ def hybrid(
     from featx.evaluation import Hybrid
     from featx.finetune import FinetuneSettings
     from featx.heads import HeadSettings
+
+    # deferred: as above
     from featx.workflows.hybrid import hybrid as run_hybrid
 
     head_names = parse_name_list(heads)
