@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from featx.data import Collection, discover
 from featx.device import resolve_device
 from featx.errors import FeatxError, arg
 from featx.extract import extract
+from featx.extract_settings import ExtractRun, ExtractSettings, extract_arguments
 from featx.store import Shard, lock_path, merge_stores, part_path, shard_rows
 
 TIMEOUT_ENV = "FEATX_DIST_TIMEOUT"
@@ -92,21 +93,22 @@ def rank_device(device: str, launch: Launch) -> torch.device:
     return torch.device("cuda", launch.local_rank)
 
 
-def extract_ranks(data: str | Path | Collection, out: str | Path, *, device: str = "auto",
-                  splits=None, on_progress: Callable[[int, int], None] | None = None,
+def extract_ranks(data: str | Path | Collection, out: str | Path, settings: ExtractSettings | None = None, *,
+                  run: ExtractRun | None = None, on_progress: Callable[[int, int], None] | None = None,
                   launch: Launch | None = None, **options) -> Path:
     """This rank's part of a torchrun extraction into ``out`` (see the module); returns ``out`` on rank 0 and
-    the rank's part elsewhere. ``options`` are :func:`featx.extract.extract`'s (not ``shard``: torchrun picks
-    it). ``on_progress(done, total)`` is called on rank 0 only, with the whole job's rows."""
+    the rank's part elsewhere. ``settings``, ``run`` and ``options`` are :func:`featx.extract.extract`'s (not
+    ``shard``: torchrun picks it). ``on_progress(done, total)`` is called on rank 0 only, with the whole job's
+    rows."""
+    settings, run = extract_arguments(settings, run, options, func="extract_ranks")
     launch = launch or launch_from_env()
     if launch is None:
         raise FeatxError("not started by torchrun (no RANK and WORLD_SIZE > 1 in the environment); start the "
                          "program with `torchrun --nproc-per-node N`, or call `featx.extract(...)` in one process")
-    if options.get("shard") is not None:
+    if run.shard is not None:
         raise FeatxError(f"{arg('shard')} and torchrun choose the shard both; drop {arg('shard')} (torchrun gives "
                          "each rank its own)")
-    options.pop("shard", None)
-    dev = rank_device(device, launch)
+    dev = rank_device(run.device, launch)
     timeout = timeout_seconds()
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -117,25 +119,27 @@ def extract_ranks(data: str | Path | Collection, out: str | Path, *, device: str
                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}) within {timeout:.0f} s "
                          f"({TIMEOUT_ENV}); check that every rank started") from None
     try:
-        return _run(data, Path(out), dev, splits, on_progress, launch, timeout, options)
+        return _run(data, Path(out), dev, on_progress, launch, timeout, settings, run)
     finally:
         dist.destroy_process_group()
 
 
-def _run(data, out: Path, dev: torch.device, splits, on_progress, launch: Launch, timeout: float,
-         options: dict) -> Path:
+def _run(data, out: Path, dev: torch.device, on_progress, launch: Launch, timeout: float,
+         settings: ExtractSettings, run: ExtractRun) -> Path:
+    splits = run.splits
+    run = replace(run, splits=None, device=str(dev))  # the collection below is chosen already
     collection = data if isinstance(data, Collection) else discover(data, splits)
     if isinstance(data, Collection) and splits:
         collection = data.subset([i for i, s in enumerate(data.samples) if s.split in set(splits)])
     if out.exists():  # the job finished before (or one process made OUT): rank 0 resumes it as a single run would
         if launch.rank == 0:
-            return extract(collection, out, device=str(dev), on_progress=on_progress, **options)
+            return extract(collection, out, settings, run=run, on_progress=on_progress)
         return out
     job = _Job(launch, len(collection.samples), on_progress if launch.rank == 0 else None, timeout)
     shard = Shard(launch.rank, launch.world)
     part = part_path(out, shard)
     try:
-        extract(collection, part, shard=shard, device=str(dev), on_progress=job.progress, **options)
+        extract(collection, part, settings, run=replace(run, shard=shard), on_progress=job.progress)
     except BaseException as exc:
         job.finish(f"failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         raise

@@ -27,7 +27,6 @@ from featx import provenance
 from featx.backbones import (
     TappedNetwork,
     WeightsSpec,
-    check_image_size,
     create_backbone,
     get_config,
     input_size,
@@ -42,12 +41,13 @@ from featx.data.decoders import decode_plan, start_batches
 from featx.data.images import describe_preprocessing, make_transform, normalize_batch
 from featx.device import autocast, memory_format, resolve_device
 from featx.errors import FeatxError, FeatxWarning, arg
+from featx.extract_settings import DTYPES, ExtractRun, ExtractSettings, extract_arguments
 from featx.imports import callable_module
 from featx.store import FeatureStore, lock_path
 from featx.store.rowid import file_records, read_files
-from featx.store.shards import parse_shard, shard_rows, shard_settings
+from featx.store.shards import shard_rows, shard_settings
 
-DTYPES = ("float32", "float16")
+__all__ = ["DTYPES", "ExtractRun", "ExtractSettings", "extract", "select_taps", "store_settings_for"]
 
 
 def select_taps(taps: Sequence[str] | None, available: Sequence[str]) -> list[str]:
@@ -126,13 +126,15 @@ class _Writer:
             raise self.error
 
 
-def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "vgg16",
-            weights: str | Path | WeightsSpec | None = None, taps: str | Sequence[str] | None = None,
-            image_size: int | None = None, splits: Sequence[str] | None = None, device: str = "auto",
-            batch_size: int = 32, workers: int | None = None, dtype: str = "float32", seed: int = 0,
-            on_progress: Callable[[int, int], None] | None = None, strict: bool = False, pool: str = "avg",
-            shard: tuple[int, int] | str | None = None, weights_never_saw_images: bool = False) -> Path:
+def extract(data: str | Path | Collection, out: str | Path, settings: ExtractSettings | None = None, *,
+            run: ExtractRun | None = None, on_progress: Callable[[int, int], None] | None = None,
+            **options) -> Path:
     """Extract features of every image in ``data`` into the HDF5 store ``out`` and return its path.
+
+    ``settings`` (:class:`~featx.extract_settings.ExtractSettings`): what defines the features, recorded in
+    the store; ``run`` (:class:`~featx.extract_settings.ExtractRun`): which images and how this run computes
+    them. Their fields may be given as keywords instead (``extract(data, out, backbone="cnn", batch_size=8)``);
+    a keyword that is no field, or one also set in an object given, is a TypeError.
 
     ``taps`` (one name or a sequence, e.g. ``["fc7", "pool5"]``; default all) are computed in one forward
     pass and stored in the backbone's order; the store's default tap is the backbone's. ``weights`` is
@@ -157,14 +159,8 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
     every result row from it; ``weights_never_saw_images=True`` records the user's statement that they never
     saw these images instead (``"stated-unseen"``; see :mod:`featx.provenance`).
     """
-    if dtype not in DTYPES:
-        raise FeatxError(f"{arg('dtype', dtype)}: choose one of {', '.join(DTYPES)}")
-    if batch_size < 1:
-        raise FeatxError(f"{arg('batch_size', batch_size)}: must be at least 1")
-    if workers is not None and workers < 0:
-        raise FeatxError(f"{arg('workers', workers)}: must be 0 (decode in the main process) or more")
-    if image_size is not None:  # before anything is decoded (0 is no size, not the default)
-        image_size = check_image_size(image_size)
+    settings, run = extract_arguments(settings, run, options)
+    backbone, splits, shard = settings.backbone, run.splits, run.shard
     collection = data if isinstance(data, Collection) else discover(data, splits)
     if isinstance(data, Collection) and splits:
         collection = data.subset([i for i, s in enumerate(data.samples) if s.split in set(splits)])
@@ -172,53 +168,53 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         raise FeatxError(f"{collection.root}: no images to extract")
     full, rows = collection, None
     if shard is not None:  # this process's block of the single-run order; the store records where it belongs
-        shard = parse_shard(shard)
         rows = shard_rows(len(full.samples), shard)
         collection = full.subset(rows)
     folders = list(getattr(collection, "unreadable_folders", []) or [])
-    if strict and folders:
+    if run.strict and folders:
         more = f" and {len(folders) - 1} more" if len(folders) > 1 else ""
         raise FeatxError(f"cannot read folder {folders[0]}{more} ({arg('strict', True)}); make it readable, or "
                          f"drop {arg('strict')} to extract the images featx can read")
     cfg = get_config(backbone)
-    weights = WeightsSpec.default_for(cfg) if weights is None else WeightsSpec.parse(weights)
+    weights = settings.weights or WeightsSpec.default_for(cfg)
     # a new store computes every row: its images are decoded while the network is built
-    early = _decode_early(collection, out, cfg, weights, image_size, device, batch_size, workers)
-    network = create_backbone(backbone, weights, seed=seed)
+    early = _decode_early(collection, out, cfg, weights, settings.image_size, run)
+    network = create_backbone(backbone, weights, seed=settings.seed)
+    pool = settings.pool
     if pool not in POOLINGS or (pool != "avg" and not hasattr(network, "pooling")):
         raise FeatxError(f"{arg('pool', pool)}: choose avg or max (max applies to graph-node taps of models "
                          f"resolved by name, such as resnet18's layer3)")
-    size = network.input_size(image_size)   # a fine-tuned checkpoint brings the input size it was trained at
-    requested = None if taps is None else ([taps] if isinstance(taps, str) else list(taps))
+    size = network.input_size(settings.image_size)   # a fine-tuned checkpoint brings the size it was trained at
+    requested = None if settings.taps is None else list(settings.taps)
     # default: the backbone's taps; a model resolved by name also takes its graph nodes (`featx backbones NAME --taps`)
     cfg.check_taps(requested)    # a graph node whose channel axis is unclear: one line naming one that works
     widths = cfg.taps if requested is None or all(t in cfg.taps for t in requested) else cfg.tap_widths()
     tap_names = select_taps(requested, list(widths))
     tap_dims = {t: widths[t] for t in tap_names}
-    device = resolve_device(device)
-    settings = store_settings_for(collection, network, size, dtype)
+    device = resolve_device(run.device)
+    attrs = store_settings_for(collection, network, size, settings.dtype)
     if shard is not None:
-        settings.update(shard_settings(shard, full.fingerprint(), len(full.samples)))
+        attrs.update(shard_settings(shard, full.fingerprint(), len(full.samples)))
     # fp16 autocast on CUDA changes the features slightly: a store never mixes the two precisions
-    settings["precision"] = "fp16-autocast" if device.type == "cuda" else "fp32"
+    attrs["precision"] = "fp16-autocast" if device.type == "cuda" else "fp32"
     if hasattr(network, "pooling"):      # graph-node taps (models resolved by name): how their maps are pooled
-        network.pooling = settings["pooling"] = pool
+        network.pooling = attrs["pooling"] = pool
     info = network.weights_info
-    origin = provenance.stated_origin(origin_of(cfg, info), weights_never_saw_images, info.source)
+    stated = settings.weights_never_saw_images
+    origin = provenance.stated_origin(origin_of(cfg, info), stated, info.source)
     if origin == provenance.UNKNOWN:
         warnings.warn(FeatxWarning(provenance.unknown_weights_warning(info.source, info.card)), stacklevel=2)
-    settings[provenance.WEIGHTS_ATTR] = origin
+    attrs[provenance.WEIGHTS_ATTR] = origin
     # a fine-tuned featx checkpoint: which rows its network trained on, so that no score counts them as unseen
-    tuned = provenance.store_roles(info.card, full, checkpoint=info.source, sha256=info.sha256 or "",
-                                   stated=weights_never_saw_images)
+    tuned = provenance.store_roles(info.card, full, checkpoint=info.source, sha256=info.sha256 or "", stated=stated)
     roles = None
     if tuned is not None:
-        roles, settings[provenance.ATTR] = tuned[0], provenance.attr_json(tuned[1])
+        roles, attrs[provenance.ATTR] = tuned[0], provenance.attr_json(tuned[1])
         roles = roles if rows is None else [roles[i] for i in rows]  # a shard: its rows of the whole's roles
     out = Path(out)
 
     extra = {"unreadable_folders": folders} if folders else None
-    with FeatureStore.open_for_extraction(out, settings, collection.samples, collection.classes, tap_dims,
+    with FeatureStore.open_for_extraction(out, attrs, collection.samples, collection.classes, tap_dims,
                                           default_tap=cfg.default_tap or None, extra_attrs=extra,
                                           roles=roles, row_index=rows,
                                           tap_descriptions={t: cfg.describe_tap(t) for t in tap_names}) as store:
@@ -228,14 +224,14 @@ def extract(data: str | Path | Collection, out: str | Path, *, backbone: str = "
         total = store.n
         if pending.size:
             _extract_pending(network, collection, store, pending, tap_names, size=size, device=device,
-                             batch_size=batch_size, workers=workers, on_progress=on_progress, total=total,
+                             batch_size=run.batch_size, workers=run.workers, on_progress=on_progress, total=total,
                              early=early)
         elif early is not None:
             early.batches.close()
         errors = store.h5["samples/error"].asstr()[:]
         errors[store.done] = ""
     failed = np.flatnonzero(errors != "")
-    if strict and failed.size:
+    if run.strict and failed.size:
         raise FeatxError(f"{failed.size} image(s) could not be read ({arg('strict', True)}), first: "
                          f"{errors[failed[0]]}; the other {total - failed.size} rows are saved in {out}; fix or "
                          "replace those files and run the same command again")
@@ -273,23 +269,23 @@ class _Early(NamedTuple):
     batches: ThreadBatches | LoaderBatches
 
 
-def _decode_early(collection: Collection, out, cfg, weights: WeightsSpec, image_size: int | None, device: str,
-                  batch_size: int, workers: int | None) -> _Early | None:
+def _decode_early(collection: Collection, out, cfg, weights: WeightsSpec, image_size: int | None,
+                  run: ExtractRun) -> _Early | None:
     """Start decoding every image of ``collection`` when ``out`` does not exist yet (a new store computes every
     row) and the input size is known before the network is built (weights none or imagenet); else None.
     ``_extract_pending`` uses it when it asks for the same rows, and closes it otherwise."""
     if Path(out).exists() or weights.kind == "file":
         return None
     try:
-        dev = resolve_device(device)
+        dev = resolve_device(run.device)
         size = input_size(cfg, image_size)   # weights none or imagenet: no checkpoint card to bring another
     except FeatxError:
         return None  # reported by extract itself, after the network is built
-    if decode_plan(dev, workers) == ("threads", 0):
+    if decode_plan(dev, run.workers) == ("threads", 0):
         return None
     indices = list(range(len(collection.samples)))
-    return _Early(collection, indices, size, dev, start_batches(collection, indices, size, dev, batch_size,
-                                                                 workers, held=()))
+    return _Early(collection, indices, size, dev, start_batches(collection, indices, size, dev, run.batch_size,
+                                                                 run.workers, held=()))
 
 
 def _overlaps_copies(device: torch.device) -> bool:

@@ -32,7 +32,7 @@ from featx.data.synth import synthesize
 from featx.errors import FeatxError
 from featx.provenance import ATTR, STATED, UNKNOWN, WEIGHTS_ATTR, parse_attr
 from featx.results import WEIGHTS_MARKS
-from featx.store import summarize
+from featx.store import StoreSummary, summarize
 from featx.store import verify as verify_store
 from featx.store.rowid import bad_metadata_text
 
@@ -123,18 +123,23 @@ def extract(
     # deferred: these import torch, which would slow down every `featx --help`
     from featx.backbones import get_config
     from featx.distributed import extract_ranks, launch_from_env
+
+    # deferred: as above (the settings check their weights and sizes with featx.backbones)
+    from featx.extract import ExtractRun, ExtractSettings
     from featx.extract import extract as run_extract
 
     launch = launch_from_env()
-    kwargs = dict(backbone=backbone, weights=weights, taps=parse_extract_taps(taps), image_size=image_size,
-                  splits=split or None, device=device, batch_size=batch_size, workers=workers, dtype=dtype,
-                  seed=seed, strict=strict, pool=pool, shard=shard, weights_never_saw_images=weights_never_saw_images)
+    settings = ExtractSettings(backbone=backbone, weights=weights, taps=parse_extract_taps(taps),
+                               image_size=image_size, pool=pool, dtype=dtype, seed=seed,
+                               weights_never_saw_images=weights_never_saw_images)
+    run = ExtractRun(splits=split or None, shard=shard, device=device, batch_size=batch_size, workers=workers,
+                     strict=strict)
     with _ExtractBar(lambda: f"{get_config(backbone).name} -> {out.name}", quiet or bool(launch and launch.rank)) \
             as bar:
         if launch is None:
-            path = run_extract(data, out, on_progress=bar, **kwargs)
+            path = run_extract(data, out, settings, run=run, on_progress=bar)
         else:
-            path = extract_ranks(data, out, on_progress=bar, launch=launch, **kwargs)
+            path = extract_ranks(data, out, settings, run=run, on_progress=bar, launch=launch)
     if launch is not None and launch.rank != 0:
         return  # rank 0 prints the merged store
     summary = summarize(path)
@@ -155,7 +160,8 @@ def info(
     summary = summarize(store)
     checked = verify_store(store) if verify else None
     if as_json:
-        print(json.dumps(dict(summary, verify=checked) if checked else summary, indent=2, default=str))
+        print(json.dumps(dict(summary.as_dict(), verify=checked) if checked else summary.as_dict(), indent=2,
+                         default=str))
     else:
         _print_summary(summary)
         _warn_skipped(summary)
@@ -173,22 +179,22 @@ def info(
             console.print(f"verified {checked['checked']} finished rows: every one matches its checksums{older}")
 
 
-def _print_summary(s: dict) -> None:
-    st = s["settings"]
-    console.print(f"[bold]{s['file']}[/]  {st.get('backbone')}  weights={st.get('weights')}  "
-                  f"input={st.get('input_size')}px  {s['done']}/{s['samples']} rows done, "
-                  f"{s['subjects']} subjects, {s['errors']} errors")
+def _print_summary(s: StoreSummary) -> None:
+    st = s.settings
+    console.print(f"[bold]{s.file}[/]  {st.get('backbone')}  weights={st.get('weights')}  "
+                  f"input={st.get('input_size')}px  {s.done}/{s.samples} rows done, "
+                  f"{s.subjects} subjects, {s.errors} errors")
     console.print("taps:")
-    for tap, v in s["taps"].items():
+    for tap, v in s.taps.items():
         text = v.get("description") or "(not described: a store made before featx described its taps)"
         console.print(f"  {tap} ({v['dim']}): {escape(text)}", highlight=False)
-    table = Table("split", *s["classes"], "unlabelled", title=None)
-    for split, row in s["counts"].items():
-        table.add_row(split, *[str(row[c]) for c in s["classes"]], str(row["unlabelled"]))
+    table = Table("split", *s.classes, "unlabelled", title=None)
+    for split, row in s.counts.items():
+        table.add_row(split, *[str(row[c]) for c in s.classes], str(row["unlabelled"]))
     console.print(table)
-    console.print(f"labels: {escape(s['labels']['meaning'])}; classify and compare use the labelled rows",
+    console.print(f"labels: {escape(s.labels['meaning'])}; classify and compare use the labelled rows",
                   highlight=False)
-    exif = s.get("exif_orientation")
+    exif = s.exif_orientation
     console.print(f"EXIF orientation: {exif}" + (" (a store made before featx turned photos upright by their EXIF "
                                                  "tag)" if exif == "ignored" else ""), highlight=False)
     if st.get("shard"):
@@ -200,7 +206,7 @@ def _print_summary(s: dict) -> None:
     origin = st.get(WEIGHTS_ATTR)
     if origin in (UNKNOWN, STATED):
         console.print(f"{WEIGHTS_MARKS[origin]}: every result row from this store says so", highlight=False)
-    roles = s.get("network_roles")
+    roles = s.network_roles
     if roles:  # features of a fine-tuned featx checkpoint: which rows its network saw
         counts = ", ".join(f"{k} {v}" for k, v in roles.items())
         match = (parse_attr(st.get(ATTR)) or {}).get("match", "")
@@ -208,20 +214,20 @@ def _print_summary(s: dict) -> None:
                       f"(unseen, val). {escape(match)}", highlight=False)
 
 
-def _warn_skipped(s: dict) -> None:
+def _warn_skipped(s: StoreSummary) -> None:
     """Warn (stderr) about images recorded as unreadable and folders discovery could not read."""
-    if s.get("unfinished"):
-        err_console.print(f"[yellow]warning:[/] {escape(s['file'])}: {s['unfinished']} of {s['samples']} rows not "
+    if s.unfinished:
+        err_console.print(f"[yellow]warning:[/] {escape(s.file)}: {s.unfinished} of {s.samples} rows not "
                           "extracted yet; run the same `featx extract` again to finish", highlight=False,
                           soft_wrap=True)
-    if s.get("errors"):
-        names = ", ".join(f["path"] for f in s["failed"][:3])
-        more = f" and {s['errors'] - 3} more" if s["errors"] > 3 else ""
-        err_console.print(f"[yellow]warning:[/] {s['errors']} image(s) could not be read and were skipped: "
-                          f"{escape(names)}{more} (first error: {escape(s['failed'][0]['error'])}); they are "
+    if s.errors:
+        names = ", ".join(f["path"] for f in s.failed[:3])
+        more = f" and {s.errors - 3} more" if s.errors > 3 else ""
+        err_console.print(f"[yellow]warning:[/] {s.errors} image(s) could not be read and were skipped: "
+                          f"{escape(names)}{more} (first error: {escape(s.failed[0]['error'])}); they are "
                           "recorded in the store, left out of classify/compare, and retried by the next "
                           "`featx extract`", highlight=False, soft_wrap=True)
-    folders = s.get("unreadable_folders") or []
+    folders = s.unreadable_folders or []
     if folders:
         more = f" and {len(folders) - 3} more" if len(folders) > 3 else ""
         err_console.print(f"[yellow]warning:[/] could not read folder(s) {escape(', '.join(folders[:3]))}{more}; "

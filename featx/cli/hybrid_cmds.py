@@ -98,20 +98,27 @@ def hybrid(
     For each outer subject fold, fine-tune on the training subjects, extract with the tuned weights, fit the
     heads on the training rows and test them and the network on the held-out subjects. Resumable: run the
     same command again after an interruption."""
-    from featx.workflows.hybrid import hybrid as run_hybrid  # deferred: torch, which `featx --help` does not need
+    # deferred: torch, which `featx --help` does not need
+    from featx.evaluation import Hybrid
+    from featx.finetune import FinetuneSettings
+    from featx.heads import HeadSettings
 
-    result = run_hybrid(
-        data, out, backbone=backbone, heads=parse_name_list(heads), taps=parse_tap_groups(taps), n_folds=folds,
-        seed=seed,
-        preprocess=parse_preprocess(preprocess), params=parse_params(param, parse_name_list(heads)),
-        class_weight=class_weight, positive=positive, jobs=jobs, weights=weights, preset=preset, epochs=epochs,
-        lr=lr, batch_size=batch_size, optimizer=optimizer,
-        momentum=momentum, weight_decay=weight_decay, schedule=schedule, dropout=dropout,
-        finetune_class_weight=finetune_class_weight, freeze=freeze, image_size=image_size, augment=augment,
-        color_jitter=color_jitter, early_stopping=early_stopping, patience=patience,
-        weights_never_saw_images=weights_never_saw_images, device=device,
-        workers=workers, plots=not no_plots, callback=_progress)
-    rows = result["rows"]
+    # deferred: as above
+    from featx.workflows.hybrid import hybrid as run_hybrid
+
+    head_names = parse_name_list(heads)
+    tuning = FinetuneSettings(weights=weights, preset=preset, epochs=epochs, lr=lr, batch_size=batch_size,
+                              optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                              dropout=dropout, class_weight=finetune_class_weight, freeze=freeze,
+                              image_size=image_size, augment=augment, color_jitter=color_jitter,
+                              early_stopping=early_stopping, patience=patience,
+                              weights_never_saw_images=weights_never_saw_images)
+    heads_settings = HeadSettings(preprocess=parse_preprocess(preprocess), params=parse_params(param, head_names),
+                                  class_weight=class_weight, device=device, seed=seed)
+    result = run_hybrid(data, out, backbone=backbone, heads=head_names, taps=parse_tap_groups(taps),
+                        folds=Hybrid(folds, seed), heads_settings=heads_settings, finetune=tuning, positive=positive,
+                        jobs=jobs, device=device, workers=workers, plots=not no_plots, callback=_progress)
+    rows = result.rows
     console.print(results_table(rows, title="featx hybrid"))
     note = rows[0].settings.get("cv_note")
     lines = [rows[0].protocol_label + (f"; {note}" if note else ""), "95% CI of accuracy (subject jackknife): "
@@ -119,7 +126,7 @@ def hybrid(
                          for r in rows)]
     for line in lines:
         console.print(escape(line), style="dim", highlight=False)
-    console.print("wrote " + ", ".join(escape(str(p)) for p in result["paths"].values()), highlight=False)
+    console.print("wrote " + ", ".join(escape(str(p)) for p in result.paths.values()), highlight=False)
 
 
 def _pct(value) -> str:

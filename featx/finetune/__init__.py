@@ -16,7 +16,8 @@ Unreadable images are left out and listed in ``skipped.csv`` (``strict=True`` st
 Modules: :mod:`~featx.finetune.presets` (settings), :mod:`~featx.finetune.split` (images and split),
 :mod:`~featx.finetune.plan` (what a run is), :mod:`~featx.finetune.batches` (decode workers and device batches),
 :mod:`~featx.finetune.loop` (training), :mod:`~featx.finetune.checkpoint` (the run folder's files),
-:mod:`~featx.finetune.events` (progress), :mod:`~featx.finetune.run` (``finetune``).
+:mod:`~featx.finetune.events` (progress), :mod:`~featx.finetune.run` (``finetune``),
+:mod:`~featx.finetune.settings` (:class:`FinetuneSettings`, the options as one typed value).
 """
 from featx.finetune.checkpoint import KEEP
 from featx.finetune.events import BatchInfo, Callback, EpochInfo, EventKind, RunSummary, StartInfo, WarningInfo
@@ -31,11 +32,13 @@ from featx.finetune.presets import (
                                     resolve_settings,
 )
 from featx.finetune.run import finetune
+from featx.finetune.settings import FinetuneSettings
 from featx.finetune.split import HOLDOUT_FOLDS
 from featx.imports import callable_module
 
 __all__ = ["CLASS_WEIGHTS", "HOLDOUT_FOLDS", "KEEP", "OPTIMIZERS", "PRESETS", "PRESET_NOTES", "SCHEDULES",
-           "BatchInfo", "Callback", "EpochInfo", "EventKind", "RunSummary", "StartInfo", "WarningInfo",
+           "BatchInfo", "Callback", "EpochInfo", "EventKind", "FinetuneSettings", "RunSummary", "StartInfo",
+           "WarningInfo",
            "default_settings", "finetune", "preset_warning", "resolve_settings"]
 
 callable_module(__name__, "finetune")  # featx.finetune(...) (see featx/__init__.py)

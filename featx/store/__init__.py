@@ -29,12 +29,13 @@ Every dataset has a ``description`` attribute, /samples/label a ``meaning`` (``0
 unlabelled``), the root a ``description`` of this layout and the preprocessing in words (``preprocessing``,
 ``transform``, ...): see :mod:`~featx.store.describe`; stores written before them load unchanged.
 A store is reopened, never rebuilt: finished rows are kept and a store made with other settings is refused.
+:func:`summarize` (what ``featx info`` shows) returns a :class:`StoreSummary`.
 :mod:`~featx.store.writer` says how a store survives ``kill -9`` and a full disk.
 :mod:`~featx.store.shards`: a shard store (``extract(shard=...)``), one block of the single-run order, with
 ``/samples/index``; :mod:`~featx.store.merge`: ``merge_stores`` joins the shards into the single-run store.
 """
 from featx.files import is_disk_full
-from featx.store.inspect import sample_table, settings_json, store_settings, summarize, verify
+from featx.store.inspect import StoreSummary, sample_table, settings_json, store_settings, summarize, verify
 from featx.store.lock import lock_path, writer_active
 from featx.store.merge import merge_stores
 from featx.store.reader import FeatureSet, load_features
@@ -42,7 +43,7 @@ from featx.store.schema import CHUNK_BYTES, ERROR_BYTES, IDENTITY_KEYS, SCHEMA_V
 from featx.store.shards import Shard, parse_shard, part_path, shard_rows
 from featx.store.writer import FeatureStore
 
-__all__ = ["CHUNK_BYTES", "ERROR_BYTES", "IDENTITY_KEYS", "SCHEMA_VERSION", "FeatureSet", "FeatureStore",
-           "Shard", "is_disk_full", "load_features", "lock_path", "merge_stores", "parse_shard", "part_path",
+__all__ = ["CHUNK_BYTES", "ERROR_BYTES", "IDENTITY_KEYS", "SCHEMA_VERSION", "FeatureSet", "FeatureStore", "Shard",
+           "StoreSummary", "is_disk_full", "load_features", "lock_path", "merge_stores", "parse_shard", "part_path",
            "row_checksums", "sample_table", "settings_json", "shard_rows", "store_settings", "summarize", "verify",
            "writer_active"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -9,6 +10,7 @@ import numpy as np
 
 from featx.errors import FeatxError, arg
 from featx.provenance import ROLES
+from featx.records import Record
 from featx.store.describe import read_descriptions
 from featx.store.rowid import bad_metadata, check_metadata, read_files
 from featx.store.schema import (
@@ -32,11 +34,32 @@ def store_settings(path: str | Path) -> dict:
         return read_attrs(h5)
 
 
-def summarize(path: str | Path) -> dict:
+@dataclass(frozen=True)
+class StoreSummary(Record):
+    """What :func:`summarize` returns. Also a read-only mapping of its fields (``summary["taps"]``, as the dict
+    it returned before; :class:`featx.records.Record`); :meth:`as_dict` for JSON."""
+    file: str                          # the store's path
+    samples: int                       # rows, finished or not
+    done: int                          # finished rows
+    errors: int                        # rows whose image could not be read
+    unfinished: int                    # rows neither finished nor failed (an interrupted extraction)
+    failed: list[dict]                 # the first 20 failed rows: {"path", "error"}
+    unreadable_folders: list[str]      # folders discovery could not read
+    classes: list[str]                 # the class names, in label order
+    labels: dict                       # what the label integers mean
+    subjects: int                      # distinct subjects (rows without one not counted)
+    taps: dict[str, dict]              # tap -> {"dim", "rows", "dtype", "chunks", "description"}
+    counts: dict[str, dict[str, int]]  # split -> {class: rows, "unlabelled": rows}
+    settings: dict                     # the root attributes (store_settings)
+    network_roles: dict[str, int] | None  # rows per role of a fine-tuned featx checkpoint's network; None: none
+    exif_orientation: str              # "applied", or "ignored" in stores made before featx applied it
+
+
+def summarize(path: str | Path) -> StoreSummary:
     """What ``featx info`` shows: settings, taps with dimensions and descriptions (what each holds; "" in
     stores made before featx wrote them), what the label integers mean (``labels``), rows done, unfinished
     and failed (unreadable images, the first 20 with their error), folders discovery could not read, counts
-    by split and class."""
+    by split and class (:class:`StoreSummary`)."""
     path = Path(path)
     with open_store(path, "r") as h5:
         require_store(path, h5)
@@ -46,7 +69,7 @@ def summarize(path: str | Path) -> dict:
             raise FeatxError(damaged(path, exc)) from None
 
 
-def _summarize(path: Path, h5: h5py.File) -> dict:
+def _summarize(path: Path, h5: h5py.File) -> StoreSummary:
     attrs = read_attrs(h5)
     s = h5["samples"]
     classes = [str(c) for c in decode_attr(s.attrs["classes"])]
@@ -70,15 +93,15 @@ def _summarize(path: Path, h5: h5py.File) -> dict:
               if e and not d]
     folders = attrs.get("unreadable_folders") or []
     roles = s["network_role"].asstr()[:] if "network_role" in s else None
-    return {
-        "file": str(path), "samples": int(len(done)), "done": int(done.sum()), "errors": len(failed),
-        "unfinished": int(np.sum(~done & (errors == ""))), "failed": failed[:20],
-        "unreadable_folders": [str(f) for f in np.atleast_1d(folders)] if len(folders) else [],
-        "classes": classes, "labels": described["labels"], "subjects": len(set(subjects) - {""}),
-        "taps": taps, "counts": counts, "settings": attrs,
-        "network_roles": None if roles is None else _role_counts(roles),
-        "exif_orientation": setting(h5.attrs, "exif_orientation"),  # "ignored" in stores made before featx applied it
-    }
+    return StoreSummary(
+        file=str(path), samples=int(len(done)), done=int(done.sum()), errors=len(failed),
+        unfinished=int(np.sum(~done & (errors == ""))), failed=failed[:20],
+        unreadable_folders=[str(f) for f in np.atleast_1d(folders)] if len(folders) else [],
+        classes=classes, labels=described["labels"], subjects=len(set(subjects) - {""}),
+        taps=taps, counts=counts, settings=attrs,
+        network_roles=None if roles is None else _role_counts(roles),
+        exif_orientation=setting(h5.attrs, "exif_orientation"),  # "ignored" in stores made before featx applied it
+    )
 
 
 def _role_counts(roles: np.ndarray) -> dict[str, int]:

@@ -30,7 +30,7 @@ import json
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,57 +46,75 @@ from featx.errors import FeatxError, arg, command
 from featx.evaluation import Hybrid, SubjectKFold, compare_rows, resolve_positive
 from featx.extract import extract, select_taps
 from featx.files import atomic_json, sha256_file
-from featx.finetune import finetune, preset_warning, resolve_settings
+from featx.finetune import FinetuneSettings, preset_warning
+from featx.finetune import finetune as run_finetune
 from featx.finetune.batches import default_workers
 from featx.finetune.checkpoint import has_run, new_root
-from featx.heads import Preprocess, check_params, get_head
+from featx.heads import HeadSettings, get_head
+from featx.keywords import Slot, typed_arguments
+from featx.records import Record
 from featx.report import refuse_results_folder, write_results
 from featx.results import ResultRow
 from featx.workflows.hybrid_rows import head_rows, network_row, protocol_label
 
-__all__ = ["INNER_TRAIN", "INNER_VAL", "hybrid", "protocol_label"]
+__all__ = ["FINETUNE_OPTIONS", "INNER_TRAIN", "INNER_VAL", "HybridResult", "hybrid", "protocol_label"]
 
 #: Split names given to a fold's training rows for its fine-tune run: the network trains on INNER_TRAIN
 #: and validates (early stopping, best.pt) on INNER_VAL, a subject holdout of the fold's training subjects.
 INNER_TRAIN, INNER_VAL = "hybrid-train", "hybrid-val"
 INNER_FOLDS = 5  # the inner holdout is fold 1 of a subject-grouped 5-fold split, as `featx finetune --val subject`
 
-#: Fine-tuning options passed through to :func:`featx.finetune.finetune` (``None`` = its default).
+#: The fine-tuning keywords ``hybrid`` still takes, each a field of :class:`FinetuneSettings` (``None`` = the
+#: preset's or the backbone's default); ``finetune_class_weight`` is its ``class_weight``.
 FINETUNE_OPTIONS = ("weights", "preset", "epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay",
                     "schedule", "dropout", "finetune_class_weight", "freeze", "image_size", "augment",
                     "color_jitter", "early_stopping", "patience", "weights_never_saw_images")
 
 
+@dataclass(frozen=True)
+class HybridResult(Record):
+    """What :func:`hybrid` returns; also a read-only mapping of its fields (``result["rows"]``, as the dict it
+    returned before; :class:`featx.records.Record`)."""
+    rows: list[ResultRow]          # one per tap x head, then the fine-tuned network's row
+    paths: dict[str, Path]         # the files written to ``out`` by kind
+    folds: list[dict]              # each outer fold's record (its result.json)
+    out: Path                      # the run folder
+
+
 def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[str],
-           taps: Sequence[str | Sequence[str]] | None = None, n_folds: int = 5, seed: int = 0,
-           preprocess: Preprocess = ("standard",), params: dict | None = None, class_weight=None,
-           positive: str | None = None, jobs: int | None = None, weights: str | None = None, preset: str | None = None,
-           epochs: int | None = None,
-           lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
-           momentum: float | None = None, weight_decay: float | None = None, schedule: str | None = None,
-           dropout: float | None = None, finetune_class_weight: str | None = None, freeze: str | None = None,
-           image_size: int | None = None, augment: bool | None = None, color_jitter: bool | None = None,
-           early_stopping: str | None = None, patience: int = 5, weights_never_saw_images: bool = False,
-           device: str = "auto",
-           workers: int | None = None, plots: bool = True,
-           callback: Callable[[str, dict], None] | None = None) -> dict:
+           taps: Sequence[str | Sequence[str]] | None = None, folds: Hybrid | None = None,
+           heads_settings: HeadSettings | None = None, finetune: FinetuneSettings | None = None,
+           positive: str | None = None, jobs: int | None = None, device: str = "auto", workers: int | None = None,
+           plots: bool = True, callback: Callable[[str, dict], None] | None = None, **options) -> HybridResult:
     """Run the hybrid protocol on the images of ``data`` and write its run folder ``out``.
 
     ``heads``: head names (``["svm", "logistic"]``); ``taps``: one row set each, a tap name or a list of taps
     whose features are concatenated (``["fc7", ["fc7", "pool5"]]``; default the backbone's default tap);
-    ``n_folds``/``seed``: the outer subject folds (as ``featx classify``);
-    ``preprocess``/``params``/``class_weight``/``jobs``: as in :func:`featx.evaluation.compare`.
-    The fine-tuning options are those of :func:`featx.finetune.finetune` (``finetune_class_weight`` is its
-    ``class_weight``); the network is scored at ``last.pt`` for a fixed-length run, at ``best.pt`` (chosen on
-    the inner holdout) with ``early_stopping``. ``callback(event, info)`` gets ``"fold"`` (info ``status``:
-    ``start``, ``skipped`` or ``done``), ``"epoch"`` (the fine-tune's epoch info) and ``"heads"``;
-    every ``info`` holds ``fold`` and ``n_folds``. Returns ``{"rows" (:class:`ResultRow`), "paths", "folds"
-    (each fold's record), "out"}``.
+    ``folds``: the outer subject folds (:class:`featx.evaluation.Hybrid`, as ``featx classify``'s; default
+    ``Hybrid(5, seed=0)``); its seed is the run's: the inner holdout, the fine-tunes, the extraction and every
+    head. ``heads_settings`` (:class:`featx.heads.HeadSettings`): the heads' preprocessing, parameters and class
+    weights (its device and seed are the run's); ``jobs``: as in :func:`featx.evaluation.compare`.
+    ``finetune`` (:class:`featx.finetune.FinetuneSettings`): the options of :func:`featx.finetune.finetune`;
+    the network is scored at ``last.pt`` for a fixed-length run, at ``best.pt`` (chosen on the inner holdout)
+    with ``early_stopping``. The fields of the three may be given as keywords instead: ``n_folds``, ``seed``,
+    ``preprocess``, ``params``, ``class_weight`` and :data:`FINETUNE_OPTIONS` (``finetune_class_weight`` is
+    the fine-tune's ``class_weight``); a keyword also set in an object given is a TypeError.
+    ``callback(event, info)`` gets ``"fold"`` (info ``status``: ``start``, ``skipped`` or ``done``),
+    ``"epoch"`` (the fine-tune's epoch info) and ``"heads"``; every ``info`` holds ``fold`` and ``n_folds``.
+    Returns a :class:`HybridResult` (``rows``, ``paths``, ``folds``: each fold's record, ``out``).
     """
+    made = typed_arguments("hybrid", [
+        Slot("folds", Hybrid, folds, {"n_folds": "k", "seed": "seed"}),
+        Slot("heads_settings", HeadSettings, heads_settings, {k: k for k in ("preprocess", "params", "class_weight")}),
+        Slot("finetune", FinetuneSettings, finetune,
+             {k: "class_weight" if k == "finetune_class_weight" else k for k in FINETUNE_OPTIONS})], options)
+    folds, tuning = made["folds"], made["finetune"]
+    n_folds, seed = folds.k, folds.seed
+    heads_settings = replace(made["heads_settings"], device=device, seed=seed)
     head_names = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]
     if not head_names:
         raise FeatxError(f"{arg('heads')}: no heads given; name at least one (e.g. svm)")
-    params = check_params(params)  # a typo fails now, not after hours of fine-tuning
+    # a typo in a head's parameters failed already (HeadSettings), not after hours of fine-tuning
     tap_specs, extract_taps = _tap_specs(backbone, taps)
     out = Path(out)
     collection = discover(data)
@@ -116,23 +134,15 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
                          "names or use a manifest with a subject column")
     y = np.array([classes.index(collection.samples[i].label) for i in labelled], dtype=np.int64)
     splits = np.array([collection.samples[i].split or "" for i in labelled], dtype=object)
-    outer = Hybrid(n_folds, seed).split_rows(subjects, y, splits)
-    folds = [(np.array([labelled[i] for i in a]), np.array([labelled[i] for i in b])) for a, b in outer.folds]
+    outer = folds.split_rows(subjects, y, splits)
+    fold_rows = [(np.array([labelled[i] for i in a]), np.array([labelled[i] for i in b])) for a, b in outer.folds]
 
-    ft_options = dict(weights=None if weights is None else str(weights), preset=preset, epochs=epochs, lr=lr,
-                      batch_size=batch_size, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
-                      schedule=schedule, dropout=dropout, finetune_class_weight=finetune_class_weight, freeze=freeze,
-                      image_size=image_size, augment=augment, color_jitter=color_jitter,
-                      early_stopping=early_stopping, patience=int(patience))
-    if weights_never_saw_images:  # only then: run folders of an earlier featx resume with the same settings
-        ft_options["weights_never_saw_images"] = True
+    ft_options = _recorded(tuning)
     settings = {"kind": "featx hybrid", "backbone": backbone, "taps": extract_taps, "n_folds": int(n_folds),
                 "seed": int(seed), "positive": classes[pos], "classes": classes,
                 "dataset_fingerprint": collection.fingerprint(), "finetune": ft_options,
                 "data_root": str(collection.root), "featx_version": featx.__version__}
-    warning = preset_warning(backbone, resolve_settings(backbone, preset, **{
-        ("class_weight" if key == "finetune_class_weight" else key): value for key, value in ft_options.items()
-        if key not in ("preset", "freeze", "early_stopping", "patience", "weights_never_saw_images")}))
+    warning = preset_warning(backbone, tuning.resolve(backbone))
     if warning:
         settings["warning"] = str(FeatxError(warning))
     refuse_results_folder(out, "hybrid")
@@ -144,11 +154,11 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
         emit("warning", {"message": str(FeatxError(warning)), "template": warning})
     elif warning:
         warnings.warn(str(FeatxError(warning)), UserWarning, stacklevel=2)
-    runtime = dict(device=device, workers=workers, batch_size=int(batch_size or 32))
+    runtime = dict(device=device, workers=workers, batch_size=int(tuning.batch_size or 32))
     records = []
     try:
-        for k, (train, test) in enumerate(folds, start=1):
-            records.append(_run_fold(collection, out / f"fold_{k}", k, len(folds), train, test, backbone=backbone,
+        for k, (train, test) in enumerate(fold_rows, start=1):
+            records.append(_run_fold(collection, out / f"fold_{k}", k, len(fold_rows), train, test, backbone=backbone,
                                      taps=extract_taps, seed=seed, positive=classes[pos], options=ft_options,
                                      runtime=runtime, emit=emit))
     except BaseException:
@@ -158,15 +168,15 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
 
     rows: list[ResultRow] = []
     for spec in tap_specs:
-        emit("heads", {"fold": None, "n_folds": len(folds), "tap": "+".join(spec), "heads": head_names})
-        rows.extend(head_rows(out, records, folds, collection, spec, head_names, backbone=backbone, pos=pos,
-                              seed=seed, preprocess=preprocess, params=params, class_weight=class_weight,
-                              device=device, jobs=jobs, note=outer.note))
-    rows.append(network_row(out, records, collection, folds, backbone=backbone, pos=pos, seed=seed,
-                            early_stopping=early_stopping, finetune_options=ft_options))
+        emit("heads", {"fold": None, "n_folds": len(fold_rows), "tap": "+".join(spec), "heads": head_names})
+        rows.extend(head_rows(out, records, fold_rows, collection, spec, head_names, backbone=backbone, pos=pos,
+                              seed=seed, preprocess=heads_settings.preprocess, params=heads_settings.params,
+                              class_weight=heads_settings.class_weight, device=device, jobs=jobs, note=outer.note))
+    rows.append(network_row(out, records, collection, fold_rows, backbone=backbone, pos=pos, seed=seed,
+                            early_stopping=tuning.early_stopping, finetune_options=ft_options))
     rows = compare_rows(rows)  # every row on the same outer folds: paired differences from the best
     paths = write_results(rows, out, plots=plots)
-    return {"rows": rows, "paths": paths, "folds": records, "out": out}
+    return HybridResult(rows=rows, paths=paths, folds=records, out=out)
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -182,6 +192,18 @@ def _tap_specs(backbone: str, taps) -> tuple[list[list[str]], list[str]]:
     config.check_taps(sorted(needed))
     available = config.taps if needed <= set(config.taps) else config.tap_widths()   # graph nodes: any model
     return specs, select_taps(sorted(needed), list(available))
+
+
+def _recorded(tuning: FinetuneSettings) -> dict:
+    """The fine-tuning options as settings.json records them (a re-run must match): FINETUNE_OPTIONS' names,
+    ``weights_never_saw_images`` only when set (run folders of an earlier featx resume with the same settings)."""
+    given = tuning.options()
+    recorded = {key: given["class_weight" if key == "finetune_class_weight" else key] for key in FINETUNE_OPTIONS
+                if key != "weights_never_saw_images"}
+    recorded["patience"] = int(recorded["patience"])
+    if tuning.weights_never_saw_images:
+        recorded["weights_never_saw_images"] = True
+    return recorded
 
 
 _INFO_KEYS = ("data_root", "featx_version", "warning")
@@ -280,7 +302,7 @@ def _run_fold(collection, fold_dir: Path, k: int, n_folds: int, train: np.ndarra
     ft_dir = fold_dir / "finetune"
     ft_kwargs = {key: value for key, value in options.items() if key != "finetune_class_weight"}
     # keep only the checkpoint the fold is scored and extracted at (last.pt while the fine-tune is unfinished)
-    summary = finetune(inner, ft_dir, backbone=backbone, class_weight=options["finetune_class_weight"],
+    summary = run_finetune(inner, ft_dir, backbone=backbone, class_weight=options["finetune_class_weight"],
                        val=INNER_VAL, positive=positive, device=runtime["device"], workers=runtime["workers"],
                        seed=seed, resume=has_run(ft_dir), keep="best" if options["early_stopping"] else "last",
                        callback=lambda event, e: emit("epoch", dict(e, fold=k, n_folds=n_folds))
