@@ -125,7 +125,7 @@ def test_the_library_refuses_before_any_fit(store, tmp_path, monkeypatch):
     run_compare([store], ["logistic"], cv="subject", out=out, **LIB)
     calls = []
     monkeypatch.setattr(classify_workflow, "evaluate", lambda *a, **k: calls.append(a))
-    monkeypatch.setattr(grid_module, "evaluate_many", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(grid_module, "run_grid", lambda *a, **k: calls.append(a))
     with pytest.raises(FeatxError, match=r"holds the results of `featx.compare\(...\)` \(1 row\); choose another out "
                                          r"or add overwrite=True"):
         run_classify(store, "knn", out=out, n_folds=3, plots=False)
@@ -214,7 +214,7 @@ def test_compare_with_a_missing_last_store_fails_before_any_fit(store, tmp_path,
     assert not out.exists() and failed_in < one_grid
 
     fitted = []
-    monkeypatch.setattr(grid_module, "evaluate_many", lambda *a, **k: fitted.append(a))
+    monkeypatch.setattr(grid_module, "run_grid", lambda *a, **k: fitted.append(a))
     monkeypatch.setattr(grid_module, "load_feature_grid", lambda *a, **k: fitted.append(a))
     not_a_store = tmp_path / "notes.h5"
     not_a_store.write_text("hello")

@@ -203,22 +203,20 @@ def compare(
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid, each row with
     its paired difference from its protocol's best row."""
-    from featx.workflows.classify import default_out, run_compare  # deferred: sklearn
+    from featx.evaluation import check_grid  # deferred: sklearn
+    from featx.workflows.classify import default_out, run_compare
 
     head_names = parse_name_list(heads)
     params, nested = parse_search(param, head_names, method=search, n_iter=n_iter, tune=tune,
                                   inner_folds=inner_folds, metric=search_metric)
-    groups, tap_groups, protocols = parse_store_groups(stores), parse_tap_groups(taps), parse_name_list(cv)
-    if out is None:
-        out = default_out("compare", groups, head_names, tap_groups, cv=protocols, eval_set=eval_set)
-    result = run_compare(groups, head_names, tap_groups, cv=protocols,
-                         n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set, positive=positive,
-                         preprocess=parse_preprocess(preprocess), class_weight=class_weight, device=device,
-                         params=params, search=nested, out=out, overwrite=force,
-                         plots=not no_plots, progress=lambda msg: console.print(f"[dim]{msg}[/]"),
-                         backend=backend, scheduler=scheduler,
-                         allow_optimistic=optimistic, allow_partial=allow_partial,
-                         drop_unknown_subjects=drop_unknown_subjects, select=select, sort_by=sort_by, vs=vs)
+    plan = check_grid(parse_store_groups(stores), head_names, parse_tap_groups(taps), cv=parse_name_list(cv),
+                      n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set, positive=positive,
+                      preprocess=parse_preprocess(preprocess), class_weight=class_weight, device=device,
+                      params=params, search=nested, backend=backend, scheduler=scheduler,
+                      allow_optimistic=optimistic, allow_partial=allow_partial,
+                      drop_unknown_subjects=drop_unknown_subjects, select=select, sort_by=sort_by, vs=vs)
+    result = run_compare(plan, out=out or default_out("compare", plan), overwrite=force, plots=not no_plots,
+                         progress=lambda msg: console.print(f"[dim]{msg}[/]"))
     _print_rows(result.rows, result.paths, title="featx compare", run=result.run)
 
 

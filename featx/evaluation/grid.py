@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,9 +17,9 @@ from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator
 
 from featx.errors import FeatxError, arg
-from featx.evaluation.backends import engine
+from featx.evaluation.backends import Engine, engine
 from featx.evaluation.differences import compare_rows
-from featx.evaluation.inputs import check_grid
+from featx.evaluation.inputs import GridPlan, check_grid, plan_heads
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
 from featx.evaluation.pool import fit_bytes, plan_jobs, process_pool, thread_limits
 from featx.evaluation.search import Search, check_search, fit_search, search_record
@@ -33,12 +34,12 @@ from featx.evaluation.splits import (
 )
 from featx.files import json_shaped
 from featx.heads import (
+    HeadSettings,
     HeadSpec,
     Preprocess,
-    check_params,
     fit_params,
-    get_head,
     head_params,
+    head_specs,
     make_head,
     predict_and_score,
     preprocess_text,
@@ -98,13 +99,14 @@ def _predictions(features, rows, fold_of, pooled, classes) -> dict:
             "score": np.asarray(pooled["y_score"], dtype=float).tolist()}
 
 
-def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: int, jobs: int | None = None,
-             seed: int = 0, preprocess=None, class_weight=None, device: str = "auto", params: Params | None = None,
-             search: Search | None = None, backend: str = "loky",
-             scheduler=None) -> list[ResultRow]:
+def run_grid(features, heads: Sequence, protocol: Protocol, *, positive: int, settings: HeadSettings | None = None,
+             jobs: int | None = None, search: Search | None = None, where: Engine | None = None,
+             backend: str = "loky", scheduler=None) -> list[ResultRow]:
     """Fit every head on every fold of ``protocol`` over ``features`` (one joblib pool of heads x folds);
-    one result row per head. ``positive`` is the index of the positive class. ``backend`` / ``scheduler``:
-    where the pool runs (:func:`featx.evaluation.backends.engine`); the numbers do not depend on it.
+    one result row per head. ``positive`` is the index of the positive class; ``settings``: what every head fit
+    shares (:class:`featx.heads.HeadSettings`: preprocessing, class weights, parameters, device, seed). ``where``:
+    an engine already open (:func:`featx.evaluation.backends.engine`), else one is opened on ``backend`` /
+    ``scheduler`` for this pool; the numbers do not depend on where the pool runs.
 
     ``jobs``: processes of the pool (-1: every core); None sizes it to the cores and the memory available
     (:func:`featx.evaluation.pool.plan_jobs`). Each worker limits its BLAS/OpenMP threads to its share of
@@ -116,11 +118,10 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     refit search is scored on the outer test fold. Inner searches run serially when the outer pool is
     parallel (``jobs`` other than 1, or a cluster), else with ``search.n_jobs`` processes."""
     X, y = features.X, features.y
-    specs = [get_head(h) for h in heads]
+    settings = settings or HeadSettings()
+    specs = head_specs(list(heads))
     by_name = {s.name: s for s in specs}
-    params = check_params(params)
-    kwargs = {s.name: dict(preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
-                           **params.get(s.name, {})) for s in specs}
+    kwargs = {s.name: settings.for_head(s) for s in specs}
     tasks = [(s.name, k) for s in specs for k in range(protocol.n_folds)]
     order = sorted(tasks, key=lambda t: -by_name[t[0]].cost)  # longest first: the pool ends on short tasks
     searched = {s.name for s in specs if search is not None and search.head_space(s.name)}
@@ -133,7 +134,8 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
     n_train = max((len(a) for a, _ in protocol.folds), default=0)
     task_bytes = max(fit_bytes(built[s.name], n_train, X.shape[1]) for s in specs)
     t0 = time.perf_counter()
-    with engine(backend, scheduler, jobs) as where, process_pool(where.backend, specs):
+    with (nullcontext(where) if where else engine(backend, scheduler, jobs)) as where, \
+            process_pool(where.backend, specs):
         if where.backend == "loky":  # this machine: processes sized to its cores and memory
             n_jobs = plan_jobs(jobs, len(tasks), X.nbytes, task_bytes)
             threads = max(1, cpu_cores() // n_jobs) if n_jobs > 1 else None
@@ -182,11 +184,11 @@ def run_grid(features, heads: Sequence[str], protocol: Protocol, *, positive: in
             roc=roc_points(pooled["y_true"] == positive, pooled["y_score"], folds=fold_of),
             predictions=_predictions(features, test_rows, fold_of, pooled, classes),
             fit_seconds=round(fit_s, 3), wall_seconds=round(wall, 3),
-            settings={"preprocess": preprocess_text(preprocess),
-                      "class_weight": class_weight if spec.class_weight else None,
-                      "params": params.get(spec.name, {}),
+            settings={"preprocess": preprocess_text(settings.preprocess),
+                      "class_weight": settings.class_weight if spec.class_weight else None,
+                      "params": dict(settings.params.get(spec.name, {})),
                       "head_params": json_shaped(head_params(built[spec.name])),
-                      "seed": seed, "device": device, "backend": where.backend,
+                      "seed": settings.seed, "device": settings.device, "backend": where.backend,
                       "cv_note": _nested_note(protocol.note, search, groups is None) if nested else protocol.note,
                       **_settings_of(features)},
             scores=summary_scores(summary), weights_provenance=rows_mark(features.settings), nested_search=nested,
@@ -241,42 +243,43 @@ def evaluate(features, head: str | HeadSpec | BaseEstimator, *, cv: str = "auto"
                          scheduler=scheduler)[0]
 
 
-def evaluate_many(features, heads: Sequence[str | HeadSpec | BaseEstimator], *, cv: str = "auto", n_folds: int = 5,
+def evaluate_many(features, heads: Sequence[str | HeadSpec | BaseEstimator], *, cv="auto", n_folds: int = 5,
                   seed: int = 0, jobs: int | None = None, eval_set: str | None = None, positive: str | None = None,
                   preprocess: Preprocess = ("standard",), class_weight=None, device: str = "auto",
                   params: Params | None = None, allow_optimistic: bool = False,
                   drop_unknown_subjects: bool = False, search: Search | None = None, backend: str = "loky",
                   scheduler=None) -> list[ResultRow]:
-    """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head."""
-    heads = _head_specs(heads)  # unknown names fail now
+    """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head.
+    Every input is checked once (:func:`featx.evaluation.inputs.plan_heads`) before the first fit."""
+    plan = plan_heads(heads, [(cv, eval_set)], n_folds=n_folds, seed=seed, jobs=jobs, positive=positive,
+                      preprocess=preprocess, class_weight=class_weight, device=device, params=params,
+                      allow_optimistic=allow_optimistic, drop_unknown_subjects=drop_unknown_subjects,
+                      search=search, backend=backend, scheduler=scheduler)
+    with engine(plan.backend, plan.scheduler, plan.jobs) as where:
+        return score_features(features, plan, plan.runs[0], where)
+
+
+def score_features(features, plan: GridPlan, run: tuple, where: Engine) -> list[ResultRow]:
+    """The rows of ``plan``'s heads on one feature set under one protocol run ``(cv, eval_set)``, in the open
+    engine ``where``: its labelled rows split by the protocol, every head fitted on every fold."""
+    cv, eval_set = run
     data = labelled_rows(features)
     dropped = 0
-    if drop_unknown_subjects:
+    if plan.drop_unknown_subjects:
         data, dropped = without_unknown_subjects(data)
-    pos = resolve_positive(data.classes, positive)
+    pos = resolve_positive(data.classes, plan.positive)
     tuned = data.roles is not None
-    protocol = split_features(data, cv, n_folds=n_folds, seed=seed, eval_set=eval_set,
-                              allow_optimistic=allow_optimistic)
+    protocol = split_features(data, cv, n_folds=plan.n_folds, seed=plan.settings.seed, eval_set=eval_set,
+                              allow_optimistic=plan.allow_optimistic)
     if dropped:
         protocol.label += f"; {dropped} row{'s' if dropped != 1 else ''} without a subject id dropped"
         protocol.note = "; ".join(filter(None, [protocol.note, f"{dropped} rows without a subject id dropped "
                                                                 "(drop_unknown_subjects)"]))
-    rows = run_grid(data, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
-                    class_weight=class_weight, device=device, params=params, search=search,
-                    backend=backend, scheduler=scheduler)
+    rows = run_grid(data, plan.heads, protocol, positive=pos, settings=plan.settings, jobs=plan.jobs,
+                    search=plan.search, where=where)
     facts = {"dropped_unknown_subjects": dropped, **(_tuned_facts(data, protocol) if tuned else {}),
              **_store_facts(features)}
     return [replace(row, **facts) for row in rows]
-
-
-def _head_specs(heads) -> list[HeadSpec]:
-    """The specs of ``heads`` (one head, or a list of them); two different heads of one name are refused."""
-    specs = [get_head(h) for h in (heads if isinstance(heads, (list, tuple)) else [heads])]
-    for i, spec in enumerate(specs):
-        if any(s.name == spec.name and s != spec for s in specs[:i]):
-            raise FeatxError(f"{arg('heads')}: two different heads are named {spec.name}; score them in "
-                             "separate calls")
-    return specs
 
 
 def _tuned_facts(data, protocol: Protocol) -> dict:
@@ -332,38 +335,45 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     :func:`featx.evaluation.differences.compare_rows` sets ``row.comparison`` (difference, 95% interval, p-value,
     ``≈ best``).
     """
-    plan = check_grid(stores, heads, taps, cv=cv, eval_set=eval_set, n_folds=n_folds, jobs=jobs, params=params,
-                      search=search, select=select, allow_partial=allow_partial,
-                      backend=backend, scheduler=scheduler, sort_by=sort_by)
-    heads, params, runs = plan.heads, plan.params, plan.runs
-    with engine(backend, scheduler, jobs) as where:  # one cluster for the whole grid
+    plan = check_grid(stores, heads, taps, cv=cv, eval_set=eval_set, n_folds=n_folds, seed=seed, jobs=jobs,
+                      positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
+                      params=params, allow_optimistic=allow_optimistic, allow_partial=allow_partial,
+                      drop_unknown_subjects=drop_unknown_subjects, search=search, select=select, backend=backend,
+                      scheduler=scheduler, sort_by=sort_by, vs=vs)
+    return run_plan(plan, progress=progress)
+
+
+def run_plan(plan: GridPlan, *, progress: Callable[[str], None] | None = None,
+             where: Engine | None = None) -> list[ResultRow]:
+    """The rows of a checked grid (:func:`featx.evaluation.inputs.check_grid`), as :func:`compare` returns them.
+    ``where``: the engine already open (``featx compare`` opens it once for the whole command), else one is
+    opened on the plan's backend for the whole grid."""
+    with (nullcontext(where) if where else engine(plan.backend, plan.scheduler, plan.jobs)) as where:
+        names, settings = plan.head_names, plan.settings
         rows: list[ResultRow] = []
         loaded = []
         for _, features in load_feature_grid(plan.store_groups, plan.tap_groups, labelled=True,
-                                             allow_partial=allow_partial):  # each store file read once
-            if select is not None:
+                                             allow_partial=plan.allow_partial):  # each store file read once
+            if plan.select is not None:
                 loaded.append(features)
-            for p, ev in runs:
+            for p, ev in plan.runs:
                 if progress:
-                    progress(f"{features.name}: {', '.join(heads)} under {ev or protocol_name(p)}")
-                rows.extend(evaluate_many(features, heads, cv=p, n_folds=n_folds, seed=seed, jobs=jobs,
-                                          eval_set=ev, positive=positive, preprocess=preprocess,
-                                          class_weight=class_weight, device=device, params=params,
-                                          allow_optimistic=allow_optimistic,
-                                          drop_unknown_subjects=drop_unknown_subjects, search=search,
-                                          backend=backend, scheduler=scheduler))
-        if select is not None:
+                    progress(f"{features.name}: {', '.join(names)} under {ev or protocol_name(p)}")
+                rows.extend(score_features(features, plan, (p, ev), where))
+        if plan.select is not None:
             rows = [replace(row, selection_uncorrected=True) for row in rows]
-            for p, ev in runs:
+            for p, ev in plan.runs:
                 if progress:
-                    progress(f"selecting by inner {select} among {len(loaded) * len(heads)} rows under "
+                    progress(f"selecting by inner {plan.select} among {len(loaded) * len(names)} rows under "
                              f"{ev or protocol_name(p)}")
-                with process_pool(where.backend, heads):
-                    selected = selection_row(loaded, heads, cv=p, eval_set=ev, n_folds=n_folds, seed=seed,
+                with process_pool(where.backend, plan.heads):
+                    selected = selection_row(loaded, plan.heads, cv=p, eval_set=ev, n_folds=plan.n_folds,
+                                             seed=settings.seed,
                                              jobs=cpu_cores() if where.n_jobs is None else where.n_jobs,
-                                             positive=positive, preprocess=preprocess,
-                                             class_weight=class_weight, device=device, params=params,
-                                             metric=select, allow_optimistic=allow_optimistic,
-                                             drop_unknown_subjects=drop_unknown_subjects)
+                                             positive=plan.positive, preprocess=settings.preprocess,
+                                             class_weight=settings.class_weight, device=settings.device,
+                                             params=dict(settings.params), metric=plan.select,
+                                             allow_optimistic=plan.allow_optimistic,
+                                             drop_unknown_subjects=plan.drop_unknown_subjects)
                 rows.append(replace(selected, settings={**selected.settings, "backend": where.backend}))
-        return compare_rows(unique_names(rows), metric=sort_by, reference=vs)
+        return compare_rows(unique_names(rows), metric=plan.sort_by, reference=plan.vs)

@@ -8,8 +8,7 @@ grid fails in one line before the first head is fitted, not after the first stor
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from featx.errors import FeatxError, arg, command
@@ -17,37 +16,60 @@ from featx.evaluation.backends import check_backend
 from featx.evaluation.pool import check_jobs
 from featx.evaluation.search import Search, check_search
 from featx.evaluation.splits import check_cv, protocol_from, protocol_name
-from featx.heads import check_params, get_head
+from featx.heads import HeadSettings, HeadSpec, Preprocess, head_specs
 from featx.scoring import check_metric
 from featx.store import summarize
 from featx.store.hints import extracting
 from featx.store.schema import default_tap
 
 
-@dataclass
+@dataclass(frozen=True)
 class GridPlan:
-    """A checked grid: store groups (each fused side by side), tap groups (None: each store's default),
-    heads by registry name, checked parameters, the protocol runs ``(cv, eval_set)`` and, per store group x
-    tap group, the tap name its rows will carry (``FeatureSet.tap``)."""
+    """A checked grid, passed down whole: store groups (each fused side by side), tap groups (None: each
+    store's default), the heads (:class:`featx.heads.HeadSpec`), the protocol runs ``(cv, eval_set)``, per store
+    group x tap group the tap name its rows will carry (``FeatureSet.tap``), what every head fit shares
+    (:class:`featx.heads.HeadSettings`) and how the grid runs. :func:`check_grid` builds it for
+    :func:`featx.evaluation.compare` (stores), :func:`plan_heads` for one feature set (no stores)."""
 
-    store_groups: list[list[str]]
-    tap_groups: list[list[str] | None]
-    heads: list[str]
-    params: dict
-    runs: list[tuple]  # (protocol name or object, held-out split or None)
-    row_taps: dict[tuple[int, int], str]
+    heads: tuple[HeadSpec, ...]
+    settings: HeadSettings
+    runs: tuple[tuple, ...]  # (protocol name or object, held-out split or None)
+    store_groups: tuple[tuple[str, ...], ...] = ()
+    tap_groups: tuple[tuple[str, ...] | None, ...] = (None,)
+    row_taps: dict[tuple[int, int], str] = field(default_factory=dict)
+    n_folds: int = 5
+    jobs: int | None = None
+    positive: str | None = None
+    allow_optimistic: bool = False
+    allow_partial: bool = False
+    drop_unknown_subjects: bool = False
+    search: Search | None = None
+    select: str | None = None
+    backend: str = "loky"
+    scheduler: object = None
+    sort_by: str = "f1_weighted"
+    vs: str | None = None
+
+    @property
+    def head_names(self) -> list[str]:
+        return [spec.name for spec in self.heads]
+
+    @property
+    def params(self) -> dict:
+        return dict(self.settings.params)
 
     def describe(self) -> dict:
         """The grid as recorded in a results folder's manifest (stores resolved to absolute paths)."""
         return {"stores": [[str(Path(p).resolve()) for p in g] for g in self.store_groups],
-                "taps": None if self.tap_groups == [None] else self.tap_groups, "heads": self.heads,
+                "taps": None if self.tap_groups == (None,) else [list(t) for t in self.tap_groups],
+                "heads": self.head_names,
                 "protocols": [ev and f"eval={ev}" or protocol_name(cv) for cv, ev in self.runs]}
 
     def cells(self) -> set[tuple[tuple[str, ...], str, str]]:
         """``(resolved stores, tap, head)`` of every row the grid computes under each protocol."""
         return {(tuple(str(Path(p).resolve()) for p in group), self.row_taps[(i, j)], head)
                 for i, group in enumerate(self.store_groups) for j in range(len(self.tap_groups))
-                for head in self.heads}
+                for head in self.head_names}
 
 
 def store_groups(stores) -> list[list[str]]:
@@ -73,27 +95,41 @@ def protocol_runs(cv, eval_set: str | None) -> list[tuple]:
     return [(p, None) for p in protocols] + ([("auto", eval_set)] if eval_set else [])
 
 
-def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: str | None = None,
-               n_folds: int = 5, jobs: int | None = None, params=None, search: Search | None = None,
-               select: str | None = None, allow_partial: bool = False, backend: str = "loky", scheduler=None,
-               sort_by: str = "f1_weighted", **_ignored) -> GridPlan:
-    """Check every input of :func:`featx.evaluation.compare` (same arguments) and return the grid (the
-    ``backend`` is checked to be installed; its cluster is not contacted)."""
+def plan_heads(heads, runs, *, n_folds: int = 5, seed: int = 0, jobs: int | None = None,
+               positive: str | None = None, preprocess: Preprocess = ("standard",), class_weight=None,
+               device: str = "auto", params=None, allow_optimistic: bool = False,
+               drop_unknown_subjects: bool = False, search: Search | None = None, backend: str = "loky",
+               scheduler=None, select: str | None = None, sort_by: str = "f1_weighted",
+               vs: str | None = None) -> GridPlan:
+    """Check what scoring heads on any feature set needs (heads, their shared settings, the search, the
+    pool, the metrics) and return it as a :class:`GridPlan` without stores; ``runs``: the protocols."""
     check_metric(sort_by, "sort_by")
     if select is not None:
         check_metric(select, "select")
         if search is not None:
             raise FeatxError(f"{arg('select', select)} compares rows at their fixed parameters and cannot be "
                              f"combined with a parameter search ({arg('search')}) yet; run them separately")
-    names = [get_head(h).name for h in ([heads] if isinstance(heads, str) else heads)]
-    if not names:
+    specs = head_specs(heads)
+    if not specs:
         raise FeatxError(f"{arg('heads')}: no head given; name at least one, e.g. svm")
-    checked = check_params(params)
+    settings = HeadSettings(preprocess=preprocess, class_weight=class_weight, params=params or {}, device=device,
+                            seed=seed)
     if search is not None:
         check_search(search)
     check_jobs(jobs)
     check_backend(backend, scheduler)
+    return GridPlan(tuple(specs), settings, tuple(runs), n_folds=n_folds, jobs=jobs, positive=positive,
+                    allow_optimistic=allow_optimistic, drop_unknown_subjects=drop_unknown_subjects, search=search,
+                    select=select, backend=backend, scheduler=scheduler, sort_by=sort_by, vs=vs)
+
+
+def check_grid(stores, heads, taps=None, *, cv="auto", eval_set: str | None = None, n_folds: int = 5,
+               allow_partial: bool = False, **options) -> GridPlan:
+    """Check every input of :func:`featx.evaluation.compare` (same arguments; ``options`` are those of
+    :func:`plan_heads`) and return the grid (the ``backend`` is checked to be installed; its cluster is not
+    contacted)."""
     runs = protocol_runs(cv, eval_set)
+    plan = plan_heads(heads, runs, n_folds=n_folds, **options)
     if n_folds < 2 and any(ev is None and isinstance(p, str) and protocol_from(p, n_folds=2).kfold for p, ev in runs):
         raise FeatxError(f"{arg('n_folds', n_folds)}: cross-validation needs at least 2 folds")
     groups = store_groups(stores)
@@ -119,7 +155,9 @@ def check_grid(stores, heads: Sequence[str], taps=None, *, cv="auto", eval_set: 
                                          f"{', '.join(info['taps']) or 'none'} (extract it with {fill})")
                 parts.append("+".join(wanted))
             row_taps[(i, j)] = "+".join(parts)
-    return GridPlan(groups, tgroups, names, checked, runs, row_taps)
+    return replace(plan, store_groups=tuple(tuple(g) for g in groups),
+                   tap_groups=tuple(None if t is None else tuple(t) for t in tgroups), row_taps=row_taps,
+                   allow_partial=allow_partial)
 
 
 def _check_store(path: Path, allow_partial: bool, eval_set: str | None) -> dict:

@@ -26,7 +26,7 @@ from featx.evaluation.splits import (
     split_features,
     without_unknown_subjects,
 )
-from featx.heads import fit_params, make_head, positive_scores, preprocess_text
+from featx.heads import HeadSpec, fit_params, get_head, make_head, positive_scores, preprocess_text
 from featx.provenance import rows_mark
 from featx.results import ResultRow, summary_scores
 from featx.row_names import tag_names, with_tag
@@ -46,7 +46,7 @@ def _inner_splits(y, groups, inner_folds: int, seed: int) -> list[tuple[np.ndarr
                          "folds") from None
 
 
-def _inner_score(head: str, kwargs: dict, X, y, rows, splits, scoring, groups=None) -> float:
+def _inner_score(head: HeadSpec, kwargs: dict, X, y, rows, splits, scoring, groups=None) -> float:
     """Mean inner-CV score of one candidate on the outer training ``rows`` only (``splits`` index them);
     ``groups``: every row's subject (None when unknown), for the heads that split by it inside ``fit``."""
     try:
@@ -54,12 +54,12 @@ def _inner_score(head: str, kwargs: dict, X, y, rows, splits, scoring, groups=No
                                  error_score="raise",
                                  params=fit_params(head, None if groups is None else groups[rows]))
     except ValueError as exc:
-        raise FeatxError(f"head {head}: {' '.join(str(exc).split())}; change {arg('params')} or "
+        raise FeatxError(f"head {head.name}: {' '.join(str(exc).split())}; change {arg('params')} or "
                          f"{arg('preprocess')}") from None
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("-inf")
 
 
-def _fit_outer(head: str, kwargs: dict, X, y, train, test, positive: int, groups=None):
+def _fit_outer(head: HeadSpec, kwargs: dict, X, y, train, test, positive: int, groups=None):
     pipeline = make_head(head, **kwargs)
     t0 = time.perf_counter()
     pipeline.fit(X[train], y[train], **fit_params(head, None if groups is None else groups[train]))
@@ -103,8 +103,9 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
     y = np.asarray(data.y)
     classes = list(data.classes)
     params = params or {}
+    candidates = [(fs, get_head(head)) for fs, head in candidates]  # specs travel to the workers whole
     kwargs = [dict(preprocess=preprocess, class_weight=class_weight, seed=seed, device=device,
-                   **params.get(head, {})) for _, head in candidates]
+                   **params.get(head.name, {})) for _, head in candidates]
     labels = _candidate_names(candidates)
     subjects = np.asarray(data.subjects).astype(str) if len(data.subjects) else None
     train_all = np.concatenate([a for a, _ in protocol.folds])
@@ -171,9 +172,9 @@ def select_rows(candidates: Sequence[tuple], protocol: Protocol, *, positive: in
 def _candidate_names(candidates: Sequence[tuple]) -> list[str]:
     """Each candidate's name as `compare` names its row: ``<features> + <head>``, with the stores' tag where
     candidates share a name (:mod:`featx.row_names`)."""
-    names = [f"{fs.name} + {head}" for fs, head in candidates]
+    names = [f"{fs.name} + {head.name}" for fs, head in candidates]
     tags = tag_names(names, [tuple(str(p) for p in fs.stores) for fs, _ in candidates])
-    return [name if tag is None else with_tag(name, tag, head)
+    return [name if tag is None else with_tag(name, tag, head.name)
             for name, tag, (_, head) in zip(names, tags, candidates)]
 
 

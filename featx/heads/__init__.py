@@ -25,6 +25,7 @@ from featx.heads.registry import (
                                   fit_params,
                                   get_head,
                                   head_params,
+                                  head_specs,
                                   list_heads,
                                   make_head,
                                   settable_params,
@@ -37,5 +38,6 @@ from featx.heads.xgboost import XGBoostClassifier
 
 __all__ = ["HEADS", "MANAGED_PARAMS", "HeadSettings", "HeadSpec", "Preprocess", "RBFSVMClassifier",
            "SoftmaxClassifier", "Step", "XGBoostClassifier", "check_params", "check_preprocess", "fit_params",
-           "get_head", "has_probability", "head_of", "head_params", "import_head", "list_heads", "make_head",
-           "positive_scores", "predict_and_score", "preprocess_steps", "preprocess_text", "settable_params"]
+           "get_head", "has_probability", "head_of", "head_params", "head_specs", "import_head", "list_heads",
+           "make_head", "positive_scores", "predict_and_score", "preprocess_steps", "preprocess_text",
+           "settable_params"]

@@ -30,7 +30,7 @@ from featx.heads.svm import RBFSVMClassifier
 from featx.heads.xgboost import XGBoostClassifier
 
 __all__ = ["HEADS", "MANAGED_PARAMS", "HeadSpec", "check_params", "fit_params", "get_head", "head_params",
-           "list_heads", "make_head", "settable_params"]
+           "head_specs", "list_heads", "make_head", "settable_params"]
 
 # Estimator parameters that make_head sets from its own arguments (on the estimators that have them).
 MANAGED_PARAMS = {"random_state": "seed", "device": "device", "class_weight": "class_weight"}
@@ -203,3 +203,14 @@ def _refusal(estimator: BaseEstimator) -> str | None:
     except (TypeError, ValueError) as exc:
         return " ".join(str(exc).split())
     return None
+
+
+def head_specs(heads) -> list[HeadSpec]:
+    """The specs of ``heads`` (one head, or a sequence of names, specs and estimators), unknown names refused;
+    two different heads of one name are refused too (a row is named after its head)."""
+    specs = [get_head(h) for h in (list(heads) if isinstance(heads, (list, tuple)) else [heads])]
+    for i, spec in enumerate(specs):
+        if any(s.name == spec.name and s != spec for s in specs[:i]):
+            raise FeatxError(f"{arg('heads')}: two different heads are named {spec.name}; score them in "
+                             "separate calls")
+    return specs

@@ -1,5 +1,5 @@
-"""Reports of result rows (:class:`featx.results.ResultRow`): what the terminal table shows (drawn by
-:mod:`featx.cli.tables`), the Markdown table, the files of a results folder and PNG plots. Image-level,
+"""Reports of result rows (:class:`featx.results.ResultRow`): what the terminal table shows (the CLI
+draws it), the Markdown table, the files of a results folder and PNG plots. Image-level,
 OPTIMISTIC and PARTIAL rows are marked everywhere."""
 from featx.imports import callable_module
 from featx.report.files import (

@@ -14,7 +14,6 @@ from featx.evaluation import (
     HELD_OUT_SPLITS,
     GridPlan,
     check_grid,
-    compare,
     evaluate,
     every_row_has_subject,
     labelled_rows,
@@ -23,7 +22,7 @@ from featx.evaluation import (
     without_unknown_subjects,
 )
 from featx.evaluation.backends import check_backend, engine
-from featx.evaluation.grid import Params, StorePath
+from featx.evaluation.grid import Params, StorePath, run_plan
 from featx.evaluation.search import Search, check_search, fit_search
 from featx.heads import Preprocess, check_params, get_head, make_head
 from featx.report import claimed, free_folder, results_commit, write_manifest, write_results
@@ -143,18 +142,19 @@ def _search_all(features, head: str, search: Search, *, eval_set, preprocess, cl
     return chosen, record
 
 
-def run_compare(stores, heads: Sequence[str], taps=None, *, out=None, plots: bool = True, overwrite: bool = False,
-                backend: str = "loky", scheduler=None, **kwargs) -> CompareResult:
+def run_compare(stores, heads: Sequence[str] = (), taps=None, *, out=None, plots: bool = True,
+                overwrite: bool = False, progress=None, **options) -> CompareResult:
     """:func:`featx.evaluation.compare` (same arguments), then the reports in ``out`` (None: nothing written).
-    Every input, ``out`` included, is checked before the first fit (and before a cluster is started): a folder
-    holding the results of another command or grid is refused unless ``overwrite``. ``backend`` /
-    ``scheduler``: where the grid runs (run.json records it). Returns a :class:`CompareResult`."""
-    plan = check_grid(stores, heads, taps, backend=backend, scheduler=scheduler, **kwargs)
+    ``stores`` may be a grid checked already (:func:`featx.evaluation.check_grid`), given alone. Every input,
+    ``out`` included, is checked before the first fit (and before a cluster is started): a folder holding the
+    results of another command or grid is refused unless ``overwrite``. The grid's engine (``backend`` /
+    ``scheduler``) is opened once for the whole grid; run.json records it. Returns a :class:`CompareResult`."""
+    plan = _plan(stores, heads, taps, options)
     claim = nullcontext() if out is None else claimed(out, "compare", plan.describe(), overwrite=overwrite,
                                                       same_rows=_plan_rows(plan))
     with claim:  # one writer of `out` until its files are written
-        with engine(backend, scheduler, kwargs.get("jobs", 1)) as where:
-            rows = compare(stores, heads, taps, backend=backend, scheduler=scheduler, **kwargs)
+        with engine(plan.backend, plan.scheduler, plan.jobs) as where:
+            rows = run_plan(plan, progress=progress, where=where)
         paths = {}
         if out is not None:
             with results_commit(out):
@@ -163,17 +163,27 @@ def run_compare(stores, heads: Sequence[str], taps=None, *, out=None, plots: boo
     return CompareResult(rows=rows, paths=paths, run=where.describe())
 
 
-def default_out(command: str, stores, heads: Sequence[str] | str, taps=None, *, cv="auto", eval_set=None,
+def _plan(stores, heads, taps, options: dict) -> GridPlan:
+    """``stores`` when it is a checked grid (then nothing else may be given), else the grid checked now."""
+    if not isinstance(stores, GridPlan):
+        return check_grid(stores, heads, taps, **options)
+    if heads or taps is not None or options:
+        raise TypeError("a checked grid (GridPlan) is given alone: its heads, taps and options are in it")
+    return stores
+
+
+def default_out(command: str, stores, heads: Sequence[str] | str = (), taps=None, *, cv="auto", eval_set=None,
                 root=DEFAULT_ROOT) -> Path:
     """Where ``featx compare`` / ``featx classify`` write without ``--out``: ``results/compare`` and
     ``results/classify-<store>-<tap>-<head>[-<protocol>]`` (e.g. ``classify-vgg16-fc7-svm``, and
     ``classify-vgg16-fc7-svm-prelim`` with ``eval_set="prelim"``: the store's file name without ``.h5``, fused
     stores and taps joined by ``+``, the protocol named when one is asked for), numbered ``-2``, ``-3``, ...
     when that folder holds another command's or grid's results: a default never replaces other results, and a
-    re-run of the same grid replaces its own. ``stores``/``taps`` as :func:`run_compare` takes them, or as
-    :func:`run_classify` for ``classify``."""
+    re-run of the same grid replaces its own. ``stores``/``taps`` as :func:`run_compare` takes them (a checked
+    grid alone for ``compare``), or as :func:`run_classify` for ``classify``."""
     if command == "compare":
-        plan = check_grid(stores, heads, taps, cv=cv, eval_set=eval_set, allow_partial=True)
+        plan = stores if isinstance(stores, GridPlan) else check_grid(stores, heads, taps, cv=cv, eval_set=eval_set,
+                                                                       allow_partial=True)
         return free_folder("compare", plan.describe(), root=root, same_rows=_plan_rows(plan))
     if command != "classify":
         raise FeatxError(f"{command!r}: only compare and classify have a default results folder")

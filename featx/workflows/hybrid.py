@@ -170,8 +170,7 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
     for spec in tap_specs:
         emit("heads", {"fold": None, "n_folds": len(fold_rows), "tap": "+".join(spec), "heads": head_names})
         rows.extend(head_rows(out, records, fold_rows, collection, spec, head_names, backbone=backbone, pos=pos,
-                              seed=seed, preprocess=heads_settings.preprocess, params=heads_settings.params,
-                              class_weight=heads_settings.class_weight, device=device, jobs=jobs, note=outer.note))
+                              settings=heads_settings, jobs=jobs, note=outer.note))
     rows.append(network_row(out, records, collection, fold_rows, backbone=backbone, pos=pos, seed=seed,
                             early_stopping=tuning.early_stopping, finetune_options=ft_options))
     rows = compare_rows(rows)  # every row on the same outer folds: paired differences from the best

@@ -12,6 +12,7 @@ import numpy as np
 from featx.errors import FeatxError
 from featx.evaluation import Hybrid, Protocol, compute_metrics, roc_points, run_grid, summarize_folds
 from featx.evaluation.protocols import hybrid_label
+from featx.heads import HeadSettings
 from featx.provenance import rows_mark
 from featx.results import NetworkRecord, ResultRow, summary_scores
 from featx.store import load_features, store_settings
@@ -55,14 +56,13 @@ def _stacked_features(out: Path, records: list[dict], folds, collection, taps: S
 
 
 def head_rows(out: Path, records: list[dict], folds, collection, taps: Sequence[str], heads: list[str], *,
-              backbone: str, pos: int, seed: int, preprocess, params, class_weight, device, jobs: int | None,
-              note: str) -> list[ResultRow]:
+              backbone: str, pos: int, settings: HeadSettings, jobs: int | None, note: str) -> list[ResultRow]:
     """Every head on every fold's own tuned features (``taps`` fused), through the grid `featx compare` runs."""
     stacked, protocol_folds = _stacked_features(out, records, folds, collection, taps, backbone)
+    seed = settings.seed
     protocol = Hybrid(len(folds), seed).named(Protocol("hybrid", "", False, protocol_folds, seed, note,
                                                        stacked.subjects))
-    rows = run_grid(stacked, heads, protocol, positive=pos, jobs=jobs, seed=seed, preprocess=preprocess,
-                    class_weight=class_weight, device=device, params=params)
+    rows = run_grid(stacked, heads, protocol, positive=pos, settings=settings, jobs=jobs)
     return [replace(row, settings={**row.settings, "checkpoints": _checkpoints(records)}) for row in rows]
 
 
