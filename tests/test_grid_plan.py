@@ -10,6 +10,7 @@ from featx.evaluation import GridPlan, backends, check_grid, compare, inputs
 from featx.heads import HeadSettings
 from featx.workflows.classify import run_compare
 
+
 @pytest.fixture(scope="module")
 def cnn_store(cnmc_tree, tmp_path_factory):
     from featx.extract import extract
