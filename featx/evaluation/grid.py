@@ -256,13 +256,13 @@ def evaluate_many(features, heads: Sequence[str | HeadSpec | BaseEstimator], *, 
                       allow_optimistic=allow_optimistic, drop_unknown_subjects=drop_unknown_subjects,
                       search=search, backend=backend, scheduler=scheduler)
     with engine(plan.backend, plan.scheduler, plan.jobs) as where:
-        return score_features(features, plan, plan.runs[0], where)
+        return score_features(features, plan, plan.protocols[0], where)
 
 
-def score_features(features, plan: GridPlan, run: tuple, where: Engine) -> list[ResultRow]:
-    """The rows of ``plan``'s heads on one feature set under one protocol run ``(cv, eval_set)``, in the open
-    engine ``where``: its labelled rows split by the protocol, every head fitted on every fold."""
-    cv, eval_set = run
+def score_features(features, plan: GridPlan, protocol: tuple, where: Engine) -> list[ResultRow]:
+    """The rows of ``plan``'s heads on one feature set under one of its protocols ``(cv, eval_set)``, in the
+    open engine ``where``: its labelled rows split by the protocol, every head fitted on every fold."""
+    cv, eval_set = protocol
     data = labelled_rows(features)
     dropped = 0
     if plan.drop_unknown_subjects:
@@ -356,13 +356,13 @@ def run_plan(plan: GridPlan, *, progress: Callable[[str], None] | None = None,
                                              allow_partial=plan.allow_partial):  # each store file read once
             if plan.select is not None:
                 loaded.append(features)
-            for p, ev in plan.runs:
+            for p, ev in plan.protocols:
                 if progress:
                     progress(f"{features.name}: {', '.join(names)} under {ev or protocol_name(p)}")
                 rows.extend(score_features(features, plan, (p, ev), where))
         if plan.select is not None:
             rows = [replace(row, selection_uncorrected=True) for row in rows]
-            for p, ev in plan.runs:
+            for p, ev in plan.protocols:
                 if progress:
                     progress(f"selecting by inner {plan.select} among {len(loaded) * len(names)} rows under "
                              f"{ev or protocol_name(p)}")

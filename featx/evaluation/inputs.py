@@ -26,14 +26,14 @@ from featx.store.schema import default_tap
 @dataclass(frozen=True)
 class GridPlan:
     """A checked grid, passed down whole: store groups (each fused side by side), tap groups (None: each
-    store's default), the heads (:class:`featx.heads.HeadSpec`), the protocol runs ``(cv, eval_set)``, per store
+    store's default), the heads (:class:`featx.heads.HeadSpec`), the protocols ``(cv, eval_set)``, per store
     group x tap group the tap name its rows will carry (``FeatureSet.tap``), what every head fit shares
     (:class:`featx.heads.HeadSettings`) and how the grid runs. :func:`check_grid` builds it for
     :func:`featx.evaluation.compare` (stores), :func:`plan_heads` for one feature set (no stores)."""
 
     heads: tuple[HeadSpec, ...]
     settings: HeadSettings
-    runs: tuple[tuple, ...]  # (protocol name or object, held-out split or None)
+    protocols: tuple[tuple, ...]  # (protocol name or object, held-out split or None)
     store_groups: tuple[tuple[str, ...], ...] = ()
     tap_groups: tuple[tuple[str, ...] | None, ...] = (None,)
     row_taps: dict[tuple[int, int], str] = field(default_factory=dict)
@@ -63,7 +63,7 @@ class GridPlan:
         return {"stores": [[str(Path(p).resolve()) for p in g] for g in self.store_groups],
                 "taps": None if self.tap_groups == (None,) else [list(t) for t in self.tap_groups],
                 "heads": self.head_names,
-                "protocols": [ev and f"eval={ev}" or protocol_name(cv) for cv, ev in self.runs]}
+                "protocols": [ev and f"eval={ev}" or protocol_name(cv) for cv, ev in self.protocols]}
 
     def cells(self) -> set[tuple[tuple[str, ...], str, str]]:
         """``(resolved stores, tap, head)`` of every row the grid computes under each protocol."""
@@ -84,7 +84,7 @@ def tap_groups(taps) -> list[list[str] | None]:
     return [[t] if isinstance(t, str) else list(t) for t in taps] if taps else [None]
 
 
-def protocol_runs(cv, eval_set: str | None) -> list[tuple]:
+def grid_protocols(cv, eval_set: str | None) -> list[tuple]:
     """``(cv, eval_set)`` of every protocol of a grid: each CV protocol (a name checked and in lower case, or a
     protocol object or scikit-learn splitter), then the held-out one."""
     one = cv is None or isinstance(cv, str) or not isinstance(cv, (list, tuple))
@@ -95,14 +95,14 @@ def protocol_runs(cv, eval_set: str | None) -> list[tuple]:
     return [(p, None) for p in protocols] + ([("auto", eval_set)] if eval_set else [])
 
 
-def plan_heads(heads, runs, *, n_folds: int = 5, seed: int = 0, jobs: int | None = None,
+def plan_heads(heads, protocols, *, n_folds: int = 5, seed: int = 0, jobs: int | None = None,
                positive: str | None = None, preprocess: Preprocess = ("standard",), class_weight=None,
                device: str = "auto", params=None, allow_optimistic: bool = False,
                drop_unknown_subjects: bool = False, search: Search | None = None, backend: str = "loky",
                scheduler=None, select: str | None = None, sort_by: str = "f1_weighted",
                vs: str | None = None) -> GridPlan:
     """Check what scoring heads on any feature set needs (heads, their shared settings, the search, the
-    pool, the metrics) and return it as a :class:`GridPlan` without stores; ``runs``: the protocols."""
+    pool, the metrics) and return it as a :class:`GridPlan` without stores; ``protocols``: ``(cv, eval_set)`` pairs."""
     check_metric(sort_by, "sort_by")
     if select is not None:
         check_metric(select, "select")
@@ -118,7 +118,7 @@ def plan_heads(heads, runs, *, n_folds: int = 5, seed: int = 0, jobs: int | None
         check_search(search)
     check_jobs(jobs)
     check_backend(backend, scheduler)
-    return GridPlan(tuple(specs), settings, tuple(runs), n_folds=n_folds, jobs=jobs, positive=positive,
+    return GridPlan(tuple(specs), settings, tuple(protocols), n_folds=n_folds, jobs=jobs, positive=positive,
                     allow_optimistic=allow_optimistic, drop_unknown_subjects=drop_unknown_subjects, search=search,
                     select=select, backend=backend, scheduler=scheduler, sort_by=sort_by, vs=vs)
 
@@ -128,9 +128,9 @@ def check_grid(stores, heads, taps=None, *, cv="auto", eval_set: str | None = No
     """Check every input of :func:`featx.evaluation.compare` (same arguments; ``options`` are those of
     :func:`plan_heads`) and return the grid (the ``backend`` is checked to be installed; its cluster is not
     contacted)."""
-    runs = protocol_runs(cv, eval_set)
-    plan = plan_heads(heads, runs, n_folds=n_folds, **options)
-    if n_folds < 2 and any(ev is None and isinstance(p, str) and protocol_from(p, n_folds=2).kfold for p, ev in runs):
+    protocols = grid_protocols(cv, eval_set)
+    plan = plan_heads(heads, protocols, n_folds=n_folds, **options)
+    if n_folds < 2 and any(ev is None and isinstance(p, str) and protocol_from(p, n_folds=2).kfold for p, ev in protocols):
         raise FeatxError(f"{arg('n_folds', n_folds)}: cross-validation needs at least 2 folds")
     groups = store_groups(stores)
     if not groups or not all(groups):

@@ -208,7 +208,7 @@ def _classify_grid(stores, store_taps, head: str, cv: str, eval_set: str | None)
 
 
 def _plan_rows(plan: GridPlan):
-    return _same_cells(plan.cells(), len(plan.cells()) * len(plan.runs))
+    return _same_cells(plan.cells(), len(plan.cells()) * len(plan.protocols))
 
 
 def _same_cells(cells: set, n_rows: int):
