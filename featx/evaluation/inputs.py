@@ -130,7 +130,8 @@ def check_grid(stores, heads, taps=None, *, cv="auto", eval_set: str | None = No
     contacted)."""
     protocols = grid_protocols(cv, eval_set)
     plan = plan_heads(heads, protocols, n_folds=n_folds, **options)
-    if n_folds < 2 and any(ev is None and isinstance(p, str) and protocol_from(p, n_folds=2).kfold for p, ev in protocols):
+    if n_folds < 2 and any(ev is None and isinstance(p, str) and protocol_from(p, n_folds=2).kfold
+                           for p, ev in protocols):
         raise FeatxError(f"{arg('n_folds', n_folds)}: cross-validation needs at least 2 folds")
     groups = store_groups(stores)
     if not groups or not all(groups):
