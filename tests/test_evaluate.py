@@ -467,11 +467,9 @@ def test_no_subject_at_all_falls_back_to_image_level_and_every_output_says_why(t
 
 # ---- on a real (tiny) C-NMC tree: statistics, saved = evaluated, a file name that does not parse --------
 @pytest.fixture(scope="module")
-def cnmc_store(cnmc_tree, tmp_path_factory) -> str:
-    from featx.extract import extract
-
-    out = tmp_path_factory.mktemp("cnmc_store") / "cnn.h5"
-    return str(extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32))
+def cnmc_store(cnn_store) -> str:
+    """conftest's shared cnn store of the tiny C-NMC tree (32 px, seed 0; read-only)."""
+    return str(cnn_store)
 
 
 @pytest.mark.parametrize("cv, eval_set", [("subject", None), ("image", None), ("fold", None), ("auto", "prelim")])

@@ -60,13 +60,6 @@ def read_rows(store: Path) -> dict[str, tuple[str, str, str]]:
                                                s["split"].asstr()[:])}
 
 
-@pytest.fixture(scope="module")
-def cnn_store(cnmc_tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cnn") / "cnn.h5"
-    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, batch_size=8, workers=0)
-    return out
-
-
 def test_store_holds_every_image_once_with_label_subject_split(cnmc_tree, cnn_store):
     want = expected_rows(cnmc_tree)
     got = read_rows(cnn_store)

@@ -17,7 +17,6 @@ from featx.errors import FeatxError
 from featx.evaluation import compare, evaluate, evaluate_many
 from featx.evaluation import pool as pool_module
 from featx.evaluation.pool import SMALL_BYTES, plan_jobs, process_pool
-from featx.extract import extract
 from featx.heads import RBFSVMClassifier, XGBoostClassifier, make_head
 from featx.heads.xgboost import MIN_VALIDATION_ROWS, validation_split
 from featx.store import FeatureSet, load_features
@@ -41,10 +40,9 @@ def features(n_subjects=12, cells=60, d=8, seed=0) -> FeatureSet:
 
 # ---- each store read once -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def two_stores(cnmc_tree, tmp_path_factory):
-    root = tmp_path_factory.mktemp("once")
-    return [extract(cnmc_tree, root / f"cnn{s}.h5", backbone="cnn", weights="none", image_size=32, workers=0,
-                    device="cpu", seed=s) for s in (0, 1)]
+def two_stores(cnn_stores):
+    """conftest's shared cnn stores of seeds 0 and 1 (read-only)."""
+    return [cnn_stores(0), cnn_stores(1)]
 
 
 def test_compare_reads_each_store_once_over_taps_heads_and_fused_groups(two_stores, monkeypatch):

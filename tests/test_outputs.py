@@ -15,7 +15,6 @@ import featx.evaluation.grid as grid_module
 import featx.workflows.classify as classify_workflow
 from featx.cli.app import flag
 from featx.errors import FeatxError
-from featx.extract import extract
 from featx.report import MANIFEST, read_results, write_results
 from featx.results import read_json
 from featx.workflows.classify import default_out, run_classify, run_compare
@@ -27,9 +26,9 @@ LIB = dict(n_folds=3, plots=False)
 
 
 @pytest.fixture(scope="module")
-def store(cnmc_tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("outputs") / "cnn.h5"
-    return extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0, device="cpu")
+def store(cnn_store) -> Path:
+    """conftest's shared cnn store of the tiny C-NMC tree (32 px, seed 0; read-only)."""
+    return cnn_store
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -29,9 +29,9 @@ HGB_PARAMS = {"max_iter": 20, "min_samples_leaf": 2}  # 24 training rows: the de
 
 
 @pytest.fixture(scope="module")
-def store(cnmc_tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("api_store") / "cnn.h5"
-    return featx.extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0)
+def store(cnn_store) -> Path:
+    """conftest's shared cnn store of the tiny C-NMC tree (32 px, seed 0; read-only)."""
+    return cnn_store
 
 
 def _features(n_subjects=12, cells=10, d=16, seed=0) -> FeatureSet:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from cli_helpers import invoke
 
-from featx.extract import extract
 from featx.finetune import finetune
 from featx.results import ResultRow, read_json, rows_from_csv
 from featx.workflows.classify import run_compare
@@ -22,12 +21,6 @@ def _same_rows(written: list[ResultRow], built: list[ResultRow]) -> None:
     assert len(written) == len(built) > 0
     for w, b in zip(written, built):
         assert w == _as_written(b), w.name
-
-
-@pytest.fixture(scope="module")
-def cnn_store(cnmc_tree, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rows") / "cnn.h5"
-    return extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0, device="cpu")
 
 
 def test_compare_rows_round_trip_through_json_and_csv(cnn_store, tmp_path):

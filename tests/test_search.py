@@ -15,7 +15,6 @@ from featx.cli.parsing import parse_search
 from featx.errors import FeatxError
 from featx.evaluation import LogUniform, Search, evaluate, evaluate_many, make_splits
 from featx.evaluation import grid as grid_module
-from featx.extract import extract
 from featx.persist import card_path, load_model
 from featx.report import results_markdown, short_protocol
 from featx.results import ResultRow, read_json, rows_from_csv
@@ -161,12 +160,6 @@ def test_parse_search_lists_ranges_tune_and_fixed_values():
     assert fixed == {"logistic": {"C": 5}} and "logistic" not in search.space and "knn" in search.space
     with pytest.raises(FeatxError, match="nothing to search"):
         parse_search(["C=5"], ["logistic"], tune=True)
-
-
-@pytest.fixture(scope="module")
-def cnn_store(cnmc_tree, tmp_path_factory):
-    out = tmp_path_factory.mktemp("search") / "cnn.h5"
-    return extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0, device="cpu")
 
 
 def test_cli_classify_with_a_param_list_is_nested_and_writes_search_csv(cnn_store, tmp_path):
