@@ -78,6 +78,7 @@ def test_default_tap_equals_create_feature_extractor(name, node, width):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_vit_at_its_fixed_size_gives_the_class_token_and_refuses_other_sizes():
     net = create_backbone("vit_b_32", "none", seed=0)
     ref = _reference("vit_b_32", net.state_dict())
@@ -99,6 +100,7 @@ def test_vit_at_its_fixed_size_gives_the_class_token_and_refuses_other_sizes():
         net.forward_taps(torch.zeros(1, 3, 64, 64), ["pool"])
 
 
+@pytest.mark.slow
 def test_finetune_resnet18_then_extract_with_its_checkpoint(cnmc_tree, tmp_path):
     run = tmp_path / "run"
     finetune(cnmc_tree, run, backbone="resnet18", weights="none", epochs=1, image_size=32, batch_size=8,

@@ -213,6 +213,7 @@ def test_one_class_and_missing_subjects_are_refused():
 
 
 # ---- evaluate --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_image_level_cv_scores_higher_than_subject_level_cv():
     """The leak, averaged over three seeds (data and folds): with 14 subjects and a strong tint the
     subject-level score of one draw varies a lot (0.30-0.68 accuracy over seeds 0-7, sd about 0.1, against
@@ -238,6 +239,7 @@ def test_image_level_cv_scores_higher_than_subject_level_cv():
     assert np.mean(gaps["accuracy"]) > 0.15 and np.mean(gaps["f1_weighted"]) > 0.15, gaps
 
 
+@pytest.mark.slow
 def test_evaluate_row_fields_and_parallel_folds_give_identical_results():
     fs = subject_features(n_all=5, n_hem=5, cells=10, d=12)
     one, = evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, seed=1, jobs=1)
@@ -472,7 +474,9 @@ def cnmc_store(cnn_store) -> str:
     return str(cnn_store)
 
 
-@pytest.mark.parametrize("cv, eval_set", [("subject", None), ("image", None), ("fold", None), ("auto", "prelim")])
+@pytest.mark.parametrize("cv, eval_set", [pytest.param("subject", None, marks=pytest.mark.slow),
+                                          pytest.param("image", None, marks=pytest.mark.slow),
+                                          pytest.param("fold", None, marks=pytest.mark.slow), ("auto", "prelim")])
 def test_cnmc_tree_grid_estimates_lie_in_their_intervals(cnmc_store, cv, eval_set):
     from featx.store import load_features
 
@@ -521,6 +525,7 @@ def test_saved_model_makes_the_evaluated_predictions_row_for_row(cnmc_store, hea
     assert json.loads((tmp_path / "results.json").read_text())[0].get("predictions") is None
 
 
+@pytest.mark.slow
 def test_one_file_name_that_does_not_parse_refuses_subject_cv(cnmc_tree, tmp_path):
     import shutil
 

@@ -45,6 +45,7 @@ def two_stores(cnn_stores):
     return [cnn_stores(0), cnn_stores(1)]
 
 
+@pytest.mark.slow
 def test_compare_reads_each_store_once_over_taps_heads_and_fused_groups(two_stores, monkeypatch):
     a, b = two_stores
     reads = []
@@ -196,6 +197,7 @@ def test_a_grid_after_a_grid_of_other_libraries_gets_workers_without_a_restart_w
     assert stopped == []
 
 
+@pytest.mark.slow
 def test_grid_workers_import_torch_with_the_collector_paused():
     """A worker of a grid with softmax imports torch when it starts, the collector paused and its heap then
     frozen (featx.imports), as the CLI does."""
@@ -254,6 +256,7 @@ def test_one_jobs_rule_for_the_pool_the_clusters_and_the_input_check(monkeypatch
 
 
 # ---- recorded parameters ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_rows_and_cards_record_every_head_parameter_as_built(tmp_path, two_stores):
     fs = features(n_subjects=6, cells=30)
     rows = evaluate_many(fs, ["svm", "xgboost", "softmax"], cv="subject", n_folds=3, jobs=1,

@@ -94,6 +94,7 @@ def test_preset_warning_names_the_cause_and_the_fixes():
     assert preset_warning("cnn", resolve_settings("cnn", None)) is None
 
 
+@pytest.mark.slow
 def test_paper_preset_from_scratch_warns_before_training_and_records_it(tree, tmp_path):
     events = []
     finetune(tree, tmp_path / "cb", preset="paper", epochs=1, keep="best",
@@ -189,8 +190,9 @@ def test_cli_missing_weights_in_an_existing_folder_keeps_the_folder_and_its_file
 
 # --------------------------------------------------------------------------------------------- 4. --keep
 
-@pytest.mark.parametrize("keep, files", [("best", ["best.pt"]), ("last", ["last.pt"]),
-                                         ("both", ["best.pt", "last.pt"])])
+@pytest.mark.parametrize("keep, files", [("best", ["best.pt"]),
+                                         pytest.param("last", ["last.pt"], marks=pytest.mark.slow),
+                                         pytest.param("both", ["best.pt", "last.pt"], marks=pytest.mark.slow)])
 def test_keep_leaves_the_named_checkpoints_and_extract_reads_them(tree, tmp_path, keep, files):
     from featx.extract import extract
 

@@ -91,6 +91,7 @@ def test_each_row_has_its_own_predictions_file(compared):
     assert len(set(scores[:3])) == 3  # three stores of other weights: three different sets of scores
 
 
+@pytest.mark.slow
 def test_compare_cli_shows_three_names_and_which_store_won(stores, tmp_path):
     result, text = invoke("compare", *stores, "--heads", "logistic", "--cv", "subject", "--folds", "3",
                               "--no-plots", "--select", "accuracy", "--out", tmp_path)

@@ -133,6 +133,7 @@ def test_finetune_lists_and_history_keep_formula_paths_as_text(tmp_path):
     assert read_history(tmp_path / "history.csv") == [{"epoch": 1, "train_loss": -0.5, "val_f1": 0.25}]
 
 
+@pytest.mark.slow
 def test_formula_names_through_extract_classify_and_predict_stay_text(store, model, tree, tmp_path):
     out = tmp_path / "r"
     result, _ = invoke("classify", store, "--head", "logistic", "--folds", "3", "--out", out, "--no-plots")
@@ -164,6 +165,7 @@ def test_formula_names_through_extract_classify_and_predict_stay_text(store, mod
 
 
 # -- item 6: whole files or none -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_classify_into_a_nearly_full_disk_keeps_the_earlier_results_whole(store, tmpfs):
     out = tmpfs / "r"
     result, _ = invoke("classify", store, "--head", "logistic", "--folds", "3", "--out", out)
@@ -302,6 +304,7 @@ def test_a_second_classify_into_a_folder_being_written_is_refused_naming_the_run
     assert _heads_written(out) == {"logistic"} and not lock_path(out).exists()
 
 
+@pytest.mark.slow
 def test_two_classify_runs_started_together_into_one_folder_leave_one_run_s_results(store, tmp_path):
     out = tmp_path / "r"
     runs = {head: _featx("classify", store, "--head", head, "--folds", "3", "--out", out)
