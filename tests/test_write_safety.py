@@ -20,9 +20,10 @@ from filelock import Timeout
 from PIL import Image
 
 from featx import csvfiles
+from featx.data import Collection, Sample
 from featx.errors import FeatxError
 from featx.extract import extract
-from featx.finetune.checkpoint import write_history
+from featx.finetune.checkpoint import write_history, write_lists
 from featx.report.html import read_history
 from featx.results import read_json, rows_from_csv
 from featx.store import sample_table
@@ -123,9 +124,8 @@ def test_every_csv_featx_writes_goes_through_the_neutralising_writer():
 
 
 def test_finetune_lists_and_history_keep_formula_paths_as_text(tmp_path):
-    from featx.finetune.checkpoint import _write_csv
-
-    _write_csv(tmp_path / "skipped.csv", [("path", "subject", "error"), ("=1+2.bmp", "-s", "@cannot read")])
+    images = Collection(tmp_path, "folders", [Sample("=1+2.bmp", "all", "-s", "fold_0")])
+    write_lists(tmp_path, images, skipped=[(0, "@cannot read")], provenance={})
     assert _formula_cells(tmp_path / "skipped.csv") == []
     with open(tmp_path / "skipped.csv", newline="", encoding="utf-8") as fh:
         assert list(csvfiles.DictReader(fh)) == [{"path": "=1+2.bmp", "subject": "-s", "error": "@cannot read"}]
