@@ -64,7 +64,8 @@ def test_resnet18_pool_and_layer3_equal_torchvision_seeded_the_same_way():
 
 @pytest.mark.parametrize("name, node, width", [
     ("efficientnet_b0", "flatten", 1280),
-    ("convnext_tiny", "avgpool", 768),        # the classifier's input: LayerNorm, Flatten, Linear follow
+    # the classifier's input: LayerNorm, Flatten, Linear follow
+    pytest.param("convnext_tiny", "avgpool", 768, marks=pytest.mark.slow),
     ("mobilenet_v3_small", "flatten", 576),   # pooled, before the hidden Linear of its classifier
 ])
 def test_default_tap_equals_create_feature_extractor(name, node, width):
@@ -176,6 +177,7 @@ def test_timm_missing_is_one_line(monkeypatch):
         timm_module()
 
 
+@pytest.mark.slow
 def test_timm_model_default_tap_is_forward_head_pre_logits():
     timm = pytest.importorskip("timm", reason="timm is optional: pip install 'featx[timm]'")
     net = create_backbone("timm:resnet18", "none", seed=0)

@@ -99,6 +99,7 @@ def test_classify_with_fused_taps_and_stores_and_the_prelim_phase(demo, tmp_path
         "n_neighbors": 3}
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_and_predicts_the_same_labels(demo, tmp_path):
     features = load_features(demo["store"])
     model, n_train = fit_final(features, "softmax", device="cpu")

@@ -151,6 +151,7 @@ def test_hybrid_paper_preset_warns_and_a_failed_start_leaves_no_folder(tree, tmp
 
 # ---------------------------------------------------------------------- 3. failed runs and their folders
 
+@pytest.mark.slow
 def test_disk_full_in_epoch_2_keeps_epoch_1_and_resumes(tree, tmp_path, monkeypatch):
     """A real fault: the second epoch's checkpoint write fails with ENOSPC."""
     real = torch.save
@@ -212,6 +213,7 @@ def test_keep_leaves_the_named_checkpoints_and_extract_reads_them(tree, tmp_path
         assert f["features/fc"].shape[1] == 128 and Path(f.attrs["weights"]) == kept.resolve()
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_never_trained_over_and_resume_reports_it(tree, tmp_path):
     out = tmp_path / "run"
     first = finetune(tree, out, epochs=2, **TINY)  # default keep: best
