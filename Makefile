@@ -17,7 +17,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# the tests not marked slow: a quick check while working (make test before a commit)
+# the tests not marked slow (under a minute on 2 cores): a quick check while working (make test before a commit)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 

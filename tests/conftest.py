@@ -1,12 +1,17 @@
-"""Shared fixtures. `cnmc_tree` is read-only: copy it before changing anything in it."""
+"""Shared fixtures, made once per session. `cnmc_tree`, `cnn_store` and the stores of `cnn_stores` are read-only by
+contract: copy one (shutil.copy / copytree into tmp_path) before changing anything in it, resuming an extraction
+into it included; the stores are checked unchanged at the end of the session."""
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from featx.data.synth import synthesize
+from featx.extract import extract
 
 CNMC_TREE_SETTINGS = dict(subjects_all=3, subjects_hem=3, cells_per_subject=4, prelim_subjects_all=1,
                           prelim_subjects_hem=1, prelim_cells_per_subject=3, final_cells=4,
@@ -29,6 +34,40 @@ def cnmc_tree(tmp_path_factory) -> Path:
 def cnmc_tree_settings() -> dict:
     """The synthesize() keyword arguments `cnmc_tree` was made with."""
     return dict(CNMC_TREE_SETTINGS)
+
+# the cnn stores of `cnn_stores`: 32 px, several batches; features do not depend on batch size or workers
+CNN_STORE_SETTINGS = dict(backbone="cnn", weights="none", image_size=32, batch_size=8, workers=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def cnn_stores(cnmc_tree, tmp_path_factory) -> Callable[[int], Path]:
+    """``cnn_stores(seed)``: the cnn store (CNN_STORE_SETTINGS, random weights of ``seed``) of `cnmc_tree`,
+    extracted on first use; ``cnn.h5`` for seed 0, ``cnn-seed<N>.h5`` beside it for the others. Read-only: a test
+    that changes a store copies it first (a copy renamed a.h5 also gives another row name)."""
+    folder = tmp_path_factory.mktemp("cnn_stores")
+    made: dict[int, tuple[Path, str]] = {}
+
+    def store(seed: int = 0) -> Path:
+        if seed not in made:
+            path = extract(cnmc_tree, folder / ("cnn.h5" if seed == 0 else f"cnn-seed{seed}.h5"), seed=seed,
+                           **CNN_STORE_SETTINGS)
+            made[seed] = (path, _sha256(path))
+        return made[seed][0]
+
+    yield store
+    changed = [path.name for path, digest in made.values() if _sha256(path) != digest]
+    assert not changed, f"a test changed the shared store(s) {changed}: copy a shared store before changing it"
+
+
+@pytest.fixture(scope="session")
+def cnn_store(cnn_stores) -> Path:
+    """The cnn store (32 px, seed 0) of `cnmc_tree`, ``cnn.h5``: 24 training + 6 prelim + 4 final rows, taps pool5
+    and fc. Read-only (see `cnn_stores`)."""
+    return cnn_stores(0)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -135,6 +135,7 @@ def test_vgg16_taps_equal_torchvision_modules(vgg16):
         assert torch.allclose(logits, torchvision.models.VGG.forward(vgg16, x), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_alexnet_taps_equal_a_torchvision_alexnet(alexnet):
     ref = torchvision.models.alexnet()
     ref.load_state_dict(alexnet.state_dict())          # torchvision's keys, strict
@@ -153,6 +154,7 @@ def test_alexnet_taps_equal_a_torchvision_alexnet(alexnet):
         assert (taps["fc7"] >= 0).all() and (taps["fc7"] > 0).any()      # after the ReLU
 
 
+@pytest.mark.slow
 def test_one_pass_equals_separate_calls_and_stops_after_last_tap(alexnet):
     x = images(3, 64, seed=1)
     calls = {"fc7_linear": 0, "head": 0}
@@ -195,6 +197,7 @@ def test_cnn_taps_at_small_sizes(size):
         assert torch.allclose(logits, net.classifier[3:](taps["fc"]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_unknown_tap_and_too_small_input(vgg16, alexnet):
     with pytest.raises(FeatxError, match=r"unknown tap 'fc8' for vgg16; its taps are: pool5, fc6, fc7"):
         vgg16.forward_taps(images(1, 32), ["fc7", "fc8"])
@@ -242,6 +245,7 @@ def test_state_dict_file_round_trip(tmp_path):
         assert torch.equal(loaded.forward_taps(x, ["fc"])["fc"], net.forward_taps(x, ["fc"])["fc"])
 
 
+@pytest.mark.slow
 def test_alexnet_state_dict_file_loads(alexnet, torch_home):
     loaded = create_backbone("alexnet", torch_home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
     x = images(2, 64)
@@ -344,6 +348,7 @@ def test_imagenet_failed_download_is_one_line(tmp_path, monkeypatch):
     assert str(tmp_path.resolve() / "hub" / "checkpoints") in msg
 
 
+@pytest.mark.slow
 def test_imagenet_reads_torchvision_cache(alexnet, torch_home, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     cached = torch_home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
@@ -366,6 +371,7 @@ def trainable(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
+@pytest.mark.slow
 def test_freeze_vgg16_and_alexnet(vgg16, alexnet):
     try:
         assert vgg16.stages == ["block1", "block2", "block3", "block4", "block5", "fc6", "fc7", "head"]

@@ -64,7 +64,8 @@ def test_resnet18_pool_and_layer3_equal_torchvision_seeded_the_same_way():
 
 @pytest.mark.parametrize("name, node, width", [
     ("efficientnet_b0", "flatten", 1280),
-    ("convnext_tiny", "avgpool", 768),        # the classifier's input: LayerNorm, Flatten, Linear follow
+    # the classifier's input: LayerNorm, Flatten, Linear follow
+    pytest.param("convnext_tiny", "avgpool", 768, marks=pytest.mark.slow),
     ("mobilenet_v3_small", "flatten", 576),   # pooled, before the hidden Linear of its classifier
 ])
 def test_default_tap_equals_create_feature_extractor(name, node, width):
@@ -78,6 +79,7 @@ def test_default_tap_equals_create_feature_extractor(name, node, width):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_vit_at_its_fixed_size_gives_the_class_token_and_refuses_other_sizes():
     net = create_backbone("vit_b_32", "none", seed=0)
     ref = _reference("vit_b_32", net.state_dict())
@@ -99,6 +101,7 @@ def test_vit_at_its_fixed_size_gives_the_class_token_and_refuses_other_sizes():
         net.forward_taps(torch.zeros(1, 3, 64, 64), ["pool"])
 
 
+@pytest.mark.slow
 def test_finetune_resnet18_then_extract_with_its_checkpoint(cnmc_tree, tmp_path):
     run = tmp_path / "run"
     finetune(cnmc_tree, run, backbone="resnet18", weights="none", epochs=1, image_size=32, batch_size=8,
@@ -174,6 +177,7 @@ def test_timm_missing_is_one_line(monkeypatch):
         timm_module()
 
 
+@pytest.mark.slow
 def test_timm_model_default_tap_is_forward_head_pre_logits():
     timm = pytest.importorskip("timm", reason="timm is optional: pip install 'featx[timm]'")
     net = create_backbone("timm:resnet18", "none", seed=0)

@@ -16,7 +16,6 @@ from cli_helpers import invoke
 
 from featx.errors import FeatxError
 from featx.evaluation import backends, compare
-from featx.extract import extract
 from featx.heads import make_head
 from featx.results import METRICS
 from featx.workflows.classify import run_classify
@@ -32,10 +31,9 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 
 
 @pytest.fixture(scope="module")
-def store(cnmc_tree, tmp_path_factory):
-    """A cnn store (32 px) of the tiny C-NMC tree: 6 training subjects."""
-    return extract(cnmc_tree, tmp_path_factory.mktemp("backends") / "cnn.h5", backbone="cnn", weights="none",
-                   image_size=32, seed=0, batch_size=32, workers=0)
+def store(cnn_store):
+    """conftest's shared cnn store of the tiny C-NMC tree (32 px, seed 0; read-only)."""
+    return cnn_store
 
 
 @pytest.fixture(scope="module")

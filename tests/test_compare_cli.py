@@ -81,6 +81,7 @@ def test_compare_shows_image_level_above_subject_level_in_one_table(demo, tmp_pa
     assert len(data) == 6 and data[0]["confusion"] and data[0]["per_subject_accuracy"]
 
 
+@pytest.mark.slow
 def test_classify_with_fused_taps_and_stores_and_the_prelim_phase(demo, tmp_path):
     result, text = _invoke("classify", demo["store"], "--head", "logistic", "--tap", "fc+pool5", "--eval", "prelim",
                            "--out", tmp_path, "--no-plots")
@@ -98,6 +99,7 @@ def test_classify_with_fused_taps_and_stores_and_the_prelim_phase(demo, tmp_path
         "n_neighbors": 3}
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_and_predicts_the_same_labels(demo, tmp_path):
     features = load_features(demo["store"])
     model, n_train = fit_final(features, "softmax", device="cpu")
@@ -188,6 +190,7 @@ def _final_images(root: Path) -> list[Path]:
     return sorted(root.glob("C-NMC_test_final*/*/*.bmp"))
 
 
+@pytest.mark.slow
 def test_predict_data_with_an_unreadable_image_writes_every_other_row(cnmc_tree, logistic_model, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(cnmc_tree, data)
@@ -218,6 +221,7 @@ def test_predict_data_with_an_unreadable_image_writes_every_other_row(cnmc_tree,
     assert _read_csv(tmp_path / "s.csv") == rows
 
 
+@pytest.mark.slow
 def test_predict_store_includes_unfinished_and_failed_rows(cnmc_tree, logistic_model, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(cnmc_tree, data)
@@ -277,6 +281,7 @@ def test_predict_with_a_model_without_probabilities_writes_the_score(demo, tmp_p
     assert all(r["probability"] == "" and r["error"] == "" for r in rows)
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_store_made_with_other_settings(demo, tmp_path):
     out = tmp_path / "res"
     result, _ = _invoke("classify", demo["store"], "--head", "logistic", "--save", "--out", out, "--no-plots")
@@ -322,6 +327,7 @@ def test_help_documents_every_option():
     assert "IMAGE-LEVEL" in text and "subject,image" in text
 
 
+@pytest.mark.slow
 def test_predict_with_a_model_trained_on_features_of_a_weights_file(demo, tmp_path):
     """The hybrid flow: features of a saved network (a path with '/' in the model name) -> model -> predict."""
     weights = tmp_path / "run" / "best.pt"
@@ -357,6 +363,7 @@ def _replace_final_images(data: Path) -> list[Path]:
     return finals
 
 
+@pytest.mark.slow
 def test_predict_cache_recomputes_images_replaced_under_their_names(cnmc_tree, logistic_model, tmp_path):
     data = tmp_path / "inbox"
     shutil.copytree(cnmc_tree, data)
@@ -380,6 +387,7 @@ def test_predict_cache_recomputes_images_replaced_under_their_names(cnmc_tree, l
     assert result.exit_code == 0 and "changed since" not in text and _read_csv(tmp_path / "again.csv") == cached
 
 
+@pytest.mark.slow
 def test_predict_store_refuses_images_changed_since_extraction_and_says_what_it_cannot_check(
         cnmc_tree, logistic_model, tmp_path):
     data = tmp_path / "data"
@@ -426,6 +434,7 @@ def test_predict_store_refuses_images_changed_since_extraction_and_says_what_it_
                                             "changed since they were extracted") in text
 
 
+@pytest.mark.slow
 def test_predict_refuses_an_out_that_is_one_of_its_inputs_or_a_folder(cnmc_tree, logistic_model, demo, tmp_path):
     manifest = tmp_path / "man.csv"
     manifest.write_text("path,label\n" + "".join(f"{f},\n" for f in _final_images(cnmc_tree)))
@@ -459,6 +468,7 @@ def test_predict_refuses_an_out_that_is_one_of_its_inputs_or_a_folder(cnmc_tree,
     assert list(folder.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_swapped_weights_file_is_named_without_a_temporary_store_or_store_advice(cnmc_tree, tmp_path):
     weights = tmp_path / "run" / "best.pt"
     weights.parent.mkdir()

@@ -61,6 +61,7 @@ def _twin(row, rows):
     return next(r for r in rows if r["head"] == row["head"] and r["name"] != row["name"])
 
 
+@pytest.mark.slow
 def test_the_difference_and_the_mark_are_in_every_file_and_the_terminal(compared, tmp_path):
     out, text = compared
     rows = json.loads((out / "results.json").read_text())
@@ -83,6 +84,7 @@ def test_the_difference_and_the_mark_are_in_every_file_and_the_terminal(compared
     assert "\u0394 vs best (points, 95% CI)" in html and "+0.00 [+0.00, +0.00] \u2248" in html
 
 
+@pytest.mark.slow
 def test_vs_picks_the_reference(stores, tmp_path):
     result, text = invoke("compare", *stores, "--heads", "logistic,knn", "--cv", "subject", "--folds", "4",
                           "--no-plots", "--sort-by", "accuracy", "--vs", "cnn/fc [b] + knn", "--out", tmp_path)

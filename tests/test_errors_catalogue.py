@@ -18,10 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def store(cnmc_tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("catalogue") / "cnn.h5"
-    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0)
-    return out
+def store(cnn_store) -> Path:
+    """conftest's shared cnn store of the tiny C-NMC tree (32 px, seed 0; read-only)."""
+    return cnn_store
 
 
 def test_nan_features_are_refused_naming_the_store_and_the_first_row(cnmc_tree, tmp_path):

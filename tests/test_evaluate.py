@@ -215,6 +215,7 @@ def test_one_class_and_missing_subjects_are_refused():
 
 
 # ---- evaluate --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_image_level_cv_scores_higher_than_subject_level_cv():
     """The leak, averaged over three seeds (data and folds): with 14 subjects and a strong tint the
     subject-level score of one draw varies a lot (0.30-0.68 accuracy over seeds 0-7, sd about 0.1, against
@@ -240,6 +241,7 @@ def test_image_level_cv_scores_higher_than_subject_level_cv():
     assert np.mean(gaps["accuracy"]) > 0.15 and np.mean(gaps["f1_weighted"]) > 0.15, gaps
 
 
+@pytest.mark.slow
 def test_evaluate_row_fields_and_parallel_folds_give_identical_results():
     fs = subject_features(n_all=5, n_hem=5, cells=10, d=12)
     one, = evaluate_many(fs, ["logistic"], cv="subject", n_folds=5, seed=1, jobs=1)
@@ -469,14 +471,14 @@ def test_no_subject_at_all_falls_back_to_image_level_and_every_output_says_why(t
 
 # ---- on a real (tiny) C-NMC tree: statistics, saved = evaluated, a file name that does not parse --------
 @pytest.fixture(scope="module")
-def cnmc_store(cnmc_tree, tmp_path_factory) -> str:
-    from featx.extract import extract
-
-    out = tmp_path_factory.mktemp("cnmc_store") / "cnn.h5"
-    return str(extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32))
+def cnmc_store(cnn_store) -> str:
+    """conftest's shared cnn store of the tiny C-NMC tree (32 px, seed 0; read-only)."""
+    return str(cnn_store)
 
 
-@pytest.mark.parametrize("cv, eval_set", [("subject", None), ("image", None), ("fold", None), ("auto", "prelim")])
+@pytest.mark.parametrize("cv, eval_set", [pytest.param("subject", None, marks=pytest.mark.slow),
+                                          pytest.param("image", None, marks=pytest.mark.slow),
+                                          pytest.param("fold", None, marks=pytest.mark.slow), ("auto", "prelim")])
 def test_cnmc_tree_grid_estimates_lie_in_their_intervals(cnmc_store, cv, eval_set):
     from featx.store import load_features
 
@@ -525,6 +527,7 @@ def test_saved_model_makes_the_evaluated_predictions_row_for_row(cnmc_store, hea
     assert json.loads((tmp_path / "results.json").read_text())[0].get("predictions") is None
 
 
+@pytest.mark.slow
 def test_one_file_name_that_does_not_parse_refuses_subject_cv(cnmc_tree, tmp_path):
     import shutil
 

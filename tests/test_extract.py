@@ -60,13 +60,6 @@ def read_rows(store: Path) -> dict[str, tuple[str, str, str]]:
                                                s["split"].asstr()[:])}
 
 
-@pytest.fixture(scope="module")
-def cnn_store(cnmc_tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cnn") / "cnn.h5"
-    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, batch_size=8, workers=0)
-    return out
-
-
 def test_store_holds_every_image_once_with_label_subject_split(cnmc_tree, cnn_store):
     want = expected_rows(cnmc_tree)
     got = read_rows(cnn_store)
@@ -129,7 +122,9 @@ def _without_default_tap(store: Path, copy: Path) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("name,size,default", [("vgg16", 32, "fc7"), ("alexnet", 64, "fc7"), ("cnn", 32, "fc")])
+@pytest.mark.parametrize("name,size,default", [pytest.param("vgg16", 32, "fc7", marks=pytest.mark.slow),
+                                               pytest.param("alexnet", 64, "fc7", marks=pytest.mark.slow),
+                                               ("cnn", 32, "fc")])
 def test_a_store_without_a_default_tap_reads_the_last_tap_it_extracted(cnmc_tree, tmp_path, name, size, default):
     collection = discover(cnmc_tree, splits=["fold_0"]).subset(range(3))
     out = extract(collection, tmp_path / "new.h5", backbone=name, weights="none", image_size=size, batch_size=3,
@@ -342,6 +337,7 @@ def test_default_weights_follow_the_backbone(cnmc_tree, tmp_path, monkeypatch):
     assert res.exit_code == 1 and "alexnet-owt-7be5be79.pth" in " ".join(res.output.split())
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_finished_rows(cnmc_tree, tmp_path, monkeypatch):
     out = tmp_path / "full.h5"
     real = FeatureStore._write_rows
@@ -368,6 +364,7 @@ def test_disk_full_keeps_finished_rows(cnmc_tree, tmp_path, monkeypatch):
     assert s["done"] == s["samples"]
 
 
+@pytest.mark.slow
 def test_every_option_has_help():
     import typer.main
 

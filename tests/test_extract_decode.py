@@ -133,6 +133,7 @@ def test_decode_plan_under_torchrun_shares_the_node_among_its_ranks(monkeypatch)
     assert decode_plan(cuda, None) == ("processes", 15)
 
 
+@pytest.mark.slow
 def test_every_decoder_gives_the_naive_loops_features(mixed, tmp_path, monkeypatch):
     events = []
     start, build = fx.start_batches, fx.create_backbone
@@ -185,6 +186,7 @@ def test_a_resumed_store_decodes_only_its_missing_rows(mixed, tmp_path, monkeypa
     assert len(started) == 1 and len(started[0]) < 8  # no early decoding of every row for a store that exists
 
 
+@pytest.mark.slow
 def test_deferred_batches_as_on_cuda_give_the_same_store(mixed, tmp_path, monkeypatch):
     """CUDA finishes each batch after queuing the next one; the same bookkeeping on the CPU changes nothing."""
     common = dict(backbone="cnn", weights="none", image_size=32, batch_size=3, workers=0)

@@ -94,6 +94,7 @@ def test_loader_settings_per_device():
     assert not inline.persistent_workers and inline.num_workers == 0
 
 
+@pytest.mark.slow
 def test_training_is_channels_last(tree, tmp_path, monkeypatch):
     seen, real_init = [], Trainer.__init__
 
@@ -123,6 +124,7 @@ def _loader_workers() -> list:
     return [p for p in multiprocessing.active_children() if "Loky" not in type(p).__name__]
 
 
+@pytest.mark.slow
 def test_persistent_workers_change_nothing_and_resume_exactly(tree, tmp_path, monkeypatch):
     reference = finetune(tree, tmp_path / "ref", workers=0, **OPTS)
 

@@ -11,13 +11,6 @@ from featx.heads import HeadSettings
 from featx.workflows.classify import run_compare
 
 
-@pytest.fixture(scope="module")
-def cnn_store(cnmc_tree, tmp_path_factory):
-    from featx.extract import extract
-    return extract(cnmc_tree, tmp_path_factory.mktemp("plan") / "cnn.h5", backbone="cnn", weights="none",
-                   image_size=32, workers=0)
-
-
 GRID = dict(cv="subject", n_folds=3, jobs=1, preprocess=("standard",), params={"logistic": {"C": 0.5}})
 
 

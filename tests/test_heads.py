@@ -225,6 +225,7 @@ def test_softmax_is_deterministic_given_a_seed_and_differs_across_seeds():
     np.testing.assert_allclose(p1.sum(axis=1), 1.0)
 
 
+@pytest.mark.slow
 def test_softmax_hidden_layer_with_dropout_matches_a_linear_head_on_easy_data():
     X, y = _data(n=400)
     linear = cross_val_score(SoftmaxClassifier(device="cpu"), X, y, cv=4).mean()
@@ -235,7 +236,8 @@ def test_softmax_hidden_layer_with_dropout_matches_a_linear_head_on_easy_data():
     assert model.module_[1].weight.shape == (64, 10)
 
 
-@pytest.mark.parametrize("name", ["softmax", "logistic", "svm", "xgboost", "random-forest"])
+@pytest.mark.parametrize("name", ["softmax", "logistic", "svm", "xgboost",
+                                  pytest.param("random-forest", marks=pytest.mark.slow)])
 def test_balanced_class_weight_raises_minority_recall(name):
     # 85:15 imbalance with overlapping classes: weighting must recover more of the minority class
     X, y = make_classification(n_samples=600, n_features=20, n_informative=4, class_sep=0.6, weights=[0.85],

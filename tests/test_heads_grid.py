@@ -17,7 +17,6 @@ from featx.errors import FeatxError
 from featx.evaluation import compare, evaluate, evaluate_many
 from featx.evaluation import pool as pool_module
 from featx.evaluation.pool import SMALL_BYTES, plan_jobs, process_pool
-from featx.extract import extract
 from featx.heads import RBFSVMClassifier, XGBoostClassifier, make_head
 from featx.heads.xgboost import MIN_VALIDATION_ROWS, validation_split
 from featx.store import FeatureSet, load_features
@@ -41,12 +40,12 @@ def features(n_subjects=12, cells=60, d=8, seed=0) -> FeatureSet:
 
 # ---- each store read once -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def two_stores(cnmc_tree, tmp_path_factory):
-    root = tmp_path_factory.mktemp("once")
-    return [extract(cnmc_tree, root / f"cnn{s}.h5", backbone="cnn", weights="none", image_size=32, workers=0,
-                    device="cpu", seed=s) for s in (0, 1)]
+def two_stores(cnn_stores):
+    """conftest's shared cnn stores of seeds 0 and 1 (read-only)."""
+    return [cnn_stores(0), cnn_stores(1)]
 
 
+@pytest.mark.slow
 def test_compare_reads_each_store_once_over_taps_heads_and_fused_groups(two_stores, monkeypatch):
     a, b = two_stores
     reads = []
@@ -198,6 +197,7 @@ def test_a_grid_after_a_grid_of_other_libraries_gets_workers_without_a_restart_w
     assert stopped == []
 
 
+@pytest.mark.slow
 def test_grid_workers_import_torch_with_the_collector_paused():
     """A worker of a grid with softmax imports torch when it starts, the collector paused and its heap then
     frozen (featx.imports), as the CLI does."""
@@ -256,6 +256,7 @@ def test_one_jobs_rule_for_the_pool_the_clusters_and_the_input_check(monkeypatch
 
 
 # ---- recorded parameters ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_rows_and_cards_record_every_head_parameter_as_built(tmp_path, two_stores):
     fs = features(n_subjects=6, cells=30)
     rows = evaluate_many(fs, ["svm", "xgboost", "softmax"], cv="subject", n_folds=3, jobs=1,

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from featx.data.synth import synthesize
-from featx.extract import extract
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
 
@@ -23,10 +22,9 @@ COMPARE_LINE = ("compare keeps nothing of an unfinished run (it writes its resul
 
 
 @pytest.fixture(scope="module")
-def store(cnmc_tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("interrupts") / "cnn.h5"
-    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0)
-    return out
+def store(cnn_store) -> Path:
+    """conftest's shared cnn store of the tiny C-NMC tree (32 px, seed 0; read-only)."""
+    return cnn_store
 
 
 def _start(args, tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:

@@ -67,6 +67,7 @@ def test_data_layouts_need_no_torch():
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_the_grid_and_its_workers_need_no_torch():
     """A grid's worker process imports featx.evaluation.grid first: torch (1.7 s) must wait for a head that
     needs it (softmax), or every worker start pays for it."""

@@ -121,7 +121,7 @@ def _checkpoint(path: Path, trained_at: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("requested", [None, 16, 48])
+@pytest.mark.parametrize("requested", [pytest.param(None, marks=pytest.mark.slow), 16, 48])
 def test_extract_finetune_and_hybrid_agree_on_the_input_size(cnmc_tree, tmp_path, requested):
     """extract (and its early decode), fine-tuning's plan and the hybrid's tuned network use one rule:
     the requested side, else the checkpoint's, else the backbone's (cnn: 224)."""

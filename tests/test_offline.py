@@ -94,6 +94,7 @@ def test_preset_warning_names_the_cause_and_the_fixes():
     assert preset_warning("cnn", resolve_settings("cnn", None)) is None
 
 
+@pytest.mark.slow
 def test_paper_preset_from_scratch_warns_before_training_and_records_it(tree, tmp_path):
     events = []
     finetune(tree, tmp_path / "cb", preset="paper", epochs=1, keep="best",
@@ -150,6 +151,7 @@ def test_hybrid_paper_preset_warns_and_a_failed_start_leaves_no_folder(tree, tmp
 
 # ---------------------------------------------------------------------- 3. failed runs and their folders
 
+@pytest.mark.slow
 def test_disk_full_in_epoch_2_keeps_epoch_1_and_resumes(tree, tmp_path, monkeypatch):
     """A real fault: the second epoch's checkpoint write fails with ENOSPC."""
     real = torch.save
@@ -189,8 +191,9 @@ def test_cli_missing_weights_in_an_existing_folder_keeps_the_folder_and_its_file
 
 # --------------------------------------------------------------------------------------------- 4. --keep
 
-@pytest.mark.parametrize("keep, files", [("best", ["best.pt"]), ("last", ["last.pt"]),
-                                         ("both", ["best.pt", "last.pt"])])
+@pytest.mark.parametrize("keep, files", [("best", ["best.pt"]),
+                                         pytest.param("last", ["last.pt"], marks=pytest.mark.slow),
+                                         pytest.param("both", ["best.pt", "last.pt"], marks=pytest.mark.slow)])
 def test_keep_leaves_the_named_checkpoints_and_extract_reads_them(tree, tmp_path, keep, files):
     from featx.extract import extract
 
@@ -210,6 +213,7 @@ def test_keep_leaves_the_named_checkpoints_and_extract_reads_them(tree, tmp_path
         assert f["features/fc"].shape[1] == 128 and Path(f.attrs["weights"]) == kept.resolve()
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_never_trained_over_and_resume_reports_it(tree, tmp_path):
     out = tmp_path / "run"
     first = finetune(tree, out, epochs=2, **TINY)  # default keep: best

@@ -15,7 +15,6 @@ import featx.evaluation.grid as grid_module
 import featx.workflows.classify as classify_workflow
 from featx.cli.app import flag
 from featx.errors import FeatxError
-from featx.extract import extract
 from featx.report import MANIFEST, read_results, write_results
 from featx.results import read_json
 from featx.workflows.classify import default_out, run_classify, run_compare
@@ -27,9 +26,9 @@ LIB = dict(n_folds=3, plots=False)
 
 
 @pytest.fixture(scope="module")
-def store(cnmc_tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("outputs") / "cnn.h5"
-    return extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0, device="cpu")
+def store(cnn_store) -> Path:
+    """conftest's shared cnn store of the tiny C-NMC tree (32 px, seed 0; read-only)."""
+    return cnn_store
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -40,6 +39,7 @@ def _manifest(folder: Path) -> dict:
     return json.loads((folder / MANIFEST).read_text())
 
 
+@pytest.mark.slow
 def test_classify_after_compare_with_default_options_keeps_compare_results(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result, text = invoke("compare", store, "--heads", "logistic,knn", "--cv", "subject,image", *FAST)
@@ -81,6 +81,7 @@ def test_default_out_names_fused_stores_and_taps_safely(store, tmp_path):
     assert not any(tmp_path.iterdir())  # naming a folder creates nothing
 
 
+@pytest.mark.slow
 def test_explicit_out_of_another_command_is_refused_and_left_unchanged(store, tmp_path):
     out = tmp_path / "shared"
     result, _ = invoke("compare", store, "--heads", "logistic,knn", "--cv", "subject,image", "--out", out, *FAST)
@@ -101,6 +102,7 @@ def test_explicit_out_of_another_command_is_refused_and_left_unchanged(store, tm
     assert [p.name for p in (out / "predictions").iterdir()] == ["cnn-fc-svm-subject.csv"]  # no stale row files
 
 
+@pytest.mark.slow
 def test_finetune_and_hybrid_refuse_a_results_folder_of_another_command(store, cnmc_tree, tmp_path):
     """A run folder is never a compare/classify/table folder: finetune and hybrid refuse it before training."""
     out = tmp_path / "results"
@@ -136,6 +138,7 @@ def test_the_library_refuses_before_any_fit(store, tmp_path, monkeypatch):
     assert calls == []
 
 
+@pytest.mark.slow
 def test_same_grid_rerun_replaces_and_force_replaces_another_grid(store, tmp_path):
     out = tmp_path / "cmp"
     first = run_compare([store], ["logistic"], cv="subject", out=out, **LIB).rows
@@ -157,6 +160,7 @@ def test_results_without_a_manifest_count_as_another_run_unless_they_are_this_gr
         run_compare([store], ["knn"], cv="subject", out=out, **LIB)
 
 
+@pytest.mark.slow
 def test_table_reads_every_results_json_under_a_folder(store, tmp_path):
     parent = tmp_path / "all"
     compare_rows = run_compare([store], ["logistic", "knn"], cv="subject", out=parent / "compare", **LIB).rows

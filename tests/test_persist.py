@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from featx.cli import app
 from featx.errors import FeatxError
-from featx.extract import extract
 from featx.heads import list_heads
 from featx.persist import SKOPS_TRUSTED, card_path, export_skops, load_model
 from featx.store import load_features
@@ -31,10 +30,11 @@ SMALL = {"random-forest": {"n_estimators": 20}, "xgboost": {"n_estimators": 20},
 
 
 @pytest.fixture(scope="module")
-def models(cnmc_tree, tmp_path_factory) -> dict:
-    """Every head fitted on the cnmc_tree's cnn features and saved as .joblib and .skops (with their cards)."""
+def models(cnmc_tree, cnn_store, tmp_path_factory) -> dict:
+    """Every head fitted on the cnmc_tree's cnn features (conftest's shared store) and saved as .joblib and .skops
+    (with their cards)."""
     root = tmp_path_factory.mktemp("persist")
-    store = extract(cnmc_tree, root / "s.h5", backbone="cnn", weights="none", image_size=32, workers=0)
+    store = cnn_store
     saved = {}
     for head in list_heads():
         result = run_classify(str(store), head, eval_set="prelim", save=True, skops=True, out=root / f"res-{head}",

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import matplotlib.pyplot as plt
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 from report_rows import make_row, many_rows
 
@@ -20,13 +22,13 @@ LONG = ("cnn[runs/cnn-very-long-run-name/best.pt]/logits fine-tuned (early-stopp
 def drawn(monkeypatch):
     """The figures the plot functions save (kept after they are written and closed)."""
     figures = []
-    real_save = plots._save
+    real_save = Figure.savefig
 
-    def keep(fig, path):
+    def keep(fig, *args, **kwargs):
         figures.append(fig)
-        return real_save(fig, path)
+        return real_save(fig, *args, **kwargs)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(Figure, "savefig", keep)
     return figures
 
 
@@ -142,7 +144,6 @@ def test_roc_names_the_positive_class_and_titles_fit(drawn, tmp_path):
 
 def test_unwrapped_long_titles_would_be_cut(tmp_path):
     """The check above can fail: the same long title, unwrapped, runs off a figure of the ROC plot's width."""
-    plt = plots._plt()
     fig = plt.figure(figsize=(4.4, 4.4), dpi=plots.DPI, layout="constrained")
     ax = fig.add_subplot()
     ax.set_title(LONG.replace("\n", " "), fontsize=8)

@@ -29,9 +29,9 @@ HGB_PARAMS = {"max_iter": 20, "min_samples_leaf": 2}  # 24 training rows: the de
 
 
 @pytest.fixture(scope="module")
-def store(cnmc_tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("api_store") / "cnn.h5"
-    return featx.extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0)
+def store(cnn_store) -> Path:
+    """conftest's shared cnn store of the tiny C-NMC tree (32 px, seed 0; read-only)."""
+    return cnn_store
 
 
 def _features(n_subjects=12, cells=10, d=16, seed=0) -> FeatureSet:
@@ -79,7 +79,7 @@ def test_hist_gradient_boosting_scores_the_same_through_evaluate_and_the_cli(sto
     assert compared.head == row.head and compared.mean("f1_weighted") == pytest.approx(row.mean("f1_weighted"))
 
 
-@pytest.mark.parametrize("preprocess", [(), ("standard",)])
+@pytest.mark.parametrize("preprocess", [(), pytest.param(("standard",), marks=pytest.mark.slow)])
 def test_a_pipeline_of_your_own_scores_as_the_registered_logistic_head(preprocess):
     features = _features()
     pipeline = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression(C=1.0, max_iter=1000))])
@@ -124,6 +124,7 @@ def test_a_head_that_cannot_be_imported_is_one_line(store, tmp_path):
         featx.evaluate(_features(), 3)
 
 
+@pytest.mark.slow
 def test_import_featx_loads_no_heavy_library_and_each_name_on_first_use():
     code = ("import sys, featx; heavy = ['torch', 'torchvision', 'sklearn', 'h5py', 'numpy', 'matplotlib', 'rich'];"
             "print(sorted(m for m in heavy if m in sys.modules)); featx.evaluate; print('sklearn' in sys.modules)")
@@ -131,6 +132,7 @@ def test_import_featx_loads_no_heavy_library_and_each_name_on_first_use():
     assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_every_public_name_resolves_to_the_function_behind_its_command(tmp_path):
     from featx.evaluation.grid import evaluate
     from featx.report import write_html_report
@@ -155,6 +157,7 @@ def test_every_public_name_resolves_to_the_function_behind_its_command(tmp_path)
     assert (tmp_path / "api.html").read_text() == (tmp_path / "lib.html").read_text()
 
 
+@pytest.mark.slow
 def test_workflow_results_are_typed(store, tmp_path):
     from featx.workflows.classify import ClassifyResult, CompareResult
 

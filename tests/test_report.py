@@ -86,6 +86,7 @@ def test_write_results_files(tmp_path):
         assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_plots_and_slugs(tmp_path):
     path = plot_confusion([[5, 1], [2, 7]], ["all", "hem"], tmp_path / "cm.png", title="t")
     assert path.read_bytes()[:8] == PNG
@@ -108,6 +109,7 @@ def test_table_shows_model_names_with_brackets_verbatim():
     assert "cnn[cnn/best.pt]/fc + svm" in console.export_text()
 
 
+@pytest.mark.slow
 def test_rows_with_the_same_slug_get_their_own_plots(tmp_path):
     rows = [_row("vgg16/fc7 + svm", "subject", "subject-level 5-fold", False, 0.9, 0.1),
             _row("vgg16[run/best.pt]/fc7 + svm", "subject", "subject-level 5-fold", False, 0.8, 0.1)]
@@ -157,6 +159,7 @@ def test_terminal_protocol_names_unknown_subjects_and_dropped_rows():
     assert "or subjects unknown (optimistic)" in text
 
 
+@pytest.mark.slow
 def test_featx_table_merges_results_json_files_and_folders_old_and_new(tmp_path, monkeypatch):
     from featx.results import read_json
     from tests.cli_helpers import invoke

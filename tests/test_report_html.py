@@ -63,6 +63,7 @@ def _pngs(text: str) -> list[Image.Image]:
     return images
 
 
+@pytest.mark.slow
 def test_featx_report_writes_one_self_contained_html_file(sources, tmp_path):
     paths, rows, expected = sources
     result, out = invoke("report", *paths, "--out", tmp_path / "mail" / "report.html", "--title", "Study <1>")
@@ -100,6 +101,7 @@ def test_report_library_takes_rows_and_refuses_what_it_cannot_use(tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium, chromium-browser or google-chrome on PATH: "
                                              "install Debian's `chromium` package to render the report")
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(sources, tmp_path):
     paths, rows, expected = sources
     page = write_html_report(paths, tmp_path / "report.html")
@@ -124,6 +126,7 @@ def test_report_renders_in_headless_chromium(sources, tmp_path):
     assert len(IMG.findall(dom)) == expected
 
 
+@pytest.mark.slow
 def test_a_real_finetune_run_marks_its_best_epoch_and_reports_its_curves(cnmc_tree, tmp_path, monkeypatch):
     """finetune passes best.pt's epoch (and the scored one) to the curves; the report draws them again from
     the run folder's history.csv and results.json."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from cli_helpers import invoke
 from report_rows import make_row
 
-from featx.extract import extract
 from featx.report import slug, write_results
 from featx.report.files import merge_results
 from featx.results import read_json
@@ -23,11 +23,11 @@ TAGGED = ["cnn/fc [a] + logistic", "cnn/fc [b] + logistic", "cnn/fc [c] + logist
 
 
 @pytest.fixture(scope="module")
-def stores(cnmc_tree, tmp_path_factory) -> list[Path]:
-    """Three 32 px cnn stores of the same images, random weights of seeds 0, 1, 2: a.h5, b.h5, c.h5."""
-    folder = tmp_path_factory.mktemp("three") / "stores"
-    return [extract(cnmc_tree, folder / f"{name}.h5", backbone="cnn", weights="none", image_size=32, seed=seed,
-                    workers=0, device="cpu") for seed, name in enumerate("abc")]
+def stores(cnn_stores, tmp_path_factory) -> list[Path]:
+    """Three 32 px cnn stores of the same images, random weights of seeds 0, 1, 2: a.h5, b.h5, c.h5 (copies of
+    conftest's shared stores, under the names the rows are told apart by)."""
+    folder = tmp_path_factory.mktemp("stores")
+    return [Path(shutil.copy(cnn_stores(seed), folder / f"{name}.h5")) for seed, name in enumerate("abc")]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,7 @@ def test_each_row_has_its_own_predictions_file(compared):
     assert len(set(scores[:3])) == 3  # three stores of other weights: three different sets of scores
 
 
+@pytest.mark.slow
 def test_compare_cli_shows_three_names_and_which_store_won(stores, tmp_path):
     result, text = invoke("compare", *stores, "--heads", "logistic", "--cv", "subject", "--folds", "3",
                               "--no-plots", "--select", "accuracy", "--out", tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from cli_helpers import invoke
 
-from featx.extract import extract
 from featx.finetune import finetune
 from featx.results import ResultRow, read_json, rows_from_csv
 from featx.workflows.classify import run_compare
@@ -24,12 +23,7 @@ def _same_rows(written: list[ResultRow], built: list[ResultRow]) -> None:
         assert w == _as_written(b), w.name
 
 
-@pytest.fixture(scope="module")
-def cnn_store(cnmc_tree, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rows") / "cnn.h5"
-    return extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0, device="cpu")
-
-
+@pytest.mark.slow
 def test_compare_rows_round_trip_through_json_and_csv(cnn_store, tmp_path):
     result = run_compare([cnn_store], ["logistic", "knn"], [["fc"], ["fc", "pool5"]], cv=["subject", "image"],
                          n_folds=3, out=tmp_path, plots=False)
@@ -49,6 +43,7 @@ def test_compare_cli_rows_read_back_equal_from_both_files(cnn_store, tmp_path):
     assert rows_from_csv(tmp_path / "results.csv") == from_json
 
 
+@pytest.mark.slow
 def test_finetune_row_round_trips_and_table_reads_both_kinds(cnmc_tree, cnn_store, tmp_path):
     run = tmp_path / "run"
     summary = finetune(cnmc_tree, run, backbone="cnn", weights="none", image_size=32, epochs=1, batch_size=8,

@@ -15,7 +15,6 @@ from featx.cli.parsing import parse_search
 from featx.errors import FeatxError
 from featx.evaluation import LogUniform, Search, evaluate, evaluate_many, make_splits
 from featx.evaluation import grid as grid_module
-from featx.extract import extract
 from featx.persist import card_path, load_model
 from featx.report import results_markdown, short_protocol
 from featx.results import ResultRow, read_json, rows_from_csv
@@ -111,6 +110,7 @@ def test_inner_folds_never_share_a_subject_with_the_outer_test_fold_or_each_othe
     assert ResultRow.from_dict(flat).chosen_params == row.chosen_params
 
 
+@pytest.mark.slow
 def test_random_search_samples_a_log_uniform_range():
     features = signal_features()
     row = evaluate(features, "logistic", cv="subject", n_folds=3, seed=0,
@@ -119,6 +119,7 @@ def test_random_search_samples_a_log_uniform_range():
     assert all(1e-3 <= p["C"] <= 1e3 for p in row.chosen_params)
 
 
+@pytest.mark.slow
 def test_image_level_inner_folds_when_subjects_are_unknown():
     features = signal_features()
     features.subjects = np.full(len(features.y), "")
@@ -127,6 +128,7 @@ def test_image_level_inner_folds_when_subjects_are_unknown():
     assert row.nested and "stratified over images" in row.settings["cv_note"]
 
 
+@pytest.mark.slow
 def test_save_with_a_search_records_the_chosen_parameters_in_the_card(tmp_path, monkeypatch):
     features = signal_features()
     # the store loader replaced by in-memory features
@@ -163,12 +165,7 @@ def test_parse_search_lists_ranges_tune_and_fixed_values():
         parse_search(["C=5"], ["logistic"], tune=True)
 
 
-@pytest.fixture(scope="module")
-def cnn_store(cnmc_tree, tmp_path_factory):
-    out = tmp_path_factory.mktemp("search") / "cnn.h5"
-    return extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, workers=0, device="cpu")
-
-
+@pytest.mark.slow
 def test_cli_classify_with_a_param_list_is_nested_and_writes_search_csv(cnn_store, tmp_path):
     out = tmp_path / "res"
     result, text = invoke("classify", cnn_store, "--head", "logistic", "--param", "C=0.01,1,100", "--folds", "3",
@@ -188,6 +185,7 @@ def test_cli_classify_with_a_param_list_is_nested_and_writes_search_csv(cnn_stor
     assert "Parameters chosen per outer fold" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_compare_nests_only_the_heads_with_a_space_and_runs_the_outer_folds_in_parallel():
     features = signal_features()
     rows = evaluate_many(features, ["logistic", "knn"], cv="subject", n_folds=3, seed=0, jobs=2,

@@ -62,6 +62,7 @@ def test_selection_picks_the_informative_candidate_in_every_fold_and_marks_other
     assert row.interval["unit"] == "subject" and len(row.predictions["y_pred"]) == len(good.y)
 
 
+@pytest.mark.slow
 def test_compare_appends_one_selected_row_per_protocol_and_marks_the_others(tmp_path, monkeypatch):
     good, noise = _informative_and_noise()
     loads = {"good.h5": good, "noise.h5": noise}
@@ -103,6 +104,7 @@ def test_unknown_metric_and_rows_that_differ_are_refused_in_one_line():
     assert list(aligned.paths) == list(good.paths) and np.array_equal(aligned.X, noise.X)
 
 
+@pytest.mark.slow
 def test_inner_cv_sees_only_outer_training_rows_grouped_by_subject(monkeypatch):
     good, noise = _informative_and_noise()
     seen = []
@@ -181,6 +183,7 @@ def two_stores(tmp_path_factory) -> list:
 
 
 @pytest.mark.usefixtures("wide_console")
+@pytest.mark.slow
 def test_cli_compare_select_prints_the_selected_row_and_the_note(two_stores, tmp_path):
     result, text = invoke("compare", *two_stores, "--heads", "logistic,knn", "--select", "f1_weighted",
                           "--folds", "3", "--no-plots", "--out", tmp_path / "out")

@@ -167,6 +167,7 @@ def _one_line_refusal(args, needle, out):
     return text
 
 
+@pytest.mark.slow
 def test_merge_refuses_other_settings_overlaps_missing_and_unfinished_shards(work, tmp_path):
     p0, p1 = work["parts"]
     out = tmp_path / "all.h5"

@@ -29,10 +29,9 @@ N_FINAL = 4  # unlabelled final-phase images of the cnmc_tree fixture
 
 
 @pytest.fixture(scope="module")
-def store(cnmc_tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("describe") / "cnn.h5"
-    extract(cnmc_tree, out, backbone="cnn", weights="none", image_size=32, batch_size=8, workers=0)
-    return out
+def store(cnn_store) -> Path:
+    """conftest's shared cnn store of the tiny C-NMC tree (32 px, seed 0; read-only)."""
+    return cnn_store
 
 
 def _all_attrs(h5: h5py.File) -> dict[str, object]:

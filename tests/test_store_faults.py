@@ -190,6 +190,7 @@ def reference(cnmc_tree, tmp_path_factory) -> Path:
 
 # -- kill -9 ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode,workers", [("create", 0), ("first-write", 0), ("flush-3", 0), ("batch-3", 1)])
+@pytest.mark.slow
 def test_kill_9_then_the_same_command_completes_an_equal_store(cnmc_tree, reference, tmp_path, mode, workers):
     out = tmp_path / "s.h5"
     res = _driver(tmp_path, mode, cnmc_tree, out, workers=workers)
@@ -235,6 +236,7 @@ def test_rows_that_do_not_match_their_checksums_are_found_refused_and_recomputed
 
 
 # -- a full disk -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_disk_full_at_a_chosen_batch_keeps_finished_rows_then_completes(cnmc_tree, reference, tmp_path, monkeypatch):
     out = tmp_path / "s.h5"
     real = h5py.Dataset.__setitem__
@@ -288,6 +290,7 @@ def test_real_full_disk_is_one_line_and_the_store_completes_after_freeing_space(
     assert_same_store(out, reference)
 
 
+@pytest.mark.slow
 def test_disk_filling_up_during_extraction_does_not_hurt_the_store(cnmc_tree, reference, tiny_tmpfs):
     out = tiny_tmpfs / "s.h5"
     filled = []
@@ -385,6 +388,7 @@ def data_copy(cnmc_tree, tmp_path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_bad_images_are_skipped_recorded_and_left_out_by_default(data_copy, tmp_path):
     bad = sorted((data_copy / "C-NMC_training_data" / "fold_1" / "hem").glob("*.bmp"))[:2]
     good = [b.read_bytes() for b in bad]
@@ -463,6 +467,7 @@ def _deny(monkeypatch, denied: Path, *, enter: bool) -> None:
 
 
 @pytest.mark.parametrize("enter", [False, True])
+@pytest.mark.slow
 def test_unreadable_folders_are_reported_by_name(data_copy, tmp_path, monkeypatch, enter):
     denied = data_copy / "C-NMC_training_data" / "fold_2" / "hem"
     hidden = {p.relative_to(data_copy).as_posix() for p in denied.glob("*.bmp")}
@@ -504,6 +509,7 @@ def partial_store(cnmc_tree, tmp_path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_fusing_an_unfinished_store_uses_the_rows_both_have(partial_store, reference):
     done = summarize(partial_store)["done"]
     n = summarize(partial_store)["samples"]
@@ -516,6 +522,7 @@ def test_fusing_an_unfinished_store_uses_the_rows_both_have(partial_store, refer
     np.testing.assert_allclose(fused.X[:, 128:], alone.X[:done], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_unfinished_store_is_refused_unless_allow_partial(partial_store, tmp_path, wide_console):
     n = summarize(partial_store)["samples"]
     done = summarize(partial_store)["done"]
@@ -554,6 +561,7 @@ def _replace_keeping_times(path: Path, data: bytes) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@pytest.mark.slow
 def test_images_replaced_under_their_names_are_recomputed_when_the_extraction_resumes(data_copy, tmp_path,
                                                                                       monkeypatch):
     # the copy was made a moment ago: record its files' times (data on disk for 2 s or more gets them anyway)
@@ -598,6 +606,7 @@ def test_images_replaced_under_their_names_are_recomputed_when_the_extraction_re
     assert_same_store(out, fresh)
 
 
+@pytest.mark.slow
 def test_a_file_changed_as_it_was_read_is_checked_by_its_content_next_time(data_copy, tmp_path):
     """A file written less than RACY_NS before it was read may change again within the file system's timestamp
     granularity without its times moving: its times are recorded as unknown, so a resume reads it."""

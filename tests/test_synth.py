@@ -175,6 +175,7 @@ def _colour_features(root: Path):
     return np.array(X), np.array(y), np.array(groups)
 
 
+@pytest.mark.slow
 def test_image_level_split_leaks_subjects(tmp_path):
     """Colour means/stds + cell area with logistic regression: image-level CV beats subject-level CV."""
     image_acc, subject_acc, majority = [], [], []

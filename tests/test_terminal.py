@@ -121,6 +121,7 @@ def test_featx_table_at_COLUMNS(tmp_path, width):
     assert "featx (mean ± sd over folds; held-out rows: one split, %)" in " ".join(result.output.split())
 
 
+@pytest.mark.slow
 def test_featx_table_in_a_real_terminal_width_of_80(tmp_path):
     """The console of a fresh process reads COLUMNS as a shell sets it."""
     write_results(ROWS, tmp_path / "res", plots=False)
@@ -194,6 +195,7 @@ def test_version(flag):
     assert len(result.output.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_version_does_not_import_torch():
     code = ("import sys; from typer.testing import CliRunner; from featx.cli import app; "
             "r = CliRunner().invoke(app, ['--version']); print(r.exit_code, 'torch' in sys.modules)")
@@ -240,8 +242,10 @@ def two_tap_store(cnmc_tree, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("command, spelling", [("classify", "--tap"), ("classify", "--taps"),
-                                               ("compare", "--tap"), ("compare", "--taps")])
+@pytest.mark.parametrize("command, spelling", [("classify", "--tap"),
+                                               pytest.param("classify", "--taps", marks=pytest.mark.slow),
+                                               pytest.param("compare", "--tap", marks=pytest.mark.slow),
+                                               ("compare", "--taps")])
 def test_classify_and_compare_take_tap_and_taps(two_tap_store, tmp_path, command, spelling):
     assert set(summarize(two_tap_store)["taps"]) == {"fc", "pool5"}
     head = ["--head", "logistic"] if command == "classify" else ["--heads", "logistic"]

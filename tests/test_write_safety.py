@@ -20,9 +20,10 @@ from filelock import Timeout
 from PIL import Image
 
 from featx import csvfiles
+from featx.data import Collection, Sample
 from featx.errors import FeatxError
 from featx.extract import extract
-from featx.finetune.checkpoint import write_history
+from featx.finetune.checkpoint import write_history, write_lists
 from featx.report.html import read_history
 from featx.results import read_json, rows_from_csv
 from featx.store import sample_table
@@ -123,9 +124,8 @@ def test_every_csv_featx_writes_goes_through_the_neutralising_writer():
 
 
 def test_finetune_lists_and_history_keep_formula_paths_as_text(tmp_path):
-    from featx.finetune.checkpoint import _write_csv
-
-    _write_csv(tmp_path / "skipped.csv", [("path", "subject", "error"), ("=1+2.bmp", "-s", "@cannot read")])
+    images = Collection(tmp_path, "folders", [Sample("=1+2.bmp", "all", "-s", "fold_0")])
+    write_lists(tmp_path, images, skipped=[(0, "@cannot read")], provenance={})
     assert _formula_cells(tmp_path / "skipped.csv") == []
     with open(tmp_path / "skipped.csv", newline="", encoding="utf-8") as fh:
         assert list(csvfiles.DictReader(fh)) == [{"path": "=1+2.bmp", "subject": "-s", "error": "@cannot read"}]
@@ -133,6 +133,7 @@ def test_finetune_lists_and_history_keep_formula_paths_as_text(tmp_path):
     assert read_history(tmp_path / "history.csv") == [{"epoch": 1, "train_loss": -0.5, "val_f1": 0.25}]
 
 
+@pytest.mark.slow
 def test_formula_names_through_extract_classify_and_predict_stay_text(store, model, tree, tmp_path):
     out = tmp_path / "r"
     result, _ = invoke("classify", store, "--head", "logistic", "--folds", "3", "--out", out, "--no-plots")
@@ -164,6 +165,7 @@ def test_formula_names_through_extract_classify_and_predict_stay_text(store, mod
 
 
 # -- item 6: whole files or none -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_classify_into_a_nearly_full_disk_keeps_the_earlier_results_whole(store, tmpfs):
     out = tmpfs / "r"
     result, _ = invoke("classify", store, "--head", "logistic", "--folds", "3", "--out", out)
@@ -302,6 +304,7 @@ def test_a_second_classify_into_a_folder_being_written_is_refused_naming_the_run
     assert _heads_written(out) == {"logistic"} and not lock_path(out).exists()
 
 
+@pytest.mark.slow
 def test_two_classify_runs_started_together_into_one_folder_leave_one_run_s_results(store, tmp_path):
     out = tmp_path / "r"
     runs = {head: _featx("classify", store, "--head", head, "--folds", "3", "--out", out)
