@@ -10,7 +10,6 @@ from featx.evaluation import GridPlan, backends, check_grid, compare, inputs
 from featx.heads import HeadSettings
 from featx.workflows.classify import run_compare
 
-
 GRID = dict(cv="subject", n_folds=3, jobs=1, preprocess=("standard",), params={"logistic": {"C": 0.5}})
 
 
