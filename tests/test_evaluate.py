@@ -451,7 +451,7 @@ def test_some_rows_without_a_subject_refuse_subject_cv_and_name_the_files():
 def test_no_subject_at_all_falls_back_to_image_level_and_every_output_says_why(tmp_path):
     from rich.console import Console
 
-    from featx.cli.tables import results_table
+    from featx.cli.results_table import results_table
     from featx.report import write_results
 
     fs = subject_features(n_all=5, n_hem=5, cells=6, d=8)

@@ -9,7 +9,7 @@ import re
 import pytest
 from rich.console import Console
 
-from featx.cli.tables import results_table
+from featx.cli.results_table import results_table
 from featx.report import (
     STATS_NOTE,
     format_pct,

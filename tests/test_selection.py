@@ -9,7 +9,7 @@ import pytest
 from chance_helpers import assert_at_chance, pooled_accuracy
 from cli_helpers import invoke
 
-from featx.cli.tables import results_table
+from featx.cli.results_table import results_table
 from featx.data.synth import synthesize
 from featx.errors import FeatxError
 from featx.evaluation import compare, make_splits, selection

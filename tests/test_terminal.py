@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from featx.cli import app
 from featx.cli.app import console as cli_console
-from featx.cli.tables import results_table
+from featx.cli.results_table import results_table
 from featx.report import protocol_title, write_results
 from featx.report.table import TERMINAL_METRICS
 from featx.results import METRICS, ResultRow, Score

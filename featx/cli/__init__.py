@@ -2,16 +2,11 @@
 from featx.imports import collector_paused
 
 with collector_paused():  # the commands and the libraries they import (see featx.imports)
-    from featx.cli import (  # noqa: F401  (register commands)
-        backbones_cmds,
-        extract_cmds,
-        finetune_cmds,
-        heads_cmds,
-        hybrid_cmds,
-        merge_cmds,
-        report_cmds,
-        report_html_cmds,
-    )
+    # the commands register in this order, the order `featx --help` lists them
+    # isort: off
+    from featx.cli import backbones, synth, extract, info, finetune  # noqa: F401
+    from featx.cli import classify, compare, predict, hybrid, merge, table, report  # noqa: F401
+    # isort: on
     from featx.cli.app import app, stop_on_sigterm
 
 

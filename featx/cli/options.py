@@ -151,3 +151,7 @@ Out = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for result
                                           rich_help_panel=OUTPUT)]
 Force = Annotated[bool, typer.Option("--force", help="Replace the results in --out even when another command or "
                                                      "grid wrote them.", rich_help_panel=OUTPUT)]
+
+# classify and compare fit in memory and write their results at the end: an interrupt keeps nothing to resume
+NOTHING_KEPT = ("{command} keeps nothing of an unfinished run (it writes its results once every model is fitted); "
+                "run the same command again to start over")

@@ -1,5 +1,5 @@
 """What the terminal's results table (the study's Table 2 layout) shows, as text: its columns, the cell of
-each row and metric, and the notes under it. :mod:`featx.cli.tables` draws it (rich) at the terminal's width.
+each row and metric, and the notes under it. The CLI draws it (rich) at the terminal's width.
 
 Marked rows (:attr:`featx.results.ResultRow.marks`) get a ``*``; the notes under the table say what the
 marks, the ± and the intervals are (:mod:`featx.report.notes`).

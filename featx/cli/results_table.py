@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from featx.cli.app import flag
+from featx.cli.app import console, flag
 from featx.errors import spoken_as
 from featx.report.notes import protocol_title
 from featx.report.table import TERMINAL_METRICS, cell_text, delta_column, layouts, protocol_cell, table_captions
@@ -106,3 +106,19 @@ def _overhead(n_columns: int) -> int:
 
 
 _PROBE = Console(width=1000)
+
+
+def print_rows(rows, paths=None, title="featx", run=None) -> None:
+    """The results table, each protocol's note once, where the grid ran and the files written."""
+    console.print(results_table(rows, title=title))
+    shown = set()
+    for r in rows:  # each protocol's note once (heads on the same folds share it)
+        note = r.settings.get("cv_note")
+        if note and note not in shown:
+            shown.add(note)
+            console.print(f"[dim]{escape(str(r.backbone))}/{escape(str(r.tap))} ({r.protocol}): {escape(note)}[/]")
+    if run and run["backend"] != "loky":
+        console.print(f"[dim]ran on {run['backend']} ({run['cluster']} cluster {escape(str(run['scheduler']))}, "
+                      f"{run['workers']} worker{'s' if run['workers'] != 1 else ''})[/]")
+    if paths:
+        console.print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from featx.cli.app import app, console, loads_torch, user_errors
-from featx.cli.finetune_cmds import print_warning
+from featx.cli.finetune import print_warning
 from featx.cli.options import (
     EVALUATION,
     OUTPUT,
@@ -41,7 +41,7 @@ from featx.cli.options import (
     Workers,
 )
 from featx.cli.parsing import parse_name_list, parse_params, parse_preprocess, parse_tap_groups
-from featx.cli.tables import results_table
+from featx.cli.results_table import results_table
 
 
 @app.command()

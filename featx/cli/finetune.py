@@ -38,7 +38,7 @@ from featx.cli.options import (
     WeightsNeverSawImages,
     Workers,
 )
-from featx.cli.tables import results_table
+from featx.cli.results_table import results_table
 from featx.errors import FeatxError
 
 

@@ -8,7 +8,7 @@ import typer
 
 from featx.cli.app import app, console, user_errors
 from featx.cli.options import Force
-from featx.cli.tables import results_table
+from featx.cli.results_table import results_table
 from featx.report import merge_results
 
 

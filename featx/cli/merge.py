@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from featx.cli.app import app, console, user_errors
-from featx.cli.extract_cmds import _print_summary, _warn_skipped
+from featx.cli.store_summary import print_summary, warn_skipped
 from featx.store import merge_stores, summarize
 
 
@@ -31,5 +31,5 @@ def merge(
     how = "virtual: its features are read from the parts, keep them beside it" if virtual else "copied"
     console.print(f"merged {len(parts)} parts into {escape(str(path))} ({how})", highlight=False, soft_wrap=True)
     summary = summarize(path)
-    _print_summary(summary)
-    _warn_skipped(summary)
+    print_summary(summary)
+    warn_skipped(summary)
