@@ -14,7 +14,7 @@ from featx.cli import app
 from featx.errors import FeatxError
 from featx.evaluation import Hybrid
 from featx.extract import ExtractRun, ExtractSettings, extract
-from featx.finetune import FinetuneSettings, resolve_settings
+from featx.finetune import FinetuneSettings, finetune, resolve_settings
 from featx.heads import HeadSettings
 from featx.records import Record
 from featx.store import Shard, StoreSummary, summarize
@@ -171,3 +171,18 @@ def test_summarize_returns_a_typed_record_with_the_old_keys(stores, cnmc_tree):
     info = CliRunner().invoke(app, ["info", str(stores[0]), "--json"])
     assert info.exit_code == 0, info.output
     assert list(json.loads(info.output)) == SUMMARY_KEYS and json.loads(info.output)["done"] == 34
+
+
+def test_finetune_takes_its_settings_as_one_value_or_as_keywords(cnmc_tree, tmp_path, one_torch_thread):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'epoch'"):
+        finetune(cnmc_tree, tmp_path / "typo", backbone="cnn", epoch=1)
+    with pytest.raises(TypeError, match="'epochs' is given twice"):
+        finetune(cnmc_tree, tmp_path / "twice", FinetuneSettings(epochs=1), backbone="cnn", epochs=2)
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "twice").exists()
+    common = dict(backbone="cnn", val="fold_2", seed=0, device="cpu", workers=0)
+    tuning = dict(weights="none", image_size=32, epochs=1, lr=1e-3, batch_size=8)
+    by_value = finetune(cnmc_tree, tmp_path / "value", FinetuneSettings(**tuning), **common)
+    by_keywords = finetune(cnmc_tree, tmp_path / "keywords", **tuning, **common)
+    assert by_value["settings_used"] == by_keywords["settings_used"]
+    assert by_value["settings_used"]["epochs"] == 1 and by_value["settings_used"]["lr"] == 1e-3
+    assert by_value["row"].scores == by_keywords["row"].scores  # the same seeded run

@@ -110,7 +110,8 @@ def finetune(
     settings.json, provenance.csv (the images it trained and validated on; `extract` carries them into the
     store) and skipped.csv.
     """
-    from featx.finetune import finetune as run_finetune  # deferred: torch, which `featx --help` does not need
+    from featx.finetune import FinetuneSettings  # deferred: torch, which `featx --help` does not need
+    from featx.finetune import finetune as run_finetune
 
     if eval_set is not None:
         if val not in ("subject", eval_set):
@@ -119,14 +120,15 @@ def finetune(
     progress = _Progress(quiet)
     try:
         with progress:
-            summary = run_finetune(
-                data, out, backbone=backbone, weights=weights, preset=preset, epochs=epochs, lr=lr,
-                batch_size=batch_size, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
-                schedule=schedule, dropout=dropout, class_weight=class_weight, freeze=freeze,
-                image_size=image_size, augment=augment, color_jitter=color_jitter, val=val,
-                early_stopping=early_stopping, patience=patience, positive=positive, device=device,
-                workers=workers, seed=seed, resume=resume, callback=progress, strict=strict, keep=keep,
+            tuning = FinetuneSettings(
+                weights=weights, preset=preset, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                momentum=momentum, weight_decay=weight_decay, schedule=schedule, dropout=dropout,
+                class_weight=class_weight, freeze=freeze, image_size=image_size, augment=augment,
+                color_jitter=color_jitter, early_stopping=early_stopping, patience=patience,
                 weights_never_saw_images=weights_never_saw_images)
+            summary = run_finetune(data, out, tuning, backbone=backbone, val=val, positive=positive, device=device,
+                                   workers=workers, seed=seed, resume=resume, callback=progress, strict=strict,
+                                   keep=keep)
     except KeyboardInterrupt as exc:
         if progress.last_epoch is None:  # no epoch of this run saved: _nothing_saved says what is left
             raise

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from featx import csvfiles, provenance, report
-from featx.backbones import WeightsSpec
 from featx.data import Collection
 from featx.errors import FeatxError, arg
 from featx.evaluation import compute_metrics, roc_points, summarize_folds
@@ -17,36 +16,34 @@ from featx.finetune import checkpoint as ckpt
 from featx.finetune.events import Callback, RunSummary
 from featx.finetune.loop import Trainer
 from featx.finetune.plan import plan_run
+from featx.finetune.settings import RESOLVED, FinetuneSettings
+from featx.keywords import Slot, typed_arguments
 from featx.results import NetworkRecord, ResultRow, jsonable, read_json, summary_scores
 
 
-def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = "vgg16",
-             weights: str | Path | WeightsSpec | None = None, preset: str | None = None, epochs: int | None = None,
-             lr: float | None = None, batch_size: int | None = None, optimizer: str | None = None,
-             momentum: float | None = None, weight_decay: float | None = None, schedule: str | None = None,
-             dropout: float | None = None, class_weight: str | None = None, freeze: str | None = None,
-             image_size: int | None = None, augment: bool | None = None, color_jitter: bool | None = None,
-             val: str = "subject", early_stopping: str | None = None, patience: int = 5,
-             positive: str | None = None, device: str = "auto", workers: int | None = None, seed: int = 0,
-             resume: bool = False, callback: Callback | None = None, strict: bool = False,
-             keep: str = "best", weights_never_saw_images: bool = False) -> RunSummary:
+def finetune(data: str | Path | Collection, out: str | Path, settings: FinetuneSettings | None = None, *,
+             backbone: str = "vgg16", val: str = "subject", positive: str | None = None, device: str = "auto",
+             workers: int | None = None, seed: int = 0, resume: bool = False, callback: Callback | None = None,
+             strict: bool = False, keep: str = "best", **options) -> RunSummary:
     """Fine-tune ``backbone`` on the labelled images of ``data``; write the run folder ``out``; return a summary.
 
-    Settings left ``None`` come from ``preset`` (``"paper"``: the reference study) or from the backbone's
-    defaults (``default_settings``); an explicit value always wins, and ``settings.json`` records the values
-    used and where each came from. ``val``: ``"subject"`` (a subject-grouped holdout, one fold of the
-    5-fold protocol of ``classify``), ``"image"`` (image-level holdout; leaks subjects, marked as such),
-    a split name such as ``"fold_2"`` (validate on it, train on the other training folds) or ``"prelim"``
-    (train on all training folds, validate on C-NMC's preliminary test phase). ``early_stopping`` names the
-    validation metric to watch (``loss``, ``accuracy``, ``f1``, ``f1_weighted``, ...; ``best.pt`` is the best
-    epoch by it, by validation loss otherwise) and stops after ``patience`` epochs without improvement.
-    Half the validation subjects choose ``best.pt``'s epoch (and stop the run); a run stopped early is scored
-    at ``best.pt`` on the other half. A validation set too small to split (2 subjects of each class in each
-    half) chooses on every image, and then the early-stopped row is marked OPTIMISTIC.
-    ``freeze``: ``"head"`` trains only the network's classifier layer; a stage name freezes every stage
-    before it. ``callback(kind, info)`` reports progress (:mod:`featx.finetune.events`). ``resume=True``
-    continues from ``out/last.pt`` and refuses other settings; on a finished run it trains nothing and returns
-    the run's summary again.
+    ``settings`` (:class:`featx.finetune.FinetuneSettings`): what the network trains with (weights, preset, epochs,
+    lr, batch size, optimizer, ..., early stopping); its fields may be given as keywords instead (``finetune(data,
+    out, backbone="cnn", epochs=3)``); a keyword that is no field, or one also set in ``settings``, is a TypeError.
+    Settings left ``None`` come from ``preset`` (``"paper"``: the reference study) or from the backbone's defaults
+    (``default_settings``); an explicit value always wins, and ``settings.json`` records the values used and where
+    each came from. ``val``: ``"subject"`` (a subject-grouped holdout, one fold of the 5-fold protocol of
+    ``classify``), ``"image"`` (image-level holdout; leaks subjects, marked as such), a split name such as
+    ``"fold_2"`` (validate on it, train on the other training folds) or ``"prelim"`` (train on all training folds,
+    validate on C-NMC's preliminary test phase). ``early_stopping`` names the validation metric to watch (``loss``,
+    ``accuracy``, ``f1``, ``f1_weighted``, ...; ``best.pt`` is the best epoch by it, by validation loss otherwise)
+    and stops after ``patience`` epochs without improvement. Half the validation subjects choose ``best.pt``'s epoch
+    (and stop the run); a run stopped early is scored at ``best.pt`` on the other half. A validation set too small
+    to split (2 subjects of each class in each half) chooses on every image, and then the early-stopped row is
+    marked OPTIMISTIC. ``freeze``: ``"head"`` trains only the network's classifier layer; a stage name freezes every
+    stage before it. ``callback(kind, info)`` reports progress (:mod:`featx.finetune.events`). ``resume=True``
+    continues from ``out/last.pt`` and refuses other settings; on a finished run it trains nothing and returns the
+    run's summary again.
 
     ``keep``: the checkpoints a finished run keeps. ``"best"`` (default): ``best.pt``, what ``featx extract
     --weights`` reads; ``last.pt`` (the training state ``resume`` needs, 2-3x the network's size) exists only
@@ -67,19 +64,17 @@ def finetune(data: str | Path | Collection, out: str | Path, *, backbone: str = 
     fails before its first checkpoint leaves no run folder behind (when it created it); one that fails later
     keeps its finished epochs in ``last.pt`` for ``resume=True``.
     """
+    tuning = typed_arguments("finetune", [Slot("settings", FinetuneSettings, settings)], options)["settings"]
+    given = tuning.options()
     out = Path(out)
     ckpt.check_keep(keep)
     existed, root = ckpt.early_files(out), ckpt.new_root(out)
-    options = dict(weights=None if weights is None else str(weights), epochs=epochs, lr=lr, batch_size=batch_size,
-                   optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
-                   dropout=dropout, class_weight=class_weight, image_size=image_size, augment=augment,
-                   color_jitter=color_jitter)
     trainer = None
     try:
-        plan = plan_run(data, out, backbone=backbone, preset=preset, options=options, val=val,
-                        early_stopping=early_stopping, patience=patience, positive=positive, freeze=freeze,
-                        device=device, workers=workers, seed=seed, resume=resume, strict=strict, keep=keep,
-                        weights_never_saw_images=weights_never_saw_images)
+        plan = plan_run(data, out, backbone=backbone, preset=tuning.preset, options={k: given[k] for k in RESOLVED},
+                        val=val, early_stopping=tuning.early_stopping, patience=tuning.patience, positive=positive,
+                        freeze=tuning.freeze, device=device, workers=workers, seed=seed, resume=resume,
+                        strict=strict, keep=keep, weights_never_saw_images=tuning.weights_never_saw_images)
         if plan.finished:
             summary = finished_summary(out)
         else:

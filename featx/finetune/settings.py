@@ -9,10 +9,10 @@ from typing import Any
 from featx.backbones import WeightsSpec
 from featx.finetune.presets import resolve_settings
 
-__all__ = ["FinetuneSettings"]
+__all__ = ["RESOLVED", "FinetuneSettings"]
 
 #: The fields that :func:`resolve_settings` merges with the preset and the backbone's defaults.
-_RESOLVED = ("weights", "epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay", "schedule", "dropout",
+RESOLVED = ("weights", "epochs", "lr", "batch_size", "optimizer", "momentum", "weight_decay", "schedule", "dropout",
              "class_weight", "image_size", "augment", "color_jitter")
 
 
@@ -49,4 +49,4 @@ class FinetuneSettings:
         """The settings a fine-tune of ``backbone`` uses (:func:`featx.finetune.resolve_settings`: the preset or
         the defaults, overridden by every field given; with ``sources`` and ``notes``)."""
         given = self.options()
-        return resolve_settings(backbone, self.preset, **{key: given[key] for key in _RESOLVED})
+        return resolve_settings(backbone, self.preset, **{key: given[key] for key in RESOLVED})
