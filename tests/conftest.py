@@ -4,6 +4,7 @@ into it included; the stores are checked unchanged at the end of the session."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,18 @@ from featx.extract import extract
 CNMC_TREE_SETTINGS = dict(subjects_all=3, subjects_hem=3, cells_per_subject=4, prelim_subjects_all=1,
                           prelim_subjects_hem=1, prelim_cells_per_subject=3, final_cells=4,
                           image_size=40, seed=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def featx_cache_dir(tmp_path_factory):
+    """featx's own cache (the `featx backbones` catalogue) in a folder of the session, not the user's."""
+    before = os.environ.get("FEATX_CACHE_DIR")
+    os.environ["FEATX_CACHE_DIR"] = str(tmp_path_factory.mktemp("featx-cache"))
+    yield
+    if before is None:
+        os.environ.pop("FEATX_CACHE_DIR", None)
+    else:
+        os.environ["FEATX_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

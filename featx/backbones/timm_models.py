@@ -81,14 +81,7 @@ class TimmModel(SizeProbe):
 
     def cached_file(self) -> Path | None:
         """timm's pretrained file of this model in the Hugging Face cache, or None."""
-        from huggingface_hub import try_to_load_from_cache  # deferred: comes with timm, which is optional
-
-        repo = self.model.pretrained_cfg.get("hf_hub_id")
-        for filename in WEIGHT_FILES if repo else ():
-            found = try_to_load_from_cache(repo, filename)
-            if isinstance(found, str):
-                return Path(found)
-        return None
+        return hub_cached_file(self.model.pretrained_cfg.get("hf_hub_id"))
 
     def imagenet_state(self) -> tuple[Path, dict]:
         """timm's pretrained weights from the Hugging Face cache (downloaded by timm unless offline)."""
@@ -113,6 +106,19 @@ class TimmModel(SizeProbe):
                                  f"{arg('weights', 'PATH')} to a saved state dict of the timm model")
         model = self.timm.create_model(self.name, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
         return path, model.state_dict()
+
+
+def hub_cached_file(repo: str | None) -> Path | None:
+    """The pretrained file of Hugging Face repository ``repo`` in the Hugging Face cache, or None."""
+    if not repo:
+        return None
+    from huggingface_hub import try_to_load_from_cache  # deferred: comes with timm, which is optional
+
+    for filename in WEIGHT_FILES:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 _MODELS: dict[str, TimmModel] = {}
