@@ -21,9 +21,10 @@ from featx.cli import app
 from featx.cli.app import console as cli_console
 from featx.cli.results_table import results_table
 from featx.report import protocol_title, write_results
-from featx.report.table import TERMINAL_METRICS
+from featx.report.table import TERMINAL_METRICS, name_pieces
 from featx.results import METRICS, ResultRow, Score
 from featx.store import summarize
+from tests.report_rows import make_row
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,38 @@ def test_rich_table_never_cuts_a_number(width):
     again = Console(width=width, record=True)
     again.print(results_table(ROWS, title="featx compare", width=width))
     assert again.export_text() == text
+
+
+LONG_NAMES = ["vgg16[vgg16/best.pt]/fc7 + svm", "cnn[fine-tuned per fold]/fc + logistic",
+              "efficientnet_b0+vgg16/features.7+fc7 + xgboost", "alexnet/fc7 + svm"]
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_long_names_wrap_between_words_and_rows_stay_apart(width):
+    rows = [make_row(name, 0.9 - 0.01 * i) for i, name in enumerate(LONG_NAMES)]
+    out = Console(width=width, record=True)
+    out.print(results_table(rows, title="featx compare"))
+    lines = out.export_text().splitlines()
+    assert max(cell_len(line) for line in lines) <= width
+    body = lines[next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("─")) + 1:]
+    body = body[:next(i for i, ln in enumerate(body) if "not shown" in ln or "sample std" in ln)]
+    name_w = body[0].index(" subject") + 1   # the name column: up to the protocol column
+    blocks, block = [], []   # each row's lines, between blank lines
+    for line in body:
+        if line.strip():
+            block.append(line)
+        elif block:
+            blocks.append(block)
+            block = []
+    blocks += [block] if block else []
+    assert len(blocks) == len(rows), "\n".join(lines)   # a blank line between rows
+    for row, block in zip(rows, blocks):
+        name_lines = [ln[:name_w].strip() for ln in block]
+        assert " ".join(n for n in name_lines if n).replace("/ ", "/").replace("[ ", "[") == row.name, block
+        for piece in name_pieces(row.name):   # every piece whole on one line of its row
+            assert any(piece.strip() in n for n in name_lines), (piece, block)
+        assert sum("± 2.00" in ln for ln in block) == 1 and f"{100 * row.score('accuracy').mean:.2f}" in block[0]
+    assert len(blocks[0]) > 1   # the long names do wrap at these widths
 
 
 def test_narrow_tables_stack_the_sd_under_the_mean_before_dropping_columns():

@@ -14,11 +14,21 @@ from rich.table import Table
 from featx.cli.app import console, flag
 from featx.errors import spoken_as
 from featx.report.notes import protocol_title
-from featx.report.table import TERMINAL_METRICS, cell_text, delta_column, layouts, protocol_cell, table_captions
+from featx.report.table import (
+    TERMINAL_METRICS,
+    cell_text,
+    delta_column,
+    layouts,
+    name_pieces,
+    protocol_cell,
+    table_captions,
+    wrap_name,
+)
 from featx.results import ResultRow
 
 _MARKER_WIDTH = len("IMAGE-LEVEL")  # the protocol column never splits a marker
 _NAME_MIN = 14
+_PIECE_MAX = 24  # a name's longest unbreakable piece widens its column up to this (longer ones fold)
 
 
 def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare", *, width: int | None = None
@@ -30,7 +40,9 @@ def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare"
 
     No number is ever cut: at ``width`` columns (default: the width of the console it is printed on) the
     table stacks ``± sd`` under the mean when one line does not fit, then leaves out ROC-AUC, precision,
-    recall and F1 in that order and says so under the table. Names and protocols wrap; numbers never do.
+    recall and F1 in that order and says so under the table. Names wrap after ``/``, ``+``, ``[`` and spaces
+    (never inside a word), protocols at spaces; numbers never do. When a cell takes several lines, a blank
+    line separates the rows.
     """
     rows = list(rows)
     delta = delta_column(rows)
@@ -72,7 +84,8 @@ def _build(cls, rows, title, metrics, *, stacked, width, force=False):
     if width is not None:
         spare = width - sum(num_widths) - _overhead(len(metrics) + 2)
         longest = max((cell_len(w) for p in protocols for w in p.split()), default=1)
-        name_min, proto_min = _NAME_MIN, max(_MARKER_WIDTH, min(longest, 16))
+        piece = max((len(p.strip()) for n in names for p in name_pieces(n)), default=1)
+        name_min, proto_min = max(_NAME_MIN, min(piece, _PIECE_MAX)), max(_MARKER_WIDTH, min(longest, 16))
         if not stacked:  # one line per row only while names and protocols stay readable
             name_min, proto_min = 2 * name_min, 2 * proto_min
         name_min, proto_min = min(name_w, name_min), min(proto_w, proto_min)
@@ -85,8 +98,13 @@ def _build(cls, rows, title, metrics, *, stacked, width, force=False):
             name_col, proto_col = name_min + add_n, proto_min + extra - add_n
     with spoken_as(flag):  # the terminal's table names flags and commands, wherever it is drawn
         captions = [escape(line) for line in table_captions(rows, metrics, width)]
+    if name_col is not None:  # wrapped here, where rich would only break at spaces or inside a word
+        names = [wrap_name(n, name_col) for n in names]
+        protocols = [wrap_name(p, proto_col) for p in protocols]
+    several_lines = any("\n" in c for c in [*names, *protocols, *(c for row in cells for c in row)])
     table = cls(title=f"{title}  [dim]({protocol_title(rows)}, %)[/]" if title else None,
-                caption="\n".join(captions), caption_style="dim", box=box.SIMPLE_HEAD, pad_edge=False)
+                caption="\n".join(captions), caption_style="dim", box=box.SIMPLE_HEAD, pad_edge=False,
+                show_lines=several_lines)
     table.add_column("Model", style="bold", overflow="fold", width=name_col)
     table.add_column("Protocol", overflow="fold", width=proto_col)
     for (_, header), w in zip(metrics, num_widths):

@@ -6,6 +6,7 @@ marks, the ± and the intervals are (:mod:`featx.report.notes`).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 
 from featx.errors import arg, speak
@@ -30,6 +31,28 @@ TERMINAL_METRICS = tuple((m, METRIC_TABLE[m].short if m == "f1_weighted" else ME
 # Dropped first when a narrow terminal cannot show every column (accuracy and wF1 always stay).
 DROP_ORDER = ("roc_auc", "precision", "recall", "f1")
 DELTA = "delta"  # the column of each row's paired difference from its protocol's reference row
+
+
+_BREAKS = re.compile(r"(?<=[/+\[ ])")   # a name may break after these, never inside a word
+
+
+def name_pieces(text: str) -> list[str]:
+    """``text`` cut after each ``/``, ``+``, ``[`` and space: the pieces a wrapped name keeps whole."""
+    return [p for p in _BREAKS.split(text) if p]
+
+
+def wrap_name(text: str, width: int) -> str:
+    """``text`` on lines of at most ``width`` characters, broken only after ``/``, ``+``, ``[`` and spaces
+    (``vgg16[vgg16/`` / ``best.pt]/fc7 +`` / ``svm``); a piece longer than ``width`` keeps a line of its own."""
+    lines: list[str] = []
+    for piece in name_pieces(text):
+        if lines and len((lines[-1] + piece).rstrip()) <= width:
+            lines[-1] += piece
+        else:
+            if lines:
+                lines[-1] = lines[-1].rstrip()
+            lines.append(piece.lstrip() if lines else piece)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def layouts() -> Iterator[tuple[bool, list[tuple[str, str]]]]:
