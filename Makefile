@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.featx-installed
 DEMO ?= demo
 
-.PHONY: demo test test-fast install docs bench clean-demo
+.PHONY: demo test test-fast install docs bench clean-demo chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# headless Chromium for the report's browser test: installed (Debian's chromium) when absent and root, else skipped
+chromium:
+	@bash scripts/ensure_chromium.sh
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 # the tests not marked slow (under a minute on 2 cores): a quick check while working (make test before a commit)
