@@ -192,8 +192,23 @@ def stop_workers() -> None:
         executor.shutdown(wait=False, kill_workers=True)
 
 
-#: What an interrupted command keeps, unless it says otherwise (:func:`on_interrupt`).
+#: What an interrupted command keeps, unless it says otherwise (:func:`on_interrupt`; every command does).
 RESUMES = "work finished so far is kept on disk; run the same command again to resume"
+#: Each command's interrupt line where it is a fixed sentence (classify/compare and finetune build theirs).
+INTERRUPT_LINES = {
+    "extract": "the rows extracted so far are kept in the store; run the same command again to resume",
+    "hybrid": "finished folds, and the current fold's saved epochs and extracted rows, are kept in --out; run the "
+              "same command again to resume",
+    "merge": "nothing was kept (the merged store is renamed into place only when whole); run the same command "
+             "again to start over",
+    "synth": "the images written so far are left in OUT; run the same command with --overwrite to write them anew",
+    "predict": "no predictions were written (the CSV is written once every image is scored); run the same command "
+               "again to start over",
+    "report": "no report was written (it is written whole at the end); run the same command again",
+    "backbones": "the rows probed so far are kept in the catalogue; run the same command again to continue",
+    "table": "nothing was written; run the same command again",
+    "info": "nothing was written; run the same command again",
+}
 
 
 def on_interrupt(line: str | Callable[[dict], str]) -> Callable:

@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from featx.cli.app import app, console, loads_torch, user_errors
+from featx.cli.app import INTERRUPT_LINES, app, console, loads_torch, on_interrupt, user_errors
 
 
 @app.command()
 @user_errors
+@on_interrupt(INTERRUPT_LINES["backbones"])
 @loads_torch
 def backbones(
     name: Annotated[str | None, typer.Argument(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from featx.cli.app import app, loads_torch, user_errors
+from featx.cli.app import INTERRUPT_LINES, app, loads_torch, on_interrupt, user_errors
 from featx.cli.options import (
     DATA,
     NETWORK,
@@ -30,6 +30,7 @@ from featx.store import summarize
 
 @app.command()
 @user_errors
+@on_interrupt(INTERRUPT_LINES["extract"])
 @loads_torch
 def extract(
     data: Images,

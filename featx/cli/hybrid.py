@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from featx.cli.app import app, console, loads_torch, user_errors
+from featx.cli.app import INTERRUPT_LINES, app, console, loads_torch, on_interrupt, user_errors
 from featx.cli.finetune import print_warning
 from featx.cli.options import (
     EVALUATION,
@@ -46,6 +46,7 @@ from featx.cli.results_table import results_table
 
 @app.command()
 @user_errors
+@on_interrupt(INTERRUPT_LINES["hybrid"])
 @loads_torch
 def hybrid(
     data: Annotated[Path, typer.Argument(help="Image root (C-NMC, ROOT/<class>/...) or a CSV manifest "

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from featx.cli.app import app, console, user_errors
+from featx.cli.app import INTERRUPT_LINES, app, console, on_interrupt, user_errors
 from featx.cli.store_summary import print_summary, warn_skipped
 from featx.errors import FeatxError
 from featx.store import summarize
@@ -17,6 +17,7 @@ from featx.store.rowid import bad_metadata_text
 
 @app.command()
 @user_errors
+@on_interrupt(INTERRUPT_LINES["info"])
 def info(
     store: Annotated[Path, typer.Argument(help="An HDF5 feature store written by `featx extract`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,

@@ -7,13 +7,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from featx.cli.app import app, console, user_errors
+from featx.cli.app import INTERRUPT_LINES, app, console, on_interrupt, user_errors
 from featx.cli.store_summary import print_summary, warn_skipped
 from featx.store import merge_stores, summarize
 
 
 @app.command()
 @user_errors
+@on_interrupt(INTERRUPT_LINES["merge"])
 def merge(
     parts: Annotated[list[Path], typer.Argument(help="Shard stores of `featx extract --shard I/N`, any order.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The merged store to write.")],

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from featx.cli.app import app, console, loads_torch, user_errors
+from featx.cli.app import INTERRUPT_LINES, app, console, loads_torch, on_interrupt, user_errors
 from featx.cli.options import (
     DATA,
     OUTPUT,
@@ -22,6 +22,7 @@ from featx.cli.parsing import (
 
 @app.command()
 @user_errors
+@on_interrupt(INTERRUPT_LINES["predict"])
 @loads_torch
 def predict(
     model: Annotated[Path, typer.Argument(help="A model saved by `featx classify --save`: .skops (safe to load; "

@@ -6,12 +6,13 @@ from typing import Annotated
 
 import typer
 
-from featx.cli.app import app, console, user_errors
+from featx.cli.app import INTERRUPT_LINES, app, console, on_interrupt, user_errors
 from featx.report import write_html_report
 
 
 @app.command()
 @user_errors
+@on_interrupt(INTERRUPT_LINES["report"])
 def report(
     results: Annotated[list[Path], typer.Argument(help="results.json files, or folders holding them "
                                                         "(compare --out folders, finetune run folders).")],

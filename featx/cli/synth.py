@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from featx.cli.app import app, console, user_errors
+from featx.cli.app import INTERRUPT_LINES, app, console, on_interrupt, user_errors
 from featx.data.synth import synthesize
 
 #: `featx synth`'s defaults are the library's (sized so that subject-grouped 5-fold CV has 3 subjects per class
@@ -18,6 +18,7 @@ _SYNTH = {name: p.default for name, p in inspect.signature(synthesize).parameter
 
 @app.command()
 @user_errors
+@on_interrupt(INTERRUPT_LINES["synth"])
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the C-NMC-like tree into (created).")],
     subjects_all: Annotated[int, typer.Option(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from featx.cli.app import app, console, user_errors
+from featx.cli.app import INTERRUPT_LINES, app, console, on_interrupt, user_errors
 from featx.cli.options import Force
 from featx.cli.results_table import results_table
 from featx.report import merge_results
@@ -14,6 +14,7 @@ from featx.report import merge_results
 
 @app.command()
 @user_errors
+@on_interrupt(INTERRUPT_LINES["table"])
 def table(
     results: Annotated[list[Path], typer.Argument(help="results.json files, or folders: every results.json "
                                                         "under a folder is read (compare, classify, finetune "
