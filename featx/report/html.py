@@ -59,7 +59,7 @@ img{max-width:100%;height:auto;border:1px solid #eee}
 section.row{border-top:1px solid #ccc;margin-top:6px}
 section.row summary{cursor:pointer}section.row summary h3{display:inline;font-size:100%}
 nav#contents{background:#f7f7f7;padding:4px 12px;font-size:90%}nav#contents ol ol{columns:2;font-size:90%}
-.methods p{margin:6px 0}
+.methods p{margin:6px 0}#results,#interval-table{display:block;overflow-x:auto}
 """
 
 

@@ -4,6 +4,7 @@ rows differ (backbones, heads, protocols, interval methods), the text says so pe
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from html import escape
 from importlib import metadata
@@ -43,8 +44,13 @@ def methods_text(rows: Sequence[ResultRow], runs: Sequence[str | Path] = ()) -> 
 def methods_html(rows: Sequence[ResultRow], runs: Sequence[str | Path] = ()) -> str:
     """The Methods as HTML: one ``<p>`` per part, its heading in bold (the same text as :func:`methods_text`)."""
     return '<div class="methods">' + "".join(
-        f"<p><b>{escape(heading)}.</b> {escape(text)}</p>" for heading, text in methods_paragraphs(rows, runs)
+        f"<p><b>{escape(heading)}.</b> {_code(escape(text))}</p>" for heading, text in methods_paragraphs(rows, runs)
     ) + "</div>"
+
+
+def _code(text: str) -> str:
+    """Spans in backticks (a command or call, as :func:`featx.errors.speak` writes it) as ``<code>``."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
 def _groups(rows: Sequence[ResultRow], key: Callable[[ResultRow], object]) -> list[tuple[object, list[ResultRow]]]:
@@ -96,7 +102,7 @@ def _data(rows, summaries) -> str:
     sentences = []
     for store, summary in summaries.items():
         if summary is None:
-            sentences.append(f"The store {store} is no longer readable at that path; what follows is what the rows "
+            sentences.append(f"The store {store} is not readable at that path now; what follows is what the rows "
                              "record.")
             continue
         splits = "; ".join(f"{split}: " + ", ".join(f"{n} {c}" for c, n in counts.items() if n)
@@ -110,7 +116,7 @@ def _data(rows, summaries) -> str:
         by_class = (" (" + ", ".join(f"{n} {c}" for c, n in per_class.items()) + ")") if per_class else ""
         train = (f"; each training fold held {n_train} images on average" if _folds(group) > 1
                  else f"; training used {n_train} images")
-        sentences.append(f"{_who(group, rows)} ({label}) were tested on {n_test} images of "
+        sentences.append(f"{_who(group, rows)}: tested under {label} on {n_test} images of "
                          f"{_plural(n_subjects, 'subject')}{by_class}, classes {', '.join(classes)}{train}.")
     return " ".join(sentences)
 
@@ -201,10 +207,10 @@ def _protocols(rows) -> str:
             rows, lambda r: (protocol_text(r), r.n_folds, r.settings.get("seed"), r.settings.get("cv_note"), r.flag)):
         spread = ("each metric is the mean over the folds with the sample standard deviation (ddof=1) as ±" if k > 1
                   else "one split, so no ± over folds")
-        text = f"{_who(group, rows)} were evaluated by {label} (seed {seed}): {spread}"
+        text = f"{_who(group, rows)}: evaluated by {label} (seed {seed}); {spread}"
         text += f"; {note}." if note else "."
         if flag:
-            text += f" These rows are marked {flag}: not an estimate for new patients."
+            text += f" Marked {flag}: not an estimate for new patients."
         sentences.append(text)
     return " ".join(sentences)
 
