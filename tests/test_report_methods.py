@@ -63,7 +63,7 @@ def test_methods_of_synthetic_rows_say_what_each_group_recorded():
     assert protocol.startswith("Row vgg16/fc7 + svm (subject 5-fold): evaluated by subject-level 5-fold (seed 0)")
     assert "alexnet/fc7 + logistic (subject 5-fold, nested): evaluated by subject-level 5-fold, nested" in protocol
     assert protocol.count("prelim left out") == 2
-    assert f"All rows: 95% intervals of each metric's mean by {INTERVAL['method']}, with the subject as the " \
+    assert f"All rows: 95% intervals of each metric by {INTERVAL['method']}, with the subject as the " \
            "unit (10 subjects)." in text
     assert "No interval for alexnet/fc7 + logistic (subject 5-fold, nested; roc_auc): too few subjects." in text
     assert "/nowhere/vgg16.h5 is not readable at that path now" in data  # said, not guessed

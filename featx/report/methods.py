@@ -139,10 +139,9 @@ def _features(rows, summaries) -> str:
     for extraction, group in _groups(rows, lambda r: r.settings.get("extraction")):
         taps = _join(list(dict.fromkeys(r.tap for r in group)))
         if not extraction:
-            kinds = {r.kind for r in group}
-            what = ("fine-tuned networks scored with their own softmax" if kinds == {"network"}
-                    else "settings that record no extraction")
-            sentences.append(f"{_who(group, rows)}: {what} (tap {taps}).")
+            for settings, same in _groups(group, lambda r: _tuning(r) if r.kind == "network" else None):
+                what = settings or "settings that record no extraction"
+                sentences.append(f"{_who(same, rows)}: {what} (tap {taps}).")
             continue
         stores = [s for r in group[:1] for s in _stores(r)]
         described = []
@@ -156,6 +155,19 @@ def _features(rows, summaries) -> str:
         fused = " concatenated side by side" if len(described) > 1 else ""
         sentences.append(f"{_who(group, rows)}: features of {'; '.join(described)}{fused}; tap {taps}.")
     return " ".join(sentences)
+
+
+def _tuning(r: ResultRow) -> str:
+    """How a fine-tuned network's own row was trained, from its settings."""
+    s = r.settings
+    sha = f" (sha256 {s['weights_sha256']})" if s.get("weights_sha256") else ""
+    weights = ("randomly initialised weights" if s.get("weights") in (None, "none") else f"weights {s['weights']}{sha}")
+    steps = ", ".join(f"{k.replace('_', ' ')} {s[k]}" for k in ("optimizer", "lr", "momentum", "weight_decay",
+                                                                "schedule", "epochs", "batch_size", "dropout",
+                                                                "class_weight", "augment", "freeze", "loss")
+                      if s.get(k) is not None)
+    return (f"{r.backbone} fine-tuned from {weights} on {s.get('image_size')} px images ({steps}), scored with its "
+            "own softmax")
 
 
 def _params_text(params: dict) -> str:
@@ -223,7 +235,7 @@ def _intervals(rows) -> str:
             sentences.append(f"{_who(group, rows)} record no interval method.")
             continue
         pct = f"{100 * level:.0f}%" if level else "The"
-        sentences.append(f"{_who(group, rows)}: {pct} intervals of each metric's mean by {method}, with the {unit} "
+        sentences.append(f"{_who(group, rows)}: {pct} intervals of each metric by {method}, with the {unit} "
                          f"as the unit ({units} {unit}s).")
     na: dict[str, list[str]] = {}
     for r in rows:
@@ -258,8 +270,8 @@ def _software(summaries) -> str:
         if versions:
             sentences.append(f"{Path(store).name} was extracted with {', '.join(versions)} (as the store records).")
     now = ", ".join(f"{k} {v}" for k, v in installed_versions().items())
-    sentences.append(f"This report was written with {now}; the rows do not record the versions their heads were "
-                     "fitted with.")
+    sentences.append(f"This report was written with {now}; the rows do not record the versions they were "
+                     "computed with.")
     return " ".join(sentences)
 
 
