@@ -66,6 +66,11 @@ def _who(group: list[ResultRow], rows: Sequence[ResultRow]) -> str:
     """``"All rows"`` or ``"Rows a, b"`` (names with their protocols) as the subject of a sentence."""
     if len(group) == len(rows):
         return "All rows" if len(rows) > 1 else "The row"
+    if len(group) > 2:  # a group that is every row of one protocol, backbone or head: named by it
+        for what, key in (("protocol", short_protocol), ("backbone", lambda r: r.backbone), ("head", lambda r: r.head)):
+            values = {key(r) for r in group}
+            if len(values) == 1 and sum(key(r) in values for r in rows) == len(group):
+                return f"The {len(group)} rows of {what} {values.pop()}"
     names = list(dict.fromkeys(f"{r.name} ({short_protocol(r)})" for r in group))
     return f"Row{'s' if len(names) > 1 else ''} {_join(names)}"
 
