@@ -5,6 +5,7 @@ row's confusion matrix and ROC curve (drawn again from the rows) and the trainin
 from __future__ import annotations
 
 import base64
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from featx import csvfiles
 from featx.errors import FeatxError, arg
 from featx.files import write_or_keep
 from featx.report.files import read_results
+from featx.report.methods import methods_html
 from featx.report.notes import (
     IMAGE_LEVEL_NOTE,
     STATS_NOTE,
@@ -34,9 +36,12 @@ from featx.report.notes import (
     protocol_text,
     provenance_suffix,
     selection_note,
+    short_protocol,
 )
-from featx.report.outputs import written_by
+from featx.report.outputs import find_results, written_by
 from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
+from featx.report.sections import intervals_html, subjects_html
+from featx.report.subjects import with_predictions
 from featx.results import ResultRow
 from featx.scoring import check_metric
 
@@ -51,7 +56,10 @@ tr.marked{background:#fff6d5}.flag{font-weight:bold;color:#8b0000}
 .notes p{font-size:88%;color:#444;margin:4px 0}
 figure{margin:10px 0;display:inline-block;vertical-align:top}figcaption{font-size:85%;color:#555;max-width:540px}
 img{max-width:100%;height:auto;border:1px solid #eee}
-section.row{border-top:1px solid #ccc;margin-top:14px}
+section.row{border-top:1px solid #ccc;margin-top:6px}
+section.row summary{cursor:pointer}section.row summary h3{display:inline;font-size:100%}
+nav#contents{background:#f7f7f7;padding:4px 12px;font-size:90%}nav#contents ol ol{columns:2;font-size:90%}
+.methods p{margin:6px 0}#results,#interval-table{display:block;overflow-x:auto}
 """
 
 
@@ -71,17 +79,18 @@ def write_html_report(sources: Sequence[ResultRow | str | Path], out: str | Path
     if out.is_dir():
         raise FeatxError(f"{out} is a folder; {arg('out')} is the HTML file to write, e.g. "
                          f"{arg('out', out / 'report.html')}")
-    rows, runs, names = _gather(sources)
+    rows, runs, names, folders = _gather(sources)
     if not rows:
         raise FeatxError(f"no result rows in {', '.join(names) or 'the sources given'}; point to results.json "
                          f"files written by {written_by('compare', 'classify', 'finetune')} (or their folders)")
-    html = render_html(rows, runs, title=title, sort_by=sort_by, sources=names)
+    html = render_html(rows, runs, title=title, sort_by=sort_by, sources=names, folders=folders)
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_or_keep(out, lambda tmp: tmp.write_text(html, encoding="utf-8"))
 
 
-def _gather(sources) -> tuple[list[ResultRow], list[Path], list[str]]:
-    """The rows of every source, the fine-tuning run folders among them (with a history.csv), their names."""
+def _gather(sources) -> tuple[list[ResultRow], list[Path], list[str], list[Path]]:
+    """The rows of every source (with the out-of-fold predictions their folders hold), the fine-tuning run
+    folders among them (with a history.csv), the sources' names and the folders of their results.json."""
     rows: list[ResultRow] = []
     runs: list[Path] = []
     names: list[str] = []
@@ -92,43 +101,80 @@ def _gather(sources) -> tuple[list[ResultRow], list[Path], list[str]]:
         else:
             paths.append(Path(src))
             names.append(str(src))
-    if paths:
-        rows += read_results(paths)
+    files = find_results(paths) if paths else []
+    for f in files:
+        rows += with_predictions(read_results([f]), f)
     for path in paths:
         folder = path if path.is_dir() else path.parent
         found = sorted({h.parent for h in folder.rglob("history.csv")}) if path.is_dir() else (
             [folder] if (folder / "history.csv").is_file() else [])
         runs += [f for f in found if f not in runs]
-    return rows, runs, names
+    return rows, runs, names, list(dict.fromkeys(f.parent for f in files))
+
+
+def table2_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str:
+    """LEAD HOOK (Table 2): the paper's Table 2 of ``rows`` as HTML; ``""`` leaves the section out. A
+    placeholder: the lead replaces its body by ``featx.report.table2.to_html(pivot_table(...))`` (helper
+    "table2")."""
+    return ""
 
 
 def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: str = "featx report",
-                sort_by: str = "f1_weighted", sources: Sequence[str] = ()) -> str:
+                sort_by: str = "f1_weighted", sources: Sequence[str] = (), folders: Sequence[Path] = ()) -> str:
     """The report's HTML text (see :func:`write_html_report`): figures are drawn into a temporary folder
-    and inlined."""
+    and inlined. ``folders``: the results folders the rows were read from (their run.json names the command
+    in the Methods)."""
     rows = list(rows)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     origin = f" from {escape(', '.join(sources))}" if sources else ""
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{escape(title)}</h1>",
-             f'<p class="meta">featx {escape(featx.__version__)} &middot; written {when} &middot; {len(rows)} '
-             f"row{'s' if len(rows) != 1 else ''}{origin}</p>",
-             "<h2>Results</h2>", results_html(rows, sort_by), notes_html(rows)]
+    positive = _positive(rows)
+    body = []
     with tempfile.TemporaryDirectory(prefix="featx-report-") as tmp:
         draw = _drawer(Path(tmp))
+        body.append(_section("results-section", "Results", results_html(rows, sort_by), notes_html(rows)))
+        if table2 := table2_html(rows, sort_by):  # LEAD HOOK (Table 2): see table2_html
+            body.append(_section("table2", "Table 2", table2))
+        # LEAD HOOK (forest): helper "forest" replaces this comparison chart by the forest plot, drawn by this
+        # same call (and its caption below)
         chart = draw(lambda p: plot_bars(rows, p, sort_by=sort_by, title=title))
-        parts += ["<h2>Comparison</h2>", _figure_html(_Figure(
-            f"Rows sorted by {metric_label(sort_by, _positive(rows))}; hatched rows are IMAGE-LEVEL or OPTIMISTIC.",
-            chart))]
-        parts.append("<h2>Per row: confusion matrix and ROC curve</h2>")
-        for i, r in enumerate(rows, 1):
-            parts.append(_row_section(i, r, draw))
+        body.append(_section("comparison", "Comparison", _figure_html(_Figure(
+            f"Rows sorted by {metric_label(sort_by, positive)}; hatched rows are IMAGE-LEVEL or OPTIMISTIC.",
+            chart))))
+        body.append(_section("intervals", "Every metric with its 95% interval", intervals_html(rows, positive)))
+        figure = lambda plot, caption: _figure_html(_Figure(caption, draw(plot)))  # noqa: E731
+        body.append(_section("subjects", "Per-subject results", subjects_html(rows, figure, sort_by)))
+        body.append(_section("methods", "Methods", "<p class=\"meta\">Written from what the rows, their stores "
+                             "and results folders record; paste and edit.</p>",
+                             methods_html(rows, [*folders, *runs])))
+        body.append(_section("rows", "Per row: confusion matrix and ROC curve",
+                             "<p class=\"meta\">Each row's figures are folded: click a row to open it.</p>",
+                             *[_row_section(i, r, draw) for i, r in enumerate(rows, 1)]))
         curves = [_curves(run, draw) for run in runs]
         if curves:
-            parts += ["<h2>Fine-tuning curves</h2>", *curves]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+            body.append(_section("curves", "Fine-tuning curves", *curves))
+    head = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+            f"<h1>{escape(title)}</h1>",
+            f'<p class="meta">featx {escape(featx.__version__)} &middot; written {when} &middot; {len(rows)} '
+            f"row{'s' if len(rows) != 1 else ''}{origin}</p>", _contents(body, rows)]
+    return "\n".join([*head, *body, "</body></html>"]) + "\n"
+
+
+def _section(anchor: str, heading: str, *parts: str) -> str:
+    return "\n".join([f'<section id="{anchor}"><h2>{escape(heading)}</h2>', *parts, "</section>"])
+
+
+def _contents(body: Sequence[str], rows: Sequence[ResultRow]) -> str:
+    """The table of contents: a link to each section the body holds, and under Per row one to each row."""
+    items = []
+    for section in body:
+        anchor, heading = re.match(r'<section id="([^"]+)"><h2>(.*?)</h2>', section).groups()
+        sub = ""
+        if anchor == "rows":
+            sub = "<ol>" + "".join(f'<li><a href="#row-{i}">{escape(r.name)} ({escape(short_protocol(r))})</a></li>'
+                                   for i, r in enumerate(rows, 1)) + "</ol>"
+        items.append(f'<li><a href="#{anchor}">{heading}</a>{sub}</li>')
+    return '<nav id="contents"><h2>Contents</h2><ol>' + "".join(items) + "</ol></nav>"
 
 
 def _drawer(folder: Path) -> Callable[[Callable[[Path], Path]], bytes]:
@@ -220,8 +266,8 @@ def _row_section(i: int, r: ResultRow, draw) -> str:
              f"positive class: {r.positive}"]
     if r.selection:
         about.append(r.selection)
-    html = [f'<section class="row"><h3>{i}. {escape(r.name)} &mdash; {_marked_protocol(r)}</h3>',
-            f"<p>{escape('; '.join(about))}</p>"]
+    html = [f'<section class="row" id="row-{i}"><details><summary><h3>{i}. {escape(r.name)} &mdash; '
+            f"{_marked_protocol(r)}</h3></summary>", f"<p>{escape('; '.join(about))}</p>"]
     if r.confusion is not None:
         classes = r.classes or [str(k) for k in range(len(r.confusion))]
         png = draw(lambda p: plot_confusion(r.confusion, classes, p, title=title))
@@ -233,7 +279,7 @@ def _row_section(i: int, r: ResultRow, draw) -> str:
         html.append(_figure_html(_Figure(f"ROC curve of {r.name}, positive class {r.positive}", png)))
     if r.confusion is None and not r.roc:
         html.append("<p>(no confusion matrix or ROC curve in this row)</p>")
-    return "\n".join([*html, "</section>"])
+    return "\n".join([*html, "</details></section>"])
 
 
 def read_history(path: str | Path) -> list[dict]:
