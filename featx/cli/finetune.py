@@ -139,8 +139,11 @@ def finetune(
                       "results:", highlight=False)
     console.print(results_table([summary["row"]], title="featx finetune"))
     kept = [Path(summary[k]).name for k in ("best", "last") if summary.get(k)]
-    console.print(f"best epoch {summary['best_epoch']} of {summary['epochs_run']}"
-                  f"{' (stopped early)' if summary['stopped_early'] else ''}; run folder [bold]{summary['out']}[/]: "
+    scored, best = summary["row"].scored_epoch, summary["best_epoch"]
+    holds = "the same epoch" if scored == best else f"epoch {best}"
+    console.print(f"scored epoch {scored} of {summary['epochs_run']}"
+                  f"{' (stopped early)' if summary['stopped_early'] else ''}; best.pt holds {holds} (the weights "
+                  f"extract --weights reads); run folder [bold]{summary['out']}[/]: "
                   f"{', '.join(kept + ['history.csv'])}, {Path(summary['curves']).name}, "
                   f"{Path(summary['confusion']).name}, results.json, provenance.csv")
     skipped = summary.get("skipped") or []

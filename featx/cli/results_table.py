@@ -13,7 +13,7 @@ from rich.table import Table
 
 from featx.cli.app import console, flag
 from featx.errors import spoken_as
-from featx.report.notes import protocol_title
+from featx.report.notes import epoch_notes, protocol_title
 from featx.report.table import (
     TERMINAL_METRICS,
     cell_text,
@@ -138,5 +138,7 @@ def print_rows(rows, paths=None, title="featx", run=None) -> None:
     if run and run["backend"] != "loky":
         console.print(f"[dim]ran on {run['backend']} ({run['cluster']} cluster {escape(str(run['scheduler']))}, "
                       f"{run['workers']} worker{'s' if run['workers'] != 1 else ''})[/]")
+    for line in epoch_notes(rows):
+        console.print(f"[dim]{escape(line)}[/]")
     if paths:
         console.print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -9,6 +9,7 @@ from featx.report.notes import (
     TABLE_METRICS,
     difference_note,
     difference_text,
+    epoch_notes,
     excluded_notes,
     flagged_protocol,
     format_pct,
@@ -78,6 +79,7 @@ def results_markdown(rows: Sequence[ResultRow]) -> str:
     if note := selection_note(rows):
         md += [note, ""]
     md += [f"{line}.\n" for line in selection_choices(rows)]
+    md += [f"{line}.\n" for line in epoch_notes(rows)]
     md += [f"PARTIAL: {note}.\n" for note in partial_notes(rows)]
     md += [f"{note}.\n" for note in excluded_notes(rows)]
     if note := difference_note(rows):

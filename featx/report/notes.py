@@ -255,6 +255,12 @@ def _row_phrase(row: ResultRow) -> str:
 _FOLD_KINDS = {"subject": "subject-grouped", "hybrid": "subject-grouped", "image": "image-level", "fold": "given"}
 
 
+def epoch_notes(rows: Sequence[ResultRow]) -> list[str]:
+    """Which epoch each fine-tuned network's row scores and which epoch its best.pt holds (the checkpoint whose
+    features a tuned store holds), one line per such row: its ``selection``."""
+    return [f"{r.name}: {r.selection}" for r in rows if r.head is None and r.selection]
+
+
 def excluded_notes(rows: Sequence[ResultRow]) -> list[str]:
     """One line per distinct name whose store recorded unreadable images (left out of its rows)."""
     seen = dict.fromkeys((r.name, r.excluded_images) for r in rows if r.excluded_images)
