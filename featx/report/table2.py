@@ -299,3 +299,11 @@ def to_html(table: Table2) -> str:
 
 
 FORMATS = {"md": to_markdown, "latex": to_latex, "csv": to_csv, "html": to_html}
+SUFFIXES = {".md": "md", ".markdown": "md", ".tex": "latex", ".csv": "csv", ".html": "html", ".htm": "html"}
+
+
+def format_table(table: Table2, fmt: str) -> str:
+    """``table`` written in ``fmt``: ``md``, ``latex``, ``csv`` or ``html`` (:data:`FORMATS`)."""
+    if fmt not in FORMATS:
+        raise FeatxError(f"{arg('fmt', fmt)}: not a table format; choose one of {', '.join(FORMATS)}")
+    return FORMATS[fmt](table)
