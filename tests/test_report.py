@@ -177,8 +177,8 @@ def test_featx_table_merges_results_json_files_and_folders_old_and_new(tmp_path,
     result, text = invoke("table", tmp_path / "cmp", tmp_path / "run" / "results.json", "--title", "merged",
                           "--out", tmp_path / "all")
     assert result.exit_code == 0, text
-    assert "merged" in text and "vgg16/fc7 + svm subject 5-fold 87.12 ± 3.10" in text
-    assert "* IMAGE-LEVEL 5-fold 97.44 ± 1.20" in text and "cnn fine-tuned held-out val 70.00" in text
+    assert "merged" in text and "vgg16/fc7 + svm cmp subject 5-fold 87.12 ± 3.10" in text  # cmp: its source folder
+    assert "cmp * IMAGE-LEVEL 5-fold 97.44 ± 1.20" in text and "cnn fine-tuned run held-out val 70.00" in text
     merged = read_json(tmp_path / "all" / "results.json")
     assert merged[:2] == ROWS and merged[2].name == "cnn fine-tuned" and merged[2].head is None
     assert (tmp_path / "all" / "comparison.png").is_file()

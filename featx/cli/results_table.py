@@ -31,8 +31,8 @@ _NAME_MIN = 14
 _PIECE_MAX = 24  # a name's longest unbreakable piece widens its column up to this (longer ones fold)
 
 
-def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare", *, width: int | None = None
-                  ) -> Table:
+def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare", *, width: int | None = None,
+                  sources: Sequence[str] = ()) -> Table:
     """A rich Table: name, protocol, then accuracy, precision, recall, F1, the weighted F1 (the challenge's
     metric) and ROC-AUC (%, ``mean ± sd`` over folds; the title says which protocol), and, for compared rows,
     Δ: the paired difference from the protocol's reference row with its 95% interval and ``≈`` when the
@@ -43,19 +43,21 @@ def results_table(rows: Sequence[ResultRow], title: str | None = "featx compare"
     recall and F1 in that order and says so under the table. Names wrap after ``/``, ``+``, ``[`` and spaces
     (never inside a word), protocols at spaces; numbers never do. When a cell takes several lines, a blank
     line separates the rows.
+    ``sources``: each row's results folder (``featx table`` over several), a Source column after the name.
     """
-    rows = list(rows)
+    rows, sources = list(rows), list(sources)
     delta = delta_column(rows)
     if width is None:  # every column on one line; laid out again for the console that prints it
-        table = _build(_FitsConsole, rows, title, [*TERMINAL_METRICS, *delta], stacked=False, width=None)
-        table.fit_args = (rows, title)
+        table = _build(_FitsConsole, rows, title, [*TERMINAL_METRICS, *delta], stacked=False, width=None,
+                       sources=sources)
+        table.fit_args = (rows, title, sources)
         return table
     for stacked, metrics in layouts():
-        table = _build(Table, rows, title, [*metrics, *delta], stacked=stacked, width=width)
+        table = _build(Table, rows, title, [*metrics, *delta], stacked=stacked, width=width, sources=sources)
         if table is not None:
             return table
     # narrower than accuracy and wF1 with the shortest names (about 50 columns): the narrowest layout
-    return _build(Table, rows, title, [*metrics, *delta], stacked=True, width=width, force=True)
+    return _build(Table, rows, title, [*metrics, *delta], stacked=True, width=width, force=True, sources=sources)
 
 
 class _FitsConsole(Table):
@@ -64,17 +66,19 @@ class _FitsConsole(Table):
     fit_args: tuple = ()
 
     def __rich_console__(self, console, options):
-        yield results_table(*self.fit_args, width=options.max_width)
+        rows, title, sources = self.fit_args
+        yield results_table(rows, title, width=options.max_width, sources=sources)
 
     def __rich_measure__(self, console, options):
-        return Measurement.get(console, options, results_table(*self.fit_args, width=options.max_width))
+        rows, title, sources = self.fit_args
+        return Measurement.get(console, options, results_table(rows, title, width=options.max_width, sources=sources))
 
 
 def _width(texts) -> int:
     return max((cell_len(line) for t in texts for line in t.split("\n")), default=1)
 
 
-def _build(cls, rows, title, metrics, *, stacked, width, force=False):
+def _build(cls, rows, title, metrics, *, stacked, width, force=False, sources=()):
     """The table of ``rows`` with these metric columns, or None when it does not fit in ``width``."""
     cells = [[cell_text(r, m, stacked) for m, _ in metrics] for r in rows]
     num_widths = [_width([h, *(c[i] for c in cells)]) for i, (_, h) in enumerate(metrics)]
@@ -82,7 +86,8 @@ def _build(cls, rows, title, metrics, *, stacked, width, force=False):
     name_w, proto_w = _width(["Model", *names]), _width(["Protocol", *protocols])
     name_col, proto_col = None, None  # fixed widths of the wrapping columns when the natural ones do not fit
     if width is not None:
-        spare = width - sum(num_widths) - _overhead(len(metrics) + 2)
+        source_w = _width(["Source", *sources]) if sources else 0
+        spare = width - sum(num_widths) - source_w - _overhead(len(metrics) + 2 + bool(sources))
         longest = max((cell_len(w) for p in protocols for w in p.split()), default=1)
         piece = max((len(p.strip()) for n in names for p in name_pieces(n)), default=1)
         name_min, proto_min = max(_NAME_MIN, min(piece, _PIECE_MAX)), max(_MARKER_WIDTH, min(longest, 16))
@@ -106,11 +111,13 @@ def _build(cls, rows, title, metrics, *, stacked, width, force=False):
                 caption="\n".join(captions), caption_style="dim", box=box.SIMPLE_HEAD, pad_edge=False,
                 show_lines=several_lines)
     table.add_column("Model", style="bold", overflow="fold", width=name_col)
+    if sources:
+        table.add_column("Source", overflow="fold")
     table.add_column("Protocol", overflow="fold", width=proto_col)
     for (_, header), w in zip(metrics, num_widths):
         table.add_column(header, justify="right", no_wrap=True, min_width=w)
-    for r, name, protocol, row_cells in zip(rows, names, protocols, cells):
-        table.add_row(escape(name), escape(protocol), *row_cells,
+    for i, (r, name, protocol, row_cells) in enumerate(zip(rows, names, protocols, cells)):
+        table.add_row(escape(name), *([escape(sources[i])] if sources else []), escape(protocol), *row_cells,
                       style="yellow" if r.marked or r.partial else None)
     return table
 

@@ -38,12 +38,14 @@ from featx.report.outputs import (
 )
 from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
 from featx.report.table import TERMINAL_METRICS
+from featx.report.table2 import Cell, Table2, pivot_table, to_csv, to_html, to_latex, to_markdown
 
 __all__ = ["IMAGE_LEVEL_NOTE", "MANIFEST", "OPTIMISTIC_NOTE", "PREDICTION_COLUMNS", "STATS_NOTE", "TABLE_METRICS",
-           "TERMINAL_METRICS", "MergedResults", "check_out", "claimed", "clobber", "excluded_notes", "find_results",
-           "format_pct", "free_folder", "markdown_table", "merge_results", "metric_label", "partial_notes",
-           "plot_bars", "plot_confusion", "plot_history", "plot_roc", "protocol_text", "protocol_title",
-           "read_results", "refuse_results_folder", "results_commit", "results_markdown", "short_protocol", "slug",
-           "write_html_report", "write_manifest", "write_predictions", "write_results"]
+           "TERMINAL_METRICS", "Cell", "MergedResults", "Table2", "check_out", "claimed", "clobber", "excluded_notes",
+           "find_results", "format_pct", "free_folder", "markdown_table", "merge_results", "metric_label",
+           "partial_notes", "pivot_table", "plot_bars", "plot_confusion", "plot_history", "plot_roc", "protocol_text",
+           "protocol_title", "read_results", "refuse_results_folder", "results_commit", "results_markdown",
+           "short_protocol", "slug", "to_csv", "to_html", "to_latex", "to_markdown", "write_html_report",
+           "write_manifest", "write_predictions", "write_results"]
 
 callable_module(__name__, "write_html_report")  # featx.report(...) (see featx/__init__.py)

@@ -15,7 +15,7 @@ from featx.report.notes import protocol_text, provenance_suffix, slug
 from featx.report.outputs import claimed, find_results, results_commit, write_manifest, written_by
 from featx.report.plots import plot_bars, plot_confusion, plot_roc
 from featx.results import ResultRow, read_json, write_csv, write_json
-from featx.row_names import unique_names, untagged
+from featx.row_names import TAG, tag_names, unique_names, untagged
 
 PREDICTION_COLUMNS = ("path", "subject", "fold", "y_true", "y_pred", "score")
 SEARCH_COLUMNS = ("fold", "params", "mean_test_score", "std_test_score", "rank_test_score", "chosen")
@@ -138,18 +138,75 @@ def read_results(sources: Sequence) -> list[ResultRow]:
 @dataclass(frozen=True)
 class MergedResults:
     """What :func:`merge_results` returns."""
-    rows: list[ResultRow]                                   # every row read, told apart by name
+    rows: list[ResultRow]                                   # every row read once, told apart by name
     paths: dict[str, Path] = field(default_factory=dict)    # the files written to ``out`` by kind ({}: none)
+    # the same rows with the names their own results.json gave them (a pivot tells them apart by source)
+    as_read: list[ResultRow] = field(default_factory=list)
+    # each row's results folder, in the shortest form that tells the folders apart; [] when all share one
+    sources: list[str] = field(default_factory=list)
+
+
+# Fields that differ between two runs of the same computation (its timings, and its paired difference from
+# the other rows of its own results set): rows equal but for these are one row read twice.
+_RUN_FIELDS = ("fit_seconds", "wall_seconds", "comparison")
+
+
+def row_identity(row: ResultRow) -> tuple:
+    """What makes two rows the same row read twice: the name its results set gave it (without a tag
+    :func:`merge_results` added), its protocol and its whole record, but for its timings and its comparison
+    (e.g. the same store x tap x head x protocol run by ``compare`` and again by ``classify``)."""
+    record = row.to_dict()
+    for key in _RUN_FIELDS:
+        record.pop(key, None)
+    record["name"] = untagged(row)
+    record["settings"] = {k: v for k, v in (record.get("settings") or {}).items() if k != TAG}
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+def dedupe_rows(rows: Sequence[ResultRow], origins: Sequence[Path]) -> list[int]:
+    """The indices of ``rows`` to keep, in order: each row once (``origins``: the results.json each was read
+    from). A row is read twice when its results file is reached by two paths (same resolved file, name and
+    protocol) or when another results file holds the same row (:func:`row_identity`); the first is kept, or the
+    first that carries a ``comparison`` when only a later copy does."""
+    first: dict = {}
+    keep: list[int] = []
+    for i, (r, origin) in enumerate(zip(rows, origins)):
+        for key in ((str(Path(origin).resolve()), r.name, r.protocol), row_identity(r)):
+            if key in first:
+                j = first[key]
+                if rows[keep[j]].comparison is None and r.comparison is not None:
+                    keep[j] = i
+                break
+        else:
+            first[(str(Path(origin).resolve()), r.name, r.protocol)] = first[row_identity(r)] = len(keep)
+            keep.append(i)
+    return keep
+
+
+def source_labels(origins: Sequence[Path]) -> list[str]:
+    """The folder of each results file in the shortest form that tells the folders apart (``compare``,
+    ``runs/cnn``); [] when every file is in one folder."""
+    folders = [str(Path(o).resolve().parent) for o in origins]
+    distinct = list(dict.fromkeys(folders))
+    if len(distinct) < 2:
+        return []
+    labels = dict(zip(distinct, tag_names([0] * len(distinct), [()] * len(distinct), distinct)))
+    return [str(labels[f]) for f in folders]
 
 
 def merge_results(sources: Sequence, out=None, *, plots: bool = True, overwrite: bool = False) -> MergedResults:
-    """``featx table``: the rows of every results.json ``sources`` name (:func:`read_results`; rows of one name
-    and protocol told apart by their stores or folders, :func:`featx.row_names.unique_names`) and, with
-    ``out``, those rows written there as one results folder (refused when ``out`` holds another command's
-    results, unless ``overwrite``). Returns a :class:`MergedResults`."""
+    """``featx table``: the rows of every results.json ``sources`` name (:func:`read_results`), each row once
+    (:func:`dedupe_rows`: a folder and its parent, a file reached by two paths, the same row in two results
+    files), rows of one name and protocol told apart by their stores or folders
+    (:func:`featx.row_names.unique_names`) and, with ``out``, those rows written there as one results folder
+    (refused when ``out`` holds another command's results, unless ``overwrite``). Returns a
+    :class:`MergedResults` (with each row's source folder when they come from several)."""
     files = find_results(sources)
-    per_file = [(f, read_results([f])) for f in files]
-    rows = unique_names([r for _, rs in per_file for r in rs], origins=[f for f, rs in per_file for _ in rs])
+    read = [(f, r) for f in files for r in read_results([f])]
+    kept = [read[i] for i in dedupe_rows([r for _, r in read], [f for f, _ in read])]
+    as_read = [r for _, r in kept]
+    origins = [f for f, _ in kept]
+    rows = unique_names(as_read, origins=origins)
     grid = {"sources": [str(f.resolve()) for f in files]}
     paths = {}
     if out is not None:
@@ -159,4 +216,4 @@ def merge_results(sources: Sequence, out=None, *, plots: bool = True, overwrite:
                 results_commit(out):
             paths = write_results(rows, out, plots=plots)
             write_manifest(out, "table", grid, len(rows))
-    return MergedResults(rows=rows, paths=paths)
+    return MergedResults(rows=rows, paths=paths, as_read=as_read, sources=source_labels(origins))
