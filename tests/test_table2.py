@@ -205,3 +205,13 @@ def test_featx_table_of_two_folders_shows_the_source_column(tmp_path, monkeypatc
     result, text = invoke("table", tmp_path / "a", tmp_path / "b")
     assert result.exit_code == 0 and "Model Source Protocol" in text
     assert "vgg16/fc7 + svm a subject 5-fold 87.10" in text and "vgg16/fc7 + svm b * IMAGE-LEVEL" in text
+
+
+def test_the_html_report_holds_table_2():
+    from featx.report.html import render_html  # deferred: only this test draws a report
+
+    rows = rows_of()
+    page = render_html(rows, title="t")
+    assert '<section id="table2"' in page and 'href="#table2"' in page  # a section, in the contents
+    section = page.split('<section id="table2"', 1)[1].split("</section>", 1)[0]
+    assert section.count('class="featx-table2"') == 1 and section.count("<strong>") == len(PROTOCOLS)

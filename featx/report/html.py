@@ -42,6 +42,7 @@ from featx.report.outputs import find_results, written_by
 from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
 from featx.report.sections import intervals_html, subjects_html
 from featx.report.subjects import with_predictions
+from featx.report.table2 import pivot_table, to_html
 from featx.results import ResultRow
 from featx.scoring import check_metric
 
@@ -113,10 +114,9 @@ def _gather(sources) -> tuple[list[ResultRow], list[Path], list[str], list[Path]
 
 
 def table2_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str:
-    """LEAD HOOK (Table 2): the paper's Table 2 of ``rows`` as HTML; ``""`` leaves the section out. A
-    placeholder: the lead replaces its body by ``featx.report.table2.to_html(pivot_table(...))`` (helper
-    "table2")."""
-    return ""
+    """The paper's Table 2 of ``rows``: protocols as columns, the ``sort_by`` metric with its interval, the best
+    of each column in bold, ``≈ best`` marked, marks as footnotes (:func:`featx.report.table2.pivot_table`)."""
+    return to_html(pivot_table(rows, metric=sort_by))
 
 
 def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: str = "featx report",
@@ -132,7 +132,7 @@ def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: 
     with tempfile.TemporaryDirectory(prefix="featx-report-") as tmp:
         draw = _drawer(Path(tmp))
         body.append(_section("results-section", "Results", results_html(rows, sort_by), notes_html(rows)))
-        if table2 := table2_html(rows, sort_by):  # LEAD HOOK (Table 2): see table2_html
+        if table2 := table2_html(rows, sort_by):
             body.append(_section("table2", "Table 2", table2))
         # LEAD HOOK (forest): helper "forest" replaces this comparison chart by the forest plot, drawn by this
         # same call (and its caption below)
