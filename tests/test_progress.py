@@ -64,4 +64,29 @@ def test_compare_quiet_prints_no_progress(cnn_store, tmp_path):
     assert "cnn/fc: logistic under subject" in text
     result, text = invoke(*args, "-q", "--out", tmp_path / "quiet")
     assert result.exit_code == 0, text
-    assert "under subject" not in text and "fits" not in text and "cnn/fc + logistic" in text
+    assert text.startswith(" featx compare (mean")  # the table first
+    assert "under subject" not in text and "fits" not in text
+
+
+def test_classify_draws_a_bar_over_its_fits_on_a_terminal(cnn_store, tmp_path, monkeypatch):
+    """On a terminal stderr the bar counts the fits (3 folds), with a rate and an ETA; -q draws nothing."""
+    import importlib
+    import io
+
+    from rich.console import Console
+
+    cli = importlib.import_module("featx.cli.app")
+
+    args = ["classify", cnn_store, "--head", "logistic", "--cv", "subject", "--folds", "3", "--jobs", "1",
+            "--no-plots"]
+    for quiet, out in ((False, "loud"), (True, "quiet")):
+        screen = io.StringIO()
+        monkeypatch.setattr(cli, "err_console", Console(file=screen, force_terminal=True, width=120))
+        result, text = invoke(*args, *(["-q"] if quiet else []), "--out", tmp_path / out)
+        assert result.exit_code == 0, text
+        drawn = screen.getvalue()
+        if quiet:
+            assert drawn == ""
+        else:
+            assert "fits" in drawn and "3/3" in drawn and "fit/s" in drawn and "ETA" in drawn, drawn
+            assert "cnn/fc (subject)" in drawn
