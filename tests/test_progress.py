@@ -10,7 +10,6 @@ import pytest
 from cli_helpers import invoke
 
 from featx.evaluation import compare
-from featx.evaluation.progress import FitEvent
 
 GRID = dict(heads=["logistic", "knn"], taps=["fc"], jobs=1, seed=0)
 
@@ -31,7 +30,7 @@ def test_every_fit_of_a_compare_grid_is_one_event_counted_over_the_whole_grid(cn
     3 folds are known only once it is split (counted as 2 until then), so the total grows once, to 20."""
     a = shutil.copy(cnn_stores(0), tmp_path / "a.h5")
     b = cnn_stores(1)
-    events: list[FitEvent] = []
+    events: list = []
     rows = compare([a, b], cv=["subject", "fold"], n_folds=2, on_fit=events.append, **GRID)
     assert [e.done for e in events] == list(range(1, 21))
     assert events[-1].total == 20 and all(e.total <= 20 for e in events)
@@ -48,7 +47,7 @@ def test_every_fit_of_a_compare_grid_is_one_event_counted_over_the_whole_grid(cn
 def test_fits_finishing_out_of_order_in_a_process_pool_keep_their_rows(cnn_store):
     """Two loky workers stream their fits as they finish (joblib's generator_unordered); each result is mapped
     back to its head and fold: the same rows as the ordered pool of one process."""
-    events: list[FitEvent] = []
+    events: list = []
     grid = dict(GRID, heads=["logistic", "knn", "svm"], jobs=2)
     rows = compare([cnn_store], cv="subject", n_folds=3, on_fit=events.append, **grid)
     assert sorted(e.done for e in events) == list(range(1, 10)) and {e.total for e in events} == {9}
