@@ -29,6 +29,7 @@ from featx.cli.options import (
     Param,
     Positive,
     Preprocess,
+    Quiet,
     Scheduler,
     SearchMethod,
     SearchMetric,
@@ -41,6 +42,7 @@ from featx.cli.parsing import (
     parse_stores,
     parse_taps,
 )
+from featx.cli.progress import FitBar
 from featx.cli.results_table import print_rows
 from featx.errors import FeatxError
 
@@ -89,6 +91,7 @@ def classify(
     no_plots: NoPlots = False,
     optimistic: Optimistic = False,
     allow_partial: AllowPartial = False,
+    quiet: Quiet = False,
 ) -> None:
     """Evaluate one head on one store (or fused stores/taps); print and write the metrics.
 
@@ -109,13 +112,13 @@ def classify(
     if save and own and not no_skops:
         console.print(f"[yellow]note:[/] {escape(get_head(head).name)} is an estimator of your own: the model is "
                       "saved as .joblib only (a .skops copy holds only the types of featx's registered heads)")
-    result = run_classify(stores, head, tap=taps, cv=cv, n_folds=folds, seed=seed,
-                          jobs=jobs, eval_set=eval_set, positive=positive, preprocess=parse_preprocess(preprocess),
-                          class_weight=class_weight, device=device, params=params, search=nested,
-                          out=out, overwrite=force, save=save, skops=save and not no_skops and not own,
-                          plots=not no_plots, backend=backend, scheduler=scheduler,
-                          allow_optimistic=optimistic, allow_partial=allow_partial,
-                          drop_unknown_subjects=drop_unknown_subjects)
+    with FitBar(quiet) as bar:
+        result = run_classify(stores, head, tap=taps, cv=cv, n_folds=folds, seed=seed, jobs=jobs, eval_set=eval_set,
+                              positive=positive, preprocess=parse_preprocess(preprocess), class_weight=class_weight,
+                              device=device, params=params, search=nested, out=out, overwrite=force, save=save,
+                              skops=save and not no_skops and not own, plots=not no_plots, backend=backend,
+                              scheduler=scheduler, allow_optimistic=optimistic, allow_partial=allow_partial,
+                              drop_unknown_subjects=drop_unknown_subjects, on_fit=bar)
     row = result.row
     print_rows([row], result.paths, title="featx classify", run=result.run)
     accuracy = row.scores["accuracy"]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from featx.cli.app import app, console, on_interrupt, user_errors
+from featx.cli.app import app, on_interrupt, user_errors
 from featx.cli.options import (
     CV_HELP,
     EVALUATION,
@@ -27,6 +27,7 @@ from featx.cli.options import (
     Param,
     Positive,
     Preprocess,
+    Quiet,
     Scheduler,
     SearchMethod,
     SearchMetric,
@@ -44,6 +45,7 @@ from featx.cli.parsing import (
     parse_store_groups,
     parse_tap_groups,
 )
+from featx.cli.progress import FitBar
 from featx.cli.results_table import print_rows
 
 
@@ -88,6 +90,7 @@ def compare(
     select: Select = None,
     sort_by: SortBy = "f1_weighted",
     vs: Versus = None,
+    quiet: Quiet = False,
 ) -> None:
     """Every head on every store x tap under every protocol: the study's Table 2 for any grid, each row with
     its paired difference from its protocol's best row."""
@@ -103,6 +106,7 @@ def compare(
                       params=params, search=nested, backend=backend, scheduler=scheduler,
                       allow_optimistic=optimistic, allow_partial=allow_partial,
                       drop_unknown_subjects=drop_unknown_subjects, select=select, sort_by=sort_by, vs=vs)
-    result = run_compare(plan, out=out or default_out("compare", plan), overwrite=force, plots=not no_plots,
-                         progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+    with FitBar(quiet) as bar:
+        result = run_compare(plan, out=out or default_out("compare", plan), overwrite=force, plots=not no_plots,
+                             progress=bar.say, on_fit=bar)
     print_rows(result.rows, result.paths, title="featx compare", run=result.run)

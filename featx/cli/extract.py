@@ -24,7 +24,7 @@ from featx.cli.options import (
     Workers,
 )
 from featx.cli.parsing import parse_extract_taps
-from featx.cli.store_summary import print_summary, warn_skipped
+from featx.cli.store_summary import print_brief, print_summary, warn_skipped
 from featx.store import summarize
 
 
@@ -61,6 +61,9 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed of random initialisation with --weights none.",
                                       rich_help_panel=NETWORK)] = 0,
     quiet: Quiet = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print the store's whole summary (taps described, "
+                                                                 "rows per split and class), as `featx info`.",
+                                          rich_help_panel=OUTPUT)] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when an image or folder cannot be read "
                                                           "(default: skip it, record it in the store, warn).",
                                          rich_help_panel=DATA)] = False,
@@ -97,7 +100,7 @@ def extract(
     if launch is not None and launch.rank != 0:
         return  # rank 0 prints the merged store
     summary = summarize(path)
-    print_summary(summary)
+    (print_summary if verbose else print_brief)(summary)
     warn_skipped(summary)
 
 

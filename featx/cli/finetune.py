@@ -1,12 +1,13 @@
 """`featx finetune`: train a whole backbone end to end (the reference study's protocol with --preset paper)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from featx.cli.app import app, console, err_console, flag, interrupted, loads_torch, on_interrupt, user_errors
 from featx.cli.options import (
@@ -168,12 +169,14 @@ class _Progress:
         self.bar = None
         self.task = None
         self.task_epoch = None
+        self.epoch_start = 0.0
         self.last_epoch: int | None = None  # the last epoch saved in last.pt
 
     def __enter__(self):
         if not self.quiet:
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console,
+                                TextColumn("{task.fields[rate]} batch/s  loss {task.fields[loss]}"),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
                                 transient=True)
             self.bar.__enter__()
         return self
@@ -199,9 +202,10 @@ class _Progress:
             if self.task_epoch != info["epoch"]:
                 if self.task is not None:
                     self.bar.remove_task(self.task)
-                self.task = self.bar.add_task(f"epoch {info['epoch']}", total=info["steps"], loss="-")
-                self.task_epoch = info["epoch"]
-            self.bar.update(self.task, completed=info["step"], loss=f"{info['loss']:.4f}")
+                self.task = self.bar.add_task(f"epoch {info['epoch']}", total=info["steps"], loss="-", rate="-")
+                self.task_epoch, self.epoch_start = info["epoch"], time.perf_counter()
+            rate = info["step"] / max(time.perf_counter() - self.epoch_start, 1e-9)
+            self.bar.update(self.task, completed=info["step"], loss=f"{info['mean_loss']:.4f}", rate=f"{rate:.2f}")
         elif kind == "epoch":
             self.last_epoch = info["epoch"]
             best = " *" if info["best_epoch"] == info["epoch"] else ""

@@ -32,6 +32,7 @@ from featx.cli.options import (
     Positive,
     Preprocess,
     Preset,
+    Quiet,
     Schedule,
     Seed,
     StartWeights,
@@ -41,6 +42,7 @@ from featx.cli.options import (
     Workers,
 )
 from featx.cli.parsing import parse_name_list, parse_params, parse_preprocess, parse_tap_groups
+from featx.cli.progress import Bar
 from featx.cli.results_table import results_table
 
 
@@ -93,6 +95,7 @@ def hybrid(
     device: Device = "auto",
     workers: Workers = None,
     no_plots: NoPlots = False,
+    quiet: Quiet = False,
 ) -> None:
     """Fine-tune, extract and fit heads inside each outer subject fold: the honest hybrid protocol.
 
@@ -116,9 +119,11 @@ def hybrid(
                               weights_never_saw_images=weights_never_saw_images)
     heads_settings = HeadSettings(preprocess=parse_preprocess(preprocess), params=parse_params(param, head_names),
                                   class_weight=class_weight, device=device, seed=seed)
-    result = run_hybrid(data, out, backbone=backbone, heads=head_names, taps=parse_tap_groups(taps),
-                        folds=Hybrid(folds, seed), heads_settings=heads_settings, finetune=tuning, positive=positive,
-                        jobs=jobs, device=device, workers=workers, plots=not no_plots, callback=_progress)
+    with _Progress(quiet) as progress:
+        result = run_hybrid(data, out, backbone=backbone, heads=head_names, taps=parse_tap_groups(taps),
+                            folds=Hybrid(folds, seed), heads_settings=heads_settings, finetune=tuning,
+                            positive=positive, jobs=jobs, device=device, workers=workers, plots=not no_plots,
+                            callback=progress)
     rows = result.rows
     console.print(results_table(rows, title="featx hybrid"))
     note = rows[0].settings.get("cv_note")
@@ -134,12 +139,36 @@ def _pct(value) -> str:
     return "nan" if value is None else f"{100 * value:.1f}"
 
 
-def _progress(event: str, info: dict) -> None:
-    """One line per fold and per fine-tuning epoch."""
+class _Progress:
+    """One line per fold and per fine-tuning epoch, a bar over the heads' fits; warnings alone with -q."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar: Bar | None = None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "warning":
+            print_warning(info)
+        elif event == "fit":
+            self.bar.update(info["done"], info["total"], f"heads on {info['tap']}")
+        elif not self.quiet:
+            _line(event, info)
+        if event == "heads":  # a bar per tap's grid
+            if self.bar is not None:
+                self.bar.__exit__(None, None, None)
+            self.bar = Bar("fit", self.quiet).__enter__()
+
+
+def _line(event: str, info: dict) -> None:
     where = f"fold {info['fold']}/{info['n_folds']}" if info.get("fold") else "all folds"
-    if event == "warning":
-        print_warning(info)
-    elif event == "fold":
+    if event == "fold":
         if info["status"] == "start":
             console.print(f"[bold]{where}[/]: fine-tuning on {info['n_train']} images of "
                           f"{len(info['train_subjects'])} subjects, testing on {info['n_test']} images of subjects "

@@ -8,6 +8,8 @@ import typer
 from rich.markup import escape
 
 from featx.cli.app import INTERRUPT_LINES, app, console, on_interrupt, user_errors
+from featx.cli.options import Quiet
+from featx.cli.progress import Bar
 from featx.cli.store_summary import print_summary, warn_skipped
 from featx.store import merge_stores, summarize
 
@@ -22,13 +24,22 @@ def merge(
                                                             "the features: the parts must stay beside OUT.")]
     = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Join shard stores into the store a single `featx extract` would have written.
 
     Checks that the parts were made with the same settings from the same data, are finished, and hold every
     row exactly once; OUT is written whole (through OUT.tmp) or not at all. The parts are left in place.
     """
-    path = merge_stores(parts, out, virtual=virtual, overwrite=force)
+    rows = 0
+
+    def on_part(i: int, n: int, part_rows: int) -> None:
+        nonlocal rows
+        rows += part_rows
+        bar.update(i, n, f"merge -> {out.name}", amount=rows)
+
+    with Bar("part", quiet, rate_unit="row") as bar:
+        path = merge_stores(parts, out, virtual=virtual, overwrite=force, on_part=on_part)
     how = "virtual: its features are read from the parts, keep them beside it" if virtual else "copied"
     console.print(f"merged {len(parts)} parts into {escape(str(path))} ({how})", highlight=False, soft_wrap=True)
     summary = summarize(path)

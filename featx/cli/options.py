@@ -47,7 +47,8 @@ Workers = Annotated[int | None, typer.Option(help="Decode worker processes; 0: t
                                                     "network waits), every core but one (at most 32; under torchrun, "
                                                     "of the rank's share) on CUDA; when "
                                                     "training: cores - 1, at most 4.", rich_help_panel=RUN)]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUTPUT)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no progress lines: results and "
+                                                         "warnings only.", rich_help_panel=OUTPUT)]
 Positive = Annotated[str | None, typer.Option(
     help="Positive class of precision, recall, F1 and ROC (default: all, when present).",
     rich_help_panel=EVALUATION)]

@@ -141,7 +141,12 @@ def print_rows(rows, paths=None, title="featx", run=None) -> None:
         note = r.settings.get("cv_note")
         if note and note not in shown:
             shown.add(note)
-            console.print(f"[dim]{escape(str(r.backbone))}/{escape(str(r.tap))} ({r.protocol}): {escape(note)}[/]")
+            sets = {x.name.rsplit(" + ", 1)[0] for x in rows if x.protocol == r.protocol}
+            noted = {x.name.rsplit(" + ", 1)[0] for x in rows if x.protocol == r.protocol
+                     and x.settings.get("cv_note") == note}
+            who = (f"all {len(sets)} feature sets" if len(sets) > 1 and noted == sets
+                   else f"{escape(str(r.backbone))}/{escape(str(r.tap))}")
+            console.print(f"[dim]{who} ({r.protocol}): {escape(note)}[/]")
     if run and run["backend"] != "loky":
         console.print(f"[dim]ran on {run['backend']} ({run['cluster']} cluster {escape(str(run['scheduler']))}, "
                       f"{run['workers']} worker{'s' if run['workers'] != 1 else ''})[/]")

@@ -10,11 +10,21 @@ from featx.results import WEIGHTS_MARKS
 from featx.store import StoreSummary
 
 
+def _head(s: StoreSummary) -> str:
+    st = s.settings
+    return (f"[bold]{escape(s.file)}[/]  {st.get('backbone')}  weights={escape(str(st.get('weights')))}  "
+            f"input={st.get('input_size')}px  {s.done}/{s.samples} rows done, {s.subjects} subjects, {s.errors} errors")
+
+
+def print_brief(s: StoreSummary) -> None:
+    """The summary's first line and the taps, on one line (`featx extract` without -v)."""
+    taps = ", ".join(f"{tap} ({v['dim']})" for tap, v in s.taps.items())
+    console.print(f"{_head(s)}; taps {escape(taps)}", soft_wrap=True)
+
+
 def print_summary(s: StoreSummary) -> None:
     st = s.settings
-    console.print(f"[bold]{s.file}[/]  {st.get('backbone')}  weights={st.get('weights')}  "
-                  f"input={st.get('input_size')}px  {s.done}/{s.samples} rows done, "
-                  f"{s.subjects} subjects, {s.errors} errors")
+    console.print(_head(s))
     console.print("taps:")
     for tap, v in s.taps.items():
         text = v.get("description") or "(not described: a store made before featx described its taps)"

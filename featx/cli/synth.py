@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from featx.cli.app import INTERRUPT_LINES, app, console, on_interrupt, user_errors
 from featx.data.synth import synthesize
@@ -38,6 +39,9 @@ def synth(
         help="Side of each square BMP in pixels (real data: 450).")] = _SYNTH["image_size"],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes identical files.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace C-NMC folders already in OUT.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print what was written (counts per split and class, "
+                                                         "subjects per split) as JSON instead of one line.")]
+    = False,
 ) -> None:
     """Write a synthetic C-NMC 2019 tree (training folds, preliminary test with labels CSV, final test).
 
@@ -47,5 +51,16 @@ def synth(
                          cells_per_subject=cells_per_subject, prelim_subjects_all=prelim_subjects_all,
                          prelim_subjects_hem=prelim_subjects_hem, prelim_cells_per_subject=prelim_cells_per_subject,
                          final_cells=final_cells, image_size=image_size, seed=seed, overwrite=force)
-    console.print(f"wrote synthetic C-NMC data to [bold]{out}[/]")
-    console.print_json(json.dumps(summary, default=str))
+    if as_json:
+        console.print_json(json.dumps(summary, default=str))
+        return
+    console.print(summary_line(out, summary), highlight=False, soft_wrap=True)
+
+
+def summary_line(out: Path, summary: dict) -> str:
+    """``wrote 36 images of 10 subjects to d (fold_0 6, ..., final 2 unlabelled), 32 px, seed 0``."""
+    splits = ", ".join(f"{split} {sum(n.values())}" + (" unlabelled" if set(n) == {"unlabelled"} else "")
+                       for split, n in summary["counts"].items())
+    subjects = len({s for names in summary["subjects"].values() for s in names})
+    return (f"wrote {summary['total']} synthetic C-NMC images of {subjects} subjects to {escape(str(out))} "
+            f"({splits}), {summary['image_size']} px, seed {summary['seed']}")

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import delayed
 from sklearn.base import BaseEstimator
 
 from featx.errors import FeatxError, arg
@@ -22,6 +22,7 @@ from featx.evaluation.differences import compare_rows
 from featx.evaluation.inputs import GridPlan, check_grid, plan_heads
 from featx.evaluation.metrics import compute_metrics, resolve_positive, roc_points, summarize_folds
 from featx.evaluation.pool import fit_bytes, plan_jobs, process_pool, thread_limits
+from featx.evaluation.progress import FitEvent, GridFits, OnFit, run_calls
 from featx.evaluation.search import Search, check_search, fit_search, search_record
 from featx.evaluation.selection import selection_row
 from featx.evaluation.splits import (
@@ -101,7 +102,7 @@ def _predictions(features, rows, fold_of, pooled, classes) -> dict:
 
 def run_grid(features, heads: Sequence, protocol: Protocol, *, positive: int, settings: HeadSettings | None = None,
              jobs: int | None = None, search: Search | None = None, where: Engine | None = None,
-             backend: str = "loky", scheduler=None) -> list[ResultRow]:
+             backend: str = "loky", scheduler=None, on_fit: OnFit | None = None) -> list[ResultRow]:
     """Fit every head on every fold of ``protocol`` over ``features`` (one joblib pool of heads x folds);
     one result row per head. ``positive`` is the index of the positive class; ``settings``: what every head fit
     shares (:class:`featx.heads.HeadSettings`: preprocessing, class weights, parameters, device, seed). ``where``:
@@ -116,7 +117,8 @@ def run_grid(features, heads: Sequence, protocol: Protocol, *, positive: int, se
     With a ``search``, every head that has a space in it is nested: in each outer fold an inner search over
     that fold's training subjects (:func:`featx.evaluation.search.fit_search`) picks its parameters and the
     refit search is scored on the outer test fold. Inner searches run serially when the outer pool is
-    parallel (``jobs`` other than 1, or a cluster), else with ``search.n_jobs`` processes."""
+    parallel (``jobs`` other than 1, or a cluster), else with ``search.n_jobs`` processes. ``on_fit`` gets a
+    :class:`featx.evaluation.progress.FitEvent` as each fit finishes (the rows do not depend on it)."""
     X, y = features.X, features.y
     settings = settings or HeadSettings()
     specs = head_specs(list(heads))
@@ -142,10 +144,11 @@ def run_grid(features, heads: Sequence, protocol: Protocol, *, positive: int, se
         else:  # a cluster's workers are single-threaded already
             n_jobs, threads = where.n_jobs, None
         inner_jobs = search.n_jobs if search is not None and n_jobs == 1 else 1
-        results = Parallel(n_jobs=n_jobs, prefer="processes")(
-            delayed(_fit_fold)(by_name[name], kwargs[name], X, y, *protocol.folds[k], positive,
-                               search if name in searched else None, groups, k, inner_jobs, threads)
-            for name, k in order)
+        calls = [delayed(_fit_fold)(by_name[name], kwargs[name], X, y, *protocol.folds[k], positive,
+                                    search if name in searched else None, groups, k, inner_jobs, threads)
+                 for name, k in order]
+        results = run_calls(calls, n_jobs, None if on_fit is None else lambda i, count: on_fit(
+            FitEvent(count, len(order), order[i][0], order[i][1] + 1, features.name, protocol.name)))
     wall = time.perf_counter() - t0
     by_task = dict(zip(order, results))
 
@@ -219,7 +222,8 @@ def evaluate(features, head: str | HeadSpec | BaseEstimator, *, cv: str = "auto"
              jobs: int | None = None, eval_set: str | None = None, positive: str | None = None,
              preprocess: Preprocess = ("standard",), class_weight=None, device: str = "auto",
              params: Params | None = None, allow_optimistic: bool = False, drop_unknown_subjects: bool = False,
-             search: Search | None = None, backend: str = "loky", scheduler=None) -> ResultRow:
+             search: Search | None = None, backend: str = "loky", scheduler=None,
+             on_fit: OnFit | None = None) -> ResultRow:
     """Cross-validate (or hold out) one head on a :class:`featx.store.FeatureSet`; returns one result row.
 
     The row holds every metric's mean over folds, its sample standard deviation over folds (ddof=1) and a
@@ -229,7 +233,7 @@ def evaluate(features, head: str | HeadSpec | BaseEstimator, *, cv: str = "auto"
     subject id (the row says how many). Features of a fine-tuned network are scored only on rows it never
     saw (see :func:`featx.evaluation.tuned_protocol`; ``allow_optimistic`` permits CV, marked OPTIMISTIC).
     ``params``: ``{head: {parameter: value}}``. ``search``: a nested parameter search, ``backend`` /
-    ``scheduler`` where the folds run (see :func:`run_grid`).
+    ``scheduler`` where the folds run, ``on_fit`` each fit's progress (see :func:`run_grid`).
 
     ``head``: a registered head's name, or any scikit-learn classifier of your own (an instance, a class, a
     ``Pipeline``, or ``"package.module:Class"``): it is scored under the same folds and intervals, named after
@@ -240,7 +244,7 @@ def evaluate(features, head: str | HeadSpec | BaseEstimator, *, cv: str = "auto"
                          positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                          params=params, allow_optimistic=allow_optimistic,
                          drop_unknown_subjects=drop_unknown_subjects, search=search, backend=backend,
-                         scheduler=scheduler)[0]
+                         scheduler=scheduler, on_fit=on_fit)[0]
 
 
 def evaluate_many(features, heads: Sequence[str | HeadSpec | BaseEstimator], *, cv="auto", n_folds: int = 5,
@@ -248,7 +252,7 @@ def evaluate_many(features, heads: Sequence[str | HeadSpec | BaseEstimator], *, 
                   preprocess: Preprocess = ("standard",), class_weight=None, device: str = "auto",
                   params: Params | None = None, allow_optimistic: bool = False,
                   drop_unknown_subjects: bool = False, search: Search | None = None, backend: str = "loky",
-                  scheduler=None) -> list[ResultRow]:
+                  scheduler=None, on_fit: OnFit | None = None) -> list[ResultRow]:
     """Like :func:`evaluate` for several heads on the same folds (one parallel pool): one row per head.
     Every input is checked once (:func:`featx.evaluation.inputs.plan_heads`) before the first fit."""
     plan = plan_heads(heads, [(cv, eval_set)], n_folds=n_folds, seed=seed, jobs=jobs, positive=positive,
@@ -256,12 +260,14 @@ def evaluate_many(features, heads: Sequence[str | HeadSpec | BaseEstimator], *, 
                       allow_optimistic=allow_optimistic, drop_unknown_subjects=drop_unknown_subjects,
                       search=search, backend=backend, scheduler=scheduler)
     with engine(plan.backend, plan.scheduler, plan.jobs) as where:
-        return score_features(features, plan, plan.protocols[0], where)
+        return score_features(features, plan, plan.protocols[0], where, on_fit)
 
 
-def score_features(features, plan: GridPlan, protocol: tuple, where: Engine) -> list[ResultRow]:
+def score_features(features, plan: GridPlan, protocol: tuple, where: Engine, on_fit: OnFit | None = None
+                   ) -> list[ResultRow]:
     """The rows of ``plan``'s heads on one feature set under one of its protocols ``(cv, eval_set)``, in the
-    open engine ``where``: its labelled rows split by the protocol, every head fitted on every fold."""
+    open engine ``where``: its labelled rows split by the protocol, every head fitted on every fold
+    (``on_fit``: as in :func:`run_grid`)."""
     cv, eval_set = protocol
     data = labelled_rows(features)
     dropped = 0
@@ -276,7 +282,7 @@ def score_features(features, plan: GridPlan, protocol: tuple, where: Engine) -> 
         protocol.note = "; ".join(filter(None, [protocol.note, f"{dropped} rows without a subject id dropped "
                                                                 "(drop_unknown_subjects)"]))
     rows = run_grid(data, plan.heads, protocol, positive=pos, settings=plan.settings, jobs=plan.jobs,
-                    search=plan.search, where=where)
+                    search=plan.search, where=where, on_fit=on_fit)
     facts = {"dropped_unknown_subjects": dropped, **(_tuned_facts(data, protocol) if tuned else {}),
              **_store_facts(features)}
     return [replace(row, **facts) for row in rows]
@@ -310,7 +316,8 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
             allow_optimistic: bool = False,
             allow_partial: bool = False, drop_unknown_subjects: bool = False,
             search: Search | None = None, select: str | None = None, backend: str = "loky",
-            scheduler=None, sort_by: str = "f1_weighted", vs: str | None = None) -> list[ResultRow]:
+            scheduler=None, sort_by: str = "f1_weighted", vs: str | None = None,
+            on_fit: OnFit | None = None) -> list[ResultRow]:
     """Evaluate every head on every store x tap under every protocol; one row each.
 
     ``stores``: feature files; an item that is a sequence of files fuses them side by side. ``taps``: None
@@ -320,7 +327,8 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
     :func:`featx.evaluation.tuned_protocol`); explicit CV over rows their network saw needs
     ``allow_optimistic`` and is marked OPTIMISTIC. A store with rows not yet extracted is refused unless
     ``allow_partial`` (then every row says so in ``partial``). ``drop_unknown_subjects`` leaves out rows
-    without a subject id (every row says how many). ``progress`` gets one line per feature set x protocol.
+    without a subject id (every row says how many). ``progress`` gets one line per feature set x protocol,
+    ``on_fit`` one event per fit, counted over the whole grid (see :func:`run_plan`).
     ``search``: a nested parameter search for the heads it has a space for (see :func:`run_grid`).
     Every input (stores, taps, heads, parameters, protocols, the ``eval_set`` split) is checked before the
     first fit (:func:`featx.evaluation.inputs.check_grid`).
@@ -340,26 +348,30 @@ def compare(stores: Sequence[StorePath | Sequence[StorePath]], heads: Sequence[s
                       params=params, allow_optimistic=allow_optimistic, allow_partial=allow_partial,
                       drop_unknown_subjects=drop_unknown_subjects, search=search, select=select, backend=backend,
                       scheduler=scheduler, sort_by=sort_by, vs=vs)
-    return run_plan(plan, progress=progress)
+    return run_plan(plan, progress=progress, on_fit=on_fit)
 
 
 def run_plan(plan: GridPlan, *, progress: Callable[[str], None] | None = None,
-             where: Engine | None = None) -> list[ResultRow]:
+             where: Engine | None = None, on_fit: OnFit | None = None) -> list[ResultRow]:
     """The rows of a checked grid (:func:`featx.evaluation.inputs.check_grid`), as :func:`compare` returns them.
     ``where``: the engine already open (``featx compare`` opens it once for the whole command), else one is
-    opened on the plan's backend for the whole grid."""
+    opened on the plan's backend for the whole grid. ``on_fit``: a :class:`~featx.evaluation.progress.FitEvent`
+    per fit, ``done`` and ``total`` over every feature set x protocol x head x fold (a protocol's folds are
+    known once it is split: until then it counts those of the last feature set, ``n_folds`` before any)."""
     with (nullcontext(where) if where else engine(plan.backend, plan.scheduler, plan.jobs)) as where:
         names, settings = plan.head_names, plan.settings
         rows: list[ResultRow] = []
         loaded = []
+        guess = {i: len(names) * (1 if ev else plan.n_folds) for i, (_, ev) in enumerate(plan.protocols)}
+        fits = on_fit and GridFits(on_fit, len(plan.store_groups) * len(plan.tap_groups), guess)
         for _, features in load_feature_grid(plan.store_groups, plan.tap_groups, labelled=True,
                                              allow_partial=plan.allow_partial):  # each store file read once
             if plan.select is not None:
                 loaded.append(features)
-            for p, ev in plan.protocols:
+            for i, (p, ev) in enumerate(plan.protocols):
                 if progress:
                     progress(f"{features.name}: {', '.join(names)} under {ev or protocol_name(p)}")
-                rows.extend(score_features(features, plan, (p, ev), where))
+                rows.extend(score_features(features, plan, (p, ev), where, fits and fits.cell(i)))
         if plan.select is not None:
             rows = [replace(row, selection_uncorrected=True) for row in rows]
             for p, ev in plan.protocols:

@@ -5,7 +5,8 @@
 - ``"warning"`` (:class:`WarningInfo`): before ``"start"``, for settings that will not do what the caller
   likely expects (``preset="paper"`` from random weights); without a callback it goes to :func:`warnings.warn`;
 - ``"start"`` (:class:`StartInfo`): once, before the first step (``epoch`` > 0 when resuming);
-- ``"batch"`` (:class:`BatchInfo`): after every training step;
+- ``"batch"`` (:class:`BatchInfo`): after every training step (``steps`` per epoch; the step's loss and the
+  epoch's so far, read from the one wait for the device a step has anyway);
 - ``"epoch"`` (:class:`EpochInfo`): after every epoch, once ``last.pt`` holds it;
 - ``"end"`` (:class:`RunSummary`): once, after every output is written; ``finetune`` returns the same dict.
 
@@ -41,6 +42,7 @@ class BatchInfo(TypedDict):
     step: int  # 1-based
     steps: int  # steps in this epoch
     loss: float  # the step's training loss
+    mean_loss: float  # the epoch's training loss so far (mean over its images)
 
 
 class EpochInfo(TypedDict):

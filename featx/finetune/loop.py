@@ -287,7 +287,7 @@ class Trainer:
         steps = len(self.train_batches)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
+        seen, run_sum = 0, 0.0  # run_sum: the epoch's loss so far, on the host (from the step's one wait)
         for step, (x, y, _) in enumerate(self._batches(self.train_loader, timings, "data_wait"), start=1):
             opt.zero_grad(set_to_none=True)
             with autocast(device):
@@ -304,7 +304,9 @@ class Trainer:
             if not math.isfinite(value):
                 raise FeatxError(f"training diverged at epoch {epoch}, step {step} (loss {value}); "
                                  f"lower {arg('lr')} (now {self.settings['lr']})")
-            self._emit("batch", {"epoch": epoch, "step": step, "steps": steps, "loss": value})
+            run_sum += value * n
+            self._emit("batch", {"epoch": epoch, "step": step, "steps": steps, "loss": value,
+                                 "mean_loss": run_sum / seen})
         return float(loss_sum) / max(seen, 1), int(correct) / max(seen, 1)
 
     @torch.inference_mode()

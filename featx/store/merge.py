@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -70,7 +70,7 @@ class _Part:
 
 
 def merge_stores(parts: Sequence[str | Path], out: str | Path, *, virtual: bool = False,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, on_part: Callable[[int, int, int], None] | None = None) -> Path:
     """Join the shard stores ``parts`` (any order) into ``out``, the store of a single run; return its path.
 
     Refuses, with one line naming the file at fault, parts that are not shard stores, unfinished or damaged
@@ -78,7 +78,8 @@ def merge_stores(parts: Sequence[str | Path], out: str | Path, *, virtual: bool 
     recorded as unreadable images stay recorded (not done, with their error), as in a single run. ``virtual``:
     ``/features`` reads the parts through HDF5 virtual datasets (paths relative to ``out``; keep the parts
     beside it). An existing ``out`` is refused unless ``overwrite`` (it is replaced only once the new one is
-    complete). The parts are left as they are.
+    complete). The parts are left as they are. ``on_part(i, n, rows)``: part ``i`` of ``n`` (1-based, in the
+    single-run order) is checked and written, ``rows`` its rows.
     """
     paths = [Path(p) for p in parts]
     out = Path(out)
@@ -102,7 +103,7 @@ def merge_stores(parts: Sequence[str | Path], out: str | Path, *, virtual: bool 
         loaded = sorted((_read_part(p) for p in paths), key=lambda part: int(part.index[0]) if part.index.size else 0)
         _check_same_settings(loaded)
         order = _check_rows(loaded)
-        _write(out, loaded, order, virtual)
+        _write(out, loaded, order, virtual, on_part)
     finally:
         for lock in locks:
             lock.release()
@@ -204,7 +205,7 @@ def _fingerprint(rows: list[_Row]) -> str:
     return digest.hexdigest()
 
 
-def _write(out: Path, parts: list[_Part], owner: np.ndarray, virtual: bool) -> None:
+def _write(out: Path, parts: list[_Part], owner: np.ndarray, virtual: bool, on_part=None) -> None:
     first = parts[0]
     attrs = {k: v for k, v in first.attrs.items() if k not in PER_PART and k not in SHARD_KEYS}
     attrs["dataset_fingerprint"] = str(first.attrs["shard_of_fingerprint"])
@@ -218,14 +219,14 @@ def _write(out: Path, parts: list[_Part], owner: np.ndarray, virtual: bool) -> N
     rows = [parts[k].rows[r] for k, r in owner]
     dtype = np.dtype(str(attrs.get("dtype", "float32")))
     need = _bytes_needed(rows, {} if virtual else first.dims, dtype)
-    write_whole(out, need, lambda h5: _fill(h5, out, parts, owner, attrs, rows, virtual),
+    write_whole(out, need, lambda h5: _fill(h5, out, parts, owner, attrs, rows, virtual, on_part),
                 f"disk full while creating {out} (the merged store needs about {need / 1e6:.1f} MB); free space and "
                 "merge again (the parts are untouched)",
                 f"disk full while writing {out}; free space and merge again (the parts are untouched)")
 
 
 def _fill(h5: h5py.File, out: Path, parts: list[_Part], owner: np.ndarray, attrs: dict, rows: list[_Row],
-          virtual: bool) -> None:
+          virtual: bool, on_part=None) -> None:
     first = parts[0]
     FeatureStore._initialise(h5, attrs, rows, first.classes, first.dims, features=not virtual)
     if first.roles is not None:
@@ -244,8 +245,10 @@ def _fill(h5: h5py.File, out: Path, parts: list[_Part], owner: np.ndarray, attrs
     if virtual:
         _map_virtual(h5, out, parts, attrs)
     checksums = np.zeros((len(rows), len(first.dims)), dtype=np.uint64)
-    for part in parts:
+    for i, part in enumerate(parts, start=1):
         _copy_part(h5, part, checksums, copy=not virtual)
+        if on_part is not None:
+            on_part(i, len(parts), int(part.index.size))
     s["checksum"][:] = checksums
     s[FILE][:] = files
     write_descriptions(h5, first.classes, first.descriptions, SCHEMA_VERSION)

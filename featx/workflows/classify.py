@@ -57,7 +57,7 @@ def run_classify(store: StorePath | Sequence[StorePath], head, *, tap: str | Seq
                  save: bool = False, skops: bool = False, plots: bool = True, allow_optimistic: bool = False,
                  allow_partial: bool = False, drop_unknown_subjects: bool = False,
                  search: Search | None = None, overwrite: bool = False, backend: str = "loky",
-                 scheduler=None) -> ClassifyResult:
+                 scheduler=None, on_fit=None) -> ClassifyResult:
     """Load a store (a sequence of stores is fused side by side; a sequence of taps concatenated), evaluate
     one head, write the reports to ``out`` and, with ``save``, the model to ``out/models`` (``skops`` adds a
     .skops copy). Returns a :class:`ClassifyResult` (the row, the files, the model; ``run``: where the folds
@@ -73,7 +73,8 @@ def run_classify(store: StorePath | Sequence[StorePath], head, *, tap: str | Seq
     ``out`` (None: nothing written) is refused before any fit when it holds the results of another command
     or another store, tap, head or protocol (``overwrite`` replaces them; :func:`featx.report.check_out`);
     :func:`default_out` names a folder of its own. ``backend`` / ``scheduler``: where the folds run
-    (:func:`featx.evaluation.backends.engine`; run.json records it)."""
+    (:func:`featx.evaluation.backends.engine`; run.json records it). ``on_fit``: each fit's progress
+    (:func:`featx.evaluation.run_grid`)."""
     check_backend(backend, scheduler)
     if skops:
         if not save:
@@ -95,7 +96,7 @@ def run_classify(store: StorePath | Sequence[StorePath], head, *, tap: str | Seq
                            positive=positive, preprocess=preprocess, class_weight=class_weight, device=device,
                            params=params, allow_optimistic=allow_optimistic,
                            drop_unknown_subjects=drop_unknown_subjects, search=search, backend=backend,
-                           scheduler=scheduler)
+                           scheduler=scheduler, on_fit=on_fit)
         paths, model, skops_copy = {}, None, None
         if out is not None:
             with results_commit(out):  # the results and run.json together, or (a full disk) the earlier ones whole
@@ -143,18 +144,19 @@ def _search_all(features, head: str, search: Search, *, eval_set, preprocess, cl
 
 
 def run_compare(stores, heads: Sequence[str] = (), taps=None, *, out=None, plots: bool = True,
-                overwrite: bool = False, progress=None, **options) -> CompareResult:
+                overwrite: bool = False, progress=None, on_fit=None, **options) -> CompareResult:
     """:func:`featx.evaluation.compare` (same arguments), then the reports in ``out`` (None: nothing written).
     ``stores`` may be a grid checked already (:func:`featx.evaluation.check_grid`), given alone. Every input,
     ``out`` included, is checked before the first fit (and before a cluster is started): a folder holding the
     results of another command or grid is refused unless ``overwrite``. The grid's engine (``backend`` /
-    ``scheduler``) is opened once for the whole grid; run.json records it. Returns a :class:`CompareResult`."""
+    ``scheduler``) is opened once for the whole grid; run.json records it. ``progress`` / ``on_fit``: as in
+    :func:`featx.evaluation.grid.run_plan`. Returns a :class:`CompareResult`."""
     plan = _plan(stores, heads, taps, options)
     claim = nullcontext() if out is None else claimed(out, "compare", plan.describe(), overwrite=overwrite,
                                                       same_rows=_plan_rows(plan))
     with claim:  # one writer of `out` until its files are written
         with engine(plan.backend, plan.scheduler, plan.jobs) as where:
-            rows = run_plan(plan, progress=progress, where=where)
+            rows = run_plan(plan, progress=progress, where=where, on_fit=on_fit)
         paths = {}
         if out is not None:
             with results_commit(out):

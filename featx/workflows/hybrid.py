@@ -100,7 +100,8 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
     ``preprocess``, ``params``, ``class_weight`` and :data:`FINETUNE_OPTIONS` (``finetune_class_weight`` is
     the fine-tune's ``class_weight``); a keyword also set in an object given is a TypeError.
     ``callback(event, info)`` gets ``"fold"`` (info ``status``: ``start``, ``skipped`` or ``done``),
-    ``"epoch"`` (the fine-tune's epoch info) and ``"heads"``; every ``info`` holds ``fold`` and ``n_folds``.
+    ``"epoch"`` (the fine-tune's epoch info), ``"heads"`` and, per head fitted on an outer fold, ``"fit"``
+    (``done``, ``total``, ``head``, ``head_fold``, ``tap``); every ``info`` holds ``fold`` and ``n_folds``.
     Returns a :class:`HybridResult` (``rows``, ``paths``, ``folds``: each fold's record, ``out``).
     """
     made = typed_arguments("hybrid", [
@@ -168,9 +169,12 @@ def hybrid(data: str | Path, out: str | Path, *, backbone: str, heads: Sequence[
 
     rows: list[ResultRow] = []
     for spec in tap_specs:
-        emit("heads", {"fold": None, "n_folds": len(fold_rows), "tap": "+".join(spec), "heads": head_names})
+        where = {"fold": None, "n_folds": len(fold_rows), "tap": "+".join(spec)}
+        emit("heads", dict(where, heads=head_names))
         rows.extend(head_rows(out, records, fold_rows, collection, spec, head_names, backbone=backbone, pos=pos,
-                              settings=heads_settings, jobs=jobs, note=outer.note))
+                              settings=heads_settings, jobs=jobs, note=outer.note,
+                              on_fit=lambda e, where=where: emit("fit", dict(where, done=e.done, total=e.total,
+                                                                             head=e.head, head_fold=e.fold))))
     rows.append(network_row(out, records, collection, fold_rows, backbone=backbone, pos=pos, seed=seed,
                             early_stopping=tuning.early_stopping, finetune_options=ft_options))
     rows = compare_rows(rows)  # every row on the same outer folds: paired differences from the best

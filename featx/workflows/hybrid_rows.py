@@ -56,13 +56,15 @@ def _stacked_features(out: Path, records: list[dict], folds, collection, taps: S
 
 
 def head_rows(out: Path, records: list[dict], folds, collection, taps: Sequence[str], heads: list[str], *,
-              backbone: str, pos: int, settings: HeadSettings, jobs: int | None, note: str) -> list[ResultRow]:
-    """Every head on every fold's own tuned features (``taps`` fused), through the grid `featx compare` runs."""
+              backbone: str, pos: int, settings: HeadSettings, jobs: int | None, note: str,
+              on_fit=None) -> list[ResultRow]:
+    """Every head on every fold's own tuned features (``taps`` fused), through the grid `featx compare` runs
+    (``on_fit``: its progress, :func:`featx.evaluation.run_grid`)."""
     stacked, protocol_folds = _stacked_features(out, records, folds, collection, taps, backbone)
     seed = settings.seed
     protocol = Hybrid(len(folds), seed).named(Protocol("hybrid", "", False, protocol_folds, seed, note,
                                                        stacked.subjects))
-    rows = run_grid(stacked, heads, protocol, positive=pos, settings=settings, jobs=jobs)
+    rows = run_grid(stacked, heads, protocol, positive=pos, settings=settings, jobs=jobs, on_fit=on_fit)
     return [replace(row, settings={**row.settings, "checkpoints": _checkpoints(records)}) for row in rows]
 
 
