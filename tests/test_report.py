@@ -205,3 +205,19 @@ def test_featx_table_names_the_file_that_is_not_a_results_json(tmp_path, content
         read_results([source])
     result, text = invoke("table", source)
     assert result.exit_code == 1 and message in text and "Traceback" not in text
+
+
+def test_a_table_mixing_folds_and_one_split_says_what_each_interval_is_of():
+    from report_rows import make_row
+
+    from featx.report.table import TERMINAL_METRICS, table_captions  # the text under the terminal table
+
+    folds = make_row("vgg16/fc7 + svm", 0.87)
+    split = make_row("vgg16/fc7 + svm", 0.85, std=None, protocol="prelim", label="held-out prelim", n_folds=1)
+    def caption(rows):
+        return next(line for line in table_captions(rows, TERMINAL_METRICS, 200) if "95% CIs" in line)
+
+    mixed, only_split = caption([folds, split]), caption([split])
+    assert "a row of one split has none" in mixed and "or of a single split's score" in mixed
+    assert only_split.startswith("one split, so no ±; 95% CIs (jackknife over subjects") and "folds" not in only_split
+    assert "single split" not in caption([folds])

@@ -96,9 +96,12 @@ def table_captions(rows: Sequence[ResultRow], metrics: Sequence[tuple[str, str]]
     """The lines under the table of ``rows`` with these metric columns at ``width`` columns (plain text)."""
     unit = "images" if any(r.ci_unit == "image" for r in rows) else "subjects"
     method = f"jackknife over {unit}, t-interval on the logit scale"
-    if any(r.n_folds > 1 for r in rows):
+    if all(r.n_folds > 1 for r in rows):
         captions = [f"± = sample std (ddof=1) over folds; 95% CIs of the mean over folds ({method}) in "
                     "results.md/.csv"]
+    elif any(r.n_folds > 1 for r in rows):  # each row's interval is of its own estimate
+        captions = [f"± = sample std (ddof=1) over folds (a row of one split has none); 95% CIs of the mean over "
+                    f"folds, or of a single split's score ({method}) in results.md/.csv"]
     else:
         captions = [f"one split, so no ±; 95% CIs ({method}) in results.md/.csv"]
     if delta := [h for m, h in metrics if m == DELTA]:
