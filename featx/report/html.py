@@ -17,6 +17,7 @@ from featx import csvfiles
 from featx.errors import FeatxError, arg
 from featx.files import write_or_keep
 from featx.report.files import read_results
+from featx.report.forest import plot_forest
 from featx.report.notes import (
     IMAGE_LEVEL_NOTE,
     STATS_NOTE,
@@ -36,7 +37,7 @@ from featx.report.notes import (
     selection_note,
 )
 from featx.report.outputs import written_by
-from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
+from featx.report.plots import metric_label, plot_confusion, plot_history, plot_roc
 from featx.results import ResultRow
 from featx.scoring import check_metric
 
@@ -117,7 +118,7 @@ def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: 
              "<h2>Results</h2>", results_html(rows, sort_by), notes_html(rows)]
     with tempfile.TemporaryDirectory(prefix="featx-report-") as tmp:
         draw = _drawer(Path(tmp))
-        chart = draw(lambda p: plot_bars(rows, p, sort_by=sort_by, title=title))
+        chart = draw(lambda p: plot_forest(rows, p, metric=sort_by, title=title))
         parts += ["<h2>Comparison</h2>", _figure_html(_Figure(
             f"Rows sorted by {metric_label(sort_by, _positive(rows))}; hatched rows are IMAGE-LEVEL or OPTIMISTIC.",
             chart))]
