@@ -447,15 +447,15 @@ def test_plots_and_tables_mark_optimistic_rows(tmp_path, monkeypatch):
     from featx.report import files as report_files
 
     titles, labels = [], []
-    real_conf, real_bars = report_files.plot_confusion, report_files.plot_bars
+    real_conf, real_forest = report_files.plot_confusion, report_files.plot_forest
     monkeypatch.setattr(report_files, "plot_confusion", lambda cm, classes, path, title=None: titles.append(title)
                         or real_conf(cm, classes, path, title=title))
 
-    def bars(rows, path, **kw):
+    def forest(rows, path, **kw):
         labels.extend(f"{r.flag} {r.protocol}" for r in rows)
-        return real_bars(rows, path, **kw)
+        return real_forest(rows, path, **kw)
 
-    monkeypatch.setattr(report_files, "plot_bars", bars)
+    monkeypatch.setattr(report_files, "plot_forest", forest)
     fs = _featureset(["train"] * 10 + ["val"] * 2 + [""] * 4, [s for s in "AABBCCDDEEFFGGHH"])
     rows = [evaluate(fs, "logistic"), evaluate(fs, "logistic", cv="subject", n_folds=4,
                                                           allow_optimistic=True)]

@@ -10,10 +10,11 @@ from pathlib import Path
 from featx import csvfiles
 from featx.errors import FeatxError
 from featx.files import atomic_text, atomic_write, remove_on_commit
+from featx.report.forest import plot_forest
 from featx.report.markdown import results_markdown
 from featx.report.notes import protocol_text, provenance_suffix, slug
 from featx.report.outputs import claimed, find_results, results_commit, write_manifest, written_by
-from featx.report.plots import plot_bars, plot_confusion, plot_roc
+from featx.report.plots import plot_confusion, plot_roc
 from featx.results import ResultRow, read_json, write_csv, write_json
 from featx.row_names import TAG, tag_names, unique_names, untagged
 
@@ -24,7 +25,8 @@ SEARCH_COLUMNS = ("fold", "params", "mean_test_score", "std_test_score", "rank_t
 def write_results(rows: Sequence[ResultRow], out_dir, *, plots: bool = True, stem: str = "results") -> dict[str, Path]:
     """Write ``results.csv``, ``results.json`` and ``results.md`` (one row per backbone x tap x head x
     protocol, every metric and the settings), ``predictions/`` for rows that carry out-of-fold predictions
-    and, with ``plots``, a confusion-matrix and a ROC PNG per row under ``plots/`` plus ``comparison.png``.
+    and, with ``plots``, a confusion-matrix and a ROC PNG per row under ``plots/`` plus ``comparison.png`` (the
+    forest plot of :func:`featx.report.forest.plot_forest` on the metric the rows were compared on).
     Results already in ``out_dir`` are replaced, with their per-row files. Returns ``{kind: path}``."""
     rows = list(rows)
     out = Path(out_dir)
@@ -41,8 +43,13 @@ def write_results(rows: Sequence[ResultRow], out_dir, *, plots: bool = True, ste
             paths["search"] = write_search_scores(rows, out / "search")
         if plots and rows:
             _plot_rows(rows, out / "plots")
-            paths["plot"] = plot_bars(rows, out / "comparison.png")
+            paths["plot"] = plot_forest(rows, out / "comparison.png", metric=_sort_metric(rows))
     return paths
+
+
+def _sort_metric(rows: Sequence[ResultRow]) -> str:
+    """The metric the rows were compared on (their ``comparison`` records name it), else ``f1_weighted``."""
+    return next((r.comparison["metric"] for r in rows if r.comparison and r.comparison.get("metric")), "f1_weighted")
 
 
 def _clear_row_files(out: Path) -> None:

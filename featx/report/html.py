@@ -18,6 +18,7 @@ from featx import csvfiles
 from featx.errors import FeatxError, arg
 from featx.files import write_or_keep
 from featx.report.files import read_results
+from featx.report.forest import plot_forest
 from featx.report.methods import methods_html
 from featx.report.notes import (
     IMAGE_LEVEL_NOTE,
@@ -39,7 +40,7 @@ from featx.report.notes import (
     short_protocol,
 )
 from featx.report.outputs import find_results, written_by
-from featx.report.plots import metric_label, plot_bars, plot_confusion, plot_history, plot_roc
+from featx.report.plots import metric_label, plot_confusion, plot_history, plot_roc
 from featx.report.sections import intervals_html, subjects_html
 from featx.report.subjects import with_predictions
 from featx.report.table2 import pivot_table, to_html
@@ -134,12 +135,11 @@ def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: 
         body.append(_section("results-section", "Results", results_html(rows, sort_by), notes_html(rows)))
         if table2 := table2_html(rows, sort_by):
             body.append(_section("table2", "Table 2", table2))
-        # LEAD HOOK (forest): helper "forest" replaces this comparison chart by the forest plot, drawn by this
-        # same call (and its caption below)
-        chart = draw(lambda p: plot_bars(rows, p, sort_by=sort_by, title=title))
+        chart = draw(lambda p: plot_forest(rows, p, metric=sort_by, title=title))
         body.append(_section("comparison", "Comparison", _figure_html(_Figure(
-            f"Rows sorted by {metric_label(sort_by, positive)}; hatched rows are IMAGE-LEVEL or OPTIMISTIC.",
-            chart))))
+            f"{metric_label(sort_by, positive)}: each row's mean and 95% interval, one panel per protocol "
+            "(IMAGE-LEVEL and OPTIMISTIC rows in their own, marked panels); the dashed line is the protocol's best "
+            "row, and each row's paired difference from it is on the right.", chart))))
         body.append(_section("intervals", "Every metric with its 95% interval", intervals_html(rows, positive)))
         figure = lambda plot, caption: _figure_html(_Figure(caption, draw(plot)))  # noqa: E731
         body.append(_section("subjects", "Per-subject results", subjects_html(rows, figure, sort_by)))
