@@ -221,3 +221,20 @@ def test_a_table_mixing_folds_and_one_split_says_what_each_interval_is_of():
     assert "a row of one split has none" in mixed and "or of a single split's score" in mixed
     assert only_split.startswith("one split, so no ±; 95% CIs (jackknife over subjects") and "folds" not in only_split
     assert "single split" not in caption([folds])
+
+
+def test_a_fine_tuned_rows_scored_epoch_and_best_pt_epoch_are_said_under_its_table():
+    from report_rows import make_row
+
+    from featx.report.markdown import results_markdown
+    from featx.report.notes import epoch_notes
+    from featx.results import NetworkRecord
+
+    selection = "last epoch (5) of a fixed-length run; best.pt is epoch 3 by validation loss (every validation image)"
+    record = NetworkRecord(best_epoch=3, scored_epoch=5, selection=selection)
+    network = dataclasses.replace(make_row("cnn fine-tuned", 0.9, protocol="1/5 of subjects", n_folds=1), head=None,
+                                  tap="logits", network=record)
+    head = make_row("vgg16/fc7 + svm", 0.87)
+    assert epoch_notes([head, network]) == [f"cnn fine-tuned: {selection}"]
+    assert f"cnn fine-tuned: {selection}." in results_markdown([head, network])
+    assert "best.pt" not in results_markdown([head])
