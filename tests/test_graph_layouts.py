@@ -141,7 +141,7 @@ def test_maxvit_t_maps_equal_create_feature_extractor_and_partitions_are_refused
         extract(cnmc_tree, out, backbone="maxvit_t", weights="none", taps=[MAXVIT_PARTITION], workers=0,
                 device="cpu", splits=["fold_0"])
     assert str(err.value) == message and not out.exists()
-    result, text = invoke("backbones", "maxvit_t", "--taps")
+    result, text = invoke("backbones", "maxvit_t", "--taps", "--all")  # a deep node: --all lists every one
     assert result.exit_code == 0 and f"│ {suggested} │ 64 │ C,H,W │" in text
     refused = refused_taps("maxvit_t")
     assert MAXVIT_PARTITION in refused and f"│ {MAXVIT_PARTITION} │" not in text

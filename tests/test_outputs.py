@@ -3,6 +3,7 @@ or grid's results is refused before any work (--force replaces), `featx table` r
 `compare` checks every input before computing anything."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -68,9 +69,10 @@ def test_classify_after_compare_with_default_options_keeps_compare_results(store
     result, text = invoke("table", "results")
     assert result.exit_code == 0, result.output
     assert len(read_results(["results"])) == 4 + 1 + 1
-    assert text.count("cnn/fc + logistic") == 2 and text.count("cnn/fc + knn") == 2  # image and prelim rows
-    # compare's and classify's subject-level rows of one store: told apart by their folders
-    assert "cnn/fc [compare] + logistic" in text and "cnn/fc [classify-cnn-fc-logistic] + logistic" in text
+    # compare's and classify's subject-level rows of one store are the same result (the same folds, seed and head):
+    # shown once, from the first folder that holds it; the image and prelim rows are others
+    assert text.count("cnn/fc + logistic") == 3 and text.count("cnn/fc + knn") == 2
+    assert "[compare]" not in text and "Source" in text
 
 
 def test_default_out_names_fused_stores_and_taps_safely(store, tmp_path):
@@ -166,7 +168,9 @@ def test_table_reads_every_results_json_under_a_folder(store, tmp_path):
     classify_row = run_classify(store, "logistic", cv="image", out=parent / "classify", n_folds=3,
                                 plots=False).row
     hybrid = parent / "runs" / "hybrid-cnn"  # a hybrid run: its results at the top, fold work below
-    write_results(compare_rows[:1], hybrid, plots=False)
+    # its own result (the same result in two folders would be shown once: featx.report.files.dedupe_rows)
+    write_results([dataclasses.replace(compare_rows[0], protocol="hybrid", protocol_label="hybrid 5-fold",
+                                       protocol_short="hybrid 5-fold")], hybrid, plots=False)
     (hybrid / "settings.json").write_text("{}")
     write_results(compare_rows, hybrid / "fold_1" / "finetune", plots=False)  # the fold's inner fine-tune
     shutil.copy(hybrid / "results.json", hybrid / "fold_1" / "result.json")
@@ -175,7 +179,7 @@ def test_table_reads_every_results_json_under_a_folder(store, tmp_path):
     assert len(rows) == 2 + 1 + 1
     # sorted by path: all/classify, all/compare, all/runs/hybrid-cnn (not its fold_1/)
     assert [(r.head, r.protocol) for r in rows] == [("logistic", "image"), ("logistic", "subject"), ("knn", "subject"),
-                                                    ("logistic", "subject")]
+                                                    ("logistic", "hybrid")]
     assert classify_row.protocol == "image"
     # a file reached twice is read once; a folder named alone is read whatever its name
     assert len(read_results([parent, parent / "compare" / "results.json"])) == 4

@@ -20,10 +20,10 @@ def print_brief(s: StoreSummary) -> None:
     """The summary's first line and the taps, on one line (`featx extract` without -v)."""
     taps = ", ".join(f"{tap} ({v['dim']})" for tap, v in s.taps.items())
     console.print(f"{_head(s)}; taps {escape(taps)}", soft_wrap=True)
+    print_marks(s)
 
 
 def print_summary(s: StoreSummary) -> None:
-    st = s.settings
     console.print(_head(s))
     console.print("taps:")
     for tap, v in s.taps.items():
@@ -38,6 +38,13 @@ def print_summary(s: StoreSummary) -> None:
     exif = s.exif_orientation
     console.print(f"EXIF orientation: {exif}" + (" (a store made before featx turned photos upright by their EXIF "
                                                  "tag)" if exif == "ignored" else ""), highlight=False)
+    print_marks(s)
+
+
+def print_marks(s: StoreSummary) -> None:
+    """What every row from the store carries or needs (its shard, a virtual merge, where its weights come from,
+    the rows a fine-tuned network saw): printed with the brief summary too."""
+    st = s.settings
     if st.get("shard"):
         console.print(f"shard {st['shard']} of a collection of {st.get('shard_of_samples')} images; join the parts "
                       "with `featx merge`", highlight=False)

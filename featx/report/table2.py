@@ -5,13 +5,13 @@ its 95% interval (%), the best of each column in bold and rows not distinguishab
 """
 from __future__ import annotations
 
-import csv
 import html
 import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from featx import csvfiles
 from featx.errors import FeatxError, arg, speak
 from featx.report.notes import (
     EPOCH_OPTIMISTIC_NOTE,
@@ -251,7 +251,7 @@ def to_csv(table: Table2) -> str:
     none) and its notes in words (``best``, ``≈ best``, ``IMAGE-LEVEL``, ...): it parses back as a table."""
     words = {n: mark for n, mark, _ in table.footnotes}
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = csvfiles.writer(buf, lineterminator="\n")  # a model name starting "=" stays text in a spreadsheet
     header = _header(table)
     for c in table.column_keys:
         header += [f"{c} (%)", f"{c} 95% CI low", f"{c} 95% CI high", f"{c} notes"]
