@@ -148,3 +148,15 @@ def test_rows_without_predictions_say_so_and_a_written_folder_keeps_them(tmp_pat
     write_results([dataclasses.replace(row, predictions=pred)], tmp_path / "cmp", plots=False)
     page = write_html_report([tmp_path / "cmp"], tmp_path / "r.html").read_text(encoding="utf-8")
     assert '<td class="num">1 / 2</td>' in page.split('<table id="majority-vote">')[1]
+
+
+def test_methods_count_the_tested_subjects_of_a_held_out_row_not_its_training_ones():
+    subjects = ["A1", "A2", "A3", "H1", "H2", "H3"]
+    truth = ["all"] * 3 + ["hem"] * 3
+    predictions = {"path": [f"{s}.bmp" for s in subjects], "subject": subjects, "fold": [1] * 6, "y_true": truth,
+                   "y_pred": truth, "score": [0.9] * 6}
+    row = dataclasses.replace(make_row("cnn/fc + svm", 0.9, protocol="tuned-holdout", label="tuned-holdout",
+                                       n_folds=1), n_test=6, n_subjects=51, predictions=predictions)
+    text = methods_text([row])
+    assert "on 6 images of 6 subjects (3 all, 3 hem) (51 subjects with the training rows)" in text
+    assert "of 51 subjects (3 all" not in text

@@ -121,8 +121,11 @@ def _data(rows, summaries) -> str:
         by_class = (" (" + ", ".join(f"{n} {c}" for c, n in per_class.items()) + ")") if per_class else ""
         train = (f"; each training fold held {n_train} images on average" if _folds(group) > 1
                  else f"; training used {n_train} images")
+        # n_subjects counts training and test subjects; the test subjects are those of the predictions
+        tested = sum(per_class.values()) if per_class else n_subjects
+        in_all = f" ({n_subjects} subjects with the training rows)" if per_class and tested != n_subjects else ""
         sentences.append(f"{_who(group, rows)}: tested under {label} on {n_test} images of "
-                         f"{_plural(n_subjects, 'subject')}{by_class}, classes {', '.join(classes)}{train}.")
+                         f"{_plural(tested, 'subject')}{by_class}{in_all}, classes {', '.join(classes)}{train}.")
     return " ".join(sentences)
 
 
