@@ -60,7 +60,7 @@ def _clear_row_files(out: Path) -> None:
             remove_on_commit(path)  # when the new files are renamed in
 
 
-def _unique_slugs(rows: Sequence[ResultRow]) -> list[str]:
+def unique_slugs(rows: Sequence[ResultRow]) -> list[str]:
     """Each row's :func:`slug`, numbered from the second use on (e.g. frozen and fine-tuned weights of one
     backbone): no row's file overwrites another's."""
     used: dict[str, int] = {}
@@ -74,7 +74,7 @@ def _unique_slugs(rows: Sequence[ResultRow]) -> list[str]:
 
 def _plot_rows(rows: Sequence[ResultRow], plot_dir: Path) -> None:
     plot_dir.mkdir(exist_ok=True)
-    for r, name in zip(rows, _unique_slugs(rows)):
+    for r, name in zip(rows, unique_slugs(rows)):
         title = f"{r.name}\n{protocol_text(r)}{provenance_suffix(r)}"
         if r.confusion is not None:
             plot_confusion(r.confusion, r.classes or [str(i) for i in range(len(r.confusion))],
@@ -101,7 +101,7 @@ def _write_per_row(rows: Sequence[ResultRow], out_dir, field: str, write) -> Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     carrying = [r for r in rows if getattr(r, field)]
-    for r, name in zip(carrying, _unique_slugs(carrying)):
+    for r, name in zip(carrying, unique_slugs(carrying)):
         value = getattr(r, field)
         atomic_write(out / f"{name}.csv", lambda tmp, value=value: write(value, tmp))
     return out

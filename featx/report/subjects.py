@@ -5,14 +5,14 @@ Out-of-fold predictions come with rows built in memory (``row.predictions``) or 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from featx import csvfiles
-from featx.report.files import PREDICTION_COLUMNS, _unique_slugs
+from featx.data import natural_key
+from featx.report.files import PREDICTION_COLUMNS, unique_slugs
 from featx.report.notes import format_pct, short_protocol
 from featx.results import ResultRow
 
@@ -54,7 +54,7 @@ def with_predictions(rows: Sequence[ResultRow], results_json: str | Path) -> lis
     if not folder.is_dir():
         return list(rows)
     out = []
-    for r, name in zip(rows, _unique_slugs(rows)):
+    for r, name in zip(rows, unique_slugs(rows)):
         path = folder / f"{name}.csv"
         out.append(dataclasses.replace(r, predictions=read_predictions(path)) if path.is_file() and not r.predictions
                    else r)
@@ -92,11 +92,6 @@ def subject_classes(row: ResultRow) -> dict[str, int]:
     return {c: counts[c] for c in (row.classes or sorted(counts)) if counts.get(c)}
 
 
-def natural_key(text: str) -> list:
-    """``H9`` before ``H10``: numbers in a name compared as numbers."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(text)) if t]
-
-
 def shown_rows(rows: Sequence[ResultRow], sort_by: str, most: int = 8) -> list[ResultRow]:
     """The rows whose per-subject accuracy is tabulated: all when at most ``most``, else the best row of each
     protocol (by ``sort_by``) then the next best overall, up to ``most``."""
@@ -111,7 +106,7 @@ def shown_rows(rows: Sequence[ResultRow], sort_by: str, most: int = 8) -> list[R
 
 def per_subject_lines(rows: Sequence[ResultRow]) -> list[tuple[str, str, list[str]]]:
     """``(subject, true class, accuracy % per row)`` for every subject of ``rows`` (``-``: not tested in a row)."""
-    subjects = sorted({s for r in rows for s in (r.per_subject_accuracy or {})}, key=natural_key)
+    subjects = sorted({s for r in rows for s in (r.per_subject_accuracy or {})}, key=lambda s: natural_key(str(s)))
     truth: dict[str, str] = {}
     for r in rows:
         truth.update(subject_truth(r))
@@ -136,7 +131,7 @@ def plot_per_subject(rows: Sequence[ResultRow], path: str | Path, *, dpi: int = 
     for y, r in enumerate(rows):
         acc = r.per_subject_accuracy or {}
         truth = subject_truth(r)
-        subjects = sorted(acc, key=natural_key)
+        subjects = sorted(acc, key=lambda s: natural_key(str(s)))
         for k, s in enumerate(subjects):
             c = truth.get(s)
             jitter = 0.25 * ((k % 5) - 2) / 2
