@@ -101,6 +101,15 @@ def test_report_library_takes_rows_and_refuses_what_it_cannot_use(tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium, chromium-browser or google-chrome on PATH: "
                                              "install Debian's `chromium` package to render the report")
+def test_the_same_row_in_two_folders_or_a_folder_and_its_parent_is_reported_once(tmp_path):
+    rows = [make_row("vgg16/fc7 + svm", 0.87), make_row("alexnet/fc7 + svm", 0.84)]
+    write_results(rows, tmp_path / "res" / "compare", plots=False)
+    write_results(rows[:1], tmp_path / "res" / "classify", plots=False)  # the same result run again elsewhere
+    for sources in ([tmp_path / "res"], [tmp_path / "res", tmp_path / "res" / "compare"]):
+        kept, *_ = report_html._gather(sources)
+        assert sorted(r.name for r in kept) == ["alexnet/fc7 + svm", "vgg16/fc7 + svm"]
+
+
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(sources, tmp_path):
     paths, rows, expected = sources

@@ -17,7 +17,7 @@ import featx
 from featx import csvfiles
 from featx.errors import FeatxError, arg
 from featx.files import write_or_keep
-from featx.report.files import read_results
+from featx.report.files import dedupe_rows, read_results
 from featx.report.forest import plot_forest
 from featx.report.methods import methods_html
 from featx.report.notes import (
@@ -104,8 +104,8 @@ def _gather(sources) -> tuple[list[ResultRow], list[Path], list[str], list[Path]
             paths.append(Path(src))
             names.append(str(src))
     files = find_results(paths) if paths else []
-    for f in files:
-        rows += with_predictions(read_results([f]), f)
+    read = [(f, r) for f in files for r in with_predictions(read_results([f]), f)]
+    rows += [read[i][1] for i in dedupe_rows([r for _, r in read], [f for f, _ in read])]
     for path in paths:
         folder = path if path.is_dir() else path.parent
         found = sorted({h.parent for h in folder.rglob("history.csv")}) if path.is_dir() else (
