@@ -14,9 +14,9 @@ Both numbers are a neighbour agreement, each with its chance level from shuffled
   so looking within the class keeps the class signal out of the subject number: what is left is the subject
   itself (its stain, its morphology), what an image-level split lets a classifier recognise.
 
-``k`` is one less than the median number of cells per subject, between 1 and 10 (10 without subjects), so
-that a subject's cells can fill a cell's neighbourhood. The chance level is the mean of ``permutations``
-shuffles, given with their standard deviation.
+``k`` is one less than the median number of cells per subject, between 1 and 10 (without subjects: a tenth of
+the rows, between 1 and 10), so that a subject's cells can fill a cell's neighbourhood. The chance level is the
+mean of ``permutations`` shuffles, given with their standard deviation.
 """
 from __future__ import annotations
 
@@ -173,9 +173,10 @@ def map_arrays(X: np.ndarray, y: np.ndarray, subjects: np.ndarray | None, *, cla
 
 
 def _neighbours(subjects: np.ndarray | None, n: int) -> int:
-    """One less than the median cells per subject, within 1..10 (10 without subjects), and below ``n``."""
+    """One less than the median cells per subject, within 1..10 (without subjects a tenth of the rows, within
+    1..10), and below ``n``."""
     if subjects is None:
-        k = MAX_K
+        k = int(np.clip(n // 10, 1, MAX_K))
     else:
         _, counts = np.unique(subjects, return_counts=True)
         k = int(np.clip(int(np.median(counts)) - 1, 1, MAX_K))
