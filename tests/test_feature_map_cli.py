@@ -103,6 +103,7 @@ def test_featx_map_shows_each_step_on_a_terminal(cnn_store, tmp_path, monkeypatc
     assert screen.getvalue() == ""
 
 
+@pytest.mark.slow
 def test_an_existing_out_is_kept_unless_force(cnn_store, tmp_path):
     out = tmp_path / "map.png"
     out.write_bytes(b"an earlier map")

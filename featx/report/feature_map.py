@@ -154,7 +154,8 @@ def map_arrays(X: np.ndarray, y: np.ndarray, subjects: np.ndarray | None, *, cla
     step(MapStep("pca", f"PCA of the standardised features: {X.shape[1]} -> {dims} dimensions"))
     space = PCA(n_components=dims, svd_solver="full", random_state=seed).fit_transform(
         StandardScaler().fit_transform(X))
-    step(MapStep("embed", f"{METHOD_NAMES[method]} of {n} rows to 2-D"))
+    compiles = " (UMAP's first run in a process compiles its code: 10-20 s)" if method == "umap" else ""
+    step(MapStep("embed", f"{METHOD_NAMES[method]} of {n} rows to 2-D{compiles}"))
     embedding = _embed(space, method, seed)
     step(MapStep("numbers", f"clustering by class and subject ({permutations} shuffles each)"))
     rng = np.random.default_rng(seed)
