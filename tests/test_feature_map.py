@@ -123,6 +123,14 @@ def test_a_tap_is_mapped_by_name(cnn_store):
         feature_map(cnn_store, tap="fc9", method="pca")
 
 
+def test_fused_stores_and_taps_are_mapped_as_load_features_reads_them(cnn_stores):
+    steps = []
+    fused = feature_map([cnn_stores(0), cnn_stores(1)], tap=["pool5", "fc"], method="pca", on_step=steps.append)
+    assert fused.tap == "pool5+fc+pool5+fc" and fused.n_cells == 30 and fused.pca_dims == 30
+    assert fused.store == f"{cnn_stores(0)} + {cnn_stores(1)}"
+    assert steps[0].text == f"reading {cnn_stores(0)} + {cnn_stores(1)} (tap pool5+fc)"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("umap") is None, reason="umap-learn is not installed")
 def test_umap_maps_deterministically_and_auto_picks_it(cnn_store):

@@ -18,7 +18,7 @@ from rich.console import Console
 from featx.errors import FeatxError
 from featx.extract import extract
 from featx.report.feature_map import feature_map
-from featx.report.feature_map_plot import draw_feature_map, map_figure, plot_feature_map
+from featx.report.feature_map_plot import caption, draw_feature_map, map_figure, plot_feature_map
 from featx.report.plots import DPI
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,6 +50,9 @@ def test_the_figure_has_a_panel_by_class_and_one_by_subject_titled_with_their_nu
     assert titles[1].startswith(f"by subject: subject clustering {fmap.subject_clustering.text()}")
     assert re.search(r"\d\.\d\d \(chance \d\.\d\d ± \d\.\d\d\)", titles[1])
     assert "not on this map" in fig.get_supxlabel()
+    assert caption(fmap) == (f"PCA of cnn.h5 (fc), 30 cells of 8 subjects: subject clustering "
+                             f"{fmap.subject_clustering.text()}, class clustering {fmap.class_clustering.text()}, in "
+                             "the features' 30-dimensional PCA space")
     subjects = [t.get_text() for t in fig.axes[1].texts]
     assert sorted(subjects) == sorted(set(fmap.subjects))   # each subject's id at its centre
     path = draw_feature_map(fmap, tmp_path / "map.png")
@@ -157,7 +160,7 @@ def test_bad_inputs_are_one_line_each(cnn_store, tmp_path):
         assert result.exit_code == 1 and message in text and "Traceback" not in result.output, (out, text)
     copy = tmp_path / "store.png.h5"
     copy.write_bytes(Path(cnn_store).read_bytes())
-    with pytest.raises(FeatxError, match="is the store itself"):
+    with pytest.raises(FeatxError, match="is a store the map reads"):
         plot_feature_map(copy, copy, method="pca", overwrite=True)
     assert not (tmp_path / "m.png").exists()
 

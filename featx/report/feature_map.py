@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,16 +119,21 @@ def check_method(method: str) -> str:
     return method
 
 
-def feature_map(store: str | Path, *, tap: str | None = None, method: str = "auto", seed: int = 0,
-                permutations: int = 200, on_step: Callable[[MapStep], None] | None = None) -> FeatureMap:
+def feature_map(store: str | Path | Sequence[str | Path], *, tap: str | Sequence[str] | None = None,
+                method: str = "auto", seed: int = 0, permutations: int = 200,
+                on_step: Callable[[MapStep], None] | None = None) -> FeatureMap:
     """The map of a feature store's labelled rows at ``tap`` (None: the store's default tap): see the module's
-    docstring for the numbers. ``method``: auto, tsne, umap or pca; the same ``seed`` gives the same map."""
+    docstring for the numbers. ``method``: auto, tsne, umap or pca; the same ``seed`` gives the same map.
+    Several stores (side by side) or taps (concatenated) are read as :func:`featx.load_features` reads them."""
     step = on_step or (lambda event: None)
     method = check_method(method)
-    step(MapStep("read", f"reading {store}" + (f" (tap {tap})" if tap else "")))
+    stores = [store] if isinstance(store, (str, Path)) else list(store)
+    taps = tap if tap is None or isinstance(tap, str) else "+".join(tap)
+    step(MapStep("read", f"reading {' + '.join(map(str, stores))}" + (f" (tap {taps})" if taps else "")))
     features = load_features(store, tap)
     return map_arrays(features.X, features.y, features.subjects, classes=features.classes, method=method,
-                      seed=seed, permutations=permutations, tap=features.tap, store=str(store), on_step=on_step)
+                      seed=seed, permutations=permutations, tap=features.tap,
+                      store=" + ".join(map(str, stores)), on_step=on_step)
 
 
 def map_arrays(X: np.ndarray, y: np.ndarray, subjects: np.ndarray | None, *, classes: list[str],
