@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from featx.cli.app import INTERRUPT_LINES, app, console, on_interrupt, user_errors
+from featx.cli.map import StepStatus
+from featx.cli.options import Quiet
 from featx.report import write_html_report
 
 
@@ -20,7 +22,12 @@ def report(
     title: Annotated[str, typer.Option(help="Title of the report.")] = "featx report",
     sort_by: Annotated[str, typer.Option("--sort-by", help="Metric the comparison chart sorts rows by.")
                        ] = "f1_weighted",
+    maps: Annotated[str, typer.Option(help="The feature map of each store the rows compare: auto (UMAP when "
+                                           "umap-learn is installed, else t-SNE), tsne, umap, pca, or none.")
+                    ] = "auto",
+    quiet: Quiet = False,
 ) -> None:
     """Write one HTML file to mail: the results table, its notes and every figure inlined (no other files)."""
-    path = write_html_report(results, out, title=title, sort_by=sort_by)
+    with StepStatus(quiet) as steps:
+        path = write_html_report(results, out, title=title, sort_by=sort_by, maps=maps, on_step=steps)
     console.print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, self-contained)")

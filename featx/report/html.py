@@ -17,6 +17,7 @@ import featx
 from featx import csvfiles
 from featx.errors import FeatxError, arg
 from featx.files import write_or_keep
+from featx.report.feature_map import MapStep
 from featx.report.files import dedupe_rows, read_results
 from featx.report.forest import plot_forest
 from featx.report.methods import methods_html
@@ -40,6 +41,7 @@ from featx.report.notes import (
     short_protocol,
 )
 from featx.report.outputs import find_results, written_by
+from featx.report.pictures import check_map_choice, maps_html
 from featx.report.plots import metric_label, plot_confusion, plot_history, plot_roc
 from featx.report.sections import intervals_html, subjects_html
 from featx.report.subjects import with_predictions
@@ -72,11 +74,15 @@ class _Figure:
 
 
 def write_html_report(sources: Sequence[ResultRow | str | Path], out: str | Path, *, title: str = "featx report",
-                      sort_by: str = "f1_weighted") -> Path:
+                      sort_by: str = "f1_weighted", maps: str = "auto",
+                      on_step: Callable[[MapStep], None] | None = None) -> Path:
     """Write ``out`` (one HTML file) for the result rows of ``sources``: :class:`ResultRow` objects, or
     results.json files or folders (read by :func:`read_results`; a fine-tuning run folder also gives its
-    training curves). Rows are sorted by ``sort_by`` in the comparison chart. Returns ``out``."""
+    training curves). Rows are sorted by ``sort_by`` in the comparison chart. ``maps``: how the feature map of
+    each store is embedded (:data:`featx.report.pictures.MAP_CHOICES`; ``"none"``: no maps). ``on_step`` hears
+    each long step (a map, a row's gallery) before it starts. Returns ``out``."""
     check_metric(sort_by, "sort_by")
+    check_map_choice(maps)
     out = Path(out)
     if out.is_dir():
         raise FeatxError(f"{out} is a folder; {arg('out')} is the HTML file to write, e.g. "
@@ -85,7 +91,8 @@ def write_html_report(sources: Sequence[ResultRow | str | Path], out: str | Path
     if not rows:
         raise FeatxError(f"no result rows in {', '.join(names) or 'the sources given'}; point to results.json "
                          f"files written by {written_by('compare', 'classify', 'finetune')} (or their folders)")
-    html = render_html(rows, runs, title=title, sort_by=sort_by, sources=names, folders=folders)
+    html = render_html(rows, runs, title=title, sort_by=sort_by, sources=names, folders=folders, maps=maps,
+                       on_step=on_step)
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_or_keep(out, lambda tmp: tmp.write_text(html, encoding="utf-8"))
 
@@ -121,7 +128,8 @@ def table2_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str:
 
 
 def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: str = "featx report",
-                sort_by: str = "f1_weighted", sources: Sequence[str] = (), folders: Sequence[Path] = ()) -> str:
+                sort_by: str = "f1_weighted", sources: Sequence[str] = (), folders: Sequence[Path] = (),
+                maps: str = "auto", on_step: Callable[[MapStep], None] | None = None) -> str:
     """The report's HTML text (see :func:`write_html_report`): figures are drawn into a temporary folder
     and inlined. ``folders``: the results folders the rows were read from (their run.json names the command
     in the Methods)."""
@@ -141,8 +149,13 @@ def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: 
             "(IMAGE-LEVEL and OPTIMISTIC rows in their own, marked panels); the dashed line is the protocol's best "
             "row, and each row's paired difference from it is on the right.", chart))))
         body.append(_section("intervals", "Every metric with its 95% interval", intervals_html(rows, positive)))
-        figure = lambda plot, caption: _figure_html(_Figure(caption, draw(plot)))  # noqa: E731
+        def figure(plot, caption) -> str:
+            png = draw(plot)
+            return _figure_html(_Figure(caption() if callable(caption) else caption, png))
+
         body.append(_section("subjects", "Per-subject results", subjects_html(rows, figure, sort_by)))
+        body.append(_section("feature-space", "Feature space: by class and by subject",
+                             maps_html(rows, figure, maps, on_step=on_step)))
         body.append(_section("methods", "Methods", "<p class=\"meta\">Written from what the rows, their stores "
                              "and results folders record; paste and edit.</p>",
                              methods_html(rows, [*folders, *runs])))

@@ -12,8 +12,9 @@ from featx.report.plots import metric_label
 from featx.report.subjects import majority_vote, per_subject_lines, plot_per_subject, shown_rows
 from featx.results import METRICS, ResultRow, Score
 
-# figure(plot, caption) -> the <figure> HTML of the PNG that plot(path) writes
-Figure = Callable[[Callable[[Path], Path], str], str]
+# figure(plot, caption) -> the <figure> HTML of the PNG that plot(path) writes; a callable caption is asked
+# after the plot is drawn (for captions that carry what drawing measured)
+Figure = Callable[[Callable[[Path], Path], "str | Callable[[], str]"], str]
 
 
 def score_interval_text(score: Score) -> str:

@@ -1,0 +1,69 @@
+"""The report's pictures of cells and features: a map of the feature space for every store the rows compare.
+Text only; the figures go through the ``figure`` callable of :mod:`featx.report.sections`."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from html import escape
+from pathlib import Path
+
+from featx.errors import FeatxError, arg
+from featx.report.feature_map import MapStep, check_method
+from featx.report.feature_map_plot import caption, plot_feature_map
+from featx.report.sections import Figure
+from featx.results import ResultRow
+
+#: report map settings: ``"none"`` draws no feature map
+MAP_CHOICES = ("auto", "tsne", "umap", "pca", "none")
+TUNED_NOTE = ("; the features of a fine-tuned network, which trained on most of these cells: they may cluster more "
+              "tightly than cells it never saw")
+
+
+def mapped_stores(rows: Sequence[ResultRow]) -> list[tuple[tuple[str, ...], str, bool]]:
+    """The (stores, tap, tuned) each row's features came from, once each, in row order. Hybrid rows are left
+    out: each outer fold has its own fine-tuned network, so their stores are not one feature space."""
+    seen: dict[tuple[tuple[str, ...], str], bool] = {}
+    for r in rows:
+        stores = tuple(str(s) for s in (r.settings.get("stores") or ()))
+        if not stores or r.protocol == "hybrid" or not r.tap:
+            continue
+        seen[(stores, r.tap)] = seen.get((stores, r.tap), False) or bool(r.tuned)
+    return [(stores, tap, tuned) for (stores, tap), tuned in seen.items()]
+
+
+def check_map_choice(maps: str) -> str:
+    """``maps`` if it is one of :data:`MAP_CHOICES` (a one-line error otherwise)."""
+    if maps not in MAP_CHOICES:
+        raise FeatxError(f"{arg('maps', maps)}: choose one of {', '.join(MAP_CHOICES)}")
+    return maps
+
+
+def maps_html(rows: Sequence[ResultRow], figure: Figure, method: str = "auto", seed: int = 0,
+              on_step: Callable[[MapStep], None] | None = None) -> str:
+    """One feature map per store (and tap) the rows compare (:func:`mapped_stores`): its labelled cells in 2-D by
+    class and by subject, each panel with how strongly the cells cluster beside the chance level. A store that
+    cannot be read (moved, deleted) is named with the reason instead."""
+    if method == "none":
+        return "<p>(no feature maps: the report was asked for none)</p>"
+    method = check_method(method)
+    targets = mapped_stores(rows)
+    if not targets:
+        return "<p>(no row names a feature store, so there is no feature space to map)</p>"
+    parts = ['<p class="meta">Cells that cluster by subject inside their class are what an image-level split lets '
+             "a classifier recognise: the subject (its stain, its morphology), not the cell. Both numbers are "
+             "measured in the features' PCA space, each beside its value with shuffled labels.</p>"]
+    for stores, tap, tuned in targets:
+        made = []
+
+        def plot(path: Path, stores=stores, tap=tap, made=made) -> Path:
+            made.append(plot_feature_map(list(stores), path, tap=tap.split("+"), method=method, seed=seed,
+                                         on_step=on_step))
+            return path
+
+        def text(made=made, tuned=tuned) -> str:
+            return caption(made[0]) + (TUNED_NOTE if tuned else "")
+
+        try:
+            parts.append(figure(plot, text))
+        except FeatxError as exc:
+            parts.append(f"<p>(no map of {escape(' + '.join(stores))} ({escape(tap)}): {escape(str(exc))})</p>")
+    return "\n".join(parts)

@@ -1,0 +1,46 @@
+"""The report's pictures: a feature map for every store its rows compare."""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from report_rows import make_row
+
+import featx
+from featx.errors import FeatxError
+from featx.report import write_html_report
+from featx.report.pictures import mapped_stores
+
+pytestmark = pytest.mark.slow
+
+
+def _section(text: str, anchor: str) -> str:
+    return text.split(f'<section id="{anchor}">', 1)[1].split("</section>", 1)[0]
+
+
+def test_the_report_maps_every_store_its_rows_compare_by_class_and_by_subject(cnn_store, tmp_path):
+    rows = featx.compare([cnn_store], ["logistic", "knn"], cv="subject", n_folds=3, jobs=1).rows
+    gone = dataclasses.replace(rows[0], settings={**rows[0].settings, "stores": [str(tmp_path / "moved.h5")]})
+    assert [(s, t) for s, t, _ in mapped_stores([*rows, gone])] == [((str(cnn_store),), rows[0].tap),
+                                                                    ((str(tmp_path / "moved.h5"),), rows[0].tap)]
+    steps = []
+    page = write_html_report([*rows, gone], tmp_path / "r.html", maps="pca", on_step=steps.append)
+    section = _section(page.read_text(encoding="utf-8"), "feature-space")
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", section)
+    assert len(captions) == 1 and "PCA of " in captions[0] and f"({rows[0].tap})" in captions[0]
+    subject = re.search(r"subject clustering (0\.\d+) \(chance (0\.\d+) ± (0\.\d+)\)", captions[0])
+    assert subject and float(subject[1]) > float(subject[2]) + 2 * float(subject[3])  # stain tints: far above
+    assert "class clustering" in captions[0] and section.count("<img ") == 1
+    assert f"no map of {tmp_path / 'moved.h5'}" in section  # the store that moved is named, not skipped silently
+    assert {s.name for s in steps} >= {"read", "embed", "draw"}
+
+    none = write_html_report(rows, tmp_path / "n.html", maps="none").read_text(encoding="utf-8")
+    assert "<img " not in _section(none, "feature-space")
+
+
+def test_rows_without_stores_get_no_map_and_a_wrong_choice_is_one_line(tmp_path):
+    text = write_html_report([make_row("x/fc7 + svm", 0.9)], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "no row names a feature store" in _section(text, "feature-space")
+    with pytest.raises(FeatxError, match=r"maps='tsnee'.*choose one of auto, tsne, umap, pca, none"):
+        write_html_report([make_row("x/fc7 + svm", 0.9)], tmp_path / "r2.html", maps="tsnee")
