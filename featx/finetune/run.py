@@ -244,4 +244,6 @@ def scored_predictions(plan, index: np.ndarray, pooled: dict) -> dict:
     samples, names = plan.collection.samples, np.asarray(plan.classes, dtype=object)
     return {"path": [samples[i].path for i in index], "subject": [samples[i].subject or "" for i in index],
             "fold": [1] * len(index), "y_true": names[pooled["y_true"]].tolist(),
-            "y_pred": names[pooled["y_pred"]].tolist(), "score": pooled["y_score"].tolist()}
+            "y_pred": names[pooled["y_pred"]].tolist(),
+            # as the CSV holds them (9 digits; the softmax is float32): a finished run's row read back is equal
+            "score": [float(f"{s:.9g}") for s in pooled["y_score"]]}
