@@ -141,11 +141,14 @@ def test_no_text_overlaps_another_an_image_or_leaves_the_sheet(n_wrong, n_right,
                      caption="score = probability of class all; confidence = probability of the predicted class " * 3,
                      n_wrong=n_wrong + 7, n_right=n_right + 100)
     texts, boxes, axes = _texts(fig)
-    assert len(texts) >= 4 * (n_wrong + n_right) + 3  # every cell's four lines, the title, headers, caption
     assert [(texts[i].get_text(), texts[j].get_text()) for i, j in _hits(boxes, boxes, True)] == []
     assert [texts[i].get_text() for i, _ in _hits(boxes, axes, False)] == []
     width, height = fig.bbox.width, fig.bbox.height
     assert [t.get_text() for t, b in zip(texts, boxes) if b[0] < 0 or b[1] < 0 or b[2] > width or b[3] > height] == []
+    assert len(texts) >= 5 * (n_wrong + n_right) + 3  # every cell's five lines, the title, headers, caption
+    subjects = [t.get_text() for t in texts if t.get_text().startswith("subject ")]
+    assert len(subjects) == n_wrong + n_right and all(" · fold " in s for s in subjects)  # kept by a long subject
+    assert len([t for t in texts if t.get_text().startswith("pred ")]) == n_wrong + n_right
     if long:  # a long file name keeps its end (the file), cut from the left
         assert any(t.get_text().startswith("…") and t.get_text().endswith(".bmp") for t in texts)
 

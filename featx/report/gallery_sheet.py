@@ -1,5 +1,5 @@
 """The error gallery's PNG sheet: thumbnails of a row's cells (most confidently wrong, least confident right),
-each annotated with its file, subject, true and predicted class, score and confidence, grouped by subject.
+each annotated with its file, subject and fold, true and predicted class, score and confidence, grouped by subject.
 
 Laid out in inches: a fixed width (``columns`` cells), a height that follows the cells; every annotation is
 measured and shortened (the file name from the left, with ``…``) to fit its cell, so no text overlaps another.
@@ -14,7 +14,7 @@ import numpy as np
 from featx.report.gallery_cells import Cell, by_subject
 from featx.report.plots import DPI, pyplot, save_png, wrap_title
 
-CELL_W, IMAGE_H, TEXT_H = 1.45, 1.05, 0.62   # inches: one cell's width, its image and its 4 annotation lines
+CELL_W, IMAGE_H, TEXT_H = 1.45, 1.05, 0.76   # inches: one cell's width, its image and its 5 annotation lines
 MARGIN, HEADER_H, GAP = 0.15, 0.3, 0.1       # inches: the sheet's margin, a part's header line, between cells
 FONT, TITLE_FONT = 6.5, 9.0                  # points
 THUMB = 128                                  # pixels: the longest side of a thumbnail
@@ -31,7 +31,7 @@ def sheet_width(columns: int = COLUMNS) -> float:
 def draw_sheet(wrong: Sequence[Cell], right: Sequence[Cell], load: LoadImage, *, title: str, caption: str,
                n_wrong: int, n_right: int, columns: int = COLUMNS):
     """The figure: a title, a part per kind of cell (its header says how many of how many are drawn), one
-    thumbnail per cell (``load(cell)``: an RGB array) with four lines under it, subjects framed in turn of
+    thumbnail per cell (``load(cell)``: an RGB array) with five lines under it, subjects framed in turn of
     colour, and the caption (what the score and the confidence are) at the bottom."""
     plt = pyplot()
     width = sheet_width(columns)
@@ -79,7 +79,8 @@ def save_sheet(fig, path: str | Path) -> Path:
 
 def _draw_cell(fig, renderer, cell: Cell, image: np.ndarray, x: float, y: float, width: float, height: float,
                colour) -> None:
-    """The thumbnail in a frame of its subject's colour, and its four lines under it."""
+    """The thumbnail in a frame of its subject's colour, and its five lines under it: file, subject and fold, true
+    class, predicted class (red when wrong), score and confidence; each shortened alone to fit the cell."""
     pad = 0.06
     ax = fig.add_axes(((x + pad) / width, (y - IMAGE_H) / height, (CELL_W - 2 * pad) / width, IMAGE_H / height))
     ax.imshow(image, interpolation="nearest")
@@ -91,24 +92,26 @@ def _draw_cell(fig, renderer, cell: Cell, image: np.ndarray, x: float, y: float,
     score = "n/a" if cell.score is None else f"{cell.score:.3f}"
     confidence = "n/a" if np.isnan(cell.confidence) else f"{cell.confidence:.3f}"
     fold = "" if cell.fold is None else f" · fold {cell.fold}"
-    lines = [(name, "left"), (f"subject {cell.subject or '?'}{fold}", "right"),
-             (f"true {cell.y_true} → pred {cell.y_pred}", "right"), (f"score {score} · conf {confidence}", "right")]
+    lines = [(name, "left", ""), (f"subject {cell.subject or '?'}", "right", fold),
+             (f"true {cell.y_true}", "right", ""), (f"pred {cell.y_pred}", "right", ""),
+             (f"score {score} · conf {confidence}", "right", "")]
     room = CELL_W - 2 * pad
     line_h = TEXT_H / len(lines)
-    for i, (text, cut) in enumerate(lines):
-        fig.text(x + pad, y - IMAGE_H - 0.04 - i * line_h, _fit(fig, renderer, text, room, FONT, cut=cut),
-                 fontsize=FONT, va="top", ha="left", color="darkred" if cell.wrong and i == 2 else "black",
+    for i, (text, cut, keep) in enumerate(lines):
+        fig.text(x + pad, y - IMAGE_H - 0.04 - i * line_h, _fit(fig, renderer, text, room, FONT, cut=cut, keep=keep),
+                 fontsize=FONT, va="top", ha="left", color="darkred" if cell.wrong and i == 3 else "black",
                  transform=fig.dpi_scale_trans)
 
 
-def _fit(fig, renderer, text: str, inches: float, fontsize: float, cut: str = "right") -> str:
-    """``text`` shortened (from the ``cut`` side, marked ``…``) until it is at most ``inches`` wide."""
-    probe = fig.text(0, 0, text, fontsize=fontsize)
+def _fit(fig, renderer, text: str, inches: float, fontsize: float, cut: str = "right", keep: str = "") -> str:
+    """``text`` + ``keep``, ``text`` shortened (from the ``cut`` side, marked ``…``) until the whole is at most
+    ``inches`` wide."""
+    shown = text + keep
+    probe = fig.text(0, 0, shown, fontsize=fontsize)
     try:
-        shown = text
-        while len(shown) > 1 and probe.get_window_extent(renderer).width > inches * fig.dpi:
+        while len(text) > 1 and probe.get_window_extent(renderer).width > inches * fig.dpi:
             text = text[1:] if cut == "left" else text[:-1]
-            shown = f"…{text}" if cut == "left" else f"{text}…"
+            shown = (f"…{text}" if cut == "left" else f"{text}…") + keep
             probe.set_text(shown)
         return shown
     finally:
