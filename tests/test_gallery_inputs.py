@@ -131,3 +131,41 @@ def test_a_finetuned_run_writes_predictions_and_gets_a_gallery(cnmc_tree, tmp_pa
     g = done.rows[0]
     assert g.score_kind == "probability" and "softmax" in g.confidence
     assert g.n_wrong == int(pairs.sum() - np.trace(pairs)) == sum(x["cell"] == "wrong" for x in _csv(g.csv))
+
+
+@pytest.mark.slow
+def test_every_row_is_checked_before_the_first_sheet_is_written(results, tmp_path):
+    from featx.errors import FeatxError
+    from featx.report.gallery import gallery
+
+    moved = tmp_path / "b"  # a second results folder whose store (and so its data root) is gone
+    shutil.copytree(results, moved)
+    text = (moved / "results.json").read_text()
+    (moved / "results.json").write_text(text.replace(str(Path(_stores(text)[0])), str(tmp_path / "gone.h5")))
+    with pytest.raises(FeatxError, match=r"row cnn/fc \+ logistic: no data folder recorded"):
+        gallery([results, moved], tmp_path / "g")
+    assert not (tmp_path / "g").exists()  # not even the first folder's sheet
+
+
+def _stores(results_json: str) -> list[str]:
+    import json
+
+    data = json.loads(results_json)
+    rows = data["rows"] if isinstance(data, dict) else data
+    return rows[0]["settings"]["stores"]
+
+
+def test_a_row_selected_per_fold_gives_each_fold_its_head_s_confidence():
+    from featx.report.gallery_cells import cell_confidences, confidence_meaning, score_kind
+    from featx.results import ResultRow
+
+    row = ResultRow(name="selected by inner f1_weighted", backbone="selected", tap="", head="selected",
+                    protocol="subject", protocol_label="subject-level 2-fold", image_level=False, n_folds=2, n_train=4,
+                    n_test=4, n_subjects=4, classes=["all", "hem"], positive="all",
+                    predictions={"path": list("abcd"), "subject": list("1234"), "fold": [1, 1, 2, 2],
+                                 "y_true": ["all", "hem", "all", "hem"], "y_pred": ["all", "all", "hem", "hem"],
+                                 "score": [0.9, 0.7, -0.4, -1.5]},
+                    settings={"selected": ["x/fc + logistic", "x/fc [b] + svm"]})
+    assert score_kind(row) == "mixed"
+    assert "probability in fold 1; decision in fold 2" in confidence_meaning(row)
+    np.testing.assert_allclose(cell_confidences(row), [0.9, 0.7, 0.4, 1.5])  # fold 2: the margin, not 1 - score

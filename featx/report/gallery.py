@@ -54,16 +54,17 @@ class GalleryResult(Record):
 
 def data_root(row: ResultRow, source: str | Path | None = None, data: str | Path | None = None) -> Path:
     """The folder ``row``'s prediction paths are relative to: ``data`` when given, else the ``data_root`` its
-    settings record (a fine-tuned run), of its first feature store that still exists, or of the ``settings.json``
-    beside ``source`` (the results.json the row was read from: a ``featx hybrid`` run). One-line
-    :class:`FeatxError` when none is recorded."""
+    settings record (a fine-tuned run), of its first feature store that still exists (of a row selected per
+    fold: of the stores the folds chose), or of the ``settings.json`` beside ``source`` (the results.json the
+    row was read from: a ``featx hybrid`` run). One-line :class:`FeatxError` when none is recorded."""
     if data is not None:
         return Path(data)
     settings = row.settings or {}
     if settings.get("data_root"):
         return Path(settings["data_root"])
     base = Path(source).parent if source is not None else Path.cwd()
-    for store in settings.get("stores") or []:
+    selected = [s for fold in settings.get("selected_stores") or [] for s in fold]  # a row selected per fold
+    for store in [*(settings.get("stores") or []), *selected]:
         path = Path(store) if Path(store).is_absolute() else base / store
         if path.is_file():
             try:
@@ -90,16 +91,10 @@ def plot_gallery(row: ResultRow, path: str | Path, *, data: str | Path | None = 
     lists every misclassified cell (``drawn`` yes or no) and every drawn cell. ``source``: the results.json the
     row was read from (where its data root may be recorded, :func:`data_root`); ``data`` overrides the data
     root. A missing image is a one-line :class:`FeatxError` naming it."""
-    if not row.predictions:
-        raise FeatxError(f"row {row.name} carries no out-of-fold predictions; read it with its predictions file "
-                         "(results written by a featx that keeps predictions/)")
-    if wrong < 0 or right < 0:
-        raise FeatxError(f"{arg('wrong', wrong)} and {arg('right', right)} count cells: give 0 or more")
     path = Path(path)
-    cells = gallery_cells(row, wrong=wrong, right=right)
+    cells, root = checked_cells(row, wrong=wrong, right=right, source=source, data=data)
     drawn = [c for c in cells if c.drawn]
-    root = data_root(row, source, data) if drawn else Path(".")
-    images = {c.path: _thumbnail(row, root, c, data) for c in drawn}  # every image checked before drawing
+    images = {c.path: _thumbnail(root / c.path) for c in drawn}
     meaning = confidence_meaning(row)
     n_test = len(row.predictions["path"])
     bad = [c for c in cells if c.wrong]
@@ -152,6 +147,8 @@ def gallery(results: str | Path | Sequence[str | Path], out: str | Path, *, data
         if taken:
             raise FeatxError(f"{taken[0]} exists ({len(taken)} gallery files in {out} would be replaced); choose "
                              f"another {arg('out')} or give {arg('overwrite', True)} to replace them")
+    for i in have:  # every row's data root and images found before the first sheet is written
+        checked_cells(rows[i], wrong=wrong, right=right, source=origins[i], data=data)
     out.mkdir(parents=True, exist_ok=True)
     done = []
     for k, (i, name) in enumerate(zip(have, names)):
@@ -175,13 +172,29 @@ def missing_predictions_why(rows: Sequence[ResultRow]) -> str:
             "again")
 
 
-def _thumbnail(row: ResultRow, root: Path, cell: Cell, data) -> np.ndarray:
-    """The cell's image, at most :data:`THUMB` pixels a side; one-line :class:`FeatxError` when it is missing."""
-    path = root / cell.path
-    if not path.is_file():
-        fix = (f"give {arg('data')} the folder the images are under now" if data is None else
-               f"check {arg('data', str(data))}: the paths of the predictions file are relative to it")
-        raise FeatxError(f"{path}: image of row {row.name} not found (the data folder moved or was deleted?); {fix}")
+def checked_cells(row: ResultRow, *, wrong: int = WRONG, right: int = RIGHT, source=None,
+                  data=None) -> tuple[list[Cell], Path]:
+    """``row``'s :func:`gallery_cells` and its data root, once every image to draw is found there (one-line
+    :class:`FeatxError` naming the first missing one, and the fix)."""
+    if not row.predictions:
+        raise FeatxError(f"row {row.name} carries no out-of-fold predictions; read it with its predictions file "
+                         "(results written by a featx that keeps predictions/)")
+    if wrong < 0 or right < 0:
+        raise FeatxError(f"{arg('wrong', wrong)} and {arg('right', right)} count cells: give 0 or more")
+    cells = gallery_cells(row, wrong=wrong, right=right)
+    drawn = [c for c in cells if c.drawn]
+    root = data_root(row, source, data) if drawn else Path(".")
+    for c in drawn:
+        if not (root / c.path).is_file():
+            fix = (f"give {arg('data')} the folder the images are under now" if data is None else
+                   f"check {arg('data', str(data))}: the paths of the predictions file are relative to it")
+            raise FeatxError(f"{root / c.path}: image of row {row.name} not found (the data folder moved or was "
+                             f"deleted?); {fix}")
+    return cells, root
+
+
+def _thumbnail(path: Path) -> np.ndarray:
+    """The image at ``path``, at most :data:`THUMB` pixels a side."""
     image = load_image(path)
     image.thumbnail((THUMB, THUMB))
     return np.asarray(image)

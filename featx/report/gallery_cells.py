@@ -17,7 +17,7 @@ from featx.data import natural_key
 from featx.heads import get_head, list_heads
 from featx.results import ResultRow
 
-PROBABILITY, DECISION, UNKNOWN, NONE = "probability", "decision", "unknown", "none"
+PROBABILITY, DECISION, MIXED, UNKNOWN, NONE = "probability", "decision", "mixed", "unknown", "none"
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,29 @@ class Cell:
 def score_kind(row: ResultRow) -> str:
     """What the ``score`` column of ``row``'s predictions is: ``"probability"`` (the positive class's
     ``predict_proba`` of a head that has one; a fine-tuned network's softmax), ``"decision"`` (the signed
-    ``decision_function`` of a head without ``predict_proba``: linear-svm, svm), ``"unknown"`` (a head this
-    process does not know, or heads selected per fold, whose scores may mix both) or ``"none"`` (no score)."""
+    ``decision_function`` of a head without ``predict_proba``: linear-svm, svm), ``"mixed"`` (a row selected per
+    outer fold whose folds chose heads of both kinds), ``"unknown"`` (a head this process does not know) or
+    ``"none"`` (no score)."""
     p = row.predictions or {}
     if not any(s is not None and not _nan(s) for s in p.get("score") or []):
         return NONE
-    if row.head is None:  # a fine-tuned network's own row: its softmax
+    kinds = set(fold_kinds(row).values()) or {_head_kind(row)}
+    return kinds.pop() if len(kinds) == 1 else MIXED
+
+
+def fold_kinds(row: ResultRow) -> dict[int, str]:
+    """For a row selected per outer fold (``compare(select=...)``): each fold's score kind, from the head that
+    fold chose (``settings["selected"]``); ``{}`` for other rows."""
+    chosen = (row.settings or {}).get("selected") if row.head == "selected" else None
+    return {k + 1: _head_kind(str(name).rsplit(" + ", 1)[-1]) for k, name in enumerate(chosen or [])}
+
+
+def _head_kind(row_or_head) -> str:
+    head = row_or_head.head if isinstance(row_or_head, ResultRow) else row_or_head
+    if head is None:  # a fine-tuned network's own row: its softmax
         return PROBABILITY
-    if row.head in list_heads():
-        return PROBABILITY if get_head(row.head).probability else DECISION
+    if head in list_heads():
+        return PROBABILITY if get_head(head).probability else DECISION
     return UNKNOWN
 
 
@@ -55,16 +69,26 @@ def confidence_meaning(row: ResultRow) -> str:
     """One sentence: what the row's ``score`` is and how a cell's confidence is made from it."""
     kind, pos = score_kind(row), row.positive
     if kind == PROBABILITY:
-        source = "the network's softmax" if row.head is None else f"{row.head}'s predict_proba"
+        source = ("the network's softmax" if row.head is None else
+                  "predict_proba of the head each fold selected" if row.head == "selected" else
+                  f"{row.head}'s predict_proba")
         binary = len(row.classes or []) <= 2
         return (f"score = probability of class {pos} ({source}); confidence = probability of the predicted class "
                 f"(score when {pos} was predicted, else 1 - score"
                 + ("" if binary else f", the probability of not {pos}: at least that of the predicted class")
                 + ")")
     if kind == DECISION:
-        return (f"score = {row.head}'s signed decision value toward class {pos} (not a probability); confidence = "
+        head = "the head each fold selected" if row.head == "selected" else row.head
+        return (f"score = {head}'s signed decision value toward class {pos} (not a probability); confidence = "
                 f"the margin toward the predicted class (score when {pos} was predicted, else -score), in "
                 "decision-function units: it ranks this row's cells, not rows against each other")
+    if kind == MIXED:
+        folds = fold_kinds(row)
+        which = {k: [str(i) for i, v in folds.items() if v == k] for k in (PROBABILITY, DECISION)}
+        by = "; ".join(f"{k} in fold{'s' if len(f) > 1 else ''} {', '.join(f)}" for k, f in which.items() if f)
+        return (f"score = the positive class ({pos}) score of the head each outer fold selected: a probability or a "
+                f"decision value ({by}); confidence = probability of the predicted class in probability folds, "
+                "the margin toward it in decision folds: unlike units, so cells of different folds rank only roughly")
     if kind == UNKNOWN:
         return (f"score = the positive class ({pos}) score of head {row.head}, of a scale featx does not know "
                 f"(probability or decision value); confidence = score when {pos} was predicted, else its "
@@ -80,8 +104,13 @@ def cell_confidences(row: ResultRow) -> np.ndarray:
     if kind == NONE:
         return np.full(len(p["path"]), np.nan)
     is_pos = np.array([str(y) == pos for y in p["y_pred"]])
-    probability_like = kind == PROBABILITY or (kind == UNKNOWN and np.nanmin(scores) >= 0 and np.nanmax(scores) <= 1)
-    return np.where(is_pos, scores, 1.0 - scores if probability_like else -scores)
+    if kind == MIXED:
+        folds = fold_kinds(row)
+        probability_like = np.array([folds.get(f) == PROBABILITY for f in p["fold"]])
+    else:
+        probability_like = kind == PROBABILITY or (kind == UNKNOWN and np.nanmin(scores) >= 0
+                                                   and np.nanmax(scores) <= 1)
+    return np.where(is_pos, scores, np.where(probability_like, 1.0 - scores, -scores))
 
 
 def gallery_cells(row: ResultRow, *, wrong: int = 24, right: int = 8) -> list[Cell]:
