@@ -18,6 +18,7 @@ from featx.finetune.loop import Trainer
 from featx.finetune.plan import plan_run
 from featx.finetune.settings import RESOLVED, FinetuneSettings
 from featx.keywords import Slot, typed_arguments
+from featx.report.subjects import with_predictions
 from featx.results import NetworkRecord, ResultRow, jsonable, read_json, summary_scores
 
 
@@ -124,7 +125,7 @@ def _warn(template: str | None, callback: Callback | None) -> None:
 
 def finished_summary(out: Path) -> RunSummary:
     """The summary of a finished run, read back from its folder (nothing is trained)."""
-    row = read_json(out / "results.json")[0]
+    row = with_predictions(read_json(out / "results.json"), out / "results.json")[0]
     settings = ckpt.read_settings(out)
     with open(out / "history.csv", newline="", encoding="utf-8") as fh:
         history = [{k: int(v) if k == "epoch" else float(v) for k, v in line.items()}
@@ -227,9 +228,22 @@ def result_row(trainer: Trainer, pred: dict, best_epoch: int, scored_epoch: int)
         ci_unit=summary.get("ci_unit"), interval=summary.get("interval"),
         per_subject_accuracy=jsonable(summary.get("per_subject_accuracy")),
         roc=roc_points(pooled["y_true"] == plan.pos, pooled["y_score"]),
+        predictions=scored_predictions(plan, index[keep], pooled),
         fit_seconds=round(sum(float(h["seconds"]) for h in trainer.state.history), 3),
         settings=jsonable({k: v for k, v in s.items() if k not in ("notes", "classes")}),
         scores=scores, optimistic=optimistic,
         network=NetworkRecord(best_epoch=best_epoch, scored_epoch=scored_epoch, epochs_run=epochs_run,
                               n_skipped=len(trainer.skipped), selection=selection),
         weights_provenance=provenance.mark_of(s.get("weights_provenance")))
+
+
+def scored_predictions(plan, index: np.ndarray, pooled: dict) -> dict:
+    """The scored validation images as ``predictions/<row>.csv`` holds a head row's out-of-fold predictions:
+    path (relative to the data root, ``settings["data_root"]``), subject, fold 1 (one split), true and predicted
+    class, and the network's softmax probability of the positive class as the score."""
+    samples, names = plan.collection.samples, np.asarray(plan.classes, dtype=object)
+    return {"path": [samples[i].path for i in index], "subject": [samples[i].subject or "" for i in index],
+            "fold": [1] * len(index), "y_true": names[pooled["y_true"]].tolist(),
+            "y_pred": names[pooled["y_pred"]].tolist(),
+            # as the CSV holds them (9 digits; the softmax is float32): a finished run's row read back is equal
+            "score": [float(f"{s:.9g}") for s in pooled["y_score"]]}

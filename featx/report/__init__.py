@@ -11,6 +11,7 @@ from featx.report.files import (
     write_results,
 )
 from featx.report.forest import plot_forest
+from featx.report.gallery import GalleryResult, plot_gallery
 from featx.report.html import write_html_report
 from featx.report.markdown import markdown_table, results_markdown
 from featx.report.notes import (
@@ -42,9 +43,10 @@ from featx.report.table import TERMINAL_METRICS
 from featx.report.table2 import Cell, Table2, pivot_table, to_csv, to_html, to_latex, to_markdown
 
 __all__ = ["IMAGE_LEVEL_NOTE", "MANIFEST", "OPTIMISTIC_NOTE", "PREDICTION_COLUMNS", "STATS_NOTE", "TABLE_METRICS",
-           "TERMINAL_METRICS", "Cell", "MergedResults", "Table2", "check_out", "claimed", "clobber", "excluded_notes",
-           "find_results", "format_pct", "free_folder", "markdown_table", "merge_results", "metric_label",
-           "partial_notes", "pivot_table", "plot_confusion", "plot_forest", "plot_history", "plot_roc",
+           "TERMINAL_METRICS", "Cell", "GalleryResult", "MergedResults", "Table2", "check_out", "claimed", "clobber",
+           "excluded_notes", "find_results", "format_pct", "free_folder", "markdown_table", "merge_results",
+           "metric_label", "partial_notes", "pivot_table", "plot_confusion", "plot_forest", "plot_gallery",
+           "plot_history", "plot_roc",
            "protocol_text", "protocol_title", "read_results", "refuse_results_folder", "results_commit",
            "results_markdown", "short_protocol", "slug", "to_csv", "to_html", "to_latex", "to_markdown",
            "write_html_report", "write_manifest", "write_predictions", "write_results"]
