@@ -44,3 +44,22 @@ def test_rows_without_stores_get_no_map_and_a_wrong_choice_is_one_line(tmp_path)
     assert "no row names a feature store" in _section(text, "feature-space")
     with pytest.raises(FeatxError, match=r"maps='tsnee'.*choose one of auto, tsne, umap, pca, none"):
         write_html_report([make_row("x/fc7 + svm", 0.9)], tmp_path / "r2.html", maps="tsnee")
+
+
+def test_each_row_section_holds_its_error_gallery_or_says_why_not(cnn_store, tmp_path):
+    rows = featx.compare([cnn_store], ["logistic"], cv="subject", n_folds=3, jobs=1).rows
+    p = rows[0].predictions
+    wrong = sum(t != q for t, q in zip(p["y_true"], p["y_pred"]))
+    moved = dataclasses.replace(rows[0], predictions={**p, "path": [f"gone/{x}" for x in p["path"]]})
+    bare = dataclasses.replace(rows[0], predictions=None)
+    steps = []
+    page = write_html_report([rows[0], moved, bare], tmp_path / "r.html", maps="none", on_step=steps.append)
+    text = page.read_text(encoding="utf-8")
+    first, second, third = (text.split(f'<section class="row" id="row-{i}">', 1)[1].split("</section>", 1)[0]
+                            for i in (1, 2, 3))
+    caption = re.search(r"<figcaption>(Error gallery of [^<]*)</figcaption>", first)[1]
+    assert f"of its {wrong} misclassified test cells" in caption and "probability" in caption
+    assert "no error gallery" in second and "gone/" in second  # the missing image is named
+    assert "Error gallery" not in third and "no error gallery" not in third  # no predictions: nothing to draw
+    assert [s.text.split(",")[0] for s in steps if s.name == "gallery"] == ["error gallery of row 1 of 3",
+                                                                            "error gallery of row 2 of 3"]

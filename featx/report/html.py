@@ -41,7 +41,7 @@ from featx.report.notes import (
     short_protocol,
 )
 from featx.report.outputs import find_results, written_by
-from featx.report.pictures import check_map_choice, maps_html
+from featx.report.pictures import check_map_choice, gallery_html, maps_html
 from featx.report.plots import metric_label, plot_confusion, plot_history, plot_roc
 from featx.report.sections import intervals_html, subjects_html
 from featx.report.subjects import with_predictions
@@ -87,38 +87,43 @@ def write_html_report(sources: Sequence[ResultRow | str | Path], out: str | Path
     if out.is_dir():
         raise FeatxError(f"{out} is a folder; {arg('out')} is the HTML file to write, e.g. "
                          f"{arg('out', out / 'report.html')}")
-    rows, runs, names, folders = _gather(sources)
+    rows, runs, names, folders, origins = _gather(sources)
     if not rows:
         raise FeatxError(f"no result rows in {', '.join(names) or 'the sources given'}; point to results.json "
                          f"files written by {written_by('compare', 'classify', 'finetune')} (or their folders)")
     html = render_html(rows, runs, title=title, sort_by=sort_by, sources=names, folders=folders, maps=maps,
-                       on_step=on_step)
+                       on_step=on_step, origins=origins)
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_or_keep(out, lambda tmp: tmp.write_text(html, encoding="utf-8"))
 
 
-def _gather(sources) -> tuple[list[ResultRow], list[Path], list[str], list[Path]]:
+def _gather(sources) -> tuple[list[ResultRow], list[Path], list[str], list[Path], list[Path | None]]:
     """The rows of every source (with the out-of-fold predictions their folders hold), the fine-tuning run
-    folders among them (with a history.csv), the sources' names and the folders of their results.json."""
+    folders among them (with a history.csv), the sources' names, the folders of their results.json and the
+    results.json each row was read from (None for a row given as an object)."""
     rows: list[ResultRow] = []
+    origins: list[Path | None] = []
     runs: list[Path] = []
     names: list[str] = []
     paths = []
     for src in sources:
         if isinstance(src, ResultRow):
             rows.append(src)
+            origins.append(None)
         else:
             paths.append(Path(src))
             names.append(str(src))
     files = find_results(paths) if paths else []
     read = [(f, r) for f in files for r in with_predictions(read_results([f]), f)]
-    rows += [read[i][1] for i in dedupe_rows([r for _, r in read], [f for f, _ in read])]
+    for i in dedupe_rows([r for _, r in read], [f for f, _ in read]):
+        origins.append(read[i][0])
+        rows.append(read[i][1])
     for path in paths:
         folder = path if path.is_dir() else path.parent
         found = sorted({h.parent for h in folder.rglob("history.csv")}) if path.is_dir() else (
             [folder] if (folder / "history.csv").is_file() else [])
         runs += [f for f in found if f not in runs]
-    return rows, runs, names, list(dict.fromkeys(f.parent for f in files))
+    return rows, runs, names, list(dict.fromkeys(f.parent for f in files)), origins
 
 
 def table2_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str:
@@ -129,11 +134,15 @@ def table2_html(rows: Sequence[ResultRow], sort_by: str = "f1_weighted") -> str:
 
 def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: str = "featx report",
                 sort_by: str = "f1_weighted", sources: Sequence[str] = (), folders: Sequence[Path] = (),
-                maps: str = "auto", on_step: Callable[[MapStep], None] | None = None) -> str:
+                maps: str = "auto", on_step: Callable[[MapStep], None] | None = None,
+                origins: Sequence[Path | None] = ()) -> str:
     """The report's HTML text (see :func:`write_html_report`): figures are drawn into a temporary folder
     and inlined. ``folders``: the results folders the rows were read from (their run.json names the command
-    in the Methods)."""
+    in the Methods); ``origins``: the results.json of each row (where a row's data root may be recorded, for
+    its error gallery)."""
     rows = list(rows)
+    origins = list(origins) or [None] * len(rows)
+    step = on_step or (lambda event: None)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     origin = f" from {escape(', '.join(sources))}" if sources else ""
     positive = _positive(rows)
@@ -159,9 +168,14 @@ def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: 
         body.append(_section("methods", "Methods", "<p class=\"meta\">Written from what the rows, their stores "
                              "and results folders record; paste and edit.</p>",
                              methods_html(rows, [*folders, *runs])))
-        body.append(_section("rows", "Per row: confusion matrix and ROC curve",
+        sections = []
+        for i, (r, origin) in enumerate(zip(rows, origins), 1):
+            if r.predictions:
+                step(MapStep("gallery", f"error gallery of row {i} of {len(rows)}, {r.name}"))
+            sections.append(_row_section(i, r, draw, gallery_html(r, figure, origin)))
+        body.append(_section("rows", "Per row: confusion matrix, ROC curve and error gallery",
                              "<p class=\"meta\">Each row's figures are folded: click a row to open it.</p>",
-                             *[_row_section(i, r, draw) for i, r in enumerate(rows, 1)]))
+                             *sections))
         curves = [_curves(run, draw) for run in runs]
         if curves:
             body.append(_section("curves", "Fine-tuning curves", *curves))
@@ -273,7 +287,7 @@ def _figure_html(fig: _Figure) -> str:
             f"<figcaption>{escape(fig.caption)}</figcaption></figure>")
 
 
-def _row_section(i: int, r: ResultRow, draw) -> str:
+def _row_section(i: int, r: ResultRow, draw, gallery: str = "") -> str:
     title = f"{r.name}\n{protocol_text(r)}{provenance_suffix(r)}"
     about = [f"{r.n_train} training and {r.n_test} test images, {r.n_subjects} subjects",
              f"positive class: {r.positive}"]
@@ -292,7 +306,7 @@ def _row_section(i: int, r: ResultRow, draw) -> str:
         html.append(_figure_html(_Figure(f"ROC curve of {r.name}, positive class {r.positive}", png)))
     if r.confusion is None and not r.roc:
         html.append("<p>(no confusion matrix or ROC curve in this row)</p>")
-    return "\n".join([*html, "</details></section>"])
+    return "\n".join([*html, gallery, "</details></section>"])
 
 
 def read_history(path: str | Path) -> list[dict]:

@@ -1,5 +1,6 @@
-"""The report's pictures of cells and features: a map of the feature space for every store the rows compare.
-Text only; the figures go through the ``figure`` callable of :mod:`featx.report.sections`."""
+"""The report's pictures of cells and features: a map of the feature space for every store the rows compare, and
+each row's error gallery. Text only; the figures go through the ``figure`` callable of
+:mod:`featx.report.sections`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -9,6 +10,7 @@ from pathlib import Path
 from featx.errors import FeatxError, arg
 from featx.report.feature_map import MapStep, check_method
 from featx.report.feature_map_plot import caption, plot_feature_map
+from featx.report.gallery import plot_gallery
 from featx.report.sections import Figure
 from featx.results import ResultRow
 
@@ -67,3 +69,27 @@ def maps_html(rows: Sequence[ResultRow], figure: Figure, method: str = "auto", s
         except FeatxError as exc:
             parts.append(f"<p>(no map of {escape(' + '.join(stores))} ({escape(tap)}): {escape(str(exc))})</p>")
     return "\n".join(parts)
+
+
+def gallery_html(row: ResultRow, figure: Figure, source: Path | None = None) -> str:
+    """``row``'s error gallery (:func:`featx.report.gallery.plot_gallery`: its most confidently misclassified
+    test cells and its least confident right ones, grouped by subject), or why it has none: no out-of-fold
+    predictions, or images that cannot be found where the row's data root says."""
+    if not row.predictions:
+        return ""
+    made = []
+
+    def plot(path: Path) -> Path:
+        made.append(plot_gallery(row, path, source=source))
+        return path
+
+    def text() -> str:
+        g = made[0]
+        return (f"Error gallery of {row.name}: {g.drawn_wrong} of its {g.n_wrong} misclassified test cells (most "
+                f"confident first) and {g.drawn_right} of the least confident right ones, grouped by subject; "
+                f"{g.confidence}")
+
+    try:
+        return figure(plot, text)
+    except FeatxError as exc:
+        return f"<p>(no error gallery: {escape(str(exc))})</p>"
