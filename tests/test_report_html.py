@@ -158,7 +158,8 @@ def test_a_real_finetune_run_marks_its_best_epoch_and_reports_its_curves(cnmc_tr
     assert seen[0]["best_epoch"] == summary["best_epoch"] and seen[0]["scored_epoch"] == 2
     assert seen[0]["monitor"] == "loss"
     text = write_html_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
-    assert len(_pngs(text)) == 5  # chart, confusion, ROC, per-subject accuracy, curves
+    assert len(_pngs(text)) == 6  # chart, confusion, ROC, per-subject accuracy, error gallery, curves
+    assert "Error gallery of " in text
     assert f"best.pt is epoch {summary['best_epoch']} by validation loss" in text
     methods = text.split('<section id="methods">')[1]  # the run's own training settings, and what wrote it
     assert "cnn fine-tuned from randomly initialised weights on 32 px images (optimizer adamw" in methods
