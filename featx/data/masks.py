@@ -11,11 +11,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from featx.errors import FeatxError, command
+from featx.errors import FeatxError, arg, command
 
 #: the folder under the data root that holds the masks
 MASKS = "C-NMC_nucleus_masks"
-_WRITE = command("synth DATA --masks", "featx.data.synth.synthesize(data, masks=True)")
+_WRITE = command(f"synth DATA {arg('masks', True)}", "featx.data.synth.synthesize(data, masks=True)")
 
 
 def mask_path(data_root: str | Path, relative_image_path: str | Path) -> Path:

@@ -17,7 +17,7 @@ from featx.errors import FeatxError, arg, command
 #: what each provenance role means for a picture of the image (the sheet's words)
 ROLE_WORDS = {"train": "trained on", "train-subject": "its subject trained on", "val-choose": "chose the epoch",
               "val": "unseen (validation)", "": "never seen", "unknown": "maybe seen (not recorded)"}
-_FINETUNE = command("finetune DATA --out RUN", "featx.finetune(data, out)")
+_FINETUNE = command(f"finetune DATA {arg('out', 'RUN')}", "featx.finetune(data, out)")
 
 
 @dataclasses.dataclass(frozen=True)
