@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from cli_helpers import invoke
 
 from featx.backbones import create_backbone
 from featx.data import discover
@@ -16,7 +17,6 @@ from featx.errors import FeatxError
 from featx.explain import explain, plot_explanations, resolve_layer
 from featx.explain.maps import gradcam, mass_inside, occlusion
 from featx.finetune import finetune
-from tests.cli_helpers import invoke
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
