@@ -194,3 +194,67 @@ def test_image_level_split_leaks_subjects(tmp_path):
     assert margin >= 0.08, (image_acc, subject_acc)
     assert np.mean(subject_acc) > np.mean(majority) + 0.1  # subject-level still learns the class
     assert np.mean(image_acc) >= 0.9
+
+
+MASK_KW = dict(subjects_all=2, subjects_hem=2, cells_per_subject=3, prelim_subjects_all=1, prelim_subjects_hem=1,
+               prelim_cells_per_subject=2, final_cells=3, image_size=48, seed=3)
+
+
+def test_nucleus_masks_leave_the_images_and_their_listing_as_they_were(tmp_path):
+    """`masks=True` writes one PNG per image (training, prelim, final) at the image's path under
+    C-NMC_nucleus_masks/, draws nothing from the generator (every other file is byte-identical), and the C-NMC
+    reader lists the same images, labels, subjects and splits as without masks."""
+    from featx.data.masks import MASKS, mask_path, nucleus_mask
+
+    plain = synthesize(tmp_path / "plain", **MASK_KW)
+    masked = synthesize(tmp_path / "masked", masks=True, **MASK_KW)
+    assert masked["masks"] == str(tmp_path / "masked" / MASKS) and "masks" not in plain
+    files = _files(tmp_path / "masked")
+    masks = {k: v for k, v in files.items() if k.startswith(MASKS + "/")}
+    assert {k: v for k, v in files.items() if k not in masks} == _files(tmp_path / "plain")
+    a, b = discover(tmp_path / "plain"), discover(tmp_path / "masked")
+    rows = [[(s.path, s.label, s.subject, s.split) for s in c.samples] for c in (a, b)]
+    assert rows[0] == rows[1] and len(rows[0]) == plain["total"]
+    assert sorted(masks) == sorted(f"{MASKS}/{s.path[:-4]}.png" for s in b.samples)
+    dark_inside = 0
+    for s in b.samples:
+        assert mask_path(tmp_path / "masked", s.path).is_file()
+        with Image.open(tmp_path / "masked" / MASKS / (s.path[:-4] + ".png")) as png:
+            assert png.mode == "L" and set(np.unique(np.asarray(png))) <= {0, 255}
+        nucleus = nucleus_mask(tmp_path / "masked", s.path)
+        img = np.asarray(Image.open(b.abspath(b.samples.index(s))).convert("RGB")).astype(float)
+        assert nucleus.shape == img.shape[:2] and 0.03 < nucleus.mean() < 0.5, s.path
+        cell = img.sum(axis=2) > 30
+        assert cell[nucleus].mean() > 0.99           # the nucleus lies inside the cell
+        cyto = cell & ~nucleus
+        # and is stained as the nucleus: its green (62 of 255 in the base stain, cytoplasm 150) is darker
+        dark_inside += img[nucleus, 1].mean() < np.median(img[cyto, 1])
+    assert dark_inside == len(b.samples)
+
+
+def test_nucleus_mask_of_a_tree_without_masks_is_one_line(tmp_path, cnmc_tree):
+    from featx.data.masks import nucleus_mask
+
+    with pytest.raises(FeatxError, match=r"holds no nucleus masks .*write it with synth's masks option "
+                                         r"\(`featx.data.synth.synthesize\(data, masks=True\)`\)"):
+        nucleus_mask(cnmc_tree, "C-NMC_training_data/fold_0/all/x.bmp")
+    synthesize(tmp_path / "m", masks=True, **MASK_KW)
+    with pytest.raises(FeatxError, match=r"no nucleus mask .*nope\.png for image nope\.bmp"):
+        nucleus_mask(tmp_path / "m", "nope.bmp")
+
+
+def test_synth_masks_flag_writes_the_masks_and_overwrite_removes_stale_ones(tmp_path):
+    from featx.data.masks import MASKS
+
+    out = tmp_path / "d"
+    args = ["synth", str(out), "--subjects-all", "1", "--subjects-hem", "1", "--cells-per-subject", "2",
+            "--prelim-subjects-all", "0", "--prelim-subjects-hem", "0", "--final-cells", "0", "--image-size", "32"]
+    res = CliRunner().invoke(app, [*args, "--masks"])
+    assert res.exit_code == 0, res.output
+    assert f"nucleus masks in {out / MASKS}" in " ".join(res.output.split())
+    assert len(list((out / MASKS).rglob("*.png"))) == 4
+    res = CliRunner().invoke(app, args)            # refused: the tree (masks included) is there
+    assert res.exit_code == 1 and MASKS in res.output and "--force" in res.output
+    res = CliRunner().invoke(app, [*args, "--force"])   # replaced without masks: none left that fit no image
+    assert res.exit_code == 0, res.output
+    assert not (out / MASKS).exists()

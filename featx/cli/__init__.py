@@ -6,7 +6,7 @@ with collector_paused():  # the commands and the libraries they import (see feat
     # isort: off
     from featx.cli import backbones, synth, extract, info, finetune  # noqa: F401
     from featx.cli import classify, compare, predict, hybrid, merge, table, report  # noqa: F401
-    from featx.cli import gallery, map  # noqa: F401
+    from featx.cli import gallery, explain, map  # noqa: F401
     # isort: on
     from featx.cli.app import app, stop_on_sigterm
 

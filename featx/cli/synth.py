@@ -38,6 +38,8 @@ def synth(
     image_size: Annotated[int, typer.Option(
         help="Side of each square BMP in pixels (real data: 450).")] = _SYNTH["image_size"],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes identical files.")] = 0,
+    masks: Annotated[bool, typer.Option("--masks", help="Also write each cell's nucleus mask (PNG, 255 inside) under "
+                                                         "OUT/C-NMC_nucleus_masks/, at the image's path.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace C-NMC folders already in OUT.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was written (counts per split and class, "
                                                          "subjects per split) as JSON instead of one line.")]
@@ -50,7 +52,8 @@ def synth(
     summary = synthesize(out, subjects_all=subjects_all, subjects_hem=subjects_hem,
                          cells_per_subject=cells_per_subject, prelim_subjects_all=prelim_subjects_all,
                          prelim_subjects_hem=prelim_subjects_hem, prelim_cells_per_subject=prelim_cells_per_subject,
-                         final_cells=final_cells, image_size=image_size, seed=seed, overwrite=force)
+                         final_cells=final_cells, image_size=image_size, seed=seed, overwrite=force,
+                         masks=masks)
     if as_json:
         console.print_json(json.dumps(summary, default=str))
         return
@@ -63,4 +66,5 @@ def summary_line(out: Path, summary: dict) -> str:
                        for split, n in summary["counts"].items())
     subjects = len({s for names in summary["subjects"].values() for s in names})
     return (f"wrote {summary['total']} synthetic C-NMC images of {subjects} subjects to {escape(str(out))} "
-            f"({splits}), {summary['image_size']} px, seed {summary['seed']}")
+            f"({splits}), {summary['image_size']} px, seed {summary['seed']}"
+            + (f"; nucleus masks in {escape(summary['masks'])}" if summary.get("masks") else ""))

@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter
 
 from featx import csvfiles
 from featx.data.cnmc import CNMC_FINAL, CNMC_PRELIM, CNMC_PRELIM_LABELS, CNMC_TRAIN
+from featx.data.masks import MASKS, mask_path
 from featx.errors import FeatxError, arg
 
 FOLDS = ("fold_0", "fold_1", "fold_2")
@@ -50,6 +51,7 @@ def synthesize(
     image_size: int = 64,
     seed: int = 0,
     overwrite: bool = False,
+    masks: bool = False,
 ) -> dict:
     """Write a deterministic C-NMC-2019-like data set under ``out`` (the original TCIA layout).
 
@@ -77,6 +79,11 @@ def synthesize(
         image_size: side of the square RGB images in pixels (the real ones are 450).
         seed: same seed, same settings -> byte-identical files.
         overwrite: replace C-NMC folders already present in ``out`` (refused otherwise).
+        masks: also write each cell's nucleus mask (8-bit PNG, 255 inside the nucleus, 0 outside) under
+            ``OUT/C-NMC_nucleus_masks/``, at the image's relative path with ``.png`` (for example
+            ``C-NMC_nucleus_masks/C-NMC_test_prelim_phase_data/C-NMC_test_prelim_phase_data/1.png``); featx's
+            C-NMC reader ignores that folder, and :func:`featx.data.masks.nucleus_mask` reads it. The images are
+            byte-identical with and without masks.
 
     Returns a summary: ``root``, ``image_size``, ``seed``, ``counts`` (per split and class), ``subjects``
     (per split) and ``total``.
@@ -92,7 +99,7 @@ def synthesize(
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise FeatxError(f"synth output {out} is a file; give a folder")
-    present = [name for name in (CNMC_TRAIN, CNMC_PRELIM, CNMC_FINAL) if (out / name).exists()]
+    present = [name for name in (CNMC_TRAIN, CNMC_PRELIM, CNMC_FINAL, MASKS) if (out / name).exists()]
     if present:
         if not overwrite:
             raise FeatxError(f"{out} already holds {', '.join(present)}; choose an empty folder "
@@ -101,6 +108,7 @@ def synthesize(
             shutil.rmtree(out / name)
 
     rng = np.random.default_rng(seed)
+    save = _Saver(out, masks)
     n_final_all = (final_cells + 1) // 2
     n_final_hem = final_cells - n_final_all
     all_ids = _draw_ids(rng, subjects_all + prelim_subjects_all + (1 if n_final_all else 0))
@@ -128,8 +136,7 @@ def synthesize(
             fold = fold_of[subject]
             stain = _subject_stain(rng)
             for name in _cell_names(rng, subject, cls, cells_per_subject):
-                img = _draw_cell(rng, cls, stain, image_size)
-                _save_bmp(img, out / CNMC_TRAIN / fold / cls / name)
+                save(_draw_cell(rng, cls, stain, image_size), Path(CNMC_TRAIN, fold, cls, name))
             summary["counts"][fold][cls] += cells_per_subject
             summary["subjects"][fold].append(subject)
 
@@ -146,8 +153,8 @@ def synthesize(
     order = rng.permutation(len(prelim_cells))
     rows = []
     for number, j in enumerate(order, start=1):
-        name, cls, img = prelim_cells[j]
-        _save_bmp(img, prelim_root / CNMC_PRELIM / f"{number}.bmp")
+        name, cls, cell = prelim_cells[j]
+        save(cell, Path(CNMC_PRELIM, CNMC_PRELIM, f"{number}.bmp"))
         rows.append((name, f"{number}.bmp", 1 if cls == "all" else 0))
     with open(prelim_root / CNMC_PRELIM_LABELS, "w", newline="", encoding="utf-8") as fh:
         writer = csvfiles.writer(fh, lineterminator="\n")
@@ -169,10 +176,12 @@ def synthesize(
         final_subjects.append(ids[-1])
         final_imgs.extend(_draw_cell(rng, cls, stain, image_size) for _ in range(n))
     for number, j in enumerate(rng.permutation(len(final_imgs)), start=1):
-        _save_bmp(final_imgs[j], final_dir / f"{number}.bmp")
+        save(final_imgs[j], Path(CNMC_FINAL, CNMC_FINAL, f"{number}.bmp"))
     summary["counts"]["final"] = {"unlabelled": len(final_imgs)}
     summary["subjects"]["final"] = final_subjects
     summary["total"] = sum(sum(c.values()) for c in summary["counts"].values())
+    if masks:
+        summary["masks"] = str(out / MASKS)
     return summary
 
 
@@ -223,8 +232,9 @@ def _radial(rng: np.random.Generator, theta: np.ndarray, low: tuple[int, int], a
     return r
 
 
-def _draw_cell(rng: np.random.Generator, cls: str, stain: dict, size: int) -> np.ndarray:
-    """One segmented cell (uint8 RGB, size x size) centred on a black background."""
+def _draw_cell(rng: np.random.Generator, cls: str, stain: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One segmented cell (uint8 RGB, size x size) centred on a black background, and its nucleus mask (bool:
+    the soft nucleus mask times the cell mask above 0.5; computed from the same draws, drawing nothing more)."""
     s = float(size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     cx = s / 2 + rng.normal(0.0, 0.03 * s)
@@ -263,8 +273,20 @@ def _draw_cell(rng: np.random.Generator, cls: str, stain: dict, size: int) -> np
     img = np.rint(np.clip(img, 0, 255)).astype(np.uint8)
     # A last light blur imitates the optics; the background stays black.
     pil = Image.fromarray(img).filter(ImageFilter.GaussianBlur(radius=max(0.4, s / 240.0)))
-    return np.asarray(pil)
+    return np.asarray(pil), nucleus_mask * cell_mask > 0.5
 
 
-def _save_bmp(img: np.ndarray, path: Path) -> None:
-    Image.fromarray(img).save(path, format="BMP")
+class _Saver:
+    """Writes a cell's image at its path under ``out`` (BMP) and, with ``masks``, its nucleus mask (PNG) at the
+    same relative path under ``out/C-NMC_nucleus_masks``."""
+
+    def __init__(self, out: Path, masks: bool):
+        self.out, self.masks = out, bool(masks)
+
+    def __call__(self, cell: tuple[np.ndarray, np.ndarray], relative: Path) -> None:
+        img, nucleus = cell
+        Image.fromarray(img).save(self.out / relative, format="BMP")
+        if self.masks:
+            path = mask_path(self.out, relative)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.where(nucleus, 255, 0).astype(np.uint8)).save(path, format="PNG")
