@@ -17,9 +17,9 @@ from rich.console import Console
 
 from featx.errors import FeatxError
 from featx.extract import extract
+from featx.figures import DPI
 from featx.report.feature_map import feature_map
 from featx.report.feature_map_plot import caption, draw_feature_map, map_figure, plot_feature_map
-from featx.report.plots import DPI
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from report_rows import make_row, many_rows
 
-from featx import report
+from featx import figures, report
 from featx.report import forest
 from featx.report.forest import draw_forest, plot_forest
 
@@ -112,7 +112,7 @@ def test_width_is_fixed_and_height_follows_the_rows(tmp_path):
     per_row = (heights[2] - heights[1]) / 40
     assert forest.ROW_IN * 0.9 <= per_row <= forest.ROW_IN * 1.6  # in proportion to the rows, no more
     png = Image.open(plot_forest(_mixed(2), tmp_path / "c.png")).size
-    assert png[0] == forest.FOREST_WIDTH_IN * report.plots.DPI <= 1000
+    assert png[0] == forest.FOREST_WIDTH_IN * figures.DPI <= 1000
 
 
 def test_image_level_and_optimistic_rows_are_in_their_own_marked_panels():
@@ -179,4 +179,4 @@ def test_long_names_wrap_at_their_separators():
 def test_results_folders_draw_the_forest_plot_as_comparison_png(tmp_path):
     paths = report.write_results(_mixed(6), tmp_path, stem="results")
     size = Image.open(paths["plot"]).size
-    assert paths["plot"] == tmp_path / "comparison.png" and size[0] == forest.FOREST_WIDTH_IN * report.plots.DPI
+    assert paths["plot"] == tmp_path / "comparison.png" and size[0] == forest.FOREST_WIDTH_IN * figures.DPI

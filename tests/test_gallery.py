@@ -88,9 +88,9 @@ def test_wrong_cells_by_confidence_and_right_cells_the_least_confident(results, 
 
 @pytest.mark.slow
 def test_the_sheet_is_a_png_of_fixed_width_a_line_of_cells_taller_per_eight_cells(results, tmp_path):
+    from featx.figures import DPI
     from featx.report.gallery import gallery
     from featx.report.gallery_sheet import CELL_W, COLUMNS, GAP, IMAGE_H, MARGIN, TEXT_H
-    from featx.report.plots import DPI
 
     sizes = {}
     for right in (8, 9):

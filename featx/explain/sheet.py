@@ -11,8 +11,8 @@ import numpy as np
 from featx import csvfiles
 from featx.explain.inputs import ROLE_WORDS
 from featx.explain.maps import METHOD_TITLES
+from featx.figures import pyplot, save_png, wrap_title
 from featx.files import write_or_keep
-from featx.report.plots import pyplot, save_png, wrap_title
 
 #: the CSV's columns before one ``<method>_nucleus_mass`` column per method
 CSV_COLUMNS = ("path", "subject", "split", "true", "role", "predicted", "score")

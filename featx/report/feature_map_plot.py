@@ -15,9 +15,9 @@ import numpy as np
 
 from featx.data import natural_key
 from featx.errors import FeatxError, arg
+from featx.figures import DPI, pyplot, wrap_title
 from featx.files import write_or_keep
 from featx.report.feature_map import METHOD_NAMES, Clustering, FeatureMap, MapStep, feature_map
-from featx.report.plots import DPI, pyplot, wrap_title
 
 FORMATS = (".png", ".svg", ".pdf")
 MARKERS = "os^Dv<>P"

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from featx.figures import DPI, save_png
 from featx.report.notes import difference_text, protocol_text
-from featx.report.plots import DPI, metric_label, save_png
+from featx.report.plots import metric_label
 from featx.results import ResultRow
 from featx.scoring import METRIC_TABLE
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featx.figures import DPI, pyplot, save_png, wrap_title
 from featx.report.gallery_cells import Cell, by_subject
-from featx.report.plots import DPI, pyplot, save_png, wrap_title
 
 CELL_W, IMAGE_H, TEXT_H = 1.45, 1.05, 0.76   # inches: one cell's width, its image and its 5 annotation lines
 MARGIN, HEADER_H, GAP = 0.15, 0.3, 0.1       # inches: the sheet's margin, a part's header line, between cells

@@ -8,26 +8,13 @@ epoch and show accuracy in % as the tables do, with their legend under the axes,
 from __future__ import annotations
 
 import math
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from featx.files import atomic_write
+from featx.figures import DPI, pyplot, save_png, wrap_title
 from featx.scoring import METRIC_TABLE
-
-DPI = 120
-
-
-def pyplot():
-    # deferred: matplotlib takes about half a second to import; only commands that draw pay for it
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # deferred: as above
-
-    return plt
 
 
 def metric_label(metric: str, positive: str | None = None) -> str:
@@ -35,26 +22,8 @@ def metric_label(metric: str, positive: str | None = None) -> str:
     return METRIC_TABLE[metric].label_for(positive) if metric in METRIC_TABLE else metric
 
 
-def wrap_title(title: str, width_in: float, fontsize: float) -> str:
-    """``title`` with each line wrapped to fit ``width_in`` inches at ``fontsize`` points (DejaVu Sans
-    averages under 0.62 em a character)."""
-    chars = max(12, int(width_in * 72 / (fontsize * 0.62)))
-    return "\n".join(textwrap.fill(line, chars) or line for line in title.splitlines())
-
-
 def _figure(width: float, height: float):
     return pyplot().figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-def save_png(fig, path) -> Path:
-    """Write the PNG (creating its folder; atomically: a full disk never leaves a cut PNG) and free the figure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
-    finally:
-        pyplot().close(fig)
-    return path
 
 
 def _title(fig, ax, title: str | None, fontsize: float = 8) -> None:
