@@ -158,8 +158,12 @@ def test_a_real_finetune_run_marks_its_best_epoch_and_reports_its_curves(cnmc_tr
     assert seen[0]["best_epoch"] == summary["best_epoch"] and seen[0]["scored_epoch"] == 2
     assert seen[0]["monitor"] == "loss"
     text = write_html_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
-    assert len(_pngs(text)) == 6  # chart, confusion, ROC, per-subject accuracy, error gallery, curves
-    assert "Error gallery of " in text
+    assert len(_pngs(text)) == 7  # chart, confusion, ROC, per-subject accuracy, error gallery, maps, curves
+    row = text.split('<section class="row" id="row-1">')[1].split("</section>")[0]
+    maps = row.index(f"Class-activation maps of the network fine-tuned in {run}")
+    gallery = row.index("Error gallery of ")
+    assert gallery < maps  # the run's maps beside its row's error gallery, not again under the curves
+    assert text.count("<figcaption>Class-activation maps of the network") == 1
     assert f"best.pt is epoch {summary['best_epoch']} by validation loss" in text
     methods = text.split('<section id="methods">')[1]  # the run's own training settings, and what wrote it
     assert "cnn fine-tuned from randomly initialised weights on 32 px images (optimizer adamw" in methods

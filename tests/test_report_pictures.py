@@ -63,3 +63,13 @@ def test_each_row_section_holds_its_error_gallery_or_says_why_not(cnn_store, tmp
     assert "Error gallery" not in third and "no error gallery" not in third  # no predictions: nothing to draw
     assert [s.text.split(",")[0] for s in steps if s.name == "gallery"] == ["error gallery of row 1 of 3",
                                                                             "error gallery of row 2 of 3"]
+
+
+def test_a_run_folder_that_cannot_be_mapped_is_named_with_the_reason(tmp_path):
+    from featx.report.pictures import explanations_html
+
+    (tmp_path / "run").mkdir()
+    figure = lambda plot, caption: str(plot(tmp_path / "x.png"))  # noqa: E731
+    text = explanations_html(tmp_path / "run", figure)
+    assert text.startswith("<p>(no class-activation maps of") and "holds no best.pt" in text
+    assert not (tmp_path / "x.png").exists()

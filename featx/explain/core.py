@@ -67,13 +67,14 @@ def _methods(methods: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(chosen))
 
 
-def compute(run: str | Path, data: str | Path, *, images: int = 8, paths: Sequence[str | Path] | None = None,
+def compute(run: str | Path, data: str | Path | None, *, images: int = 8, paths: Sequence[str | Path] | None = None,
             layer: str | None = None, methods: Sequence[str] | str = METHODS, device: str = "auto", seed: int = 0,
             on_image: Callable[[int, int, ImageExplanation], None] | None = None) -> ExplainResult:
-    """The maps of :func:`explain`, without writing anything (``sheet`` and ``table`` None)."""
+    """The maps of :func:`explain`, without writing anything (``sheet`` and ``table`` None); ``data`` None: the
+    data root the run recorded."""
     methods = _methods(methods)
     tuned = inputs.load_run(run)
-    collection = inputs.open_data(data)
+    collection = inputs.open_data(tuned.data(data))
     role_of = inputs.roles(tuned, collection)
     picked = (inputs.pick_paths(collection, paths) if paths is not None else
               inputs.pick_unseen(collection, role_of, tuned.classes, images, seed))
@@ -157,10 +158,11 @@ def explain(run: str | Path, data: str | Path, *, out: str | Path, images: int =
     return dataclasses.replace(result, sheet=sheet, table=table)
 
 
-def plot_explanations(run: str | Path, data: str | Path, path: str | Path, *, images: int = 6,
+def plot_explanations(run: str | Path, data: str | Path | None, path: str | Path, *, images: int = 6,
                       device: str = "auto") -> Path:
     """A small sheet of :func:`explain`'s maps (Grad-CAM and occlusion of ``images`` unseen cells) of run folder
-    ``run`` on ``data``, drawn into the PNG ``path`` (for reports); returns ``path``."""
+    ``run`` on ``data`` (None: the data root the run recorded), drawn into the PNG ``path`` (for reports);
+    returns ``path``."""
     result = compute(run, data, images=images, device=device)
     return draw_sheet(result.images, result.methods, result.layer, path, title=_title(result))
 

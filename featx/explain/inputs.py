@@ -23,7 +23,8 @@ _FINETUNE = command(f"finetune DATA {arg('out', 'RUN')}", "featx.finetune(data, 
 @dataclasses.dataclass(frozen=True)
 class FineTuned:
     """A run folder's network (eval mode) with what its preprocessing needs: ``checkpoint`` (best.pt, else
-    last.pt), ``backbone``, ``image_size``, ``classes``."""
+    last.pt), ``backbone``, ``image_size``, ``classes``, and the ``data_root`` it was trained on (None when
+    its settings.json does not record one)."""
 
     run: Path
     checkpoint: Path
@@ -31,6 +32,16 @@ class FineTuned:
     image_size: int
     classes: list[str]
     network: TappedNetwork
+    data_root: Path | None = None
+
+    def data(self, data: str | Path | None) -> str | Path:
+        """``data``, or the data root the run recorded when ``data`` is None."""
+        if data is not None:
+            return data
+        if self.data_root is None:
+            raise FeatxError(f"{self.run / 'settings.json'} records no data root; give the images as "
+                             f"{arg('data')}")
+        return self.data_root
 
 
 def load_run(run: str | Path) -> FineTuned:
@@ -55,8 +66,9 @@ def load_run(run: str | Path) -> FineTuned:
         raise FeatxError(f"{checkpoint} names no classes: not a featx fine-tuning checkpoint; give the output "
                          f"folder of {_FINETUNE}")
     size = network.input_size(settings.get("image_size"))
+    root = settings.get("data_root")
     return FineTuned(run=run, checkpoint=checkpoint, backbone=backbone, image_size=int(size),
-                     classes=list(network.classes), network=network)
+                     classes=list(network.classes), network=network, data_root=Path(root) if root else None)
 
 
 def roles(tuned: FineTuned, collection: Collection) -> list[str]:

@@ -41,7 +41,7 @@ from featx.report.notes import (
     short_protocol,
 )
 from featx.report.outputs import find_results, written_by
-from featx.report.pictures import check_map_choice, gallery_html, maps_html
+from featx.report.pictures import check_map_choice, explanations_html, gallery_html, maps_html
 from featx.report.plots import metric_label, plot_confusion, plot_history, plot_roc
 from featx.report.sections import intervals_html, subjects_html
 from featx.report.subjects import with_predictions
@@ -168,17 +168,28 @@ def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: 
         body.append(_section("methods", "Methods", "<p class=\"meta\">Written from what the rows, their stores "
                              "and results folders record; paste and edit.</p>",
                              methods_html(rows, [*folders, *runs])))
-        sections = []
+        sections, mapped = [], set()
         for i, (r, origin) in enumerate(zip(rows, origins), 1):
             if r.predictions:
                 step(MapStep("gallery", f"error gallery of row {i} of {len(rows)}, {r.name}"))
-            sections.append(_row_section(i, r, draw, gallery_html(r, figure, origin)))
+            pictures = [gallery_html(r, figure, origin)]
+            run = origin.parent if origin is not None and origin.parent in runs else None
+            if run is not None and run not in mapped:
+                step(MapStep("explain", f"class-activation maps of {run}"))
+                pictures.append(explanations_html(run, figure))
+                mapped.add(run)
+            sections.append(_row_section(i, r, draw, "\n".join(pictures)))
         body.append(_section("rows", "Per row: confusion matrix, ROC curve and error gallery",
                              "<p class=\"meta\">Each row's figures are folded: click a row to open it.</p>",
                              *sections))
-        curves = [_curves(run, draw) for run in runs]
+        curves = []
+        for run in runs:
+            curves.append(_curves(run, draw))
+            if run not in mapped:  # a run without a row of its own (a hybrid fold's): its maps beside its curves
+                step(MapStep("explain", f"class-activation maps of {run}"))
+                curves.append(explanations_html(run, figure))
         if curves:
-            body.append(_section("curves", "Fine-tuning curves", *curves))
+            body.append(_section("curves", "Fine-tuning curves and class-activation maps", *curves))
     head = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
             f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
             f"<h1>{escape(title)}</h1>",

@@ -1,6 +1,6 @@
-"""The report's pictures of cells and features: a map of the feature space for every store the rows compare, and
-each row's error gallery. Text only; the figures go through the ``figure`` callable of
-:mod:`featx.report.sections`."""
+"""The report's pictures of cells and features: a map of the feature space for every store the rows compare, each
+row's error gallery, and the class-activation maps of each fine-tuning run folder. Text only; the figures go
+through the ``figure`` callable of :mod:`featx.report.sections`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -93,3 +93,22 @@ def gallery_html(row: ResultRow, figure: Figure, source: Path | None = None) -> 
         return figure(plot, text)
     except FeatxError as exc:
         return f"<p>(no error gallery: {escape(str(exc))})</p>"
+
+
+#: cells mapped per run in a report (occlusion runs the network about 200 times a cell)
+REPORT_CAM_IMAGES = 4
+
+
+def explanations_html(run: Path, figure: Figure, images: int = REPORT_CAM_IMAGES) -> str:
+    """Grad-CAM and occlusion maps of ``images`` cells fine-tuning run ``run``'s network never saw
+    (:func:`featx.explain.plot_explanations`, on the data root the run recorded), or why there are none."""
+    # deferred: featx.explain loads torch and Captum; a report without run folders never pays for them
+    from featx.explain import plot_explanations
+
+    try:
+        return figure(lambda path: plot_explanations(run, None, path, images=images),
+                      f"Class-activation maps of the network fine-tuned in {run}: Grad-CAM at its last convolutional "
+                      f"stage and occlusion (black patches), of the predicted class, on {images} cells it never saw, "
+                      "balanced across classes (featx explain maps more)")
+    except FeatxError as exc:
+        return f"<p>(no class-activation maps of {escape(str(run))}: {escape(str(exc))})</p>"
