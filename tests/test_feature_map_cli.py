@@ -91,10 +91,10 @@ def test_featx_map_prints_the_numbers_and_writes_the_png(cnn_store, tmp_path):
 
 @pytest.mark.slow
 def test_featx_map_shows_each_step_on_a_terminal(cnn_store, tmp_path, monkeypatch):
-    import featx.cli.map as map_cli
+    from featx.cli.progress import cli as cli_app
 
     screen = io.StringIO()
-    monkeypatch.setattr(map_cli, "err_console", Console(file=screen, force_terminal=True, width=200))
+    monkeypatch.setattr(cli_app, "err_console", Console(file=screen, force_terminal=True, width=200))
     result, _ = invoke("map", cnn_store, "--out", tmp_path / "m.png", "--method", "pca")
     assert result.exit_code == 0, result.output
     shown = screen.getvalue()

@@ -2,54 +2,17 @@
 by each."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.status import Status
 
-from featx.cli.app import app, console, err_console, on_interrupt, user_errors
+from featx.cli.app import app, console, on_interrupt, user_errors
 from featx.cli.options import Quiet
-from featx.report.feature_map import METHOD_NAMES, FeatureMap, MapStep
+from featx.cli.progress import StepStatus
+from featx.report.feature_map import METHOD_NAMES, FeatureMap
 from featx.report.feature_map_plot import plot_feature_map
-
-
-class StepStatus:
-    """The library's :class:`MapStep` s on a terminal's stderr: a spinner on the step running, a dim line with its
-    time once done. Nothing in a log or a pipe, or with ``-q``."""
-
-    def __init__(self, quiet: bool):
-        self.show = not quiet and err_console.is_terminal
-        self.status: Status | None = None
-        self.current: tuple[str, float] | None = None
-
-    def __enter__(self) -> StepStatus:
-        return self
-
-    def __call__(self, step: MapStep) -> None:
-        if not self.show:
-            return
-        self._finish()
-        self.current = (step.text, time.perf_counter())
-        if self.status is None:
-            self.status = err_console.status(escape(step.text))
-            self.status.start()
-        else:
-            self.status.update(escape(step.text))
-
-    def _finish(self) -> None:
-        if self.current is not None:
-            text, start = self.current
-            err_console.print(f"[dim]{escape(text)} ({time.perf_counter() - start:.1f} s)[/]", highlight=False)
-            self.current = None
-
-    def __exit__(self, *exc) -> None:
-        if self.status is not None:
-            self.status.stop()
-        if exc[0] is None:
-            self._finish()
 
 
 @app.command(name="map")

@@ -1,4 +1,5 @@
-"""Progress bars of the long commands (classify, compare, hybrid, merge), drawn from the library's events.
+"""Progress bars of the long commands (classify, compare, hybrid, merge, gallery, explain) and status lines of the
+stepwise ones (map, report), drawn from the library's events.
 
 A bar goes to stderr, and only to a terminal: a log or a pipe gets the command's lines and tables alone. ``-q``
 draws no bar and prints no progress line.
@@ -10,6 +11,7 @@ import time
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.status import Status
 
 cli = importlib.import_module("featx.cli.app")  # the module (featx.cli.app is also the Typer app's name)
 
@@ -69,3 +71,40 @@ class FitBar(Bar):
 
     def __call__(self, event) -> None:
         self.update(event.done, event.total, f"{event.features} ({event.protocol})")
+
+
+class StepStatus:
+    """A library's steps (anything with a ``text``, e.g. :class:`featx.report.feature_map.MapStep`) on a
+    terminal's stderr: a spinner on the step running, a dim line with its time once done. Nothing in a log or a
+    pipe, or with ``-q``."""
+
+    def __init__(self, quiet: bool):
+        self.show = not quiet and cli.err_console.is_terminal
+        self.status: Status | None = None
+        self.current: tuple[str, float] | None = None
+
+    def __enter__(self) -> StepStatus:
+        return self
+
+    def __call__(self, step) -> None:
+        if not self.show:
+            return
+        self._finish()
+        self.current = (step.text, time.perf_counter())
+        if self.status is None:
+            self.status = cli.err_console.status(escape(step.text))
+            self.status.start()
+        else:
+            self.status.update(escape(step.text))
+
+    def _finish(self) -> None:
+        if self.current is not None:
+            text, start = self.current
+            cli.err_console.print(f"[dim]{escape(text)} ({time.perf_counter() - start:.1f} s)[/]", highlight=False)
+            self.current = None
+
+    def __exit__(self, *exc) -> None:
+        if self.status is not None:
+            self.status.stop()
+        if exc[0] is None:
+            self._finish()

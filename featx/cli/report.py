@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from featx.cli.app import INTERRUPT_LINES, app, console, on_interrupt, user_errors
-from featx.cli.map import StepStatus
 from featx.cli.options import Quiet
+from featx.cli.progress import StepStatus
 from featx.report import write_html_report
 
 
