@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,3 +99,21 @@ def wide_console(monkeypatch):
     from featx.cli.app import console
 
     monkeypatch.setattr(console, "_width", 250)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nobody may write into: a read-only tmpfs as root (root ignores permission bits), else chmod."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a read-only tmpfs: {done.stderr.decode().strip()}")
+        yield folder
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)

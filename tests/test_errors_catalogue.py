@@ -1,8 +1,6 @@
 """Bad inputs of docs/errors.md not covered elsewhere: NaN features and an output folder featx cannot write."""
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,24 +37,6 @@ def test_nan_features_are_refused_naming_the_store_and_the_first_row(cnmc_tree, 
     assert not (tmp_path / "r" / "results.json").exists()
     # pool5 comes before the NaN weights: that tap is still usable
     assert load_features(out, "pool5").X.shape[0] > 0
-
-
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder nobody may write into: a read-only tmpfs as root (root ignores permission bits), else chmod."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() == 0:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                              capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a read-only tmpfs: {done.stderr.decode().strip()}")
-        yield folder
-        subprocess.run(["umount", str(folder)], check=True)
-    else:
-        folder.chmod(0o500)
-        yield folder
-        folder.chmod(0o700)
 
 
 def test_an_output_folder_that_cannot_be_written_is_one_line(store, read_only_dir):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -163,24 +161,6 @@ def test_bad_inputs_are_one_line_each(cnn_store, tmp_path):
     with pytest.raises(FeatxError, match="is a store the map reads"):
         plot_feature_map(copy, copy, method="pca", overwrite=True)
     assert not (tmp_path / "m.png").exists()
-
-
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A folder nobody may write into: a read-only tmpfs as root (root ignores permission bits), else chmod."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() == 0:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                              capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a read-only tmpfs: {done.stderr.decode().strip()}")
-        yield folder
-        subprocess.run(["umount", str(folder)], check=True)
-    else:
-        folder.chmod(0o500)
-        yield folder
-        folder.chmod(0o700)
 
 
 def test_an_out_that_cannot_be_written_is_one_line_before_any_work(cnn_store, read_only_dir, monkeypatch):
