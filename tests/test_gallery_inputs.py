@@ -57,7 +57,7 @@ def test_images_missing_name_the_file_and_data(results, tmp_path):
     result, output = invoke("gallery", results, "--out", tmp_path / "g", "--data", tmp_path / "moved")
     _one_error_line(result, output)
     assert f"{tmp_path / 'moved'}/C-NMC_training_data/" in output and "not found" in output
-    assert "DATA" in output and "cnn/fc + logistic" in output  # the argument to fix, and the row
+    assert f"check --data {tmp_path / 'moved'}" in output and "cnn/fc + logistic" in output  # option, row
 
 
 @pytest.mark.slow

@@ -117,3 +117,14 @@ def test_report_notes_speak_python_and_flags_inside_a_cli_command():
         assert "--weights-never-saw-images when extracting" in mark_notes([row])[-1]
         assert speak("plain text") == "plain text"
     assert "`featx.extract(...)`" in partial_notes([row])[0]  # the spelling ends with the block
+
+
+def test_an_argument_a_command_declares_itself_is_spelled_as_that_command_does():
+    import featx.cli  # noqa: F401  (registers the commands)
+    from featx.cli import compare, explain, gallery
+    from featx.cli.app import flags_of
+
+    assert flags_of(gallery.gallery)("data") == "--data"          # an option of featx gallery
+    assert flags_of(explain.explain)("data") == "DATA"            # an argument of featx explain
+    assert flags_of(compare.compare)("n_folds", "3") == "--folds 3"  # declared as --folds
+    assert flags_of(gallery.gallery)("overwrite", "True") == "--force"  # not declared: the shared spelling

@@ -7,6 +7,7 @@ import inspect
 import platform
 import signal
 import sys
+import typing
 import warnings
 from collections.abc import Callable
 from importlib import metadata
@@ -116,6 +117,30 @@ def flag(name: str, value: str | None = None) -> str:
     spelled = FLAGS.get(name, "--" + name.replace("_", "-"))
     return spelled if value in (None, "True") else f"{spelled} {value}"
 
+
+def flags_of(command: Callable) -> Callable[..., str]:
+    """:func:`flag`, but an argument the command declares itself is spelled as the command does: ``data`` is
+    ``DATA`` for ``featx explain`` (an argument) and ``--data`` for ``featx gallery`` (an option)."""
+    own: dict[str, str] = {}
+    try:
+        hints = typing.get_type_hints(inspect.unwrap(command), include_extras=True)
+    except (NameError, TypeError):  # a command without resolvable annotations: the shared spelling
+        hints = {}
+    for name, hint in hints.items():
+        for info in getattr(hint, "__metadata__", ()):
+            if isinstance(info, typer.models.ArgumentInfo):
+                own[name] = name.upper()
+            elif isinstance(info, typer.models.OptionInfo):
+                decls = [d for d in (info.param_decls or ()) if d.startswith("--")]
+                own[name] = decls[0] if decls else "--" + name.replace("_", "-")
+
+    def spell(name: str, value: str | None = None) -> str:
+        if name not in own:
+            return flag(name, value)
+        return own[name] if value in (None, "True") else f"{own[name]} {value}"
+
+    return spell
+
 err_console = Console(stderr=True)
 
 
@@ -132,12 +157,12 @@ def loads_torch(func: Callable) -> Callable:
     return wrapper
 
 
-def _featx_warnings_as_lines(show: Callable) -> Callable:
+def _featx_warnings_as_lines(show: Callable, spell: Callable[..., str] = flag) -> Callable:
     """A ``warnings.showwarning`` that prints a :class:`FeatxWarning` as one yellow line, arguments as flags."""
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if isinstance(message, FeatxWarning):
-            err_console.print(f"[bold yellow]warning:[/] {escape(message.render(flag))}", highlight=False,
+            err_console.print(f"[bold yellow]warning:[/] {escape(message.render(spell))}", highlight=False,
                               soft_wrap=True)
         else:
             show(message, category, filename, lineno, file, line)
@@ -234,15 +259,17 @@ def user_errors(func: Callable) -> Callable:
     """Run a command; print user errors as one red line and exit non-zero, without a traceback. Library text the
     command prints or writes (:func:`featx.errors.speak`) names flags and commands."""
 
+    spell = flags_of(func)
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            with warnings.catch_warnings(), spoken_as(flag):  # restores showwarning afterwards
+            with warnings.catch_warnings(), spoken_as(spell):  # restores showwarning afterwards
                 warnings.simplefilter("always", FeatxWarning)
-                warnings.showwarning = _featx_warnings_as_lines(warnings.showwarning)
+                warnings.showwarning = _featx_warnings_as_lines(warnings.showwarning, spell)
                 return func(*args, **kwargs)
         except FeatxError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(exc.render(flag))}", highlight=False, soft_wrap=True,
+            err_console.print(f"[bold red]error:[/] {escape(exc.render(spell))}", highlight=False, soft_wrap=True,
                               emoji=False)  # a value like module:x: stays as typed
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
