@@ -29,13 +29,14 @@ def draw_sheet(images: Sequence, methods: Sequence[str], layer: str, path: str |
     plt = pyplot()
     cols = 1 + len(methods)
     width, row_h = 2.1 * cols + 0.3, 2.55
-    fig, axes = plt.subplots(len(images), cols, figsize=(width, row_h * len(images) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(images), cols, figsize=(width, row_h * len(images) + 0.5), squeeze=False,
+                             layout="constrained")  # keeps the suptitle and the cells' titles apart
     for r, item in enumerate(images):
         cell = item.image
         axes[r, 0].imshow(cell)
         head = (f"{item.path}\nsubject {item.subject or '?'} · true {item.true or '?'} · pred {item.predicted} "
                 f"{item.score:.2f}\n{ROLE_WORDS.get(item.role, item.role)}")
-        axes[r, 0].set_title(wrap_title(head, 2.1 * cols, 6.5), fontsize=6.5, loc="left")
+        axes[r, 0].set_title(wrap_title(head, 2.1, 6.5), fontsize=6.5, loc="left")  # within its column
         for c, method in enumerate(methods, start=1):
             heat = item.maps[method]
             top = float(np.nanmax(heat)) if np.isfinite(heat).any() else 0.0
@@ -51,7 +52,6 @@ def draw_sheet(images: Sequence, methods: Sequence[str], layer: str, path: str |
             ax.set_yticks([])
     if title:
         fig.suptitle(wrap_title(title, width, 8), fontsize=8)
-    fig.tight_layout()
     return save_png(fig, path)
 
 
