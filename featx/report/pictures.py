@@ -71,6 +71,11 @@ def maps_html(rows: Sequence[ResultRow], figure: Figure, method: str = "auto", s
     return "\n".join(parts)
 
 
+#: cells drawn per row's gallery in a report (wrong, right): the sheets are most of a report's bytes;
+#: featx gallery draws 24 and 8 by default, and its CSV lists every misclassified cell
+REPORT_GALLERY = (12, 6)
+
+
 def gallery_html(row: ResultRow, figure: Figure, source: Path | None = None) -> str:
     """``row``'s error gallery (:func:`featx.report.gallery.plot_gallery`: its most confidently misclassified
     test cells and its least confident right ones, grouped by subject), or why it has none: no out-of-fold
@@ -80,14 +85,14 @@ def gallery_html(row: ResultRow, figure: Figure, source: Path | None = None) -> 
     made = []
 
     def plot(path: Path) -> Path:
-        made.append(plot_gallery(row, path, source=source))
+        made.append(plot_gallery(row, path, source=source, wrong=REPORT_GALLERY[0], right=REPORT_GALLERY[1]))
         return path
 
     def text() -> str:
         g = made[0]
         return (f"Error gallery of {row.name}: {g.drawn_wrong} of its {g.n_wrong} misclassified test cells (most "
                 f"confident first) and {g.drawn_right} of the least confident right ones, grouped by subject; "
-                f"{g.confidence}")
+                f"{g.confidence} (featx gallery draws more, and lists every misclassified cell)")
 
     try:
         return figure(plot, text)
