@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from pathlib import Path
 
@@ -258,3 +259,106 @@ def test_synth_masks_flag_writes_the_masks_and_overwrite_removes_stale_ones(tmp_
     res = CliRunner().invoke(app, [*args, "--force"])   # replaced without masks: none left that fit no image
     assert res.exit_code == 0, res.output
     assert not (out / MASKS).exists()
+
+
+def _pixel_digest(root: Path) -> str:
+    """sha256 over every file's relative path and content, images as their decoded pixels (so the digest says what
+    was drawn, not how PIL's encoders packed it)."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode())
+            if p.suffix in (".bmp", ".png"):
+                with Image.open(p) as img:
+                    pixels = np.ascontiguousarray(np.asarray(img))
+                h.update(str(pixels.shape).encode())
+                h.update(pixels.tobytes())
+            else:
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+#: a small tree (masks included) drawn by the generator as it was before the class_signal option (main at 7d121dd)
+DIGEST_KW = dict(subjects_all=2, subjects_hem=2, cells_per_subject=3, prelim_subjects_all=1, prelim_subjects_hem=1,
+                 prelim_cells_per_subject=2, final_cells=3, image_size=40, seed=11, masks=True)
+DIGEST_BEFORE_CLASS_SIGNAL = "4e4104b971534c42b941b0913ce115695afb0684ce9a6c002f9dec913e0c997c"
+
+
+def test_default_class_signal_draws_what_synth_always_drew(tmp_path):
+    """The default (class_signal="cell") is the generator every other test and the demo rely on: the same pixels,
+    masks and labels as before the option existed; "nucleus" draws other cells from the same seed."""
+    cell = synthesize(tmp_path / "default", **DIGEST_KW)
+    assert cell["class_signal"] == "cell"
+    assert _pixel_digest(tmp_path / "default") == DIGEST_BEFORE_CLASS_SIGNAL
+    synthesize(tmp_path / "explicit", class_signal="cell", **DIGEST_KW)
+    assert _files(tmp_path / "explicit") == _files(tmp_path / "default")
+    nucleus = synthesize(tmp_path / "nucleus", class_signal="nucleus", **DIGEST_KW)
+    assert nucleus["class_signal"] == "nucleus"
+    assert (nucleus["subjects"], nucleus["counts"]) == (cell["subjects"], cell["counts"])  # same subjects and folds
+    listed = [sorted((s.split, s.subject, s.label) for s in discover(tmp_path / name).samples)
+              for name in ("default", "nucleus")]
+    assert listed[0] == listed[1]
+    default_files = _files(tmp_path / "default")
+    assert all(v != default_files.get(k) for k, v in _files(tmp_path / "nucleus").items() if k.endswith(".bmp"))
+    with pytest.raises(FeatxError, match=r"^synth setting class_signal='size' is not a class signal; "
+                                         r"choose cell or nucleus$"):
+        synthesize(tmp_path / "bad", class_signal="size")
+
+
+def _cell_measures(root: Path) -> dict[str, np.ndarray]:
+    """Per class, per subject (the unit the stain and the cell scale are drawn for): the mean over its cells of the
+    cell's area (share of the image), the nucleus's share of the cell, the spread of the nucleus's green (chromatin)
+    and its median green over the cytoplasm's (density)."""
+    from featx.data.masks import nucleus_mask
+
+    collection = discover(root)
+    cells: dict[tuple[str, str], list] = {}
+    for i, s in enumerate(collection.samples):
+        img = np.asarray(Image.open(collection.abspath(i)).convert("RGB")).astype(float)
+        nucleus = nucleus_mask(root, s.path)
+        cell = img.sum(axis=2) > 30
+        green = img[..., 1]
+        cells.setdefault((s.label, s.subject), []).append(
+            (cell.mean(), nucleus.sum() / cell.sum(), green[nucleus].std(),
+             np.median(green[nucleus]) / np.median(green[cell & ~nucleus])))
+    return {cls: np.array([np.mean(v, axis=0) for (c, _), v in cells.items() if c == cls]) for cls in ("all", "hem")}
+
+
+@pytest.mark.slow
+def test_nucleus_class_signal_draws_one_cell_for_both_classes_and_differs_inside_the_nucleus(tmp_path):
+    """With class_signal="nucleus" ALL and HEM cells have the same size (and nucleus share of it); the classes
+    differ in the nucleus: coarse chromatin (green spread about 33 vs 15 of 255) and density (HEM's nucleus is
+    darker against its cytoplasm: about 0.35 vs 0.58). The default's cells differ in size (area 0.46 vs 0.25).
+    Tolerances: a class's mean over 10 subjects has a standard error near 0.02 in area (subject sd about 0.06;
+    the difference of two: 0.03), so 0.06 is two of them; the nucleus differences are many times theirs."""
+    kw = dict(subjects_all=10, subjects_hem=10, cells_per_subject=4, prelim_subjects_all=0, prelim_subjects_hem=0,
+              final_cells=0, image_size=64, seed=4, masks=True)
+    synthesize(tmp_path / "cell", **kw)
+    synthesize(tmp_path / "nucleus", class_signal="nucleus", **kw)
+    cell, nucleus = _cell_measures(tmp_path / "cell"), _cell_measures(tmp_path / "nucleus")
+    assert cell["all"][:, 0].mean() - cell["hem"][:, 0].mean() > 0.12
+    all_, hem = nucleus["all"].mean(axis=0), nucleus["hem"].mean(axis=0)
+    assert abs(all_[0] - hem[0]) < 0.06, (all_, hem)          # cell area
+    assert abs(all_[1] - hem[1]) < 0.06, (all_, hem)          # nucleus share of the cell
+    assert all_[2] > 1.6 * hem[2] and nucleus["all"][:, 2].min() > nucleus["hem"][:, 2].max(), (all_, hem)
+    assert hem[3] < all_[3] - 0.1, (all_, hem)
+
+
+def test_synth_class_signal_flag_is_passed_on_and_a_bad_one_is_one_line(tmp_path):
+    out = tmp_path / "d"
+    args = ["synth", str(out), "--subjects-all", "1", "--subjects-hem", "1", "--cells-per-subject", "2",
+            "--prelim-subjects-all", "0", "--prelim-subjects-hem", "0", "--final-cells", "0", "--image-size", "32"]
+    res = CliRunner().invoke(app, [*args, "--class-signal", "nucleus"])
+    assert res.exit_code == 0, res.output
+    assert "32 px, seed 0; class signal in the nucleus" in " ".join(res.output.split())
+    synthesize(tmp_path / "lib", **{"subjects_all": 1, "subjects_hem": 1, "cells_per_subject": 2,
+                                    "prelim_subjects_all": 0, "prelim_subjects_hem": 0, "final_cells": 0,
+                                    "image_size": 32, "class_signal": "nucleus"})
+    assert _files(out) == _files(tmp_path / "lib")
+    res = CliRunner().invoke(app, [*args[:1], str(tmp_path / "e"), "--class-signal", "size"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert " ".join(res.output.split()) == ("error: synth setting --class-signal size is not a class signal; "
+                                            "choose cell or nucleus")
+    assert not (tmp_path / "e").exists()
+    res = CliRunner().invoke(app, args)
+    assert "class signal" not in res.output

@@ -40,6 +40,11 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes identical files.")] = 0,
     masks: Annotated[bool, typer.Option("--masks", help="Also write each cell's nucleus mask (PNG, 255 inside) under "
                                                          "OUT/C-NMC_nucleus_masks/, at the image's path.")] = False,
+    class_signal: Annotated[str, typer.Option(
+        help="Where the classes differ: 'cell' (ALL cells larger, with lobed nuclei; a network can tell them by "
+             "size) or 'nucleus' (the same cells, ALL and HEM differ only inside the nucleus: lobed, coarse "
+             "chromatin vs round, smooth, dense; for checking that class-activation maps lie in the nucleus, with "
+             "--masks).")] = _SYNTH["class_signal"],
     force: Annotated[bool, typer.Option("--force", help="Replace C-NMC folders already in OUT.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print what was written (counts per split and class, "
                                                          "subjects per split) as JSON instead of one line.")]
@@ -53,7 +58,7 @@ def synth(
                          cells_per_subject=cells_per_subject, prelim_subjects_all=prelim_subjects_all,
                          prelim_subjects_hem=prelim_subjects_hem, prelim_cells_per_subject=prelim_cells_per_subject,
                          final_cells=final_cells, image_size=image_size, seed=seed, overwrite=force,
-                         masks=masks)
+                         masks=masks, class_signal=class_signal)
     if as_json:
         console.print_json(json.dumps(summary, default=str))
         return
@@ -67,4 +72,6 @@ def summary_line(out: Path, summary: dict) -> str:
     subjects = len({s for names in summary["subjects"].values() for s in names})
     return (f"wrote {summary['total']} synthetic C-NMC images of {subjects} subjects to {escape(str(out))} "
             f"({splits}), {summary['image_size']} px, seed {summary['seed']}"
+            + (f"; class signal in the {summary['class_signal']}" if summary.get("class_signal", "cell") != "cell"
+               else "")
             + (f"; nucleus masks in {escape(summary['masks'])}" if summary.get("masks") else ""))

@@ -3,8 +3,10 @@
 The cells are drawn so that the known pitfall of the real data set shows up: every subject (patient)
 has its own stain tint, strong and consistent across its cells, so a classifier evaluated with an
 image-level split partly recognises the subject instead of the cell, and scores higher than with a
-split grouped by subject. The class signal itself is morphological: ALL (leukemic) cells are larger
-with irregular, lobed nuclei; HEM (normal) cells are smaller and rounder, with overlap between the two.
+split grouped by subject. The class signal itself is morphological: by default ALL (leukemic) cells are larger
+with irregular, lobed nuclei, HEM (normal) cells smaller and rounder, with overlap between the two; with
+``class_signal="nucleus"`` the classes differ only inside the nucleus. The cells are drawn in
+:mod:`featx.data.synth_cells`.
 """
 from __future__ import annotations
 
@@ -13,29 +15,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from featx import csvfiles
 from featx.data.cnmc import CNMC_FINAL, CNMC_PRELIM, CNMC_PRELIM_LABELS, CNMC_TRAIN
 from featx.data.masks import MASKS, mask_path
+from featx.data.synth_cells import SIGNALS, draw_cell, subject_stain
 from featx.errors import FeatxError, arg
 
 FOLDS = ("fold_0", "fold_1", "fold_2")
 
-# Base stain colours (RGB, 0-255) of a May-Grunwald-Giemsa-like smear.
-_CYTO_RGB = np.array([178.0, 150.0, 205.0])
-_NUCLEUS_RGB = np.array([112.0, 62.0, 150.0])
-# Spread of a subject's stain: log-gain per channel, brightness offset (0-255 scale).
-_STAIN_GAIN_SD = 0.12
-_STAIN_BRIGHTNESS_SD = 12.0
-# Class morphology: mean cell radius (fraction of the image side), nucleus/cell radius range,
-# amplitude of the nucleus lobes and of its boundary roughness.
-_SHAPE = {
-    "all": {"radius": 0.36, "ratio": (0.70, 0.86), "lobes": 0.10, "rough": 0.018},
-    "hem": {"radius": 0.26, "ratio": (0.64, 0.80), "lobes": 0.035, "rough": 0.006},
-}
-_RADIUS_SD = 0.09          # cell to cell, within a subject
-_SUBJECT_RADIUS_SD = 0.05  # subject to subject (patients differ in morphology too)
 
 
 def synthesize(
@@ -52,6 +41,7 @@ def synthesize(
     seed: int = 0,
     overwrite: bool = False,
     masks: bool = False,
+    class_signal: str = "cell",
 ) -> dict:
     """Write a deterministic C-NMC-2019-like data set under ``out`` (the original TCIA layout).
 
@@ -84,9 +74,17 @@ def synthesize(
             ``C-NMC_nucleus_masks/C-NMC_test_prelim_phase_data/C-NMC_test_prelim_phase_data/1.png``); featx's
             C-NMC reader ignores that folder, and :func:`featx.data.masks.nucleus_mask` reads it. The images are
             byte-identical with and without masks.
+        class_signal: where the classes differ. ``"cell"`` (default): ALL cells are larger (radius about 0.36 of
+            the side against 0.26) with lobed nuclei, HEM cells smaller and rounder; a network can tell them by
+            the cell's size, so what it looks at need not be the nucleus. ``"nucleus"``: both classes draw the
+            cell (size, outline, cytoplasm, nucleus size and position) from one distribution and differ only
+            inside the nucleus: ALL nuclei are lobed, rough, pale and coarsely clumped, HEM nuclei round, smooth
+            and evenly dark; the stain tints stay the subject's. For checking that a network's class-activation
+            maps lie in the nucleus (with ``masks``). The default's files are the same for every seed as before
+            this option existed.
 
-    Returns a summary: ``root``, ``image_size``, ``seed``, ``counts`` (per split and class), ``subjects``
-    (per split) and ``total``.
+    Returns a summary: ``root``, ``image_size``, ``seed``, ``class_signal``, ``counts`` (per split and class),
+    ``subjects`` (per split) and ``total`` (and ``masks``, the mask folder, with ``masks``).
     """
     _check_int("subjects_all", subjects_all, 1)
     _check_int("subjects_hem", subjects_hem, 1)
@@ -96,6 +94,9 @@ def synthesize(
     _check_int("prelim_cells_per_subject", prelim_cells_per_subject, 1)
     _check_int("final_cells", final_cells, 0)
     _check_int("image_size", image_size, 16)
+    if class_signal not in SIGNALS:
+        raise FeatxError(f"synth setting {arg('class_signal', class_signal)} is not a class signal; "
+                         f"choose {' or '.join(SIGNALS)}")
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise FeatxError(f"synth output {out} is a file; give a folder")
@@ -116,7 +117,8 @@ def synthesize(
     hem_ids[0] = hem_ids[0].lower()  # the real release has one subject written `h3`
     all_ids = [str(n) for n in all_ids]
 
-    summary: dict = {"root": str(out), "image_size": image_size, "seed": seed, "counts": {}, "subjects": {}}
+    summary: dict = {"root": str(out), "image_size": image_size, "seed": seed, "class_signal": class_signal,
+                     "counts": {}, "subjects": {}}
 
     # Training folds: shuffle each class's subjects, deal them round-robin onto the three folds.
     train_all, train_hem = all_ids[:subjects_all], hem_ids[:subjects_hem]
@@ -134,9 +136,9 @@ def synthesize(
     for cls, ids in (("all", train_all), ("hem", train_hem)):
         for subject in ids:
             fold = fold_of[subject]
-            stain = _subject_stain(rng)
+            stain = subject_stain(rng)
             for name in _cell_names(rng, subject, cls, cells_per_subject):
-                save(_draw_cell(rng, cls, stain, image_size), Path(CNMC_TRAIN, fold, cls, name))
+                save(draw_cell(rng, cls, stain, image_size, class_signal), Path(CNMC_TRAIN, fold, cls, name))
             summary["counts"][fold][cls] += cells_per_subject
             summary["subjects"][fold].append(subject)
 
@@ -145,9 +147,9 @@ def synthesize(
     prelim_subjects = ([(s, "all") for s in all_ids[subjects_all:subjects_all + prelim_subjects_all]]
                        + [(s, "hem") for s in hem_ids[subjects_hem:subjects_hem + prelim_subjects_hem]])
     for subject, cls in prelim_subjects:
-        stain = _subject_stain(rng)
+        stain = subject_stain(rng)
         for name in _cell_names(rng, subject, cls, prelim_cells_per_subject):
-            prelim_cells.append((name, cls, _draw_cell(rng, cls, stain, image_size)))
+            prelim_cells.append((name, cls, draw_cell(rng, cls, stain, image_size, class_signal)))
     prelim_root = out / CNMC_PRELIM
     (prelim_root / CNMC_PRELIM).mkdir(parents=True, exist_ok=True)
     order = rng.permutation(len(prelim_cells))
@@ -172,9 +174,9 @@ def synthesize(
     for cls, n, ids in (("all", n_final_all, all_ids), ("hem", n_final_hem, hem_ids)):
         if n == 0:
             continue
-        stain = _subject_stain(rng)
+        stain = subject_stain(rng)
         final_subjects.append(ids[-1])
-        final_imgs.extend(_draw_cell(rng, cls, stain, image_size) for _ in range(n))
+        final_imgs.extend(draw_cell(rng, cls, stain, image_size, class_signal) for _ in range(n))
     for number, j in enumerate(rng.permutation(len(final_imgs)), start=1):
         save(final_imgs[j], Path(CNMC_FINAL, CNMC_FINAL, f"{number}.bmp"))
     summary["counts"]["final"] = {"unlabelled": len(final_imgs)}
@@ -208,72 +210,6 @@ def _cell_names(rng: np.random.Generator, subject: str, cls: str, n: int) -> lis
         names.append(f"UID_{subject}_{image}_{cell}_{cls}.bmp")
         k += 1
     return names
-
-
-def _subject_stain(rng: np.random.Generator) -> dict:
-    """A subject's stain: per-channel gains and a brightness, shared by all its cells."""
-    return {
-        "cyto_gain": np.exp(rng.normal(0.0, _STAIN_GAIN_SD, 3)),
-        "nucleus_gain": np.exp(rng.normal(0.0, _STAIN_GAIN_SD, 3)),
-        "brightness": float(rng.normal(0.0, _STAIN_BRIGHTNESS_SD)),
-        "texture": float(rng.uniform(4.0, 14.0)),
-        "scale": float(np.exp(rng.normal(0.0, _SUBJECT_RADIUS_SD))),
-    }
-
-
-def _radial(rng: np.random.Generator, theta: np.ndarray, low: tuple[int, int], amp: float,
-            high: tuple[int, int], noise: float) -> np.ndarray:
-    """A closed boundary 1 + sum of random cosines: low orders shape lobes, high orders roughen it."""
-    r = np.ones_like(theta)
-    for k in range(low[0], low[1] + 1):
-        r += rng.uniform(0.3, 1.0) * amp * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    for k in range(high[0], high[1] + 1):
-        r += rng.normal(0.0, noise) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    return r
-
-
-def _draw_cell(rng: np.random.Generator, cls: str, stain: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One segmented cell (uint8 RGB, size x size) centred on a black background, and its nucleus mask (bool:
-    the soft nucleus mask times the cell mask above 0.5; computed from the same draws, drawing nothing more)."""
-    s = float(size)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
-    cx = s / 2 + rng.normal(0.0, 0.03 * s)
-    cy = s / 2 + rng.normal(0.0, 0.03 * s)
-    shape = _SHAPE[cls]
-    cell_r = shape["radius"] * stain["scale"] * s * float(np.clip(rng.normal(1.0, _RADIUS_SD), 0.7, 1.35))
-    ratio = float(rng.uniform(*shape["ratio"]))
-    lobe_amp, rough = shape["lobes"], shape["rough"]
-    theta = np.arctan2(yy - cy, xx - cx)
-    dist = np.hypot(yy - cy, xx - cx)
-    cell_edge = cell_r * _radial(rng, theta, (2, 3), 0.05, (4, 6), 0.008)
-    cell_edge = np.minimum(cell_edge, 0.47 * s)
-    # The nucleus sits a little off-centre; its boundary is lobed for ALL and smooth for HEM.
-    off = rng.normal(0.0, 0.04 * cell_r, 2)
-    ntheta = np.arctan2(yy - cy - off[1], xx - cx - off[0])
-    ndist = np.hypot(yy - cy - off[1], xx - cx - off[0])
-    nucleus_edge = ratio * cell_r * _radial(rng, ntheta, (2, 5), lobe_amp, (6, 14), rough)
-    nucleus_edge = np.minimum(nucleus_edge, cell_edge - 0.5)
-    soft = max(0.5, s / 160.0)
-    cell_mask = 1.0 / (1.0 + np.exp(-(cell_edge - dist) / soft))
-    nucleus_mask = 1.0 / (1.0 + np.exp(-(nucleus_edge - ndist) / soft))
-
-    # Colours: base stain x subject gains + subject brightness + small per-cell variation.
-    cell_jitter = rng.normal(0.0, 0.03, 3)
-    cyto = _CYTO_RGB * stain["cyto_gain"] * (1.0 + cell_jitter) + stain["brightness"]
-    nucleus = _NUCLEUS_RGB * stain["nucleus_gain"] * (1.0 + cell_jitter) + stain["brightness"]
-    # Chromatin texture: blotchy low-frequency noise, stronger in the nucleus.
-    grid = max(4, size // 8)
-    blotch = rng.normal(0.0, 1.0, (grid, grid)).astype(np.float32)
-    blotch = np.asarray(Image.fromarray(blotch).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64)
-    colour = (cyto[None, None, :] * (1.0 - nucleus_mask[..., None])
-              + nucleus[None, None, :] * nucleus_mask[..., None])
-    colour = colour + (stain["texture"] * (0.4 + nucleus_mask) * blotch)[..., None]
-    colour = colour + rng.normal(0.0, 4.0, colour.shape)
-    img = np.clip(colour, 0, 255) * cell_mask[..., None]
-    img = np.rint(np.clip(img, 0, 255)).astype(np.uint8)
-    # A last light blur imitates the optics; the background stays black.
-    pil = Image.fromarray(img).filter(ImageFilter.GaussianBlur(radius=max(0.4, s / 240.0)))
-    return np.asarray(pil), nucleus_mask * cell_mask > 0.5
 
 
 class _Saver:
