@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`: synthetic C-NMC data -> extract (4 backbones) -> compare -> finetune -> hybrid -> table.
+# The demo behind `make demo`: synthetic C-NMC data -> extract (4 backbones) -> compare -> finetune -> hybrid -> table
+# -> report -> pictures of the cells (error gallery, class-activation maps, feature map).
 # Sizes are shrunk so that it ends in a few minutes on a 2-core CPU; every shrink is printed.
 set -euo pipefail
 OUT=${1:-demo}
@@ -23,7 +24,7 @@ fi
 say "1. synthetic C-NMC data, featx synth's defaults (shrunk: 30 ALL + 15 HEM training subjects x 4 cells at 64 px,
    enough for 3 subjects of each class in every subject-grouped test fold; the real set has 73 subjects, 450 px)"
 # the final phase is written last: when it is there, the tree is complete
-[ -d "$OUT/data/C-NMC_test_final_phase_data" ] || featx synth "$OUT/data"
+[ -d "$OUT/data/C-NMC_test_final_phase_data" ] || featx synth "$OUT/data" --masks
 
 say "2. extract features (AlexNet at its 224 px; shrunk: cnn at 96 px, VGG-16 and ResNet-18 at 112 px instead of 224 px)"
 featx extract "$OUT/data" --backbone cnn --weights none --image-size 96 --out "$OUT/feats/cnn.h5"
@@ -73,4 +74,11 @@ echo "the same rows with every figure in one HTML file, the thing to mail to a c
 featx report "$OUT/results" "$OUT/results-tuned" "$OUT/runs/hybrid-cnn" "$OUT/runs/cnn" \
   --title "featx demo (synthetic C-NMC)" --out "$OUT/report.html"
 echo "run folder: $(ls "$OUT/runs/cnn" | tr '\n' ' ')"
+
+say "7. look at the cells: which ones the heads get wrong, what the fine-tuned cnn looks at, and the feature space
+   by subject (why image-level splits score higher)"
+featx gallery "$OUT/results" --out "$OUT/gallery" -q $FORCE
+echo "$(ls "$OUT/gallery"/*.png | wc -l) error-gallery sheets in $OUT/gallery/, e.g. $(ls "$OUT/gallery"/*.png | head -1)"
+featx explain "$OUT/runs/cnn" "$OUT/data" --images 8 --out "$OUT/explain" $FORCE
+featx map "$OUT/feats/cnn.h5" --out "$OUT/map-cnn.png" $FORCE
 echo "demo finished in ${SECONDS}s; everything is under $OUT/"
