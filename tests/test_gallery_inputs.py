@@ -169,3 +169,16 @@ def test_a_row_selected_per_fold_gives_each_fold_its_head_s_confidence():
     assert score_kind(row) == "mixed"
     assert "probability in fold 1; decision in fold 2" in confidence_meaning(row)
     np.testing.assert_allclose(cell_confidences(row), [0.9, 0.7, 0.4, 1.5])  # fold 2: the margin, not 1 - score
+
+
+def test_a_store_given_as_a_relative_path_is_found_from_where_the_command_ran(cnn_store, tmp_path, monkeypatch):
+    """README's flow: `featx compare feats/x.h5` records the store as typed, relative to the working folder (not to
+    the results folder), and `featx gallery` run from there finds the images through it."""
+    from featx.workflows.classify import run_compare
+
+    monkeypatch.chdir(Path(cnn_store).parent)
+    run_compare([Path(cnn_store).name], ["logistic"], cv="subject", n_folds=3, jobs=1, out=tmp_path / "res",
+                plots=False)
+    result, output = invoke("gallery", tmp_path / "res", "--out", tmp_path / "g")
+    assert result.exit_code == 0, output
+    assert len(_csv(next((tmp_path / "g").glob("*.csv")))) > 0

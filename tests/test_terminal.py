@@ -252,7 +252,7 @@ def test_the_cli_and_torch_load_without_full_collections():
 def test_every_command_that_runs_a_network_loads_torch_first():
     group = typer.main.get_command(app)
     first = {name for name, cmd in group.commands.items() if getattr(cmd.callback, "loads_torch", False)}
-    assert first == {"backbones", "extract", "finetune", "hybrid", "predict"}
+    assert first == {"backbones", "explain", "extract", "finetune", "hybrid", "predict"}
 
 
 # ---- --tap and --taps ------------------------------------------------------------------------------------------

@@ -119,8 +119,9 @@ def flag(name: str, value: str | None = None) -> str:
 
 
 def flags_of(command: Callable) -> Callable[..., str]:
-    """:func:`flag`, but an argument the command declares itself is spelled as the command does: ``data`` is
-    ``DATA`` for ``featx explain`` (an argument) and ``--data`` for ``featx gallery`` (an option)."""
+    """:func:`flag`, but where the command declares an argument the other way round (a positional where the other
+    commands have an option, or an option where they have a positional) it is spelled as the command does:
+    ``data`` is ``DATA`` for ``featx explain`` and ``--data`` for ``featx gallery``."""
     own: dict[str, str] = {}
     try:
         hints = typing.get_type_hints(inspect.unwrap(command), include_extras=True)
@@ -128,9 +129,10 @@ def flags_of(command: Callable) -> Callable[..., str]:
         hints = {}
     for name, hint in hints.items():
         for info in getattr(hint, "__metadata__", ()):
-            if isinstance(info, typer.models.ArgumentInfo):
+            shared = flag(name)
+            if isinstance(info, typer.models.ArgumentInfo) and shared.startswith("--"):
                 own[name] = name.upper()
-            elif isinstance(info, typer.models.OptionInfo):
+            elif isinstance(info, typer.models.OptionInfo) and not shared.startswith("--"):
                 decls = [d for d in (info.param_decls or ()) if d.startswith("--")]
                 own[name] = decls[0] if decls else "--" + name.replace("_", "-")
 

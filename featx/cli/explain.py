@@ -10,8 +10,7 @@ from rich.markup import escape
 from featx.cli.app import app, console, loads_torch, on_interrupt, user_errors
 from featx.cli.options import Device, Quiet
 from featx.cli.progress import Bar
-from featx.explain import METHODS
-from featx.explain import explain as explain_run
+from featx.explain.methods import METHODS
 
 
 @app.command()
@@ -44,6 +43,8 @@ def explain(
     chose the epoch, unseen) and, when DATA holds nucleus masks (`featx synth --masks`), the share of each map's
     positive mass inside the nucleus.
     """
+    from featx.explain import explain as explain_run  # deferred: torch and Captum, which `featx --help` does not need
+
     with Bar("image", quiet) as bar:
         result = explain_run(run, data, out=out, images=images, paths=paths or None, layer=layer,
                              methods=methods.split(","), device=device, seed=seed, overwrite=force,

@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from featx.cli.app import app, console, on_interrupt, user_errors
 from featx.cli.options import Quiet
+from featx.cli.parsing import parse_taps
 from featx.cli.progress import StepStatus
 from featx.report.feature_map import METHOD_NAMES, FeatureMap
 from featx.report.feature_map_plot import plot_feature_map
@@ -21,7 +22,9 @@ from featx.report.feature_map_plot import plot_feature_map
 def map_(
     store: Annotated[Path, typer.Argument(help="An HDF5 feature store written by `featx extract`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The figure to write: .png (or .svg, .pdf).")],
-    tap: Annotated[str | None, typer.Option(help="The tap to map (default: the store's default tap).")] = None,
+    tap: Annotated[str | None, typer.Option("--tap", "--taps", help="The tap to map (default: the store's default "
+                                                                    "tap); fc7+pool5 concatenates taps.")
+                   ] = None,
     method: Annotated[str, typer.Option(help="auto (UMAP when umap-learn is installed, else t-SNE), tsne, umap or "
                                              "pca.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed; the same seed draws the same map.")] = 0,
@@ -32,7 +35,8 @@ def map_(
     with how strongly rows cluster by that label (measured in the features, not on the map) beside its chance
     level: the picture of why image-level splits score higher than subject-level ones."""
     with StepStatus(quiet) as steps:
-        fmap = plot_feature_map(store, out, tap=tap, method=method, seed=seed, overwrite=force, on_step=steps)
+        fmap = plot_feature_map(store, out, tap=parse_taps(tap), method=method, seed=seed, overwrite=force,
+                                on_step=steps)
     for line in summary_lines(fmap):
         console.print(line, highlight=False, soft_wrap=True)
 

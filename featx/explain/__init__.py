@@ -2,11 +2,27 @@
 
 :func:`explain` maps chosen cells with Grad-CAM and occlusion (both through Captum) and writes a sheet and a CSV;
 :func:`plot_explanations` draws a small sheet for a report; :func:`featx.explain.layers.resolve_layer` is the rule
-that picks the mapped layer (the last convolutional stage) of any backbone featx fine-tunes.
+that picks the mapped layer (the last convolutional stage) of any backbone featx fine-tunes. Names load on first
+use: ``featx.explain.methods`` (what the CLI's help lists) does not import torch.
 """
-from featx.explain.core import ExplainResult, ImageExplanation, compute, explain, plot_explanations
-from featx.explain.layers import MapLayer, map_layers, resolve_layer
-from featx.explain.maps import METHODS
+from __future__ import annotations
 
-__all__ = ["METHODS", "ExplainResult", "ImageExplanation", "MapLayer", "compute", "explain", "map_layers",
-           "plot_explanations", "resolve_layer"]
+import importlib
+
+_NAMES = {"ExplainResult": "core", "ImageExplanation": "core", "compute": "core", "explain": "core",
+          "plot_explanations": "core", "MapLayer": "layers", "map_layers": "layers", "resolve_layer": "layers",
+          "METHODS": "methods"}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'featx.explain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"featx.explain.{_NAMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_NAMES})

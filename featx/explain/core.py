@@ -17,7 +17,8 @@ from featx.device import resolve_device
 from featx.errors import FeatxError, arg
 from featx.explain import inputs
 from featx.explain.layers import resolve_layer
-from featx.explain.maps import METHODS, gradcam, mass_inside, occlusion, occlusion_window
+from featx.explain.maps import gradcam, mass_inside, occlusion, occlusion_window
+from featx.explain.methods import METHODS
 from featx.explain.sheet import draw_sheet, write_csv
 
 #: the files ``explain`` writes into its output folder

@@ -9,10 +9,6 @@ import numpy as np
 import torch
 from torch import nn
 
-#: the methods featx draws, in the order of the sheet's columns
-METHODS = ("gradcam", "occlusion")
-METHOD_TITLES = {"gradcam": "Grad-CAM", "occlusion": "occlusion"}
-
 
 @contextmanager
 def out_of_place(network: nn.Module) -> Iterator[nn.Module]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from featx import csvfiles
 from featx.explain.inputs import ROLE_WORDS
-from featx.explain.maps import METHOD_TITLES
+from featx.explain.methods import METHOD_TITLES
 from featx.figures import pyplot, save_png, wrap_title
 from featx.files import write_or_keep
 

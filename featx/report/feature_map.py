@@ -27,10 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
-from sklearn.neighbors import NearestNeighbors
-from sklearn.preprocessing import StandardScaler
 
 from featx.errors import FeatxError, arg
 from featx.store.reader import load_features
@@ -157,6 +153,10 @@ def map_arrays(X: np.ndarray, y: np.ndarray, subjects: np.ndarray | None, *, cla
     k = _neighbours(subjects if has_subjects else None, n) if k is None else int(k)
     dims = min(MAX_PCA, n, X.shape[1])
     step(MapStep("pca", f"PCA of the standardised features: {X.shape[1]} -> {dims} dimensions"))
+    # deferred: scikit-learn's decomposition, neighbours and t-SNE weigh on every featx command's start
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
     space = PCA(n_components=dims, svd_solver="full", random_state=seed).fit_transform(
         StandardScaler().fit_transform(X))
     compiles = " (UMAP's first run in a process compiles its code: 10-20 s)" if method == "umap" else ""
@@ -194,6 +194,8 @@ def _embed(space: np.ndarray, method: str, seed: int) -> np.ndarray:
     if method == "pca":
         out = space[:, :2]
     elif method == "tsne":
+        from sklearn.manifold import TSNE  # deferred: as PCA in map_arrays
+
         perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
         out = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(space)
     else:
@@ -211,6 +213,8 @@ def neighbour_agreement(space: np.ndarray, labels: np.ndarray, *, k: int, groups
     """The mean share of each row's ``k`` nearest neighbours in ``space`` (Euclidean; the row itself left out)
     that have its ``labels`` value, neighbours sought among the rows of its ``groups`` value (None: all rows),
     beside the same with ``labels`` shuffled within each group ``permutations`` times (mean and sd)."""
+    from sklearn.neighbors import NearestNeighbors  # deferred: as PCA in map_arrays
+
     rng = rng or np.random.default_rng(0)
     groups = np.zeros(len(labels), dtype=int) if groups is None else np.asarray(groups)
     codes = np.unique(np.asarray(labels), return_inverse=True)[1]

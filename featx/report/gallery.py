@@ -64,8 +64,9 @@ def data_root(row: ResultRow, source: str | Path | None = None, data: str | Path
         return Path(settings["data_root"])
     base = Path(source).parent if source is not None else Path.cwd()
     selected = [s for fold in settings.get("selected_stores") or [] for s in fold]  # a row selected per fold
-    for store in [*(settings.get("stores") or []), *selected]:
-        path = Path(store) if Path(store).is_absolute() else base / store
+    stores = [*(settings.get("stores") or []), *selected]
+    # a store given as a relative path was relative to where the command ran: here, or the results folder's parent
+    for path in dict.fromkeys(p for s in stores for p in (Path(s), base / s)):
         if path.is_file():
             try:
                 with h5py.File(path, "r") as h5:

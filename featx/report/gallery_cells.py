@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from featx.data import natural_key
-from featx.heads import get_head, list_heads
 from featx.results import ResultRow
 
 PROBABILITY, DECISION, MIXED, UNKNOWN, NONE = "probability", "decision", "mixed", "unknown", "none"
@@ -60,6 +59,8 @@ def _head_kind(row_or_head) -> str:
     head = row_or_head.head if isinstance(row_or_head, ResultRow) else row_or_head
     if head is None:  # a fine-tuned network's own row: its softmax
         return PROBABILITY
+    from featx.heads import get_head, list_heads  # deferred: every head's scikit-learn, not needed by featx --help
+
     if head in list_heads():
         return PROBABILITY if get_head(head).probability else DECISION
     return UNKNOWN
