@@ -38,6 +38,9 @@ SHRINK = (
     (r"^featx (classify|compare|hybrid) ", " --no-plots", "no per-row PNGs (featx report draws them again)"),
     (r"^featx (finetune|hybrid) ", " --epochs 1 --batch-size 8", "one epoch instead of the preset's 15"),
     (r"^featx hybrid ", " --folds 3", "3 outer folds instead of 5"),
+    (r"^featx report ", " --maps pca", "PCA maps instead of UMAP, which compiles its code for 10-20 s in each process"),
+    (r"^featx map ", " --method pca", "PCA instead of UMAP, as for the report"),
+    (r"^featx explain ", " --images 2", "2 cells instead of 8: occlusion runs the network about 225 times a cell"),
 )
 
 
