@@ -10,7 +10,8 @@ The Python API, one function per command (each loaded on first use, so ``import 
     featx.rows_to_frame(result.rows)                                # a pandas DataFrame (pandas optional)
     featx.report(result.rows, "report.html")                        # featx report
 
-``classify`` (featx classify), ``finetune``, ``hybrid`` and ``predict`` run the commands of those names;
+``classify`` (featx classify), ``finetune``, ``hybrid``, ``predict``, ``gallery`` and ``explain`` run the commands of
+those names, ``plot_feature_map`` runs ``featx map``;
 ``ResultRow`` and ``FeatureSet`` are the values they pass around.
 """
 from __future__ import annotations
@@ -30,6 +31,9 @@ _API = {
     "hybrid": ("featx.workflows.hybrid", "hybrid"),
     "predict": ("featx.workflows.predict", "predict"),
     "report": ("featx.report", None),
+    "gallery": ("featx.report.gallery", "gallery"),
+    "explain": ("featx.explain", None),
+    "plot_feature_map": ("featx.report.feature_map_plot", "plot_feature_map"),
     "rows_to_frame": ("featx.frames", "rows_to_frame"),
     "ResultRow": ("featx.results", "ResultRow"),
     "FeatureSet": ("featx.store.reader", "FeatureSet"),

@@ -147,6 +147,13 @@ def test_every_public_name_resolves_to_the_function_behind_its_command(tmp_path)
     import featx.extract as extract_module  # the module stays a module, and is callable as its function
 
     assert featx.extract is extract_module and callable(featx.extract) and callable(featx.finetune)
+    import featx.explain as explain_module
+    from featx.explain.core import explain
+    from featx.report.feature_map_plot import plot_feature_map
+    from featx.report.gallery import gallery
+
+    assert featx.explain is explain_module and explain_module.explain is explain and callable(featx.explain)
+    assert featx.gallery is gallery and featx.plot_feature_map is plot_feature_map
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         featx.nope  # noqa: B018
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 
+from featx.imports import callable_module
+
 _NAMES = {"ExplainResult": "core", "ImageExplanation": "core", "compute": "core", "explain": "core",
           "plot_explanations": "core", "MapLayer": "layers", "map_layers": "layers", "resolve_layer": "layers",
           "METHODS": "methods"}
@@ -26,3 +28,6 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_NAMES})
+
+
+callable_module(__name__, "explain")  # featx.explain(...) is featx.explain.explain(...) (see featx/__init__.py)
