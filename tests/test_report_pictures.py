@@ -1,10 +1,13 @@
 """The report's pictures: a feature map for every store its rows compare."""
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import re
 
 import pytest
+from PIL import Image
 from report_rows import make_row
 
 import featx
@@ -58,6 +61,9 @@ def test_each_row_section_holds_its_error_gallery_or_says_why_not(cnn_store, tmp
     first, second, third = (text.split(f'<section class="row" id="row-{i}">', 1)[1].split("</section>", 1)[0]
                             for i in (1, 2, 3))
     caption = re.search(r"<figcaption>(Error gallery of [^<]*)</figcaption>", first)[1]
+    sheet = base64.b64decode(re.search(r'<img alt="Error gallery of [^"]*" src="data:image/png;base64,([^"]+)"',
+                                       first)[1])
+    assert Image.open(io.BytesIO(sheet)).mode == "P"  # a palette PNG: a third of the bytes
     assert f"of its {wrong} misclassified test cells" in caption and "probability" in caption
     assert "no error gallery" in second and "gone/" in second  # the missing image is named
     assert "Error gallery" not in third and "no error gallery" not in third  # no predictions: nothing to draw
@@ -73,3 +79,25 @@ def test_a_run_folder_that_cannot_be_mapped_is_named_with_the_reason(tmp_path):
     text = explanations_html(tmp_path / "run", figure)
     assert text.startswith("<p>(no class-activation maps of") and "holds no best.pt" in text
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_palette_png_keeps_an_image_of_few_colours_exactly_and_shrinks_a_photo(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from featx.figures import palette_png
+
+    rng = np.random.default_rng(0)
+    few = rng.choice([0, 80, 160, 255], size=(40, 60, 3)).astype(np.uint8)  # 64 colours at most
+    Image.fromarray(few).save(tmp_path / "few.png")
+    palette_png(tmp_path / "few.png")
+    with Image.open(tmp_path / "few.png") as back:
+        assert back.mode == "P" and (np.asarray(back.convert("RGB")) == few).all()
+    yy, xx = np.mgrid[0:200, 0:200]  # a smooth, noisy "cell": many colours, as a photograph
+    photo = np.stack([xx, yy, (xx + yy) // 2], axis=-1) + rng.normal(0, 6, (200, 200, 3))
+    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    before = (tmp_path / "photo.png").stat().st_size
+    palette_png(tmp_path / "photo.png")
+    with Image.open(tmp_path / "photo.png") as back:
+        error = np.abs(np.asarray(back.convert("RGB"), dtype=float) - np.clip(photo, 0, 255).astype(np.uint8))
+    assert (tmp_path / "photo.png").stat().st_size < before / 2 and error.mean() < 8

@@ -8,6 +8,7 @@ from html import escape
 from pathlib import Path
 
 from featx.errors import FeatxError, arg
+from featx.figures import palette_png
 from featx.report.feature_map import MapStep, check_method
 from featx.report.feature_map_plot import caption, plot_feature_map
 from featx.report.gallery import plot_gallery
@@ -86,7 +87,7 @@ def gallery_html(row: ResultRow, figure: Figure, source: Path | None = None) -> 
 
     def plot(path: Path) -> Path:
         made.append(plot_gallery(row, path, source=source, wrong=REPORT_GALLERY[0], right=REPORT_GALLERY[1]))
-        return path
+        return palette_png(path)  # a third of the bytes: the sheets are most of a report
 
     def text() -> str:
         g = made[0]
