@@ -80,6 +80,17 @@ def cnn_store(cnn_stores) -> Path:
     return cnn_stores(0)
 
 
+@pytest.fixture(scope="session")
+def cnn_compare(cnn_store, tmp_path_factory) -> Path:
+    """A compare folder of ``cnn_store`` (read-only: copy it before changing it): logistic (a probability) and svm
+    (a decision value), subject-grouped 3-fold, with its predictions files."""
+    from featx.workflows.classify import run_compare  # deferred: only the tests of results folders need it
+
+    out = tmp_path_factory.mktemp("compare") / "compare"
+    run_compare([cnn_store], ["logistic", "svm"], cv="subject", n_folds=3, jobs=1, out=out, plots=False)
+    return out
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -1,6 +1,7 @@
 """Result rows for tests of tables, figures and the HTML report (no data, no training)."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 
 from featx.results import METRICS, ResultRow, Score
@@ -26,3 +27,9 @@ def many_rows(n: int) -> list[ResultRow]:
         rows.append(make_row(f"net{i}/fc7 + svm", score, 0.01 + 0.002 * (i % 5), ci=i % 3 != 0,
                              image_level=i % 7 == 3, protocol="image" if i % 7 == 3 else "subject"))
     return rows
+
+
+def csv_rows(path) -> list[dict]:
+    """The lines of a CSV featx wrote (results.csv, a predictions file, a gallery's CSV) as dicts of text."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))

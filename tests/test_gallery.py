@@ -3,27 +3,17 @@ of its predictions file, wrong cells by confidence, the right ones the least con
 its cells and no text overlaps another; bad input is one line."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from report_rows import csv_rows
 
 
-def _csv(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-@pytest.fixture(scope="module")
-def results(cnn_store, tmp_path_factory) -> Path:
-    """A compare folder of the cnn store: logistic (a probability) and svm (a decision value), subject 3-fold."""
-    from featx.workflows.classify import run_compare
-
-    out = tmp_path_factory.mktemp("gallery") / "compare"
-    run_compare([cnn_store], ["logistic", "svm"], cv="subject", n_folds=3, jobs=1, out=out, plots=False)
-    return out
+@pytest.fixture
+def results(cnn_compare) -> Path:
+    return cnn_compare
 
 
 @pytest.mark.slow
@@ -36,10 +26,10 @@ def test_the_csv_lists_exactly_the_misclassified_cells_of_the_predictions_file(r
                                                              for p in (results / "predictions").glob("*.csv"))
     assert done.skipped == []
     for g in done.rows:
-        predictions = _csv(results / "predictions" / g.csv.name)
+        predictions = csv_rows(results / "predictions" / g.csv.name)
         misclassified = {p["path"] for p in predictions if p["y_true"] != p["y_pred"]}
         correct = [p for p in predictions if p["y_true"] == p["y_pred"]]
-        listed = _csv(g.csv)
+        listed = csv_rows(g.csv)
         wrong_cells = [c for c in listed if c["cell"] == "wrong"]
         assert 0 < len(misclassified) < len(predictions)  # random features: the test has cells of both kinds
         assert {c["path"] for c in wrong_cells} == misclassified and len(wrong_cells) == len(misclassified)
@@ -69,9 +59,9 @@ def test_wrong_cells_by_confidence_and_right_cells_the_least_confident(results, 
     assert kinds["logistic"].score_kind == "probability" and kinds["svm"].score_kind == "decision"
     assert "decision value" in kinds["svm"].confidence and "not a probability" in kinds["svm"].confidence
     for head, g in kinds.items():
-        predictions = _csv(results / "predictions" / g.csv.name)
+        predictions = csv_rows(results / "predictions" / g.csv.name)
         conf = {p["path"]: _confidence(p, g.score_kind) for p in predictions}
-        listed = _csv(g.csv)
+        listed = csv_rows(g.csv)
         for c in listed:
             assert float(c["confidence"]) == pytest.approx(conf[c["path"]], abs=1e-6), head
             assert c["confidence_means"] == g.confidence

@@ -2,28 +2,18 @@
 fine-tuning run folder (its scored images' predictions, then a gallery)."""
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cli_helpers import invoke
+from report_rows import csv_rows
 
 
-def _csv(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-@pytest.fixture(scope="module")
-def results(cnn_store, tmp_path_factory) -> Path:
-    """A compare folder of the cnn store: logistic, subject 3-fold (read-only: copy it before changing it)."""
-    from featx.workflows.classify import run_compare
-
-    out = tmp_path_factory.mktemp("gallery-inputs") / "compare"
-    run_compare([cnn_store], ["logistic"], cv="subject", n_folds=3, jobs=1, out=out, plots=False)
-    return out
+@pytest.fixture
+def results(cnn_compare) -> Path:
+    return cnn_compare
 
 
 def _one_error_line(result, output: str) -> None:
@@ -68,7 +58,7 @@ def test_images_that_moved_are_found_with_data(results, cnmc_tree, tmp_path):
     shutil.copytree(cnmc_tree, moved)
     here = gallery(results, tmp_path / "here").rows[0]
     there = gallery(results, tmp_path / "there", data=moved).rows[0]
-    assert _csv(here.csv) == _csv(there.csv) and there.sheet.stat().st_size > 0
+    assert csv_rows(here.csv) == csv_rows(there.csv) and there.sheet.stat().st_size > 0
 
 
 def test_a_row_whose_data_folder_is_not_recorded_asks_for_data(tmp_path):
@@ -94,7 +84,7 @@ def test_existing_gallery_files_are_refused_without_force(results, tmp_path):
     out = tmp_path / "g"
     first, output = invoke("gallery", results, "--out", out, "--wrong", 2, "--right", 1)
     assert first.exit_code == 0, output
-    assert "wrote 1 gallery sheets (+ CSV)" in output
+    assert "wrote 2 gallery sheets (+ CSV)" in output  # logistic and svm
     sheet = out / "cnn-fc-logistic-subject.png"
     before = sheet.read_bytes()
     again, output = invoke("gallery", results, "--out", out)
@@ -103,7 +93,7 @@ def test_existing_gallery_files_are_refused_without_force(results, tmp_path):
     forced, output = invoke("gallery", results, "--out", out, "--force")
     assert forced.exit_code == 0, output
     assert sheet.read_bytes() != before  # 24 + 8 cells now, not 2 + 1
-    assert len(_csv(out / "cnn-fc-logistic-subject.csv")) > 3
+    assert len(csv_rows(out / "cnn-fc-logistic-subject.csv")) > 3
 
 
 @pytest.mark.slow
@@ -117,7 +107,7 @@ def test_a_finetuned_run_writes_predictions_and_gets_a_gallery(cnmc_tree, tmp_pa
     row = summary["row"]
     files = list((run / "predictions").glob("*.csv"))
     assert len(files) == 1 and files[0].name.startswith("cnn-logits-finetune-")  # named as head rows' files are
-    lines = _csv(files[0])
+    lines = csv_rows(files[0])
     assert len(lines) == row.n_test > 0 and {x["fold"] for x in lines} == {"1"}
     assert all((cnmc_tree / x["path"]).is_file() and "fold_2" in x["path"] for x in lines)
     pairs = np.zeros((2, 2), dtype=int)
@@ -130,7 +120,7 @@ def test_a_finetuned_run_writes_predictions_and_gets_a_gallery(cnmc_tree, tmp_pa
     done = gallery(run, tmp_path / "g")
     g = done.rows[0]
     assert g.score_kind == "probability" and "softmax" in g.confidence
-    assert g.n_wrong == int(pairs.sum() - np.trace(pairs)) == sum(x["cell"] == "wrong" for x in _csv(g.csv))
+    assert g.n_wrong == int(pairs.sum() - np.trace(pairs)) == sum(x["cell"] == "wrong" for x in csv_rows(g.csv))
 
 
 @pytest.mark.slow
@@ -181,4 +171,4 @@ def test_a_store_given_as_a_relative_path_is_found_from_where_the_command_ran(cn
                 plots=False)
     result, output = invoke("gallery", tmp_path / "res", "--out", tmp_path / "g")
     assert result.exit_code == 0, output
-    assert len(_csv(next((tmp_path / "g").glob("*.csv")))) > 0
+    assert len(csv_rows(next((tmp_path / "g").glob("*.csv")))) > 0

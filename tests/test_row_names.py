@@ -2,14 +2,13 @@
 the selected row names the store that won, and every row's files carry its own name."""
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 from cli_helpers import invoke
-from report_rows import make_row
+from report_rows import csv_rows, make_row
 
 from featx.report import slug, write_results
 from featx.report.files import merge_results
@@ -39,17 +38,12 @@ def compared(stores, tmp_path_factory) -> dict:
     return {"rows": result.rows, "out": out}
 
 
-def _csv(path: Path) -> list[dict]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def test_three_stores_of_one_backbone_give_three_names_in_every_file(compared, stores):
     rows, out = compared["rows"], compared["out"]
     assert [r.name for r in rows] == [*TAGGED, "selected by inner accuracy"]
     assert [r.settings.get("tag") for r in rows] == ["a", "b", "c", None]
     assert [r["name"] for r in json.loads((out / "results.json").read_text())] == [r.name for r in rows]
-    assert [r["name"] for r in _csv(out / "results.csv")] == [r.name for r in rows]
+    assert [r["name"] for r in csv_rows(out / "results.csv")] == [r.name for r in rows]
     md = (out / "results.md").read_text().split("## 95% intervals")[0]  # the results table
     for name in TAGGED:
         assert md.count(f"| {name} |") == 1, name
@@ -83,7 +77,7 @@ def test_each_row_has_its_own_predictions_file(compared):
                          "cnn-fc-c-logistic-subject.csv"]
     scores = []
     for r in rows:  # every file holds its own row's out-of-fold predictions
-        table = _csv(out / "predictions" / f"{slug(r)}.csv")
+        table = csv_rows(out / "predictions" / f"{slug(r)}.csv")
         assert [t["path"] for t in table] == r.predictions["path"]
         assert [t["y_pred"] for t in table] == r.predictions["y_pred"]
         assert [float(t["score"]) for t in table] == pytest.approx(r.predictions["score"], rel=1e-6)
@@ -102,7 +96,7 @@ def test_compare_cli_shows_three_names_and_which_store_won(stores, tmp_path):
     assert lines == [*TAGGED, "selected by inner accuracy"][:3]  # one table line per store
     chosen = json.loads((tmp_path / "results.json").read_text())[-1]["settings"]["selected"]
     assert "selected by inner accuracy (subject 3-fold) chose " + chosen[0] in text
-    assert [r["name"] for r in _csv(tmp_path / "results.csv")] == [*TAGGED, "selected by inner accuracy"]
+    assert [r["name"] for r in csv_rows(tmp_path / "results.csv")] == [*TAGGED, "selected by inner accuracy"]
 
 
 # --------------------------------------------------------------------------------------------------
