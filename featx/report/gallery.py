@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from featx import csvfiles
@@ -29,7 +28,8 @@ from featx.report.notes import protocol_text, provenance_suffix
 from featx.report.outputs import find_results
 from featx.report.subjects import with_predictions
 from featx.results import ResultRow
-from featx.store.schema import read_attrs, setting
+from featx.store import store_settings
+from featx.store.schema import setting
 
 __all__ = ["GALLERY_COLUMNS", "Galleries", "GalleryResult", "data_root", "gallery", "gallery_cells", "plot_gallery",
            "score_kind", "confidence_meaning", "cell_confidences"]
@@ -69,9 +69,8 @@ def data_root(row: ResultRow, source: str | Path | None = None, data: str | Path
     for path in dict.fromkeys(p for s in stores for p in (Path(s), base / s)):
         if path.is_file():
             try:
-                with h5py.File(path, "r") as h5:
-                    root = setting(read_attrs(h5), "data_root")
-            except OSError:
+                root = setting(store_settings(path), "data_root")
+            except FeatxError:  # not a store (or unreadable): the next one may say
                 continue
             if root:
                 return Path(root)
