@@ -24,6 +24,7 @@ from featx.records import Record
 from featx.report.files import PREDICTION_COLUMNS, read_results, unique_slugs
 from featx.report.gallery_cells import Cell, cell_confidences, confidence_meaning, gallery_cells, score_kind
 from featx.report.gallery_sheet import COLUMNS, THUMB, draw_sheet, save_sheet
+from featx.report.methods import row_stores
 from featx.report.notes import protocol_text, provenance_suffix
 from featx.report.outputs import find_results
 from featx.report.subjects import with_predictions
@@ -64,7 +65,7 @@ def data_root(row: ResultRow, source: str | Path | None = None, data: str | Path
         return Path(settings["data_root"])
     base = Path(source).parent if source is not None else Path.cwd()
     selected = [s for fold in settings.get("selected_stores") or [] for s in fold]  # a row selected per fold
-    stores = [*(settings.get("stores") or []), *selected]
+    stores = [*row_stores(row), *selected]
     # a store given as a relative path was relative to where the command ran: here, or the results folder's parent
     for path in dict.fromkeys(p for s in stores for p in (Path(s), base / s)):
         if path.is_file():

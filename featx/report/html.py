@@ -175,8 +175,7 @@ def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: 
             pictures = [gallery_html(r, figure, origin)]
             run = origin.parent if origin is not None and origin.parent in runs else None
             if run is not None and run not in mapped:
-                step(MapStep("explain", f"class-activation maps of {run}"))
-                pictures.append(explanations_html(run, figure))
+                pictures.append(explanations_html(run, figure, on_step=step))
                 mapped.add(run)
             sections.append(_row_section(i, r, draw, "\n".join(pictures)))
         body.append(_section("rows", "Per row: confusion matrix, ROC curve and error gallery",
@@ -186,8 +185,7 @@ def render_html(rows: Sequence[ResultRow], runs: Sequence[Path] = (), *, title: 
         for run in runs:
             curves.append(_curves(run, draw))
             if run not in mapped:  # a run without a row of its own (a hybrid fold's): its maps beside its curves
-                step(MapStep("explain", f"class-activation maps of {run}"))
-                curves.append(explanations_html(run, figure))
+                curves.append(explanations_html(run, figure, on_step=step))
         if curves:
             body.append(_section("curves", "Fine-tuning curves and class-activation maps", *curves))
     head = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

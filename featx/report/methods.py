@@ -84,7 +84,8 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _stores(r: ResultRow) -> list[str]:
+def row_stores(r: ResultRow) -> list[str]:
+    """The feature stores ``r``'s features came from (``settings["stores"]``, nested lists flattened)."""
     stores = r.settings.get("stores") or []
     flat = []
     for s in stores:
@@ -95,7 +96,7 @@ def _stores(r: ResultRow) -> list[str]:
 def _summaries(rows: Sequence[ResultRow]) -> dict[str, object]:
     """The summary of each store the rows name that is still there and readable (None where not)."""
     out: dict[str, object] = {}
-    for store in dict.fromkeys(s for r in rows for s in _stores(r)):
+    for store in dict.fromkeys(s for r in rows for s in row_stores(r)):
         try:
             out[store] = summarize(store) if Path(store).is_file() else None
         except (FeatxError, OSError):
@@ -151,7 +152,7 @@ def _features(rows, summaries) -> str:
                 what = settings or "settings that record no extraction"
                 sentences.append(f"{_who(same, rows)}: {what} (tap {taps}).")
             continue
-        stores = [s for r in group[:1] for s in _stores(r)]
+        stores = [s for r in group[:1] for s in row_stores(r)]
         described = []
         for i, e in enumerate(extraction):
             summary = summaries.get(stores[i]) if i < len(stores) else None

@@ -12,6 +12,7 @@ from featx.figures import palette_png
 from featx.report.feature_map import MapStep, check_method
 from featx.report.feature_map_plot import caption, plot_feature_map
 from featx.report.gallery import plot_gallery
+from featx.report.methods import row_stores
 from featx.report.sections import Figure
 from featx.results import ResultRow
 
@@ -26,7 +27,7 @@ def mapped_stores(rows: Sequence[ResultRow]) -> list[tuple[tuple[str, ...], str,
     out: each outer fold has its own fine-tuned network, so their stores are not one feature space."""
     seen: dict[tuple[tuple[str, ...], str], bool] = {}
     for r in rows:
-        stores = tuple(str(s) for s in (r.settings.get("stores") or ()))
+        stores = tuple(row_stores(r))
         if not stores or r.protocol == "hybrid" or not r.tap:
             continue
         seen[(stores, r.tap)] = seen.get((stores, r.tap), False) or bool(r.tuned)
@@ -105,9 +106,13 @@ def gallery_html(row: ResultRow, figure: Figure, source: Path | None = None) -> 
 REPORT_CAM_IMAGES = 4
 
 
-def explanations_html(run: Path, figure: Figure, images: int = REPORT_CAM_IMAGES) -> str:
+def explanations_html(run: Path, figure: Figure, images: int = REPORT_CAM_IMAGES,
+                      on_step: Callable[[MapStep], None] | None = None) -> str:
     """Grad-CAM and occlusion maps of ``images`` cells fine-tuning run ``run``'s network never saw
-    (:func:`featx.explain.plot_explanations`, on the data root the run recorded), or why there are none."""
+    (:func:`featx.explain.plot_explanations`, on the data root the run recorded), or why there are none;
+    ``on_step`` hears that the maps start."""
+    if on_step is not None:
+        on_step(MapStep("explain", f"class-activation maps of {run}"))
     # deferred: featx.explain loads torch and Captum; a report without run folders never pays for them
     from featx.explain import plot_explanations
 
